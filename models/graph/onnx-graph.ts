@@ -1,0 +1,136 @@
+/**
+ * A small builder for ONNX graphs on top of onnx-proto.
+ *
+ * Weights are streamed to an external-data file as they are added, so building a
+ * multi-GiB model never holds all of its weights in memory at once.
+ */
+import { closeSync, openSync, writeSync } from "node:fs";
+import { basename } from "node:path";
+import onnxProto from "onnx-proto";
+
+const { onnx } = onnxProto;
+export const DataType = onnx.TensorProto.DataType;
+export type Dim = number | string;
+/** Integers are INT attributes; write floats as `{ f: 1e-6 }`. */
+export type Attr = number | string | number[] | boolean | { f: number } | { floats: number[] };
+
+/** NOTE: ORT memory-maps external data; page-aligned offsets let it do so without copies. */
+const EXTERNAL_ALIGN_BYTES = 4096;
+
+export class OnnxGraph {
+  private readonly nodes: InstanceType<typeof onnx.NodeProto>[] = [];
+  private readonly initializers: InstanceType<typeof onnx.TensorProto>[] = [];
+  private readonly inputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
+  private readonly outputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
+  private numNames = 0;
+  private dataFd: number | null = null;
+  private dataOffset = 0;
+
+  /** @param dataPath where external weights go; its basename is recorded in the graph. */
+  constructor(private readonly dataPath: string) {}
+
+  input(name: string, elemType: number, dims: Dim[]): string {
+    this.inputs.push(valueInfo(name, elemType, dims));
+    return name;
+  }
+
+  output(name: string, value: string, elemType: number, dims: Dim[]): void {
+    this.op("Identity", [value], {}, name);
+    this.outputs.push(valueInfo(name, elemType, dims));
+  }
+
+  /** A small constant stored inside the graph. */
+  constInt64(values: number[], dims: number[] = [values.length]): string {
+    const name = this.freshName("const");
+    const raw = new BigInt64Array(values.map((v) => BigInt(v)));
+    this.initializers.push(onnx.TensorProto.create({ name, dims, dataType: DataType.INT64, rawData: bytesOf(raw) }));
+    return name;
+  }
+
+  constFloat(values: number[] | Float32Array, dims: number[] = [values.length]): string {
+    const name = this.freshName("const");
+    const raw = Float32Array.from(values);
+    this.initializers.push(onnx.TensorProto.create({ name, dims, dataType: DataType.FLOAT, rawData: bytesOf(raw) }));
+    return name;
+  }
+
+  /** A weight written to the external-data file. */
+  weight(name: string, data: Float32Array | Uint16Array, dims: number[], dataType: number = DataType.FLOAT): string {
+    const bytes = bytesOf(data);
+    if (this.dataFd === null) this.dataFd = openSync(this.dataPath, "w");
+    const padding = (EXTERNAL_ALIGN_BYTES - (this.dataOffset % EXTERNAL_ALIGN_BYTES)) % EXTERNAL_ALIGN_BYTES;
+    if (padding > 0) writeSync(this.dataFd, new Uint8Array(padding));
+    const offset = this.dataOffset + padding;
+    writeSync(this.dataFd, bytes);
+    this.dataOffset = offset + bytes.byteLength;
+    this.initializers.push(onnx.TensorProto.create({
+      name, dims, dataType,
+      dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
+      externalData: [
+        { key: "location", value: basename(this.dataPath) },
+        { key: "offset", value: String(offset) },
+        { key: "length", value: String(bytes.byteLength) },
+      ],
+    }));
+    return name;
+  }
+
+  /** Adds a node and returns its output name(s). */
+  op(opType: string, inputs: string[], attrs: Record<string, Attr> = {}, outputName?: string): string {
+    return this.opN(opType, inputs, 1, attrs, outputName ? [outputName] : undefined)[0];
+  }
+
+  opN(opType: string, inputs: string[], numOutputs: number, attrs: Record<string, Attr> = {}, outputNames?: string[]): string[] {
+    const outputs = outputNames ?? Array.from({ length: numOutputs }, () => this.freshName(opType));
+    this.nodes.push(onnx.NodeProto.create({
+      opType, input: inputs, output: outputs, name: this.freshName(`n_${opType}`),
+      attribute: Object.entries(attrs).map(([key, value]) => attribute(key, value)),
+    }));
+    return outputs;
+  }
+
+  /** Serializes the model (opset 23, IR 10) and closes the external-data file. */
+  finish(graphName: string): Uint8Array {
+    if (this.dataFd !== null) closeSync(this.dataFd);
+    this.dataFd = null;
+    const model = onnx.ModelProto.create({
+      irVersion: 10,
+      producerName: "tokenmill",
+      opsetImport: [{ domain: "", version: 23 }],
+      graph: onnx.GraphProto.create({
+        name: graphName, node: this.nodes, initializer: this.initializers, input: this.inputs, output: this.outputs,
+      }),
+    });
+    return onnx.ModelProto.encode(model).finish();
+  }
+
+  private freshName(prefix: string): string {
+    return `${prefix}_${this.numNames++}`;
+  }
+}
+
+function bytesOf(view: ArrayBufferView): Uint8Array {
+  return new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+}
+
+function valueInfo(name: string, elemType: number, dims: Dim[]) {
+  return onnx.ValueInfoProto.create({
+    name,
+    type: {
+      tensorType: {
+        elemType,
+        shape: { dim: dims.map((d) => (typeof d === "number" ? { dimValue: d } : { dimParam: d })) },
+      },
+    },
+  });
+}
+
+function attribute(name: string, value: Attr) {
+  const T = onnx.AttributeProto.AttributeType;
+  if (typeof value === "boolean") return { name, type: T.INT, i: value ? 1 : 0 };
+  if (typeof value === "string") return { name, type: T.STRING, s: new TextEncoder().encode(value) };
+  if (typeof value === "number") return { name, type: T.INT, i: value };
+  if (Array.isArray(value)) return { name, type: T.INTS, ints: value };
+  if ("f" in value) return { name, type: T.FLOAT, f: value.f };
+  return { name, type: T.FLOATS, floats: value.floats };
+}
