@@ -1,0 +1,89 @@
+/**
+ * Runs steps of the paged-KV graph: lays out each group, runs the session, copies the
+ * step's new K/V into the pool and returns the requested logits.
+ */
+import type { ModelConfig } from "../../models/index.ts";
+import { KvPool } from "./kv-pool.ts";
+import { type Device, createSession, floatTensor, int64Tensor, ort } from "./onnx-session.ts";
+import { type StepSequence, groupForPadding, layoutStep } from "./step-batch.ts";
+
+export interface RunnerOptions {
+  graphPath: string;
+  config: ModelConfig;
+  device: Device;
+  blockSize: number;
+  numBlocks: number;
+  intraOpThreads?: number;
+}
+
+/** What the scheduler-facing side sees: data in, data out. */
+export interface StepRunner {
+  readonly vocabSize: number;
+  /** For each sequence, its logits rows (vocab-wide each) from logitsFrom on. */
+  execute(seqs: readonly StepSequence[]): Promise<Float32Array[]>;
+}
+
+export class ModelRunner implements StepRunner {
+  readonly vocabSize: number;
+  private readonly poolFeeds: Record<string, ort.Tensor> = {};
+
+  private constructor(private readonly session: ort.InferenceSession, readonly pool: KvPool, private readonly config: ModelConfig) {
+    this.vocabSize = config.vocabSize;
+    const dims = [pool.numSlots, config.numKvHeads, config.headDim];
+    for (let layer = 0; layer < config.numLayers; layer++) {
+      this.poolFeeds[`pool.${layer}.key`] = floatTensor(pool.keys[layer], dims);
+      this.poolFeeds[`pool.${layer}.value`] = floatTensor(pool.values[layer], dims);
+    }
+  }
+
+  static async create(options: RunnerOptions): Promise<ModelRunner> {
+    const session = await createSession(options.graphPath, { device: options.device, intraOpThreads: options.intraOpThreads });
+    const { config } = options;
+    const pool = new KvPool({
+      numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim,
+      blockSize: options.blockSize, numBlocks: options.numBlocks,
+    });
+    return new ModelRunner(session, pool, config);
+  }
+
+  async execute(seqs: readonly StepSequence[]): Promise<Float32Array[]> {
+    const logits: Float32Array[] = new Array(seqs.length);
+    for (const group of groupForPadding(seqs)) {
+      const rows = await this.runGroup(group.map((i) => seqs[i]));
+      group.forEach((seqIndex, k) => (logits[seqIndex] = rows[k]));
+    }
+    return logits;
+  }
+
+  async release(): Promise<void> {
+    await this.session.release();
+  }
+
+  private async runGroup(seqs: readonly StepSequence[]): Promise<Float32Array[]> {
+    const layout = layoutStep(seqs, this.pool);
+    const { batch, seq, past } = layout;
+    const feeds: Record<string, ort.Tensor> = {
+      ...this.poolFeeds,
+      input_ids: int64Tensor(layout.inputIds, [batch, seq]),
+      position_ids: int64Tensor(layout.positionIds, [batch, seq]),
+      past_slots: int64Tensor(layout.pastSlots, [batch, past]),
+      attention_mask: floatTensor(layout.mask, [batch, 1, seq, past + seq]),
+      logits_indices: int64Tensor(layout.logitsIndices, [layout.logitsIndices.length]),
+    };
+    const out = await this.session.run(feeds);
+    for (let layer = 0; layer < this.config.numLayers; layer++) {
+      const keys = out[`present.${layer}.key`].data as Float32Array;
+      const values = out[`present.${layer}.value`].data as Float32Array;
+      layout.newSlots.forEach((slots, b) => this.pool.write(layer, slots, keys, values, b * seq));
+    }
+    const all = out.logits.data as Float32Array;
+    const vocab = this.vocabSize;
+    let row = 0;
+    return seqs.map((s) => {
+      const count = Math.max(0, s.tokenIds.length - s.logitsFrom);
+      const rows = all.subarray(row * vocab, (row + count) * vocab);
+      row += count;
+      return rows;
+    });
+  }
+}

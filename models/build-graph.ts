@@ -1,0 +1,80 @@
+/**
+ * Turns a Hugging Face checkpoint folder into the paged-KV ONNX graph, cached on disk.
+ *
+ * The cache key covers the builder version, config.json, the weight files' names,
+ * sizes and modification times, and the build options, so a second start skips the
+ * build and any change to the checkpoint rebuilds it.
+ */
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { basename, join, resolve } from "node:path";
+import cliProgress from "cli-progress";
+import { readModelConfig, type ModelConfig } from "./config.ts";
+import { cacheDir } from "./cache-dir.ts";
+import { buildDecoderGraph } from "./graph/decoder-graph.ts";
+import type { WeightSource } from "./graph/layers.ts";
+import { OnnxGraph } from "./graph/onnx-graph.ts";
+import { openWeights } from "./safetensors.ts";
+
+/** Bump when the graph's inputs, outputs or numerics change. */
+const BUILDER_VERSION = 1;
+
+export interface BuildOptions {
+  /** Show a progress bar on stderr while building. */
+  progress?: boolean;
+}
+
+export interface BuiltGraph {
+  graphPath: string;
+  config: ModelConfig;
+  /** Whether this call built the graph (false: it came from the cache). */
+  built: boolean;
+  buildMs: number;
+}
+
+export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): BuiltGraph {
+  const dir = resolve(checkpointDir);
+  const config = readModelConfig(dir);
+  const outDir = cacheDir("graphs", `${basename(dir)}-${cacheKey(dir)}`);
+  const graphPath = join(outDir, "model.onnx");
+  if (existsSync(graphPath)) return { graphPath, config, built: false, buildMs: 0 };
+
+  const started = performance.now();
+  // NOTE: build into a scratch folder and rename, so an interrupted build never leaves a half-written cache entry.
+  const scratch = `${outDir}.partial-${process.pid}`;
+  rmSync(scratch, { recursive: true, force: true });
+  mkdirSync(scratch, { recursive: true });
+  const weights = openWeights(dir);
+  const bar = options.progress ? new cliProgress.SingleBar({
+    format: `building ${basename(dir)} graph [{bar}] {value}/{total} layers | {duration_formatted}`,
+    stream: process.stderr,
+  }, cliProgress.Presets.shades_classic) : null;
+  try {
+    bar?.start(config.numLayers, 0);
+    const g = new OnnxGraph(join(scratch, "model.onnx.data"));
+    const source: WeightSource = { read: (name) => ({ data: weights.readFloat32(name), shape: weights.info(name).shape }) };
+    buildDecoderGraph(g, config, source, (layer) => bar?.update(layer + 1));
+    writeFileSync(join(scratch, "model.onnx"), g.finish(basename(dir)));
+    writeFileSync(join(scratch, "meta.json"), JSON.stringify({ checkpoint: dir, builderVersion: BUILDER_VERSION, config }, null, 2));
+    rmSync(outDir, { recursive: true, force: true });
+    renameSync(scratch, outDir);
+  } catch (err) {
+    rmSync(scratch, { recursive: true, force: true });
+    throw err;
+  } finally {
+    bar?.stop();
+    weights.close();
+  }
+  return { graphPath, config, built: true, buildMs: performance.now() - started };
+}
+
+function cacheKey(dir: string): string {
+  const hash = createHash("sha256");
+  hash.update(`builder ${BUILDER_VERSION}\n`);
+  hash.update(readFileSync(join(dir, "config.json")));
+  for (const name of readdirSync(dir).filter((f) => f.endsWith(".safetensors") || f.endsWith(".index.json")).sort()) {
+    const stat = statSync(join(dir, name));
+    hash.update(`\n${name} ${stat.size} ${stat.mtimeMs}`);
+  }
+  return hash.digest("hex").slice(0, 16);
+}

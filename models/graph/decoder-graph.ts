@@ -1,0 +1,103 @@
+/**
+ * Builds the paged-KV decoder graph: one step for B sequences of up to S new tokens.
+ *
+ * Rows are flattened (N = B*S) for every per-token op; only attention sees [B, S, ...].
+ *
+ *   input_ids, position_ids  [B, S]       the step's new tokens, right-padded
+ *   past_slots               [B, P]       pool slot of every earlier context position
+ *   attention_mask           [B, 1, S, P+S]  additive: 0 to attend, -1e9 to mask
+ *   logits_indices           [K]          flat rows (b*S + s) whose logits to return
+ *   pool.L.key/value         [slots, kv_heads, head_dim]
+ *   ──▶ logits [K, V], present.L.key/value [B, S, kv_heads*head_dim]
+ *
+ * Per layer, attention reads [past K/V gathered by slot ‖ the step's own K/V].
+ */
+import type { ModelConfig } from "../config.ts";
+import { type WeightSource, addWeight, linear, rmsNorm, rope, ropeTables } from "./layers.ts";
+import { DataType, OnnxGraph } from "./onnx-graph.ts";
+
+
+export interface GraphIo {
+  inputNames: string[];
+  outputNames: string[];
+}
+
+export function poolInputNames(layer: number): { key: string; value: string } {
+  return { key: `pool.${layer}.key`, value: `pool.${layer}.value` };
+}
+
+export function presentOutputNames(layer: number): { key: string; value: string } {
+  return { key: `present.${layer}.key`, value: `present.${layer}.value` };
+}
+
+/** Adds the whole decoder to `g`, reading weights from `weights` one tensor at a time. */
+export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: WeightSource, onLayer?: (layer: number) => void): void {
+  const { hiddenSize, numHeads, numKvHeads, headDim } = config;
+  const kvWidth = numKvHeads * headDim;
+  const inputIds = g.input("input_ids", DataType.INT64, ["batch", "seq"]);
+  const positionIds = g.input("position_ids", DataType.INT64, ["batch", "seq"]);
+  const pastSlots = g.input("past_slots", DataType.INT64, ["batch", "past"]);
+  const mask = g.input("attention_mask", DataType.FLOAT, ["batch", 1, "seq", "total"]);
+  const logitsIndices = g.input("logits_indices", DataType.INT64, ["num_logits"]);
+
+  const batchSeqShape = g.op("Shape", [inputIds]);
+  const attnShape = (width: number) => g.op("Concat", [batchSeqShape, g.constInt64([width])], { axis: 0 });
+  const pastShape = g.op("Concat", [g.op("Shape", [pastSlots]), g.constInt64([kvWidth])], { axis: 0 });
+  const qAttnShape = attnShape(numHeads * headDim);
+  const kvAttnShape = attnShape(kvWidth);
+
+  const embed = addWeight(g, weights, "model.embed_tokens.weight");
+  let x = g.op("Reshape", [g.op("Gather", [embed, inputIds], { axis: 0 }), g.constInt64([-1, hiddenSize])]);
+
+  const { cos, sin } = ropeTables(g, config, positionIds);
+  for (let layer = 0; layer < config.numLayers; layer++) {
+    const p = `model.layers.${layer}`;
+    const h = rmsNorm(g, weights, x, `${p}.input_layernorm.weight`, config);
+    const q = rope(g, headProjection(g, weights, config, p, h, "q", numHeads), cos, sin);
+    const k = rope(g, headProjection(g, weights, config, p, h, "k", numKvHeads), cos, sin);
+    const v = linear(g, weights, h, `${p}.self_attn.v_proj`, config.qkvBias);
+
+    const newK = g.op("Reshape", [k, kvAttnShape]);
+    const newV = g.op("Reshape", [v, kvAttnShape]);
+    const pool = poolInputNames(layer);
+    g.input(pool.key, DataType.FLOAT, ["num_slots", numKvHeads, headDim]);
+    g.input(pool.value, DataType.FLOAT, ["num_slots", numKvHeads, headDim]);
+    const pastK = g.op("Reshape", [g.op("Gather", [pool.key, pastSlots], { axis: 0 }), pastShape]);
+    const pastV = g.op("Reshape", [g.op("Gather", [pool.value, pastSlots], { axis: 0 }), pastShape]);
+    const allK = g.op("Concat", [pastK, newK], { axis: 1 });
+    const allV = g.op("Concat", [pastV, newV], { axis: 1 });
+    const present = presentOutputNames(layer);
+    g.output(present.key, newK, DataType.FLOAT, ["batch", "seq", kvWidth]);
+    g.output(present.value, newV, DataType.FLOAT, ["batch", "seq", kvWidth]);
+
+    const attn = g.op("Attention", [g.op("Reshape", [q, qAttnShape]), allK, allV, mask], {
+      q_num_heads: numHeads, kv_num_heads: numKvHeads, scale: { f: 1 / Math.sqrt(headDim) },
+    });
+    const attnRows = g.op("Reshape", [attn, g.constInt64([-1, numHeads * headDim])]);
+    x = g.op("Add", [x, linear(g, weights, attnRows, `${p}.self_attn.o_proj`, false)]);
+
+    const h2 = rmsNorm(g, weights, x, `${p}.post_attention_layernorm.weight`, config);
+    const gate = linear(g, weights, h2, `${p}.mlp.gate_proj`, false);
+    const up = linear(g, weights, h2, `${p}.mlp.up_proj`, false);
+    const act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up]);
+    x = g.op("Add", [x, linear(g, weights, act, `${p}.mlp.down_proj`, false)]);
+    onLayer?.(layer);
+  }
+
+  const last = g.op("Gather", [x, logitsIndices], { axis: 0 });
+  const normed = rmsNorm(g, weights, last, "model.norm.weight", config);
+  const lmHead = config.tieWordEmbeddings
+    ? embed
+    : addWeight(g, weights, "lm_head.weight");
+  const logits = g.op("Gemm", [normed, lmHead], { transB: 1 });
+  g.output("logits", logits, DataType.FLOAT, ["num_logits", config.vocabSize]);
+}
+
+/** q or k: projection, reshape to [N, heads, head_dim], and the Qwen3 per-head norm. */
+function headProjection(
+  g: OnnxGraph, weights: WeightSource, config: ModelConfig, layerPrefix: string, h: string, which: "q" | "k", numHeads: number,
+): string {
+  const projected = linear(g, weights, h, `${layerPrefix}.self_attn.${which}_proj`, config.qkvBias);
+  const heads = g.op("Reshape", [projected, g.constInt64([-1, numHeads, config.headDim])]);
+  return config.qkNorm ? rmsNorm(g, weights, heads, `${layerPrefix}.self_attn.${which}_norm.weight`, config) : heads;
+}

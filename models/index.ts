@@ -1,0 +1,6 @@
+/** The public entry point of models/. */
+export { readModelConfig, parseModelConfig, type ModelConfig } from "./config.ts";
+export { SUPPORTED_ARCHITECTURES } from "./families.ts";
+export { ModelError } from "./model-error.ts";
+export { ensureGraph, type BuiltGraph } from "./build-graph.ts";
+export { cacheDir } from "./cache-dir.ts";

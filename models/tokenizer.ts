@@ -1,0 +1,84 @@
+/**
+ * A model's tokenizer and chat template: @huggingface/tokenizers for the vocabulary,
+ * @huggingface/jinja for the template.
+ */
+import { readFileSync } from "node:fs";
+import { Template } from "@huggingface/jinja";
+import { Tokenizer } from "@huggingface/tokenizers";
+import type { Checkpoint } from "./checkpoint.ts";
+import { ModelError } from "./model-error.ts";
+
+export interface ChatMessage {
+  role: string;
+  content: string | null;
+  name?: string;
+  tool_calls?: unknown[];
+  tool_call_id?: string;
+}
+
+export interface ChatTemplateOptions {
+  addGenerationPrompt?: boolean;
+  tools?: unknown[];
+  /** Extra variables for the template, e.g. enable_thinking. */
+  kwargs?: Record<string, unknown>;
+}
+
+export class ModelTokenizer {
+  private readonly template: Template | null;
+  /** The tokenizer's own EOS token, if it names one. */
+  readonly eosTokenId: number | null;
+
+  constructor(private readonly tokenizer: Tokenizer, private readonly checkpoint: Pick<Checkpoint, "tokenizerConfig" | "chatTemplate">) {
+    this.template = checkpoint.chatTemplate ? new Template(checkpoint.chatTemplate) : null;
+    const eos = tokenString(checkpoint.tokenizerConfig.eos_token);
+    this.eosTokenId = eos ? (tokenizer.token_to_id(eos) ?? null) : null;
+  }
+
+  static load(checkpoint: Pick<Checkpoint, "tokenizerJson" | "tokenizerConfig" | "chatTemplate">): ModelTokenizer {
+    try {
+      const json = JSON.parse(readFileSync(checkpoint.tokenizerJson, "utf8"));
+      return new ModelTokenizer(new Tokenizer(json, checkpoint.tokenizerConfig), checkpoint);
+    } catch (err) {
+      throw new ModelError("BAD_TOKENIZER", `cannot load ${checkpoint.tokenizerJson}: ${(err as Error).message}`);
+    }
+  }
+
+  encode(text: string, addSpecialTokens = true): number[] {
+    return this.tokenizer.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+  }
+
+  /** NOTE: the library throws on an empty list; an empty list decodes to "". */
+  decode(tokenIds: readonly number[], skipSpecialTokens = false): string {
+    if (tokenIds.length === 0) return "";
+    return this.tokenizer.decode([...tokenIds], { skip_special_tokens: skipSpecialTokens });
+  }
+
+  tokenToId(token: string): number | undefined {
+    return this.tokenizer.token_to_id(token);
+  }
+
+  get hasChatTemplate(): boolean {
+    return this.template !== null;
+  }
+
+  applyChatTemplate(messages: ChatMessage[], options: ChatTemplateOptions = {}): string {
+    if (!this.template) throw new ModelError("BAD_TOKENIZER", "this model has no chat template; use /v1/completions");
+    const config = this.checkpoint.tokenizerConfig;
+    return this.template.render({
+      messages,
+      add_generation_prompt: options.addGenerationPrompt ?? true,
+      tools: options.tools,
+      bos_token: tokenString(config.bos_token) ?? "",
+      eos_token: tokenString(config.eos_token) ?? "",
+      ...options.kwargs,
+    });
+  }
+}
+
+function tokenString(value: unknown): string | null {
+  if (typeof value === "string") return value;
+  if (value && typeof value === "object" && typeof (value as { content?: unknown }).content === "string") {
+    return (value as { content: string }).content;
+  }
+  return null;
+}
