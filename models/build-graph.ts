@@ -18,6 +18,8 @@ import { openWeights } from "./safetensors.ts";
 
 /** Bump when the graph's inputs, outputs or numerics change. */
 const BUILDER_VERSION = 1;
+/** NOTE: the builder's own source is part of the key too, so editing it can never serve a stale graph. */
+const BUILDER_SOURCES = ["graph/decoder-graph.ts", "graph/layers.ts", "graph/onnx-graph.ts", "config.ts", "families.ts"];
 
 export interface BuildOptions {
   /** Show a progress bar on stderr while building. */
@@ -71,6 +73,7 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
 function cacheKey(dir: string): string {
   const hash = createHash("sha256");
   hash.update(`builder ${BUILDER_VERSION}\n`);
+  for (const source of BUILDER_SOURCES) hash.update(readFileSync(new URL(source, import.meta.url)));
   hash.update(readFileSync(join(dir, "config.json")));
   for (const name of readdirSync(dir).filter((f) => f.endsWith(".safetensors") || f.endsWith(".index.json")).sort()) {
     const stat = statSync(join(dir, name));

@@ -32,8 +32,14 @@ export interface ModelConfig {
   tieWordEmbeddings: boolean;
   /** Qwen2: q/k/v projections carry a bias. */
   qkvBias: boolean;
+  /** Llama and Qwen3 with attention_bias: o_proj carries a bias too. */
+  oBias: boolean;
+  /** Llama with mlp_bias: gate, up and down projections carry biases. */
+  mlpBias: boolean;
   /** Qwen3: per-head RMSNorm on q and k before RoPE. */
   qkNorm: boolean;
+  /** Mistral: each token attends only to the last slidingWindow positions. */
+  slidingWindow: number | null;
   bosTokenId: number | null;
   eosTokenIds: number[];
 }
@@ -74,10 +80,13 @@ export function parseModelConfig(raw: Json, source = "config.json"): ModelConfig
   if (numHeads % numKvHeads !== 0) {
     throw new ModelError("BAD_CONFIG", `${source}: num_attention_heads (${numHeads}) must be a multiple of num_key_value_heads (${numKvHeads})`);
   }
-  const headDim = raw.head_dim == null ? hiddenSize / numHeads : int("head_dim");
+  // NOTE: transformers' Qwen3Config defaults head_dim to 128, not hidden_size / heads.
+  const headDim = raw.head_dim == null ? (family.name === "qwen3" ? 128 : hiddenSize / numHeads) : int("head_dim");
   if (!Number.isInteger(headDim) || headDim % 2 !== 0) {
     throw new ModelError("BAD_CONFIG", `${source}: head dimension ${headDim} must be an even integer`);
   }
+  // NOTE: newer transformers versions keep theta and scaling together in rope_parameters.
+  const ropeParams = typeof raw.rope_parameters === "object" && raw.rope_parameters !== null ? (raw.rope_parameters as Json) : null;
   return {
     architecture,
     family: family.name,
@@ -88,16 +97,27 @@ export function parseModelConfig(raw: Json, source = "config.json"): ModelConfig
     numHeads,
     numKvHeads,
     headDim,
-    ropeTheta: num("rope_theta", 10000),
-    ropeScaling: parseRopeScaling(raw.rope_scaling, source),
+    ropeTheta: typeof ropeParams?.rope_theta === "number" ? ropeParams.rope_theta : num("rope_theta", 10000),
+    ropeScaling: parseRopeScaling(ropeParams ?? raw.rope_scaling, source),
     rmsNormEps: num("rms_norm_eps", 1e-6),
     maxPositionEmbeddings: int("max_position_embeddings", 4096),
     tieWordEmbeddings: raw.tie_word_embeddings === true,
-    qkvBias: family.qkvBias || raw.attention_bias === true,
+    qkvBias: family.qkvBias || (family.attentionBiasFlag && raw.attention_bias === true),
+    oBias: family.attentionBiasFlag && raw.attention_bias === true,
+    mlpBias: family.name === "llama" && raw.mlp_bias === true,
     qkNorm: family.qkNorm,
+    slidingWindow: slidingWindowOf(raw, family.name, source),
     bosTokenId: typeof raw.bos_token_id === "number" ? raw.bos_token_id : null,
     eosTokenIds: tokenIdList(raw.eos_token_id),
   };
+}
+
+function slidingWindowOf(raw: Json, family: string, source: string): number | null {
+  if (family === "mistral") return typeof raw.sliding_window === "number" ? raw.sliding_window : null;
+  if (raw.use_sliding_window === true) {
+    throw new ModelError("UNSUPPORTED_MODEL", `${source}: use_sliding_window is not supported for ${family}`);
+  }
+  return null;
 }
 
 export function tokenIdList(value: unknown): number[] {

@@ -8,13 +8,15 @@ export interface DecoderFamily {
   name: string;
   qkvBias: boolean;
   qkNorm: boolean;
+  /** Whether config.attention_bias adds biases to q, k, v and o (Llama, Qwen3). */
+  attentionBiasFlag: boolean;
 }
 
 const FAMILIES: Record<string, DecoderFamily> = {
-  LlamaForCausalLM: { name: "llama", qkvBias: false, qkNorm: false },
-  MistralForCausalLM: { name: "mistral", qkvBias: false, qkNorm: false },
-  Qwen2ForCausalLM: { name: "qwen2", qkvBias: true, qkNorm: false },
-  Qwen3ForCausalLM: { name: "qwen3", qkvBias: false, qkNorm: true },
+  LlamaForCausalLM: { name: "llama", qkvBias: false, qkNorm: false, attentionBiasFlag: true },
+  MistralForCausalLM: { name: "mistral", qkvBias: false, qkNorm: false, attentionBiasFlag: false },
+  Qwen2ForCausalLM: { name: "qwen2", qkvBias: true, qkNorm: false, attentionBiasFlag: false },
+  Qwen3ForCausalLM: { name: "qwen3", qkvBias: false, qkNorm: true, attentionBiasFlag: true },
 };
 
 export const SUPPORTED_ARCHITECTURES = Object.keys(FAMILIES);

@@ -2,13 +2,15 @@
  * A small seeded pseudo-random generator (mulberry32) with Box–Muller normals, for synthetic
  * checkpoints and tests that must produce the same bytes on every machine.
  *
- * NOTE: the uniform stream is pure 32-bit integer arithmetic. Normals also use Math.log, sqrt,
- * cos and sin; V8 implements those with its own port of fdlibm rather than the platform libm,
- * so under Node they give identical bits on every CPU and OS.
+ * NOTE: the uniform stream is pure 32-bit integer arithmetic. Normals also use Math.log (sqrt is
+ * exact by IEEE 754); V8 implements log with its own port of fdlibm rather than the platform
+ * libm, so under Node the bits are the same on every CPU and OS.
  */
 export class Prng {
   private state: number;
-  private spare: number | null = null;
+  // NOTE: a flag rather than `number | null`, so V8 keeps `spare` an unboxed double.
+  private spare = 0;
+  private hasSpare = false;
 
   constructor(seed: number) {
     this.state = seed >>> 0;
@@ -25,15 +27,21 @@ export class Prng {
 
   /** Standard normal: mean 0, standard deviation 1. */
   normal(): number {
-    if (this.spare !== null) {
-      const spare = this.spare;
-      this.spare = null;
-      return spare;
+    if (this.hasSpare) {
+      this.hasSpare = false;
+      return this.spare;
     }
-    const radius = Math.sqrt(-2 * Math.log(1 - this.next())); // 1 - next() is in (0, 1]
-    const angle = 2 * Math.PI * this.next();
-    this.spare = radius * Math.sin(angle);
-    return radius * Math.cos(angle);
+    // Marsaglia's polar form of Box–Muller: a point uniform in the unit disc, no sin or cos.
+    let u: number, v: number, radiusSquared: number;
+    do {
+      u = 2 * this.next() - 1;
+      v = 2 * this.next() - 1;
+      radiusSquared = u * u + v * v;
+    } while (radiusSquared >= 1 || radiusSquared === 0);
+    const scale = Math.sqrt((-2 * Math.log(radiusSquared)) / radiusSquared);
+    this.spare = v * scale;
+    this.hasSpare = true;
+    return u * scale;
   }
 }
 

@@ -74,10 +74,16 @@ export function randomCheckpointEntries(options: RandomCheckpointOptions): Tenso
       add(`${layer}.self_attn.k_norm.weight`, [config.headDim], "norm");
     }
     add(`${layer}.self_attn.o_proj.weight`, [hidden, qSize], "matrix");
+    if (config.oBias) add(`${layer}.self_attn.o_proj.bias`, [hidden], "matrix");
     add(`${layer}.post_attention_layernorm.weight`, [hidden], "norm");
     add(`${layer}.mlp.gate_proj.weight`, [config.intermediateSize, hidden], "matrix");
     add(`${layer}.mlp.up_proj.weight`, [config.intermediateSize, hidden], "matrix");
     add(`${layer}.mlp.down_proj.weight`, [hidden, config.intermediateSize], "matrix");
+    if (config.mlpBias) {
+      add(`${layer}.mlp.gate_proj.bias`, [config.intermediateSize], "matrix");
+      add(`${layer}.mlp.up_proj.bias`, [config.intermediateSize], "matrix");
+      add(`${layer}.mlp.down_proj.bias`, [hidden], "matrix");
+    }
   }
   add("model.norm.weight", [hidden], "norm");
   if (!config.tieWordEmbeddings) add("lm_head.weight", [config.vocabSize, hidden], "matrix");

@@ -97,14 +97,14 @@ class SafetensorsStore implements WeightStore {
 
   readFloat32(name: string): Float32Array {
     const slot = this.slot(name);
+    if (slot.dtype !== "F32" && slot.dtype !== "F16" && slot.dtype !== "BF16") {
+      throw new ModelError("BAD_WEIGHTS", `tensor "${name}" in ${slot.file.path} has dtype ${slot.dtype}; only F32, F16 and BF16 are supported`);
+    }
     const numElements = slot.numBytes / BYTES_PER_ELEMENT[slot.dtype];
     const out = new Float32Array(numElements);
     if (slot.dtype === "F32") {
       readFully(slot, new Uint8Array(out.buffer));
       return out;
-    }
-    if (slot.dtype !== "F16" && slot.dtype !== "BF16") {
-      throw new ModelError("BAD_WEIGHTS", `tensor "${name}" in ${slot.file.path} has dtype ${slot.dtype}; only F32, F16 and BF16 are supported`);
     }
     // NOTE: read the 16-bit values into the upper half of the output and widen in place (see
     // float16ToFloat32), so a multi-GiB tensor needs no second buffer.

@@ -60,7 +60,7 @@ export class ModelRunner implements StepRunner {
   }
 
   private async runGroup(seqs: readonly StepSequence[]): Promise<Float32Array[]> {
-    const layout = layoutStep(seqs, this.pool);
+    const layout = layoutStep(seqs, this.pool, this.config.slidingWindow);
     const { batch, seq, past } = layout;
     const feeds: Record<string, ort.Tensor> = {
       ...this.poolFeeds,

@@ -5,6 +5,7 @@
  *   attention_mask[b, 0, i, :]     (P = widest past, S = widest step)
  *   ├──── past: j < P ─────┤├── new: P + j, j < S ──┤
  *   0 for j < numCached_b    0 for j ≤ i (causal)      else MASKED
+ *   (with a sliding window W, positions at or before q - W are masked too)
  */
 import type { KvPool } from "./kv-pool.ts";
 
@@ -34,7 +35,8 @@ export interface StepLayout {
   newSlots: Int32Array[];
 }
 
-export function layoutStep(seqs: readonly StepSequence[], pool: KvPool): StepLayout {
+/** @param slidingWindow when set, a token at position q sees only keys at positions > q - slidingWindow. */
+export function layoutStep(seqs: readonly StepSequence[], pool: KvPool, slidingWindow: number | null = null): StepLayout {
   const batch = seqs.length;
   const seq = Math.max(...seqs.map((s) => s.tokenIds.length));
   const past = Math.max(...seqs.map((s) => s.numCachedTokens));
@@ -55,8 +57,9 @@ export function layoutStep(seqs: readonly StepSequence[], pool: KvPool): StepLay
       positionIds[row] = BigInt(s.numCachedTokens + (real ? i : 0));
       const maskRow = mask.subarray(row * total, (row + 1) * total);
       if (real) {
-        maskRow.fill(0, 0, s.numCachedTokens);
-        maskRow.fill(0, past, past + i + 1);
+        const firstVisible = slidingWindow === null ? 0 : Math.max(0, s.numCachedTokens + i - slidingWindow + 1);
+        maskRow.fill(0, Math.min(firstVisible, s.numCachedTokens), s.numCachedTokens);
+        maskRow.fill(0, past + Math.max(0, firstVisible - s.numCachedTokens), past + i + 1);
         slots[i] = pool.slotOf(s.blockTable, s.numCachedTokens + i);
         if (i >= s.logitsFrom) logitsIndices.push(BigInt(row));
       } else {

@@ -74,13 +74,13 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
       q_num_heads: numHeads, kv_num_heads: numKvHeads, scale: { f: 1 / Math.sqrt(headDim) },
     });
     const attnRows = g.op("Reshape", [attn, g.constInt64([-1, numHeads * headDim])]);
-    x = g.op("Add", [x, linear(g, weights, attnRows, `${p}.self_attn.o_proj`, false)]);
+    x = g.op("Add", [x, linear(g, weights, attnRows, `${p}.self_attn.o_proj`, config.oBias)]);
 
     const h2 = rmsNorm(g, weights, x, `${p}.post_attention_layernorm.weight`, config);
-    const gate = linear(g, weights, h2, `${p}.mlp.gate_proj`, false);
-    const up = linear(g, weights, h2, `${p}.mlp.up_proj`, false);
+    const gate = linear(g, weights, h2, `${p}.mlp.gate_proj`, config.mlpBias);
+    const up = linear(g, weights, h2, `${p}.mlp.up_proj`, config.mlpBias);
     const act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up]);
-    x = g.op("Add", [x, linear(g, weights, act, `${p}.mlp.down_proj`, false)]);
+    x = g.op("Add", [x, linear(g, weights, act, `${p}.mlp.down_proj`, config.mlpBias)]);
     onLayer?.(layer);
   }
 

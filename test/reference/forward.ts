@@ -195,7 +195,7 @@ function attention(cfg: RefConfig, get: (n: string) => RefTensor, p: string, xs:
 }
 
 function silu(x: number): number {
-  return x / (1 + Math.exp(x));
+  return x / (1 + Math.exp(-x));
 }
 
 /** SwiGLU: down(silu(gate(x)) * up(x)). */

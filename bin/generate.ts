@@ -1,0 +1,99 @@
+/**
+ * `tokenmill generate`: runs prompts through the real engine path offline and prints
+ * one JSON line (or the text) per prompt, in input order.
+ */
+import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { Engine, type EngineOutput, type SamplingParams } from "../engine/index.ts";
+import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, loadModel, positiveInt } from "./engine-flags.ts";
+
+export const GENERATE_HELP = `tokenmill generate [options]
+Prompts (one of):
+  --prompt-ids 9707,11,1879     token ids
+  --prompt "text"               raw text, encoded without a chat template
+  --prompts-file FILE           one raw-text prompt per line, all run concurrently
+Sampling:
+  --max-tokens N (16)  --temperature T (1)  --top-p P (1)  --top-k K (off)  --min-p P (0)
+  --seed N  --ignore-eos  --logprobs N (top alternatives to report)
+Output:
+  --json                        one JSON line per prompt: {"token_ids", "logprobs", "text"}
+${ENGINE_FLAGS_HELP}`;
+
+export async function generateCommand(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      ...ENGINE_FLAGS,
+      "prompt-ids": { type: "string" },
+      prompt: { type: "string" },
+      "prompts-file": { type: "string" },
+      "max-tokens": { type: "string", default: "16" },
+      temperature: { type: "string", default: "1" },
+      "top-p": { type: "string", default: "1" },
+      "top-k": { type: "string", default: "0" },
+      "min-p": { type: "string", default: "0" },
+      seed: { type: "string" },
+      "ignore-eos": { type: "boolean", default: false },
+      logprobs: { type: "string" },
+      json: { type: "boolean", default: false },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) return void console.log(GENERATE_HELP);
+  const { tokenizer, engineOptions } = loadModel(values);
+  const prompts = readPrompts(values, (text) => tokenizer.encode(text, false));
+  const sampling = samplingFrom(values);
+  const maxTokens = positiveInt(values["max-tokens"], "--max-tokens");
+
+  const engine = await Engine.start(engineOptions);
+  try {
+    const results = await Promise.all(prompts.map(async (promptTokenIds) => {
+      const outputs: EngineOutput[] = [];
+      const request = { requestId: randomUUID(), promptTokenIds, maxTokens, sampling, ignoreEos: values["ignore-eos"] };
+      for await (const output of engine.add(request)) outputs.push(output);
+      return outputs;
+    }));
+    for (const outputs of results) {
+      const tokenIds = outputs.flatMap((o) => o.newTokenIds);
+      const logprobs = outputs.flatMap((o) => (o.logprobs ?? []).map((l) => l.logprob));
+      const text = tokenizer.decode(tokenIds, true);
+      const finishReason = outputs.at(-1)?.finishReason;
+      if (values.json) {
+        const top = values.logprobs ? { top_logprobs: outputs.flatMap((o) => (o.logprobs ?? []).map((l) => l.top.map((t) => ({ token_id: t.tokenId, logprob: t.logprob })))) } : {};
+        console.log(JSON.stringify({ token_ids: tokenIds, logprobs, text, finish_reason: finishReason, ...top }));
+      } else {
+        console.log(text);
+      }
+    }
+  } finally {
+    await engine.shutdown();
+  }
+}
+
+function readPrompts(values: Record<string, unknown>, encode: (text: string) => number[]): number[][] {
+  const given = ["prompt-ids", "prompt", "prompts-file"].filter((k) => values[k] !== undefined);
+  if (given.length !== 1) throw new Error("give exactly one of --prompt-ids, --prompt or --prompts-file");
+  if (values["prompt-ids"] !== undefined) {
+    const ids = String(values["prompt-ids"]).split(",").map((s) => Number(s.trim()));
+    if (ids.some((id) => !Number.isInteger(id) || id < 0)) throw new Error(`--prompt-ids must be comma-separated token ids, got ${String(values["prompt-ids"])}`);
+    return [ids];
+  }
+  if (values.prompt !== undefined) return [encode(String(values.prompt))];
+  const lines = readFileSync(String(values["prompts-file"]), "utf8").split(/\r?\n/).filter((line) => line.length > 0);
+  return lines.map(encode);
+}
+
+function samplingFrom(values: Record<string, unknown>): SamplingParams {
+  const num = (flag: string) => {
+    const n = Number(values[flag]);
+    if (!Number.isFinite(n)) throw new Error(`--${flag} must be a number, got ${String(values[flag])}`);
+    return n;
+  };
+  return {
+    temperature: num("temperature"), topP: num("top-p"), topK: num("top-k"), minP: num("min-p"),
+    seed: values.seed === undefined ? undefined : num("seed"),
+    presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1,
+    logprobs: values.logprobs === undefined ? 0 : positiveInt(values.logprobs, "--logprobs"),
+  };
+}

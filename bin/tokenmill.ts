@@ -1,0 +1,30 @@
+#!/usr/bin/env -S node --import tsx
+/** The tokenmill command line: serve, generate, bench. */
+import { GENERATE_HELP, generateCommand } from "./generate.ts";
+
+const HELP = `tokenmill: a self-hosted, OpenAI-compatible model server
+
+  tokenmill serve [--model DIR] [--port N]    serve the OpenAI-compatible API
+  tokenmill generate [options]               run prompts offline through the engine
+  tokenmill bench [options]                  benchmark a server
+
+Run a command with --help for its options.
+
+${GENERATE_HELP}`;
+
+const commands: Record<string, (args: string[]) => Promise<void>> = {
+  generate: generateCommand,
+};
+
+async function main(argv: string[]): Promise<void> {
+  const [name, ...args] = argv;
+  if (!name || name === "--help" || name === "-h") return void console.log(HELP);
+  const command = commands[name];
+  if (!command) throw new Error(`unknown command "${name}"; try: ${Object.keys(commands).join(", ")}`);
+  await command(args);
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  console.error(`tokenmill: ${err instanceof Error ? err.message : String(err)}`);
+  process.exitCode = 1;
+});

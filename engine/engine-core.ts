@@ -1,0 +1,155 @@
+/**
+ * The engine loop's body, free of threads: step() = schedule → run → sample → update.
+ * The engine thread owns one EngineCore; tests drive it directly with a fake runner.
+ */
+import { EngineError } from "./engine-error.ts";
+import { BlockPool } from "./kv-cache/block-pool.ts";
+import { KvCacheManager } from "./kv-cache/kv-cache-manager.ts";
+import type { EngineOutput, EngineRequest, FinishReason } from "./request.ts";
+import type { StepRunner } from "./runner/model-runner.ts";
+import type { StepSequence } from "./runner/step-batch.ts";
+import { sampleToken } from "./sampler.ts";
+import { type ScheduledSequence, Scheduler } from "./scheduler.ts";
+import { Sequence } from "./sequence.ts";
+import { EngineStats } from "./engine-stats.ts";
+
+export interface EngineCoreOptions {
+  blockSize: number;
+  numBlocks: number;
+  maxNumSeqs: number;
+  maxNumBatchedTokens: number;
+  maxModelLen: number;
+  eosTokenIds: readonly number[];
+  enablePrefixCaching?: boolean;
+}
+
+export class EngineCore {
+  readonly scheduler: Scheduler;
+  readonly kv: KvCacheManager;
+  readonly stats = new EngineStats();
+  private readonly pendingAdds: Sequence[] = [];
+  private readonly pendingAborts = new Set<string>();
+  private readonly sequences = new Map<string, Sequence[]>();
+  private numArrivals = 0;
+
+  constructor(private readonly runner: StepRunner, private readonly options: EngineCoreOptions) {
+    this.kv = new KvCacheManager(new BlockPool(options.numBlocks), options.blockSize, options.enablePrefixCaching ?? true);
+    this.scheduler = new Scheduler(this.kv, options);
+  }
+
+  /** Queues a request for the next step; throws EngineError for requests that can never run. */
+  add(request: EngineRequest): void {
+    this.validate(request);
+    const stop = new Set([...(request.stopTokenIds ?? []), ...(request.ignoreEos ? [] : this.options.eosTokenIds)]);
+    const n = request.n ?? 1;
+    const seqs = Array.from({ length: n }, (_, index) => Sequence.fromRequest(request, index, stop, this.numArrivals++));
+    this.sequences.set(request.requestId, seqs);
+    this.pendingAdds.push(...seqs);
+  }
+
+  /** Marks a request aborted; its blocks are freed at the start of the next step. */
+  abort(requestId: string): void {
+    if (this.sequences.has(requestId)) this.pendingAborts.add(requestId);
+  }
+
+  get hasWork(): boolean {
+    return this.scheduler.hasWork || this.pendingAdds.length > 0 || this.pendingAborts.size > 0;
+  }
+
+  async step(): Promise<EngineOutput[]> {
+    const outputs = this.applyPending();
+    const { scheduled, preempted } = this.scheduler.schedule();
+    this.stats.numPreemptions += preempted.length;
+    if (scheduled.length === 0) return outputs;
+    const logits = await this.runner.execute(scheduled.map(toStepSequence));
+    scheduled.forEach((entry, i) => {
+      const output = this.update(entry, logits[i]);
+      if (output) outputs.push(output);
+    });
+    this.stats.observeStep(this.scheduler, this.kv);
+    return outputs;
+  }
+
+  checkIntegrity(): void {
+    this.kv.pool.checkIntegrity();
+  }
+
+  private applyPending(): EngineOutput[] {
+    const outputs: EngineOutput[] = [];
+    for (const seq of this.pendingAdds.splice(0)) this.scheduler.add(seq);
+    for (const requestId of this.pendingAborts) {
+      for (const seq of this.sequences.get(requestId) ?? []) {
+        if (seq.status === "finished") continue;
+        this.scheduler.finish(seq);
+        outputs.push(this.finishOutput(seq, "abort"));
+      }
+    }
+    this.pendingAborts.clear();
+    return outputs;
+  }
+
+  private update({ seq, numNewTokens }: ScheduledSequence, logits: Float32Array): EngineOutput | null {
+    seq.numComputedTokens += numNewTokens;
+    this.kv.cacheFullBlocks(seq);
+    if (seq.numComputedTokens < seq.numTokens) return null;
+    const isFirst = seq.outputTokenIds.length === 0;
+    const sample = sampleToken(logits, seq.sampling, seq, seq.rng);
+    seq.appendToken(sample.tokenId);
+    this.stats.observeToken(seq, isFirst);
+    const finishReason = this.finishReasonOf(seq, sample.tokenId);
+    if (finishReason) this.finish(seq);
+    return {
+      requestId: seq.requestId,
+      index: seq.index,
+      newTokenIds: [sample.tokenId],
+      ...(seq.sampling.logprobs !== undefined ? { logprobs: [{ logprob: sample.logprob, top: sample.top }] } : {}),
+      ...(finishReason ? { finishReason } : {}),
+      ...(isFirst ? { numCachedTokens: seq.numCachedTokens ?? 0, numPromptTokens: seq.numPromptTokens } : {}),
+    };
+  }
+
+  private finishReasonOf(seq: Sequence, tokenId: number): FinishReason | null {
+    if (seq.stopTokenIds.has(tokenId)) return "stop";
+    if (seq.outputTokenIds.length >= seq.maxTokens || seq.numTokens >= this.options.maxModelLen) return "length";
+    return null;
+  }
+
+  private finish(seq: Sequence): void {
+    this.scheduler.finish(seq);
+    this.stats.observeFinish(seq);
+    const siblings = this.sequences.get(seq.requestId) ?? [];
+    if (siblings.every((s) => s.status === "finished")) this.sequences.delete(seq.requestId);
+  }
+
+  private finishOutput(seq: Sequence, finishReason: FinishReason): EngineOutput {
+    this.sequences.delete(seq.requestId);
+    return { requestId: seq.requestId, index: seq.index, newTokenIds: [], finishReason };
+  }
+
+  private validate(request: EngineRequest): void {
+    const { maxModelLen, blockSize, numBlocks } = this.options;
+    const numPrompt = request.promptTokenIds.length;
+    if (numPrompt === 0) throw new EngineError("INVALID_REQUEST", "the prompt is empty");
+    if (this.sequences.has(request.requestId)) throw new EngineError("INVALID_REQUEST", `request id ${request.requestId} is already in use`);
+    if (numPrompt + request.maxTokens > maxModelLen) {
+      throw new EngineError("PROMPT_TOO_LONG",
+        `this model's maximum context length is ${maxModelLen} tokens; the prompt has ${numPrompt} and max_tokens is ${request.maxTokens} (${numPrompt + request.maxTokens} in all)`);
+    }
+    const numBlocksNeeded = Math.ceil((numPrompt + request.maxTokens) / blockSize);
+    if (numBlocksNeeded > numBlocks - 1) {
+      throw new EngineError("PROMPT_TOO_LONG",
+        `the prompt (${numPrompt} tokens) plus max_tokens (${request.maxTokens}) needs ${numBlocksNeeded} KV blocks but the cache holds ${numBlocks - 1}; raise --kv-cache-memory`);
+    }
+  }
+}
+
+function toStepSequence({ seq, numNewTokens }: ScheduledSequence): StepSequence {
+  const start = seq.numComputedTokens;
+  const reachesEnd = start + numNewTokens === seq.numTokens;
+  return {
+    tokenIds: seq.tokensIn(start, start + numNewTokens),
+    numCachedTokens: start,
+    blockTable: seq.blockIds,
+    logitsFrom: reachesEnd ? numNewTokens - 1 : numNewTokens,
+  };
+}

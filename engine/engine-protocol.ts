@@ -1,0 +1,16 @@
+/** Messages between the engine facade (any thread) and the engine thread. */
+import type { EngineErrorCode } from "./engine-error.ts";
+import type { EngineInfo } from "./engine-options.ts";
+import type { EngineStatsSnapshot } from "./engine-stats.ts";
+import type { EngineOutput, EngineRequest } from "./request.ts";
+
+export type ToEngine =
+  | { type: "add"; request: EngineRequest }
+  | { type: "abort"; requestId: string }
+  | { type: "shutdown" };
+
+export type FromEngine =
+  | { type: "ready"; info: EngineInfo }
+  | { type: "outputs"; outputs: EngineOutput[]; stats: EngineStatsSnapshot }
+  | { type: "rejected"; requestId: string; code: EngineErrorCode; message: string }
+  | { type: "fatal"; code: EngineErrorCode; message: string };

@@ -1,0 +1,75 @@
+/**
+ * The engine thread: owns the ONNX Runtime session, the KV pool, the scheduler and every
+ * request's state. It only ever talks to the outside through messages.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import { ensureGraph } from "../models/index.ts";
+import { EngineCore } from "./engine-core.ts";
+import { EngineError } from "./engine-error.ts";
+import type { EngineInfo, EngineOptions } from "./engine-options.ts";
+import type { FromEngine, ToEngine } from "./engine-protocol.ts";
+import { KvPool } from "./runner/kv-pool.ts";
+import { ModelRunner } from "./runner/model-runner.ts";
+
+const port = parentPort!;
+const post = (message: FromEngine) => port.postMessage(message);
+
+async function main(options: EngineOptions): Promise<void> {
+  const started = performance.now();
+  const graph = ensureGraph(options.modelDir, { progress: options.progress });
+  const { config } = graph;
+  const maxModelLen = Math.min(options.maxModelLen ?? config.maxPositionEmbeddings, config.maxPositionEmbeddings);
+  const numBlocks = KvPool.blocksForBytes(options.kvCacheMemoryBytes, {
+    numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize: options.blockSize,
+  });
+  if (numBlocks < 2) throw new EngineError("INVALID_REQUEST", `--kv-cache-memory ${options.kvCacheMemoryBytes} bytes holds fewer than 2 blocks`);
+  const runner = await ModelRunner.create({
+    graphPath: graph.graphPath, config, device: options.device, blockSize: options.blockSize, numBlocks, intraOpThreads: options.intraOpThreads,
+  });
+  const core = new EngineCore(runner, { ...options, numBlocks, maxModelLen });
+  const info: EngineInfo = {
+    modelDir: options.modelDir, architecture: config.architecture, vocabSize: config.vocabSize, maxModelLen, numBlocks,
+    blockSize: options.blockSize, graphBuilt: graph.built, graphBuildMs: graph.buildMs, loadMs: performance.now() - started,
+  };
+
+  let wake: (() => void) | null = null;
+  let stopping = false;
+  port.on("message", (message: ToEngine) => {
+    if (message.type === "add") {
+      try {
+        core.add(message.request);
+      } catch (err) {
+        const { code, message: text } = err instanceof EngineError ? err : new EngineError("INVALID_REQUEST", String(err));
+        post({ type: "rejected", requestId: message.request.requestId, code, message: text });
+      }
+    } else if (message.type === "abort") {
+      core.abort(message.requestId);
+    } else {
+      stopping = true;
+    }
+    wake?.();
+  });
+  post({ type: "ready", info });
+
+  while (!stopping) {
+    if (!core.hasWork) {
+      core.checkIntegrity();
+      post({ type: "outputs", outputs: [], stats: core.stats.snapshot() });
+      await new Promise<void>((resolve) => (wake = resolve));
+      wake = null;
+      continue;
+    }
+    const outputs = await core.step();
+    if (outputs.length > 0) post({ type: "outputs", outputs, stats: core.stats.snapshot() });
+    // NOTE: session.run blocks this thread; yielding here lets new requests and aborts in between steps.
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  await runner.release();
+  port.close();
+}
+
+main(workerData as EngineOptions).catch((err: unknown) => {
+  const code = err instanceof EngineError ? err.code : "RUNTIME_FAILED";
+  post({ type: "fatal", code, message: err instanceof Error ? err.message : String(err) });
+  port.close();
+});

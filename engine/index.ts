@@ -1,0 +1,7 @@
+/** The public entry point of engine/. */
+export { Engine } from "./engine.ts";
+export { EngineError, type EngineErrorCode } from "./engine-error.ts";
+export { DEFAULT_ENGINE_OPTIONS, parseBytes, type EngineInfo, type EngineOptions } from "./engine-options.ts";
+export type { EngineStatsSnapshot } from "./engine-stats.ts";
+export { GREEDY, type EngineOutput, type EngineRequest, type FinishReason, type SamplingParams, type TokenLogprob } from "./request.ts";
+export type { Device } from "./runner/onnx-session.ts";

@@ -1,0 +1,87 @@
+/**
+ * Sequences' block tables on top of the block pool, with automatic prefix caching.
+ *
+ *   tokens   [t0 … t15][t16 … t31][t32 t33]       blockSize 16
+ *   hashes    h0 = H("", t0..t15)   h1 = H(h0, t16..t31)   (the partial block is never hashed)
+ */
+import { createHash } from "node:crypto";
+import type { Sequence } from "../sequence.ts";
+import type { BlockPool } from "./block-pool.ts";
+
+export class KvCacheManager {
+  numPrefixQueries = 0;
+  numPrefixHits = 0;
+
+  constructor(readonly pool: BlockPool, readonly blockSize: number, readonly enablePrefixCaching = true) {}
+
+  /**
+   * The cached blocks that cover the longest prefix of a sequence's tokens.
+   * NOTE: the last token is always recomputed, since its logits are needed.
+   */
+  findCachedBlocks(seq: Sequence): { blockIds: number[]; hashes: string[] } {
+    const blockIds: number[] = [];
+    const hashes: string[] = [];
+    if (!this.enablePrefixCaching) return { blockIds, hashes };
+    const maxBlocks = Math.floor((seq.numTokens - 1) / this.blockSize);
+    let parent = "";
+    for (let i = 0; i < maxBlocks; i++) {
+      const tokenIds = seq.tokensIn(i * this.blockSize, (i + 1) * this.blockSize);
+      const hash = blockHash(parent, tokenIds);
+      const block = this.pool.lookup(hash, tokenIds);
+      if (!block) break;
+      blockIds.push(block.blockId);
+      hashes.push(hash);
+      parent = hash;
+    }
+    this.numPrefixQueries += seq.numTokens;
+    this.numPrefixHits += blockIds.length * this.blockSize;
+    return { blockIds, hashes };
+  }
+
+  /**
+   * Gives the sequence slots for `numNewTokens` more tokens, after taking the cached
+   * prefix blocks `cached` (first admission only). Returns false, changing nothing,
+   * when the pool can't hold them now.
+   */
+  allocateSlots(seq: Sequence, numNewTokens: number, cached?: { blockIds: number[]; hashes: string[] }): boolean {
+    const cachedIds = cached?.blockIds ?? [];
+    const numCachedTokens = cachedIds.length * this.blockSize;
+    const numBlocksNeeded = Math.ceil((seq.numComputedTokens + numCachedTokens + numNewTokens) / this.blockSize);
+    const numNewBlocks = Math.max(0, numBlocksNeeded - seq.blockIds.length - cachedIds.length);
+    // Cached hits that sit in the free queue stop being free once touched.
+    const numFreeHits = cachedIds.filter((id) => this.pool.refCountOf(id) === 0).length;
+    if (!this.pool.canAllocate(numNewBlocks + numFreeHits)) return false;
+    this.pool.touch(cachedIds);
+    seq.blockIds.push(...cachedIds, ...this.pool.allocate(numNewBlocks)!);
+    seq.blockHashes.push(...(cached?.hashes ?? []));
+    seq.numComputedTokens += numCachedTokens;
+    return true;
+  }
+
+  /** Registers the sequence's newly full, computed blocks in the prefix cache. */
+  cacheFullBlocks(seq: Sequence): void {
+    if (!this.enablePrefixCaching) return;
+    const numFull = Math.floor(seq.numComputedTokens / this.blockSize);
+    for (let i = seq.blockHashes.length; i < numFull; i++) {
+      const tokenIds = seq.tokensIn(i * this.blockSize, (i + 1) * this.blockSize);
+      const hash = blockHash(i === 0 ? "" : seq.blockHashes[i - 1], tokenIds);
+      this.pool.cache(seq.blockIds[i], hash, tokenIds);
+      seq.blockHashes.push(hash);
+    }
+  }
+
+  /** Releases a sequence's blocks, tail first so that its tail is evicted first. */
+  free(seq: Sequence): void {
+    this.pool.free([...seq.blockIds].reverse());
+    seq.blockIds = [];
+    seq.blockHashes = [];
+  }
+
+  blocksFor(numTokens: number): number {
+    return Math.ceil(numTokens / this.blockSize);
+  }
+}
+
+export function blockHash(parentHash: string, tokenIds: readonly number[]): string {
+  return createHash("sha256").update(parentHash).update(Int32Array.from(tokenIds)).digest("base64url");
+}

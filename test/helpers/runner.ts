@@ -1,0 +1,42 @@
+/** Real ONNX Runtime runners on tiny checkpoints, and the reference's view of the same weights. */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { ensureGraph } from "../../models/build-graph.ts";
+import { openWeights } from "../../models/safetensors.ts";
+import { ModelRunner } from "../../engine/runner/model-runner.ts";
+import { referenceLogits } from "../reference/forward.ts";
+
+export async function loadRunner(dir: string, blockSize = 4, numBlocks = 64): Promise<ModelRunner> {
+  const graph = ensureGraph(dir);
+  return ModelRunner.create({ graphPath: graph.graphPath, config: graph.config, device: "cpu", blockSize, numBlocks, intraOpThreads: 1 });
+}
+
+/** Logits of the independent TypeScript forward pass at every position. */
+export function referenceFor(dir: string, tokenIds: number[]): Float32Array[] {
+  const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
+  const weights = openWeights(dir);
+  try {
+    return referenceLogits(config, (name) => ({ shape: weights.info(name).shape, data: weights.readFloat32(name) }), tokenIds);
+  } finally {
+    weights.close();
+  }
+}
+
+export function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} != ${b.length}`);
+  let max = 0;
+  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
+  return max;
+}
+
+export function rows(flat: Float32Array, width: number): Float32Array[] {
+  return Array.from({ length: flat.length / width }, (_, i) => flat.subarray(i * width, (i + 1) * width));
+}
+
+export function seededTokens(n: number, vocab: number, seed: number): number[] {
+  let state = seed >>> 0;
+  return Array.from({ length: n }, () => {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    return state % vocab;
+  });
+}
