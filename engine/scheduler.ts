@@ -80,7 +80,7 @@ export class Scheduler {
   /** Removes a sequence wherever it is and frees its blocks. */
   finish(seq: Sequence): void {
     seq.status = "finished";
-    removeFrom(this.running, seq) || removeFrom(this.waiting, seq);
+    if (!removeFrom(this.running, seq)) removeFrom(this.waiting, seq);
     this.kv.free(seq);
   }
 

@@ -14,6 +14,8 @@ export interface RunnerOptions {
   blockSize: number;
   numBlocks: number;
   intraOpThreads?: number;
+  /** How much padding a group of sequences may carry (padded tokens / real tokens); see groupForPadding. */
+  paddingSlack?: number;
 }
 
 /** What the scheduler-facing side sees: data in, data out. */
@@ -27,7 +29,12 @@ export class ModelRunner implements StepRunner {
   readonly vocabSize: number;
   private readonly poolFeeds: Record<string, ort.Tensor> = {};
 
-  private constructor(private readonly session: ort.InferenceSession, readonly pool: KvPool, private readonly config: ModelConfig) {
+  private constructor(
+    private readonly session: ort.InferenceSession,
+    readonly pool: KvPool,
+    private readonly config: ModelConfig,
+    private readonly paddingSlack: number,
+  ) {
     this.vocabSize = config.vocabSize;
     const dims = [pool.numSlots, config.numKvHeads, config.headDim];
     for (let layer = 0; layer < config.numLayers; layer++) {
@@ -43,12 +50,12 @@ export class ModelRunner implements StepRunner {
       numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim,
       blockSize: options.blockSize, numBlocks: options.numBlocks,
     });
-    return new ModelRunner(session, pool, config);
+    return new ModelRunner(session, pool, config, options.paddingSlack ?? 1.25);
   }
 
   async execute(seqs: readonly StepSequence[]): Promise<Float32Array[]> {
     const logits: Float32Array[] = new Array(seqs.length);
-    for (const group of groupForPadding(seqs)) {
+    for (const group of groupForPadding(seqs, this.paddingSlack)) {
       const rows = await this.runGroup(group.map((i) => seqs[i]));
       group.forEach((seqIndex, k) => (logits[seqIndex] = rows[k]));
     }

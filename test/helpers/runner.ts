@@ -6,9 +6,9 @@ import { openWeights } from "../../models/safetensors.ts";
 import { ModelRunner } from "../../engine/runner/model-runner.ts";
 import { referenceLogits } from "../reference/forward.ts";
 
-export async function loadRunner(dir: string, blockSize = 4, numBlocks = 64): Promise<ModelRunner> {
+export async function loadRunner(dir: string, blockSize = 4, numBlocks = 64, paddingSlack?: number): Promise<ModelRunner> {
   const graph = ensureGraph(dir);
-  return ModelRunner.create({ graphPath: graph.graphPath, config: graph.config, device: "cpu", blockSize, numBlocks, intraOpThreads: 1 });
+  return ModelRunner.create({ graphPath: graph.graphPath, config: graph.config, device: "cpu", blockSize, numBlocks, intraOpThreads: 1, paddingSlack });
 }
 
 /** Logits of the independent TypeScript forward pass at every position. */

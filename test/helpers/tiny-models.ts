@@ -1,6 +1,5 @@
 /** Tiny random checkpoints of each family, generated once into the cache. */
 import { existsSync, renameSync, rmSync } from "node:fs";
-import { join } from "node:path";
 import { cacheDir } from "../../models/cache-dir.ts";
 import { writeRandomCheckpoint } from "../../models/random-checkpoint.ts";
 
