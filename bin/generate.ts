@@ -18,6 +18,7 @@ Sampling:
   --seed N  --ignore-eos  --logprobs N (top alternatives to report)
 Output:
   --json                        one JSON line per prompt: {"token_ids", "logprobs", "text"}
+  --verbose, -v                 timings on stderr: load, graph build, time to first token
 ${ENGINE_FLAGS_HELP}`;
 
 export async function generateCommand(args: string[]): Promise<void> {
@@ -37,23 +38,39 @@ export async function generateCommand(args: string[]): Promise<void> {
       "ignore-eos": { type: "boolean", default: false },
       logprobs: { type: "string" },
       json: { type: "boolean", default: false },
+      verbose: { type: "boolean", short: "v", default: false },
       help: { type: "boolean", short: "h" },
     },
   });
   if (values.help) return void console.log(GENERATE_HELP);
+  const startedMs = performance.now();
   const { tokenizer, engineOptions } = loadModel(values);
   const prompts = readPrompts(values, (text) => tokenizer.encode(text, false));
   const sampling = samplingFrom(values);
   const maxTokens = positiveInt(values["max-tokens"], "--max-tokens");
 
   const engine = await Engine.start(engineOptions);
+  const readyMs = performance.now();
   try {
     const results = await Promise.all(prompts.map(async (promptTokenIds) => {
       const outputs: EngineOutput[] = [];
       const request = { requestId: randomUUID(), promptTokenIds, maxTokens, sampling, ignoreEos: values["ignore-eos"] };
-      for await (const output of engine.add(request)) outputs.push(output);
+      const addedMs = performance.now();
+      for await (const output of engine.add(request)) {
+        if (outputs.length === 0 && values.verbose) console.error(`first token after ${(performance.now() - addedMs).toFixed(1)} ms`);
+        outputs.push(output);
+      }
       return outputs;
     }));
+    if (values.verbose) {
+      const { info } = engine;
+      console.error(
+        `${info.architecture} from ${info.modelDir}: ready in ${(readyMs - startedMs).toFixed(0)} ms ` +
+          `(graph ${info.graphBuilt ? `built in ${info.graphBuildMs.toFixed(0)} ms` : "from cache"}, ` +
+          `${info.numBlocks} KV blocks of ${info.blockSize}, max model len ${info.maxModelLen}); ` +
+          `start to last token ${(performance.now() - startedMs).toFixed(0)} ms`,
+      );
+    }
     for (const outputs of results) {
       const tokenIds = outputs.flatMap((o) => o.newTokenIds);
       const logprobs = outputs.flatMap((o) => (o.logprobs ?? []).map((l) => l.logprob));
