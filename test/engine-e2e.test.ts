@@ -1,0 +1,103 @@
+/**
+ * The real engine thread on the real tiny default model: continuous batching and prefix
+ * caching change nothing about what a greedy request produces.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DEFAULT_ENGINE_OPTIONS, Engine, GREEDY, type EngineOutput, type EngineRequest } from "../engine/index.ts";
+import { ensureDefaultModel } from "../models/default-model.ts";
+import { seededTokens } from "./helpers/runner.ts";
+
+const VOCAB = 151643;
+
+async function collect(engine: Engine, request: EngineRequest): Promise<EngineOutput[]> {
+  const outputs: EngineOutput[] = [];
+  for await (const output of engine.add(request)) outputs.push(output);
+  return outputs;
+}
+
+const tokensOf = (outputs: EngineOutput[]) => outputs.flatMap((o) => o.newTokenIds);
+
+function startEngine(overrides: Partial<Parameters<typeof Engine.start>[0]> = {}): Promise<Engine> {
+  return Engine.start({
+    ...DEFAULT_ENGINE_OPTIONS, modelDir: ensureDefaultModel(), kvCacheMemoryBytes: 256 * 1024 ** 2,
+    eosTokenIds: [151645, 151643], intraOpThreads: 1, ...overrides,
+  });
+}
+
+describe("the engine on the default model", () => {
+  let engine: Engine;
+  beforeAll(async () => (engine = await startEngine({ maxNumBatchedTokens: 256 })));
+  afterAll(async () => engine.shutdown());
+
+  it("64 concurrent greedy requests each produce exactly what they produce alone", async () => {
+    const requests: EngineRequest[] = Array.from({ length: 64 }, (_, i) => ({
+      requestId: `batch-${i}`, promptTokenIds: seededTokens(3 + ((i * 7) % 40), VOCAB, i + 1),
+      maxTokens: 4 + (i % 9), sampling: GREEDY, ignoreEos: true,
+    }));
+    const together = await Promise.all(requests.map((r) => collect(engine, r)));
+    for (const [i, request] of requests.entries()) {
+      const alone = await collect(engine, { ...request, requestId: `alone-${i}` });
+      expect(tokensOf(together[i]), request.requestId).toEqual(tokensOf(alone));
+      expect(tokensOf(alone)).toHaveLength(request.maxTokens);
+    }
+  });
+
+  it("a request sharing a long prompt prefix reports the shared full blocks as cached and produces the same tokens", async () => {
+    const shared = seededTokens(100, VOCAB, 99);
+    const first = await collect(engine, { requestId: "prefix-1", promptTokenIds: [...shared, 5, 6, 7], maxTokens: 6, sampling: GREEDY, ignoreEos: true });
+    expect(first[0].numCachedTokens).toBe(0);
+    const second = await collect(engine, { requestId: "prefix-2", promptTokenIds: [...shared, 8, 9], maxTokens: 6, sampling: GREEDY, ignoreEos: true });
+    // 100 shared tokens = 6 full blocks of 16 (96 tokens); the 7th block differs.
+    expect(second[0].numCachedTokens).toBe(96);
+    expect(second[0].numPromptTokens).toBe(102);
+
+    const uncached = await startEngine({ enablePrefixCaching: false });
+    try {
+      const fresh = await collect(uncached, { requestId: "prefix-3", promptTokenIds: [...shared, 8, 9], maxTokens: 6, sampling: GREEDY, ignoreEos: true });
+      expect(fresh[0].numCachedTokens).toBe(0);
+      expect(tokensOf(second)).toEqual(tokensOf(fresh));
+    } finally {
+      await uncached.shutdown();
+    }
+  });
+
+  it("an aborted request ends with finish_reason abort and the engine keeps serving", async () => {
+    const controller = new AbortController();
+    const outputs: EngineOutput[] = [];
+    for await (const output of engine.add({ requestId: "to-abort", promptTokenIds: [1, 2, 3], maxTokens: 500, sampling: GREEDY, ignoreEos: true }, controller.signal)) {
+      outputs.push(output);
+      if (outputs.length === 3) controller.abort();
+    }
+    expect(outputs.at(-1)?.finishReason).toBe("abort");
+    expect(outputs.length).toBeLessThan(20);
+    const after = await collect(engine, { requestId: "after-abort", promptTokenIds: [1, 2, 3], maxTokens: 3, sampling: GREEDY, ignoreEos: true });
+    expect(tokensOf(after)).toHaveLength(3);
+  });
+
+  it("a request too long for the context is rejected with the numbers, and others still run", async () => {
+    const tooLong = collect(engine, { requestId: "too-long", promptTokenIds: seededTokens(8000, VOCAB, 1), maxTokens: 500, sampling: GREEDY });
+    await expect(tooLong).rejects.toMatchObject({ code: "PROMPT_TOO_LONG", message: expect.stringMatching(/8192.*8000.*500/) });
+    const ok = await collect(engine, { requestId: "fine", promptTokenIds: [1, 2], maxTokens: 2, sampling: GREEDY, ignoreEos: true });
+    expect(tokensOf(ok)).toHaveLength(2);
+  });
+
+  it("when blocks run out, preempted requests are recomputed and still produce what they produce alone", async () => {
+    // 2 * 6 layers * 16 slots * 64 floats * 4 bytes = 48 KiB a block: 20 blocks, 19 usable.
+    const small = await startEngine({ kvCacheMemoryBytes: 20 * 49152, maxNumBatchedTokens: 64 });
+    try {
+      const requests: EngineRequest[] = Array.from({ length: 8 }, (_, i) => ({
+        requestId: `tight-${i}`, promptTokenIds: seededTokens(20, VOCAB, 500 + i), maxTokens: 40, sampling: GREEDY, ignoreEos: true,
+      }));
+      let numPreemptions = 0;
+      small.onStats((stats) => (numPreemptions = stats.numPreemptions));
+      const together = await Promise.all(requests.map((r) => collect(small, r)));
+      expect(numPreemptions).toBeGreaterThan(0);
+      for (const [i, request] of requests.entries()) {
+        const alone = await collect(engine, { ...request, requestId: `roomy-${i}` });
+        expect(tokensOf(together[i])).toEqual(tokensOf(alone));
+      }
+    } finally {
+      await small.shutdown();
+    }
+  });
+});
