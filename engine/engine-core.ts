@@ -60,12 +60,14 @@ export class EngineCore {
     const outputs = this.applyPending();
     const { scheduled, preempted } = this.scheduler.schedule();
     this.stats.numPreemptions += preempted.length;
-    if (scheduled.length === 0) return outputs;
-    const logits = await this.runner.execute(scheduled.map(toStepSequence));
-    scheduled.forEach((entry, i) => {
-      const output = this.update(entry, logits[i]);
-      if (output) outputs.push(output);
-    });
+    if (scheduled.length > 0) {
+      const logits = await this.runner.execute(scheduled.map(toStepSequence));
+      scheduled.forEach((entry, i) => {
+        const output = this.update(entry, logits[i]);
+        if (output) outputs.push(output);
+      });
+    }
+    // NOTE: also after a step that only aborted, so the gauges don't keep a freed request.
     this.stats.observeStep(this.scheduler, this.kv);
     return outputs;
   }

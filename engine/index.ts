@@ -5,3 +5,5 @@ export { DEFAULT_ENGINE_OPTIONS, parseBytes, type EngineInfo, type EngineOptions
 export type { EngineStatsSnapshot } from "./engine-stats.ts";
 export { GREEDY, type EngineOutput, type EngineRequest, type FinishReason, type SamplingParams, type TokenLogprob } from "./request.ts";
 export type { Device } from "./runner/onnx-session.ts";
+export { TokenizerPool } from "./tokenizer-pool.ts";
+export type { ChatMessage, ChatTemplateOptions } from "../models/tokenizer.ts";

@@ -7,6 +7,7 @@ import { Template } from "@huggingface/jinja";
 import { Tokenizer } from "@huggingface/tokenizers";
 import type { Checkpoint } from "./checkpoint.ts";
 import { ModelError } from "./model-error.ts";
+import { tokenBytes, vocabStyleOf, type VocabStyle } from "./token-bytes.ts";
 
 export interface ChatMessage {
   role: string;
@@ -28,7 +29,16 @@ export class ModelTokenizer {
   /** The tokenizer's own EOS token, if it names one. */
   readonly eosTokenId: number | null;
 
-  constructor(private readonly tokenizer: Tokenizer, private readonly checkpoint: Pick<Checkpoint, "tokenizerConfig" | "chatTemplate">) {
+  private readonly vocabStyle: VocabStyle;
+  private readonly specialTokenIds: ReadonlySet<number>;
+
+  constructor(
+    private readonly tokenizer: Tokenizer,
+    private readonly checkpoint: Pick<Checkpoint, "tokenizerConfig" | "chatTemplate">,
+    tokenizerJson: Parameters<typeof vocabStyleOf>[0] = {},
+  ) {
+    this.vocabStyle = vocabStyleOf(tokenizerJson);
+    this.specialTokenIds = new Set([...tokenizer.get_added_tokens_decoder()].filter(([, t]) => t.special).map(([id]) => id));
     this.template = checkpoint.chatTemplate ? new Template(checkpoint.chatTemplate) : null;
     const eos = tokenString(checkpoint.tokenizerConfig.eos_token);
     this.eosTokenId = eos ? (tokenizer.token_to_id(eos) ?? null) : null;
@@ -37,7 +47,7 @@ export class ModelTokenizer {
   static load(checkpoint: Pick<Checkpoint, "tokenizerJson" | "tokenizerConfig" | "chatTemplate">): ModelTokenizer {
     try {
       const json = JSON.parse(readFileSync(checkpoint.tokenizerJson, "utf8"));
-      return new ModelTokenizer(new Tokenizer(json, checkpoint.tokenizerConfig), checkpoint);
+      return new ModelTokenizer(new Tokenizer(json, checkpoint.tokenizerConfig), checkpoint, json);
     } catch (err) {
       throw new ModelError("BAD_TOKENIZER", `cannot load ${checkpoint.tokenizerJson}: ${(err as Error).message}`);
     }
@@ -51,6 +61,18 @@ export class ModelTokenizer {
   decode(tokenIds: readonly number[], skipSpecialTokens = false): string {
     if (tokenIds.length === 0) return "";
     return this.tokenizer.decode([...tokenIds], { skip_special_tokens: skipSpecialTokens });
+  }
+
+  /** The raw bytes a token stands for (it may be part of a multi-byte character). */
+  tokenBytes(tokenId: number): Uint8Array {
+    const token = this.tokenizer.id_to_token(tokenId);
+    if (token === undefined) return new Uint8Array();
+    return tokenBytes(token, this.vocabStyle, this.specialTokenIds.has(tokenId));
+  }
+
+  /** A token on its own as text, for logprobs; bytes that aren't whole characters show as U+FFFD. */
+  tokenText(tokenId: number): string {
+    return new TextDecoder().decode(this.tokenBytes(tokenId));
   }
 
   tokenToId(token: string): number | undefined {

@@ -33,8 +33,6 @@ export class KvCacheManager {
       hashes.push(hash);
       parent = hash;
     }
-    this.numPrefixQueries += seq.numTokens;
-    this.numPrefixHits += blockIds.length * this.blockSize;
     return { blockIds, hashes };
   }
 
@@ -42,6 +40,8 @@ export class KvCacheManager {
    * Gives the sequence slots for `numNewTokens` more tokens, after taking the cached
    * prefix blocks `cached` (first admission only). Returns false, changing nothing,
    * when the pool can't hold them now.
+   * NOTE: prefix-cache stats count here, on admission, not in findCachedBlocks: a sequence
+   * that waits for blocks looks its prefix up again every step.
    */
   allocateSlots(seq: Sequence, numNewTokens: number, cached?: { blockIds: number[]; hashes: string[] }): boolean {
     const cachedIds = cached?.blockIds ?? [];
@@ -55,6 +55,10 @@ export class KvCacheManager {
     seq.blockIds.push(...cachedIds, ...this.pool.allocate(numNewBlocks)!);
     seq.blockHashes.push(...(cached?.hashes ?? []));
     seq.numComputedTokens += numCachedTokens;
+    if (cached && this.enablePrefixCaching) {
+      this.numPrefixQueries += seq.numTokens;
+      this.numPrefixHits += numCachedTokens;
+    }
     return true;
   }
 

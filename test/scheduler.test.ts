@@ -1,0 +1,318 @@
+/**
+ * The scheduler on a real block pool with tiny blocks: budgets, chunked prefill,
+ * first-come-first-served admission, prefix hits and preemption, asserted by block id.
+ */
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import type { KvCacheManager } from "../engine/kv-cache/kv-cache-manager.ts";
+import { Scheduler, type SchedulerLimits, type SchedulerOutput } from "../engine/scheduler.ts";
+import type { Sequence } from "../engine/sequence.ts";
+import { BLOCK_SIZE, byWholeContext, completeStep, expectedGreedy, makeKv, makeSequence, tokens } from "./helpers/engine-fakes.ts";
+
+function makeScheduler(numBlocks: number, limits: Partial<SchedulerLimits> = {}) {
+  const { pool, kv } = makeKv(numBlocks);
+  const scheduler = new Scheduler(kv, { maxNumSeqs: 8, maxNumBatchedTokens: 16, ...limits });
+  /** One step: schedule, then what EngineCore.update does; checks the pool's integrity. */
+  const step = (): SchedulerOutput => {
+    const output = scheduler.schedule();
+    completeStep(scheduler, kv, output.scheduled, byWholeContext);
+    pool.checkIntegrity();
+    return output;
+  };
+  return { pool, kv, scheduler, step };
+}
+
+/** Each scheduled sequence's grant, by request id. */
+const grants = (output: SchedulerOutput) => Object.fromEntries(output.scheduled.map(({ seq, numNewTokens }) => [seq.requestId, numNewTokens]));
+
+function runToCompletion(scheduler: Scheduler, step: () => SchedulerOutput, maxSteps = 500): void {
+  for (let i = 0; scheduler.hasWork; i++) {
+    if (i >= maxSteps) throw new Error(`still busy after ${maxSteps} steps`);
+    step();
+  }
+}
+
+describe("Scheduler: budgets", () => {
+  it("spends at most maxNumBatchedTokens per step, chunking the prefill that doesn't fit", () => {
+    const { scheduler, step } = makeScheduler(32, { maxNumBatchedTokens: 8 });
+    scheduler.add(makeSequence({ requestId: "a", prompt: tokens(5), maxTokens: 3 }));
+    scheduler.add(makeSequence({ requestId: "b", prompt: tokens(5, 10), maxTokens: 3 }));
+    expect(grants(step())).toEqual({ a: 5, b: 3 });
+    expect(grants(step())).toEqual({ a: 1, b: 2 });
+    expect(grants(step())).toEqual({ a: 1, b: 1 });
+  });
+
+  it("runs at most maxNumSeqs sequences; the rest wait until one finishes", () => {
+    const { scheduler, step } = makeScheduler(32, { maxNumSeqs: 2 });
+    for (const id of ["a", "b", "c"]) scheduler.add(makeSequence({ requestId: id, prompt: tokens(3), maxTokens: id === "a" ? 2 : 5 }));
+    expect(grants(step())).toEqual({ a: 3, b: 3 });
+    expect(scheduler.waiting.map((s) => s.requestId)).toEqual(["c"]);
+    expect(grants(step())).toEqual({ a: 1, b: 1 }); // a finishes here
+    expect(grants(step())).toEqual({ b: 1, c: 3 });
+    expect(scheduler.running.length).toBe(2);
+  });
+});
+
+describe("Scheduler: chunked prefill and continuous batching", () => {
+  it("splits a long prompt across steps while running sequences keep decoding one token a step", () => {
+    const { scheduler, step } = makeScheduler(32, { maxNumBatchedTokens: 6 });
+    scheduler.add(makeSequence({ requestId: "a", prompt: tokens(2), maxTokens: 10 }));
+    scheduler.add(makeSequence({ requestId: "b", prompt: tokens(2, 5), maxTokens: 10 }));
+    expect(grants(step())).toEqual({ a: 2, b: 2 });
+    const long = makeSequence({ requestId: "long", prompt: tokens(20, 3), maxTokens: 2 });
+    scheduler.add(long);
+    for (let chunk = 1; chunk <= 5; chunk++) {
+      expect(grants(step())).toEqual({ a: 1, b: 1, long: 4 });
+      expect(long.numComputedTokens).toBe(4 * chunk);
+      expect(long.outputTokenIds.length).toBe(chunk === 5 ? 1 : 0);
+    }
+    expect(grants(step())).toEqual({ a: 1, b: 1, long: 1 });
+  });
+
+  it("admits a new request into the running batch at the next step", () => {
+    const { scheduler, step } = makeScheduler(32);
+    scheduler.add(makeSequence({ requestId: "a", prompt: tokens(3), maxTokens: 10 }));
+    expect(grants(step())).toEqual({ a: 3 });
+    expect(grants(step())).toEqual({ a: 1 });
+    scheduler.add(makeSequence({ requestId: "b", prompt: tokens(5, 7), maxTokens: 10 }));
+    const output = step();
+    expect(grants(output)).toEqual({ a: 1, b: 5 });
+    expect(output.scheduled.map((s) => s.seq.requestId)).toEqual(["a", "b"]);
+  });
+
+  it("admits waiting requests first come, first served", () => {
+    const { scheduler, step } = makeScheduler(32, { maxNumSeqs: 1 });
+    const order: string[] = [];
+    for (const id of ["a", "b", "c", "d"]) scheduler.add(makeSequence({ requestId: id, prompt: tokens(2), maxTokens: 1 }));
+    runToCompletion(scheduler, () => {
+      const output = step();
+      order.push(...output.scheduled.map((s) => s.seq.requestId));
+      return output;
+    });
+    expect(order).toEqual(["a", "b", "c", "d"]);
+  });
+
+  it("doesn't let a small request overtake a waiting one that doesn't fit yet", () => {
+    const { scheduler, step } = makeScheduler(6); // 5 usable blocks
+    scheduler.add(makeSequence({ requestId: "a", prompt: tokens(8), maxTokens: 4 }));
+    expect(grants(step())).toEqual({ a: 8 });
+    scheduler.add(makeSequence({ requestId: "big", prompt: tokens(12, 9), maxTokens: 1 }));
+    scheduler.add(makeSequence({ requestId: "small", prompt: tokens(2, 20), maxTokens: 1 }));
+    expect(grants(step())).toEqual({ a: 1 });
+    expect(scheduler.waiting.map((s) => s.requestId)).toEqual(["big", "small"]);
+    runToCompletion(scheduler, step);
+  });
+});
+
+describe("Scheduler: prefix caching", () => {
+  function finishFirst(scheduler: Scheduler, step: () => SchedulerOutput, prompt: number[]): Sequence {
+    const first = makeSequence({ requestId: "first", prompt, maxTokens: 1 });
+    scheduler.add(first);
+    step();
+    expect(first.status).toBe("finished");
+    return first;
+  }
+
+  it("gives a sequence sharing two full blocks with a finished one exactly those blocks", () => {
+    const { scheduler, step, pool } = makeScheduler(16);
+    const prompt = tokens(10);
+    finishFirst(scheduler, step, prompt);
+    expect(pool.freeBlockIds().slice(-3)).toEqual([3, 2, 1]);
+
+    const second = makeSequence({ requestId: "second", prompt: [...prompt.slice(0, 8), 25, 26, 27] });
+    scheduler.add(second);
+    const output = scheduler.schedule();
+    expect(grants(output)).toEqual({ second: 3 });
+    expect(second.blockIds).toEqual([1, 2, 4]);
+    expect(second.numCachedTokens).toBe(8);
+    expect(second.numComputedTokens).toBe(8);
+    expect(pool.refCountOf(1)).toBe(1);
+    pool.checkIntegrity();
+  });
+
+  it("always recomputes the last prompt token, even when every block of the prompt is cached", () => {
+    const { scheduler, step } = makeScheduler(16);
+    const prompt = tokens(12);
+    finishFirst(scheduler, step, prompt);
+
+    const same = makeSequence({ requestId: "same", prompt });
+    scheduler.add(same);
+    const output = scheduler.schedule();
+    expect(same.numCachedTokens).toBe(8);
+    expect(grants(output)).toEqual({ same: 4 });
+    // Block 3 holds the same tokens, but a new block takes the recomputed ones.
+    expect(same.blockIds).toEqual([1, 2, 4]);
+  });
+
+  it("recomputes a prompt of one full block, since its last token's logits are needed", () => {
+    const { scheduler, step } = makeScheduler(16);
+    finishFirst(scheduler, step, tokens(4));
+    const same = makeSequence({ requestId: "same", prompt: tokens(4) });
+    scheduler.add(same);
+    expect(grants(scheduler.schedule())).toEqual({ same: 4 });
+    expect(same.numCachedTokens).toBe(0);
+  });
+
+  it("doesn't hit on a block whose parent differs, even with the same tokens", () => {
+    const { scheduler, step } = makeScheduler(16);
+    finishFirst(scheduler, step, [...tokens(4, 10), ...tokens(4), 9]);
+    const shifted = makeSequence({ requestId: "shifted", prompt: [...tokens(4), ...tokens(4, 10), 9] });
+    scheduler.add(shifted);
+    expect(grants(scheduler.schedule())).toEqual({ shifted: 9 });
+    expect(shifted.numCachedTokens).toBe(0);
+  });
+});
+
+describe("Scheduler: preemption", () => {
+  it("preempts the newest running sequence when blocks run out, and resumes it later", () => {
+    const { scheduler, step, pool } = makeScheduler(5); // 4 usable blocks of 4 tokens
+    const a = makeSequence({ requestId: "a", prompt: tokens(7), maxTokens: 4 });
+    const b = makeSequence({ requestId: "b", prompt: tokens(7, 10), maxTokens: 6 });
+    scheduler.add(a);
+    scheduler.add(b);
+    expect(grants(step())).toEqual({ a: 7, b: 7 });
+    expect([a.blockIds, b.blockIds]).toEqual([[1, 2], [3, 4]]);
+    expect(grants(step())).toEqual({ a: 1, b: 1 });
+
+    // Both need a third block; there is none. b is newer, so b goes.
+    const output = step();
+    expect(grants(output)).toEqual({ a: 1 });
+    expect(output.preempted).toEqual([b]);
+    expect(b.status).toBe("waiting");
+    expect(b.numComputedTokens).toBe(0);
+    expect(b.blockIds).toEqual([]);
+    expect(b.outputTokenIds.length).toBe(2);
+    expect(scheduler.waiting[0]).toBe(b);
+    expect(scheduler.running).toEqual([a]);
+    expect(scheduler.numPreemptions).toBe(1);
+    expect(b.numPreemptions).toBe(1);
+    expect(a.blockIds).toEqual([1, 2, 4]); // b's tail block, freed first, is taken first
+    expect(pool.freeBlockIds()).toEqual([3]);
+
+    // b can't come back while a holds the pool; a finishes, then b resumes on its own cached first block.
+    expect(grants(step())).toEqual({ a: 1 });
+    expect(a.status).toBe("finished");
+    const resumed = step();
+    expect(grants(resumed)).toEqual({ b: 5 });
+    expect(b.blockIds).toEqual([3, 4, 2]);
+    expect(b.numCachedTokens).toBe(0); // counted at first admission only
+    runToCompletion(scheduler, step);
+    expect(b.status).toBe("finished");
+    expect(b.outputTokenIds).toEqual(expectedGreedy(tokens(7, 10), 6, byWholeContext));
+    expect(a.outputTokenIds).toEqual(expectedGreedy(tokens(7), 4, byWholeContext));
+    expect(pool.numFreeBlocks).toBe(pool.numUsableBlocks);
+  });
+
+  it("puts several preempted sequences back in front of the queue, oldest first", () => {
+    const { scheduler, step } = makeScheduler(5, { maxNumBatchedTokens: 32 });
+    const seqs = ["a", "b", "c", "d"].map((id, i) => makeSequence({ requestId: id, prompt: tokens(4, i * 5), maxTokens: 5 }));
+    seqs.forEach((seq) => scheduler.add(seq));
+    expect(grants(step())).toEqual({ a: 4, b: 4, c: 4, d: 4 });
+    const late = makeSequence({ requestId: "late", prompt: tokens(2), maxTokens: 1 });
+    scheduler.add(late);
+    const output = step();
+    expect(grants(output)).toEqual({ a: 1, b: 1 });
+    expect(output.preempted.map((s) => s.requestId)).toEqual(["d", "c"]);
+    expect(scheduler.waiting.map((s) => s.requestId)).toEqual(["c", "d", "late"]);
+    runToCompletion(scheduler, step);
+    for (const seq of seqs) expect(seq.outputTokenIds).toEqual(expectedGreedy(seq.promptTokenIds, 5, byWholeContext));
+  });
+
+  it("preempts a sequence that can't grow even when it is the only one running", () => {
+    const { scheduler, step, pool } = makeScheduler(3); // 2 usable blocks
+    const a = makeSequence({ requestId: "a", prompt: tokens(4), maxTokens: 4 });
+    scheduler.add(a);
+    step();
+    // Something else holds a block (as a shared prefix would), so a can't take a second one.
+    const [held] = pool.allocate(1)!;
+    const output = step();
+    expect(output.preempted).toEqual([a]);
+    expect(output.scheduled).toEqual([]);
+    expect(step().scheduled).toEqual([]); // its cached block plus a new one still don't fit
+    pool.free([held]);
+    runToCompletion(scheduler, step);
+    expect(a.outputTokenIds).toEqual(expectedGreedy(tokens(4), 4, byWholeContext));
+  });
+});
+
+interface Workload {
+  numBlocks: number;
+  limits: SchedulerLimits;
+  requests: { prompt: number[]; maxTokens: number; arrivalStep: number }[];
+}
+
+const workload: fc.Arbitrary<Workload> = fc
+  .record({
+    numBlocks: fc.integer({ min: 3, max: 10 }),
+    maxNumSeqs: fc.integer({ min: 1, max: 4 }),
+    maxNumBatchedTokens: fc.integer({ min: 1, max: 12 }),
+    requests: fc.array(
+      fc.record({
+        // A two-letter alphabet, so prompts often share cached prefixes.
+        prompt: fc.array(fc.integer({ min: 0, max: 1 }), { minLength: 1, maxLength: 36 }),
+        maxTokens: fc.integer({ min: 1, max: 10 }),
+        arrivalStep: fc.integer({ min: 0, max: 6 }),
+      }),
+      { minLength: 1, maxLength: 6 },
+    ),
+  })
+  .map(({ numBlocks, maxNumSeqs, maxNumBatchedTokens, requests }) => {
+    const capacity = (numBlocks - 1) * BLOCK_SIZE;
+    return {
+      numBlocks,
+      limits: { maxNumSeqs, maxNumBatchedTokens },
+      // Only requests that fit in the pool alone (as EngineCore's validation ensures).
+      requests: requests.map((r) => {
+        const prompt = r.prompt.slice(0, capacity - 1);
+        return { ...r, prompt, maxTokens: Math.min(r.maxTokens, capacity - prompt.length) };
+      }),
+    };
+  });
+
+function checkStep(kv: KvCacheManager, scheduler: Scheduler, limits: SchedulerLimits, output: SchedulerOutput, before: Map<Sequence, number>): void {
+  const total = output.scheduled.reduce((sum, s) => sum + s.numNewTokens, 0);
+  expect(total).toBeLessThanOrEqual(limits.maxNumBatchedTokens);
+  expect(output.scheduled.length).toBeLessThanOrEqual(limits.maxNumSeqs);
+  expect(scheduler.running.length).toBeLessThanOrEqual(limits.maxNumSeqs);
+  for (const { seq, numNewTokens } of output.scheduled) {
+    expect(seq.status).toBe("running");
+    expect(numNewTokens).toBeGreaterThan(0);
+    expect(numNewTokens).toBeLessThanOrEqual(seq.numUncomputedTokens);
+    expect(seq.blockIds.length * BLOCK_SIZE).toBeGreaterThanOrEqual(seq.numComputedTokens + numNewTokens);
+    if (before.get(seq) === 1) expect(numNewTokens).toBe(1);
+  }
+  const holders = new Map<number, number>();
+  for (const seq of scheduler.running) for (const id of seq.blockIds) holders.set(id, (holders.get(id) ?? 0) + 1);
+  for (const seq of scheduler.waiting) expect(seq.blockIds).toEqual([]);
+  for (let id = 1; id < kv.pool.numBlocks; id++) expect(kv.pool.refCountOf(id)).toBe(holders.get(id) ?? 0);
+  kv.pool.checkIntegrity();
+}
+
+describe("Scheduler under random workloads", () => {
+  it("respects its limits, keeps the pool consistent and finishes every request that fits in the pool alone", () => {
+    fc.assert(
+      fc.property(workload, ({ numBlocks, limits, requests }) => {
+        const { kv, pool, scheduler } = makeScheduler(numBlocks, limits);
+        const seqs = requests.map((r) => makeSequence({ prompt: r.prompt, maxTokens: r.maxTokens }));
+        for (let stepIndex = 0; stepIndex < 2000; stepIndex++) {
+          seqs.forEach((seq, i) => requests[i].arrivalStep === stepIndex && scheduler.add(seq));
+          if (!scheduler.hasWork && stepIndex > 6) break;
+          if (!scheduler.hasWork) continue;
+          const before = new Map(scheduler.running.map((seq) => [seq, seq.numUncomputedTokens]));
+          const output = scheduler.schedule();
+          checkStep(kv, scheduler, limits, output, before);
+          expect(output.scheduled.length).toBeGreaterThan(0);
+          completeStep(scheduler, kv, output.scheduled, byWholeContext);
+          pool.checkIntegrity();
+        }
+        expect(scheduler.hasWork).toBe(false);
+        seqs.forEach((seq, i) => {
+          expect(seq.status).toBe("finished");
+          expect(seq.outputTokenIds).toEqual(expectedGreedy(requests[i].prompt, requests[i].maxTokens, byWholeContext));
+        });
+        expect(pool.numFreeBlocks).toBe(pool.numUsableBlocks);
+      }),
+      { numRuns: 300 },
+    );
+  });
+});
