@@ -281,10 +281,10 @@ describe("random checkpoint", () => {
   });
 
   it.each([
-    ["LlamaForCausalLM", {}, { lmHead: true, bias: false, qkNorm: false, qSize: 16 }],
-    ["LlamaForCausalLM", { attention_bias: true, tie_word_embeddings: true }, { lmHead: false, bias: true, qkNorm: false, qSize: 16 }],
-    ["Qwen2ForCausalLM", {}, { lmHead: true, bias: true, qkNorm: false, qSize: 16 }],
-    ["Qwen3ForCausalLM", { head_dim: 8 }, { lmHead: true, bias: false, qkNorm: true, qSize: 32 }],
+    ["LlamaForCausalLM", {}, { lmHead: true, bias: false, oBias: false, qkNorm: false, qSize: 16 }],
+    ["LlamaForCausalLM", { attention_bias: true, tie_word_embeddings: true }, { lmHead: false, bias: true, oBias: true, qkNorm: false, qSize: 16 }],
+    ["Qwen2ForCausalLM", {}, { lmHead: true, bias: true, oBias: false, qkNorm: false, qSize: 16 }],
+    ["Qwen3ForCausalLM", { head_dim: 8 }, { lmHead: true, bias: false, oBias: false, qkNorm: true, qSize: 32 }],
   ])("writes the %s tensors with %j", (architecture, extra, want) => {
     const dir = tempDir();
     writeRandomCheckpoint(dir, { config: { architectures: [architecture], ...tiny, ...extra }, seed: 3, normNoise: 0.1 });
@@ -301,6 +301,7 @@ describe("random checkpoint", () => {
         [`${p}.mlp.gate_proj.weight`]: [24, 16], [`${p}.mlp.up_proj.weight`]: [24, 16], [`${p}.mlp.down_proj.weight`]: [16, 24],
       });
       if (want.bias) Object.assign(expected, { [`${p}.self_attn.q_proj.bias`]: [want.qSize], [`${p}.self_attn.k_proj.bias`]: [kvSize], [`${p}.self_attn.v_proj.bias`]: [kvSize] });
+      if (want.oBias) expected[`${p}.self_attn.o_proj.bias`] = [16];
       if (want.qkNorm) Object.assign(expected, { [`${p}.self_attn.q_norm.weight`]: [headDim], [`${p}.self_attn.k_norm.weight`]: [headDim] });
     }
     const store = openWeights(dir);
