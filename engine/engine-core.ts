@@ -2,16 +2,19 @@
  * The engine loop's body, free of threads: step() = schedule → run → sample → update.
  * The engine thread owns one EngineCore; tests drive it directly with a fake runner.
  */
+import { IncrementalDetokenizer } from "./detokenizer.ts";
 import { EngineError } from "./engine-error.ts";
 import { BlockPool } from "./kv-cache/block-pool.ts";
 import { KvCacheManager } from "./kv-cache/kv-cache-manager.ts";
 import type { EngineOutput, EngineRequest, FinishReason } from "./request.ts";
 import type { StepRunner } from "./runner/model-runner.ts";
 import type { StepSequence } from "./runner/step-batch.ts";
+import { promptLogprobsFromRows, withTokenStrings } from "./logprobs.ts";
 import { sampleToken } from "./sampler.ts";
 import { type ScheduledSequence, Scheduler } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import { EngineStats } from "./engine-stats.ts";
+import type { TextCodec } from "./text-codec.ts";
 
 export interface EngineCoreOptions {
   blockSize: number;
@@ -30,9 +33,12 @@ export class EngineCore {
   private readonly pendingAdds: Sequence[] = [];
   private readonly pendingAborts = new Set<string>();
   private readonly sequences = new Map<string, Sequence[]>();
+  /** Copies 1..n-1 of a request, waiting for copy 0's prompt to be computed so they can share its blocks. */
+  private readonly pendingForks = new Map<string, Sequence[]>();
   private numArrivals = 0;
 
-  constructor(private readonly runner: StepRunner, private readonly options: EngineCoreOptions) {
+  /** @param codec turns tokens into text; without one, outputs carry token ids only. */
+  constructor(private readonly runner: StepRunner, private readonly options: EngineCoreOptions, private readonly codec: TextCodec | null = null) {
     this.kv = new KvCacheManager(new BlockPool(options.numBlocks), options.blockSize, options.enablePrefixCaching ?? true);
     this.scheduler = new Scheduler(this.kv, options);
   }
@@ -42,9 +48,25 @@ export class EngineCore {
     this.validate(request);
     const stop = new Set([...(request.stopTokenIds ?? []), ...(request.ignoreEos ? [] : this.options.eosTokenIds)]);
     const n = request.n ?? 1;
-    const seqs = Array.from({ length: n }, (_, index) => Sequence.fromRequest(request, index, stop, this.numArrivals++));
+    const seqs = Array.from({ length: n }, (_, index) => this.makeSequence(request, index, stop));
     this.sequences.set(request.requestId, seqs);
-    this.pendingAdds.push(...seqs);
+    this.pendingAdds.push(seqs[0]);
+    if (n > 1) this.pendingForks.set(request.requestId, seqs.slice(1));
+  }
+
+  private makeSequence(request: EngineRequest, index: number, stop: ReadonlySet<number>): Sequence {
+    const seq = Sequence.fromRequest(request, index, stop, this.numArrivals++);
+    if (this.codec) {
+      const codec = this.codec;
+      seq.detokenizer = new IncrementalDetokenizer((ids, skip) => codec.decode(ids, skip), {
+        skipSpecialTokens: request.skipSpecialTokens ?? true,
+        stop: request.stop,
+        includeStopStrInOutput: request.includeStopStrInOutput,
+        promptTokenIds: request.promptTokenIds,
+      });
+    }
+    if (request.promptLogprobs !== undefined && index === 0) seq.promptLogprobs = new Map();
+    return seq;
   }
 
   /** Marks a request aborted; its blocks are freed at the start of the next step. */
@@ -80,6 +102,7 @@ export class EngineCore {
     const outputs: EngineOutput[] = [];
     for (const seq of this.pendingAdds.splice(0)) this.scheduler.add(seq);
     for (const requestId of this.pendingAborts) {
+      this.pendingForks.delete(requestId);
       for (const seq of this.sequences.get(requestId) ?? []) {
         if (seq.status === "finished") continue;
         this.scheduler.finish(seq);
@@ -90,29 +113,63 @@ export class EngineCore {
     return outputs;
   }
 
-  private update({ seq, numNewTokens }: ScheduledSequence, logits: Float32Array): EngineOutput | null {
+  private update({ seq, numNewTokens }: ScheduledSequence, rows: Float32Array): EngineOutput | null {
+    const start = seq.numComputedTokens;
     seq.numComputedTokens += numNewTokens;
     this.kv.cacheFullBlocks(seq);
+    if (seq.promptLogprobs && start < seq.numPromptTokens) {
+      const found = promptLogprobsFromRows(rows, this.runner.vocabSize, start, seq.promptTokenIds, seq.sampling.logprobs ?? 0);
+      for (const [position, entry] of found) seq.promptLogprobs.set(position, entry);
+    }
+    if (seq.numComputedTokens >= seq.numPromptTokens) this.forkCopies(seq);
     if (seq.numComputedTokens < seq.numTokens) return null;
+
     const isFirst = seq.outputTokenIds.length === 0;
+    const logits = rows.subarray(rows.length - this.runner.vocabSize);
     const sample = sampleToken(logits, seq.sampling, seq, seq.rng);
     seq.appendToken(sample.tokenId);
     this.stats.observeToken(seq, isFirst);
-    const finishReason = this.finishReasonOf(seq, sample.tokenId);
-    if (finishReason) this.finish(seq);
+    const delta = seq.detokenizer?.push([sample.tokenId]) ?? { text: "", stopped: false, stopReason: undefined };
+    const stop = delta.stopped ? { finishReason: "stop" as const, stopReason: delta.stopReason } : this.stopOf(seq, sample.tokenId);
+    let text = delta.text;
+    if (stop) {
+      if (!delta.stopped) text += seq.detokenizer?.flush() ?? "";
+      this.finish(seq);
+    }
     return {
       requestId: seq.requestId,
       index: seq.index,
       newTokenIds: [sample.tokenId],
-      ...(seq.sampling.logprobs !== undefined ? { logprobs: [{ logprob: sample.logprob, top: sample.top }] } : {}),
-      ...(finishReason ? { finishReason } : {}),
+      text,
+      ...(seq.sampling.logprobs !== undefined ? { logprobs: [withTokenStrings(sample, this.codec)] } : {}),
+      ...(stop ?? {}),
       ...(isFirst ? { numCachedTokens: seq.numCachedTokens ?? 0, numPromptTokens: seq.numPromptTokens } : {}),
+      ...(isFirst && seq.promptLogprobs ? { promptLogprobs: this.promptLogprobsOf(seq) } : {}),
     };
   }
 
-  private finishReasonOf(seq: Sequence, tokenId: number): FinishReason | null {
-    if (seq.stopTokenIds.has(tokenId)) return "stop";
-    if (seq.outputTokenIds.length >= seq.maxTokens || seq.numTokens >= this.options.maxModelLen) return "length";
+  /** Once copy 0 of an n > 1 request has its prompt computed, the other copies share its full blocks. */
+  private forkCopies(parent: Sequence): void {
+    const copies = this.pendingForks.get(parent.requestId);
+    if (!copies || parent.index !== 0) return;
+    this.pendingForks.delete(parent.requestId);
+    for (const copy of copies) {
+      this.kv.fork(parent, copy);
+      copy.numCachedTokens = parent.numCachedTokens;
+    }
+    this.scheduler.addFirst(copies);
+  }
+
+  private promptLogprobsOf(seq: Sequence): (ReturnType<typeof withTokenStrings> | null)[] {
+    return seq.promptTokenIds.map((_, position) => {
+      const entry = seq.promptLogprobs!.get(position);
+      return entry ? withTokenStrings(entry, this.codec) : null;
+    });
+  }
+
+  private stopOf(seq: Sequence, tokenId: number): { finishReason: FinishReason; stopReason?: number } | null {
+    if (seq.stopTokenIds.has(tokenId)) return { finishReason: "stop", ...(this.options.eosTokenIds.includes(tokenId) ? {} : { stopReason: tokenId }) };
+    if (seq.outputTokenIds.length >= seq.maxTokens || seq.numTokens >= this.options.maxModelLen) return { finishReason: "length" };
     return null;
   }
 
@@ -125,7 +182,7 @@ export class EngineCore {
 
   private finishOutput(seq: Sequence, finishReason: FinishReason): EngineOutput {
     this.sequences.delete(seq.requestId);
-    return { requestId: seq.requestId, index: seq.index, newTokenIds: [], finishReason };
+    return { requestId: seq.requestId, index: seq.index, newTokenIds: [], text: "", finishReason };
   }
 
   private validate(request: EngineRequest): void {
@@ -148,6 +205,9 @@ export class EngineCore {
 function toStepSequence({ seq, numNewTokens }: ScheduledSequence): StepSequence {
   const start = seq.numComputedTokens;
   const reachesEnd = start + numNewTokens === seq.numTokens;
+  if (seq.promptLogprobs && start < seq.numPromptTokens) {
+    return { tokenIds: seq.tokensIn(start, start + numNewTokens), numCachedTokens: start, blockTable: seq.blockIds, logitsFrom: 0 };
+  }
   return {
     tokenIds: seq.tokensIn(start, start + numNewTokens),
     numCachedTokens: start,

@@ -44,10 +44,11 @@ export class EngineStats {
 
   observeToken(seq: Sequence, isFirst: boolean): void {
     this.numGenerationTokens++;
-    if (isFirst) {
+    // NOTE: the n copies of a request share one prompt; count it and its first token once.
+    if (isFirst && seq.index === 0) {
       this.numPromptTokens += seq.numPromptTokens;
       this.ttftSeconds.push((seq.firstTokenMs! - seq.arrivalMs) / 1000);
-    } else if (seq.previousTokenMs !== null) {
+    } else if (!isFirst && seq.previousTokenMs !== null) {
       this.interTokenSeconds.push((seq.lastTokenMs! - seq.previousTokenMs) / 1000);
     }
   }

@@ -3,7 +3,9 @@
  * request's state. It only ever talks to the outside through messages.
  */
 import { parentPort, workerData } from "node:worker_threads";
+import { readCheckpoint } from "../models/checkpoint.ts";
 import { ensureGraph } from "../models/index.ts";
+import { ModelTokenizer } from "../models/tokenizer.ts";
 import { EngineCore } from "./engine-core.ts";
 import { EngineError } from "./engine-error.ts";
 import type { EngineInfo, EngineOptions } from "./engine-options.ts";
@@ -26,7 +28,9 @@ async function main(options: EngineOptions): Promise<void> {
   const runner = await ModelRunner.create({
     graphPath: graph.graphPath, config, device: options.device, blockSize: options.blockSize, numBlocks, intraOpThreads: options.intraOpThreads,
   });
-  const core = new EngineCore(runner, { ...options, numBlocks, maxModelLen });
+  // NOTE: text is made here, next to the sampler, so stop strings end a sequence in the step that completes them.
+  const codec = ModelTokenizer.load(readCheckpoint(options.modelDir));
+  const core = new EngineCore(runner, { ...options, numBlocks, maxModelLen }, codec);
   const info: EngineInfo = {
     modelDir: options.modelDir, architecture: config.architecture, vocabSize: config.vocabSize, maxModelLen, numBlocks,
     blockSize: options.blockSize, graphBuilt: graph.built, graphBuildMs: graph.buildMs, loadMs: performance.now() - started,

@@ -33,6 +33,14 @@ export interface EngineRequest {
   ignoreEos?: boolean;
   /** Generate this many sequences from one prompt, sharing its KV blocks. */
   n?: number;
+  /** Stop strings: a sequence ends before the first one its text contains. */
+  stop?: readonly string[];
+  /** Keep the stop string that ended a sequence in its text (default false, as OpenAI). */
+  includeStopStrInOutput?: boolean;
+  /** Leave special tokens out of the text (default true). */
+  skipSpecialTokens?: boolean;
+  /** Return each prompt token's logprob with this many alternatives (for echo). Turns prefix-cache hits off for the request. */
+  promptLogprobs?: number;
 }
 
 export type FinishReason = "stop" | "length" | "abort";
@@ -40,6 +48,14 @@ export type FinishReason = "stop" | "length" | "abort";
 export interface TokenLogprob {
   tokenId: number;
   logprob: number;
+  /** The token alone as text (U+FFFD where it holds part of a character); set when the engine has a tokenizer. */
+  token?: string;
+  /** The token's raw UTF-8 bytes. */
+  bytes?: number[];
+}
+
+export interface PositionLogprob extends TokenLogprob {
+  top: TokenLogprob[];
 }
 
 /** One step's news for one sequence. */
@@ -48,10 +64,16 @@ export interface EngineOutput {
   /** Which of the request's n sequences. */
   index: number;
   newTokenIds: number[];
+  /** New text, safe to send: stop strings are applied and partial characters held back. */
+  text: string;
   /** Present when the request asked for logprobs: one entry per new token. */
-  logprobs?: { logprob: number; top: TokenLogprob[] }[];
+  logprobs?: PositionLogprob[];
   finishReason?: FinishReason;
+  /** What stopped the sequence: the stop string, or the stop token id. */
+  stopReason?: string | number;
   /** Set on the first output: prompt tokens served from the prefix cache. */
   numCachedTokens?: number;
   numPromptTokens?: number;
+  /** On the first output of a request with promptLogprobs: null for the first prompt token. */
+  promptLogprobs?: (PositionLogprob | null)[];
 }

@@ -107,7 +107,7 @@ function nucleus(candidates: number[], probs: Float64Array, topP: number): numbe
   return sorted;
 }
 
-function topLogprobs(logits: Float32Array, logSumExp: number, n: number): TokenLogprob[] {
+export function topLogprobs(logits: Float32Array, logSumExp: number, n: number): TokenLogprob[] {
   const top: number[] = [];
   for (let i = 0; i < logits.length; i++) {
     if (top.length === n && logits[i] <= logits[top[n - 1]]) continue;

@@ -36,6 +36,12 @@ export class Scheduler {
     this.waiting.push(seq);
   }
 
+  /** Queues sequences ahead of everyone waiting: the copies of a request already admitted. */
+  addFirst(seqs: Sequence[]): void {
+    for (const seq of seqs) seq.status = "waiting";
+    this.waiting.unshift(...seqs);
+  }
+
   get hasWork(): boolean {
     return this.waiting.length > 0 || this.running.length > 0;
   }
@@ -63,7 +69,8 @@ export class Scheduler {
     // NOTE: after a preemption the pool is short; admitting new work now would only thrash.
     while (preempted.length === 0 && budget > 0 && this.waiting.length > 0 && this.running.length < this.limits.maxNumSeqs) {
       const seq = this.waiting[0];
-      const cached = this.kv.findCachedBlocks(seq);
+      // A sequence that already holds blocks (a forked copy) or needs every prompt position's logits skips the cache.
+      const cached = seq.numComputedTokens > 0 || seq.promptLogprobs ? { blockIds: [], hashes: [] } : this.kv.findCachedBlocks(seq);
       const numCachedTokens = cached.blockIds.length * this.kv.blockSize;
       const numNewTokens = Math.min(seq.numUncomputedTokens - numCachedTokens, budget);
       if (!this.kv.allocateSlots(seq, numNewTokens, cached)) break;

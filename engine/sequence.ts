@@ -3,7 +3,8 @@
  * Progress rule: numComputedTokens catches up with numTokens, one grant per step.
  */
 import { Prng } from "../models/prng.ts";
-import type { EngineRequest, SamplingParams } from "./request.ts";
+import type { IncrementalDetokenizer } from "./detokenizer.ts";
+import type { EngineRequest, PositionLogprob, SamplingParams } from "./request.ts";
 
 export type SequenceStatus = "waiting" | "running" | "finished";
 
@@ -19,6 +20,10 @@ export class Sequence {
   numPreemptions = 0;
   readonly rng: Prng;
   readonly arrivalMs = performance.now();
+  /** Turns output tokens into text and applies stop strings; null when the engine has no tokenizer. */
+  detokenizer: IncrementalDetokenizer | null = null;
+  /** Prompt logprobs by position, when the request asked for them. */
+  promptLogprobs: Map<number, PositionLogprob> | null = null;
   firstTokenMs: number | null = null;
   lastTokenMs: number | null = null;
   previousTokenMs: number | null = null;

@@ -35,10 +35,10 @@ describe("EngineCore: outputs and finish reasons", () => {
     const expected = expectedGreedy(prompt, 4);
     core.add(makeRequest({ requestId: "r", promptTokenIds: prompt, maxTokens: 4 }));
     expect(core.hasWork).toBe(true);
-    expect(await core.step()).toEqual([{ requestId: "r", index: 0, newTokenIds: [expected[0]], numCachedTokens: 0, numPromptTokens: 3 }]);
-    expect(await core.step()).toEqual([{ requestId: "r", index: 0, newTokenIds: [expected[1]] }]);
-    expect(await core.step()).toEqual([{ requestId: "r", index: 0, newTokenIds: [expected[2]] }]);
-    expect(await core.step()).toEqual([{ requestId: "r", index: 0, newTokenIds: [expected[3]], finishReason: "length" }]);
+    expect(await core.step()).toEqual([{ requestId: "r", index: 0, newTokenIds: [expected[0]], text: "", numCachedTokens: 0, numPromptTokens: 3 }]);
+    expect(await core.step()).toEqual([{ requestId: "r", index: 0, newTokenIds: [expected[1]], text: "" }]);
+    expect(await core.step()).toEqual([{ requestId: "r", index: 0, newTokenIds: [expected[2]], text: "" }]);
+    expect(await core.step()).toEqual([{ requestId: "r", index: 0, newTokenIds: [expected[3]], text: "", finishReason: "length" }]);
     expect(core.hasWork).toBe(false);
     freeAll(core);
   });
@@ -89,14 +89,19 @@ describe("EngineCore: outputs and finish reasons", () => {
     }
   });
 
-  it("gives n = 2 two sequences, index 0 and 1, each with its own blocks", async () => {
+  it("gives n = 2 two sequences, index 0 and 1, the copy sharing the prompt's full blocks", async () => {
     const { core, runner } = makeCore();
     const prompt = tokens(5);
     core.add(makeRequest({ requestId: "r", promptTokenIds: prompt, maxTokens: 3, n: 2 }));
     const first = await core.step();
-    expect(first.map((o) => [o.index, o.numPromptTokens])).toEqual([[0, 5], [1, 5]]);
-    expect(runner.calls[0].map((s) => s.blockTable)).toEqual([[1, 2], [3, 4]]);
-    const results = collect([...first, ...(await drain(core))]);
+    expect(first.map((o) => [o.index, o.numPromptTokens])).toEqual([[0, 5]]);
+    expect(runner.calls[0].map((s) => s.blockTable)).toEqual([[1, 2]]);
+    const second = await core.step();
+    expect(second.map((o) => [o.index, o.numPromptTokens])).toEqual([[0, undefined], [1, 5]]);
+    // Copy 1 holds a second reference on the full block 1 and recomputes only the partial block's token.
+    expect(runner.calls[1].map((s) => [s.blockTable, s.numCachedTokens, s.tokenIds.length])).toEqual([[[1, 2], 5, 1], [[1, 3], 4, 1]]);
+    expect(core.kv.pool.refCountOf(1)).toBe(2);
+    const results = collect([...first, ...second, ...(await drain(core))]);
     expect([...results.keys()]).toEqual(["r#0", "r#1"]);
     for (const result of results.values()) expect(result).toEqual({ tokenIds: expectedGreedy(prompt, 3), finishReason: "length" });
     freeAll(core);
@@ -114,7 +119,7 @@ describe("EngineCore: abort", () => {
     core.abort("r");
     expect(core.kv.pool.numFreeBlocks).toBe(core.kv.pool.numUsableBlocks - 2 - usedByOther);
     const outputs = await core.step();
-    expect(outputs[0]).toEqual({ requestId: "r", index: 0, newTokenIds: [], finishReason: "abort" });
+    expect(outputs[0]).toEqual({ requestId: "r", index: 0, newTokenIds: [], text: "", finishReason: "abort" });
     expect(outputs.filter((o) => o.requestId === "r")).toHaveLength(1);
     expect(core.kv.pool.numFreeBlocks).toBe(core.kv.pool.numUsableBlocks - usedByOther);
     core.checkIntegrity();
@@ -128,8 +133,8 @@ describe("EngineCore: abort", () => {
     core.add(makeRequest({ requestId: "r", n: 2 }));
     core.abort("r");
     expect(await core.step()).toEqual([
-      { requestId: "r", index: 0, newTokenIds: [], finishReason: "abort" },
-      { requestId: "r", index: 1, newTokenIds: [], finishReason: "abort" },
+      { requestId: "r", index: 0, newTokenIds: [], text: "", finishReason: "abort" },
+      { requestId: "r", index: 1, newTokenIds: [], text: "", finishReason: "abort" },
     ]);
     expect(runner.calls).toEqual([]);
     expect(core.hasWork).toBe(false);
@@ -141,14 +146,17 @@ describe("EngineCore: abort", () => {
     const sampling = makeSampling({ temperature: 100, seed: 7 });
     const probe = makeCore().core;
     probe.add(makeRequest({ requestId: "probe", maxTokens: 5, n: 2, sampling }));
-    const [first0, first1] = (await probe.step()).map((o) => o.newTokenIds[0]);
+    const probed = await drain(probe);
+    const firstOf = (index: number) => probed.find((o) => o.index === index)!.newTokenIds[0];
+    const [first0, first1] = [firstOf(0), firstOf(1)];
     expect(first0).not.toBe(first1);
 
     const { core } = makeCore();
     core.add(makeRequest({ requestId: "r", maxTokens: 5, n: 2, sampling, stopTokenIds: [first0] }));
-    expect((await core.step()).map((o) => [o.index, o.newTokenIds, o.finishReason])).toEqual([[0, [first0], "stop"], [1, [first1], undefined]]);
+    expect((await core.step()).map((o) => [o.index, o.newTokenIds, o.finishReason])).toEqual([[0, [first0], "stop"]]);
+    expect((await core.step()).map((o) => [o.index, o.newTokenIds, o.finishReason])).toEqual([[1, [first1], undefined]]);
     core.abort("r");
-    expect(await core.step()).toEqual([{ requestId: "r", index: 1, newTokenIds: [], finishReason: "abort" }]);
+    expect(await core.step()).toEqual([{ requestId: "r", index: 1, newTokenIds: [], text: "", finishReason: "abort" }]);
     freeAll(core);
   });
 
@@ -171,7 +179,7 @@ describe("EngineCore: prefix caching", () => {
     const b = [...shared, 25, 26, 27];
     core.add(makeRequest({ requestId: "b", promptTokenIds: b, maxTokens: 2 }));
     const first = await core.step();
-    expect(first).toEqual([{ requestId: "b", index: 0, newTokenIds: [expectedGreedy(b, 1)[0]], numCachedTokens: 8, numPromptTokens: 11 }]);
+    expect(first).toEqual([{ requestId: "b", index: 0, newTokenIds: [expectedGreedy(b, 1)[0]], text: "", numCachedTokens: 8, numPromptTokens: 11 }]);
     expect(runner.calls.at(-1)).toEqual([{ tokenIds: [25, 26, 27], numCachedTokens: 8, blockTable: [1, 2, 4], logitsFrom: 2 }]);
     await drain(core);
     freeAll(core);

@@ -5,7 +5,9 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_ENGINE_OPTIONS, Engine, GREEDY, type EngineOutput, type EngineRequest } from "../engine/index.ts";
 import { ensureDefaultModel } from "../models/default-model.ts";
-import { seededTokens } from "./helpers/runner.ts";
+import { readCheckpoint } from "../models/checkpoint.ts";
+import { ModelTokenizer } from "../models/tokenizer.ts";
+import { referenceFor, seededTokens } from "./helpers/runner.ts";
 
 const VOCAB = 151643;
 
@@ -98,6 +100,46 @@ describe("the engine on the default model", () => {
       }
     } finally {
       await small.shutdown();
+    }
+  });
+
+  it("streams text that decodes the tokens, and ends before a stop string", async () => {
+    const tokenizer = ModelTokenizer.load(readCheckpoint(ensureDefaultModel()));
+    const promptTokenIds = tokenizer.encode("The quick brown fox", false);
+    const plain = await collect(engine, { requestId: "text-1", promptTokenIds, maxTokens: 24, sampling: GREEDY, ignoreEos: true });
+    const text = plain.map((o) => o.text).join("");
+    expect(text).toBe(tokenizer.decode(tokensOf(plain), true));
+    const stop = text.slice(Math.floor(text.length / 2), Math.floor(text.length / 2) + 3);
+    const stopped = await collect(engine, { requestId: "text-2", promptTokenIds, maxTokens: 24, sampling: GREEDY, ignoreEos: true, stop: [stop] });
+    expect(stopped.map((o) => o.text).join("")).toBe(text.slice(0, text.indexOf(stop)));
+    expect(stopped.at(-1)).toMatchObject({ finishReason: "stop", stopReason: stop });
+  });
+
+  it("n = 2 greedy copies share the prompt and each equal the n = 1 result", async () => {
+    const promptTokenIds = seededTokens(40, VOCAB, 4242);
+    const single = await collect(engine, { requestId: "n-1", promptTokenIds, maxTokens: 5, sampling: GREEDY, ignoreEos: true });
+    const pair = await collect(engine, { requestId: "n-2", promptTokenIds, maxTokens: 5, sampling: GREEDY, ignoreEos: true, n: 2 });
+    for (const index of [0, 1]) expect(tokensOf(pair.filter((o) => o.index === index))).toEqual(tokensOf(single));
+  });
+
+  it("prompt logprobs equal the reference forward pass's log-softmax at each position", async () => {
+    const promptTokenIds = seededTokens(20, VOCAB, 77);
+    const [first] = await collect(engine, {
+      requestId: "echo", promptTokenIds, maxTokens: 1, sampling: { ...GREEDY, logprobs: 2 }, promptLogprobs: 2, ignoreEos: true,
+    });
+    const promptLogprobs = first.promptLogprobs!;
+    expect(promptLogprobs).toHaveLength(20);
+    expect(promptLogprobs[0]).toBeNull();
+    const reference = referenceFor(ensureDefaultModel(), promptTokenIds);
+    for (let p = 1; p < 20; p++) {
+      const logits = reference[p - 1];
+      let max = -Infinity;
+      for (const x of logits) max = Math.max(max, x);
+      let sum = 0;
+      for (const x of logits) sum += Math.exp(x - max);
+      expect(promptLogprobs[p]!.logprob).toBeCloseTo(logits[promptTokenIds[p]] - max - Math.log(sum), 3);
+      expect(promptLogprobs[p]!.top).toHaveLength(2);
+      expect(typeof promptLogprobs[p]!.token).toBe("string");
     }
   });
 });

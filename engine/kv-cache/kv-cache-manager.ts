@@ -74,6 +74,18 @@ export class KvCacheManager {
     }
   }
 
+  /**
+   * Gives `child` the parent's full prompt blocks (one more reference each), so the n copies
+   * of a request share them. The child recomputes only the partial last block.
+   */
+  fork(parent: Sequence, child: Sequence): void {
+    const numShared = Math.floor((parent.numPromptTokens - 1) / this.blockSize);
+    child.blockIds = parent.blockIds.slice(0, numShared);
+    child.blockHashes = parent.blockHashes.slice(0, numShared);
+    this.pool.touch(child.blockIds);
+    child.numComputedTokens = numShared * this.blockSize;
+  }
+
   /** Releases a sequence's blocks, tail first so that its tail is evicted first. */
   free(seq: Sequence): void {
     this.pool.free([...seq.blockIds].reverse());
