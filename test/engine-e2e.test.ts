@@ -142,4 +142,19 @@ describe("the engine on the default model", () => {
       expect(typeof promptLogprobs[p]!.token).toBe("string");
     }
   });
+
+  it("a seeded sampled request gives the same tokens alone and in a busy batch", async () => {
+    const seeded: EngineRequest = {
+      requestId: "seeded-alone", promptTokenIds: seededTokens(12, VOCAB, 8), maxTokens: 12, ignoreEos: true,
+      sampling: { ...GREEDY, temperature: 1, topP: 0.95, seed: 1234 },
+    };
+    const alone = await collect(engine, seeded);
+    const others = Array.from({ length: 10 }, (_, i) => collect(engine, {
+      requestId: `noise-${i}`, promptTokenIds: seededTokens(5 + i, VOCAB, 300 + i), maxTokens: 12, ignoreEos: true,
+      sampling: { ...GREEDY, temperature: 1 },
+    }));
+    const busy = await collect(engine, { ...seeded, requestId: "seeded-busy" });
+    await Promise.all(others);
+    expect(tokensOf(busy)).toEqual(tokensOf(alone));
+  });
 });
