@@ -28,7 +28,30 @@ export const ENGINE_FLAGS_HELP = `Model and engine:
   --no-prefix-caching           turn automatic prefix caching off
   --threads N                   ONNX Runtime intra-op threads (default: all cores)`;
 
-type EngineFlagValues = { [K in keyof typeof ENGINE_FLAGS]?: string | boolean };
+export type EngineFlagValues = { [K in keyof typeof ENGINE_FLAGS]?: string | boolean };
+
+/** The model folder a command serves: --model, or the embedded default (generated on first use). */
+export function modelDirFrom(values: EngineFlagValues): string {
+  return typeof values.model === "string" ? values.model : ensureDefaultModel();
+}
+
+/** Engine options from the flags. EOS ids are left to the engine thread, which loads the tokenizer. */
+export function engineOptionsFrom(values: EngineFlagValues, checkpoint: Checkpoint): EngineOptions {
+  const device = String(values.device);
+  if (device !== "cpu" && device !== "cuda") throw new Error(`--device must be cpu or cuda, got ${device}`);
+  return {
+    modelDir: checkpoint.dir,
+    device: device as Device,
+    kvCacheMemoryBytes: parseBytes(String(values["kv-cache-memory"])),
+    blockSize: positiveInt(values["block-size"], "--block-size"),
+    maxNumSeqs: positiveInt(values["max-num-seqs"], "--max-num-seqs"),
+    maxNumBatchedTokens: positiveInt(values["max-num-batched-tokens"], "--max-num-batched-tokens"),
+    maxModelLen: values["max-model-len"] === undefined ? undefined : positiveInt(values["max-model-len"], "--max-model-len"),
+    enablePrefixCaching: values["no-prefix-caching"] !== true,
+    intraOpThreads: values.threads === undefined ? undefined : positiveInt(values.threads, "--threads"),
+    progress: process.stderr.isTTY,
+  };
+}
 
 export interface LoadedModel {
   checkpoint: Checkpoint;
@@ -36,32 +59,10 @@ export interface LoadedModel {
   engineOptions: EngineOptions;
 }
 
-/** Reads the checkpoint and tokenizer on this thread and builds the engine's options. */
+/** For offline commands: the checkpoint, its tokenizer on this thread, and the engine's options. */
 export function loadModel(values: EngineFlagValues): LoadedModel {
-  const modelDir = typeof values.model === "string" ? values.model : ensureDefaultModel();
-  const checkpoint = readCheckpoint(modelDir);
-  const tokenizer = ModelTokenizer.load(checkpoint);
-  const eos = new Set(checkpoint.eosTokenIds);
-  if (tokenizer.eosTokenId !== null) eos.add(tokenizer.eosTokenId);
-  const device = String(values.device);
-  if (device !== "cpu" && device !== "cuda") throw new Error(`--device must be cpu or cuda, got ${device}`);
-  return {
-    checkpoint,
-    tokenizer,
-    engineOptions: {
-      modelDir: checkpoint.dir,
-      device: device as Device,
-      kvCacheMemoryBytes: parseBytes(String(values["kv-cache-memory"])),
-      blockSize: positiveInt(values["block-size"], "--block-size"),
-      maxNumSeqs: positiveInt(values["max-num-seqs"], "--max-num-seqs"),
-      maxNumBatchedTokens: positiveInt(values["max-num-batched-tokens"], "--max-num-batched-tokens"),
-      maxModelLen: values["max-model-len"] === undefined ? undefined : positiveInt(values["max-model-len"], "--max-model-len"),
-      enablePrefixCaching: values["no-prefix-caching"] !== true,
-      eosTokenIds: [...eos],
-      intraOpThreads: values.threads === undefined ? undefined : positiveInt(values.threads, "--threads"),
-      progress: process.stderr.isTTY,
-    },
-  };
+  const checkpoint = readCheckpoint(modelDirFrom(values));
+  return { checkpoint, tokenizer: ModelTokenizer.load(checkpoint), engineOptions: engineOptionsFrom(values, checkpoint) };
 }
 
 export function positiveInt(value: unknown, flag: string): number {

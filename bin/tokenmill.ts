@@ -1,6 +1,7 @@
 #!/usr/bin/env -S node --import tsx
 /** The tokenmill command line: serve, generate, bench. */
 import { GENERATE_HELP, generateCommand } from "./generate.ts";
+import { SERVE_HELP, serveCommand } from "./serve.ts";
 
 const HELP = `tokenmill: a self-hosted, OpenAI-compatible model server
 
@@ -10,9 +11,12 @@ const HELP = `tokenmill: a self-hosted, OpenAI-compatible model server
 
 Run a command with --help for its options.
 
+${SERVE_HELP}
+
 ${GENERATE_HELP}`;
 
 const commands: Record<string, (args: string[]) => Promise<void>> = {
+  serve: serveCommand,
   generate: generateCommand,
 };
 

@@ -6,7 +6,7 @@ import { IncrementalDetokenizer } from "./detokenizer.ts";
 import { EngineError } from "./engine-error.ts";
 import { BlockPool } from "./kv-cache/block-pool.ts";
 import { KvCacheManager } from "./kv-cache/kv-cache-manager.ts";
-import type { EngineOutput, EngineRequest, FinishReason } from "./request.ts";
+import type { EngineOutput, EngineRequest, FinishReason, PromptLogprob } from "./request.ts";
 import type { StepRunner } from "./runner/model-runner.ts";
 import type { StepSequence } from "./runner/step-batch.ts";
 import { promptLogprobsFromRows, withTokenStrings } from "./logprobs.ts";
@@ -160,10 +160,12 @@ export class EngineCore {
     this.scheduler.addFirst(copies);
   }
 
-  private promptLogprobsOf(seq: Sequence): (ReturnType<typeof withTokenStrings> | null)[] {
-    return seq.promptTokenIds.map((_, position) => {
+  private promptLogprobsOf(seq: Sequence): PromptLogprob[] {
+    return seq.promptTokenIds.map((tokenId, position) => {
       const entry = seq.promptLogprobs!.get(position);
-      return entry ? withTokenStrings(entry, this.codec) : null;
+      if (entry) return withTokenStrings(entry, this.codec);
+      const strings = this.codec ? { token: this.codec.tokenText(tokenId), bytes: [...this.codec.tokenBytes(tokenId)] } : {};
+      return { tokenId, ...strings, logprob: null, top: null };
     });
   }
 
@@ -189,6 +191,9 @@ export class EngineCore {
     const { maxModelLen, blockSize, numBlocks } = this.options;
     const numPrompt = request.promptTokenIds.length;
     if (numPrompt === 0) throw new EngineError("INVALID_REQUEST", "the prompt is empty");
+    const vocabSize = this.runner.vocabSize;
+    const badToken = request.promptTokenIds.find((id) => !Number.isInteger(id) || id < 0 || id >= vocabSize);
+    if (badToken !== undefined) throw new EngineError("INVALID_REQUEST", `token id ${badToken} is outside the vocabulary (0 to ${vocabSize - 1})`);
     if (this.sequences.has(request.requestId)) throw new EngineError("INVALID_REQUEST", `request id ${request.requestId} is already in use`);
     if (numPrompt + request.maxTokens > maxModelLen) {
       throw new EngineError("PROMPT_TOO_LONG",

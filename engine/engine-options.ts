@@ -13,7 +13,8 @@ export interface EngineOptions {
   /** Defaults to the model's max_position_embeddings. */
   maxModelLen?: number;
   enablePrefixCaching: boolean;
-  eosTokenIds: number[];
+  /** Token ids that end a sequence; by default generation_config.json's, config.json's and the tokenizer's EOS. */
+  eosTokenIds?: number[];
   /** Threads for one ONNX Runtime operator; 0: every core. */
   intraOpThreads?: number;
   /** Show a progress bar while the graph builds. */

@@ -29,8 +29,10 @@ async function main(options: EngineOptions): Promise<void> {
     graphPath: graph.graphPath, config, device: options.device, blockSize: options.blockSize, numBlocks, intraOpThreads: options.intraOpThreads,
   });
   // NOTE: text is made here, next to the sampler, so stop strings end a sequence in the step that completes them.
-  const codec = ModelTokenizer.load(readCheckpoint(options.modelDir));
-  const core = new EngineCore(runner, { ...options, numBlocks, maxModelLen }, codec);
+  const checkpoint = readCheckpoint(options.modelDir);
+  const codec = ModelTokenizer.load(checkpoint);
+  const eosTokenIds = options.eosTokenIds ?? [...new Set([...checkpoint.eosTokenIds, ...(codec.eosTokenId === null ? [] : [codec.eosTokenId])])];
+  const core = new EngineCore(runner, { ...options, numBlocks, maxModelLen, eosTokenIds }, codec);
   const info: EngineInfo = {
     modelDir: options.modelDir, architecture: config.architecture, vocabSize: config.vocabSize, maxModelLen, numBlocks,
     blockSize: options.blockSize, graphBuilt: graph.built, graphBuildMs: graph.buildMs, loadMs: performance.now() - started,

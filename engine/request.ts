@@ -58,6 +58,12 @@ export interface PositionLogprob extends TokenLogprob {
   top: TokenLogprob[];
 }
 
+/** A prompt token's logprob; the first prompt token has none (logprob and top are null). */
+export interface PromptLogprob extends Omit<TokenLogprob, "logprob"> {
+  logprob: number | null;
+  top: TokenLogprob[] | null;
+}
+
 /** One step's news for one sequence. */
 export interface EngineOutput {
   requestId: string;
@@ -74,6 +80,6 @@ export interface EngineOutput {
   /** Set on the first output: prompt tokens served from the prefix cache. */
   numCachedTokens?: number;
   numPromptTokens?: number;
-  /** On the first output of a request with promptLogprobs: null for the first prompt token. */
-  promptLogprobs?: (PositionLogprob | null)[];
+  /** On the first output of a request with promptLogprobs: one per prompt token; the first has none. */
+  promptLogprobs?: PromptLogprob[];
 }

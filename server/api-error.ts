@@ -40,6 +40,9 @@ export function toApiError(err: unknown): ApiError {
   if (fastifyError.code === "FST_ERR_CTP_BODY_TOO_LARGE") {
     return new ApiError(413, "The request body is larger than the server accepts.", "invalid_request_error", null, "payload_too_large");
   }
+  if (fastifyError.code === "FST_ERR_CTP_INVALID_JSON_BODY" || fastifyError.code === "FST_ERR_CTP_EMPTY_JSON_BODY") {
+    return invalidRequest(`The request body is not valid JSON: ${fastifyError.message}`, null, "invalid_json");
+  }
   if (fastifyError.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") {
     return new ApiError(415, fastifyError.message ?? "unsupported media type", "invalid_request_error", null, "unsupported_media_type");
   }

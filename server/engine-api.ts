@@ -4,7 +4,10 @@
  */
 import type { ChatMessage, ChatTemplateOptions, EngineOutput, EngineRequest, EngineStatsSnapshot } from "../engine/index.ts";
 
-export { EngineError, TokenizerPool, type ChatMessage, type EngineOutput, type EngineRequest, type EngineStatsSnapshot } from "../engine/index.ts";
+export {
+  Engine, EngineError, TokenizerPool,
+  type ChatMessage, type EngineOptions, type EngineOutput, type EngineRequest, type EngineStatsSnapshot,
+} from "../engine/index.ts";
 export { ModelError } from "../models/index.ts";
 
 /** The engine as the HTTP layer sees it. */
@@ -19,4 +22,5 @@ export interface ServingEngine {
 export interface PromptTokenizer {
   encode(text: string, addSpecialTokens?: boolean): Promise<number[]>;
   applyChatTemplate(messages: ChatMessage[], options?: ChatTemplateOptions): Promise<{ prompt: string; promptTokenIds: number[] }>;
+  decode(tokenIds: readonly number[], skipSpecialTokens?: boolean): Promise<string>;
 }

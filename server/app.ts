@@ -1,0 +1,46 @@
+/**
+ * Builds the fastify app without listening, so tests use app.inject().
+ * Every error leaves through one handler, in OpenAI's shape.
+ */
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
+import { routeNotFound, toApiError } from "./api-error.ts";
+import { registerChatCompletions } from "./routes/chat-completions.ts";
+import { registerCompletions } from "./routes/completions.ts";
+import { registerServiceRoutes } from "./routes/service-routes.ts";
+import type { ServerContext } from "./server-context.ts";
+
+export interface AppOptions {
+  bodyLimitBytes?: number;
+  logger?: FastifyServerOptions["logger"];
+}
+
+export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyInstance {
+  const app = Fastify({
+    bodyLimit: options.bodyLimitBytes ?? 8 * 1024 * 1024,
+    logger: options.logger ?? false,
+    // NOTE: fastify's request logs carry method, URL, status and timing, never bodies: prompts and outputs stay out of logs.
+    genReqId: (req) => (typeof req.headers["x-request-id"] === "string" ? req.headers["x-request-id"] : crypto.randomUUID()),
+    requestIdHeader: false,
+  });
+  ctx.log = app.log;
+  app.addHook("onSend", async (request, reply) => {
+    reply.header("x-request-id", request.id);
+  });
+  app.addHook("onResponse", async (request, reply) => {
+    ctx.metrics.requests.inc({ route: request.routeOptions.url ?? "unknown", status: String(reply.statusCode) });
+  });
+  app.setErrorHandler((err, request, reply) => {
+    const apiError = toApiError(err);
+    if (apiError.status >= 500) request.log.error({ err }, "request failed");
+    if (apiError.retryAfterSeconds !== undefined) reply.header("retry-after", String(apiError.retryAfterSeconds));
+    return reply.status(apiError.status).send(apiError.body);
+  });
+  app.setNotFoundHandler((request, reply) => {
+    const apiError = routeNotFound(request.method, request.url);
+    return reply.status(apiError.status).send(apiError.body);
+  });
+  registerChatCompletions(app, ctx);
+  registerCompletions(app, ctx);
+  registerServiceRoutes(app, ctx);
+  return app;
+}

@@ -1,0 +1,112 @@
+/** POST /v1/completions: the legacy completions API, with token-id prompts, echo and legacy logprobs. */
+import { randomUUID } from "node:crypto";
+import type { FastifyInstance, FastifyReply } from "fastify";
+import { admit, type Admitted } from "../admission.ts";
+import { invalidRequest } from "../api-error.ts";
+import { Choices, finishReasonOf, usageOf, type ChoiceState } from "../choices.ts";
+import type { EngineOutput } from "../engine-api.ts";
+import { toEngineRequest } from "../engine-request.ts";
+import { nowSeconds, onClientGone, parseBody, requireModel } from "../http-helpers.ts";
+import { legacyLogprobs } from "../legacy-logprobs.ts";
+import { completionRequest, type CompletionRequest } from "../schemas.ts";
+import type { ServerContext } from "../server-context.ts";
+import { SseStream } from "../sse.ts";
+
+/** NOTE: as in OpenAI's and vLLM's completions API, max_tokens defaults to 16. */
+const DEFAULT_MAX_TOKENS = 16;
+
+interface PromptRun {
+  promptText: string;
+  choices: Choices;
+  outputs: AsyncIterator<EngineOutput>;
+  first: IteratorResult<EngineOutput>;
+}
+
+export function registerCompletions(app: FastifyInstance, ctx: ServerContext): void {
+  app.post("/v1/completions", async (request, reply) => {
+    const body = parseBody(completionRequest, request.body);
+    requireModel(ctx, body.model);
+    const prompts = promptsOf(body.prompt);
+    const admitted = admit(ctx, body.n * prompts.length, (abort) => onClientGone(reply, abort));
+    try {
+      const runs = await Promise.all(prompts.map((prompt, i) => startRun(ctx, admitted, body, prompt, i * body.n)));
+      const head = { id: `cmpl-${randomUUID()}`, object: "text_completion", created: nowSeconds(), model: ctx.modelId };
+      if (body.stream) return await streamCompletions(reply, body, head, runs);
+      for (const run of runs) {
+        for (let next = run.first; !next.done; next = await run.outputs.next()) run.choices.add(next.value);
+      }
+      return {
+        ...head,
+        choices: runs.flatMap((run) => run.choices.choices.map((c) => choiceBody(body, run, c))),
+        usage: usageOf(runs.map((r) => r.choices)),
+      };
+    } finally {
+      admitted.release();
+    }
+  });
+}
+
+function promptsOf(prompt: CompletionRequest["prompt"]): (string | number[])[] {
+  if (typeof prompt === "string") return [prompt];
+  if (prompt.length > 0 && typeof prompt[0] === "number") return [prompt as number[]];
+  return prompt as (string | number[])[];
+}
+
+async function startRun(ctx: ServerContext, admitted: Admitted, body: CompletionRequest, prompt: string | number[], indexOffset: number): Promise<PromptRun> {
+  const promptTokenIds = typeof prompt === "string" ? await admitted.tokenizer.encode(prompt, true) : prompt;
+  if (promptTokenIds.length === 0) throw invalidRequest("The prompt is empty.", "prompt");
+  const bad = promptTokenIds.find((id) => id >= ctx.vocabSize);
+  if (bad !== undefined) throw invalidRequest(`Token id ${bad} is outside the vocabulary (0 to ${ctx.vocabSize - 1}).`, "prompt");
+  const echoLogprobs = body.echo && body.logprobs != null;
+  const engineRequest = toEngineRequest(body, promptTokenIds, ctx, {
+    promptParam: "prompt",
+    maxTokens: body.max_tokens ?? DEFAULT_MAX_TOKENS,
+    logprobs: body.logprobs ?? undefined,
+    promptLogprobs: echoLogprobs ? (body.logprobs ?? 0) : undefined,
+  });
+  const promptText = !body.echo ? "" : typeof prompt === "string" ? prompt : await admitted.tokenizer.decode(prompt, false);
+  const outputs = admitted.engine.add(engineRequest, admitted.signal)[Symbol.asyncIterator]();
+  const first = await outputs.next();
+  return { promptText, choices: new Choices(body.n, indexOffset), outputs, first };
+}
+
+function choiceBody(body: CompletionRequest, run: PromptRun, choice: ChoiceState) {
+  return {
+    index: choice.index,
+    text: run.promptText + choice.text,
+    logprobs: body.logprobs == null ? null : legacyLogprobs(body.echo ? run.choices.promptLogprobs ?? null : null, choice.logprobs, 0),
+    finish_reason: finishReasonOf(choice),
+    stop_reason: choice.stopReason,
+  };
+}
+
+async function streamCompletions(reply: FastifyReply, body: CompletionRequest, head: object, runs: PromptRun[]): Promise<void> {
+  reply.hijack();
+  const sse = new SseStream(reply.raw);
+  const includeUsage = body.stream_options?.include_usage === true;
+  const chunk = (choices: unknown[], usage?: unknown) => ({ ...head, object: "text_completion", choices, ...(includeUsage ? { usage: usage ?? null } : {}) });
+  try {
+    await Promise.all(runs.map(async (run) => {
+      const offsets = new Map<number, number>();
+      for (let next = run.first; !next.done && !sse.closed; next = await run.outputs.next()) {
+        const output = next.value;
+        const choice = run.choices.add(output);
+        const isFirst = !offsets.has(output.index);
+        const prefix = isFirst ? run.promptText : "";
+        const offset = offsets.get(output.index) ?? 0;
+        const promptLogprobs = isFirst && body.echo ? run.choices.promptLogprobs ?? null : null;
+        const logprobs = body.logprobs == null ? null : legacyLogprobs(promptLogprobs, output.logprobs ?? [], offset);
+        offsets.set(output.index, offset + prefix.length + output.text.length);
+        await sse.send(chunk([{
+          index: choice.index, text: prefix + output.text, logprobs,
+          finish_reason: output.finishReason ? finishReasonOf(choice) : null,
+          ...(output.finishReason ? { stop_reason: choice.stopReason } : {}),
+        }]));
+      }
+    }));
+    if (includeUsage) await sse.send(chunk([], usageOf(runs.map((r) => r.choices))));
+  } catch (err) {
+    await sse.send({ error: { message: (err as Error).message, type: "server_error", param: null, code: null } });
+  }
+  sse.end();
+}

@@ -1,0 +1,30 @@
+/** GET /v1/models, /health and /metrics. */
+import type { FastifyInstance } from "fastify";
+import { ApiError, modelNotFound } from "../api-error.ts";
+import type { ServerContext } from "../server-context.ts";
+
+const startedSeconds = Math.floor(Date.now() / 1000);
+
+export function registerServiceRoutes(app: FastifyInstance, ctx: ServerContext): void {
+  const modelCard = () => ({
+    id: ctx.modelId, object: "model", created: startedSeconds, owned_by: "tokenmill", max_model_len: ctx.maxModelLen,
+  });
+
+  app.get("/v1/models", async () => ({ object: "list", data: [modelCard()] }));
+
+  app.get<{ Params: { model: string } }>("/v1/models/:model", async (request) => {
+    if (request.params.model !== ctx.modelId) throw modelNotFound(request.params.model);
+    return modelCard();
+  });
+
+  app.get("/health", async (_request, reply) => {
+    if (!ctx.engine) throw new ApiError(503, "The model is loading.", "server_error", null, "loading", 5);
+    if (!ctx.engine.isAlive) throw new ApiError(503, "The engine thread has stopped.", "server_error", null, "engine_dead");
+    return reply.send({ status: "ok" });
+  });
+
+  app.get("/metrics", async (_request, reply) => {
+    reply.header("content-type", ctx.metrics.registry.contentType);
+    return ctx.metrics.registry.metrics();
+  });
+}

@@ -1,0 +1,37 @@
+/** What every route shares: the engine (once loaded), the tokenizer pool, limits and metrics. */
+import type { FastifyBaseLogger } from "fastify";
+import type { PromptTokenizer, ServingEngine } from "./engine-api.ts";
+import type { ServerMetrics } from "./metrics.ts";
+
+export interface ServerLimits {
+  /** Sequences the engine runs at once (--max-num-seqs). */
+  maxNumSeqs: number;
+  /** Sequences that may wait beyond those (--max-queued-requests). */
+  maxQueuedRequests: number;
+}
+
+export interface GenerationDefaults {
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  minP?: number;
+  repetitionPenalty?: number;
+}
+
+export interface ServerContext {
+  /** The served model's id, as /v1/models lists it. */
+  modelId: string;
+  /** Null while the model loads. */
+  engine: ServingEngine | null;
+  tokenizer: PromptTokenizer | null;
+  maxModelLen: number;
+  vocabSize: number;
+  limits: ServerLimits;
+  defaults: GenerationDefaults;
+  metrics: ServerMetrics;
+  /** Sequences admitted and not yet finished. */
+  numInFlight: number;
+  /** Aborts every in-flight request (shutdown past its deadline). */
+  readonly inFlightControllers: Set<AbortController>;
+  log?: FastifyBaseLogger;
+}

@@ -1,0 +1,42 @@
+/** Server-sent events on a hijacked reply: `data: {json}` frames, then `data: [DONE]`. */
+import type { ServerResponse } from "node:http";
+
+export class SseStream {
+  private ended = false;
+
+  constructor(private readonly res: ServerResponse, headers: Record<string, string> = {}) {
+    res.writeHead(200, {
+      "content-type": "text/event-stream; charset=utf-8",
+      "cache-control": "no-cache",
+      connection: "keep-alive",
+      "x-accel-buffering": "no",
+      ...headers,
+    });
+  }
+
+  get closed(): boolean {
+    return this.ended || this.res.destroyed;
+  }
+
+  /** Writes one event; waits while the socket's buffer is full, so a slow client slows only itself. */
+  async send(data: unknown): Promise<void> {
+    if (this.closed) return;
+    if (!this.res.write(`data: ${JSON.stringify(data)}\n\n`)) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          this.res.off("drain", done);
+          this.res.off("close", done);
+          resolve();
+        };
+        this.res.on("drain", done);
+        this.res.on("close", done);
+      });
+    }
+  }
+
+  end(): void {
+    if (this.closed) return;
+    this.ended = true;
+    this.res.end("data: [DONE]\n\n");
+  }
+}
