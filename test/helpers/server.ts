@@ -1,0 +1,27 @@
+/** A real tokenmill server on the default model, in this process, on a free port. */
+import { DEFAULT_ENGINE_OPTIONS } from "../../engine/index.ts";
+import { readCheckpoint } from "../../models/checkpoint.ts";
+import { ensureDefaultModel } from "../../models/default-model.ts";
+import { startServer, type RunningServer } from "../../server/serve.ts";
+
+export async function startTestServer(overrides: { maxQueuedRequests?: number; maxNumSeqs?: number } = {}): Promise<RunningServer> {
+  const checkpoint = readCheckpoint(ensureDefaultModel());
+  const server = await startServer({
+    engineOptions: {
+      ...DEFAULT_ENGINE_OPTIONS, modelDir: checkpoint.dir, kvCacheMemoryBytes: 256 * 1024 ** 2, intraOpThreads: 1,
+      maxNumSeqs: overrides.maxNumSeqs ?? 64,
+    },
+    modelId: checkpoint.name,
+    maxModelLen: checkpoint.config.maxPositionEmbeddings,
+    vocabSize: checkpoint.config.vocabSize,
+    defaults: checkpoint.generationDefaults,
+    host: "127.0.0.1",
+    port: 0,
+    maxQueuedRequests: overrides.maxQueuedRequests ?? 256,
+    shutdownTimeoutMs: 10_000,
+    bodyLimitBytes: 1024 * 1024,
+    tokenizerThreads: 1,
+  });
+  await server.ready;
+  return server;
+}
