@@ -10,7 +10,8 @@ import type { EngineOutput, EngineRequest, FinishReason, PromptLogprob } from ".
 import type { StepRunner } from "./runner/model-runner.ts";
 import type { StepSequence } from "./runner/step-batch.ts";
 import { promptLogprobsFromRows, withTokenStrings } from "./logprobs.ts";
-import { sampleToken } from "./sampler.ts";
+import { needsFullLogits, sampleRow } from "./sampler.ts";
+import { rowOf, type StepLogits } from "./runner/step-logits.ts";
 import { type ScheduledSequence, Scheduler } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import { EngineStats } from "./engine-stats.ts";
@@ -83,7 +84,8 @@ export class EngineCore {
     const { scheduled, preempted } = this.scheduler.schedule();
     this.stats.numPreemptions += preempted.length;
     if (scheduled.length > 0) {
-      const logits = await this.runner.execute(scheduled.map(toStepSequence));
+      const fullLogits = scheduled.some(({ seq }) => needsFullLogits(seq.sampling) || (seq.promptLogprobs !== null && seq.numComputedTokens < seq.numPromptTokens));
+      const logits = await this.runner.step(scheduled.map(toStepSequence), { fullLogits });
       scheduled.forEach((entry, i) => {
         const output = this.update(entry, logits[i]);
         if (output) outputs.push(output);
@@ -113,20 +115,19 @@ export class EngineCore {
     return outputs;
   }
 
-  private update({ seq, numNewTokens }: ScheduledSequence, rows: Float32Array): EngineOutput | null {
+  private update({ seq, numNewTokens }: ScheduledSequence, rows: StepLogits): EngineOutput | null {
     const start = seq.numComputedTokens;
     seq.numComputedTokens += numNewTokens;
     this.kv.cacheFullBlocks(seq);
     if (seq.promptLogprobs && start < seq.numPromptTokens) {
-      const found = promptLogprobsFromRows(rows, this.runner.vocabSize, start, seq.promptTokenIds, seq.sampling.logprobs ?? 0);
+      const found = promptLogprobsFromRows(rows.full!, this.runner.vocabSize, start, seq.promptTokenIds, seq.sampling.logprobs ?? 0);
       for (const [position, entry] of found) seq.promptLogprobs.set(position, entry);
     }
     if (seq.numComputedTokens >= seq.numPromptTokens) this.forkCopies(seq);
     if (seq.numComputedTokens < seq.numTokens) return null;
 
     const isFirst = seq.outputTokenIds.length === 0;
-    const logits = rows.subarray(rows.length - this.runner.vocabSize);
-    const sample = sampleToken(logits, seq.sampling, seq, seq.rng);
+    const sample = sampleRow(rowOf(rows, rows.numRows - 1, this.runner.vocabSize), seq.sampling, seq, seq.rng);
     seq.appendToken(sample.tokenId);
     this.stats.observeToken(seq, isFirst);
     const delta = seq.detokenizer?.push([sample.tokenId]) ?? { text: "", stopped: false, stopReason: undefined };

@@ -4,6 +4,7 @@
  */
 import { Prng } from "../models/prng.ts";
 import type { SamplingParams, TokenLogprob } from "./request.ts";
+import type { LogitsRow } from "./runner/step-logits.ts";
 
 export interface SampleResult {
   tokenId: number;
@@ -17,11 +18,29 @@ export interface TokenHistory {
   outputTokenIds: readonly number[];
 }
 
+/** Whether a request's choices need every logit, or only the graph's top-N log-softmax entries. */
+export function needsFullLogits(params: SamplingParams): boolean {
+  const greedy = params.temperature <= 0 || params.topK === 1;
+  const penalized = params.presencePenalty !== 0 || params.frequencyPenalty !== 0 || params.repetitionPenalty !== 1 || (params.logitBias?.size ?? 0) > 0;
+  return !greedy || penalized;
+}
+
+/** Samples from one row of a step: from the top-N alone when that is exact, else from the full logits. */
+export function sampleRow(row: LogitsRow, params: SamplingParams, history: TokenHistory, rng: Prng): SampleResult {
+  if (row.full && needsFullLogits(params)) return sampleToken(row.full, params, history, rng);
+  if (needsFullLogits(params)) throw new Error("this request needs full logits, but the step did not fetch them");
+  const top: TokenLogprob[] = [];
+  for (let k = 0; k < (params.logprobs ?? 0); k++) top.push({ tokenId: row.topIds[k], logprob: row.topLogprobs[k] });
+  return { tokenId: row.topIds[0], logprob: params.logprobs === undefined ? NaN : row.topLogprobs[0], top };
+}
+
+/** NOTE: logprobs cost a pass of exp over the vocabulary, so they are computed only when asked for (NaN otherwise). */
 export function sampleToken(logits: Float32Array, params: SamplingParams, history: TokenHistory, rng: Prng): SampleResult {
-  const logSumExp = logSumExpOf(logits);
   const adjusted = applyPenalties(logits, params, history);
-  const tokenId = params.temperature <= 0 ? argmax(adjusted) : sampleFrom(adjusted, params, rng);
-  const top = params.logprobs ? topLogprobs(logits, logSumExp, params.logprobs) : [];
+  const tokenId = params.temperature <= 0 || params.topK === 1 ? argmax(adjusted) : sampleFrom(adjusted, params, rng);
+  if (params.logprobs === undefined) return { tokenId, logprob: NaN, top: [] };
+  const logSumExp = logSumExpOf(logits);
+  const top = params.logprobs > 0 ? topLogprobs(logits, logSumExp, params.logprobs) : [];
   return { tokenId, logprob: logits[tokenId] - logSumExp, top };
 }
 
@@ -53,58 +72,135 @@ function applyPenalties(logits: Float32Array, params: SamplingParams, history: T
   return out;
 }
 
-function argmax(values: Float32Array | Float64Array): number {
+function argmax(values: Float32Array): number {
   let best = 0;
   for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
   return best;
 }
 
+/**
+ * Draws from softmax(logits / T) restricted by min-p, top-k and top-p, without sorting the
+ * vocabulary: each filter only raises a weight floor, and the draw walks the survivors.
+ */
 function sampleFrom(logits: Float32Array, params: SamplingParams, rng: Prng): number {
-  const probs = softmax(logits, params.temperature);
-  let candidates = candidatesAbove(probs, params.minP > 0 ? params.minP * probs[argmax(probs)] : 0);
-  if (params.topK > 0 && params.topK < candidates.length) candidates = topKOf(candidates, probs, params.topK);
-  if (params.topP < 1) candidates = nucleus(candidates, probs, params.topP);
+  const weights = softmaxWeights(logits, params.temperature);
+  // Weights are relative to the most likely token (weight 1), so min-p is a floor on them directly.
+  const floor = params.minP > 0 ? params.minP : 0;
+  const keep = new Uint8Array(weights.length);
+  let numKept = markAtLeast(weights, floor, keep);
+  if (params.topK > 0 && params.topK < numKept) numKept = keepTopK(weights, keep, params.topK);
+  if (params.topP < 1) keepNucleus(weights, keep, params.topP);
   let mass = 0;
-  for (const id of candidates) mass += probs[id];
+  for (let i = 0; i < weights.length; i++) if (keep[i]) mass += weights[i];
   let u = rng.next() * mass;
-  for (const id of candidates) {
-    u -= probs[id];
-    if (u <= 0) return id;
+  let last = 0;
+  for (let i = 0; i < weights.length; i++) {
+    if (!keep[i]) continue;
+    last = i;
+    u -= weights[i];
+    if (u <= 0) return i;
   }
-  return candidates[candidates.length - 1];
+  return last;
 }
 
-function softmax(logits: Float32Array, temperature: number): Float64Array {
+/** exp((logit - max) / T): the most likely token gets weight 1. */
+function softmaxWeights(logits: Float32Array, temperature: number): Float64Array {
   let max = -Infinity;
   for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
-  const probs = new Float64Array(logits.length);
-  let sum = 0;
-  for (let i = 0; i < logits.length; i++) sum += probs[i] = Math.exp((logits[i] - max) / temperature);
-  for (let i = 0; i < probs.length; i++) probs[i] /= sum;
-  return probs;
+  const weights = new Float64Array(logits.length);
+  const invT = 1 / temperature;
+  for (let i = 0; i < logits.length; i++) weights[i] = Math.exp((logits[i] - max) * invT);
+  return weights;
 }
 
-function candidatesAbove(probs: Float64Array, floor: number): number[] {
-  const out: number[] = [];
-  for (let i = 0; i < probs.length; i++) if (probs[i] > 0 && probs[i] >= floor) out.push(i);
-  return out;
-}
-
-function topKOf(candidates: number[], probs: Float64Array, k: number): number[] {
-  return candidates.sort((a, b) => probs[b] - probs[a] || a - b).slice(0, k);
-}
-
-/** The smallest set of most likely tokens whose mass reaches topP (ties broken by token id). */
-function nucleus(candidates: number[], probs: Float64Array, topP: number): number[] {
-  const sorted = candidates.sort((a, b) => probs[b] - probs[a] || a - b);
-  let total = 0;
-  for (const id of sorted) total += probs[id];
-  let mass = 0;
-  for (let i = 0; i < sorted.length; i++) {
-    mass += probs[sorted[i]];
-    if (mass >= topP * total) return sorted.slice(0, i + 1);
+function markAtLeast(weights: Float64Array, floor: number, keep: Uint8Array): number {
+  let n = 0;
+  for (let i = 0; i < weights.length; i++) {
+    if (weights[i] > 0 && weights[i] >= floor) {
+      keep[i] = 1;
+      n++;
+    }
   }
-  return sorted;
+  return n;
+}
+
+/** Keeps the k heaviest kept tokens (ties to the lower id); O(V) with a quickselect. */
+function keepTopK(weights: Float64Array, keep: Uint8Array, k: number): number {
+  const values: number[] = [];
+  for (let i = 0; i < weights.length; i++) if (keep[i]) values.push(weights[i]);
+  const kth = quickselectDescending(values, k - 1);
+  let numAbove = 0;
+  for (let i = 0; i < weights.length; i++) if (keep[i] && weights[i] > kth) numAbove++;
+  let numTiesAllowed = k - numAbove;
+  for (let i = 0; i < weights.length; i++) {
+    if (!keep[i] || weights[i] > kth) continue;
+    if (weights[i] === kth && numTiesAllowed > 0) numTiesAllowed--;
+    else keep[i] = 0;
+  }
+  return k;
+}
+
+function quickselectDescending(values: number[], index: number): number {
+  let lo = 0;
+  let hi = values.length - 1;
+  while (lo < hi) {
+    const pivot = values[(lo + hi) >> 1];
+    let i = lo;
+    let j = hi;
+    while (i <= j) {
+      while (values[i] > pivot) i++;
+      while (values[j] < pivot) j--;
+      if (i <= j) {
+        [values[i], values[j]] = [values[j], values[i]];
+        i++;
+        j--;
+      }
+    }
+    if (index <= j) hi = j;
+    else if (index >= i) lo = i;
+    else return values[index];
+  }
+  return values[index];
+}
+
+const NUM_BUCKETS = 4096;
+const BUCKETS_PER_OCTAVE = 64;
+
+/**
+ * Keeps the smallest set of most likely kept tokens whose mass reaches topP (ties broken by
+ * token id). Tokens are bucketed by log2 of their weight, so only the one bucket where the
+ * mass crosses topP is sorted.
+ */
+function keepNucleus(weights: Float64Array, keep: Uint8Array, topP: number): void {
+  const bucketOf = (w: number) => Math.min(NUM_BUCKETS - 1, Math.floor(-Math.log2(w) * BUCKETS_PER_OCTAVE));
+  const bucketMass = new Float64Array(NUM_BUCKETS);
+  let total = 0;
+  for (let i = 0; i < weights.length; i++) {
+    if (!keep[i]) continue;
+    bucketMass[bucketOf(weights[i])] += weights[i];
+    total += weights[i];
+  }
+  const target = topP * total;
+  let mass = 0;
+  let crossing = 0;
+  while (crossing < NUM_BUCKETS - 1 && mass + bucketMass[crossing] < target) mass += bucketMass[crossing++];
+  const inCrossing: number[] = [];
+  for (let i = 0; i < weights.length; i++) {
+    if (!keep[i]) continue;
+    const b = bucketOf(weights[i]);
+    if (b > crossing) keep[i] = 0;
+    else if (b === crossing) inCrossing.push(i);
+  }
+  inCrossing.sort((a, b) => weights[b] - weights[a] || a - b);
+  let cut = inCrossing.length;
+  for (let j = 0; j < inCrossing.length; j++) {
+    mass += weights[inCrossing[j]];
+    if (mass >= target) {
+      cut = j + 1;
+      break;
+    }
+  }
+  for (let j = cut; j < inCrossing.length; j++) keep[inCrossing[j]] = 0;
 }
 
 export function topLogprobs(logits: Float32Array, logSumExp: number, n: number): TokenLogprob[] {

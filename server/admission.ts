@@ -34,6 +34,8 @@ export function admit(ctx: ServerContext, numSequences: number, onClientGone: (a
     release() {
       if (released) return;
       released = true;
+      // NOTE: whatever the engine still runs for this request now has no reader (a later prompt failed, say): stop it.
+      controller.abort();
       ctx.numInFlight -= numSequences;
       ctx.inFlightControllers.delete(controller);
     },

@@ -2,7 +2,7 @@
  * Builds the fastify app without listening, so tests use app.inject().
  * Every error leaves through one handler, in OpenAI's shape.
  */
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from "fastify";
 import { routeNotFound, toApiError } from "./api-error.ts";
 import { registerChatCompletions } from "./routes/chat-completions.ts";
 import { registerCompletions } from "./routes/completions.ts";
@@ -21,20 +21,21 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
     // NOTE: fastify's request logs carry method, URL, status and timing, never bodies: prompts and outputs stay out of logs.
     genReqId: (req) => (typeof req.headers["x-request-id"] === "string" ? req.headers["x-request-id"] : crypto.randomUUID()),
     requestIdHeader: false,
+    // NOTE: errors fastify meets while routing (a malformed URL) skip the hooks and the error handler.
+    frameworkErrors: (err, request, reply) => {
+      reply.raw.setHeader("x-request-id", request.id);
+      return sendError(err, request, reply);
+    },
   });
   ctx.log = app.log;
-  app.addHook("onSend", async (request, reply) => {
-    reply.header("x-request-id", request.id);
+  app.addHook("onRequest", async (request, reply) => {
+    // NOTE: set on the raw response, so streamed replies, which bypass fastify's send, carry it too.
+    reply.raw.setHeader("x-request-id", request.id);
   });
   app.addHook("onResponse", async (request, reply) => {
     ctx.metrics.requests.inc({ route: request.routeOptions.url ?? "unknown", status: String(reply.statusCode) });
   });
-  app.setErrorHandler((err, request, reply) => {
-    const apiError = toApiError(err);
-    if (apiError.status >= 500) request.log.error({ err }, "request failed");
-    if (apiError.retryAfterSeconds !== undefined) reply.header("retry-after", String(apiError.retryAfterSeconds));
-    return reply.status(apiError.status).send(apiError.body);
-  });
+  app.setErrorHandler(sendError);
   app.setNotFoundHandler((request, reply) => {
     const apiError = routeNotFound(request.method, request.url);
     return reply.status(apiError.status).send(apiError.body);
@@ -43,4 +44,11 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
   registerCompletions(app, ctx);
   registerServiceRoutes(app, ctx);
   return app;
+}
+
+function sendError(err: unknown, request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  const apiError = toApiError(err);
+  if (apiError.status >= 500) request.log.error({ err }, "request failed");
+  if (apiError.retryAfterSeconds !== undefined) reply.header("retry-after", String(apiError.retryAfterSeconds));
+  return reply.status(apiError.status).send(apiError.body);
 }

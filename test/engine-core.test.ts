@@ -379,14 +379,17 @@ describe("EngineCore under random workloads", () => {
 describe("the fake runner", () => {
   it("catches a block table that reads KV nobody wrote", async () => {
     const runner = new FakeRunner();
-    await expect(runner.execute([{ tokenIds: [1], numCachedTokens: 2, blockTable: [3], logitsFrom: 0 }])).rejects.toThrow(/never written/);
-    await expect(runner.execute([{ tokenIds: [1, 2], numCachedTokens: 0, blockTable: [0], logitsFrom: 1 }])).rejects.toThrow(/null block/);
-    await expect(runner.execute([{ tokenIds: [1, 2, 3, 4, 5], numCachedTokens: 0, blockTable: [1], logitsFrom: 4 }])).rejects.toThrow(/can't hold/);
+    const execute = (seqs: Parameters<FakeRunner["step"]>[0]) => runner.step(seqs, { fullLogits: true });
+    await expect(execute([{ tokenIds: [1], numCachedTokens: 2, blockTable: [3], logitsFrom: 0 }])).rejects.toThrow(/never written/);
+    await expect(execute([{ tokenIds: [1, 2], numCachedTokens: 0, blockTable: [0], logitsFrom: 1 }])).rejects.toThrow(/null block/);
+    await expect(execute([{ tokenIds: [1, 2, 3, 4, 5], numCachedTokens: 0, blockTable: [1], logitsFrom: 4 }])).rejects.toThrow(/can't hold/);
   });
 
   it("peaks its logits at the next token of its rule", async () => {
     const runner = new FakeRunner(byLastTokenAndPosition, BLOCK_SIZE);
-    const [row] = await runner.execute([{ tokenIds: [5, 6, 7], numCachedTokens: 0, blockTable: [1], logitsFrom: 2 }]);
+    const [logits] = await runner.step([{ tokenIds: [5, 6, 7], numCachedTokens: 0, blockTable: [1], logitsFrom: 2 }], { fullLogits: true });
+    const row = logits.full!;
     expect(row.indexOf(Math.max(...row))).toBe(byLastTokenAndPosition([5, 6, 7]));
+    expect(logits.topIds[0]).toBe(byLastTokenAndPosition([5, 6, 7]));
   });
 });

@@ -6,6 +6,7 @@ import type { RunningServer } from "../server/serve.ts";
 import { startTestServer } from "./helpers/server.ts";
 
 const MODEL = "tokenmill-tiny-qwen3";
+type ErrorBody = { error: { message: string; type: string; param: string | null; code: string | null } };
 let server: RunningServer;
 let client: OpenAI;
 
@@ -147,10 +148,10 @@ describe("errors in OpenAI's shape", () => {
     const post = (body: string) => fetch(`${server.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body });
     const malformed = await post("{\"model\": ");
     expect(malformed.status).toBe(400);
-    expect((await malformed.json()).error.type).toBe("invalid_request_error");
+    expect(((await malformed.json()) as ErrorBody).error.type).toBe("invalid_request_error");
     const huge = await post(JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "x".repeat(2 * 1024 * 1024) }] }));
     expect(huge.status).toBe(413);
-    expect((await huge.json()).error.code).toBe("payload_too_large");
+    expect(((await huge.json()) as ErrorBody).error.code).toBe("payload_too_large");
     expect((await ask("still there?")).choices).toHaveLength(1);
   });
 
@@ -166,7 +167,7 @@ describe("errors in OpenAI's shape", () => {
       });
       expect(response.status).toBe(503);
       expect(response.headers.get("retry-after")).toBeTruthy();
-      expect((await response.json()).error.code).toBe("overloaded");
+      expect(((await response.json()) as ErrorBody).error.code).toBe("overloaded");
       void busy;
     } finally {
       controller.abort();

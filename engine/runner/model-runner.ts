@@ -6,6 +6,7 @@ import type { ModelConfig } from "../../models/index.ts";
 import { KvPool } from "./kv-pool.ts";
 import { type Device, createSession, floatTensor, int64Tensor, ort } from "./onnx-session.ts";
 import { type StepSequence, groupForPadding, layoutStep } from "./step-batch.ts";
+import type { StepLogits } from "./step-logits.ts";
 
 export interface RunnerOptions {
   graphPath: string;
@@ -18,16 +19,23 @@ export interface RunnerOptions {
   paddingSlack?: number;
 }
 
-/** What the scheduler-facing side sees: data in, data out. */
+export interface StepOptions {
+  /** Fetch the full logits rows too (sampling, penalties, prompt logprobs); otherwise only the top-N. */
+  fullLogits: boolean;
+}
+
+/** What the engine sees: data in, data out. */
 export interface StepRunner {
   readonly vocabSize: number;
-  /** For each sequence, its logits rows (vocab-wide each) from logitsFrom on. */
-  execute(seqs: readonly StepSequence[]): Promise<Float32Array[]>;
+  /** For each sequence, its logits rows from logitsFrom on. */
+  step(seqs: readonly StepSequence[], options: StepOptions): Promise<StepLogits[]>;
 }
 
 export class ModelRunner implements StepRunner {
   readonly vocabSize: number;
   private readonly poolFeeds: Record<string, ort.Tensor> = {};
+  private readonly fetches: string[];
+  private readonly fetchesWithLogits: string[];
 
   private constructor(
     private readonly session: ort.InferenceSession,
@@ -36,6 +44,9 @@ export class ModelRunner implements StepRunner {
     private readonly paddingSlack: number,
   ) {
     this.vocabSize = config.vocabSize;
+    const presents = Array.from({ length: config.numLayers }, (_, layer) => [`present.${layer}.key`, `present.${layer}.value`]).flat();
+    this.fetches = [...presents, "top_logprobs", "top_ids"];
+    this.fetchesWithLogits = [...this.fetches, "logits"];
     const dims = [pool.numSlots, config.numKvHeads, config.headDim];
     for (let layer = 0; layer < config.numLayers; layer++) {
       this.poolFeeds[`pool.${layer}.key`] = floatTensor(pool.keys[layer], dims);
@@ -53,20 +64,25 @@ export class ModelRunner implements StepRunner {
     return new ModelRunner(session, pool, config, options.paddingSlack ?? 1.25);
   }
 
-  async execute(seqs: readonly StepSequence[]): Promise<Float32Array[]> {
-    const logits: Float32Array[] = new Array(seqs.length);
+  async step(seqs: readonly StepSequence[], options: StepOptions): Promise<StepLogits[]> {
+    const logits: StepLogits[] = new Array(seqs.length);
     for (const group of groupForPadding(seqs, this.paddingSlack)) {
-      const rows = await this.runGroup(group.map((i) => seqs[i]));
+      const rows = await this.runGroup(group.map((i) => seqs[i]), options);
       group.forEach((seqIndex, k) => (logits[seqIndex] = rows[k]));
     }
     return logits;
+  }
+
+  /** Each sequence's full logits rows (vocab-wide each) from logitsFrom on. */
+  async execute(seqs: readonly StepSequence[]): Promise<Float32Array[]> {
+    return (await this.step(seqs, { fullLogits: true })).map((l) => l.full!);
   }
 
   async release(): Promise<void> {
     await this.session.release();
   }
 
-  private async runGroup(seqs: readonly StepSequence[]): Promise<Float32Array[]> {
+  private async runGroup(seqs: readonly StepSequence[], options: StepOptions): Promise<StepLogits[]> {
     const layout = layoutStep(seqs, this.pool, this.config.slidingWindow);
     const { batch, seq, past } = layout;
     const feeds: Record<string, ort.Tensor> = {
@@ -77,20 +93,28 @@ export class ModelRunner implements StepRunner {
       attention_mask: floatTensor(layout.mask, [batch, 1, seq, past + seq]),
       logits_indices: int64Tensor(layout.logitsIndices, [layout.logitsIndices.length]),
     };
-    const out = await this.session.run(feeds);
+    const out = await this.session.run(feeds, options.fullLogits ? this.fetchesWithLogits : this.fetches);
     for (let layer = 0; layer < this.config.numLayers; layer++) {
       const keys = out[`present.${layer}.key`].data as Float32Array;
       const values = out[`present.${layer}.value`].data as Float32Array;
       layout.newSlots.forEach((slots, b) => this.pool.write(layer, slots, keys, values, b * seq));
     }
-    const all = out.logits.data as Float32Array;
+    const full = options.fullLogits ? (out.logits.data as Float32Array) : null;
+    const topIds = Int32Array.from(out.top_ids.data as BigInt64Array, Number);
+    const topLogprobs = out.top_logprobs.data as Float32Array;
+    const topN = out.top_ids.dims[1] ?? 0;
     const vocab = this.vocabSize;
     let row = 0;
     return seqs.map((s) => {
-      const count = Math.max(0, s.tokenIds.length - s.logitsFrom);
-      const rows = all.subarray(row * vocab, (row + count) * vocab);
-      row += count;
-      return rows;
+      const numRows = Math.max(0, s.tokenIds.length - s.logitsFrom);
+      const slice: StepLogits = {
+        numRows, topN,
+        topIds: topIds.subarray(row * topN, (row + numRows) * topN),
+        topLogprobs: topLogprobs.subarray(row * topN, (row + numRows) * topN),
+        full: full ? full.subarray(row * vocab, (row + numRows) * vocab) : null,
+      };
+      row += numRows;
+      return slice;
     });
   }
 }

@@ -68,6 +68,8 @@ export function layoutStep(seqs: readonly StepSequence[], pool: KvPool, slidingW
     }
     newSlots.push(slots);
   });
+  // NOTE: ONNX Runtime's TopK crashes the process on zero rows, so a step that needs no logits asks for one it ignores.
+  if (logitsIndices.length === 0) logitsIndices.push(0n);
   return { batch, seq, past, inputIds, positionIds, pastSlots, mask, logitsIndices: BigInt64Array.from(logitsIndices), newSlots };
 }
 

@@ -8,7 +8,8 @@
  *   attention_mask           [B, 1, S, P+S]  additive: 0 to attend, -1e9 to mask
  *   logits_indices           [K]          flat rows (b*S + s) whose logits to return
  *   pool.L.key/value         [slots, kv_heads, head_dim]
- *   ──▶ logits [K, V], present.L.key/value [B, S, kv_heads*head_dim]
+ *   ──▶ logits [K, V], top_logprobs / top_ids [K, 20] (top of each row's log-softmax),
+ *       present.L.key/value [B, S, kv_heads*head_dim]
  *
  * Per layer, attention reads [past K/V gathered by slot ‖ the step's own K/V].
  */
@@ -17,10 +18,8 @@ import { type WeightSource, addWeight, linear, rmsNorm, rope, ropeTables } from 
 import { DataType, OnnxGraph } from "./onnx-graph.ts";
 
 
-export interface GraphIo {
-  inputNames: string[];
-  outputNames: string[];
-}
+/** How many log-softmax entries per row the graph returns besides the full logits. */
+export const TOP_LOGPROBS = 20;
 
 export function poolInputNames(layer: number): { key: string; value: string } {
   return { key: `pool.${layer}.key`, value: `pool.${layer}.value` };
@@ -91,6 +90,11 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
     : addWeight(g, weights, "lm_head.weight");
   const logits = g.op("Gemm", [normed, lmHead], { transB: 1 });
   g.output("logits", logits, DataType.FLOAT, ["num_logits", config.vocabSize]);
+  // The top entries of each row's log-softmax: enough for greedy decoding and logprobs without copying the logits out.
+  const topN = Math.min(TOP_LOGPROBS, config.vocabSize);
+  const [topValues, topIndices] = g.opN("TopK", [g.op("LogSoftmax", [logits], { axis: -1 }), g.constInt64([topN])], 2, { axis: -1, largest: 1, sorted: 1 });
+  g.output("top_logprobs", topValues, DataType.FLOAT, ["num_logits", topN]);
+  g.output("top_ids", topIndices, DataType.INT64, ["num_logits", topN]);
 }
 
 /** q or k: projection, reshape to [N, heads, head_dim], and the Qwen3 per-head norm. */

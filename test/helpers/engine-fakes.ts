@@ -11,7 +11,8 @@ import { BlockPool, NULL_BLOCK_ID } from "../../engine/kv-cache/block-pool.ts";
 import { KvCacheManager } from "../../engine/kv-cache/kv-cache-manager.ts";
 import type { EngineOutput, EngineRequest, SamplingParams } from "../../engine/request.ts";
 import { GREEDY } from "../../engine/request.ts";
-import type { StepRunner } from "../../engine/runner/model-runner.ts";
+import type { StepOptions, StepRunner } from "../../engine/runner/model-runner.ts";
+import { stepLogitsFromFull, type StepLogits } from "../../engine/runner/step-logits.ts";
 import type { StepSequence } from "../../engine/runner/step-batch.ts";
 import { Sequence } from "../../engine/sequence.ts";
 
@@ -61,9 +62,12 @@ export class FakeRunner implements StepRunner {
 
   constructor(private readonly next: NextToken = byLastTokenAndPosition, private readonly blockSize = BLOCK_SIZE) {}
 
-  async execute(seqs: readonly StepSequence[]): Promise<Float32Array[]> {
+  async step(seqs: readonly StepSequence[], options: StepOptions): Promise<StepLogits[]> {
     this.calls.push(seqs.map((s) => ({ ...s, tokenIds: [...s.tokenIds], blockTable: [...s.blockTable] })));
-    return seqs.map((s) => this.run(s));
+    return seqs.map((s) => {
+      const logits = stepLogitsFromFull(this.run(s), this.vocabSize);
+      return options.fullLogits ? logits : { ...logits, full: null };
+    });
   }
 
   /** The StepSequences of every call, flattened, in order. */

@@ -1,0 +1,56 @@
+/**
+ * What a step returns for one sequence: the graph's top-N log-softmax entries for every row,
+ * and the full logits rows only when the step asked for them.
+ *
+ * NOTE: copying [rows, vocab] floats out of ONNX Runtime and scanning them in JavaScript costs
+ * more than the decode step itself for a small model and a large vocabulary, so greedy
+ * requests without penalties are served from the top-N alone.
+ */
+export const TOP_N = 20;
+
+export interface StepLogits {
+  numRows: number;
+  /** [numRows, topN] token ids and log-softmax values, most likely first (ties: lower id first). */
+  topIds: Int32Array;
+  topLogprobs: Float32Array;
+  topN: number;
+  /** [numRows, vocab], or null when the step did not fetch full logits. */
+  full: Float32Array | null;
+}
+
+/** One row of a StepLogits: what the sampler reads. */
+export interface LogitsRow {
+  topIds: Int32Array;
+  topLogprobs: Float32Array;
+  full: Float32Array | null;
+}
+
+export function rowOf(logits: StepLogits, row: number, vocabSize: number): LogitsRow {
+  const { topN } = logits;
+  return {
+    topIds: logits.topIds.subarray(row * topN, (row + 1) * topN),
+    topLogprobs: logits.topLogprobs.subarray(row * topN, (row + 1) * topN),
+    full: logits.full ? logits.full.subarray(row * vocabSize, (row + 1) * vocabSize) : null,
+  };
+}
+
+/** The same record computed in JavaScript from full logits (for fake runners in tests). */
+export function stepLogitsFromFull(full: Float32Array, vocabSize: number, topN = Math.min(TOP_N, vocabSize)): StepLogits {
+  const numRows = full.length / vocabSize;
+  const topIds = new Int32Array(numRows * topN);
+  const topLogprobs = new Float32Array(numRows * topN);
+  for (let r = 0; r < numRows; r++) {
+    const row = full.subarray(r * vocabSize, (r + 1) * vocabSize);
+    let max = -Infinity;
+    for (const x of row) max = Math.max(max, x);
+    let sum = 0;
+    for (const x of row) sum += Math.exp(x - max);
+    const logSumExp = max + Math.log(sum);
+    const order = Array.from(row.keys()).sort((a, b) => row[b] - row[a] || a - b).slice(0, topN);
+    order.forEach((id, k) => {
+      topIds[r * topN + k] = id;
+      topLogprobs[r * topN + k] = row[id] - logSumExp;
+    });
+  }
+  return { numRows, topIds, topLogprobs, topN, full };
+}
