@@ -1,7 +1,8 @@
 /** Command-line flags shared by every command that starts an engine. */
 import type { ParseArgsConfig } from "node:util";
 import { DEFAULT_ENGINE_OPTIONS, parseBytes, type Device, type EngineOptions } from "../engine/index.ts";
-import { ensureDefaultModel } from "../models/default-model.ts";
+import { existsSync } from "node:fs";
+import { SYNTHETIC_MODELS, ensureDefaultModel, ensureSyntheticModel } from "../models/default-model.ts";
 import { readCheckpoint, type Checkpoint } from "../models/checkpoint.ts";
 import { ModelTokenizer } from "../models/tokenizer.ts";
 
@@ -18,7 +19,8 @@ export const ENGINE_FLAGS = {
 } as const satisfies ParseArgsConfig["options"];
 
 export const ENGINE_FLAGS_HELP = `Model and engine:
-  --model DIR                   a Hugging Face checkpoint folder (default: the embedded tiny Qwen3)
+  --model DIR|NAME              a Hugging Face checkpoint folder, or a synthetic model generated into
+                                the cache: tokenmill-tiny-qwen3 (the default), qwen3-0.6b-random
   --device cpu|cuda             execution provider (default cpu)
   --kv-cache-memory SIZE        host memory for the KV pool, e.g. 2GiB (default 2GiB)
   --block-size N                tokens per KV block (default 16)
@@ -30,9 +32,14 @@ export const ENGINE_FLAGS_HELP = `Model and engine:
 
 export type EngineFlagValues = { [K in keyof typeof ENGINE_FLAGS]?: string | boolean };
 
-/** The model folder a command serves: --model, or the embedded default (generated on first use). */
+/**
+ * The model folder a command serves: --model DIR, or the name of a synthetic model
+ * (generated into the cache on first use), or the embedded default.
+ */
 export function modelDirFrom(values: EngineFlagValues): string {
-  return typeof values.model === "string" ? values.model : ensureDefaultModel();
+  if (typeof values.model !== "string") return ensureDefaultModel();
+  if (!existsSync(values.model) && values.model in SYNTHETIC_MODELS) return ensureSyntheticModel(values.model);
+  return values.model;
 }
 
 /** Engine options from the flags. EOS ids are left to the engine thread, which loads the tokenizer. */

@@ -46,15 +46,16 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
   const scratch = `${outDir}.partial-${process.pid}`;
   rmSync(scratch, { recursive: true, force: true });
   mkdirSync(scratch, { recursive: true });
-  const weights = openWeights(dir);
+  let weights: ReturnType<typeof openWeights> | null = null;
   const bar = options.progress ? new cliProgress.SingleBar({
     format: `building ${basename(dir)} graph [{bar}] {value}/{total} layers | {duration_formatted}`,
     stream: process.stderr,
   }, cliProgress.Presets.shades_classic) : null;
   try {
+    const store = (weights = openWeights(dir));
     bar?.start(config.numLayers, 0);
     const g = new OnnxGraph(join(scratch, "model.onnx.data"));
-    const source: WeightSource = { read: (name) => ({ data: weights.readFloat32(name), shape: weights.info(name).shape }) };
+    const source: WeightSource = { read: (name) => ({ data: store.readFloat32(name), shape: store.info(name).shape }) };
     buildDecoderGraph(g, config, source, (layer) => bar?.update(layer + 1));
     writeFileSync(join(scratch, "model.onnx"), g.finish(basename(dir)));
     writeFileSync(join(scratch, "meta.json"), JSON.stringify({ checkpoint: dir, builderVersion: BUILDER_VERSION, config }, null, 2));
@@ -65,7 +66,7 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
     throw err;
   } finally {
     bar?.stop();
-    weights.close();
+    weights?.close();
   }
   return { graphPath, config, built: true, buildMs: performance.now() - started };
 }

@@ -1,5 +1,5 @@
 /** Reading checkpoints: config flags per family, clear errors, the graph cache and the default model. */
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -8,6 +8,7 @@ import { readCheckpoint } from "../models/checkpoint.ts";
 import { DEFAULT_MODEL_CONFIG, ensureDefaultModel } from "../models/default-model.ts";
 import { ensureGraph } from "../models/build-graph.ts";
 import { ModelError } from "../models/model-error.ts";
+import { cacheDir } from "../models/cache-dir.ts";
 import { openWeights } from "../models/safetensors.ts";
 import { ModelTokenizer } from "../models/tokenizer.ts";
 import { BASE_CONFIG, FAMILY_MODELS, tinyCheckpoint } from "./helpers/tiny-models.ts";
@@ -79,6 +80,8 @@ describe("checkpoint folders", () => {
     const bytes = readFileSync(weightsPath);
     writeFileSync(weightsPath, bytes.subarray(0, bytes.length - 100));
     expect(() => ensureGraph(dir)).toThrow(/truncated/);
+    // A failed build leaves no half-written entry behind.
+    expect(readdirSync(cacheDir("graphs")).filter((name) => name.includes(".partial-"))).toEqual([]);
   });
 });
 

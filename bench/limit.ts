@@ -1,0 +1,75 @@
+/**
+ * The model's own ceiling: the same workload run straight on the runner as full static
+ * batches (no HTTP, no scheduler, no sampling beyond the graph's argmax). Each batch is
+ * prefilled in one step and then decoded one token per step.
+ */
+import { ModelRunner } from "../engine/runner/model-runner.ts";
+import type { StepSequence } from "../engine/runner/step-batch.ts";
+import { ensureGraph } from "../models/build-graph.ts";
+import { Prng } from "../models/prng.ts";
+
+export interface LimitOptions {
+  modelDir: string;
+  batchSize: number;
+  numPrompts: number;
+  inputLen: number;
+  outputLen: number;
+  blockSize: number;
+  maxTokenId: number;
+  intraOpThreads?: number;
+  seed?: number;
+}
+
+export interface LimitResult {
+  batchSize: number;
+  durationS: number;
+  totalOutputTokens: number;
+  totalInputTokens: number;
+  outputThroughput: number;
+  totalTokenThroughput: number;
+  /** Mean time of one decode step of the full batch. */
+  meanDecodeStepMs: number;
+}
+
+export async function measureLimit(options: LimitOptions): Promise<LimitResult> {
+  const { batchSize, inputLen, outputLen, blockSize } = options;
+  const graph = ensureGraph(options.modelDir);
+  const blocksPerSeq = Math.ceil((inputLen + outputLen) / blockSize);
+  const runner = await ModelRunner.create({
+    graphPath: graph.graphPath, config: graph.config, device: "cpu", blockSize,
+    numBlocks: 1 + batchSize * blocksPerSeq, intraOpThreads: options.intraOpThreads,
+  });
+  const rng = new Prng(options.seed ?? 0);
+  let totalOutputTokens = 0;
+  let decodeMs = 0;
+  let numDecodeSteps = 0;
+  const started = performance.now();
+  try {
+    for (let first = 0; first < options.numPrompts; first += batchSize) {
+      const size = Math.min(batchSize, options.numPrompts - first);
+      const tables = Array.from({ length: size }, (_, b) => Array.from({ length: blocksPerSeq }, (_, i) => 1 + b * blocksPerSeq + i));
+      const prompts = tables.map(() => Array.from({ length: inputLen }, () => Math.floor(rng.next() * options.maxTokenId)));
+      const prefill: StepSequence[] = prompts.map((tokenIds, b) => ({ tokenIds, numCachedTokens: 0, blockTable: tables[b], logitsFrom: inputLen - 1 }));
+      let next = (await runner.step(prefill, { fullLogits: false })).map((l) => l.topIds[0]);
+      totalOutputTokens += size;
+      for (let t = 1; t < outputLen; t++) {
+        const stepStarted = performance.now();
+        const decode = next.map((token, b) => ({ tokenIds: [token], numCachedTokens: inputLen + t - 1, blockTable: tables[b], logitsFrom: 0 }));
+        next = (await runner.step(decode, { fullLogits: false })).map((l) => l.topIds[0]);
+        decodeMs += performance.now() - stepStarted;
+        numDecodeSteps++;
+        totalOutputTokens += size;
+      }
+    }
+  } finally {
+    await runner.release();
+  }
+  const durationS = (performance.now() - started) / 1000;
+  const totalInputTokens = options.numPrompts * inputLen;
+  return {
+    batchSize, durationS, totalOutputTokens, totalInputTokens,
+    outputThroughput: totalOutputTokens / durationS,
+    totalTokenThroughput: (totalInputTokens + totalOutputTokens) / durationS,
+    meanDecodeStepMs: numDecodeSteps > 0 ? decodeMs / numDecodeSteps : 0,
+  };
+}
