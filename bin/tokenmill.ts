@@ -2,6 +2,7 @@
 /** The tokenmill command line: serve, generate, bench. */
 import { GENERATE_HELP, generateCommand } from "./generate.ts";
 import { SERVE_HELP, serveCommand } from "./serve.ts";
+import { BENCH_HELP, benchCommand } from "./bench.ts";
 
 const HELP = `tokenmill: a self-hosted, OpenAI-compatible model server
 
@@ -13,11 +14,14 @@ Run a command with --help for its options.
 
 ${SERVE_HELP}
 
-${GENERATE_HELP}`;
+${GENERATE_HELP}
+
+${BENCH_HELP}`;
 
 const commands: Record<string, (args: string[]) => Promise<void>> = {
   serve: serveCommand,
   generate: generateCommand,
+  bench: benchCommand,
 };
 
 async function main(argv: string[]): Promise<void> {

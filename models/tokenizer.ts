@@ -79,6 +79,11 @@ export class ModelTokenizer {
     return this.tokenizer.token_to_id(token);
   }
 
+  /** The lowest special token id: ids below it are ordinary vocabulary (for synthetic prompts). */
+  get firstSpecialTokenId(): number | null {
+    return this.specialTokenIds.size === 0 ? null : Math.min(...this.specialTokenIds);
+  }
+
   get hasChatTemplate(): boolean {
     return this.template !== null;
   }

@@ -1,0 +1,118 @@
+/**
+ * The benchmark's plan: one run, a concurrency sweep, and the side-by-side comparisons
+ * (the runner's static-batch limit, and the same workload served one request at a time).
+ * Comparisons alternate their two sides for several rounds in this one process and
+ * compare medians, so that a noisy machine moves both sides alike.
+ */
+import { writeFileSync } from "node:fs";
+import { measureLimit, type LimitResult } from "./limit.ts";
+import { runLoad, type LoadOptions } from "./load-generator.ts";
+import { computeMetrics, type BenchMetrics, type GoodputSlo } from "./metrics.ts";
+import { sweepPlotSvg, type SweepPoint } from "./plot.ts";
+import { toJson, toMarkdown } from "./report.ts";
+import type { BenchRequest } from "./workload.ts";
+
+/** A server to load: a URL, and for in-process servers a way to make a one-at-a-time twin. */
+export interface BenchTarget {
+  baseUrl: string;
+  model: string;
+  /** In-process only: the model folder, for the limit. */
+  modelDir?: string;
+  /** In-process only: starts the same server with --max-num-seqs 1. */
+  startSequential?: () => Promise<{ baseUrl: string; close(): Promise<void> }>;
+}
+
+export interface BenchPlan {
+  workload: BenchRequest[];
+  load: Omit<LoadOptions, "baseUrl" | "model" | "maxConcurrency">;
+  maxConcurrency: number;
+  sweepConcurrency?: number[];
+  compareLimit: boolean;
+  compareSequential: boolean;
+  rounds: number;
+  goodput?: GoodputSlo;
+  percentiles: number[];
+  limit?: { inputLen: number; outputLen: number; blockSize: number; maxTokenId: number; intraOpThreads?: number };
+  saveResult?: string;
+  plot?: string;
+  config: Record<string, unknown>;
+}
+
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)];
+
+export async function runBench(target: BenchTarget, plan: BenchPlan): Promise<Record<string, unknown>> {
+  const serve = async (concurrency: number, baseUrl = target.baseUrl): Promise<BenchMetrics> => {
+    const run = await runLoad(plan.workload, { ...plan.load, baseUrl, model: target.model, maxConcurrency: concurrency });
+    return computeMetrics(run.results, run.durationS, { goodput: plan.goodput, percentiles: plan.percentiles });
+  };
+  const result: Record<string, unknown> = {};
+  const log = (text: string) => process.stdout.write(`${text}\n`);
+
+  if (plan.compareLimit && (!target.modelDir || !plan.limit)) throw new Error("--compare-limit needs the in-process server (no --base-url)");
+  if (plan.compareSequential && !target.startSequential) throw new Error("--compare-sequential needs the in-process server (no --base-url)");
+  const sequential = plan.compareSequential ? await target.startSequential!() : null;
+  const rounds = plan.compareLimit || plan.compareSequential ? plan.rounds : 1;
+  const serverRounds: BenchMetrics[] = [];
+  const limits: LimitResult[] = [];
+  const seqRounds: BenchMetrics[] = [];
+  try {
+    for (let round = 0; round < rounds; round++) {
+      serverRounds.push(await serve(plan.maxConcurrency));
+      if (plan.compareLimit) {
+        limits.push(await measureLimit({ ...plan.limit!, modelDir: target.modelDir!, batchSize: plan.maxConcurrency, numPrompts: plan.workload.length }));
+      }
+      if (sequential) seqRounds.push(await serve(1, sequential.baseUrl));
+    }
+  } finally {
+    await sequential?.close();
+  }
+  const serverTput = median(serverRounds.map((m) => m.outputThroughput));
+  result.server_rounds = serverRounds.map((m) => m.outputThroughput);
+  if (limits.length > 0) {
+    const limitTput = median(limits.map((l) => l.outputThroughput));
+    Object.assign(result, {
+      limit_output_throughput: limitTput,
+      limit_decode_step_ms: median(limits.map((l) => l.meanDecodeStepMs)),
+      limit_rounds: limits.map((l) => l.outputThroughput),
+      server_to_limit_ratio: serverTput / limitTput,
+    });
+    log(`Limit (static batches of ${plan.maxConcurrency} on the runner): ${limitTput.toFixed(1)} tok/s; server: ${serverTput.toFixed(1)} tok/s; ` +
+      `server / limit = ${(serverTput / limitTput).toFixed(3)} (medians of ${rounds} alternating rounds)`);
+  }
+  if (seqRounds.length > 0) {
+    const seqTput = median(seqRounds.map((m) => m.outputThroughput));
+    Object.assign(result, {
+      sequential_output_throughput: seqTput,
+      sequential_rounds: seqRounds.map((m) => m.outputThroughput),
+      server_to_sequential_ratio: serverTput / seqTput,
+    });
+    log(`Sequential (--max-num-seqs 1): ${seqTput.toFixed(1)} tok/s; server / sequential = ${(serverTput / seqTput).toFixed(3)}`);
+  }
+
+  // The reported run is the round whose throughput is the median one.
+  const reported = [...serverRounds].sort((a, b) => a.outputThroughput - b.outputThroughput)[Math.floor((serverRounds.length - 1) / 2)];
+  log(toMarkdown(reported, `tokenmill bench: ${target.model}, concurrency ${plan.maxConcurrency}`));
+  Object.assign(result, toJson(reported, { ...plan.config, max_concurrency: plan.maxConcurrency }));
+
+  if (plan.sweepConcurrency?.length) {
+    const points: (SweepPoint & { metrics: Record<string, unknown> })[] = [];
+    for (const concurrency of plan.sweepConcurrency) {
+      const metrics = await serve(concurrency);
+      log(toMarkdown(metrics, `sweep: concurrency ${concurrency}`));
+      points.push({
+        concurrency, outputThroughput: metrics.outputThroughput, meanTtftMs: metrics.ttft.meanMs, meanTpotMs: metrics.tpot.meanMs,
+        p99E2elMs: metrics.e2el.percentilesMs[99], metrics: toJson(metrics, { max_concurrency: concurrency }),
+      });
+    }
+    result.sweep = points.map((p) => p.metrics);
+    if (plan.plot) {
+      writeFileSync(plan.plot, sweepPlotSvg(points, `${target.model}: input ${plan.config.input_len}, output ${plan.config.output_len}`));
+      log(`plot: ${plan.plot}`);
+    }
+  }
+  if (plan.saveResult) {
+    writeFileSync(plan.saveResult, JSON.stringify(result, null, 2) + "\n");
+    log(`results: ${plan.saveResult}`);
+  }
+  return result;
+}
