@@ -4,3 +4,4 @@ export { SUPPORTED_ARCHITECTURES } from "./families.ts";
 export { ModelError } from "./model-error.ts";
 export { ensureGraph, type BuiltGraph } from "./build-graph.ts";
 export { cacheDir } from "./cache-dir.ts";
+export type { GenerationDefaults } from "./checkpoint.ts";

@@ -1,6 +1,7 @@
 /** What every route shares: the engine (once loaded), the tokenizer pool, limits and metrics. */
 import type { FastifyBaseLogger } from "fastify";
 import type { PromptTokenizer, ServingEngine } from "./engine-api.ts";
+import type { GenerationDefaults } from "../models/index.ts";
 import type { ServerMetrics } from "./metrics.ts";
 
 export interface ServerLimits {
@@ -10,13 +11,8 @@ export interface ServerLimits {
   maxQueuedRequests: number;
 }
 
-export interface GenerationDefaults {
-  temperature?: number;
-  topP?: number;
-  topK?: number;
-  minP?: number;
-  repetitionPenalty?: number;
-}
+/** Sampling defaults from the model's generation_config.json, for fields a request leaves out. */
+export type { GenerationDefaults } from "../models/index.ts";
 
 export interface ServerContext {
   /** The served model's id, as /v1/models lists it. */
