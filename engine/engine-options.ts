@@ -36,6 +36,8 @@ export interface EngineInfo {
   architecture: string;
   vocabSize: number;
   maxModelLen: number;
+  /** Set when the KV pool holds fewer tokens than the context asked for, which was capped to fit. */
+  maxModelLenCappedFrom?: number;
   numBlocks: number;
   blockSize: number;
   graphBuilt: boolean;

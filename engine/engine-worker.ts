@@ -20,11 +20,14 @@ async function main(options: EngineOptions): Promise<void> {
   const started = performance.now();
   const graph = ensureGraph(options.modelDir, { progress: options.progress });
   const { config } = graph;
-  const maxModelLen = Math.min(options.maxModelLen ?? config.maxPositionEmbeddings, config.maxPositionEmbeddings);
   const numBlocks = KvPool.blocksForBytes(options.kvCacheMemoryBytes, {
     numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize: options.blockSize,
   });
   if (numBlocks < 2) throw new EngineError("INVALID_REQUEST", `--kv-cache-memory ${options.kvCacheMemoryBytes} bytes holds fewer than 2 blocks`);
+  // NOTE: a sequence longer than the whole pool could never finish, so the context is capped at what the pool holds.
+  const kvCapacityTokens = (numBlocks - 1) * options.blockSize;
+  const wantedMaxModelLen = Math.min(options.maxModelLen ?? config.maxPositionEmbeddings, config.maxPositionEmbeddings);
+  const maxModelLen = Math.min(wantedMaxModelLen, kvCapacityTokens);
   const runner = await ModelRunner.create({
     graphPath: graph.graphPath, config, device: options.device, blockSize: options.blockSize, numBlocks, intraOpThreads: options.intraOpThreads,
   });
@@ -36,6 +39,7 @@ async function main(options: EngineOptions): Promise<void> {
   const info: EngineInfo = {
     modelDir: options.modelDir, architecture: config.architecture, vocabSize: config.vocabSize, maxModelLen, numBlocks,
     blockSize: options.blockSize, graphBuilt: graph.built, graphBuildMs: graph.buildMs, loadMs: performance.now() - started,
+    ...(maxModelLen < wantedMaxModelLen ? { maxModelLenCappedFrom: wantedMaxModelLen } : {}),
   };
 
   let wake: (() => void) | null = null;

@@ -58,6 +58,8 @@ export const chatCompletionRequest = z.object({
   logprobs: z.boolean().nullish(),
   top_logprobs: z.number().int().min(0).max(20).nullish(),
   tools: z.array(z.object({ type: z.literal("function"), function: z.object({ name: z.string() }).loose() })).nullish(),
+  tool_choice: z.union([z.enum(["none", "auto", "required"]), z.object({ type: z.literal("function") }).loose()]).nullish(),
+  response_format: z.object({ type: z.string() }).loose().nullish(),
   add_generation_prompt: z.boolean().nullish(),
   chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
 }).loose().refine((body) => !body.top_logprobs || body.logprobs, {

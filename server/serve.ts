@@ -65,6 +65,9 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     ctx.tokenizer = tokenizer;
     ctx.engine = engine;
     app.log.info({ model: ctx.modelId, ...engine.info }, "model ready");
+    if (engine.info.maxModelLenCappedFrom !== undefined) {
+      app.log.warn(`the KV cache holds ${engine.info.maxModelLen} tokens, so the context length is capped there (the model allows ${engine.info.maxModelLenCappedFrom}); raise --kv-cache-memory for more`);
+    }
   })();
   ready.catch((err: unknown) => app.log.error({ err }, "the model failed to load"));
 

@@ -87,6 +87,8 @@ describe("the engine on the default model", () => {
     // 2 * 6 layers * 16 slots * 64 floats * 4 bytes = 48 KiB a block: 20 blocks, 19 usable.
     const small = await startEngine({ kvCacheMemoryBytes: 20 * 49152, maxNumBatchedTokens: 64 });
     try {
+      // The context is capped at what the pool holds, so any one request can always finish.
+      expect(small.info).toMatchObject({ numBlocks: 20, maxModelLen: 19 * 16, maxModelLenCappedFrom: 8192 });
       const requests: EngineRequest[] = Array.from({ length: 8 }, (_, i) => ({
         requestId: `tight-${i}`, promptTokenIds: seededTokens(20, VOCAB, 500 + i), maxTokens: 40, sampling: GREEDY, ignoreEos: true,
       }));

@@ -101,6 +101,13 @@ describe("request validation", () => {
     expect(error.param).toMatch(/^logit_bias/);
   });
 
+  it("refuses constrained decoding it can't honour, rather than ignoring it", async () => {
+    expectError(await chat({ response_format: { type: "json_object" } }), 400, { param: "response_format.type" });
+    expectError(await chat({ tool_choice: "required", tools: [{ type: "function", function: { name: "f" } }] }), 400, { param: "tool_choice" });
+    expect(engine.requests).toHaveLength(0);
+    expect((await chat({ response_format: { type: "text" }, tool_choice: "auto" })).statusCode).toBe(200);
+  });
+
   it("requires a model", async () => {
     const res = await app.inject({ method: "POST", url: "/v1/chat/completions", payload: { messages: USER_HI } });
     expectError(res, 400, { param: "model" });

@@ -2,6 +2,7 @@
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { admit } from "../admission.ts";
+import { invalidRequest } from "../api-error.ts";
 import { Choices, finishReasonOf, usageOf, type ChoiceState } from "../choices.ts";
 import type { ChatMessage, EngineOutput } from "../engine-api.ts";
 import { toEngineRequest } from "../engine-request.ts";
@@ -14,6 +15,7 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext
   app.post("/v1/chat/completions", async (request, reply) => {
     const body = parseBody(chatCompletionRequest, request.body);
     requireModel(ctx, body.model);
+    rejectConstrainedDecoding(body);
     const admitted = admit(ctx, body.n, (abort) => onClientGone(reply, abort));
     try {
       const { promptTokenIds } = await admitted.tokenizer.applyChatTemplate(body.messages.map(toChatMessage), {
@@ -48,6 +50,21 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext
       admitted.release();
     }
   });
+}
+
+/**
+ * NOTE: tokenmill has no constrained decoding yet. Ignoring a JSON schema or a forced tool
+ * call would return output that breaks the client's contract, so such requests fail loudly.
+ */
+function rejectConstrainedDecoding(body: ChatCompletionRequest): void {
+  const format = body.response_format?.type;
+  if (format && format !== "text") {
+    throw invalidRequest(`response_format type "${format}" is not supported: tokenmill has no constrained decoding yet; use "text"`, "response_format.type");
+  }
+  const choice = body.tool_choice;
+  if (choice === "required" || (choice && typeof choice === "object")) {
+    throw invalidRequest("tool_choice that forces a tool call is not supported: tokenmill has no constrained decoding yet; use \"auto\" or \"none\"", "tool_choice");
+  }
 }
 
 type Head = { id: string; object: string; created: number; model: string };
