@@ -5,6 +5,7 @@
 import { Prng } from "../models/prng.ts";
 import type { SamplingParams, TokenLogprob } from "./request.ts";
 import type { LogitsRow } from "./runner/step-logits.ts";
+import { drawFromTop, isTopNSampling } from "./top-n-sampler.ts";
 
 export interface SampleResult {
   tokenId: number;
@@ -20,18 +21,22 @@ export interface TokenHistory {
 
 /** Whether a request's choices need every logit, or only the graph's top-N log-softmax entries. */
 export function needsFullLogits(params: SamplingParams): boolean {
-  const greedy = params.temperature <= 0 || params.topK === 1;
   const penalized = params.presencePenalty !== 0 || params.frequencyPenalty !== 0 || params.repetitionPenalty !== 1 || (params.logitBias?.size ?? 0) > 0;
-  return !greedy || penalized;
+  return penalized || !(isGreedy(params) || isTopNSampling(params));
+}
+
+function isGreedy(params: SamplingParams): boolean {
+  return params.temperature <= 0 || params.topK === 1;
 }
 
 /** Samples from one row of a step: from the top-N alone when that is exact, else from the full logits. */
 export function sampleRow(row: LogitsRow, params: SamplingParams, history: TokenHistory, rng: Prng): SampleResult {
   if (row.full && needsFullLogits(params)) return sampleToken(row.full, params, history, rng);
   if (needsFullLogits(params)) throw new Error("this request needs full logits, but the step did not fetch them");
+  const choice = isGreedy(params) ? 0 : drawFromTop(row, params, rng);
   const top: TokenLogprob[] = [];
   for (let k = 0; k < (params.logprobs ?? 0); k++) top.push({ tokenId: row.topIds[k], logprob: row.topLogprobs[k] });
-  return { tokenId: row.topIds[0], logprob: params.logprobs === undefined ? NaN : row.topLogprobs[0], top };
+  return { tokenId: row.topIds[choice], logprob: params.logprobs === undefined ? NaN : row.topLogprobs[choice], top };
 }
 
 /** NOTE: logprobs cost a pass of exp over the vocabulary, so they are computed only when asked for (NaN otherwise). */
@@ -83,13 +88,7 @@ function argmax(values: Float32Array): number {
  * vocabulary: each filter only raises a weight floor, and the draw walks the survivors.
  */
 function sampleFrom(logits: Float32Array, params: SamplingParams, rng: Prng): number {
-  const weights = softmaxWeights(logits, params.temperature);
-  // Weights are relative to the most likely token (weight 1), so min-p is a floor on them directly.
-  const floor = params.minP > 0 ? params.minP : 0;
-  const keep = new Uint8Array(weights.length);
-  let numKept = markAtLeast(weights, floor, keep);
-  if (params.topK > 0 && params.topK < numKept) numKept = keepTopK(weights, keep, params.topK);
-  if (params.topP < 1) keepNucleus(weights, keep, params.topP);
+  const { weights, keep } = keptMask(logits, params);
   let mass = 0;
   for (let i = 0; i < weights.length; i++) if (keep[i]) mass += weights[i];
   let u = rng.next() * mass;
@@ -101,6 +100,27 @@ function sampleFrom(logits: Float32Array, params: SamplingParams, rng: Prng): nu
     if (u <= 0) return i;
   }
   return last;
+}
+
+/** Temperature weights and which tokens survive min-p, then top-k, then top-p (vLLM's order). */
+function keptMask(logits: Float32Array, params: SamplingParams): { weights: Float64Array; keep: Uint8Array } {
+  const weights = softmaxWeights(logits, params.temperature);
+  // Weights are relative to the most likely token (weight 1), so min-p is a floor on them directly.
+  const keep = new Uint8Array(weights.length);
+  const numKept = markAtLeast(weights, params.minP > 0 ? params.minP : 0, keep);
+  if (params.topK > 0 && params.topK < numKept) keepTopK(logits, keep, params.topK);
+  if (params.topP < 1) keepNucleus(logits, weights, keep, params.topP);
+  return { weights, keep };
+}
+
+/** The distribution a sampled draw picks from over the full logits: token id → probability. */
+export function keptDistribution(logits: Float32Array, params: SamplingParams): Map<number, number> {
+  const { weights, keep } = keptMask(logits, params);
+  let mass = 0;
+  for (let i = 0; i < weights.length; i++) if (keep[i]) mass += weights[i];
+  const out = new Map<number, number>();
+  for (let i = 0; i < weights.length; i++) if (keep[i]) out.set(i, weights[i] / mass);
+  return out;
 }
 
 /** exp((logit - max) / T): the most likely token gets weight 1. */
@@ -124,20 +144,23 @@ function markAtLeast(weights: Float64Array, floor: number, keep: Uint8Array): nu
   return n;
 }
 
-/** Keeps the k heaviest kept tokens (ties to the lower id); O(V) with a quickselect. */
-function keepTopK(weights: Float64Array, keep: Uint8Array, k: number): number {
+/**
+ * Keeps the k most likely kept tokens (ties to the lower id); O(V) with a quickselect.
+ * NOTE: ranked by logit, not by weight, so that weights rounding to equal values never
+ * reorder tokens: the graph's TopK ranks the same way.
+ */
+function keepTopK(logits: Float32Array, keep: Uint8Array, k: number): void {
   const values: number[] = [];
-  for (let i = 0; i < weights.length; i++) if (keep[i]) values.push(weights[i]);
+  for (let i = 0; i < logits.length; i++) if (keep[i]) values.push(logits[i]);
   const kth = quickselectDescending(values, k - 1);
   let numAbove = 0;
-  for (let i = 0; i < weights.length; i++) if (keep[i] && weights[i] > kth) numAbove++;
+  for (let i = 0; i < logits.length; i++) if (keep[i] && logits[i] > kth) numAbove++;
   let numTiesAllowed = k - numAbove;
-  for (let i = 0; i < weights.length; i++) {
-    if (!keep[i] || weights[i] > kth) continue;
-    if (weights[i] === kth && numTiesAllowed > 0) numTiesAllowed--;
+  for (let i = 0; i < logits.length; i++) {
+    if (!keep[i] || logits[i] > kth) continue;
+    if (logits[i] === kth && numTiesAllowed > 0) numTiesAllowed--;
     else keep[i] = 0;
   }
-  return k;
 }
 
 function quickselectDescending(values: number[], index: number): number {
@@ -171,7 +194,7 @@ const BUCKETS_PER_OCTAVE = 64;
  * token id). Tokens are bucketed by log2 of their weight, so only the one bucket where the
  * mass crosses topP is sorted.
  */
-function keepNucleus(weights: Float64Array, keep: Uint8Array, topP: number): void {
+function keepNucleus(logits: Float32Array, weights: Float64Array, keep: Uint8Array, topP: number): void {
   const bucketOf = (w: number) => Math.min(NUM_BUCKETS - 1, Math.floor(-Math.log2(w) * BUCKETS_PER_OCTAVE));
   const bucketMass = new Float64Array(NUM_BUCKETS);
   let total = 0;
@@ -191,7 +214,7 @@ function keepNucleus(weights: Float64Array, keep: Uint8Array, topP: number): voi
     if (b > crossing) keep[i] = 0;
     else if (b === crossing) inCrossing.push(i);
   }
-  inCrossing.sort((a, b) => weights[b] - weights[a] || a - b);
+  inCrossing.sort((a, b) => logits[b] - logits[a] || a - b);
   let cut = inCrossing.length;
   for (let j = 0; j < inCrossing.length; j++) {
     mass += weights[inCrossing[j]];

@@ -5,7 +5,11 @@
  */
 import { describe, expect, it } from "vitest";
 import type { SamplingParams } from "../engine/request.ts";
-import { type TokenHistory, logSumExpOf, sampleToken } from "../engine/sampler.ts";
+import fc from "fast-check";
+import { GREEDY } from "../engine/request.ts";
+import { rowOf, stepLogitsFromFull } from "../engine/runner/step-logits.ts";
+import { type TokenHistory, keptDistribution, logSumExpOf, needsFullLogits, sampleRow, sampleToken } from "../engine/sampler.ts";
+import { keptFromTop } from "../engine/top-n-sampler.ts";
 import { Prng } from "../models/prng.ts";
 import { makeSampling } from "./helpers/engine-fakes.ts";
 
@@ -202,5 +206,44 @@ describe("penalties and logit bias", () => {
     const logits = Float32Array.from([2, 1.9, 0]);
     pick(logits, { presencePenalty: 1, repetitionPenalty: 1.3, logitBias: new Map([[2, 5]]) }, history([0], [0, 1]));
     expect([...logits]).toEqual([2, Math.fround(1.9), 0]);
+  });
+});
+
+describe("sampling from the graph's top-N", () => {
+  it("keeps exactly the distribution the full-logits path keeps, for any top_k ≤ 20 (property)", () => {
+    const params = fc.record({
+      temperature: fc.double({ min: 0.05, max: 2, noNaN: true }),
+      topK: fc.integer({ min: 2, max: 20 }),
+      topP: fc.oneof(fc.constant(1), fc.double({ min: 0.05, max: 1, noNaN: true })),
+      minP: fc.oneof(fc.constant(0), fc.double({ min: 0, max: 0.5, noNaN: true })),
+    });
+    const logitsArb = fc.array(fc.float({ min: -8, max: 8, noNaN: true }), { minLength: 40, maxLength: 40 });
+    fc.assert(fc.property(logitsArb, params, (values, p) => {
+      const logits = Float32Array.from(values);
+      const sampling = { ...GREEDY, ...p };
+      expect(needsFullLogits(sampling)).toBe(false);
+      const full = keptDistribution(logits, sampling);
+      const row = rowOf(stepLogitsFromFull(logits, 40), 0, 40);
+      const { ranks, weights } = keptFromTop(row, sampling);
+      const total = weights.reduce((a, b) => a + b, 0);
+      const fromTop = new Map(ranks.map((r, j) => [row.topIds[r], weights[j] / total]));
+      expect([...fromTop.keys()].sort((a, b) => a - b)).toEqual([...full.keys()].sort((a, b) => a - b));
+      for (const [id, prob] of full) expect(fromTop.get(id)!).toBeCloseTo(prob, 5);
+    }), { numRuns: 300, seed: 11 });
+  });
+
+  it("draws reproducibly from the top-N with a seed, and only from kept tokens", () => {
+    const logits = Float32Array.from({ length: 40 }, (_, i) => Math.sin(i) * 3);
+    const row = rowOf(stepLogitsFromFull(logits, 40), 0, 40);
+    const sampling = { ...GREEDY, temperature: 0.7, topK: 5, topP: 0.9 };
+    const kept = new Set(keptDistribution(logits, sampling).keys());
+    const draw = (seed: number) => {
+      const rng = new Prng(seed);
+      return Array.from({ length: 50 }, () => sampleRow(row, sampling, NO_HISTORY, rng).tokenId);
+    };
+    const first = draw(3);
+    expect(draw(3)).toEqual(first);
+    for (const id of first) expect(kept.has(id)).toBe(true);
+    expect(new Set(first).size).toBeGreaterThan(1);
   });
 });

@@ -76,6 +76,17 @@ describe("chat completions through the openai SDK", () => {
     expect(c).not.toBe(a);
   });
 
+  it("samples with top_k from the graph's top entries, reproducibly with a seed", async () => {
+    const sampled = (seed: number) => client.chat.completions.create({
+      model: MODEL, messages: [{ role: "user", content: "Once more" }], max_tokens: 16, temperature: 0.7, top_p: 0.95, seed,
+      // top_k is vLLM's extension; the openai SDK passes unknown body fields through.
+      ...({ top_k: 20 } as object),
+    }).then((c) => c.choices[0].message.content);
+    const [a, b, c] = await Promise.all([sampled(1), sampled(1), sampled(2)]);
+    expect(b).toBe(a);
+    expect(c).not.toBe(a);
+  });
+
   it("returns logprobs with top alternatives for every token", async () => {
     const completion = await ask("Logprobs please", { logprobs: true, top_logprobs: 3 });
     const content = completion.choices[0].logprobs!.content!;
