@@ -10,7 +10,7 @@ import type { EngineOutput, EngineRequest, FinishReason, PromptLogprob } from ".
 import type { StepRunner } from "./runner/model-runner.ts";
 import type { StepSequence } from "./runner/step-batch.ts";
 import { promptLogprobsFromRows, withTokenStrings } from "./logprobs.ts";
-import { needsFullLogits, sampleRow } from "./sampler.ts";
+import { logitsNeedOf, sampleRow, type LogitsNeed } from "./sampler.ts";
 import { rowOf, type StepLogits } from "./runner/step-logits.ts";
 import { type ScheduledSequence, Scheduler } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
@@ -84,8 +84,8 @@ export class EngineCore {
     const { scheduled, preempted } = this.scheduler.schedule();
     this.stats.numPreemptions += preempted.length;
     if (scheduled.length > 0) {
-      const fullLogits = scheduled.some(({ seq }) => needsFullLogits(seq.sampling) || (seq.promptLogprobs !== null && seq.numComputedTokens < seq.numPromptTokens));
-      const logits = await this.runner.step(scheduled.map(toStepSequence), { fullLogits });
+      const needs = new Set(scheduled.map(({ seq }) => logitsNeedOfStep(seq)));
+      const logits = await this.runner.step(scheduled.map(toStepSequence), { fullLogits: needs.has("logits"), probs: needs.has("probs") });
       scheduled.forEach((entry, i) => {
         const output = this.update(entry, logits[i]);
         if (output) outputs.push(output);
@@ -208,16 +208,23 @@ export class EngineCore {
   }
 }
 
+/** Prompt logprobs read every prompt row's raw logits; otherwise the sampler says. */
+function logitsNeedOfStep(seq: Sequence): LogitsNeed {
+  return seq.promptLogprobs && seq.numComputedTokens < seq.numPromptTokens ? "logits" : logitsNeedOf(seq.sampling);
+}
+
 function toStepSequence({ seq, numNewTokens }: ScheduledSequence): StepSequence {
   const start = seq.numComputedTokens;
   const reachesEnd = start + numNewTokens === seq.numTokens;
+  const invTemperature = seq.sampling.temperature > 0 ? 1 / seq.sampling.temperature : 1;
   if (seq.promptLogprobs && start < seq.numPromptTokens) {
-    return { tokenIds: seq.tokensIn(start, start + numNewTokens), numCachedTokens: start, blockTable: seq.blockIds, logitsFrom: 0 };
+    return { tokenIds: seq.tokensIn(start, start + numNewTokens), numCachedTokens: start, blockTable: seq.blockIds, logitsFrom: 0, invTemperature };
   }
   return {
     tokenIds: seq.tokensIn(start, start + numNewTokens),
     numCachedTokens: start,
     blockTable: seq.blockIds,
     logitsFrom: reachesEnd ? numNewTokens - 1 : numNewTokens,
+    invTemperature,
   };
 }

@@ -19,24 +19,49 @@ export interface TokenHistory {
   outputTokenIds: readonly number[];
 }
 
-/** Whether a request's choices need every logit, or only the graph's top-N log-softmax entries. */
-export function needsFullLogits(params: SamplingParams): boolean {
+/**
+ * What of each row a request's choice needs:
+ * - "top": the graph's top-N log-softmax entries (greedy; top-k ≤ N sampling);
+ * - "probs": softmax(logits / T) from the graph (other temperature sampling);
+ * - "logits": the raw logits (penalties and logit bias change them first; a sampled token's
+ *   raw logprob at T ≠ 1 may lie outside the top-N).
+ */
+export type LogitsNeed = "top" | "probs" | "logits";
+
+export function logitsNeedOf(params: SamplingParams): LogitsNeed {
   const penalized = params.presencePenalty !== 0 || params.frequencyPenalty !== 0 || params.repetitionPenalty !== 1 || (params.logitBias?.size ?? 0) > 0;
-  return penalized || !(isGreedy(params) || isTopNSampling(params));
+  if (penalized) return "logits";
+  if (isGreedy(params) || isTopNSampling(params)) return "top";
+  return params.logprobs !== undefined && params.temperature !== 1 ? "logits" : "probs";
+}
+
+export function needsFullLogits(params: SamplingParams): boolean {
+  return logitsNeedOf(params) === "logits";
 }
 
 function isGreedy(params: SamplingParams): boolean {
   return params.temperature <= 0 || params.topK === 1;
 }
 
-/** Samples from one row of a step: from the top-N alone when that is exact, else from the full logits. */
+/** Samples from one row of a step, reading only what the request's logitsNeedOf() asked the step for. */
 export function sampleRow(row: LogitsRow, params: SamplingParams, history: TokenHistory, rng: Prng): SampleResult {
-  if (row.full && needsFullLogits(params)) return sampleToken(row.full, params, history, rng);
-  if (needsFullLogits(params)) throw new Error("this request needs full logits, but the step did not fetch them");
-  const choice = isGreedy(params) ? 0 : drawFromTop(row, params, rng);
+  const need = logitsNeedOf(params);
+  if (need === "logits") {
+    if (!row.full) throw new Error("this request needs full logits, but the step did not fetch them");
+    return sampleToken(row.full, params, history, rng);
+  }
   const top: TokenLogprob[] = [];
   for (let k = 0; k < (params.logprobs ?? 0); k++) top.push({ tokenId: row.topIds[k], logprob: row.topLogprobs[k] });
-  return { tokenId: row.topIds[choice], logprob: params.logprobs === undefined ? NaN : row.topLogprobs[choice], top };
+  if (need === "top") {
+    const choice = isGreedy(params) ? 0 : drawFromTop(row, params, rng);
+    return { tokenId: row.topIds[choice], logprob: params.logprobs === undefined ? NaN : row.topLogprobs[choice], top };
+  }
+  if (!row.probs) throw new Error("this request needs probs, but the step did not fetch them");
+  const tokenId = sampleFromProbs(row.probs, params, rng);
+  // At T = 1 (the only "probs" case with logprobs) the probs are the model's own distribution.
+  const rank = row.topIds.indexOf(tokenId);
+  const logprob = params.logprobs === undefined ? NaN : rank >= 0 ? row.topLogprobs[rank] : Math.log(row.probs[tokenId]);
+  return { tokenId, logprob, top };
 }
 
 /** NOTE: logprobs cost a pass of exp over the vocabulary, so they are computed only when asked for (NaN otherwise). */
@@ -88,7 +113,26 @@ function argmax(values: Float32Array): number {
  * vocabulary: each filter only raises a weight floor, and the draw walks the survivors.
  */
 function sampleFrom(logits: Float32Array, params: SamplingParams, rng: Prng): number {
-  const { weights, keep } = keptMask(logits, params);
+  const weights = softmaxWeights(logits, params.temperature);
+  return drawKept(weights, keptMask(weights, logits, params), rng);
+}
+
+/** Temperature sampling from the graph's softmax(logits / T) row. */
+export function sampleFromProbs(probs: Float32Array, params: SamplingParams, rng: Prng): number {
+  if (params.minP > 0 || params.topK > 0 || params.topP < 1) return drawKept(probs, keptMask(probs, probs, params), rng);
+  // Plain temperature: one partial walk. The row sums to 1 up to float32 rounding, covered by the fallback.
+  let u = rng.next();
+  let last = 0;
+  for (let i = 0; i < probs.length; i++) {
+    if (probs[i] <= 0) continue;
+    last = i;
+    u -= probs[i];
+    if (u <= 0) return i;
+  }
+  return last;
+}
+
+function drawKept(weights: Float32Array | Float64Array, keep: Uint8Array, rng: Prng): number {
   let mass = 0;
   for (let i = 0; i < weights.length; i++) if (keep[i]) mass += weights[i];
   let u = rng.next() * mass;
@@ -102,20 +146,32 @@ function sampleFrom(logits: Float32Array, params: SamplingParams, rng: Prng): nu
   return last;
 }
 
-/** Temperature weights and which tokens survive min-p, then top-k, then top-p (vLLM's order). */
-function keptMask(logits: Float32Array, params: SamplingParams): { weights: Float64Array; keep: Uint8Array } {
-  const weights = softmaxWeights(logits, params.temperature);
-  // Weights are relative to the most likely token (weight 1), so min-p is a floor on them directly.
+/**
+ * Which tokens survive min-p, then top-k, then top-p (vLLM's order), given temperature
+ * weights and the values that rank tokens (logits, or the weights themselves).
+ */
+function keptMask(weights: Float32Array | Float64Array, rankBy: Float32Array | Float64Array, params: SamplingParams): Uint8Array {
+  let maxWeight = 0;
+  for (let i = 0; i < weights.length; i++) if (weights[i] > maxWeight) maxWeight = weights[i];
   const keep = new Uint8Array(weights.length);
-  const numKept = markAtLeast(weights, params.minP > 0 ? params.minP : 0, keep);
-  if (params.topK > 0 && params.topK < numKept) keepTopK(logits, keep, params.topK);
-  if (params.topP < 1) keepNucleus(logits, weights, keep, params.topP);
-  return { weights, keep };
+  const numKept = markAtLeast(weights, params.minP > 0 ? params.minP * maxWeight : 0, keep);
+  if (params.topK > 0 && params.topK < numKept) keepTopK(rankBy, keep, params.topK);
+  if (params.topP < 1) keepNucleus(rankBy, weights, keep, params.topP, maxWeight);
+  return keep;
 }
 
 /** The distribution a sampled draw picks from over the full logits: token id → probability. */
 export function keptDistribution(logits: Float32Array, params: SamplingParams): Map<number, number> {
-  const { weights, keep } = keptMask(logits, params);
+  const weights = softmaxWeights(logits, params.temperature);
+  return normalizedKept(weights, keptMask(weights, logits, params));
+}
+
+/** The same from a softmax(logits / T) row. */
+export function keptDistributionFromProbs(probs: Float32Array, params: SamplingParams): Map<number, number> {
+  return normalizedKept(probs, keptMask(probs, probs, params));
+}
+
+function normalizedKept(weights: Float32Array | Float64Array, keep: Uint8Array): Map<number, number> {
   let mass = 0;
   for (let i = 0; i < weights.length; i++) if (keep[i]) mass += weights[i];
   const out = new Map<number, number>();
@@ -133,7 +189,7 @@ function softmaxWeights(logits: Float32Array, temperature: number): Float64Array
   return weights;
 }
 
-function markAtLeast(weights: Float64Array, floor: number, keep: Uint8Array): number {
+function markAtLeast(weights: Float32Array | Float64Array, floor: number, keep: Uint8Array): number {
   let n = 0;
   for (let i = 0; i < weights.length; i++) {
     if (weights[i] > 0 && weights[i] >= floor) {
@@ -149,7 +205,7 @@ function markAtLeast(weights: Float64Array, floor: number, keep: Uint8Array): nu
  * NOTE: ranked by logit, not by weight, so that weights rounding to equal values never
  * reorder tokens: the graph's TopK ranks the same way.
  */
-function keepTopK(logits: Float32Array, keep: Uint8Array, k: number): void {
+function keepTopK(logits: Float32Array | Float64Array, keep: Uint8Array, k: number): void {
   const values: number[] = [];
   for (let i = 0; i < logits.length; i++) if (keep[i]) values.push(logits[i]);
   const kth = quickselectDescending(values, k - 1);
@@ -194,8 +250,8 @@ const BUCKETS_PER_OCTAVE = 64;
  * token id). Tokens are bucketed by log2 of their weight, so only the one bucket where the
  * mass crosses topP is sorted.
  */
-function keepNucleus(logits: Float32Array, weights: Float64Array, keep: Uint8Array, topP: number): void {
-  const bucketOf = (w: number) => Math.min(NUM_BUCKETS - 1, Math.floor(-Math.log2(w) * BUCKETS_PER_OCTAVE));
+function keepNucleus(logits: Float32Array | Float64Array, weights: Float32Array | Float64Array, keep: Uint8Array, topP: number, maxWeight: number): void {
+  const bucketOf = (w: number) => Math.min(NUM_BUCKETS - 1, Math.floor(-Math.log2(w / maxWeight) * BUCKETS_PER_OCTAVE));
   const bucketMass = new Float64Array(NUM_BUCKETS);
   let total = 0;
   for (let i = 0; i < weights.length; i++) {

@@ -180,7 +180,7 @@ describe("EngineCore: prefix caching", () => {
     core.add(makeRequest({ requestId: "b", promptTokenIds: b, maxTokens: 2 }));
     const first = await core.step();
     expect(first).toEqual([{ requestId: "b", index: 0, newTokenIds: [expectedGreedy(b, 1)[0]], text: "", numCachedTokens: 8, numPromptTokens: 11 }]);
-    expect(runner.calls.at(-1)).toEqual([{ tokenIds: [25, 26, 27], numCachedTokens: 8, blockTable: [1, 2, 4], logitsFrom: 2 }]);
+    expect(runner.calls.at(-1)).toEqual([{ tokenIds: [25, 26, 27], numCachedTokens: 8, blockTable: [1, 2, 4], logitsFrom: 2, invTemperature: 1 }]);
     await drain(core);
     freeAll(core);
   });
@@ -238,10 +238,10 @@ describe("EngineCore: what the runner is asked", () => {
     expect(await core.step()).toEqual([]);
     await drain(core);
     expect(runner.calls).toEqual([
-      [{ tokenIds: prompt.slice(0, 4), numCachedTokens: 0, blockTable: [1], logitsFrom: 4 }],
-      [{ tokenIds: prompt.slice(4, 8), numCachedTokens: 4, blockTable: [1, 2], logitsFrom: 4 }],
-      [{ tokenIds: prompt.slice(8), numCachedTokens: 8, blockTable: [1, 2, 3], logitsFrom: 1 }],
-      [{ tokenIds: [t1], numCachedTokens: 10, blockTable: [1, 2, 3], logitsFrom: 0 }],
+      [{ tokenIds: prompt.slice(0, 4), numCachedTokens: 0, blockTable: [1], logitsFrom: 4, invTemperature: 1 }],
+      [{ tokenIds: prompt.slice(4, 8), numCachedTokens: 4, blockTable: [1, 2], logitsFrom: 4, invTemperature: 1 }],
+      [{ tokenIds: prompt.slice(8), numCachedTokens: 8, blockTable: [1, 2, 3], logitsFrom: 1, invTemperature: 1 }],
+      [{ tokenIds: [t1], numCachedTokens: 10, blockTable: [1, 2, 3], logitsFrom: 0, invTemperature: 1 }],
     ]);
   });
 
@@ -253,7 +253,7 @@ describe("EngineCore: what the runner is asked", () => {
     await core.step();
     const [decode, prefill] = runner.calls[1];
     expect(decode).toMatchObject({ numCachedTokens: 2, blockTable: [1], logitsFrom: 0 });
-    expect(prefill).toEqual({ tokenIds: tokens(4, 10), numCachedTokens: 0, blockTable: [2], logitsFrom: 4 });
+    expect(prefill).toEqual({ tokenIds: tokens(4, 10), numCachedTokens: 0, blockTable: [2], logitsFrom: 4, invTemperature: 1 });
   });
 });
 

@@ -8,7 +8,9 @@ import type { SamplingParams } from "../engine/request.ts";
 import fc from "fast-check";
 import { GREEDY } from "../engine/request.ts";
 import { rowOf, stepLogitsFromFull } from "../engine/runner/step-logits.ts";
-import { type TokenHistory, keptDistribution, logSumExpOf, needsFullLogits, sampleRow, sampleToken } from "../engine/sampler.ts";
+import {
+  type TokenHistory, keptDistribution, keptDistributionFromProbs, logSumExpOf, logitsNeedOf, needsFullLogits, sampleRow, sampleToken,
+} from "../engine/sampler.ts";
 import { keptFromTop } from "../engine/top-n-sampler.ts";
 import { Prng } from "../models/prng.ts";
 import { makeSampling } from "./helpers/engine-fakes.ts";
@@ -245,5 +247,39 @@ describe("sampling from the graph's top-N", () => {
     expect(draw(3)).toEqual(first);
     for (const id of first) expect(kept.has(id)).toBe(true);
     expect(new Set(first).size).toBeGreaterThan(1);
+  });
+});
+
+describe("temperature sampling from the graph's softmax(logits / T)", () => {
+  it("keeps the distribution the logits path keeps (property)", () => {
+    const params = fc.record({
+      temperature: fc.double({ min: 0.1, max: 2, noNaN: true }),
+      topK: fc.oneof(fc.constant(0), fc.integer({ min: 21, max: 35 })),
+      topP: fc.oneof(fc.constant(1), fc.double({ min: 0.05, max: 0.999, noNaN: true })),
+      minP: fc.oneof(fc.constant(0), fc.double({ min: 0, max: 0.5, noNaN: true })),
+    });
+    // Distinct logits a tenth apart, so that no two tokens round to the same probability.
+    const logitsArb = fc.uniqueArray(fc.integer({ min: -80, max: 80 }), { minLength: 40, maxLength: 40 });
+    fc.assert(fc.property(logitsArb, params, (values, p) => {
+      const logits = Float32Array.from(values, (v) => v / 10);
+      const sampling = { ...GREEDY, ...p };
+      expect(logitsNeedOf(sampling)).toBe("probs");
+      const row = rowOf(stepLogitsFromFull(logits, 40, 1 / sampling.temperature), 0, 40);
+      const fromLogits = keptDistribution(logits, sampling);
+      const fromProbs = keptDistributionFromProbs(row.probs!, sampling);
+      // float32 rounds sums and underflows below 1e-45: tokens this unlikely may fall either side of a cut.
+      const drawable = (dist: Map<number, number>) => [...dist.keys()].filter((id) => dist.get(id)! > 1e-6);
+      expect(drawable(fromProbs)).toEqual(drawable(fromLogits));
+      for (const [id, prob] of fromProbs) expect(prob).toBeCloseTo(fromLogits.get(id) ?? 0, 5);
+    }), { numRuns: 300, seed: 5 });
+  });
+
+  it("says which part of the row each kind of request needs", () => {
+    expect(logitsNeedOf(GREEDY)).toBe("top");
+    expect(logitsNeedOf({ ...GREEDY, temperature: 0.7, topK: 20 })).toBe("top");
+    expect(logitsNeedOf({ ...GREEDY, temperature: 1 })).toBe("probs");
+    expect(logitsNeedOf({ ...GREEDY, temperature: 1, logprobs: 2 })).toBe("probs");
+    expect(logitsNeedOf({ ...GREEDY, temperature: 0.7, logprobs: 2 })).toBe("logits");
+    expect(logitsNeedOf({ ...GREEDY, presencePenalty: 0.5 })).toBe("logits");
   });
 });

@@ -20,8 +20,10 @@ export interface RunnerOptions {
 }
 
 export interface StepOptions {
-  /** Fetch the full logits rows too (sampling, penalties, prompt logprobs); otherwise only the top-N. */
+  /** Fetch the full logits rows too (penalties, logprobs of sampled tokens, prompt logprobs). */
   fullLogits: boolean;
+  /** Fetch softmax(logits / T) rows too (temperature sampling). Otherwise only the top-N. */
+  probs?: boolean;
 }
 
 /** What the engine sees: data in, data out. */
@@ -35,7 +37,6 @@ export class ModelRunner implements StepRunner {
   readonly vocabSize: number;
   private readonly poolFeeds: Record<string, ort.Tensor> = {};
   private readonly fetches: string[];
-  private readonly fetchesWithLogits: string[];
 
   private constructor(
     private readonly session: ort.InferenceSession,
@@ -46,7 +47,6 @@ export class ModelRunner implements StepRunner {
     this.vocabSize = config.vocabSize;
     const presents = Array.from({ length: config.numLayers }, (_, layer) => [`present.${layer}.key`, `present.${layer}.value`]).flat();
     this.fetches = [...presents, "top_logprobs", "top_ids"];
-    this.fetchesWithLogits = [...this.fetches, "logits"];
     const dims = [pool.numSlots, config.numKvHeads, config.headDim];
     for (let layer = 0; layer < config.numLayers; layer++) {
       this.poolFeeds[`pool.${layer}.key`] = floatTensor(pool.keys[layer], dims);
@@ -92,14 +92,17 @@ export class ModelRunner implements StepRunner {
       past_slots: int64Tensor(layout.pastSlots, [batch, past]),
       attention_mask: floatTensor(layout.mask, [batch, 1, seq, past + seq]),
       logits_indices: int64Tensor(layout.logitsIndices, [layout.logitsIndices.length]),
+      inv_temperature: floatTensor(layout.invTemperature, [layout.invTemperature.length]),
     };
-    const out = await this.session.run(feeds, options.fullLogits ? this.fetchesWithLogits : this.fetches);
+    const fetches = [...this.fetches, ...(options.fullLogits ? ["logits"] : []), ...(options.probs ? ["probs"] : [])];
+    const out = await this.session.run(feeds, fetches);
     for (let layer = 0; layer < this.config.numLayers; layer++) {
       const keys = out[`present.${layer}.key`].data as Float32Array;
       const values = out[`present.${layer}.value`].data as Float32Array;
       layout.newSlots.forEach((slots, b) => this.pool.write(layer, slots, keys, values, b * seq));
     }
     const full = options.fullLogits ? (out.logits.data as Float32Array) : null;
+    const probs = options.probs ? (out.probs.data as Float32Array) : null;
     const topIds = Int32Array.from(out.top_ids.data as BigInt64Array, Number);
     const topLogprobs = out.top_logprobs.data as Float32Array;
     const topN = out.top_ids.dims[1] ?? 0;
@@ -112,6 +115,7 @@ export class ModelRunner implements StepRunner {
         topIds: topIds.subarray(row * topN, (row + numRows) * topN),
         topLogprobs: topLogprobs.subarray(row * topN, (row + numRows) * topN),
         full: full ? full.subarray(row * vocab, (row + numRows) * vocab) : null,
+        probs: probs ? probs.subarray(row * vocab, (row + numRows) * vocab) : null,
       };
       row += numRows;
       return slice;

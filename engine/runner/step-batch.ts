@@ -17,6 +17,8 @@ export interface StepSequence {
   blockTable: readonly number[];
   /** Logits are returned for new tokens from this index on: length - 1 for the last only, length for none. */
   logitsFrom: number;
+  /** 1 / temperature for this sequence's probs rows (default 1). */
+  invTemperature?: number;
 }
 
 export const MASKED = -1e9;
@@ -31,6 +33,7 @@ export interface StepLayout {
   pastSlots: BigInt64Array;
   mask: Float32Array;
   logitsIndices: BigInt64Array;
+  invTemperature: Float32Array;
   /** For each sequence, the pool slots its new tokens go to. */
   newSlots: Int32Array[];
 }
@@ -46,6 +49,7 @@ export function layoutStep(seqs: readonly StepSequence[], pool: KvPool, slidingW
   const pastSlots = new BigInt64Array(batch * past).fill(BigInt(NULL_SLOT));
   const mask = new Float32Array(batch * seq * total).fill(MASKED);
   const logitsIndices: bigint[] = [];
+  const invTemperature: number[] = [];
   const newSlots: Int32Array[] = [];
   seqs.forEach((s, b) => {
     for (let j = 0; j < s.numCachedTokens; j++) pastSlots[b * past + j] = BigInt(pool.slotOf(s.blockTable, j));
@@ -61,7 +65,10 @@ export function layoutStep(seqs: readonly StepSequence[], pool: KvPool, slidingW
         maskRow.fill(0, Math.min(firstVisible, s.numCachedTokens), s.numCachedTokens);
         maskRow.fill(0, past + Math.max(0, firstVisible - s.numCachedTokens), past + i + 1);
         slots[i] = pool.slotOf(s.blockTable, s.numCachedTokens + i);
-        if (i >= s.logitsFrom) logitsIndices.push(BigInt(row));
+        if (i >= s.logitsFrom) {
+          logitsIndices.push(BigInt(row));
+          invTemperature.push(s.invTemperature ?? 1);
+        }
       } else {
         maskRow[past + i] = 0;
       }
@@ -69,8 +76,14 @@ export function layoutStep(seqs: readonly StepSequence[], pool: KvPool, slidingW
     newSlots.push(slots);
   });
   // NOTE: ONNX Runtime's TopK crashes the process on zero rows, so a step that needs no logits asks for one it ignores.
-  if (logitsIndices.length === 0) logitsIndices.push(0n);
-  return { batch, seq, past, inputIds, positionIds, pastSlots, mask, logitsIndices: BigInt64Array.from(logitsIndices), newSlots };
+  if (logitsIndices.length === 0) {
+    logitsIndices.push(0n);
+    invTemperature.push(1);
+  }
+  return {
+    batch, seq, past, inputIds, positionIds, pastSlots, mask, newSlots,
+    logitsIndices: BigInt64Array.from(logitsIndices), invTemperature: Float32Array.from(invTemperature),
+  };
 }
 
 /**

@@ -16,6 +16,8 @@ export interface StepLogits {
   topN: number;
   /** [numRows, vocab], or null when the step did not fetch full logits. */
   full: Float32Array | null;
+  /** [numRows, vocab] softmax(logits / T), or null when the step did not fetch them. */
+  probs: Float32Array | null;
 }
 
 /** One row of a StepLogits: what the sampler reads. */
@@ -23,6 +25,7 @@ export interface LogitsRow {
   topIds: Int32Array;
   topLogprobs: Float32Array;
   full: Float32Array | null;
+  probs: Float32Array | null;
 }
 
 export function rowOf(logits: StepLogits, row: number, vocabSize: number): LogitsRow {
@@ -31,14 +34,16 @@ export function rowOf(logits: StepLogits, row: number, vocabSize: number): Logit
     topIds: logits.topIds.subarray(row * topN, (row + 1) * topN),
     topLogprobs: logits.topLogprobs.subarray(row * topN, (row + 1) * topN),
     full: logits.full ? logits.full.subarray(row * vocabSize, (row + 1) * vocabSize) : null,
+    probs: logits.probs ? logits.probs.subarray(row * vocabSize, (row + 1) * vocabSize) : null,
   };
 }
 
 /** The same record computed in JavaScript from full logits (for fake runners in tests). */
-export function stepLogitsFromFull(full: Float32Array, vocabSize: number, topN = Math.min(TOP_N, vocabSize)): StepLogits {
+export function stepLogitsFromFull(full: Float32Array, vocabSize: number, invTemperature = 1, topN = Math.min(TOP_N, vocabSize)): StepLogits {
   const numRows = full.length / vocabSize;
   const topIds = new Int32Array(numRows * topN);
   const topLogprobs = new Float32Array(numRows * topN);
+  const probs = new Float32Array(full.length);
   for (let r = 0; r < numRows; r++) {
     const row = full.subarray(r * vocabSize, (r + 1) * vocabSize);
     let max = -Infinity;
@@ -46,11 +51,14 @@ export function stepLogitsFromFull(full: Float32Array, vocabSize: number, topN =
     let sum = 0;
     for (const x of row) sum += Math.exp(x - max);
     const logSumExp = max + Math.log(sum);
+    let scaledSum = 0;
+    for (const x of row) scaledSum += Math.exp((x - max) * invTemperature);
+    row.forEach((x, i) => (probs[r * vocabSize + i] = Math.exp((x - max) * invTemperature) / scaledSum));
     const order = Array.from(row.keys()).sort((a, b) => row[b] - row[a] || a - b).slice(0, topN);
     order.forEach((id, k) => {
       topIds[r * topN + k] = id;
       topLogprobs[r * topN + k] = row[id] - logSumExp;
     });
   }
-  return { numRows, topIds, topLogprobs, topN, full };
+  return { numRows, topIds, topLogprobs, topN, full, probs };
 }

@@ -7,8 +7,10 @@
  *   past_slots               [B, P]       pool slot of every earlier context position
  *   attention_mask           [B, 1, S, P+S]  additive: 0 to attend, -1e9 to mask
  *   logits_indices           [K]          flat rows (b*S + s) whose logits to return
+ *   inv_temperature          [K]          1 / temperature of each of those rows, for probs
  *   pool.L.key/value         [slots, kv_heads, head_dim]
- *   ──▶ logits [K, V], top_logprobs / top_ids [K, 20] (top of each row's log-softmax),
+ *   ──▶ logits [K, V], probs [K, V] = softmax(logits / T), top_logprobs / top_ids [K, 20]
+ *       (the top of each row's log-softmax),
  *       present.L.key/value [B, S, kv_heads*head_dim]
  *
  * Per layer, attention reads [past K/V gathered by slot ‖ the step's own K/V].
@@ -38,6 +40,7 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
   const pastSlots = g.input("past_slots", DataType.INT64, ["batch", "past"]);
   const mask = g.input("attention_mask", DataType.FLOAT, ["batch", 1, "seq", "total"]);
   const logitsIndices = g.input("logits_indices", DataType.INT64, ["num_logits"]);
+  const invTemperature = g.input("inv_temperature", DataType.FLOAT, ["num_logits"]);
 
   const batchSeqShape = g.op("Shape", [inputIds]);
   const attnShape = (width: number) => g.op("Concat", [batchSeqShape, g.constInt64([width])], { axis: 0 });
@@ -95,6 +98,9 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
   const [topValues, topIndices] = g.opN("TopK", [g.op("LogSoftmax", [logits], { axis: -1 }), g.constInt64([topN])], 2, { axis: -1, largest: 1, sorted: 1 });
   g.output("top_logprobs", topValues, DataType.FLOAT, ["num_logits", topN]);
   g.output("top_ids", topIndices, DataType.INT64, ["num_logits", topN]);
+  // Sampling weights at each row's temperature, so temperature sampling needs no exp over the vocabulary in JavaScript.
+  const scaled = g.op("Mul", [logits, g.op("Unsqueeze", [invTemperature, g.constInt64([1])])]);
+  g.output("probs", g.op("Softmax", [scaled], { axis: -1 }), DataType.FLOAT, ["num_logits", config.vocabSize]);
 }
 
 /** q or k: projection, reshape to [N, heads, head_dim], and the Qwen3 per-head norm. */

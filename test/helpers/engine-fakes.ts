@@ -65,8 +65,8 @@ export class FakeRunner implements StepRunner {
   async step(seqs: readonly StepSequence[], options: StepOptions): Promise<StepLogits[]> {
     this.calls.push(seqs.map((s) => ({ ...s, tokenIds: [...s.tokenIds], blockTable: [...s.blockTable] })));
     return seqs.map((s) => {
-      const logits = stepLogitsFromFull(this.run(s), this.vocabSize);
-      return options.fullLogits ? logits : { ...logits, full: null };
+      const logits = stepLogitsFromFull(this.run(s), this.vocabSize, s.invTemperature ?? 1);
+      return { ...logits, full: options.fullLogits ? logits.full : null, probs: options.probs ? logits.probs : null };
     });
   }
 
