@@ -9,5 +9,6 @@ export default defineConfig({
     // NOTE: two cores; the real-model tests each spin up ORT sessions, so run files one or two at a time.
     maxWorkers: 2,
     globalSetup: ["test/global-setup.ts"],
+    setupFiles: ["test/setup-fast-check.ts"],
   },
 });

@@ -260,7 +260,8 @@ export function writeShardedSafetensors(dir: string, entries: TensorEntry[], max
   }
   mkdirSync(dir, { recursive: true });
   const pad = (n: number) => String(n).padStart(5, "0");
-  const weightMap: Record<string, string> = {};
+  // NOTE: no prototype, so a tensor named "__proto__" is an ordinary key here too.
+  const weightMap = Object.create(null) as Record<string, string>;
   const fileNames = shards.map((shard, i) => {
     const fileName = `model-${pad(i + 1)}-of-${pad(shards.length)}.safetensors`;
     writeSafetensors(join(dir, fileName), shard, { format: "pt" });

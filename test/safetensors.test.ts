@@ -135,6 +135,16 @@ describe("safetensors", () => {
     }), { numRuns: 60 });
   });
 
+  it("shards a tensor named __proto__ like any other (a case the property below once found)", () => {
+    const dir = tempDir();
+    const entries = [{ name: "__proto__", dtype: "F32" as const, shape: [1], data: Float32Array.of(3) }];
+    const files = writeShardedSafetensors(dir, entries, 64);
+    const index = JSON.parse(readFileSync(join(dir, "model.safetensors.index.json"), "utf8"));
+    expect(Object.keys(index.weight_map)).toEqual(["__proto__"]);
+    expect(new Set(Object.values(index.weight_map))).toEqual(new Set(files));
+    expectStored(dir, entries);
+  });
+
   it("writes shards and an index, and reads them back through the index", () => {
     fc.assert(fc.property(entriesArb, fc.integer({ min: 1, max: 64 }), (entries, maxShardBytes) => {
       const dir = tempDir();
