@@ -117,9 +117,10 @@ function benchTokenizer(checkpoint: Checkpoint): BenchTokenizer {
 
 async function localTarget(values: EngineFlagValues, checkpoint: Checkpoint, maxConcurrency: number) {
   const engineOptions = engineOptionsFrom(values, checkpoint);
+  // The main server runs at least --max-concurrency sequences at once; the sequential twin runs one.
   const start = async (maxNumSeqs: number) => {
     const server = await startServer({
-      engineOptions: { ...engineOptions, maxNumSeqs: Math.max(maxNumSeqs === 1 ? 1 : maxConcurrency, maxNumSeqs) },
+      engineOptions: { ...engineOptions, maxNumSeqs },
       modelId: checkpoint.name, maxModelLen: checkpoint.config.maxPositionEmbeddings, vocabSize: checkpoint.config.vocabSize,
       defaults: checkpoint.generationDefaults, host: "127.0.0.1", port: 0, maxQueuedRequests: 100_000,
       shutdownTimeoutMs: 5_000, bodyLimitBytes: 64 * 1024 * 1024, logger: false,
@@ -127,7 +128,7 @@ async function localTarget(values: EngineFlagValues, checkpoint: Checkpoint, max
     await server.ready;
     return { baseUrl: server.url, close: () => server.close() };
   };
-  const main = await start(engineOptions.maxNumSeqs);
+  const main = await start(Math.max(maxConcurrency, engineOptions.maxNumSeqs));
   const target: BenchTarget = { baseUrl: main.baseUrl, model: checkpoint.name, modelDir: checkpoint.dir, startSequential: () => start(1) };
   return { target, close: main.close };
 }

@@ -35,9 +35,6 @@ export function logitsNeedOf(params: SamplingParams): LogitsNeed {
   return params.logprobs !== undefined && params.temperature !== 1 ? "logits" : "probs";
 }
 
-export function needsFullLogits(params: SamplingParams): boolean {
-  return logitsNeedOf(params) === "logits";
-}
 
 function isGreedy(params: SamplingParams): boolean {
   return params.temperature <= 0 || params.topK === 1;

@@ -9,7 +9,7 @@ import fc from "fast-check";
 import { GREEDY } from "../engine/request.ts";
 import { rowOf, stepLogitsFromFull } from "../engine/runner/step-logits.ts";
 import {
-  type TokenHistory, keptDistribution, keptDistributionFromProbs, logSumExpOf, logitsNeedOf, needsFullLogits, sampleRow, sampleToken,
+  type TokenHistory, keptDistribution, keptDistributionFromProbs, logSumExpOf, logitsNeedOf, sampleRow, sampleToken,
 } from "../engine/sampler.ts";
 import { keptFromTop } from "../engine/top-n-sampler.ts";
 import { Prng } from "../models/prng.ts";
@@ -223,7 +223,7 @@ describe("sampling from the graph's top-N", () => {
     fc.assert(fc.property(logitsArb, params, (values, p) => {
       const logits = Float32Array.from(values);
       const sampling = { ...GREEDY, ...p };
-      expect(needsFullLogits(sampling)).toBe(false);
+      expect(logitsNeedOf(sampling)).toBe("top");
       const full = keptDistribution(logits, sampling);
       const row = rowOf(stepLogitsFromFull(logits, 40), 0, 40);
       const { ranks, weights } = keptFromTop(row, sampling);

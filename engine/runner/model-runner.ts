@@ -2,6 +2,7 @@
  * Runs steps of the paged-KV graph: lays out each group, runs the session, copies the
  * step's new K/V into the pool and returns the requested logits.
  */
+import { poolInputNames, presentOutputNames } from "../../models/graph/decoder-graph.ts";
 import type { ModelConfig } from "../../models/index.ts";
 import { KvPool } from "./kv-pool.ts";
 import { type Device, createSession, floatTensor, int64Tensor, ort } from "./onnx-session.ts";
@@ -45,12 +46,13 @@ export class ModelRunner implements StepRunner {
     private readonly paddingSlack: number,
   ) {
     this.vocabSize = config.vocabSize;
-    const presents = Array.from({ length: config.numLayers }, (_, layer) => [`present.${layer}.key`, `present.${layer}.value`]).flat();
+    const presents = Array.from({ length: config.numLayers }, (_, layer) => Object.values(presentOutputNames(layer))).flat();
     this.fetches = [...presents, "top_logprobs", "top_ids"];
     const dims = [pool.numSlots, config.numKvHeads, config.headDim];
     for (let layer = 0; layer < config.numLayers; layer++) {
-      this.poolFeeds[`pool.${layer}.key`] = floatTensor(pool.keys[layer], dims);
-      this.poolFeeds[`pool.${layer}.value`] = floatTensor(pool.values[layer], dims);
+      const names = poolInputNames(layer);
+      this.poolFeeds[names.key] = floatTensor(pool.keys[layer], dims);
+      this.poolFeeds[names.value] = floatTensor(pool.values[layer], dims);
     }
   }
 
@@ -97,8 +99,9 @@ export class ModelRunner implements StepRunner {
     const fetches = [...this.fetches, ...(options.fullLogits ? ["logits"] : []), ...(options.probs ? ["probs"] : [])];
     const out = await this.session.run(feeds, fetches);
     for (let layer = 0; layer < this.config.numLayers; layer++) {
-      const keys = out[`present.${layer}.key`].data as Float32Array;
-      const values = out[`present.${layer}.value`].data as Float32Array;
+      const present = presentOutputNames(layer);
+      const keys = out[present.key].data as Float32Array;
+      const values = out[present.value].data as Float32Array;
       layout.newSlots.forEach((slots, b) => this.pool.write(layer, slots, keys, values, b * seq));
     }
     const full = options.fullLogits ? (out.logits.data as Float32Array) : null;

@@ -6,7 +6,10 @@
  * more than the decode step itself for a small model and a large vocabulary, so greedy
  * requests without penalties are served from the top-N alone.
  */
-export const TOP_N = 20;
+import { TOP_LOGPROBS } from "../../models/graph/decoder-graph.ts";
+
+/** How many log-softmax entries per row the graph returns. */
+export const TOP_N = TOP_LOGPROBS;
 
 export interface StepLogits {
   numRows: number;
