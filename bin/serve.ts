@@ -14,6 +14,8 @@ Server:
   --shutdown-timeout SECONDS    on SIGTERM, how long in-flight requests may finish (default 30)
   --max-body-size SIZE          largest request body (default 8MiB)
   --tokenizer-threads N         tokenizer worker threads (default: spare cores, at most 4)
+  --tool-call-parser P          auto, hermes or none: parse tool calls out of the output
+                                (auto: hermes when the chat template writes <tool_call>, as Qwen's do)
   --log-level LEVEL             fatal, error, warn, info, debug, trace or silent (default info)
 ${ENGINE_FLAGS_HELP}`;
 
@@ -29,6 +31,7 @@ export async function serveCommand(args: string[]): Promise<void> {
       "shutdown-timeout": { type: "string", default: "30" },
       "max-body-size": { type: "string", default: "8MiB" },
       "tokenizer-threads": { type: "string" },
+      "tool-call-parser": { type: "string", default: "auto" },
       "log-level": { type: "string", default: "info" },
       help: { type: "boolean", short: "h" },
     },
@@ -50,6 +53,7 @@ export async function serveCommand(args: string[]): Promise<void> {
     shutdownTimeoutMs: Number(values["shutdown-timeout"]) * 1000,
     bodyLimitBytes: parseBytes(values["max-body-size"]),
     tokenizerThreads: values["tokenizer-threads"] === undefined ? undefined : positiveInt(values["tokenizer-threads"], "--tokenizer-threads"),
+    toolCallParser: toolCallParserFor(values["tool-call-parser"], checkpoint.chatTemplate),
     logger: { level: values["log-level"] },
   });
   server.app.log.info(`serving ${checkpoint.dir} as "${server.ctx.modelId}" at ${server.url}/v1 (loading the model...)`);
@@ -60,4 +64,11 @@ export async function serveCommand(args: string[]): Promise<void> {
       void server.close().then(() => process.exit(0));
     });
   }
+}
+
+function toolCallParserFor(choice: string, chatTemplate: string | null): "hermes" | undefined {
+  if (choice === "hermes") return "hermes";
+  if (choice === "none") return undefined;
+  if (choice !== "auto") throw new Error(`--tool-call-parser must be auto, hermes or none, got ${choice}`);
+  return chatTemplate?.includes("<tool_call>") ? "hermes" : undefined;
 }

@@ -22,6 +22,8 @@ export interface ServeOptions {
   shutdownTimeoutMs: number;
   bodyLimitBytes: number;
   tokenizerThreads?: number;
+  /** How this model writes tool calls, for parsing them out of its output; undefined: not parsed. */
+  toolCallParser?: "hermes";
   logger?: FastifyServerOptions["logger"];
 }
 
@@ -44,6 +46,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     limits: { maxNumSeqs: options.engineOptions.maxNumSeqs, maxQueuedRequests: options.maxQueuedRequests },
     defaults: options.defaults,
     metrics: new ServerMetrics(),
+    toolCallParser: options.toolCallParser,
     numInFlight: 0,
     inFlightControllers: new Set(),
   };

@@ -25,6 +25,8 @@ export interface ServerContext {
   limits: ServerLimits;
   defaults: GenerationDefaults;
   metrics: ServerMetrics;
+  /** How tool calls in this model's output are written; undefined: they are not parsed. */
+  toolCallParser?: "hermes";
   /** Sequences admitted and not yet finished. */
   numInFlight: number;
   /** Aborts every in-flight request (shutdown past its deadline). */

@@ -606,3 +606,44 @@ describe("request ids", () => {
   });
 });
 
+
+describe("tool calls (Hermes format)", () => {
+  const TOOLS = [{ type: "function", function: { name: "get_weather", parameters: { type: "object" } } }];
+  const PIECES = ["Checking. ", "<tool", '_call>\n{"name": "get_weather", ', '"arguments": {"city": "Paris"}}\n</tool_call>'];
+
+  it("returns tool_calls and finish_reason tool_calls when the model calls a tool", async () => {
+    setUp({ toolCallParser: "hermes" });
+    engine.script({ kind: "say", pieces: PIECES });
+    const body = (await chat({ tools: TOOLS })).json() as Json;
+    const [choice] = body.choices;
+    expect(choice.finish_reason).toBe("tool_calls");
+    expect(choice.message.content).toBe("Checking.");
+    expect(choice.message.tool_calls).toHaveLength(1);
+    expect(choice.message.tool_calls[0]).toMatchObject({ type: "function", function: { name: "get_weather" } });
+    expect(JSON.parse(choice.message.tool_calls[0].function.arguments)).toEqual({ city: "Paris" });
+  });
+
+  it("streams content up to the call, then the call in one delta, then finish_reason tool_calls", async () => {
+    setUp({ toolCallParser: "hermes" });
+    engine.script({ kind: "say", pieces: PIECES });
+    const { events, done } = sseEvents(await chat({ tools: TOOLS, stream: true }));
+    expect(done).toBe(true);
+    const deltas = events.map((e) => e.choices[0]);
+    expect(deltas.map((d) => d.delta.content ?? "").join("")).toBe("Checking. ");
+    const calls = deltas.filter((d) => d.delta.tool_calls).flatMap((d) => d.delta.tool_calls);
+    expect(calls).toEqual([expect.objectContaining({ index: 0, type: "function", function: { name: "get_weather", arguments: '{"city":"Paris"}' } })]);
+    expect(deltas.at(-1).finish_reason).toBe("tool_calls");
+    expect(deltas.slice(0, -1).every((d) => d.finish_reason === null)).toBe(true);
+  });
+
+  it("leaves the text alone without tools, with tool_choice none, or without a parser", async () => {
+    for (const [overrides, extra] of [[{ toolCallParser: "hermes" }, {}], [{ toolCallParser: "hermes" }, { tools: TOOLS, tool_choice: "none" }], [{}, { tools: TOOLS }]] as const) {
+      setUp(overrides);
+      engine.script({ kind: "say", pieces: PIECES });
+      const [choice] = ((await chat(extra)).json() as Json).choices;
+      expect(choice.message.content).toBe(PIECES.join(""));
+      expect(choice.message.tool_calls).toBeUndefined();
+      expect(choice.finish_reason).toBe("stop");
+    }
+  });
+});

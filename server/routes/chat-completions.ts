@@ -3,13 +3,14 @@ import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { admit } from "../admission.ts";
 import { invalidRequest } from "../api-error.ts";
-import { Choices, finishReasonOf, usageOf, type ChoiceState } from "../choices.ts";
+import { Choices, finishReasonOf, usageOf } from "../choices.ts";
 import type { ChatMessage, EngineOutput } from "../engine-api.ts";
 import { toEngineRequest } from "../engine-request.ts";
 import { nowSeconds, onClientGone, parseBody, requireModel } from "../http-helpers.ts";
 import { chatCompletionRequest, type ChatCompletionRequest, type ChatMessageInput } from "../schemas.ts";
 import type { ServerContext } from "../server-context.ts";
 import { SseStream } from "../sse.ts";
+import { ToolCallStream, parseToolCalls, type ToolCall } from "../tool-calls.ts";
 
 export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext): void {
   app.post("/v1/chat/completions", async (request, reply) => {
@@ -32,18 +33,22 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext
       // NOTE: the first output is awaited before any byte is sent, so an engine rejection still gets its HTTP status.
       const first = await outputs.next();
       const head = { id: `chatcmpl-${randomUUID()}`, object: "chat.completion", created: nowSeconds(), model: ctx.modelId };
-      if (body.stream) return await streamChat(reply, body, head, first, outputs);
+      const parseTools = toolParsingFor(ctx, body);
+      if (body.stream) return await streamChat(reply, body, head, first, outputs, parseTools);
       const choices = new Choices(body.n);
       for (let next = first; !next.done; next = await outputs.next()) choices.add(next.value);
       return {
         ...head,
-        choices: choices.choices.map((c) => ({
-          index: c.index,
-          message: { role: "assistant", content: c.text },
-          logprobs: body.logprobs ? { content: c.logprobs.map(chatLogprob) } : null,
-          finish_reason: finishReasonOf(c),
-          stop_reason: c.stopReason,
-        })),
+        choices: choices.choices.map((c) => {
+          const { content, toolCalls } = parseTools ? parseToolCalls(c.text) : { content: c.text, toolCalls: [] };
+          return {
+            index: c.index,
+            message: toolCalls.length > 0 ? { role: "assistant", content: content || null, tool_calls: toolCalls } : { role: "assistant", content },
+            logprobs: body.logprobs ? { content: c.logprobs.map(chatLogprob) } : null,
+            finish_reason: toolCalls.length > 0 && c.finishReason === "stop" ? "tool_calls" : finishReasonOf(c),
+            stop_reason: c.stopReason,
+          };
+        }),
         usage: usageOf([choices]),
       };
     } finally {
@@ -69,43 +74,61 @@ function rejectConstrainedDecoding(body: ChatCompletionRequest): void {
 
 type Head = { id: string; object: string; created: number; model: string };
 
+/** Tool calls are parsed when the request offers tools and the server has a parser for this model's format. */
+function toolParsingFor(ctx: ServerContext, body: ChatCompletionRequest): boolean {
+  return ctx.toolCallParser === "hermes" && (body.tools?.length ?? 0) > 0 && body.tool_choice !== "none";
+}
+
+/**
+ * Each engine output becomes one chunk (a delta, possibly empty, per generated token);
+ * a finished choice then gets its tool calls, if any, and a chunk with its finish_reason.
+ */
 async function streamChat(
   reply: FastifyReply, body: ChatCompletionRequest, head: Head,
-  first: IteratorResult<EngineOutput>, outputs: AsyncIterator<EngineOutput>,
+  first: IteratorResult<EngineOutput>, outputs: AsyncIterator<EngineOutput>, parseTools: boolean,
 ): Promise<void> {
   reply.hijack();
   const sse = new SseStream(reply.raw);
   const includeUsage = body.stream_options?.include_usage === true;
-  const chunk = (choices: unknown[], usage?: unknown) => ({
-    ...head, object: "chat.completion.chunk", choices, ...(includeUsage ? { usage: usage ?? null } : {}),
+  const chunk = (choice: unknown) => ({
+    ...head, object: "chat.completion.chunk", choices: [choice], ...(includeUsage ? { usage: null } : {}),
   });
   const choices = new Choices(body.n);
-  const started = new Set<number>();
+  const toolStreams = new Map<number, ToolCallStream>();
   try {
     for (let next = first; !next.done && !sse.closed; next = await outputs.next()) {
       const output = next.value;
+      const index = output.index;
       const choice = choices.add(output);
-      if (!started.has(output.index)) {
-        started.add(output.index);
-        await sse.send(chunk([{ index: output.index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }]));
+      if (!toolStreams.has(index)) {
+        toolStreams.set(index, new ToolCallStream());
+        await sse.send(chunk({ index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }));
       }
-      await sse.send(chunk([deltaOf(choice, output, body.logprobs === true)]));
+      const toolStream = toolStreams.get(index)!;
+      let text = parseTools ? toolStream.push(output.text) : output.text;
+      let toolCalls: ToolCall[] = [];
+      if (output.finishReason && parseTools) ({ content: text, toolCalls } = appendFinished(text, toolStream.finish()));
+      if (output.newTokenIds.length > 0 || text) {
+        const logprobs = body.logprobs && output.logprobs ? { content: output.logprobs.map(chatLogprob) } : null;
+        await sse.send(chunk({ index, delta: text ? { content: text } : {}, logprobs, finish_reason: null }));
+      }
+      if (toolCalls.length > 0) {
+        await sse.send(chunk({ index, delta: { tool_calls: toolCalls.map((call, i) => ({ index: i, ...call })) }, logprobs: null, finish_reason: null }));
+      }
+      if (output.finishReason) {
+        const finishReason = toolCalls.length > 0 && choice.finishReason === "stop" ? "tool_calls" : finishReasonOf(choice);
+        await sse.send(chunk({ index, delta: {}, logprobs: null, finish_reason: finishReason, stop_reason: choice.stopReason }));
+      }
     }
-    if (includeUsage) await sse.send(chunk([], usageOf([choices])));
+    if (includeUsage) await sse.send({ ...head, object: "chat.completion.chunk", choices: [], usage: usageOf([choices]) });
   } catch (err) {
     await sse.send({ error: { message: (err as Error).message, type: "server_error", param: null, code: null } });
   }
   sse.end();
 }
 
-function deltaOf(choice: ChoiceState, output: EngineOutput, withLogprobs: boolean) {
-  return {
-    index: output.index,
-    delta: output.text ? { content: output.text } : {},
-    logprobs: withLogprobs && output.logprobs ? { content: output.logprobs.map(chatLogprob) } : null,
-    finish_reason: output.finishReason ? finishReasonOf(choice) : null,
-    ...(output.finishReason ? { stop_reason: choice.stopReason } : {}),
-  };
+function appendFinished(text: string, held: { content: string; toolCalls: ToolCall[] }): { content: string; toolCalls: ToolCall[] } {
+  return { content: text + held.content, toolCalls: held.toolCalls };
 }
 
 type Logprob = NonNullable<EngineOutput["logprobs"]>[number];

@@ -25,7 +25,9 @@ export type FakeScript =
   /** Emit nothing until the signal aborts, then finish every sequence with "abort". */
   | { kind: "hang" }
   /** Fail before any output, as the engine does when a step throws. */
-  | { kind: "fail"; code: EngineErrorCode; message?: string };
+  | { kind: "fail"; code: EngineErrorCode; message?: string }
+  /** One output per piece of text, the last one finishing with `finishReason` (default "stop"). */
+  | { kind: "say"; pieces: string[]; finishReason?: "stop" | "length" };
 
 export const tokenTextOf = (i: number) => (i === 0 ? "t0" : ` t${i}`);
 
@@ -71,6 +73,16 @@ export class FakeEngine implements ServingEngine {
       ...(index === 0 && request.promptLogprobs !== undefined ? { promptLogprobs: promptLogprobsOf(request) } : {}),
     });
     if (script.kind === "fail") throw new EngineError(script.code, script.message ?? `fake ${script.code}`);
+    if (script.kind === "say") {
+      for (const [i, text] of script.pieces.entries()) {
+        const last = i === script.pieces.length - 1;
+        yield {
+          ...(i === 0 ? first(0) : {}), requestId: request.requestId, index: 0, newTokenIds: [GENERATED_TOKEN_ID + i], text,
+          ...(last ? { finishReason: script.finishReason ?? "stop" } : {}),
+        };
+      }
+      return;
+    }
     if (script.kind === "hang") {
       await abortOf(signal);
       for (let index = 0; index < n; index++) yield { ...aborted(request, index), ...first(index) };

@@ -21,6 +21,7 @@ export async function startTestServer(overrides: { maxQueuedRequests?: number; m
     shutdownTimeoutMs: 10_000,
     bodyLimitBytes: 1024 * 1024,
     tokenizerThreads: 1,
+    toolCallParser: "hermes",
   });
   await server.ready;
   return server;
