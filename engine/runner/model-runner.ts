@@ -95,6 +95,7 @@ export class ModelRunner implements StepRunner {
       attention_mask: floatTensor(layout.mask, [batch, 1, seq, past + seq]),
       logits_indices: int64Tensor(layout.logitsIndices, [layout.logitsIndices.length]),
       inv_temperature: floatTensor(layout.invTemperature, [layout.invTemperature.length]),
+      want_probs: new ort.Tensor("bool", [options.probs === true], []),
     };
     const fetches = [...this.fetches, ...(options.fullLogits ? ["logits"] : []), ...(options.probs ? ["probs"] : [])];
     const out = await this.session.run(feeds, fetches);

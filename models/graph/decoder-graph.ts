@@ -8,6 +8,7 @@
  *   attention_mask           [B, 1, S, P+S]  additive: 0 to attend, -1e9 to mask
  *   logits_indices           [K]          flat rows (b*S + s) whose logits to return
  *   inv_temperature          [K]          1 / temperature of each of those rows, for probs
+ *   want_probs               []           whether to compute probs at all (else they are [0, 1])
  *   pool.L.key/value         [slots, kv_heads, head_dim]
  *   ──▶ logits [K, V], probs [K, V] = softmax(logits / T), top_logprobs / top_ids [K, 20]
  *       (the top of each row's log-softmax),
@@ -99,8 +100,14 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
   g.output("top_logprobs", topValues, DataType.FLOAT, ["num_logits", topN]);
   g.output("top_ids", topIndices, DataType.INT64, ["num_logits", topN]);
   // Sampling weights at each row's temperature, so temperature sampling needs no exp over the vocabulary in JavaScript.
-  const scaled = g.op("Mul", [logits, g.op("Unsqueeze", [invTemperature, g.constInt64([1])])]);
-  g.output("probs", g.op("Softmax", [scaled], { axis: -1 }), DataType.FLOAT, ["num_logits", config.vocabSize]);
+  // NOTE: ONNX Runtime computes every node whether or not its output is fetched, so the softmax sits behind an If
+  // that only steps asking for probs take; the others get an empty [0, 1] tensor.
+  const wantProbs = g.input("want_probs", DataType.BOOL, []);
+  const probs = g.op("If", [wantProbs], {
+    then_branch: { graph: g.branch((b) => b.op("Softmax", [b.op("Mul", [logits, b.op("Unsqueeze", [invTemperature, b.constInt64([1])])])], { axis: -1 }), DataType.FLOAT, ["num_logits", config.vocabSize]) },
+    else_branch: { graph: g.branch((b) => b.constFloat([], [0, 1]), DataType.FLOAT, [0, 1]) },
+  });
+  g.output("probs", probs, DataType.FLOAT, ["num_logits", "vocab_or_1"]);
 }
 
 /** q or k: projection, reshape to [N, heads, head_dim], and the Qwen3 per-head norm. */

@@ -11,8 +11,9 @@ import onnxProto from "onnx-proto";
 const { onnx } = onnxProto;
 export const DataType = onnx.TensorProto.DataType;
 export type Dim = number | string;
-/** Integers are INT attributes; write floats as `{ f: 1e-6 }`. */
-export type Attr = number | string | number[] | boolean | { f: number } | { floats: number[] };
+type GraphProto = InstanceType<typeof onnx.GraphProto>;
+/** Integers are INT attributes; write floats as `{ f: 1e-6 }`; `{ graph }` is a subgraph (If branches). */
+export type Attr = number | string | number[] | boolean | { f: number } | { floats: number[] } | { graph: GraphProto };
 
 /** NOTE: ORT memory-maps external data; page-aligned offsets let it do so without copies. */
 const EXTERNAL_ALIGN_BYTES = 4096;
@@ -22,12 +23,26 @@ export class OnnxGraph {
   private readonly initializers: InstanceType<typeof onnx.TensorProto>[] = [];
   private readonly inputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
   private readonly outputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
-  private numNames = 0;
   private dataFd: number | null = null;
   private dataOffset = 0;
 
-  /** @param dataPath where external weights go; its basename is recorded in the graph. */
-  constructor(private readonly dataPath: string) {}
+  /**
+   * @param dataPath where external weights go; its basename is recorded in the graph.
+   * @param names the counter for fresh names, shared with subgraphs so that no name repeats.
+   */
+  constructor(private readonly dataPath: string, private readonly names = { next: 0 }) {}
+
+  /**
+   * A subgraph for an If branch, built by `build`. It may read any value of this graph by
+   * name; its one output is what `build` returns.
+   */
+  branch(build: (branch: OnnxGraph) => string, elemType: number, dims: Dim[]): GraphProto {
+    const branch = new OnnxGraph(this.dataPath, this.names);
+    const result = branch.op("Identity", [build(branch)]);
+    return onnx.GraphProto.create({
+      name: this.freshName("branch"), node: branch.nodes, initializer: branch.initializers, output: [valueInfo(result, elemType, dims)],
+    });
+  }
 
   input(name: string, elemType: number, dims: Dim[]): string {
     this.inputs.push(valueInfo(name, elemType, dims));
@@ -105,7 +120,7 @@ export class OnnxGraph {
   }
 
   private freshName(prefix: string): string {
-    return `${prefix}_${this.numNames++}`;
+    return `${prefix}_${this.names.next++}`;
   }
 }
 
@@ -132,5 +147,6 @@ function attribute(name: string, value: Attr) {
   if (typeof value === "number") return { name, type: T.INT, i: value };
   if (Array.isArray(value)) return { name, type: T.INTS, ints: value };
   if ("f" in value) return { name, type: T.FLOAT, f: value.f };
+  if ("graph" in value) return { name, type: T.GRAPH, g: value.graph };
   return { name, type: T.FLOATS, floats: value.floats };
 }
