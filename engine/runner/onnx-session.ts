@@ -14,6 +14,8 @@ export interface SessionOptions {
   device: Device;
   /** Threads for one operator; 0 lets ORT use every core. */
   intraOpThreads?: number;
+  /** Let ORT's threads spin while waiting for work (off by default; see createSession). */
+  spinning?: boolean;
 }
 
 export async function createSession(graphPath: string, options: SessionOptions): Promise<ort.InferenceSession> {
@@ -25,6 +27,12 @@ export async function createSession(graphPath: string, options: SessionOptions):
       intraOpNumThreads: options.intraOpThreads ?? 0,
       enableCpuMemArena: true,
       enableMemPattern: false,
+      // NOTE: ORT's worker threads spin between parallel sections by default. Here they share the
+      // cores with the HTTP thread, tokenizer workers and the engine loop. Five runs each of
+      // `npm run bench -- --compare-limit` on two cores: the server's median throughput was 1299
+      // tok/s without spinning and 1235 with it (server / limit 0.96-1.02 against 0.84-0.98);
+      // only the bare runner, alone on the machine, gains from spinning.
+      extra: { session: { intra_op: { allow_spinning: options.spinning ? "1" : "0" } } },
     });
   } catch (err) {
     throw new EngineError("RUNTIME_FAILED", `ONNX Runtime could not load ${graphPath} on ${options.device}: ${(err as Error).message}`);
