@@ -21,7 +21,7 @@ Workload:
   --num-prompts N (64)  --input-len N (128)  --output-len N (64)  --range-ratio R (0)
   --prefix-len N (0)    shared prefix tokens    --prompt-format ids|text (ids; text for chat)
   --request-rate R|inf (inf)  --burstiness B (1)  --max-concurrency N (32)
-  --ignore-eos  --temperature T (0)  --seed N (0)  --warmup N (0)
+  --ignore-eos  --temperature T (0)  --top-p P  --top-k K  --min-p P  --seed N (0)  --warmup N (0)
 Results:
   --goodput ttft:MS,tpot:MS,e2el:MS   SLOs for goodput
   --percentiles 50,90,99        latency percentiles
@@ -45,7 +45,8 @@ export async function benchCommand(args: string[]): Promise<void> {
       "prefix-len": { type: "string", default: "0" }, "prompt-format": { type: "string" },
       "request-rate": { type: "string", default: "inf" }, burstiness: { type: "string", default: "1" },
       "max-concurrency": { type: "string", default: "32" }, "ignore-eos": { type: "boolean", default: false },
-      temperature: { type: "string", default: "0" }, seed: { type: "string", default: "0" }, warmup: { type: "string", default: "0" },
+      temperature: { type: "string", default: "0" }, "top-p": { type: "string" }, "top-k": { type: "string" }, "min-p": { type: "string" },
+      seed: { type: "string", default: "0" }, warmup: { type: "string", default: "0" },
       goodput: { type: "string" }, percentiles: { type: "string", default: "50,90,99" },
       "save-result": { type: "string" }, "sweep-concurrency": { type: "string" }, plot: { type: "string" },
       "compare-limit": { type: "boolean", default: false }, "compare-sequential": { type: "boolean", default: false },
@@ -75,6 +76,7 @@ export async function benchCommand(args: string[]): Promise<void> {
       workload,
       load: {
         endpoint, temperature: Number(values.temperature), ignoreEos: values["ignore-eos"], warmup: Number(values.warmup),
+        extraBody: samplingExtras(values),
         requestRate: values["request-rate"] === "inf" ? Infinity : Number(values["request-rate"]), burstiness: Number(values.burstiness),
         seed: Number(values.seed), progress: process.stderr.isTTY,
       },
@@ -131,6 +133,18 @@ async function localTarget(values: EngineFlagValues, checkpoint: Checkpoint, max
   const main = await start(Math.max(maxConcurrency, engineOptions.maxNumSeqs));
   const target: BenchTarget = { baseUrl: main.baseUrl, model: checkpoint.name, modelDir: checkpoint.dir, startSequential: () => start(1) };
   return { target, close: main.close };
+}
+
+/** vLLM's sampling extras, sent only when given so that strict endpoints see plain OpenAI bodies. */
+function samplingExtras(values: { "top-p"?: string; "top-k"?: string; "min-p"?: string }): Record<string, number> {
+  const extras: Record<string, number> = {};
+  for (const [flag, field] of [["top-p", "top_p"], ["top-k", "top_k"], ["min-p", "min_p"]] as const) {
+    if (values[flag] === undefined) continue;
+    const value = Number(values[flag]);
+    if (!Number.isFinite(value)) throw new Error(`--${flag} must be a number, got ${values[flag]}`);
+    extras[field] = value;
+  }
+  return extras;
 }
 
 function parseGoodput(text: string | undefined) {

@@ -6,6 +6,7 @@ import { Prng } from "../models/prng.ts";
 import type { SamplingParams, TokenLogprob } from "./request.ts";
 import type { LogitsRow } from "./runner/step-logits.ts";
 import { drawFromTop, isTopNSampling } from "./top-n-sampler.ts";
+import { sampleNucleus } from "./nucleus-sampler.ts";
 
 export interface SampleResult {
   tokenId: number;
@@ -116,6 +117,7 @@ function sampleFrom(logits: Float32Array, params: SamplingParams, rng: Prng): nu
 
 /** Temperature sampling from the graph's softmax(logits / T) row. */
 export function sampleFromProbs(probs: Float32Array, params: SamplingParams, rng: Prng): number {
+  if (params.minP <= 0 && params.topK <= 0 && params.topP < 1) return sampleNucleus(probs, params.topP, rng);
   if (params.minP > 0 || params.topK > 0 || params.topP < 1) return drawKept(probs, keptMask(probs, probs, params), rng);
   // Plain temperature: one partial walk. The row sums to 1 up to float32 rounding, covered by the fallback.
   let u = rng.next();

@@ -12,6 +12,7 @@ import {
   type TokenHistory, keptDistribution, keptDistributionFromProbs, logSumExpOf, logitsNeedOf, sampleRow, sampleToken,
 } from "../engine/sampler.ts";
 import { keptFromTop } from "../engine/top-n-sampler.ts";
+import { nucleusKept, sampleNucleus } from "../engine/nucleus-sampler.ts";
 import { Prng } from "../models/prng.ts";
 import { makeSampling } from "./helpers/engine-fakes.ts";
 
@@ -281,5 +282,33 @@ describe("temperature sampling from the graph's softmax(logits / T)", () => {
     expect(logitsNeedOf({ ...GREEDY, temperature: 1, logprobs: 2 })).toBe("probs");
     expect(logitsNeedOf({ ...GREEDY, temperature: 0.7, logprobs: 2 })).toBe("logits");
     expect(logitsNeedOf({ ...GREEDY, presencePenalty: 0.5 })).toBe("logits");
+  });
+});
+
+describe("top-p from a softmax row by float32 buckets", () => {
+  it("keeps exactly the tokens the general path keeps (property)", () => {
+    const probsArb = fc.array(fc.float({ min: 0, max: 1, noNaN: true }), { minLength: 1, maxLength: 300 });
+    fc.assert(fc.property(probsArb, fc.double({ min: 0.01, max: 0.999, noNaN: true }), (values, topP) => {
+      const total = values.reduce((a, b) => a + b, 0);
+      fc.pre(total > 0);
+      const probs = Float32Array.from(values, (v) => v / total);
+      const general = [...keptDistributionFromProbs(probs, { ...GREEDY, temperature: 1, topP }).keys()];
+      expect(nucleusKept(probs, topP)).toEqual(general);
+    }), { numRuns: 500 });
+  });
+
+  it("draws only kept tokens, reproducibly", () => {
+    const probs = Float32Array.from({ length: 1000 }, (_, i) => Math.exp(-i / 50));
+    const total = probs.reduce((a, b) => a + b, 0);
+    probs.forEach((p, i) => (probs[i] = p / total));
+    const kept = new Set(nucleusKept(probs, 0.5));
+    const draw = (seed: number) => {
+      const rng = new Prng(seed);
+      return Array.from({ length: 200 }, () => sampleNucleus(probs, 0.5, rng));
+    };
+    const drawn = draw(9);
+    expect(draw(9)).toEqual(drawn);
+    for (const id of drawn) expect(kept.has(id)).toBe(true);
+    expect(Math.max(...drawn)).toBeGreaterThan(10);
   });
 });
