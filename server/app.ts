@@ -7,6 +7,7 @@ import { routeNotFound, toApiError } from "./api-error.ts";
 import { registerChatCompletions } from "./routes/chat-completions.ts";
 import { registerCompletions } from "./routes/completions.ts";
 import { registerServiceRoutes } from "./routes/service-routes.ts";
+import { registerTokenizeRoutes } from "./routes/tokenize.ts";
 import type { ServerContext } from "./server-context.ts";
 
 export interface AppOptions {
@@ -43,6 +44,7 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
   registerChatCompletions(app, ctx);
   registerCompletions(app, ctx);
   registerServiceRoutes(app, ctx);
+  registerTokenizeRoutes(app, ctx);
   return app;
 }
 

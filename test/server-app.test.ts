@@ -647,3 +647,31 @@ describe("tool calls (Hermes format)", () => {
     }
   });
 });
+
+describe("tokenize, detokenize and version", () => {
+  it("counts a prompt's tokens, and a chat's after its template, with max_model_len", async () => {
+    const prompt = (await app.inject({ method: "POST", url: "/tokenize", payload: { model: "tiny", prompt: "hello" } })).json() as Json;
+    expect(prompt).toEqual({ count: 5, max_model_len: MAX_MODEL_LEN, tokens: [..."hello"].map((c) => c.charCodeAt(0)) });
+    const chatBody = (await app.inject({ method: "POST", url: "/tokenize", payload: { model: "tiny", messages: USER_HI } })).json() as Json;
+    expect(chatBody.count).toBe(USER_HI_TOKENS);
+  });
+
+  it("turns tokens back into text", async () => {
+    const res = await app.inject({ method: "POST", url: "/detokenize", payload: { model: "tiny", tokens: [104, 105] } });
+    expect(res.json()).toEqual({ prompt: "hi" });
+  });
+
+  it("rejects a bad body or an unknown model in OpenAI's shape, and 503s while loading", async () => {
+    expectError(await app.inject({ method: "POST", url: "/tokenize", payload: { model: "tiny", prompt: 5 } }), 400, { param: "prompt" });
+    expectError(await app.inject({ method: "POST", url: "/detokenize", payload: { model: "tiny", tokens: [-1] } }), 400);
+    expectError(await app.inject({ method: "POST", url: "/tokenize", payload: { model: "other", prompt: "x" } }), 404, { code: "model_not_found" });
+    setUp({ tokenizer: null });
+    const res = await app.inject({ method: "POST", url: "/tokenize", payload: { model: "tiny", prompt: "x" } });
+    expectError(res, 503);
+    expect(res.headers["retry-after"]).toBeDefined();
+  });
+
+  it("reports the version", async () => {
+    expect((await app.inject({ method: "GET", url: "/version" })).json()).toEqual({ version: expect.stringMatching(/^\d+\.\d+\.\d+/) });
+  });
+});

@@ -207,6 +207,19 @@ describe("lifecycle", () => {
     expect(server.ctx.numInFlight).toBe(0);
   });
 
+  it("/tokenize counts what chat completions bill as prompt tokens, and /detokenize reverses it", async () => {
+    const messages = [{ role: "user", content: "How many tokens is this?" }];
+    const post = (path: string, body: object) => fetch(`${server.url}${path}`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: MODEL, ...body }),
+    }).then((r) => r.json() as Promise<Record<string, unknown>>);
+    const counted = await post("/tokenize", { messages });
+    const completion = await client.chat.completions.create({ model: MODEL, messages: messages as OpenAI.ChatCompletionMessageParam[], max_tokens: 1 });
+    expect(counted.count).toBe(completion.usage!.prompt_tokens);
+    const text = await post("/tokenize", { prompt: "Hello, world" });
+    expect(text.tokens).toEqual([9707, 11, 1879]);
+    expect(await post("/detokenize", { tokens: text.tokens })).toEqual({ prompt: "Hello, world" });
+  });
+
   it("/health is 200 and /metrics exports the engine's counters", async () => {
     expect((await fetch(`${server.url}/health`)).status).toBe(200);
     expect(await metric("tokenmill_generation_tokens_total")).toBeGreaterThan(0);

@@ -4,10 +4,11 @@ import type { FastifyInstance, FastifyReply } from "fastify";
 import { admit } from "../admission.ts";
 import { invalidRequest } from "../api-error.ts";
 import { Choices, finishReasonOf, usageOf } from "../choices.ts";
-import type { ChatMessage, EngineOutput } from "../engine-api.ts";
+import type { EngineOutput } from "../engine-api.ts";
 import { toEngineRequest } from "../engine-request.ts";
 import { nowSeconds, onClientGone, parseBody, requireModel } from "../http-helpers.ts";
-import { chatCompletionRequest, type ChatCompletionRequest, type ChatMessageInput } from "../schemas.ts";
+import { toChatMessage } from "../chat-messages.ts";
+import { chatCompletionRequest, type ChatCompletionRequest } from "../schemas.ts";
 import type { ServerContext } from "../server-context.ts";
 import { SseStream } from "../sse.ts";
 import { ToolCallStream, parseToolCalls, type ToolCall } from "../tool-calls.ts";
@@ -140,25 +141,4 @@ function chatLogprob(entry: Logprob) {
     bytes: entry.bytes ?? null,
     top_logprobs: entry.top.map((t) => ({ token: t.token ?? "", logprob: t.logprob, bytes: t.bytes ?? null })),
   };
-}
-
-function toChatMessage(message: ChatMessageInput): ChatMessage {
-  const text = (content: ChatMessageInput["content"]) =>
-    content == null ? "" : typeof content === "string" ? content : content.map((part) => part.text).join("");
-  const out: ChatMessage = { role: message.role === "developer" ? "system" : message.role, content: text(message.content) };
-  if ("name" in message && message.name) out.name = message.name;
-  if ("tool_calls" in message && message.tool_calls) {
-    // NOTE: chat templates (Qwen's among them) read tool call arguments as objects.
-    out.tool_calls = message.tool_calls.map((call) => ({ ...call, function: { name: call.function.name, arguments: parseArguments(call.function.arguments) } }));
-  }
-  if ("tool_call_id" in message) out.tool_call_id = message.tool_call_id;
-  return out;
-}
-
-function parseArguments(text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return text;
-  }
 }
