@@ -16,6 +16,7 @@ Server:
   --tokenizer-threads N         tokenizer worker threads (default: spare cores, at most 4)
   --tool-call-parser P          auto, hermes or none: parse tool calls out of the output
                                 (auto: hermes when the chat template writes <tool_call>, as Qwen's do)
+  --api-key KEY                 require Authorization: Bearer KEY on the API (repeatable; env TOKENMILL_API_KEY)
   --log-level LEVEL             fatal, error, warn, info, debug, trace or silent (default info)
 ${ENGINE_FLAGS_HELP}`;
 
@@ -33,6 +34,7 @@ export async function serveCommand(args: string[]): Promise<void> {
       "tokenizer-threads": { type: "string" },
       "tool-call-parser": { type: "string", default: "auto" },
       "log-level": { type: "string", default: "info" },
+      "api-key": { type: "string", multiple: true },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -54,6 +56,7 @@ export async function serveCommand(args: string[]): Promise<void> {
     bodyLimitBytes: parseBytes(values["max-body-size"]),
     tokenizerThreads: values["tokenizer-threads"] === undefined ? undefined : positiveInt(values["tokenizer-threads"], "--tokenizer-threads"),
     toolCallParser: toolCallParserFor(values["tool-call-parser"], checkpoint.chatTemplate),
+    apiKeys: values["api-key"] ?? (process.env.TOKENMILL_API_KEY ? [process.env.TOKENMILL_API_KEY] : []),
     logger: { level: values["log-level"] },
   });
   server.app.log.info(`serving ${checkpoint.dir} as "${server.ctx.modelId}" at ${server.url}/v1 (loading the model...)`);

@@ -4,6 +4,7 @@
  */
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from "fastify";
 import { routeNotFound, toApiError } from "./api-error.ts";
+import { apiKeyGuard } from "./api-key.ts";
 import { registerChatCompletions } from "./routes/chat-completions.ts";
 import { registerCompletions } from "./routes/completions.ts";
 import { registerServiceRoutes } from "./routes/service-routes.ts";
@@ -12,6 +13,8 @@ import type { ServerContext } from "./server-context.ts";
 
 export interface AppOptions {
   bodyLimitBytes?: number;
+  /** Keys the API routes require as a Bearer token; none: the API is open. */
+  apiKeys?: readonly string[];
   logger?: FastifyServerOptions["logger"];
 }
 
@@ -29,9 +32,11 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
     },
   });
   ctx.log = app.log;
+  const checkApiKey = apiKeyGuard(options.apiKeys ?? []);
   app.addHook("onRequest", async (request, reply) => {
     // NOTE: set on the raw response, so streamed replies, which bypass fastify's send, carry it too.
     reply.raw.setHeader("x-request-id", request.id);
+    checkApiKey(request.url, request.headers.authorization);
   });
   app.addHook("onResponse", async (request, reply) => {
     ctx.metrics.requests.inc({ route: request.routeOptions.url ?? "unknown", status: String(reply.statusCode) });

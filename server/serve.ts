@@ -21,6 +21,7 @@ export interface ServeOptions {
   maxQueuedRequests: number;
   shutdownTimeoutMs: number;
   bodyLimitBytes: number;
+  apiKeys?: readonly string[];
   tokenizerThreads?: number;
   /** How this model writes tool calls, for parsing them out of its output; undefined: not parsed. */
   toolCallParser?: "hermes";
@@ -50,7 +51,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     numInFlight: 0,
     inFlightControllers: new Set(),
   };
-  const app = buildApp(ctx, { bodyLimitBytes: options.bodyLimitBytes, logger: options.logger });
+  const app = buildApp(ctx, { bodyLimitBytes: options.bodyLimitBytes, logger: options.logger, apiKeys: options.apiKeys });
   await app.listen({ host: options.host, port: options.port });
   const address = app.server.address();
   const port = typeof address === "object" && address ? address.port : options.port;

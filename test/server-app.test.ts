@@ -675,3 +675,28 @@ describe("tokenize, detokenize and version", () => {
     expect((await app.inject({ method: "GET", url: "/version" })).json()).toEqual({ version: expect.stringMatching(/^\d+\.\d+\.\d+/) });
   });
 });
+
+describe("--api-key", () => {
+  const withKeys = () => buildApp(makeContext({ engine: new FakeEngine(), tokenizer: new FakeTokenizer() }), { apiKeys: ["sk-one", "sk-two"] });
+
+  it("requires one of the keys as a Bearer token on the API, with 401 invalid_api_key otherwise", async () => {
+    const keyed = withKeys();
+    const ask = (authorization?: string) => keyed.inject({
+      method: "POST", url: "/v1/chat/completions", payload: { model: "tiny", messages: USER_HI, max_tokens: 2 },
+      headers: authorization ? { authorization } : {},
+    });
+    expectError(await ask(), 401, { code: "invalid_api_key" });
+    expectError(await ask("Bearer sk-wrong"), 401, { code: "invalid_api_key" });
+    expectError(await ask("sk-one"), 401, { code: "invalid_api_key" });
+    expect((await ask("Bearer sk-one")).statusCode).toBe(200);
+    expect((await ask("bearer sk-two")).statusCode).toBe(200);
+    expectError(await keyed.inject({ method: "GET", url: "/v1/models" }), 401);
+    await keyed.close();
+  });
+
+  it("leaves /health, /metrics and /version open for probes and scrapers", async () => {
+    const keyed = withKeys();
+    for (const url of ["/health", "/metrics", "/version"]) expect((await keyed.inject({ method: "GET", url })).statusCode, url).toBe(200);
+    await keyed.close();
+  });
+});
