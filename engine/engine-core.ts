@@ -3,7 +3,7 @@
  * The engine thread owns one EngineCore; tests drive it directly with a fake runner.
  */
 import { IncrementalDetokenizer } from "./detokenizer.ts";
-import { EngineError } from "./engine-error.ts";
+import { EngineError, StepFailure } from "./engine-error.ts";
 import { BlockPool } from "./kv-cache/block-pool.ts";
 import { KvCacheManager } from "./kv-cache/kv-cache-manager.ts";
 import type { EngineOutput, EngineRequest, FinishReason, PromptLogprob } from "./request.ts";
@@ -85,7 +85,8 @@ export class EngineCore {
     this.stats.numPreemptions += preempted.length;
     if (scheduled.length > 0) {
       const needs = new Set(scheduled.map(({ seq }) => logitsNeedOfStep(seq)));
-      const logits = await this.runner.step(scheduled.map(toStepSequence), { fullLogits: needs.has("logits"), probs: needs.has("probs") });
+      const logits = await this.runner.step(scheduled.map(toStepSequence), { fullLogits: needs.has("logits"), probs: needs.has("probs") })
+        .catch((err: unknown) => this.failStep(scheduled, err, outputs));
       scheduled.forEach((entry, i) => {
         const output = this.update(entry, logits[i]);
         if (output) outputs.push(output);
@@ -94,6 +95,18 @@ export class EngineCore {
     // NOTE: also after a step that only aborted, so the gauges don't keep a freed request.
     this.stats.observeStep(this.scheduler, this.kv);
     return outputs;
+  }
+
+  /** Ends every request with a sequence in the failed step, frees their blocks, and says which. */
+  private failStep(scheduled: ScheduledSequence[], cause: unknown, outputs: EngineOutput[]): never {
+    const requestIds = [...new Set(scheduled.map(({ seq }) => seq.requestId))];
+    for (const requestId of requestIds) {
+      this.pendingForks.delete(requestId);
+      for (const seq of this.sequences.get(requestId) ?? []) if (seq.status !== "finished") this.scheduler.finish(seq);
+      this.sequences.delete(requestId);
+    }
+    this.stats.observeStep(this.scheduler, this.kv);
+    throw new StepFailure(requestIds, cause, outputs);
   }
 
   checkIntegrity(): void {

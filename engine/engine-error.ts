@@ -1,3 +1,5 @@
+import type { EngineOutput } from "./request.ts";
+
 /** The engine's error catalog: stable codes, no HTTP status (the server maps codes to statuses). */
 export type EngineErrorCode =
   | "PROMPT_TOO_LONG"
@@ -12,5 +14,17 @@ export class EngineError extends Error {
   constructor(readonly code: EngineErrorCode, message: string) {
     super(message);
     this.name = "EngineError";
+  }
+}
+
+/**
+ * A step the runner could not run. Its sequences have been finished and their blocks freed;
+ * the engine goes on with everyone else.
+ */
+export class StepFailure extends EngineError {
+  /** @param outputs what the step had already produced for other requests (aborts), still to be delivered. */
+  constructor(readonly requestIds: string[], cause: unknown, readonly outputs: EngineOutput[] = []) {
+    super("RUNTIME_FAILED", `the model step failed: ${cause instanceof Error ? cause.message : String(cause)}`);
+    this.name = "StepFailure";
   }
 }

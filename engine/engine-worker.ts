@@ -7,7 +7,7 @@ import { readCheckpoint } from "../models/checkpoint.ts";
 import { ensureGraph } from "../models/index.ts";
 import { ModelTokenizer } from "../models/tokenizer.ts";
 import { EngineCore } from "./engine-core.ts";
-import { EngineError } from "./engine-error.ts";
+import { EngineError, StepFailure } from "./engine-error.ts";
 import type { EngineInfo, EngineOptions } from "./engine-options.ts";
 import type { FromEngine, ToEngine } from "./engine-protocol.ts";
 import { KvPool } from "./runner/kv-pool.ts";
@@ -69,8 +69,15 @@ async function main(options: EngineOptions): Promise<void> {
       wake = null;
       continue;
     }
-    const outputs = await core.step();
-    if (outputs.length > 0) post({ type: "outputs", outputs, stats: core.stats.snapshot() });
+    try {
+      const outputs = await core.step();
+      if (outputs.length > 0) post({ type: "outputs", outputs, stats: core.stats.snapshot() });
+    } catch (err) {
+      if (!(err instanceof StepFailure)) throw err;
+      // NOTE: one failed step fails only its own requests; the engine keeps serving the rest.
+      post({ type: "outputs", outputs: err.outputs, stats: core.stats.snapshot() });
+      for (const requestId of err.requestIds) post({ type: "rejected", requestId, code: err.code, message: err.message });
+    }
     // NOTE: session.run blocks this thread; yielding here lets new requests and aborts in between steps.
     await new Promise((resolve) => setImmediate(resolve));
   }

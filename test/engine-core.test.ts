@@ -5,7 +5,7 @@
  */
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { EngineError } from "../engine/engine-error.ts";
+import { EngineError, StepFailure } from "../engine/engine-error.ts";
 import type { EngineOutput, EngineRequest } from "../engine/request.ts";
 import {
   BLOCK_SIZE, EOS, FakeRunner, byLastTokenAndPosition, byWholeContext, collect, drain, expectedGreedy, makeCore, makeRequest, makeSampling, tokens,
@@ -391,5 +391,34 @@ describe("the fake runner", () => {
     const row = logits.full!;
     expect(row.indexOf(Math.max(...row))).toBe(byLastTokenAndPosition([5, 6, 7]));
     expect(logits.topIds[0]).toBe(byLastTokenAndPosition([5, 6, 7]));
+  });
+});
+
+describe("EngineCore: a failed step", () => {
+  /** Fails any step that carries the poison token; otherwise the usual fake runner. */
+  class PoisonRunner extends FakeRunner {
+    override async step(...args: Parameters<FakeRunner["step"]>) {
+      if (args[0].some((s) => s.tokenIds.includes(POISON))) throw new Error("kernel exploded");
+      return super.step(...args);
+    }
+  }
+  const POISON = 13;
+
+  it("fails only its own requests, frees their blocks, delivers pending aborts, and keeps serving", async () => {
+    const { core } = makeCore({}, new PoisonRunner());
+    core.add(makeRequest({ requestId: "victim", promptTokenIds: [1, POISON, 3], maxTokens: 4 }));
+    core.add(makeRequest({ requestId: "gone", promptTokenIds: [7, 8], maxTokens: 4 }));
+    core.abort("gone");
+    const error = await core.step().catch((err: unknown) => err);
+    expect(error).toBeInstanceOf(StepFailure);
+    expect((error as StepFailure).requestIds).toEqual(["victim"]);
+    expect((error as StepFailure).code).toBe("RUNTIME_FAILED");
+    expect((error as StepFailure).message).toMatch(/kernel exploded/);
+    expect((error as StepFailure).outputs).toEqual([{ requestId: "gone", index: 0, newTokenIds: [], text: "", finishReason: "abort" }]);
+    core.checkIntegrity();
+    expect(core.kv.pool.numFreeBlocks).toBe(core.kv.pool.numUsableBlocks);
+    core.add(makeRequest({ requestId: "next", promptTokenIds: [4, 5], maxTokens: 2 }));
+    const result = collect(await drain(core)).get("next#0");
+    expect(result).toEqual({ tokenIds: expectedGreedy([4, 5], 2), finishReason: "length" });
   });
 });
