@@ -36,7 +36,6 @@ export class EngineCore {
   private readonly sequences = new Map<string, Sequence[]>();
   /** Copies 1..n-1 of a request, waiting for copy 0's prompt to be computed so they can share its blocks. */
   private readonly pendingForks = new Map<string, Sequence[]>();
-  private numArrivals = 0;
 
   /** @param codec turns tokens into text; without one, outputs carry token ids only. */
   constructor(private readonly runner: StepRunner, private readonly options: EngineCoreOptions, private readonly codec: TextCodec | null = null) {
@@ -56,7 +55,7 @@ export class EngineCore {
   }
 
   private makeSequence(request: EngineRequest, index: number, stop: ReadonlySet<number>): Sequence {
-    const seq = Sequence.fromRequest(request, index, stop, this.numArrivals++);
+    const seq = Sequence.fromRequest(request, index, stop);
     if (this.codec) {
       const codec = this.codec;
       seq.detokenizer = new IncrementalDetokenizer((ids, skip) => codec.decode(ids, skip), {

@@ -35,14 +35,13 @@ export class Sequence {
     readonly maxTokens: number,
     readonly sampling: SamplingParams,
     readonly stopTokenIds: ReadonlySet<number>,
-    readonly arrivalOrder: number,
   ) {
     const seed = sampling.seed === undefined ? (Math.random() * 2 ** 32) >>> 0 : (sampling.seed + index * 0x9e3779b9) >>> 0;
     this.rng = new Prng(seed);
   }
 
-  static fromRequest(request: EngineRequest, index: number, stopTokenIds: ReadonlySet<number>, arrivalOrder: number): Sequence {
-    return new Sequence(request.requestId, index, request.promptTokenIds, request.maxTokens, request.sampling, stopTokenIds, arrivalOrder);
+  static fromRequest(request: EngineRequest, index: number, stopTokenIds: ReadonlySet<number>): Sequence {
+    return new Sequence(request.requestId, index, request.promptTokenIds, request.maxTokens, request.sampling, stopTokenIds);
   }
 
   get key(): string {

@@ -75,10 +75,6 @@ export class ModelTokenizer {
     return new TextDecoder().decode(this.tokenBytes(tokenId));
   }
 
-  tokenToId(token: string): number | undefined {
-    return this.tokenizer.token_to_id(token);
-  }
-
   /** The lowest special token id: ids below it are ordinary vocabulary (for synthetic prompts). */
   get firstSpecialTokenId(): number | null {
     return this.specialTokenIds.size === 0 ? null : Math.min(...this.specialTokenIds);

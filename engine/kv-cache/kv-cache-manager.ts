@@ -93,9 +93,6 @@ export class KvCacheManager {
     seq.blockHashes = [];
   }
 
-  blocksFor(numTokens: number): number {
-    return Math.ceil(numTokens / this.blockSize);
-  }
 }
 
 export function blockHash(parentHash: string, tokenIds: readonly number[]): string {

@@ -130,7 +130,7 @@ export function makeSequence(spec: SequenceSpec = {}): Sequence {
   const order = numSequences++;
   return new Sequence(
     spec.requestId ?? `seq-${order}`, 0, spec.prompt ?? [1, 2, 3], spec.maxTokens ?? 4,
-    makeSampling(spec.sampling), new Set(spec.stopTokenIds ?? []), order,
+    makeSampling(spec.sampling), new Set(spec.stopTokenIds ?? []),
   );
 }
 
