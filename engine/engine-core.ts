@@ -83,22 +83,42 @@ export class EngineCore {
     const { scheduled, preempted } = this.scheduler.schedule();
     this.stats.numPreemptions += preempted.length;
     if (scheduled.length > 0) {
-      const needs = new Set(scheduled.map(({ seq }) => logitsNeedOfStep(seq)));
-      const logits = await this.runner.step(scheduled.map(toStepSequence), { fullLogits: needs.has("logits"), probs: needs.has("probs") })
+      const needs = scheduled.map(({ seq }) => stepNeedOf(seq));
+      const logits = await this.runner.step(scheduled.map(toStepSequence), { fullLogits: needs.includes("logits"), probs: needs.includes("probs") })
         .catch((err: unknown) => this.failStep(scheduled, err, outputs));
-      scheduled.forEach((entry, i) => {
-        const output = this.update(entry, logits[i]);
-        if (output) outputs.push(output);
-      });
+      this.updateAll(scheduled, logits, needs, outputs);
     }
     // NOTE: also after a step that only aborted, so the gauges don't keep a freed request.
     this.stats.observeStep(this.scheduler, this.kv);
     return outputs;
   }
 
+  /**
+   * Applies the step's rows to each sequence. A request whose update throws (a fault in
+   * sampling or text, never the user's input) fails alone: the others keep their outputs.
+   */
+  private updateAll(scheduled: ScheduledSequence[], logits: StepLogits[], needs: LogitsNeed[], outputs: EngineOutput[]): void {
+    const failed = new Map<string, unknown>();
+    scheduled.forEach((entry, i) => {
+      if (failed.has(entry.seq.requestId)) return;
+      try {
+        const output = this.update(entry, logits[i], needs[i]);
+        if (output) outputs.push(output);
+      } catch (err) {
+        failed.set(entry.seq.requestId, err);
+      }
+    });
+    if (failed.size === 0) return;
+    const delivered = outputs.filter((output) => !failed.has(output.requestId));
+    this.failRequests([...failed.keys()], [...failed.values()][0], delivered);
+  }
+
   /** Ends every request with a sequence in the failed step, frees their blocks, and says which. */
   private failStep(scheduled: ScheduledSequence[], cause: unknown, outputs: EngineOutput[]): never {
-    const requestIds = [...new Set(scheduled.map(({ seq }) => seq.requestId))];
+    this.failRequests([...new Set(scheduled.map(({ seq }) => seq.requestId))], cause, outputs);
+  }
+
+  private failRequests(requestIds: string[], cause: unknown, outputs: EngineOutput[]): never {
     for (const requestId of requestIds) {
       this.pendingForks.delete(requestId);
       for (const seq of this.sequences.get(requestId) ?? []) if (seq.status !== "finished") this.scheduler.finish(seq);
@@ -127,7 +147,7 @@ export class EngineCore {
     return outputs;
   }
 
-  private update({ seq, numNewTokens }: ScheduledSequence, rows: StepLogits): EngineOutput | null {
+  private update({ seq, numNewTokens }: ScheduledSequence, rows: StepLogits, need: LogitsNeed): EngineOutput | null {
     const start = seq.numComputedTokens;
     seq.numComputedTokens += numNewTokens;
     this.kv.cacheFullBlocks(seq);
@@ -139,7 +159,7 @@ export class EngineCore {
     if (seq.numComputedTokens < seq.numTokens) return null;
 
     const isFirst = seq.outputTokenIds.length === 0;
-    const sample = sampleRow(rowOf(rows, rows.numRows - 1, this.runner.vocabSize), seq.sampling, seq, seq.rng);
+    const sample = sampleRow(rowOf(rows, rows.numRows - 1, this.runner.vocabSize), need, seq.sampling, seq, seq.rng);
     seq.appendToken(sample.tokenId);
     this.stats.observeToken(seq, isFirst);
     const delta = seq.detokenizer?.push([sample.tokenId]) ?? { text: "", stopped: false, stopReason: undefined };
@@ -220,8 +240,12 @@ export class EngineCore {
   }
 }
 
-/** Prompt logprobs read every prompt row's raw logits; otherwise the sampler says. */
-function logitsNeedOfStep(seq: Sequence): LogitsNeed {
+/**
+ * What the step must fetch for this sequence, decided here once: the step fetches by it and
+ * the sampler reads by it. Prompt logprobs read every prompt row's raw logits; otherwise the
+ * sampling params say.
+ */
+function stepNeedOf(seq: Sequence): LogitsNeed {
   return seq.promptLogprobs && seq.numComputedTokens < seq.numPromptTokens ? "logits" : logitsNeedOf(seq.sampling);
 }
 

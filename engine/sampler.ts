@@ -41,9 +41,12 @@ function isGreedy(params: SamplingParams): boolean {
   return params.temperature <= 0 || params.topK === 1;
 }
 
-/** Samples from one row of a step, reading only what the request's logitsNeedOf() asked the step for. */
-export function sampleRow(row: LogitsRow, params: SamplingParams, history: TokenHistory, rng: Prng): SampleResult {
-  const need = logitsNeedOf(params);
+/**
+ * Samples from one row of a step, reading what `need` says the step fetched for this row.
+ * NOTE: the caller passes the need it fetched by, never re-derived here: a row fetched with
+ * full logits (prompt logprobs, say) is sampled from them whatever the params alone would ask.
+ */
+export function sampleRow(row: LogitsRow, need: LogitsNeed, params: SamplingParams, history: TokenHistory, rng: Prng): SampleResult {
   if (need === "logits") {
     if (!row.full) throw new Error("this request needs full logits, but the step did not fetch them");
     return sampleToken(row.full, params, history, rng);

@@ -89,6 +89,16 @@ describe("EngineCore: outputs and finish reasons", () => {
     }
   });
 
+  it("samples a prompt-logprobs request at temperature 1 from the full logits its step fetched (echo with logprobs 0)", async () => {
+    const { core } = makeCore();
+    core.add(makeRequest({ requestId: "echo", promptTokenIds: [1, 2, 3], maxTokens: 2, promptLogprobs: 0, sampling: makeSampling({ temperature: 1, logprobs: 0, seed: 1 }) }));
+    const outputs = await drain(core);
+    expect(collect(outputs).get("echo#0")).toMatchObject({ finishReason: "length" });
+    expect(outputs[0].promptLogprobs).toHaveLength(3);
+    expect(outputs[0].promptLogprobs![1].logprob).toBeLessThan(0);
+    for (const output of outputs) expect(output.logprobs![0].logprob).toBeLessThan(0);
+  });
+
   it("gives n = 2 two sequences, index 0 and 1, the copy sharing the prompt's full blocks", async () => {
     const { core, runner } = makeCore();
     const prompt = tokens(5);
@@ -403,6 +413,29 @@ describe("EngineCore: a failed step", () => {
     }
   }
   const POISON = 13;
+
+  /** Drops the rows a poisoned sequence needs, as a fetch decided in two places once did. */
+  class MissingRowsRunner extends FakeRunner {
+    override async step(...args: Parameters<FakeRunner["step"]>) {
+      const logits = await super.step(...args);
+      return logits.map((l, i) => (args[0][i].tokenIds.includes(POISON) ? { ...l, full: null, probs: null } : l));
+    }
+  }
+
+  it("a fault while sampling one request fails that request alone; the others in the step keep their tokens", async () => {
+    const { core } = makeCore({}, new MissingRowsRunner());
+    const sampled = makeSampling({ temperature: 0.8, seed: 3 });
+    core.add(makeRequest({ requestId: "victim", promptTokenIds: [1, POISON, 3], maxTokens: 4, sampling: sampled }));
+    core.add(makeRequest({ requestId: "bystander", promptTokenIds: [4, 5], maxTokens: 4, sampling: sampled }));
+    const error = await core.step().catch((err: unknown) => err);
+    expect(error).toBeInstanceOf(StepFailure);
+    expect((error as StepFailure).requestIds).toEqual(["victim"]);
+    expect((error as StepFailure).outputs.map((o) => o.requestId)).toEqual(["bystander"]);
+    const rest = collect(await drain(core));
+    expect(rest.get("bystander#0")!.tokenIds).toHaveLength(3);
+    expect(rest.has("victim#0")).toBe(false);
+    freeAll(core);
+  });
 
   it("fails only its own requests, frees their blocks, delivers pending aborts, and keeps serving", async () => {
     const { core } = makeCore({}, new PoisonRunner());

@@ -242,7 +242,7 @@ describe("sampling from the graph's top-N", () => {
     const kept = new Set(keptDistribution(logits, sampling).keys());
     const draw = (seed: number) => {
       const rng = new Prng(seed);
-      return Array.from({ length: 50 }, () => sampleRow(row, sampling, NO_HISTORY, rng).tokenId);
+      return Array.from({ length: 50 }, () => sampleRow(row, logitsNeedOf(sampling), sampling, NO_HISTORY, rng).tokenId);
     };
     const first = draw(3);
     expect(draw(3)).toEqual(first);

@@ -89,10 +89,12 @@ export class FakeRunner implements StepRunner {
       this.slots.set(this.slotOf(s.blockTable, s.numCachedTokens + i), token);
       context.push(token);
     });
-    const numRows = s.tokenIds.length - s.logitsFrom;
-    if (numRows === 0) return new Float32Array(0);
-    if (numRows !== 1) throw new Error(`the engine asked for ${numRows} rows of logits`);
-    return logitsPeakingAt(this.next(context));
+    // Row r is the logits after the step's token logitsFrom + r, as the graph returns them.
+    const out = new Float32Array((s.tokenIds.length - s.logitsFrom) * this.vocabSize);
+    for (let i = s.logitsFrom; i < s.tokenIds.length; i++) {
+      out.set(logitsPeakingAt(this.next(context.slice(0, s.numCachedTokens + i + 1))), (i - s.logitsFrom) * this.vocabSize);
+    }
+    return out;
   }
 
   private slotOf(blockTable: readonly number[], position: number): number {
