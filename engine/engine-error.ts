@@ -8,6 +8,10 @@ export type EngineErrorCode =
   | "RUNTIME_FAILED"
   | "CUDA_UNAVAILABLE"
   | "ENGINE_DEAD"
+  /** The engine thread died while holding the request; a new thread is starting. */
+  | "ENGINE_FAILED"
+  /** The engine thread is restarting after a fault: retry shortly. */
+  | "ENGINE_RESTARTING"
   | "ABORTED";
 
 export class EngineError extends Error {

@@ -19,6 +19,8 @@ export interface EngineOptions {
   intraOpThreads?: number;
   /** Show a progress bar while the graph builds. */
   progress?: boolean;
+  /** Tests only (no flag sets it): lets Engine.injectFault() make the engine thread throw. */
+  faultInjection?: boolean;
 }
 
 export const DEFAULT_ENGINE_OPTIONS = {

@@ -7,7 +7,9 @@ import type { EngineOutput, EngineRequest } from "./request.ts";
 export type ToEngine =
   | { type: "add"; request: EngineRequest }
   | { type: "abort"; requestId: string }
-  | { type: "shutdown" };
+  | { type: "shutdown" }
+  /** Only honoured when the engine was started with faultInjection (tests). */
+  | { type: "inject-fault" };
 
 export type FromEngine =
   | { type: "ready"; info: EngineInfo }

@@ -54,6 +54,9 @@ async function main(options: EngineOptions): Promise<void> {
       }
     } else if (message.type === "abort") {
       core.abort(message.requestId);
+    } else if (message.type === "inject-fault") {
+      // NOTE: thrown outside any step and any catch, as a bug in the loop would be: the thread dies.
+      if (options.faultInjection) setImmediate(() => { throw new Error("injected fault"); });
     } else {
       stopping = true;
     }

@@ -1,5 +1,5 @@
 /** The public entry point of engine/. */
-export { Engine } from "./engine.ts";
+export { Engine, RESTART_BACKOFF, type EngineEvent, type EngineState } from "./engine.ts";
 export { EngineError, type EngineErrorCode } from "./engine-error.ts";
 export { DEFAULT_ENGINE_OPTIONS, parseBytes, type EngineInfo, type EngineOptions } from "./engine-options.ts";
 export type { EngineStatsSnapshot } from "./engine-stats.ts";

@@ -2,8 +2,8 @@
  * Admission: a request may start only while the engine is ready and the waiting queue
  * has room. Returns a release function, called once, whatever way the request ends.
  */
-import { ApiError, overloaded } from "./api-error.ts";
-import type { PromptTokenizer, ServingEngine } from "./engine-api.ts";
+import { ApiError, engineRestarting, overloaded, requestAborted } from "./api-error.ts";
+import type { EngineOutput, EngineRequest, PromptTokenizer, ServingEngine } from "./engine-api.ts";
 import type { ServerContext } from "./server-context.ts";
 
 export interface Admitted {
@@ -11,13 +11,19 @@ export interface Admitted {
   tokenizer: PromptTokenizer;
   /** Fires when the client goes away or the server gives up on the request. */
   signal: AbortSignal;
+  /**
+   * Runs one engine request under this admission. A request the server aborted (shutdown)
+   * throws the abort's reason instead of ending like a finished one.
+   */
+  generate(request: EngineRequest): AsyncIterator<EngineOutput>;
   release(): void;
 }
 
 export function admit(ctx: ServerContext, numSequences: number, onClientGone: (abort: () => void) => void): Admitted {
   const { engine, tokenizer } = ctx;
   if (!engine || !tokenizer) throw overloaded("The model is still loading; try again shortly.", 5);
-  if (!engine.isAlive) throw new ApiError(503, "The engine has stopped; the server cannot serve requests.", "server_error", null, "engine_dead", 5);
+  if (engine.state === "restarting") throw engineRestarting();
+  if (engine.state === "stopped") throw new ApiError(503, "The engine has stopped; the server cannot serve requests.", "server_error", null, "engine_dead", 5);
   const capacity = ctx.limits.maxNumSeqs + ctx.limits.maxQueuedRequests;
   if (ctx.numInFlight + numSequences > capacity) {
     throw overloaded(`The server is at capacity (${ctx.numInFlight} sequences in flight, limit ${capacity}); retry later.`, 1);
@@ -31,6 +37,7 @@ export function admit(ctx: ServerContext, numSequences: number, onClientGone: (a
     engine,
     tokenizer,
     signal: controller.signal,
+    generate: (request) => untilAborted(engine.add(request, controller.signal), controller.signal),
     release() {
       if (released) return;
       released = true;
@@ -40,4 +47,16 @@ export function admit(ctx: ServerContext, numSequences: number, onClientGone: (a
       ctx.inFlightControllers.delete(controller);
     },
   };
+}
+
+/**
+ * NOTE: the engine ends an aborted sequence with finish_reason "abort". A client that left
+ * reads nothing more; one still reading was cut off by the server, and must not be told its
+ * request finished.
+ */
+async function* untilAborted(outputs: AsyncIterable<EngineOutput>, signal: AbortSignal): AsyncGenerator<EngineOutput> {
+  for await (const output of outputs) {
+    if (output.finishReason === "abort") throw signal.reason instanceof ApiError ? signal.reason : requestAborted();
+    yield output;
+  }
 }

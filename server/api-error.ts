@@ -30,6 +30,12 @@ export const routeNotFound = (method: string, url: string) =>
   new ApiError(404, `Unknown route ${method} ${url}`, "invalid_request_error", null, "not_found");
 export const overloaded = (message: string, retryAfterSeconds = 1) =>
   new ApiError(503, message, "server_error", null, "overloaded", retryAfterSeconds);
+export const serverShuttingDown = () =>
+  new ApiError(503, "The server is shutting down; this request was cut off before it finished.", "server_error", null, "server_shutting_down", 5);
+export const requestAborted = () =>
+  new ApiError(503, "The server aborted this request before it finished.", "server_error", null, "request_aborted", 1);
+export const engineRestarting = (message = "The engine is restarting after a fault; retry shortly.") =>
+  new ApiError(503, message, "server_error", null, "engine_restarting", 2);
 
 /** Any thrown value as an ApiError. */
 export function toApiError(err: unknown): ApiError {
@@ -62,6 +68,8 @@ function fromEngineError(err: EngineError): ApiError {
       return overloaded(err.message);
     case "ENGINE_DEAD":
       return new ApiError(503, err.message, "server_error", null, "engine_dead", 5);
+    case "ENGINE_RESTARTING":
+      return engineRestarting(err.message);
     default:
       return new ApiError(500, err.message, "server_error", null, err.code.toLowerCase());
   }

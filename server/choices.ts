@@ -59,7 +59,7 @@ export function usageOf(parts: Choices[]): Usage {
   return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion, prompt_tokens_details: { cached_tokens: cached } };
 }
 
-/** OpenAI's finish_reason: the engine's "abort" never reaches a client that is still there. */
+/** OpenAI's finish_reason. An aborted request never gets one: it throws (see admission). */
 export function finishReasonOf(choice: ChoiceState): string | null {
-  return choice.finishReason === "abort" ? "stop" : choice.finishReason;
+  return choice.finishReason;
 }

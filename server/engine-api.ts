@@ -2,17 +2,18 @@
  * What the server uses of the engine and the models, through their public entry points
  * only, and the interfaces it needs (so tests can hand it fakes).
  */
-import type { ChatMessage, ChatTemplateOptions, EngineOutput, EngineRequest, EngineStatsSnapshot } from "../engine/index.ts";
+import type { ChatMessage, ChatTemplateOptions, EngineOutput, EngineRequest, EngineState, EngineStatsSnapshot } from "../engine/index.ts";
 
 export {
   Engine, EngineError, TokenizerPool,
-  type ChatMessage, type EngineOptions, type EngineOutput, type EngineRequest, type EngineStatsSnapshot,
+  type ChatMessage, type EngineEvent, type EngineOptions, type EngineState, type EngineOutput, type EngineRequest, type EngineStatsSnapshot,
 } from "../engine/index.ts";
 export { ModelError } from "../models/index.ts";
 
 /** The engine as the HTTP layer sees it. */
 export interface ServingEngine {
-  readonly isAlive: boolean;
+  /** running, restarting (after its thread died), or stopped. */
+  readonly state: EngineState;
   readonly info: { maxModelLen: number };
   add(request: EngineRequest, signal?: AbortSignal): AsyncIterable<EngineOutput>;
   onStats(listener: (stats: EngineStatsSnapshot) => void): void;

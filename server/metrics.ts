@@ -20,6 +20,7 @@ export class ServerMetrics {
   private readonly ttft = this.histogram("tokenmill_time_to_first_token_seconds", "Time to first token.");
   private readonly itl = this.histogram("tokenmill_inter_token_latency_seconds", "Time between consecutive tokens of a sequence.");
   private readonly e2e = this.histogram("tokenmill_e2e_request_latency_seconds", "Time from arrival to finish of a sequence.");
+  private readonly engineRestarts = this.counter("tokenmill_engine_restarts_total", "Times the engine thread died and was restarted.");
   readonly requests = new Counter({
     name: "tokenmill_http_requests_total", help: "HTTP requests by route and status.", labelNames: ["route", "status"], registers: [this.registry],
   });
@@ -40,6 +41,12 @@ export class ServerMetrics {
     for (const s of stats.interTokenSeconds) this.itl.observe(s);
     for (const s of stats.e2eSeconds) this.e2e.observe(s);
     this.last = stats;
+  }
+
+  /** A dead engine thread: count it, and count the next thread's counters from zero. */
+  observeEngineDeath(): void {
+    this.engineRestarts.inc();
+    this.last = null;
   }
 
   private gauge(name: string, help: string): Gauge {

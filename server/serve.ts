@@ -4,6 +4,7 @@
  * requests finish within the shutdown timeout, abort the rest, stop the engine.
  */
 import type { FastifyInstance, FastifyServerOptions } from "fastify";
+import { serverShuttingDown } from "./api-error.ts";
 import { buildApp } from "./app.ts";
 import { Engine, TokenizerPool, type EngineOptions } from "./engine-api.ts";
 import { ServerMetrics } from "./metrics.ts";
@@ -65,6 +66,16 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
       Engine.start(options.engineOptions),
     ]);
     engine.onStats((stats) => ctx.metrics.observe(stats));
+    engine.onEvent((event) => {
+      if (event.type === "died") {
+        ctx.metrics.observeEngineDeath();
+        app.log.error({ reason: event.reason, failedRequests: event.numFailedRequests, restartInMs: event.restartInMs }, "the engine thread died; restarting it");
+      } else if (event.type === "restart-failed") {
+        app.log.error({ reason: event.reason, restartInMs: event.restartInMs }, "the engine thread failed to restart; trying again");
+      } else {
+        app.log.info({ loadMs: Math.round(event.loadMs) }, "the engine thread restarted");
+      }
+    });
     ctx.maxModelLen = engine.info.maxModelLen;
     ctx.tokenizer = tokenizer;
     ctx.engine = engine;
@@ -79,7 +90,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const close = () => (closing ??= (async () => {
     const deadline = setTimeout(() => {
       app.log.warn({ inFlight: ctx.numInFlight }, "shutdown timeout: aborting in-flight requests");
-      for (const controller of ctx.inFlightControllers) controller.abort();
+      for (const controller of ctx.inFlightControllers) controller.abort(serverShuttingDown());
     }, options.shutdownTimeoutMs);
     await app.close();
     clearTimeout(deadline);

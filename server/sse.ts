@@ -1,5 +1,6 @@
 /** Server-sent events on a hijacked reply: `data: {json}` frames, then `data: [DONE]`. */
 import type { ServerResponse } from "node:http";
+import { toApiError } from "./api-error.ts";
 
 export class SseStream {
   private ended = false;
@@ -32,6 +33,16 @@ export class SseStream {
         this.res.on("close", done);
       });
     }
+  }
+
+  /**
+   * Ends the stream with an error event in OpenAI's shape and no `[DONE]`, so that neither
+   * the SDK nor a raw reader takes a cut-off stream for a finished one.
+   */
+  fail(err: unknown): void {
+    if (this.closed) return;
+    this.ended = true;
+    this.res.end(`data: ${JSON.stringify(toApiError(err).body)}\n\n`);
   }
 
   end(): void {

@@ -6,6 +6,7 @@
  */
 import type { FastifyInstance, LightMyRequestResponse } from "fastify";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { serverShuttingDown } from "../server/api-error.ts";
 import { buildApp } from "../server/app.ts";
 import type { ServerContext } from "../server/server-context.ts";
 import {
@@ -212,11 +213,11 @@ describe("admission", () => {
     expect(Number(third.headers["retry-after"])).toBeGreaterThan(0);
     expect(engine.requests).toHaveLength(2);
 
+    // NOTE: a request the server cuts off is never reported as finished (it once read finish_reason "stop").
     for (const controller of ctx.inFlightControllers) controller.abort();
     const [a, b] = await Promise.all([first, second]);
-    expect(a.statusCode).toBe(200);
-    expect(a.json().choices[0].finish_reason).toBe("stop");
-    expect(b.statusCode).toBe(200);
+    expectError(a, 503, { type: "server_error", code: "request_aborted" });
+    expectError(b, 503, { type: "server_error", code: "request_aborted" });
     expect(ctx.numInFlight).toBe(0);
     expect(ctx.inFlightControllers.size).toBe(0);
 
@@ -250,10 +251,15 @@ describe("admission", () => {
     const healthy = await app.inject({ method: "GET", url: "/health" });
     expect(healthy.statusCode).toBe(200);
     expect(healthy.json()).toEqual({ status: "ok" });
-    engine.isAlive = false;
+    engine.state = "stopped";
     expectError(await app.inject({ method: "GET", url: "/health" }), 503, { code: "engine_dead" });
     expectError(await chat(), 503, { code: "engine_dead" });
-    engine.isAlive = true;
+    engine.state = "restarting";
+    expectError(await app.inject({ method: "GET", url: "/health" }), 503, { code: "engine_restarting" });
+    const refused = await chat();
+    expectError(refused, 503, { code: "engine_restarting" });
+    expect(refused.headers["retry-after"]).toBe("2");
+    engine.state = "running";
     expect((await app.inject({ method: "GET", url: "/health" })).statusCode).toBe(200);
   });
 });
@@ -442,6 +448,40 @@ describe("chat completions: streaming", () => {
   });
 });
 
+describe("a request the server cuts off (shutdown past its timeout)", () => {
+  const cutOff = () => {
+    for (const controller of ctx.inFlightControllers) controller.abort(serverShuttingDown());
+  };
+
+  it.each([["chat", () => chat({ stream: true })], ["completions", () => complete({ stream: true })]])(
+    "ends a %s stream with an error event in OpenAI's shape: no finish_reason, no usage, no [DONE]",
+    async (_name, send) => {
+      engine.script({ kind: "hang", pieces: ["t0", " t1"] });
+      const response = send();
+      await until(() => ctx.inFlightControllers.size === 1 && engine.signals.length === 1);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      cutOff();
+      const { events, done } = sseEvents(await response);
+      expect(done).toBe(false);
+      expect(events.at(-1)).toEqual({ error: { message: expect.stringContaining("shutting down"), type: "server_error", param: null, code: "server_shutting_down" } });
+      const chunks = events.slice(0, -1);
+      expect(chunks.length).toBeGreaterThan(0);
+      expect(chunks.every((e) => e.choices.every((c: Json) => c.finish_reason === null))).toBe(true);
+      expect(ctx.numInFlight).toBe(0);
+    },
+  );
+
+  it("answers a whole (non-streamed) request with 503 server_shutting_down and Retry-After", async () => {
+    engine.script({ kind: "hang", pieces: ["t0"] });
+    const response = chat();
+    await until(() => ctx.inFlightControllers.size === 1 && engine.signals.length === 1);
+    cutOff();
+    const res = await response;
+    expectError(res, 503, { code: "server_shutting_down" });
+    expect(res.headers["retry-after"]).toBe("5");
+  });
+});
+
 describe("completions", () => {
   it("completes a string prompt", async () => {
     const res = await complete();
@@ -591,7 +631,7 @@ describe("request ids", () => {
       await app.inject({ method: "GET", url: "/metrics" }),
       await app.inject({ method: "POST", url: "/v1/chat/completions", headers: { "content-type": "application/json" }, payload: "{" }),
     ];
-    engine.isAlive = false;
+    engine.state = "stopped";
     responses.push(await chat());
     const ids = responses.map((res) => res.headers["x-request-id"]);
     for (const id of ids) expect(id).toMatch(/^[0-9a-f-]{36}$/);

@@ -30,7 +30,7 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext
         maxTokens: body.max_completion_tokens ?? body.max_tokens,
         logprobs: body.logprobs ? (body.top_logprobs ?? 0) : undefined,
       });
-      const outputs = admitted.engine.add(engineRequest, admitted.signal)[Symbol.asyncIterator]();
+      const outputs = admitted.generate(engineRequest);
       // NOTE: the first output is awaited before any byte is sent, so an engine rejection still gets its HTTP status.
       const first = await outputs.next();
       const head = { id: `chatcmpl-${randomUUID()}`, object: "chat.completion", created: nowSeconds(), model: ctx.modelId };
@@ -123,7 +123,7 @@ async function streamChat(
     }
     if (includeUsage) await sse.send({ ...head, object: "chat.completion.chunk", choices: [], usage: usageOf([choices]) });
   } catch (err) {
-    await sse.send({ error: { message: (err as Error).message, type: "server_error", param: null, code: null } });
+    return sse.fail(err);
   }
   sse.end();
 }

@@ -65,7 +65,7 @@ async function startRun(ctx: ServerContext, admitted: Admitted, body: Completion
     promptLogprobs: echoLogprobs ? (body.logprobs ?? 0) : undefined,
   });
   const promptText = !body.echo ? "" : typeof prompt === "string" ? prompt : await admitted.tokenizer.decode(prompt, false);
-  const outputs = admitted.engine.add(engineRequest, admitted.signal)[Symbol.asyncIterator]();
+  const outputs = admitted.generate(engineRequest);
   const first = await outputs.next();
   return { promptText, choices: new Choices(body.n, indexOffset), outputs, first };
 }
@@ -106,7 +106,7 @@ async function streamCompletions(reply: FastifyReply, body: CompletionRequest, h
     }));
     if (includeUsage) await sse.send(chunk([], usageOf(runs.map((r) => r.choices))));
   } catch (err) {
-    await sse.send({ error: { message: (err as Error).message, type: "server_error", param: null, code: null } });
+    return sse.fail(err);
   }
   sse.end();
 }

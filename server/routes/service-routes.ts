@@ -1,6 +1,6 @@
 /** GET /v1/models, /health and /metrics. */
 import type { FastifyInstance } from "fastify";
-import { ApiError, modelNotFound } from "../api-error.ts";
+import { ApiError, engineRestarting, modelNotFound } from "../api-error.ts";
 import type { ServerContext } from "../server-context.ts";
 
 const startedSeconds = Math.floor(Date.now() / 1000);
@@ -19,7 +19,8 @@ export function registerServiceRoutes(app: FastifyInstance, ctx: ServerContext):
 
   app.get("/health", async (_request, reply) => {
     if (!ctx.engine) throw new ApiError(503, "The model is loading.", "server_error", null, "loading", 5);
-    if (!ctx.engine.isAlive) throw new ApiError(503, "The engine thread has stopped.", "server_error", null, "engine_dead");
+    if (ctx.engine.state === "restarting") throw engineRestarting();
+    if (ctx.engine.state === "stopped") throw new ApiError(503, "The engine thread has stopped.", "server_error", null, "engine_dead");
     return reply.send({ status: "ok" });
   });
 

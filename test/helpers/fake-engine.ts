@@ -8,6 +8,7 @@
  */
 import { EngineError, type EngineErrorCode } from "../../engine/engine-error.ts";
 import type { EngineStatsSnapshot } from "../../engine/engine-stats.ts";
+import type { EngineState } from "../../engine/engine.ts";
 import type { EngineOutput, EngineRequest, PositionLogprob, PromptLogprob, TokenLogprob } from "../../engine/request.ts";
 import type { ChatMessage, ChatTemplateOptions } from "../../models/tokenizer.ts";
 import type { PromptTokenizer, ServingEngine } from "../../server/engine-api.ts";
@@ -22,8 +23,8 @@ export const GENERATED_TOKEN_ID = 900;
 /** What the fake engine does with one request. */
 export type FakeScript =
   | { kind: "generate" }
-  /** Emit nothing until the signal aborts, then finish every sequence with "abort". */
-  | { kind: "hang" }
+  /** Emit `pieces` (one output each, sequence 0), then nothing until the signal aborts; then finish every sequence with "abort". */
+  | { kind: "hang"; pieces?: string[] }
   /** Fail before any output, as the engine does when a step throws. */
   | { kind: "fail"; code: EngineErrorCode; message?: string }
   /** One output per piece of text, the last one finishing with `finishReason` (default "stop"). */
@@ -35,7 +36,7 @@ export const tokenTextOf = (i: number) => (i === 0 ? "t0" : ` t${i}`);
 export const generatedText = (numTokens: number) => Array.from({ length: numTokens }, (_, i) => tokenTextOf(i)).join("");
 
 export class FakeEngine implements ServingEngine {
-  isAlive = true;
+  state: EngineState = "running";
   readonly info = { maxModelLen: MAX_MODEL_LEN };
   /** Every request add() received, in order, and the signal it came with. */
   readonly requests: EngineRequest[] = [];
@@ -84,6 +85,9 @@ export class FakeEngine implements ServingEngine {
       return;
     }
     if (script.kind === "hang") {
+      for (const [i, text] of (script.pieces ?? []).entries()) {
+        yield { ...(i === 0 ? first(0) : {}), requestId: request.requestId, index: 0, newTokenIds: [GENERATED_TOKEN_ID + i], text };
+      }
       await abortOf(signal);
       for (let index = 0; index < n; index++) yield { ...aborted(request, index), ...first(index) };
       return;

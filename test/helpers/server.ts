@@ -4,12 +4,20 @@ import { readCheckpoint } from "../../models/checkpoint.ts";
 import { ensureDefaultModel } from "../../models/default-model.ts";
 import { startServer, type RunningServer } from "../../server/serve.ts";
 
-export async function startTestServer(overrides: { maxQueuedRequests?: number; maxNumSeqs?: number } = {}): Promise<RunningServer> {
+export interface TestServerOverrides {
+  maxQueuedRequests?: number;
+  maxNumSeqs?: number;
+  faultInjection?: boolean;
+  shutdownTimeoutMs?: number;
+  logger?: Parameters<typeof startServer>[0]["logger"];
+}
+
+export async function startTestServer(overrides: TestServerOverrides = {}): Promise<RunningServer> {
   const checkpoint = readCheckpoint(ensureDefaultModel());
   const server = await startServer({
     engineOptions: {
       ...DEFAULT_ENGINE_OPTIONS, modelDir: checkpoint.dir, kvCacheMemoryBytes: 256 * 1024 ** 2, intraOpThreads: 1,
-      maxNumSeqs: overrides.maxNumSeqs ?? 64,
+      maxNumSeqs: overrides.maxNumSeqs ?? 64, faultInjection: overrides.faultInjection,
     },
     modelId: checkpoint.name,
     maxModelLen: checkpoint.config.maxPositionEmbeddings,
@@ -18,10 +26,11 @@ export async function startTestServer(overrides: { maxQueuedRequests?: number; m
     host: "127.0.0.1",
     port: 0,
     maxQueuedRequests: overrides.maxQueuedRequests ?? 256,
-    shutdownTimeoutMs: 10_000,
+    shutdownTimeoutMs: overrides.shutdownTimeoutMs ?? 10_000,
     bodyLimitBytes: 1024 * 1024,
     tokenizerThreads: 1,
     toolCallParser: "hermes",
+    logger: overrides.logger,
   });
   await server.ready;
   return server;
