@@ -226,7 +226,12 @@ export class EngineCore {
     if (numPrompt === 0) throw new EngineError("INVALID_REQUEST", "the prompt is empty");
     const vocabSize = this.runner.vocabSize;
     const badToken = request.promptTokenIds.find((id) => !Number.isInteger(id) || id < 0 || id >= vocabSize);
-    if (badToken !== undefined) throw new EngineError("INVALID_REQUEST", `token id ${badToken} is outside the vocabulary (0 to ${vocabSize - 1})`);
+    if (badToken !== undefined) throw new EngineError("INVALID_REQUEST", `token id ${badToken} is outside the vocabulary (0 to ${vocabSize - 1})`, "prompt");
+    const outside = (id: number) => !Number.isInteger(id) || id < 0 || id >= vocabSize;
+    const badBias = [...(request.sampling.logitBias?.keys() ?? [])].find(outside);
+    if (badBias !== undefined) throw new EngineError("INVALID_REQUEST", `logit_bias names token id ${badBias}, outside the vocabulary (0 to ${vocabSize - 1})`, "logit_bias");
+    const badStop = request.stopTokenIds?.find(outside);
+    if (badStop !== undefined) throw new EngineError("INVALID_REQUEST", `stop_token_ids names token id ${badStop}, outside the vocabulary (0 to ${vocabSize - 1})`, "stop_token_ids");
     if (this.sequences.has(request.requestId)) throw new EngineError("INVALID_REQUEST", `request id ${request.requestId} is already in use`);
     if (numPrompt + request.maxTokens > maxModelLen) {
       throw new EngineError("PROMPT_TOO_LONG",

@@ -15,7 +15,8 @@ export type EngineErrorCode =
   | "ABORTED";
 
 export class EngineError extends Error {
-  constructor(readonly code: EngineErrorCode, message: string) {
+  /** @param param the request field at fault, in the OpenAI API's names (e.g. "logit_bias"), when one is. */
+  constructor(readonly code: EngineErrorCode, message: string, readonly param?: string) {
     super(message);
     this.name = "EngineError";
   }

@@ -14,5 +14,5 @@ export type ToEngine =
 export type FromEngine =
   | { type: "ready"; info: EngineInfo }
   | { type: "outputs"; outputs: EngineOutput[]; stats: EngineStatsSnapshot }
-  | { type: "rejected"; requestId: string; code: EngineErrorCode; message: string }
+  | { type: "rejected"; requestId: string; code: EngineErrorCode; message: string; param?: string }
   | { type: "fatal"; code: EngineErrorCode; message: string };

@@ -49,8 +49,8 @@ async function main(options: EngineOptions): Promise<void> {
       try {
         core.add(message.request);
       } catch (err) {
-        const { code, message: text } = err instanceof EngineError ? err : new EngineError("INVALID_REQUEST", String(err));
-        post({ type: "rejected", requestId: message.request.requestId, code, message: text });
+        const { code, message: text, param } = err instanceof EngineError ? err : new EngineError("INVALID_REQUEST", String(err));
+        post({ type: "rejected", requestId: message.request.requestId, code, message: text, param });
       }
     } else if (message.type === "abort") {
       core.abort(message.requestId);

@@ -136,7 +136,7 @@ export class Engine {
       this.latestStats = message.stats;
       for (const listener of this.statsListeners) listener(message.stats);
     } else if (message.type === "rejected") {
-      this.streams.get(message.requestId)?.fail(new EngineError(message.code, message.message));
+      this.streams.get(message.requestId)?.fail(new EngineError(message.code, message.message, message.param));
       this.streams.delete(message.requestId);
     } else if (message.type === "fatal") {
       this.onDeath(this.worker, message.message);

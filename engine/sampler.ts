@@ -99,7 +99,7 @@ function applyPenalties(logits: Float32Array, params: SamplingParams, history: T
     for (const id of history.outputTokenIds) counts.set(id, (counts.get(id) ?? 0) + 1);
     for (const [id, count] of counts) out[id] -= presencePenalty + frequencyPenalty * count;
   }
-  for (const [id, bias] of logitBias ?? []) if (id >= 0 && id < out.length) out[id] += bias;
+  for (const [id, bias] of logitBias ?? []) out[id] += bias;
   return out;
 }
 

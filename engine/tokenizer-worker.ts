@@ -12,10 +12,11 @@ export interface TokenizerWorkerData {
   modelDir: string;
 }
 
+/** maxTokens: stop tokenizing (and fail with "too-long") once the prompt certainly has this many tokens or more. */
 export type TokenizerTask =
   | { kind: "info" }
-  | { kind: "encode"; text: string; addSpecialTokens: boolean }
-  | { kind: "chat"; messages: ChatMessage[]; addGenerationPrompt: boolean; tools?: unknown[]; kwargs?: Record<string, unknown> }
+  | { kind: "encode"; text: string; addSpecialTokens: boolean; maxTokens?: number }
+  | { kind: "chat"; messages: ChatMessage[]; addGenerationPrompt: boolean; tools?: unknown[]; kwargs?: Record<string, unknown>; maxTokens?: number }
   | { kind: "decode"; tokenIds: readonly number[]; skipSpecialTokens: boolean };
 
 export interface TokenizerInfo {
@@ -23,11 +24,15 @@ export interface TokenizerInfo {
   eosTokenId: number | null;
 }
 
-/** Why a task failed. `source` says which error catalog `code` belongs to. */
+/**
+ * Why a task failed. `source` says which error catalog `code` belongs to: "input" is a bad
+ * request (a token id outside the vocabulary), "too-long" a prompt of numTokensAtLeast tokens.
+ */
 export interface TokenizerTaskError {
-  source: "model" | "template" | "internal";
+  source: "model" | "template" | "input" | "too-long" | "internal";
   code?: string;
   message: string;
+  numTokensAtLeast?: number;
 }
 
 export type TokenizerTaskResult =
@@ -41,28 +46,42 @@ const loaded = loadTokenizer((workerData as TokenizerWorkerData).modelDir);
 
 export default function runTokenizerTask(task: TokenizerTask): TokenizerTaskResult {
   if (loaded instanceof Error) return failure(loaded);
-  const tokenizer = loaded;
+  const { tokenizer, vocabSize } = loaded;
   try {
     switch (task.kind) {
       case "info":
         return { ok: true, info: { hasChatTemplate: tokenizer.hasChatTemplate, eosTokenId: tokenizer.eosTokenId } };
       case "encode":
-        return { ok: true, tokenIds: tokenizer.encode(task.text, task.addSpecialTokens) };
+        return encodeWithin(tokenizer, task.text, task.addSpecialTokens, task.maxTokens);
       case "chat": {
         const prompt = renderChat(tokenizer, task);
-        return { ok: true, prompt, tokenIds: tokenizer.encode(prompt, false) };
+        const encoded = encodeWithin(tokenizer, prompt, false, task.maxTokens);
+        return encoded.ok ? { ok: true, prompt, tokenIds: encoded.tokenIds } : encoded;
       }
-      case "decode":
+      case "decode": {
+        const bad = task.tokenIds.find((id) => id >= vocabSize);
+        if (bad !== undefined) return { ok: false, error: { source: "input", message: `token id ${bad} is outside the vocabulary (0 to ${vocabSize - 1})` } };
         return { ok: true, text: tokenizer.decode(task.tokenIds, task.skipSpecialTokens) };
+      }
     }
   } catch (err) {
     return failure(err);
   }
 }
 
-function loadTokenizer(modelDir: string): ModelTokenizer | Error {
+function encodeWithin(tokenizer: ModelTokenizer, text: string, addSpecialTokens: boolean, maxTokens: number | undefined): Extract<TokenizerTaskResult, { tokenIds: number[] }> | Extract<TokenizerTaskResult, { ok: false }> {
+  if (maxTokens === undefined) return { ok: true, tokenIds: tokenizer.encode(text, addSpecialTokens) };
+  const encoded = tokenizer.encodeWithin(text, addSpecialTokens, maxTokens);
+  if ("tokenIds" in encoded) return { ok: true, tokenIds: encoded.tokenIds };
+  const message = `This model's maximum context length is ${maxTokens} tokens. However, the prompt has at least ${encoded.numTokensAtLeast} tokens ` +
+    "(tokenizing stopped there). Please reduce its length.";
+  return { ok: false, error: { source: "too-long", message, numTokensAtLeast: encoded.numTokensAtLeast } };
+}
+
+function loadTokenizer(modelDir: string): { tokenizer: ModelTokenizer; vocabSize: number } | Error {
   try {
-    return ModelTokenizer.load(readCheckpoint(modelDir));
+    const checkpoint = readCheckpoint(modelDir);
+    return { tokenizer: ModelTokenizer.load(checkpoint), vocabSize: checkpoint.config.vocabSize };
   } catch (err) {
     return err instanceof Error ? err : new Error(String(err));
   }

@@ -2,7 +2,7 @@
  * Admission: a request may start only while the engine is ready and the waiting queue
  * has room. Returns a release function, called once, whatever way the request ends.
  */
-import { ApiError, engineRestarting, overloaded, requestAborted } from "./api-error.ts";
+import { ApiError, engineRestarting, invalidRequest, overloaded, requestAborted } from "./api-error.ts";
 import type { EngineOutput, EngineRequest, PromptTokenizer, ServingEngine } from "./engine-api.ts";
 import type { ServerContext } from "./server-context.ts";
 
@@ -19,12 +19,23 @@ export interface Admitted {
   release(): void;
 }
 
-export function admit(ctx: ServerContext, numSequences: number, onClientGone: (abort: () => void) => void): Admitted {
+/**
+ * @param numSequences what the request runs at once: n, times the prompts of a completions request.
+ * @param param the field that multiplies them, named in the 400 when they could never all fit.
+ */
+export function admit(ctx: ServerContext, numSequences: number, onClientGone: (abort: () => void) => void, param = "n"): Admitted {
   const { engine, tokenizer } = ctx;
+  const capacity = ctx.limits.maxNumSeqs + ctx.limits.maxQueuedRequests;
+  if (numSequences > capacity) {
+    throw invalidRequest(
+      `This request needs ${numSequences} sequences at once, but the server holds at most ${capacity} ` +
+        `(${ctx.limits.maxNumSeqs} running plus ${ctx.limits.maxQueuedRequests} queued); send fewer prompts or a smaller n.`,
+      param, "too_many_sequences",
+    );
+  }
   if (!engine || !tokenizer) throw overloaded("The model is still loading; try again shortly.", 5);
   if (engine.state === "restarting") throw engineRestarting();
   if (engine.state === "stopped") throw new ApiError(503, "The engine has stopped; the server cannot serve requests.", "server_error", null, "engine_dead", 5);
-  const capacity = ctx.limits.maxNumSeqs + ctx.limits.maxQueuedRequests;
   if (ctx.numInFlight + numSequences > capacity) {
     throw overloaded(`The server is at capacity (${ctx.numInFlight} sequences in flight, limit ${capacity}); retry later.`, 1);
   }

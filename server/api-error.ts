@@ -61,9 +61,9 @@ export function toApiError(err: unknown): ApiError {
 function fromEngineError(err: EngineError): ApiError {
   switch (err.code) {
     case "PROMPT_TOO_LONG":
-      return invalidRequest(err.message, "messages", "context_length_exceeded");
+      return invalidRequest(err.message, err.param ?? "messages", "context_length_exceeded");
     case "INVALID_REQUEST":
-      return invalidRequest(err.message);
+      return invalidRequest(err.message, err.param ?? null);
     case "OVERLOADED":
       return overloaded(err.message);
     case "ENGINE_DEAD":

@@ -2,9 +2,12 @@
  * Builds the fastify app without listening, so tests use app.inject().
  * Every error leaves through one handler, in OpenAI's shape.
  */
+import { createServer } from "node:http";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from "fastify";
 import { routeNotFound, toApiError } from "./api-error.ts";
 import { apiKeyGuard } from "./api-key.ts";
+import { handleClientError } from "./client-error.ts";
+import { registerJsonBody } from "./json-body.ts";
 import { registerChatCompletions } from "./routes/chat-completions.ts";
 import { registerCompletions } from "./routes/completions.ts";
 import { registerServiceRoutes } from "./routes/service-routes.ts";
@@ -16,12 +19,24 @@ export interface AppOptions {
   /** Keys the API routes require as a Bearer token; none: the API is open. */
   apiKeys?: readonly string[];
   logger?: FastifyServerOptions["logger"];
+  /** How long a client may take to send a whole request (headers and body) before a 408; default 60 s. */
+  requestTimeoutMs?: number;
 }
 
+export const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
+
 export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyInstance {
+  const requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
   const app = Fastify({
     bodyLimit: options.bodyLimitBytes ?? 8 * 1024 * 1024,
     logger: options.logger ?? false,
+    // NOTE: Node checks request timeouts only every connectionsCheckingInterval (30 s by default), so it is tied to the timeout here.
+    serverFactory: (handler) => createServer({
+      requestTimeout: requestTimeoutMs,
+      headersTimeout: requestTimeoutMs,
+      connectionsCheckingInterval: Math.max(50, Math.min(1000, requestTimeoutMs / 4)),
+    }, handler),
+    clientErrorHandler: handleClientError,
     // NOTE: fastify's request logs carry method, URL, status and timing, never bodies: prompts and outputs stay out of logs.
     genReqId: (req) => (typeof req.headers["x-request-id"] === "string" ? req.headers["x-request-id"] : crypto.randomUUID()),
     requestIdHeader: false,
@@ -32,6 +47,7 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
     },
   });
   ctx.log = app.log;
+  registerJsonBody(app);
   const checkApiKey = apiKeyGuard(options.apiKeys ?? []);
   app.addHook("onRequest", async (request, reply) => {
     // NOTE: set on the raw response, so streamed replies, which bypass fastify's send, carry it too.
@@ -55,7 +71,8 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
 
 function sendError(err: unknown, request: FastifyRequest, reply: FastifyReply): FastifyReply {
   const apiError = toApiError(err);
-  if (apiError.status >= 500) request.log.error({ err }, "request failed");
+  // NOTE: a 503 is a state the server is in (loading, full, restarting, draining), not a fault: the request log line has its status.
+  if (apiError.status === 500) request.log.error({ err }, "request failed");
   if (apiError.retryAfterSeconds !== undefined) reply.header("retry-after", String(apiError.retryAfterSeconds));
   return reply.status(apiError.status).send(apiError.body);
 }

@@ -21,7 +21,8 @@ export interface ServingEngine {
 
 /** Prompt building, which runs off the HTTP thread. */
 export interface PromptTokenizer {
-  encode(text: string, addSpecialTokens?: boolean): Promise<number[]>;
-  applyChatTemplate(messages: ChatMessage[], options?: ChatTemplateOptions): Promise<{ prompt: string; promptTokenIds: number[] }>;
+  /** With maxTokens, a prompt of that many tokens or more fails fast with PROMPT_TOO_LONG. */
+  encode(text: string, addSpecialTokens?: boolean, limit?: { maxTokens?: number }): Promise<number[]>;
+  applyChatTemplate(messages: ChatMessage[], options?: ChatTemplateOptions & { maxTokens?: number }): Promise<{ prompt: string; promptTokenIds: number[] }>;
   decode(tokenIds: readonly number[], skipSpecialTokens?: boolean): Promise<string>;
 }

@@ -17,7 +17,7 @@ const sampling = {
   top_k: z.number().int().min(-1).nullish(),
   min_p: z.number().min(0).max(1).nullish(),
   seed: z.number().int().nullish(),
-  stop: z.union([z.string(), z.array(z.string()).max(4)]).nullish(),
+  stop: z.union([z.string().min(1, "a stop string can't be empty"), z.array(z.string().min(1, "a stop string can't be empty")).max(4)]).nullish(),
   stop_token_ids: z.array(tokenId).nullish(),
   max_tokens: z.number().int().min(1).nullish(),
   presence_penalty: z.number().min(-2).max(2).nullish(),

@@ -227,11 +227,14 @@ describe("admission", () => {
     expect(ctx.numInFlight).toBe(0);
   });
 
-  it("counts each of n sequences against the capacity", async () => {
+  it("counts each of n sequences against the capacity; a request that could never fit is a 400 saying why, not a retry-later 503", async () => {
     await app.close();
     setUp({ limits: { maxNumSeqs: 1, maxQueuedRequests: 1 } });
-    expectError(await chat({ n: 3 }), 503, { code: "overloaded" });
-    expectError(await complete({ prompt: ["a", "b", "c"] }), 503, { code: "overloaded" });
+    const tooMany = expectError(await chat({ n: 3 }), 400, { param: "n", code: "too_many_sequences" });
+    expect(tooMany.message).toMatch(/needs 3 sequences.*at most 2 \(1 running plus 1 queued\)/);
+    expectError(await complete({ prompt: ["a", "b", "c"] }), 400, { param: "prompt", code: "too_many_sequences" });
+    expectError(await complete({ prompt: "a", n: 3 }), 400, { param: "n", code: "too_many_sequences" });
+    expect(engine.requests).toHaveLength(0);
     expect((await chat({ n: 2 })).statusCode).toBe(200);
   });
 

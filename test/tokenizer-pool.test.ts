@@ -33,7 +33,8 @@ afterAll(async () => pool?.close());
 describe("TokenizerPool", () => {
   it("reports the tokenizer's facts", () => {
     expect(pool.info).toEqual({ hasChatTemplate: true, eosTokenId: tokenizer.eosTokenId });
-    expect(pool.numThreads).toBe(2);
+    // Two for ordinary tasks, and the large-task lane's one.
+    expect(pool.numThreads).toBe(3);
   });
 
   it("encodes and decodes like the main-thread tokenizer", async () => {
@@ -129,5 +130,48 @@ describe("TokenizerPool.start", () => {
   it("rejects a folder without a model", async () => {
     await expect(TokenizerPool.start("/nonexistent/model", { threads: 1 })).rejects.toThrowError(ModelError);
     await expect(TokenizerPool.start("/nonexistent/model", { threads: 1 })).rejects.toMatchObject({ code: "MISSING_FILE" });
+  });
+
+  it("answers a small task while large ones hold their own lane (order of completion, not timing)", async () => {
+    const large = (i: number) => `Large ${i}: ${"Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(20_000)}`;
+    const finished: string[] = [];
+    const larges = Array.from({ length: 4 }, (_, i) => pool.encode(large(i)).then(() => finished.push(`large-${i}`)));
+    await new Promise((r) => setTimeout(r, 20));
+    const started = performance.now();
+    await pool.encode("a small prompt").then(() => finished.push("small"));
+    const smallMs = performance.now() - started;
+    await Promise.all(larges);
+    console.log(`small encode answered in ${smallMs.toFixed(1)} ms behind four ${(large(0).length / 1e6).toFixed(1)} MB encodes`);
+    expect(finished[0]).toBe("small");
+  });
+
+  it("stops tokenizing a prompt far beyond the limit, failing with PROMPT_TOO_LONG after counting about the limit", async () => {
+    const huge = "All work and no play makes Jack a dull boy. ".repeat(150_000);
+    const error = await pool.encode(huge, true, { maxTokens: 8192 }).catch((err: unknown) => err);
+    expect(error).toBeInstanceOf(EngineError);
+    expect(error).toMatchObject({ code: "PROMPT_TOO_LONG", param: "prompt" });
+    const atLeast = Number(/at least (\d+) tokens/.exec((error as Error).message)![1]);
+    // The whole text is about 1.5M tokens; tokenizing stopped a piece past the limit.
+    expect(atLeast).toBeGreaterThanOrEqual(8192);
+    expect(atLeast).toBeLessThan(8192 + 5000);
+    const chatError = await pool.applyChatTemplate([{ role: "user", content: huge }], { maxTokens: 8192 }).catch((err: unknown) => err);
+    expect(chatError).toMatchObject({ code: "PROMPT_TOO_LONG", param: "messages" });
+  });
+
+  it("encodes exactly a long but dense prompt that fits the limit, and a prompt under it", async () => {
+    // 16 characters a token: long enough to be counted piecewise first (over 6 a token of the limit), yet it fits.
+    const dense = `${" ".repeat(31)}x`.repeat(1000);
+    expect(dense.length).toBeGreaterThan(6 * 4096);
+    const exact = tokenizer.encode(dense, true);
+    expect(exact.length).toBeLessThan(4096);
+    expect(await pool.encode(dense, true, { maxTokens: 4096 })).toEqual(exact);
+    expect(await pool.encode(TEXTS[1], false, { maxTokens: 8192 })).toEqual(tokenizer.encode(TEXTS[1], false));
+  });
+
+  it("refuses to decode token ids outside the model's vocabulary", async () => {
+    const error = await pool.decode([9707, 151936]).catch((err: unknown) => err);
+    expect(error).toMatchObject({ code: "INVALID_REQUEST", param: "tokens" });
+    expect((error as Error).message).toMatch(/151936 is outside the vocabulary \(0 to 151935\)/);
+    expect(await pool.decode([9707])).toBe("Hello");
   });
 });

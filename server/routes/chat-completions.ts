@@ -24,6 +24,7 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext
         addGenerationPrompt: body.add_generation_prompt ?? true,
         tools: body.tools ?? undefined,
         kwargs: body.chat_template_kwargs ?? undefined,
+        maxTokens: ctx.maxModelLen,
       });
       const engineRequest = toEngineRequest(body, promptTokenIds, ctx, {
         promptParam: "messages",

@@ -27,7 +27,7 @@ export function registerCompletions(app: FastifyInstance, ctx: ServerContext): v
     const body = parseBody(completionRequest, request.body);
     requireModel(ctx, body.model);
     const prompts = promptsOf(body.prompt);
-    const admitted = admit(ctx, body.n * prompts.length, (abort) => onClientGone(reply, abort));
+    const admitted = admit(ctx, body.n * prompts.length, (abort) => onClientGone(reply, abort), prompts.length > 1 ? "prompt" : "n");
     try {
       const runs = await Promise.all(prompts.map((prompt, i) => startRun(ctx, admitted, body, prompt, i * body.n)));
       const head = { id: `cmpl-${randomUUID()}`, object: "text_completion", created: nowSeconds(), model: ctx.modelId };
@@ -53,7 +53,7 @@ function promptsOf(prompt: CompletionRequest["prompt"]): (string | number[])[] {
 }
 
 async function startRun(ctx: ServerContext, admitted: Admitted, body: CompletionRequest, prompt: string | number[], indexOffset: number): Promise<PromptRun> {
-  const promptTokenIds = typeof prompt === "string" ? await admitted.tokenizer.encode(prompt, true) : prompt;
+  const promptTokenIds = typeof prompt === "string" ? await admitted.tokenizer.encode(prompt, true, { maxTokens: ctx.maxModelLen }) : prompt;
   if (promptTokenIds.length === 0) throw invalidRequest("The prompt is empty.", "prompt");
   const bad = promptTokenIds.find((id) => id >= ctx.vocabSize);
   if (bad !== undefined) throw invalidRequest(`Token id ${bad} is outside the vocabulary (0 to ${ctx.vocabSize - 1}).`, "prompt");

@@ -12,8 +12,10 @@ export function registerServiceRoutes(app: FastifyInstance, ctx: ServerContext):
 
   app.get("/v1/models", async () => ({ object: "list", data: [modelCard()] }));
 
-  app.get<{ Params: { model: string } }>("/v1/models/:model", async (request) => {
-    if (request.params.model !== ctx.modelId) throw modelNotFound(request.params.model);
+  // NOTE: a wildcard, so that served names with slashes, as on the Hub (Qwen/Qwen3-0.6B), are found.
+  app.get<{ Params: { "*": string } }>("/v1/models/*", async (request) => {
+    const model = request.params["*"];
+    if (model !== ctx.modelId) throw modelNotFound(model);
     return modelCard();
   });
 
