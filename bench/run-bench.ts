@@ -43,6 +43,7 @@ const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floo
 export async function runBench(target: BenchTarget, plan: BenchPlan): Promise<Record<string, unknown>> {
   const serve = async (concurrency: number, baseUrl = target.baseUrl): Promise<BenchMetrics> => {
     const run = await runLoad(plan.workload, { ...plan.load, baseUrl, model: target.model, maxConcurrency: concurrency });
+    checkFailures(run.results, baseUrl);
     return computeMetrics(run.results, run.durationS, { goodput: plan.goodput, percentiles: plan.percentiles });
   };
   const result: Record<string, unknown> = {};
@@ -115,4 +116,20 @@ export async function runBench(target: BenchTarget, plan: BenchPlan): Promise<Re
     log(`results: ${plan.saveResult}`);
   }
   return result;
+}
+
+/**
+ * Says why requests failed (each distinct error once, with its count, most common first) on
+ * stderr, and throws when every request failed: such a run measured nothing.
+ */
+export function checkFailures(results: readonly { success: boolean; error?: string }[], baseUrl: string): void {
+  const failed = results.filter((r) => !r.success);
+  if (failed.length === 0) return;
+  const counts = new Map<string, number>();
+  for (const r of failed) counts.set(r.error ?? "unknown error", (counts.get(r.error ?? "unknown error") ?? 0) + 1);
+  const groups = [...counts].sort((a, b) => b[1] - a[1]);
+  const lines = groups.slice(0, 5).map(([error, count]) => `  ${count} × ${error}`);
+  if (groups.length > 5) lines.push(`  ... and ${groups.length - 5} other errors`);
+  process.stderr.write(`tokenmill bench: ${failed.length} of ${results.length} requests to ${baseUrl} failed:\n${lines.join("\n")}\n`);
+  if (failed.length === results.length) throw new Error(`every request to ${baseUrl} failed (first error: ${groups[0][0]})`);
 }

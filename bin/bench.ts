@@ -8,7 +8,8 @@ import { readCheckpoint, type Checkpoint } from "../models/checkpoint.ts";
 import { SYNTHETIC_MODELS } from "../models/default-model.ts";
 import { ModelTokenizer } from "../models/tokenizer.ts";
 import { startServer } from "../server/serve.ts";
-import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, positiveInt, type EngineFlagValues } from "./engine-flags.ts";
+import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags, type EngineFlags, type EngineFlagValues } from "./engine-flags.ts";
+import { FlagError, enumFlag, flagValue, intFlag, listFlag, nonEmptyFlag, numberFlag, optionalFlagValue } from "./flags.ts";
 
 export const BENCH_HELP = `tokenmill bench [options]
 Target:
@@ -32,8 +33,6 @@ Results:
   --rounds N (3)                alternating rounds for the comparisons (medians are compared)
 ${ENGINE_FLAGS_HELP}`;
 
-const list = (text: string | undefined) => (text ? text.split(",").map((s) => Number(s.trim())) : undefined);
-
 export async function benchCommand(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
@@ -54,43 +53,53 @@ export async function benchCommand(args: string[]): Promise<void> {
     },
   });
   if (values.help) return void console.log(BENCH_HELP);
-  const endpoint = values.endpoint === "chat" ? "chat" : "completions";
-  const remote = values["base-url"];
+  // NOTE: every flag is checked before a model or tokenizer loads.
+  const engineFlags = readEngineFlags(values);
+  const endpoint = flagValue("endpoint", values.endpoint, enumFlag("completions", "chat"));
+  const remote = optionalFlagValue("base-url", values["base-url"], urlFlag);
+  const maxConcurrency = flagValue("max-concurrency", values["max-concurrency"], intFlag(1));
+  const inputLen = flagValue("input-len", values["input-len"], intFlag(1));
+  const outputLen = flagValue("output-len", values["output-len"], intFlag(1));
+  const numPrompts = flagValue("num-prompts", values["num-prompts"], intFlag(1));
+  const rangeRatio = flagValue("range-ratio", values["range-ratio"], numberFlag(0, 0.999));
+  const prefixLen = flagValue("prefix-len", values["prefix-len"], intFlag(0));
+  const seed = flagValue("seed", values.seed, intFlag(0));
+  const promptFormat = optionalFlagValue("prompt-format", values["prompt-format"], enumFlag("ids", "text")) ?? (endpoint === "chat" ? "text" : "ids");
+  const requestRate = values["request-rate"] === "inf" ? Infinity : flagValue("request-rate", values["request-rate"], numberFlag(0, Number.MAX_VALUE, { minExclusive: true }));
+  const load = {
+    endpoint, temperature: flagValue("temperature", values.temperature, numberFlag(0, 100)), ignoreEos: values["ignore-eos"],
+    warmup: flagValue("warmup", values.warmup, intFlag(0)), extraBody: samplingExtras(values), requestRate,
+    burstiness: flagValue("burstiness", values.burstiness, numberFlag(0, Number.MAX_VALUE, { minExclusive: true })), seed, progress: process.stderr.isTTY,
+  };
+  const sweepConcurrency = optionalFlagValue("sweep-concurrency", values["sweep-concurrency"], listFlag(intFlag(1)));
+  const rounds = flagValue("rounds", values.rounds, intFlag(1));
+  const goodput = parseGoodput(values.goodput);
+  const percentiles = flagValue("percentiles", values.percentiles, listFlag(numberFlag(0, 100, { minExclusive: true })));
+  if (values.plot && !sweepConcurrency) throw new FlagError("--plot draws the sweep: give --sweep-concurrency too");
+
   const checkpoint = readCheckpoint(tokenizerDir(values));
   const tokenizer = benchTokenizer(checkpoint);
-  const maxConcurrency = positiveInt(values["max-concurrency"], "--max-concurrency");
-  const inputLen = positiveInt(values["input-len"], "--input-len");
-  const outputLen = positiveInt(values["output-len"], "--output-len");
-  const workload = buildWorkload({
-    numPrompts: positiveInt(values["num-prompts"], "--num-prompts"), inputLen, outputLen,
-    rangeRatio: Number(values["range-ratio"]), prefixLen: Number(values["prefix-len"]), seed: Number(values.seed),
-    promptFormat: (values["prompt-format"] ?? (endpoint === "chat" ? "text" : "ids")) as "ids" | "text",
-  }, tokenizer);
+  const workload = buildWorkload({ numPrompts, inputLen, outputLen, rangeRatio, prefixLen, seed, promptFormat }, tokenizer);
 
   const { target, close } = remote
     ? { target: { baseUrl: remote, model: typeof values.model === "string" ? values.model : checkpoint.name } as BenchTarget, close: async () => {} }
-    : await localTarget(values, checkpoint, maxConcurrency);
+    : await localTarget(engineFlags, checkpoint, maxConcurrency);
   for (const path of [values["save-result"], values.plot]) if (path) mkdirSync(dirname(path), { recursive: true });
   try {
     await runBench(target, {
       workload,
-      load: {
-        endpoint, temperature: Number(values.temperature), ignoreEos: values["ignore-eos"], warmup: Number(values.warmup),
-        extraBody: samplingExtras(values),
-        requestRate: values["request-rate"] === "inf" ? Infinity : Number(values["request-rate"]), burstiness: Number(values.burstiness),
-        seed: Number(values.seed), progress: process.stderr.isTTY,
-      },
+      load,
       maxConcurrency,
-      sweepConcurrency: list(values["sweep-concurrency"]),
+      sweepConcurrency,
       compareLimit: values["compare-limit"], compareSequential: values["compare-sequential"],
-      rounds: positiveInt(values.rounds, "--rounds"),
-      goodput: parseGoodput(values.goodput), percentiles: list(values.percentiles) ?? [50, 90, 99],
-      limit: { inputLen, outputLen, blockSize: positiveInt(values["block-size"], "--block-size"), maxTokenId: tokenizer.firstSpecialId ?? tokenizer.vocabSize },
+      rounds,
+      goodput, percentiles,
+      limit: { inputLen, outputLen, blockSize: engineFlags.blockSize, maxTokenId: tokenizer.firstSpecialId ?? tokenizer.vocabSize },
       saveResult: values["save-result"], plot: values.plot,
       config: {
         model: target.model, endpoint, num_prompts: workload.length, input_len: inputLen, output_len: outputLen,
-        range_ratio: Number(values["range-ratio"]), prefix_len: Number(values["prefix-len"]), request_rate: values["request-rate"],
-        burstiness: Number(values.burstiness), ignore_eos: values["ignore-eos"], base_url: target.baseUrl,
+        range_ratio: rangeRatio, prefix_len: prefixLen, request_rate: values["request-rate"],
+        burstiness: load.burstiness, ignore_eos: values["ignore-eos"], base_url: target.baseUrl,
       },
     });
   } finally {
@@ -117,8 +126,13 @@ function benchTokenizer(checkpoint: Checkpoint): BenchTokenizer {
   };
 }
 
-async function localTarget(values: EngineFlagValues, checkpoint: Checkpoint, maxConcurrency: number) {
-  const engineOptions = engineOptionsFrom(values, checkpoint);
+const urlFlag = {
+  schema: nonEmptyFlag.schema.refine((text) => URL.canParse(text) && /^https?:/.test(text), "not an http(s) URL"),
+  accepts: "an http:// or https:// URL",
+};
+
+async function localTarget(flags: EngineFlags, checkpoint: Checkpoint, maxConcurrency: number) {
+  const engineOptions = engineOptionsFrom(flags, checkpoint);
   // The main server runs at least --max-concurrency sequences at once; the sequential twin runs one.
   const start = async (maxNumSeqs: number) => {
     const server = await startServer({
@@ -138,12 +152,12 @@ async function localTarget(values: EngineFlagValues, checkpoint: Checkpoint, max
 /** vLLM's sampling extras, sent only when given so that strict endpoints see plain OpenAI bodies. */
 function samplingExtras(values: { "top-p"?: string; "top-k"?: string; "min-p"?: string }): Record<string, number> {
   const extras: Record<string, number> = {};
-  for (const [flag, field] of [["top-p", "top_p"], ["top-k", "top_k"], ["min-p", "min_p"]] as const) {
-    if (values[flag] === undefined) continue;
-    const value = Number(values[flag]);
-    if (!Number.isFinite(value)) throw new Error(`--${flag} must be a number, got ${values[flag]}`);
-    extras[field] = value;
-  }
+  const topP = optionalFlagValue("top-p", values["top-p"], numberFlag(0, 1, { minExclusive: true }));
+  const topK = optionalFlagValue("top-k", values["top-k"], intFlag(-1));
+  const minP = optionalFlagValue("min-p", values["min-p"], numberFlag(0, 1));
+  if (topP !== undefined) extras.top_p = topP;
+  if (topK !== undefined) extras.top_k = topK;
+  if (minP !== undefined) extras.min_p = minP;
   return extras;
 }
 
@@ -152,7 +166,7 @@ function parseGoodput(text: string | undefined) {
   const slo: Record<string, number> = {};
   for (const part of text.split(/[,\s]+/).filter(Boolean)) {
     const [key, value] = part.split(":");
-    if (!["ttft", "tpot", "e2el"].includes(key) || !Number.isFinite(Number(value))) throw new Error(`--goodput takes ttft:MS,tpot:MS,e2el:MS, got "${part}"`);
+    if (!["ttft", "tpot", "e2el"].includes(key) || !(Number(value) > 0)) throw new FlagError(`--goodput takes ttft:MS,tpot:MS,e2el:MS, got "${part}"`);
     slo[`${key}Ms`] = Number(value);
   }
   return slo;

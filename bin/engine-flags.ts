@@ -1,6 +1,7 @@
 /** Command-line flags shared by every command that starts an engine. */
 import type { ParseArgsConfig } from "node:util";
-import { DEFAULT_ENGINE_OPTIONS, parseBytes, type Device, type EngineOptions } from "../engine/index.ts";
+import { DEFAULT_ENGINE_OPTIONS, type EngineOptions } from "../engine/index.ts";
+import { bytesFlag, enumFlag, flagValue, intFlag, optionalFlagValue } from "./flags.ts";
 import { existsSync } from "node:fs";
 import { SYNTHETIC_MODELS, ensureDefaultModel, ensureSyntheticModel } from "../models/default-model.ts";
 import { readCheckpoint, type Checkpoint } from "../models/checkpoint.ts";
@@ -42,22 +43,26 @@ export function modelDirFrom(values: EngineFlagValues): string {
   return values.model;
 }
 
-/** Engine options from the flags. EOS ids are left to the engine thread, which loads the tokenizer. */
-export function engineOptionsFrom(values: EngineFlagValues, checkpoint: Checkpoint): EngineOptions {
-  const device = String(values.device);
-  if (device !== "cpu" && device !== "cuda") throw new Error(`--device must be cpu or cuda, got ${device}`);
+/** The engine flags, validated: everything of the engine's options but the model folder. */
+export type EngineFlags = Omit<EngineOptions, "modelDir">;
+
+/** Validates the engine flags (before any model is loaded). EOS ids are left to the engine thread, which loads the tokenizer. */
+export function readEngineFlags(values: EngineFlagValues): EngineFlags {
   return {
-    modelDir: checkpoint.dir,
-    device: device as Device,
-    kvCacheMemoryBytes: parseBytes(String(values["kv-cache-memory"])),
-    blockSize: positiveInt(values["block-size"], "--block-size"),
-    maxNumSeqs: positiveInt(values["max-num-seqs"], "--max-num-seqs"),
-    maxNumBatchedTokens: positiveInt(values["max-num-batched-tokens"], "--max-num-batched-tokens"),
-    maxModelLen: values["max-model-len"] === undefined ? undefined : positiveInt(values["max-model-len"], "--max-model-len"),
+    device: flagValue("device", values.device, enumFlag("cpu", "cuda")),
+    kvCacheMemoryBytes: flagValue("kv-cache-memory", values["kv-cache-memory"], bytesFlag),
+    blockSize: flagValue("block-size", values["block-size"], intFlag(1, 1024)),
+    maxNumSeqs: flagValue("max-num-seqs", values["max-num-seqs"], intFlag(1)),
+    maxNumBatchedTokens: flagValue("max-num-batched-tokens", values["max-num-batched-tokens"], intFlag(1)),
+    maxModelLen: optionalFlagValue("max-model-len", values["max-model-len"], intFlag(1)),
     enablePrefixCaching: values["no-prefix-caching"] !== true,
-    intraOpThreads: values.threads === undefined ? undefined : positiveInt(values.threads, "--threads"),
+    intraOpThreads: optionalFlagValue("threads", values.threads, intFlag(1, 1024)),
     progress: process.stderr.isTTY,
   };
+}
+
+export function engineOptionsFrom(flags: EngineFlags, checkpoint: Checkpoint): EngineOptions {
+  return { ...flags, modelDir: checkpoint.dir };
 }
 
 export interface LoadedModel {
@@ -67,13 +72,7 @@ export interface LoadedModel {
 }
 
 /** For offline commands: the checkpoint, its tokenizer on this thread, and the engine's options. */
-export function loadModel(values: EngineFlagValues): LoadedModel {
+export function loadModel(values: EngineFlagValues, flags: EngineFlags): LoadedModel {
   const checkpoint = readCheckpoint(modelDirFrom(values));
-  return { checkpoint, tokenizer: ModelTokenizer.load(checkpoint), engineOptions: engineOptionsFrom(values, checkpoint) };
-}
-
-export function positiveInt(value: unknown, flag: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n <= 0) throw new Error(`${flag} must be a positive integer, got ${String(value)}`);
-  return n;
+  return { checkpoint, tokenizer: ModelTokenizer.load(checkpoint), engineOptions: engineOptionsFrom(flags, checkpoint) };
 }

@@ -6,13 +6,14 @@ import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { Engine, type EngineOutput, type SamplingParams } from "../engine/index.ts";
-import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, loadModel, positiveInt } from "./engine-flags.ts";
+import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, loadModel, readEngineFlags } from "./engine-flags.ts";
+import { FlagError, flagValue, intFlag, numberFlag, optionalFlagValue } from "./flags.ts";
 
 export const GENERATE_HELP = `tokenmill generate [options]
 Prompts (one of):
   --prompt-ids 9707,11,1879     token ids
   --prompt "text"               raw text, encoded without a chat template
-  --prompts-file FILE           one raw-text prompt per line, all run concurrently
+  --prompts-file FILE           one raw-text prompt per line (no empty lines), all run concurrently
 Sampling:
   --max-tokens N (16)  --temperature T (1)  --top-p P (1)  --top-k K (off)  --min-p P (0)
   --seed N  --ignore-eos  --logprobs N (top alternatives to report)
@@ -44,10 +45,12 @@ export async function generateCommand(args: string[]): Promise<void> {
   });
   if (values.help) return void console.log(GENERATE_HELP);
   const startedMs = performance.now();
-  const { tokenizer, engineOptions } = loadModel(values);
-  const prompts = readPrompts(values, (text) => tokenizer.encode(text, false));
+  const engineFlags = readEngineFlags(values);
   const sampling = samplingFrom(values);
-  const maxTokens = positiveInt(values["max-tokens"], "--max-tokens");
+  const maxTokens = flagValue("max-tokens", values["max-tokens"], intFlag(1));
+  const promptTexts = readPromptTexts(values);
+  const { tokenizer, engineOptions } = loadModel(values, engineFlags);
+  const prompts = promptTexts.map((p) => (typeof p === "string" ? tokenizer.encode(p, false) : p));
 
   const engine = await Engine.start(engineOptions);
   const readyMs = performance.now();
@@ -88,29 +91,32 @@ export async function generateCommand(args: string[]): Promise<void> {
   }
 }
 
-function readPrompts(values: Record<string, unknown>, encode: (text: string) => number[]): number[][] {
+/** The prompts as token ids or raw text (encoded once the model is loaded). */
+function readPromptTexts(values: Record<string, unknown>): (string | number[])[] {
   const given = ["prompt-ids", "prompt", "prompts-file"].filter((k) => values[k] !== undefined);
-  if (given.length !== 1) throw new Error("give exactly one of --prompt-ids, --prompt or --prompts-file");
+  if (given.length !== 1) throw new FlagError("give exactly one of --prompt-ids, --prompt or --prompts-file");
   if (values["prompt-ids"] !== undefined) {
-    const ids = String(values["prompt-ids"]).split(",").map((s) => Number(s.trim()));
-    if (ids.some((id) => !Number.isInteger(id) || id < 0)) throw new Error(`--prompt-ids must be comma-separated token ids, got ${String(values["prompt-ids"])}`);
+    const ids = String(values["prompt-ids"]).split(",").map((s) => (/^\s*\d+\s*$/.test(s) ? Number(s) : NaN));
+    if (ids.some((id) => !Number.isInteger(id))) throw new FlagError(`--prompt-ids must be comma-separated token ids, got ${String(values["prompt-ids"])}`);
     return [ids];
   }
-  if (values.prompt !== undefined) return [encode(String(values.prompt))];
-  const lines = readFileSync(String(values["prompts-file"]), "utf8").split(/\r?\n/).filter((line) => line.length > 0);
-  return lines.map(encode);
+  if (values.prompt !== undefined) return [String(values.prompt)];
+  const path = String(values["prompts-file"]);
+  const lines = readFileSync(path, "utf8").replace(/\r?\n$/, "").split(/\r?\n/);
+  // NOTE: an empty line is refused, not skipped: skipping would shift every later output off its line.
+  const empty = lines.findIndex((line) => line.length === 0);
+  if (empty >= 0) throw new FlagError(`--prompts-file ${path}: line ${empty + 1} is empty; each line is one prompt`);
+  return lines;
 }
 
 function samplingFrom(values: Record<string, unknown>): SamplingParams {
-  const num = (flag: string) => {
-    const n = Number(values[flag]);
-    if (!Number.isFinite(n)) throw new Error(`--${flag} must be a number, got ${String(values[flag])}`);
-    return n;
-  };
   return {
-    temperature: num("temperature"), topP: num("top-p"), topK: num("top-k"), minP: num("min-p"),
-    seed: values.seed === undefined ? undefined : num("seed"),
+    temperature: flagValue("temperature", values.temperature, numberFlag(0, 100)),
+    topP: flagValue("top-p", values["top-p"], numberFlag(0, 1, { minExclusive: true })),
+    topK: flagValue("top-k", values["top-k"], intFlag(-1)),
+    minP: flagValue("min-p", values["min-p"], numberFlag(0, 1)),
+    seed: optionalFlagValue("seed", values.seed, intFlag(Number.MIN_SAFE_INTEGER)),
     presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1,
-    logprobs: values.logprobs === undefined ? 0 : positiveInt(values.logprobs, "--logprobs"),
+    logprobs: optionalFlagValue("logprobs", values.logprobs, intFlag(0, 20)) ?? 0,
   };
 }

@@ -1,9 +1,9 @@
 /** `tokenmill serve`: the OpenAI-compatible HTTP API. */
 import { parseArgs } from "node:util";
-import { parseBytes } from "../engine/index.ts";
 import { readCheckpoint } from "../models/checkpoint.ts";
 import { startServer } from "../server/serve.ts";
-import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, positiveInt } from "./engine-flags.ts";
+import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags } from "./engine-flags.ts";
+import { bytesFlag, enumFlag, flagValue, intFlag, nonEmptyFlag, numberFlag, optionalFlagValue } from "./flags.ts";
 
 export const SERVE_HELP = `tokenmill serve [options]
 Server:
@@ -12,6 +12,7 @@ Server:
   --served-model-name NAME      the model id clients send (default: the model folder's name)
   --max-queued-requests N       sequences that may wait beyond --max-num-seqs before 503 (default 1024)
   --shutdown-timeout SECONDS    on SIGTERM, how long in-flight requests may finish (default 30)
+  --request-timeout SECONDS     how long a client may take to send a whole request before a 408 (default 60)
   --max-body-size SIZE          largest request body (default 8MiB)
   --tokenizer-threads N         tokenizer worker threads (default: spare cores, at most 4)
   --tool-call-parser P          auto, hermes or none: parse tool calls out of the output
@@ -30,6 +31,7 @@ export async function serveCommand(args: string[]): Promise<void> {
       "served-model-name": { type: "string" },
       "max-queued-requests": { type: "string", default: "1024" },
       "shutdown-timeout": { type: "string", default: "30" },
+      "request-timeout": { type: "string", default: "60" },
       "max-body-size": { type: "string", default: "8MiB" },
       "tokenizer-threads": { type: "string" },
       "tool-call-parser": { type: "string", default: "auto" },
@@ -39,39 +41,52 @@ export async function serveCommand(args: string[]): Promise<void> {
     },
   });
   if (values.help) return void console.log(SERVE_HELP);
+  // NOTE: every flag is checked before the model loads, so a typo fails in a second, not after the load.
+  const engineFlags = readEngineFlags(values);
+  const server = {
+    host: flagValue("host", values.host, nonEmptyFlag),
+    port: flagValue("port", values.port, intFlag(0, 65535)),
+    servedModelName: optionalFlagValue("served-model-name", values["served-model-name"], nonEmptyFlag),
+    maxQueuedRequests: flagValue("max-queued-requests", values["max-queued-requests"], intFlag(0)),
+    shutdownTimeoutMs: flagValue("shutdown-timeout", values["shutdown-timeout"], numberFlag(0)) * 1000,
+    requestTimeoutMs: flagValue("request-timeout", values["request-timeout"], numberFlag(0, 86_400, { minExclusive: true })) * 1000,
+    bodyLimitBytes: flagValue("max-body-size", values["max-body-size"], bytesFlag),
+    tokenizerThreads: optionalFlagValue("tokenizer-threads", values["tokenizer-threads"], intFlag(1, 64)),
+    toolCallParser: flagValue("tool-call-parser", values["tool-call-parser"], enumFlag("auto", "hermes", "none")),
+    logLevel: flagValue("log-level", values["log-level"], enumFlag("fatal", "error", "warn", "info", "debug", "trace", "silent")),
+    apiKeys: (values["api-key"] ?? (process.env.TOKENMILL_API_KEY ? [process.env.TOKENMILL_API_KEY] : [])).map((key) => flagValue("api-key", key, nonEmptyFlag)),
+  };
   const checkpoint = readCheckpoint(modelDirFrom(values));
-  const engineOptions = engineOptionsFrom(values, checkpoint);
-  const port = Number(values.port);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`--port must be 0-65535, got ${values.port}`);
-  const server = await startServer({
+  const engineOptions = engineOptionsFrom(engineFlags, checkpoint);
+  const running = await startServer({
     engineOptions,
-    modelId: values["served-model-name"] ?? checkpoint.name,
+    modelId: server.servedModelName ?? checkpoint.name,
     maxModelLen: Math.min(engineOptions.maxModelLen ?? checkpoint.config.maxPositionEmbeddings, checkpoint.config.maxPositionEmbeddings),
     vocabSize: checkpoint.config.vocabSize,
     defaults: checkpoint.generationDefaults,
-    host: values.host,
-    port,
-    maxQueuedRequests: Number(values["max-queued-requests"]),
-    shutdownTimeoutMs: Number(values["shutdown-timeout"]) * 1000,
-    bodyLimitBytes: parseBytes(values["max-body-size"]),
-    tokenizerThreads: values["tokenizer-threads"] === undefined ? undefined : positiveInt(values["tokenizer-threads"], "--tokenizer-threads"),
-    toolCallParser: toolCallParserFor(values["tool-call-parser"], checkpoint.chatTemplate),
-    apiKeys: values["api-key"] ?? (process.env.TOKENMILL_API_KEY ? [process.env.TOKENMILL_API_KEY] : []),
-    logger: { level: values["log-level"] },
+    host: server.host,
+    port: server.port,
+    maxQueuedRequests: server.maxQueuedRequests,
+    shutdownTimeoutMs: server.shutdownTimeoutMs,
+    requestTimeoutMs: server.requestTimeoutMs,
+    bodyLimitBytes: server.bodyLimitBytes,
+    tokenizerThreads: server.tokenizerThreads,
+    toolCallParser: toolCallParserFor(server.toolCallParser, checkpoint.chatTemplate),
+    apiKeys: server.apiKeys,
+    logger: { level: server.logLevel },
   });
-  server.app.log.info(`serving ${checkpoint.dir} as "${server.ctx.modelId}" at ${server.url}/v1 (loading the model...)`);
-  server.ready.catch(() => process.exit(1));
+  running.app.log.info(`serving ${checkpoint.dir} as "${running.ctx.modelId}" at ${running.url}/v1 (loading the model...)`);
+  running.ready.catch(() => process.exit(1));
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     process.once(signal, () => {
-      server.app.log.info({ signal }, "draining: no new requests; finishing in-flight ones");
-      void server.close().then(() => process.exit(0));
+      running.app.log.info({ signal }, "draining: no new requests; finishing in-flight ones");
+      void running.close().then(() => process.exit(0));
     });
   }
 }
 
-function toolCallParserFor(choice: string, chatTemplate: string | null): "hermes" | undefined {
+function toolCallParserFor(choice: "auto" | "hermes" | "none", chatTemplate: string | null): "hermes" | undefined {
   if (choice === "hermes") return "hermes";
   if (choice === "none") return undefined;
-  if (choice !== "auto") throw new Error(`--tool-call-parser must be auto, hermes or none, got ${choice}`);
   return chatTemplate?.includes("<tool_call>") ? "hermes" : undefined;
 }

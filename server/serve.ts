@@ -22,6 +22,8 @@ export interface ServeOptions {
   maxQueuedRequests: number;
   shutdownTimeoutMs: number;
   bodyLimitBytes: number;
+  /** How long a client may take to send a whole request; default 60 s. */
+  requestTimeoutMs?: number;
   apiKeys?: readonly string[];
   tokenizerThreads?: number;
   /** How this model writes tool calls, for parsing them out of its output; undefined: not parsed. */
@@ -52,7 +54,9 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     numInFlight: 0,
     inFlightControllers: new Set(),
   };
-  const app = buildApp(ctx, { bodyLimitBytes: options.bodyLimitBytes, logger: options.logger, apiKeys: options.apiKeys });
+  const app = buildApp(ctx, {
+    bodyLimitBytes: options.bodyLimitBytes, logger: options.logger, apiKeys: options.apiKeys, requestTimeoutMs: options.requestTimeoutMs,
+  });
   await app.listen({ host: options.host, port: options.port });
   const address = app.server.address();
   const port = typeof address === "object" && address ? address.port : options.port;

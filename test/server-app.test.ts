@@ -238,6 +238,23 @@ describe("admission", () => {
     expect((await chat({ n: 2 })).statusCode).toBe(200);
   });
 
+  it("logs /health probes while the model loads quietly, and a real fault at error level", async () => {
+    await app.close();
+    const lines: Json[] = [];
+    const stream = { write: (line: string) => void lines.push(JSON.parse(line) as Json) };
+    ctx = makeContext({ engine: null, tokenizer: null });
+    app = buildApp(ctx, { logger: { level: "info", stream } });
+    for (let i = 0; i < 3; i++) expect((await app.inject({ method: "GET", url: "/health" })).statusCode).toBe(503);
+    expect(lines.length).toBeGreaterThan(0);
+    expect(lines.filter((l) => l.level >= 50)).toEqual([]);
+    expect(JSON.stringify(lines)).not.toContain("stack");
+    ctx.engine = engine;
+    ctx.tokenizer = tokenizer;
+    engine.script({ kind: "fail", code: "RUNTIME_FAILED" });
+    expect((await chat()).statusCode).toBe(500);
+    expect(lines.filter((l) => l.level >= 50).map((l) => l.msg)).toEqual(["request failed"]);
+  });
+
   it("answers 503 with Retry-After while the model loads, and /health says so", async () => {
     await app.close();
     setUp({ engine: null, tokenizer: null });
