@@ -9,6 +9,10 @@ export interface TestServerOverrides {
   maxNumSeqs?: number;
   faultInjection?: boolean;
   shutdownTimeoutMs?: number;
+  bodyLimitBytes?: number;
+  requestTimeoutMs?: number;
+  /** The served model name (default: the folder's). */
+  modelId?: string;
   logger?: Parameters<typeof startServer>[0]["logger"];
 }
 
@@ -19,7 +23,7 @@ export async function startTestServer(overrides: TestServerOverrides = {}): Prom
       ...DEFAULT_ENGINE_OPTIONS, modelDir: checkpoint.dir, kvCacheMemoryBytes: 256 * 1024 ** 2, intraOpThreads: 1,
       maxNumSeqs: overrides.maxNumSeqs ?? 64, faultInjection: overrides.faultInjection,
     },
-    modelId: checkpoint.name,
+    modelId: overrides.modelId ?? checkpoint.name,
     maxModelLen: checkpoint.config.maxPositionEmbeddings,
     vocabSize: checkpoint.config.vocabSize,
     defaults: checkpoint.generationDefaults,
@@ -27,7 +31,8 @@ export async function startTestServer(overrides: TestServerOverrides = {}): Prom
     port: 0,
     maxQueuedRequests: overrides.maxQueuedRequests ?? 256,
     shutdownTimeoutMs: overrides.shutdownTimeoutMs ?? 10_000,
-    bodyLimitBytes: 1024 * 1024,
+    bodyLimitBytes: overrides.bodyLimitBytes ?? 1024 * 1024,
+    requestTimeoutMs: overrides.requestTimeoutMs,
     tokenizerThreads: 1,
     toolCallParser: "hermes",
     logger: overrides.logger,
