@@ -2,7 +2,7 @@
  * Admission: a request may start only while the engine is ready and the waiting queue
  * has room. Returns a release function, called once, whatever way the request ends.
  */
-import { ApiError, engineRestarting, invalidRequest, overloaded, requestAborted } from "./api-error.ts";
+import { ApiError, clientClosedRequest, engineRestarting, invalidRequest, overloaded, requestAborted } from "./api-error.ts";
 import type { EngineOutput, EngineRequest, PromptTokenizer, ServingEngine } from "./engine-api.ts";
 import type { ServerContext } from "./server-context.ts";
 
@@ -43,7 +43,7 @@ export function admit(ctx: ServerContext, numSequences: number, onClientGone: (a
   ctx.numInFlight += numSequences;
   ctx.inFlightControllers.add(controller);
   let released = false;
-  onClientGone(() => controller.abort());
+  onClientGone(() => controller.abort(clientClosedRequest()));
   return {
     engine,
     tokenizer,

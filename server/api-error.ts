@@ -32,6 +32,9 @@ export const overloaded = (message: string, retryAfterSeconds = 1) =>
   new ApiError(503, message, "server_error", null, "overloaded", retryAfterSeconds);
 export const serverShuttingDown = () =>
   new ApiError(503, "The server is shutting down; this request was cut off before it finished.", "server_error", null, "server_shutting_down", 5);
+/** nginx's 499: nobody reads it, but the request log and metrics then say the client left. */
+export const clientClosedRequest = () =>
+  new ApiError(499, "The client closed the connection before the response was complete.", "invalid_request_error", null, "client_closed_request");
 export const requestAborted = () =>
   new ApiError(503, "The server aborted this request before it finished.", "server_error", null, "request_aborted", 1);
 export const engineRestarting = (message = "The engine is restarting after a fault; retry shortly.") =>

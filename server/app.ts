@@ -52,11 +52,16 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
   app.addHook("onRequest", async (request, reply) => {
     // NOTE: set on the raw response, so streamed replies, which bypass fastify's send, carry it too.
     reply.raw.setHeader("x-request-id", request.id);
+    // NOTE: a response whose client left never finishes, so onResponse never counts it: count it here, as nginx's 499.
+    reply.raw.once("close", () => {
+      if (!reply.raw.writableFinished) ctx.metrics.requests.inc({ route: request.routeOptions.url ?? "unknown", status: "499" });
+    });
     checkApiKey(request.url, request.headers.authorization);
   });
   app.addHook("onResponse", async (request, reply) => {
     ctx.metrics.requests.inc({ route: request.routeOptions.url ?? "unknown", status: String(reply.statusCode) });
   });
+
   app.setErrorHandler(sendError);
   app.setNotFoundHandler((request, reply) => {
     const apiError = routeNotFound(request.method, request.url);

@@ -8,6 +8,7 @@ export interface ChoiceState {
   text: string;
   tokenIds: number[];
   logprobs: Logprob[];
+  /** Never "abort": an aborted request throws instead of finishing (see admission). */
   finishReason: string | null;
   stopReason: string | number | null;
 }
@@ -59,7 +60,3 @@ export function usageOf(parts: Choices[]): Usage {
   return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion, prompt_tokens_details: { cached_tokens: cached } };
 }
 
-/** OpenAI's finish_reason. An aborted request never gets one: it throws (see admission). */
-export function finishReasonOf(choice: ChoiceState): string | null {
-  return choice.finishReason;
-}

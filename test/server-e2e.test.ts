@@ -213,6 +213,27 @@ describe("lifecycle", () => {
     expect(server.ctx.numInFlight).toBe(0);
   });
 
+  it("a client that leaves a whole (non-streamed) request frees it, and the request is counted as 499, not as served", async () => {
+    const counted = async (status: string) => {
+      const text = await (await fetch(`${server.url}/metrics`)).text();
+      const line = text.split("\n").find((l) => l.startsWith(`tokenmill_http_requests_total{route="/v1/chat/completions",status="${status}"}`));
+      return Number(line?.split(" ")[1] ?? 0);
+    };
+    const [left, served] = [await counted("499"), await counted("200")];
+    const controller = new AbortController();
+    const pending = fetch(`${server.url}/v1/chat/completions`, {
+      method: "POST", headers: { "content-type": "application/json" }, signal: controller.signal,
+      body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "take your time" }], max_tokens: 4000, ignore_eos: true }),
+    }).catch(() => null);
+    for (let i = 0; i < 100 && (await metric("tokenmill_requests_running")) === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    controller.abort();
+    await pending;
+    for (let i = 0; i < 50 && server.ctx.numInFlight > 0; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(server.ctx.numInFlight).toBe(0);
+    expect(await counted("499")).toBe(left + 1);
+    expect(await counted("200")).toBe(served);
+  });
+
   it("/tokenize counts what chat completions bill as prompt tokens, and /detokenize reverses it", async () => {
     const messages = [{ role: "user", content: "How many tokens is this?" }];
     const post = (path: string, body: object) => fetch(`${server.url}${path}`, {

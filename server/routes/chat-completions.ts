@@ -3,7 +3,7 @@ import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { admit } from "../admission.ts";
 import { invalidRequest } from "../api-error.ts";
-import { Choices, finishReasonOf, usageOf } from "../choices.ts";
+import { Choices, usageOf } from "../choices.ts";
 import type { EngineOutput } from "../engine-api.ts";
 import { toEngineRequest } from "../engine-request.ts";
 import { nowSeconds, onClientGone, parseBody, requireModel } from "../http-helpers.ts";
@@ -47,7 +47,7 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext
             index: c.index,
             message: toolCalls.length > 0 ? { role: "assistant", content: content || null, tool_calls: toolCalls } : { role: "assistant", content },
             logprobs: body.logprobs ? { content: c.logprobs.map(chatLogprob) } : null,
-            finish_reason: toolCalls.length > 0 && c.finishReason === "stop" ? "tool_calls" : finishReasonOf(c),
+            finish_reason: toolCalls.length > 0 && c.finishReason === "stop" ? "tool_calls" : c.finishReason,
             stop_reason: c.stopReason,
           };
         }),
@@ -118,7 +118,7 @@ async function streamChat(
         await sse.send(chunk({ index, delta: { tool_calls: toolCalls.map((call, i) => ({ index: i, ...call })) }, logprobs: null, finish_reason: null }));
       }
       if (output.finishReason) {
-        const finishReason = toolCalls.length > 0 && choice.finishReason === "stop" ? "tool_calls" : finishReasonOf(choice);
+        const finishReason = toolCalls.length > 0 && choice.finishReason === "stop" ? "tool_calls" : choice.finishReason;
         await sse.send(chunk({ index, delta: {}, logprobs: null, finish_reason: finishReason, stop_reason: choice.stopReason }));
       }
     }

@@ -3,7 +3,7 @@ import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { admit, type Admitted } from "../admission.ts";
 import { invalidRequest } from "../api-error.ts";
-import { Choices, finishReasonOf, usageOf, type ChoiceState } from "../choices.ts";
+import { Choices, usageOf, type ChoiceState } from "../choices.ts";
 import type { EngineOutput } from "../engine-api.ts";
 import { toEngineRequest } from "../engine-request.ts";
 import { nowSeconds, onClientGone, parseBody, requireModel } from "../http-helpers.ts";
@@ -75,7 +75,7 @@ function choiceBody(body: CompletionRequest, run: PromptRun, choice: ChoiceState
     index: choice.index,
     text: run.promptText + choice.text,
     logprobs: body.logprobs == null ? null : legacyLogprobs(body.echo ? run.choices.promptLogprobs ?? null : null, choice.logprobs, 0),
-    finish_reason: finishReasonOf(choice),
+    finish_reason: choice.finishReason,
     stop_reason: choice.stopReason,
   };
 }
@@ -99,7 +99,7 @@ async function streamCompletions(reply: FastifyReply, body: CompletionRequest, h
         offsets.set(output.index, offset + prefix.length + output.text.length);
         await sse.send(chunk([{
           index: choice.index, text: prefix + output.text, logprobs,
-          finish_reason: output.finishReason ? finishReasonOf(choice) : null,
+          finish_reason: output.finishReason ? choice.finishReason : null,
           ...(output.finishReason ? { stop_reason: choice.stopReason } : {}),
         }]));
       }
