@@ -3,8 +3,8 @@
  * batches (no HTTP, no scheduler, no sampling beyond the graph's argmax). Each batch is
  * prefilled in one step and then decoded one token per step.
  */
-import { ModelRunner } from "../engine/runner/model-runner.ts";
-import type { StepSequence } from "../engine/runner/step-batch.ts";
+import { ModelRunner } from "../engine/runner/onnx-host/onnx-runner.ts";
+import type { StepSequence } from "../engine/runner/onnx-host/step-layout.ts";
 import { ensureGraph } from "../models/build-graph.ts";
 import { Prng } from "../models/prng.ts";
 

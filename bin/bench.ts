@@ -5,7 +5,7 @@ import { parseArgs } from "node:util";
 import { runBench, type BenchTarget } from "../bench/run-bench.ts";
 import { buildWorkload, type BenchTokenizer } from "../bench/workload.ts";
 import { readCheckpoint, type Checkpoint } from "../models/checkpoint.ts";
-import { SYNTHETIC_MODELS } from "../models/default-model.ts";
+import { SYNTHETIC_MODELS } from "../models/synthetic/default-model.ts";
 import { ModelTokenizer } from "../models/tokenizer.ts";
 import { startServer } from "../server/serve.ts";
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags, type EngineFlags, type EngineFlagValues } from "./engine-flags.ts";

@@ -3,7 +3,7 @@ import type { ParseArgsConfig } from "node:util";
 import { DEFAULT_ENGINE_OPTIONS, type EngineOptions } from "../engine/index.ts";
 import { bytesFlag, enumFlag, flagValue, intFlag, optionalFlagValue } from "./flags.ts";
 import { existsSync } from "node:fs";
-import { SYNTHETIC_MODELS, ensureDefaultModel, ensureSyntheticModel } from "../models/default-model.ts";
+import { SYNTHETIC_MODELS, ensureDefaultModel, ensureSyntheticModel } from "../models/synthetic/default-model.ts";
 import { readCheckpoint, type Checkpoint } from "../models/checkpoint.ts";
 import { ModelTokenizer } from "../models/tokenizer.ts";
 

@@ -14,7 +14,7 @@ import { cacheDir } from "./cache-dir.ts";
 import { buildDecoderGraph } from "./graph/decoder-graph.ts";
 import type { WeightSource } from "./graph/layers.ts";
 import { OnnxGraph } from "./graph/onnx-graph.ts";
-import { openWeights } from "./safetensors.ts";
+import { openWeights } from "./weights/safetensors.ts";
 
 /** Bump when the graph's inputs, outputs or numerics change. */
 const BUILDER_VERSION = 1;

@@ -4,10 +4,10 @@
  */
 import { createServer } from "node:http";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from "fastify";
-import { routeNotFound, toApiError } from "./api-error.ts";
-import { apiKeyGuard } from "./api-key.ts";
-import { handleClientError } from "./client-error.ts";
-import { registerJsonBody } from "./json-body.ts";
+import { routeNotFound, toApiError } from "./http/api-error.ts";
+import { apiKeyGuard } from "./http/api-key.ts";
+import { handleClientError } from "./http/client-error.ts";
+import { registerJsonBody } from "./http/json-body.ts";
 import { registerChatCompletions } from "./routes/chat-completions.ts";
 import { registerCompletions } from "./routes/completions.ts";
 import { registerServiceRoutes } from "./routes/service-routes.ts";

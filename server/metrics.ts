@@ -3,7 +3,7 @@
  * DESIGN.md: Prometheus style, units in the name.
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
-import type { EngineStatsSnapshot } from "./engine-api.ts";
+import type { EngineStatsSnapshot } from "./backends/engine-api.ts";
 
 const LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80];
 

@@ -4,9 +4,9 @@
  * requests finish within the shutdown timeout, abort the rest, stop the engine.
  */
 import type { FastifyInstance, FastifyServerOptions } from "fastify";
-import { serverShuttingDown } from "./api-error.ts";
+import { serverShuttingDown } from "./http/api-error.ts";
 import { buildApp } from "./app.ts";
-import { Engine, TokenizerPool, type EngineOptions } from "./engine-api.ts";
+import { Engine, TokenizerPool, type EngineOptions } from "./backends/engine-api.ts";
 import { ServerMetrics } from "./metrics.ts";
 import type { GenerationDefaults, ServerContext } from "./server-context.ts";
 

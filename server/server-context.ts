@@ -1,6 +1,6 @@
 /** What every route shares: the engine (once loaded), the tokenizer pool, limits and metrics. */
 import type { FastifyBaseLogger } from "fastify";
-import type { PromptTokenizer, ServingEngine } from "./engine-api.ts";
+import type { PromptTokenizer, ServingEngine } from "./backends/engine-api.ts";
 import type { GenerationDefaults } from "../models/index.ts";
 import type { ServerMetrics } from "./metrics.ts";
 

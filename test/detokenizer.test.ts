@@ -5,9 +5,9 @@
  */
 import fc from "fast-check";
 import { beforeAll, describe, expect, it } from "vitest";
-import { IncrementalDetokenizer, type DecodeFn, type DetokenizerOptions } from "../engine/detokenizer.ts";
+import { IncrementalDetokenizer, type DecodeFn, type DetokenizerOptions } from "../engine/text/detokenizer.ts";
 import { readCheckpoint } from "../models/checkpoint.ts";
-import { ensureDefaultModel } from "../models/default-model.ts";
+import { ensureDefaultModel } from "../models/synthetic/default-model.ts";
 import { ModelTokenizer } from "../models/tokenizer.ts";
 
 const FFFD = "\uFFFD";

@@ -5,11 +5,11 @@
  */
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { EngineError, StepFailure } from "../engine/engine-error.ts";
-import type { EngineOutput, EngineRequest } from "../engine/request.ts";
+import { EngineError, StepFailure } from "../engine/core/engine-error.ts";
+import type { EngineOutput, EngineRequest } from "../engine/core/request.ts";
 import {
   BLOCK_SIZE, EOS, FakeRunner, byLastTokenAndPosition, byWholeContext, collect, drain, expectedGreedy, makeCore, makeRequest, makeSampling, tokens,
-} from "./helpers/engine-fakes.ts";
+} from "./helpers/core-fakes.ts";
 
 const freeAll = (core: ReturnType<typeof makeCore>["core"]) => {
   core.checkIntegrity();

@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_ENGINE_OPTIONS, Engine, GREEDY, type EngineOutput, type EngineRequest } from "../engine/index.ts";
-import { ensureDefaultModel } from "../models/default-model.ts";
+import { ensureDefaultModel } from "../models/synthetic/default-model.ts";
 import { readCheckpoint } from "../models/checkpoint.ts";
 import { ModelTokenizer } from "../models/tokenizer.ts";
 import { referenceFor, seededTokens } from "./helpers/runner.ts";

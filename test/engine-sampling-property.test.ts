@@ -6,7 +6,7 @@
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_ENGINE_OPTIONS, Engine, type EngineOutput, type EngineRequest, type SamplingParams } from "../engine/index.ts";
-import { ensureDefaultModel } from "../models/default-model.ts";
+import { ensureDefaultModel } from "../models/synthetic/default-model.ts";
 
 const VOCAB = 151936;
 const TEXT_VOCAB = 151643;

@@ -3,7 +3,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { ensureDefaultModel } from "../models/default-model.ts";
+import { ensureDefaultModel } from "../models/synthetic/default-model.ts";
 import { readCheckpoint } from "../models/checkpoint.ts";
 import { ModelTokenizer } from "../models/tokenizer.ts";
 import { jsonLines, runCli } from "./helpers/cli.ts";

@@ -3,7 +3,7 @@
  * a whole-sequence prefill, and a short prefill followed by decode steps through the pool.
  */
 import { afterAll, describe, expect, it } from "vitest";
-import type { ModelRunner } from "../engine/runner/model-runner.ts";
+import type { ModelRunner } from "../engine/runner/onnx-host/onnx-runner.ts";
 import { FAMILY_MODELS, tinyCheckpoint } from "./helpers/tiny-models.ts";
 import { loadRunner, maxAbsDiff, referenceFor, rows, seededTokens } from "./helpers/runner.ts";
 

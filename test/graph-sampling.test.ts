@@ -1,7 +1,7 @@
 /** The graph's sampling outputs against JavaScript on the logits it returns: softmax(logits / T) and the top-20 log-softmax entries. */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { ModelRunner } from "../engine/runner/model-runner.ts";
-import { ensureDefaultModel } from "../models/default-model.ts";
+import type { ModelRunner } from "../engine/runner/onnx-host/onnx-runner.ts";
+import { ensureDefaultModel } from "../models/synthetic/default-model.ts";
 import { loadRunner, seededTokens } from "./helpers/runner.ts";
 
 const VOCAB = 151936;

@@ -5,11 +5,11 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseModelConfig } from "../models/config.ts";
 import { readCheckpoint } from "../models/checkpoint.ts";
-import { DEFAULT_MODEL_CONFIG, ensureDefaultModel } from "../models/default-model.ts";
+import { DEFAULT_MODEL_CONFIG, ensureDefaultModel } from "../models/synthetic/default-model.ts";
 import { ensureGraph } from "../models/build-graph.ts";
 import { ModelError } from "../models/model-error.ts";
 import { cacheDir } from "../models/cache-dir.ts";
-import { openWeights } from "../models/safetensors.ts";
+import { openWeights } from "../models/weights/safetensors.ts";
 import { ModelTokenizer } from "../models/tokenizer.ts";
 import { BASE_CONFIG, FAMILY_MODELS, tinyCheckpoint } from "./helpers/tiny-models.ts";
 

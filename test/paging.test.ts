@@ -4,9 +4,9 @@
  */
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { ModelRunner } from "../engine/runner/model-runner.ts";
-import type { StepSequence } from "../engine/runner/step-batch.ts";
-import { ensureDefaultModel } from "../models/default-model.ts";
+import type { ModelRunner } from "../engine/runner/onnx-host/onnx-runner.ts";
+import type { StepSequence } from "../engine/runner/onnx-host/step-layout.ts";
+import { ensureDefaultModel } from "../models/synthetic/default-model.ts";
 import { FAMILY_MODELS, tinyCheckpoint } from "./helpers/tiny-models.ts";
 import { loadRunner, maxAbsDiff, seededTokens } from "./helpers/runner.ts";
 

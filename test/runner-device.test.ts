@@ -3,10 +3,10 @@ import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { EngineError } from "../engine/engine-error.ts";
-import { createSession } from "../engine/runner/onnx-session.ts";
+import { EngineError } from "../engine/core/engine-error.ts";
+import { createSession } from "../engine/runner/onnx-host/onnx-session.ts";
 import { ensureGraph } from "../models/build-graph.ts";
-import { ensureDefaultModel } from "../models/default-model.ts";
+import { ensureDefaultModel } from "../models/synthetic/default-model.ts";
 
 const binDir = join(dirname(createRequire(import.meta.url).resolve("onnxruntime-node")), "..", "bin");
 const hasCuda = existsSync(join(binDir, "napi-v6", "linux", "x64", "libonnxruntime_providers_cuda.so"));

@@ -3,11 +3,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
 import { afterEach, describe, expect, it } from "vitest";
-import { bfloat16ToFloat32, float16ToFloat32, float32ToBfloat16, float32ToFloat16 } from "../models/float-formats.ts";
+import { bfloat16ToFloat32, float16ToFloat32, float32ToBfloat16, float32ToFloat16 } from "../models/weights/float-formats.ts";
 import { ModelError } from "../models/model-error.ts";
 import { fillNormal, Prng } from "../models/prng.ts";
-import { writeRandomCheckpoint } from "../models/random-checkpoint.ts";
-import { openWeights, writeSafetensors, writeShardedSafetensors, type TensorEntry } from "../models/safetensors.ts";
+import { writeRandomCheckpoint } from "../models/synthetic/random-checkpoint.ts";
+import { openWeights, writeSafetensors, writeShardedSafetensors, type TensorEntry } from "../models/weights/safetensors.ts";
 
 const dirs: string[] = [];
 function tempDir(): string {

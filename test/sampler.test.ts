@@ -4,17 +4,17 @@
  * and penalties and logit bias move the choice as OpenAI and vLLM define them.
  */
 import { describe, expect, it } from "vitest";
-import type { SamplingParams } from "../engine/request.ts";
+import type { SamplingParams } from "../engine/core/request.ts";
 import fc from "fast-check";
-import { GREEDY } from "../engine/request.ts";
+import { GREEDY } from "../engine/core/request.ts";
 import { rowOf, stepLogitsFromFull } from "../engine/runner/step-logits.ts";
 import {
   type TokenHistory, keptDistribution, keptDistributionFromProbs, logSumExpOf, logitsNeedOf, sampleRow, sampleToken,
-} from "../engine/sampler.ts";
-import { keptFromTop } from "../engine/top-n-sampler.ts";
-import { nucleusKept, sampleNucleus } from "../engine/nucleus-sampler.ts";
+} from "../engine/sampling/sampler.ts";
+import { keptFromTop } from "../engine/sampling/top-n-sampler.ts";
+import { nucleusKept, sampleNucleus } from "../engine/sampling/nucleus-sampler.ts";
 import { Prng } from "../models/prng.ts";
-import { makeSampling } from "./helpers/engine-fakes.ts";
+import { makeSampling } from "./helpers/core-fakes.ts";
 
 const NO_HISTORY: TokenHistory = { promptTokenIds: [], outputTokenIds: [] };
 

@@ -5,9 +5,9 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import type { KvCacheManager } from "../engine/kv-cache/kv-cache-manager.ts";
-import { Scheduler, type SchedulerLimits, type SchedulerOutput } from "../engine/scheduler.ts";
-import type { Sequence } from "../engine/sequence.ts";
-import { BLOCK_SIZE, byWholeContext, completeStep, expectedGreedy, makeKv, makeSequence, tokens } from "./helpers/engine-fakes.ts";
+import { Scheduler, type SchedulerLimits, type SchedulerOutput } from "../engine/core/scheduler.ts";
+import type { Sequence } from "../engine/core/sequence.ts";
+import { BLOCK_SIZE, byWholeContext, completeStep, expectedGreedy, makeKv, makeSequence, tokens } from "./helpers/core-fakes.ts";
 
 function makeScheduler(numBlocks: number, limits: Partial<SchedulerLimits> = {}) {
   const { pool, kv } = makeKv(numBlocks);

@@ -6,12 +6,12 @@
  */
 import type { FastifyInstance, LightMyRequestResponse } from "fastify";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { serverShuttingDown } from "../server/api-error.ts";
+import { serverShuttingDown } from "../server/http/api-error.ts";
 import { buildApp } from "../server/app.ts";
 import type { ServerContext } from "../server/server-context.ts";
 import {
   FakeEngine, FakeTokenizer, MAX_MODEL_LEN, chatPromptOf, generatedText, makeContext, makeStats,
-} from "./helpers/fake-engine.ts";
+} from "./helpers/server-fakes.ts";
 
 let engine: FakeEngine;
 let tokenizer: FakeTokenizer;

@@ -3,10 +3,10 @@
  * after a request the chat template rejects, and leaves the main thread free.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { EngineError } from "../engine/engine-error.ts";
-import { TokenizerPool } from "../engine/tokenizer-pool.ts";
+import { EngineError } from "../engine/core/engine-error.ts";
+import { TokenizerPool } from "../engine/text/tokenizer-pool.ts";
 import { readCheckpoint } from "../models/checkpoint.ts";
-import { ensureDefaultModel } from "../models/default-model.ts";
+import { ensureDefaultModel } from "../models/synthetic/default-model.ts";
 import { ModelError } from "../models/model-error.ts";
 import { ModelTokenizer, type ChatMessage } from "../models/tokenizer.ts";
 

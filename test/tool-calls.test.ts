@@ -1,7 +1,7 @@
 /** Hermes-format tool calls in generated text: parsed whole, and streamed in any chunking. */
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { ToolCallStream, parseToolCalls } from "../server/tool-calls.ts";
+import { ToolCallStream, parseToolCalls } from "../server/openai/tool-calls.ts";
 
 const CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>';
 

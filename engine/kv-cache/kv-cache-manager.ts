@@ -5,7 +5,7 @@
  *   hashes    h0 = H("", t0..t15)   h1 = H(h0, t16..t31)   (the partial block is never hashed)
  */
 import { createHash } from "node:crypto";
-import type { Sequence } from "../sequence.ts";
+import type { Sequence } from "../core/sequence.ts";
 import type { BlockPool } from "./block-pool.ts";
 
 export class KvCacheManager {

@@ -1,17 +1,17 @@
 /** POST /v1/chat/completions: OpenAI's chat API, streamed over SSE or returned whole. */
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
-import { admit } from "../admission.ts";
-import { invalidRequest } from "../api-error.ts";
-import { Choices, usageOf } from "../choices.ts";
-import type { EngineOutput } from "../engine-api.ts";
-import { toEngineRequest } from "../engine-request.ts";
-import { nowSeconds, onClientGone, parseBody, requireModel } from "../http-helpers.ts";
-import { toChatMessage } from "../chat-messages.ts";
-import { chatCompletionRequest, type ChatCompletionRequest } from "../schemas.ts";
+import { admit } from "../http/admission.ts";
+import { invalidRequest } from "../http/api-error.ts";
+import { Choices, usageOf } from "../openai/choices.ts";
+import type { EngineOutput } from "../backends/engine-api.ts";
+import { toEngineRequest } from "../openai/to-engine-request.ts";
+import { nowSeconds, onClientGone, parseBody, requireModel } from "../http/http-helpers.ts";
+import { toChatMessage } from "../openai/chat-messages.ts";
+import { chatCompletionRequest, type ChatCompletionRequest } from "../openai/schemas.ts";
 import type { ServerContext } from "../server-context.ts";
-import { SseStream } from "../sse.ts";
-import { ToolCallStream, parseToolCalls, type ToolCall } from "../tool-calls.ts";
+import { SseStream } from "../http/sse.ts";
+import { ToolCallStream, parseToolCalls, type ToolCall } from "../openai/tool-calls.ts";
 
 export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext): void {
   app.post("/v1/chat/completions", async (request, reply) => {

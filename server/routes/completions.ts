@@ -1,16 +1,16 @@
 /** POST /v1/completions: the legacy completions API, with token-id prompts, echo and legacy logprobs. */
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
-import { admit, type Admitted } from "../admission.ts";
-import { invalidRequest } from "../api-error.ts";
-import { Choices, usageOf, type ChoiceState } from "../choices.ts";
-import type { EngineOutput } from "../engine-api.ts";
-import { toEngineRequest } from "../engine-request.ts";
-import { nowSeconds, onClientGone, parseBody, requireModel } from "../http-helpers.ts";
-import { legacyLogprobs } from "../legacy-logprobs.ts";
-import { completionRequest, type CompletionRequest } from "../schemas.ts";
+import { admit, type Admitted } from "../http/admission.ts";
+import { invalidRequest } from "../http/api-error.ts";
+import { Choices, usageOf, type ChoiceState } from "../openai/choices.ts";
+import type { EngineOutput } from "../backends/engine-api.ts";
+import { toEngineRequest } from "../openai/to-engine-request.ts";
+import { nowSeconds, onClientGone, parseBody, requireModel } from "../http/http-helpers.ts";
+import { legacyLogprobs } from "../openai/legacy-logprobs.ts";
+import { completionRequest, type CompletionRequest } from "../openai/schemas.ts";
 import type { ServerContext } from "../server-context.ts";
-import { SseStream } from "../sse.ts";
+import { SseStream } from "../http/sse.ts";
 
 /** NOTE: as in OpenAI's and vLLM's completions API, max_tokens defaults to 16. */
 const DEFAULT_MAX_TOKENS = 16;

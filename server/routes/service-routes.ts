@@ -1,6 +1,6 @@
 /** GET /v1/models, /health and /metrics. */
 import type { FastifyInstance } from "fastify";
-import { ApiError, engineRestarting, modelNotFound } from "../api-error.ts";
+import { ApiError, engineRestarting, modelNotFound } from "../http/api-error.ts";
 import type { ServerContext } from "../server-context.ts";
 
 const startedSeconds = Math.floor(Date.now() / 1000);

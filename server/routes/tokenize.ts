@@ -2,10 +2,10 @@
 import { createRequire } from "node:module";
 import type { FastifyInstance } from "fastify";
 import { z } from "zod";
-import { overloaded } from "../api-error.ts";
-import { toChatMessage } from "../chat-messages.ts";
-import { parseBody, requireModel } from "../http-helpers.ts";
-import { chatCompletionRequest } from "../schemas.ts";
+import { overloaded } from "../http/api-error.ts";
+import { toChatMessage } from "../openai/chat-messages.ts";
+import { parseBody, requireModel } from "../http/http-helpers.ts";
+import { chatCompletionRequest } from "../openai/schemas.ts";
 import type { ServerContext } from "../server-context.ts";
 
 const tokenizePrompt = z.object({ model: z.string().min(1), prompt: z.string(), add_special_tokens: z.boolean().nullish() }).loose();

@@ -2,8 +2,8 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ensureGraph } from "../../models/build-graph.ts";
-import { openWeights } from "../../models/safetensors.ts";
-import { ModelRunner } from "../../engine/runner/model-runner.ts";
+import { openWeights } from "../../models/weights/safetensors.ts";
+import { ModelRunner } from "../../engine/runner/onnx-host/onnx-runner.ts";
 import { referenceLogits } from "../reference/forward.ts";
 
 export async function loadRunner(dir: string, blockSize = 4, numBlocks = 64, paddingSlack?: number): Promise<ModelRunner> {

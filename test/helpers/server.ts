@@ -1,7 +1,7 @@
 /** A real tokenmill server on the default model, in this process, on a free port. */
 import { DEFAULT_ENGINE_OPTIONS } from "../../engine/index.ts";
 import { readCheckpoint } from "../../models/checkpoint.ts";
-import { ensureDefaultModel } from "../../models/default-model.ts";
+import { ensureDefaultModel } from "../../models/synthetic/default-model.ts";
 import { startServer, type RunningServer } from "../../server/serve.ts";
 
 export interface TestServerOverrides {

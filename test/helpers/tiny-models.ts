@@ -1,7 +1,7 @@
 /** Tiny random checkpoints of each family, generated once into the cache. */
 import { existsSync, renameSync, rmSync } from "node:fs";
 import { cacheDir } from "../../models/cache-dir.ts";
-import { writeRandomCheckpoint } from "../../models/random-checkpoint.ts";
+import { writeRandomCheckpoint } from "../../models/synthetic/random-checkpoint.ts";
 
 export const BASE_CONFIG = {
   vocab_size: 320,

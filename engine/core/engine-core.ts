@@ -1,0 +1,271 @@
+/**
+ * The engine loop's body, free of threads: step() = schedule → run → sample → update.
+ * The engine thread owns one EngineCore; tests drive it directly with a fake runner.
+ */
+import { IncrementalDetokenizer } from "../text/detokenizer.ts";
+import { EngineError, StepFailure } from "./engine-error.ts";
+import { BlockPool } from "../kv-cache/block-pool.ts";
+import { KvCacheManager } from "../kv-cache/kv-cache-manager.ts";
+import type { EngineOutput, EngineRequest, FinishReason, PromptLogprob } from "./request.ts";
+import type { StepRunner } from "../runner/onnx-host/onnx-runner.ts";
+import type { StepSequence } from "../runner/onnx-host/step-layout.ts";
+import { promptLogprobsFromRows, withTokenStrings } from "../sampling/logprobs.ts";
+import { logitsNeedOf, sampleRow, type LogitsNeed } from "../sampling/sampler.ts";
+import { rowOf, type StepLogits } from "../runner/step-logits.ts";
+import { type ScheduledSequence, Scheduler } from "./scheduler.ts";
+import { Sequence } from "./sequence.ts";
+import { EngineStats } from "./engine-stats.ts";
+import type { TextCodec } from "../text/text-codec.ts";
+
+export interface EngineCoreOptions {
+  blockSize: number;
+  numBlocks: number;
+  maxNumSeqs: number;
+  maxNumBatchedTokens: number;
+  maxModelLen: number;
+  eosTokenIds: readonly number[];
+  enablePrefixCaching?: boolean;
+}
+
+export class EngineCore {
+  readonly scheduler: Scheduler;
+  readonly kv: KvCacheManager;
+  readonly stats = new EngineStats();
+  private readonly pendingAdds: Sequence[] = [];
+  private readonly pendingAborts = new Set<string>();
+  private readonly sequences = new Map<string, Sequence[]>();
+  /** Copies 1..n-1 of a request, waiting for copy 0's prompt to be computed so they can share its blocks. */
+  private readonly pendingForks = new Map<string, Sequence[]>();
+
+  /** @param codec turns tokens into text; without one, outputs carry token ids only. */
+  constructor(private readonly runner: StepRunner, private readonly options: EngineCoreOptions, private readonly codec: TextCodec | null = null) {
+    this.kv = new KvCacheManager(new BlockPool(options.numBlocks), options.blockSize, options.enablePrefixCaching ?? true);
+    this.scheduler = new Scheduler(this.kv, options);
+  }
+
+  /** Queues a request for the next step; throws EngineError for requests that can never run. */
+  add(request: EngineRequest): void {
+    this.validate(request);
+    const stop = new Set([...(request.stopTokenIds ?? []), ...(request.ignoreEos ? [] : this.options.eosTokenIds)]);
+    const n = request.n ?? 1;
+    const seqs = Array.from({ length: n }, (_, index) => this.makeSequence(request, index, stop));
+    this.sequences.set(request.requestId, seqs);
+    this.pendingAdds.push(seqs[0]);
+    if (n > 1) this.pendingForks.set(request.requestId, seqs.slice(1));
+  }
+
+  private makeSequence(request: EngineRequest, index: number, stop: ReadonlySet<number>): Sequence {
+    const seq = Sequence.fromRequest(request, index, stop);
+    if (this.codec) {
+      const codec = this.codec;
+      seq.detokenizer = new IncrementalDetokenizer((ids, skip) => codec.decode(ids, skip), {
+        skipSpecialTokens: request.skipSpecialTokens ?? true,
+        stop: request.stop,
+        includeStopStrInOutput: request.includeStopStrInOutput,
+        promptTokenIds: request.promptTokenIds,
+      });
+    }
+    if (request.promptLogprobs !== undefined && index === 0) seq.promptLogprobs = new Map();
+    return seq;
+  }
+
+  /** Marks a request aborted; its blocks are freed at the start of the next step. */
+  abort(requestId: string): void {
+    if (this.sequences.has(requestId)) this.pendingAborts.add(requestId);
+  }
+
+  get hasWork(): boolean {
+    return this.scheduler.hasWork || this.pendingAdds.length > 0 || this.pendingAborts.size > 0;
+  }
+
+  async step(): Promise<EngineOutput[]> {
+    const outputs = this.applyPending();
+    const { scheduled, preempted } = this.scheduler.schedule();
+    this.stats.numPreemptions += preempted.length;
+    if (scheduled.length > 0) {
+      const needs = scheduled.map(({ seq }) => stepNeedOf(seq));
+      const logits = await this.runner.step(scheduled.map(toStepSequence), { fullLogits: needs.includes("logits"), probs: needs.includes("probs") })
+        .catch((err: unknown) => this.failStep(scheduled, err, outputs));
+      this.updateAll(scheduled, logits, needs, outputs);
+    }
+    // NOTE: also after a step that only aborted, so the gauges don't keep a freed request.
+    this.stats.observeStep(this.scheduler, this.kv);
+    return outputs;
+  }
+
+  /**
+   * Applies the step's rows to each sequence. A request whose update throws (a fault in
+   * sampling or text, never the user's input) fails alone: the others keep their outputs.
+   */
+  private updateAll(scheduled: ScheduledSequence[], logits: StepLogits[], needs: LogitsNeed[], outputs: EngineOutput[]): void {
+    const failed = new Map<string, unknown>();
+    scheduled.forEach((entry, i) => {
+      if (failed.has(entry.seq.requestId)) return;
+      try {
+        const output = this.update(entry, logits[i], needs[i]);
+        if (output) outputs.push(output);
+      } catch (err) {
+        failed.set(entry.seq.requestId, err);
+      }
+    });
+    if (failed.size === 0) return;
+    const delivered = outputs.filter((output) => !failed.has(output.requestId));
+    this.failRequests([...failed.keys()], [...failed.values()][0], delivered);
+  }
+
+  /** Ends every request with a sequence in the failed step, frees their blocks, and says which. */
+  private failStep(scheduled: ScheduledSequence[], cause: unknown, outputs: EngineOutput[]): never {
+    this.failRequests([...new Set(scheduled.map(({ seq }) => seq.requestId))], cause, outputs);
+  }
+
+  private failRequests(requestIds: string[], cause: unknown, outputs: EngineOutput[]): never {
+    for (const requestId of requestIds) {
+      this.pendingForks.delete(requestId);
+      for (const seq of this.sequences.get(requestId) ?? []) if (seq.status !== "finished") this.scheduler.finish(seq);
+      this.sequences.delete(requestId);
+    }
+    this.stats.observeStep(this.scheduler, this.kv);
+    throw new StepFailure(requestIds, cause, outputs);
+  }
+
+  checkIntegrity(): void {
+    this.kv.pool.checkIntegrity();
+  }
+
+  private applyPending(): EngineOutput[] {
+    const outputs: EngineOutput[] = [];
+    for (const seq of this.pendingAdds.splice(0)) this.scheduler.add(seq);
+    for (const requestId of this.pendingAborts) {
+      this.pendingForks.delete(requestId);
+      for (const seq of this.sequences.get(requestId) ?? []) {
+        if (seq.status === "finished") continue;
+        this.scheduler.finish(seq);
+        outputs.push(this.finishOutput(seq, "abort"));
+      }
+    }
+    this.pendingAborts.clear();
+    return outputs;
+  }
+
+  private update({ seq, numNewTokens }: ScheduledSequence, rows: StepLogits, need: LogitsNeed): EngineOutput | null {
+    const start = seq.numComputedTokens;
+    seq.numComputedTokens += numNewTokens;
+    this.kv.cacheFullBlocks(seq);
+    if (seq.promptLogprobs && start < seq.numPromptTokens) {
+      const found = promptLogprobsFromRows(rows.full!, this.runner.vocabSize, start, seq.promptTokenIds, seq.sampling.logprobs ?? 0);
+      for (const [position, entry] of found) seq.promptLogprobs.set(position, entry);
+    }
+    if (seq.numComputedTokens >= seq.numPromptTokens) this.forkCopies(seq);
+    if (seq.numComputedTokens < seq.numTokens) return null;
+
+    const isFirst = seq.outputTokenIds.length === 0;
+    const sample = sampleRow(rowOf(rows, rows.numRows - 1, this.runner.vocabSize), need, seq.sampling, seq, seq.rng);
+    seq.appendToken(sample.tokenId);
+    this.stats.observeToken(seq, isFirst);
+    const delta = seq.detokenizer?.push([sample.tokenId]) ?? { text: "", stopped: false, stopReason: undefined };
+    const stop = delta.stopped ? { finishReason: "stop" as const, stopReason: delta.stopReason } : this.stopOf(seq, sample.tokenId);
+    let text = delta.text;
+    if (stop) {
+      if (!delta.stopped) text += seq.detokenizer?.flush() ?? "";
+      this.finish(seq);
+    }
+    return {
+      requestId: seq.requestId,
+      index: seq.index,
+      newTokenIds: [sample.tokenId],
+      text,
+      ...(seq.sampling.logprobs !== undefined ? { logprobs: [withTokenStrings(sample, this.codec)] } : {}),
+      ...(stop ?? {}),
+      ...(isFirst ? { numCachedTokens: seq.numCachedTokens ?? 0, numPromptTokens: seq.numPromptTokens } : {}),
+      ...(isFirst && seq.promptLogprobs ? { promptLogprobs: this.promptLogprobsOf(seq) } : {}),
+    };
+  }
+
+  /** Once copy 0 of an n > 1 request has its prompt computed, the other copies share its full blocks. */
+  private forkCopies(parent: Sequence): void {
+    const copies = this.pendingForks.get(parent.requestId);
+    if (!copies || parent.index !== 0) return;
+    this.pendingForks.delete(parent.requestId);
+    for (const copy of copies) {
+      this.kv.fork(parent, copy);
+      copy.numCachedTokens = parent.numCachedTokens;
+    }
+    this.scheduler.addFirst(copies);
+  }
+
+  private promptLogprobsOf(seq: Sequence): PromptLogprob[] {
+    return seq.promptTokenIds.map((tokenId, position) => {
+      const entry = seq.promptLogprobs!.get(position);
+      if (entry) return withTokenStrings(entry, this.codec);
+      const strings = this.codec ? { token: this.codec.tokenText(tokenId), bytes: [...this.codec.tokenBytes(tokenId)] } : {};
+      return { tokenId, ...strings, logprob: null, top: null };
+    });
+  }
+
+  private stopOf(seq: Sequence, tokenId: number): { finishReason: FinishReason; stopReason?: number } | null {
+    if (seq.stopTokenIds.has(tokenId)) return { finishReason: "stop", ...(this.options.eosTokenIds.includes(tokenId) ? {} : { stopReason: tokenId }) };
+    if (seq.outputTokenIds.length >= seq.maxTokens || seq.numTokens >= this.options.maxModelLen) return { finishReason: "length" };
+    return null;
+  }
+
+  private finish(seq: Sequence): void {
+    this.scheduler.finish(seq);
+    this.stats.observeFinish(seq);
+    const siblings = this.sequences.get(seq.requestId) ?? [];
+    if (siblings.every((s) => s.status === "finished")) this.sequences.delete(seq.requestId);
+  }
+
+  private finishOutput(seq: Sequence, finishReason: FinishReason): EngineOutput {
+    this.sequences.delete(seq.requestId);
+    return { requestId: seq.requestId, index: seq.index, newTokenIds: [], text: "", finishReason };
+  }
+
+  private validate(request: EngineRequest): void {
+    const { maxModelLen, blockSize, numBlocks } = this.options;
+    const numPrompt = request.promptTokenIds.length;
+    if (numPrompt === 0) throw new EngineError("INVALID_REQUEST", "the prompt is empty");
+    const vocabSize = this.runner.vocabSize;
+    const badToken = request.promptTokenIds.find((id) => !Number.isInteger(id) || id < 0 || id >= vocabSize);
+    if (badToken !== undefined) throw new EngineError("INVALID_REQUEST", `token id ${badToken} is outside the vocabulary (0 to ${vocabSize - 1})`, "prompt");
+    const outside = (id: number) => !Number.isInteger(id) || id < 0 || id >= vocabSize;
+    const badBias = [...(request.sampling.logitBias?.keys() ?? [])].find(outside);
+    if (badBias !== undefined) throw new EngineError("INVALID_REQUEST", `logit_bias names token id ${badBias}, outside the vocabulary (0 to ${vocabSize - 1})`, "logit_bias");
+    const badStop = request.stopTokenIds?.find(outside);
+    if (badStop !== undefined) throw new EngineError("INVALID_REQUEST", `stop_token_ids names token id ${badStop}, outside the vocabulary (0 to ${vocabSize - 1})`, "stop_token_ids");
+    if (this.sequences.has(request.requestId)) throw new EngineError("INVALID_REQUEST", `request id ${request.requestId} is already in use`);
+    if (numPrompt + request.maxTokens > maxModelLen) {
+      throw new EngineError("PROMPT_TOO_LONG",
+        `this model's maximum context length is ${maxModelLen} tokens; the prompt has ${numPrompt} and max_tokens is ${request.maxTokens} (${numPrompt + request.maxTokens} in all)`);
+    }
+    const numBlocksNeeded = Math.ceil((numPrompt + request.maxTokens) / blockSize);
+    if (numBlocksNeeded > numBlocks - 1) {
+      throw new EngineError("PROMPT_TOO_LONG",
+        `the prompt (${numPrompt} tokens) plus max_tokens (${request.maxTokens}) needs ${numBlocksNeeded} KV blocks but the cache holds ${numBlocks - 1}; raise --kv-cache-memory`);
+    }
+  }
+}
+
+/**
+ * What the step must fetch for this sequence, decided here once: the step fetches by it and
+ * the sampler reads by it. Prompt logprobs read every prompt row's raw logits; otherwise the
+ * sampling params say.
+ */
+function stepNeedOf(seq: Sequence): LogitsNeed {
+  return seq.promptLogprobs && seq.numComputedTokens < seq.numPromptTokens ? "logits" : logitsNeedOf(seq.sampling);
+}
+
+function toStepSequence({ seq, numNewTokens }: ScheduledSequence): StepSequence {
+  const start = seq.numComputedTokens;
+  const reachesEnd = start + numNewTokens === seq.numTokens;
+  const invTemperature = seq.sampling.temperature > 0 ? 1 / seq.sampling.temperature : 1;
+  if (seq.promptLogprobs && start < seq.numPromptTokens) {
+    return { tokenIds: seq.tokensIn(start, start + numNewTokens), numCachedTokens: start, blockTable: seq.blockIds, logitsFrom: 0, invTemperature };
+  }
+  return {
+    tokenIds: seq.tokensIn(start, start + numNewTokens),
+    numCachedTokens: start,
+    blockTable: seq.blockIds,
+    logitsFrom: reachesEnd ? numNewTokens - 1 : numNewTokens,
+    invTemperature,
+  };
+}

@@ -1,0 +1,73 @@
+/**
+ * The engine's counters and latency samples, for the server to export as metrics.
+ * Plain numbers, sent with each step's outputs; the engine knows nothing of Prometheus.
+ */
+import type { KvCacheManager } from "../kv-cache/kv-cache-manager.ts";
+import type { Scheduler } from "./scheduler.ts";
+import type { Sequence } from "./sequence.ts";
+
+export interface EngineStatsSnapshot {
+  numRunning: number;
+  numWaiting: number;
+  kvCacheUsage: number;
+  numPrefixQueryTokens: number;
+  numPrefixHitTokens: number;
+  numPreemptions: number;
+  numPromptTokens: number;
+  numGenerationTokens: number;
+  /** Latency samples since the last snapshot, in seconds. */
+  ttftSeconds: number[];
+  interTokenSeconds: number[];
+  e2eSeconds: number[];
+}
+
+export class EngineStats {
+  numPreemptions = 0;
+  private numRunning = 0;
+  private numWaiting = 0;
+  private kvCacheUsage = 0;
+  private numPrefixQueryTokens = 0;
+  private numPrefixHitTokens = 0;
+  private numPromptTokens = 0;
+  private numGenerationTokens = 0;
+  private ttftSeconds: number[] = [];
+  private interTokenSeconds: number[] = [];
+  private e2eSeconds: number[] = [];
+
+  observeStep(scheduler: Scheduler, kv: KvCacheManager): void {
+    this.numRunning = scheduler.running.length;
+    this.numWaiting = scheduler.waiting.length;
+    this.kvCacheUsage = kv.pool.usage;
+    this.numPrefixQueryTokens = kv.numPrefixQueries;
+    this.numPrefixHitTokens = kv.numPrefixHits;
+  }
+
+  observeToken(seq: Sequence, isFirst: boolean): void {
+    this.numGenerationTokens++;
+    // NOTE: the n copies of a request share one prompt; count it and its first token once.
+    if (isFirst && seq.index === 0) {
+      this.numPromptTokens += seq.numPromptTokens;
+      this.ttftSeconds.push((seq.firstTokenMs! - seq.arrivalMs) / 1000);
+    } else if (!isFirst && seq.previousTokenMs !== null) {
+      this.interTokenSeconds.push((seq.lastTokenMs! - seq.previousTokenMs) / 1000);
+    }
+  }
+
+  observeFinish(seq: Sequence): void {
+    this.e2eSeconds.push((performance.now() - seq.arrivalMs) / 1000);
+  }
+
+  /** Counters as totals; latency samples drained. */
+  snapshot(): EngineStatsSnapshot {
+    const snapshot: EngineStatsSnapshot = {
+      numRunning: this.numRunning, numWaiting: this.numWaiting, kvCacheUsage: this.kvCacheUsage,
+      numPrefixQueryTokens: this.numPrefixQueryTokens, numPrefixHitTokens: this.numPrefixHitTokens,
+      numPreemptions: this.numPreemptions, numPromptTokens: this.numPromptTokens, numGenerationTokens: this.numGenerationTokens,
+      ttftSeconds: this.ttftSeconds, interTokenSeconds: this.interTokenSeconds, e2eSeconds: this.e2eSeconds,
+    };
+    this.ttftSeconds = [];
+    this.interTokenSeconds = [];
+    this.e2eSeconds = [];
+    return snapshot;
+  }
+}

@@ -1,0 +1,89 @@
+/**
+ * One sequence's state: a plain object the engine changes through named methods.
+ * Progress rule: numComputedTokens catches up with numTokens, one grant per step.
+ */
+import { Prng } from "../../models/prng.ts";
+import type { IncrementalDetokenizer } from "../text/detokenizer.ts";
+import type { EngineRequest, PositionLogprob, SamplingParams } from "./request.ts";
+
+export type SequenceStatus = "waiting" | "running" | "finished";
+
+export class Sequence {
+  readonly outputTokenIds: number[] = [];
+  numComputedTokens = 0;
+  blockIds: number[] = [];
+  /** Prefix-cache hashes of this sequence's full blocks, each chained to the one before. */
+  blockHashes: string[] = [];
+  status: SequenceStatus = "waiting";
+  /** Prompt tokens whose KV came from the prefix cache, counted at first admission. */
+  numCachedTokens: number | null = null;
+  numPreemptions = 0;
+  readonly rng: Prng;
+  readonly arrivalMs = performance.now();
+  /** Turns output tokens into text and applies stop strings; null when the engine has no tokenizer. */
+  detokenizer: IncrementalDetokenizer | null = null;
+  /** Prompt logprobs by position, when the request asked for them. */
+  promptLogprobs: Map<number, PositionLogprob> | null = null;
+  firstTokenMs: number | null = null;
+  lastTokenMs: number | null = null;
+  previousTokenMs: number | null = null;
+
+  constructor(
+    readonly requestId: string,
+    readonly index: number,
+    readonly promptTokenIds: readonly number[],
+    readonly maxTokens: number,
+    readonly sampling: SamplingParams,
+    readonly stopTokenIds: ReadonlySet<number>,
+  ) {
+    const seed = sampling.seed === undefined ? (Math.random() * 2 ** 32) >>> 0 : (sampling.seed + index * 0x9e3779b9) >>> 0;
+    this.rng = new Prng(seed);
+  }
+
+  static fromRequest(request: EngineRequest, index: number, stopTokenIds: ReadonlySet<number>): Sequence {
+    return new Sequence(request.requestId, index, request.promptTokenIds, request.maxTokens, request.sampling, stopTokenIds);
+  }
+
+  get key(): string {
+    return `${this.requestId}#${this.index}`;
+  }
+
+  get numPromptTokens(): number {
+    return this.promptTokenIds.length;
+  }
+
+  get numTokens(): number {
+    return this.promptTokenIds.length + this.outputTokenIds.length;
+  }
+
+  get numUncomputedTokens(): number {
+    return this.numTokens - this.numComputedTokens;
+  }
+
+  tokenAt(position: number): number {
+    return position < this.promptTokenIds.length ? this.promptTokenIds[position] : this.outputTokenIds[position - this.promptTokenIds.length];
+  }
+
+  tokensIn(start: number, end: number): number[] {
+    const out: number[] = [];
+    for (let p = start; p < end; p++) out.push(this.tokenAt(p));
+    return out;
+  }
+
+  appendToken(tokenId: number): void {
+    this.outputTokenIds.push(tokenId);
+    const now = performance.now();
+    this.firstTokenMs ??= now;
+    this.previousTokenMs = this.lastTokenMs;
+    this.lastTokenMs = now;
+  }
+
+  /** Back to waiting with nothing computed: its blocks were taken, so it recomputes. */
+  preempt(): void {
+    this.status = "waiting";
+    this.numComputedTokens = 0;
+    this.blockIds = [];
+    this.blockHashes = [];
+    this.numPreemptions++;
+  }
+}

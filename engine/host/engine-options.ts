@@ -1,0 +1,59 @@
+/** How an engine thread is set up: the model, the device and the scheduler's limits. */
+import type { Device } from "../runner/onnx-host/onnx-session.ts";
+
+export interface EngineOptions {
+  /** A Hugging Face checkpoint folder. */
+  modelDir: string;
+  device: Device;
+  /** Bytes of host memory for the KV pool. */
+  kvCacheMemoryBytes: number;
+  blockSize: number;
+  maxNumSeqs: number;
+  maxNumBatchedTokens: number;
+  /** Defaults to the model's max_position_embeddings. */
+  maxModelLen?: number;
+  enablePrefixCaching: boolean;
+  /** Token ids that end a sequence; by default generation_config.json's, config.json's and the tokenizer's EOS. */
+  eosTokenIds?: number[];
+  /** Threads for one ONNX Runtime operator; 0: every core. */
+  intraOpThreads?: number;
+  /** Show a progress bar while the graph builds. */
+  progress?: boolean;
+  /** Tests only (no flag sets it): lets Engine.injectFault() make the engine thread throw. */
+  faultInjection?: boolean;
+}
+
+export const DEFAULT_ENGINE_OPTIONS = {
+  device: "cpu",
+  kvCacheMemoryBytes: 2 * 1024 ** 3,
+  blockSize: 16,
+  maxNumSeqs: 128,
+  maxNumBatchedTokens: 2048,
+  enablePrefixCaching: true,
+} as const satisfies Partial<EngineOptions>;
+
+/** What the engine thread reports once it is ready. */
+export interface EngineInfo {
+  modelDir: string;
+  architecture: string;
+  vocabSize: number;
+  maxModelLen: number;
+  /** Set when the KV pool holds fewer tokens than the context asked for, which was capped to fit. */
+  maxModelLenCappedFrom?: number;
+  numBlocks: number;
+  blockSize: number;
+  graphBuilt: boolean;
+  graphBuildMs: number;
+  loadMs: number;
+}
+
+/** Parses "2GiB", "512MiB", "1.5GB" or a plain number of bytes. */
+export function parseBytes(text: string): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$/i.exec(text);
+  if (!match) throw new Error(`cannot read "${text}" as a size; write e.g. 2GiB or 512MiB`);
+  const unit = (match[2] ?? "").toUpperCase().replace(/B$/, "");
+  const powers: Record<string, number> = { "": 1, K: 1e3, M: 1e6, G: 1e9, T: 1e12, KI: 1024, MI: 1024 ** 2, GI: 1024 ** 3, TI: 1024 ** 4 };
+  const scale = powers[unit];
+  if (scale === undefined) throw new Error(`unknown size unit in "${text}"`);
+  return Math.floor(Number(match[1]) * scale);
+}

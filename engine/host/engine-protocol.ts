@@ -1,0 +1,18 @@
+/** Messages between the engine facade (any thread) and the engine thread. */
+import type { EngineErrorCode } from "../core/engine-error.ts";
+import type { EngineInfo } from "./engine-options.ts";
+import type { EngineStatsSnapshot } from "../core/engine-stats.ts";
+import type { EngineOutput, EngineRequest } from "../core/request.ts";
+
+export type ToEngine =
+  | { type: "add"; request: EngineRequest }
+  | { type: "abort"; requestId: string }
+  | { type: "shutdown" }
+  /** Only honoured when the engine was started with faultInjection (tests). */
+  | { type: "inject-fault" };
+
+export type FromEngine =
+  | { type: "ready"; info: EngineInfo }
+  | { type: "outputs"; outputs: EngineOutput[]; stats: EngineStatsSnapshot }
+  | { type: "rejected"; requestId: string; code: EngineErrorCode; message: string; param?: string }
+  | { type: "fatal"; code: EngineErrorCode; message: string };

@@ -1,0 +1,95 @@
+/**
+ * The engine thread: owns the ONNX Runtime session, the KV pool, the scheduler and every
+ * request's state. It only ever talks to the outside through messages.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import { readCheckpoint } from "../../models/checkpoint.ts";
+import { ensureGraph } from "../../models/index.ts";
+import { ModelTokenizer } from "../../models/tokenizer.ts";
+import { EngineCore } from "../core/engine-core.ts";
+import { EngineError, StepFailure } from "../core/engine-error.ts";
+import type { EngineInfo, EngineOptions } from "./engine-options.ts";
+import type { FromEngine, ToEngine } from "./engine-protocol.ts";
+import { KvPool } from "../runner/onnx-host/kv-buffers.ts";
+import { ModelRunner } from "../runner/onnx-host/onnx-runner.ts";
+
+const port = parentPort!;
+const post = (message: FromEngine) => port.postMessage(message);
+
+async function main(options: EngineOptions): Promise<void> {
+  const started = performance.now();
+  const graph = ensureGraph(options.modelDir, { progress: options.progress });
+  const { config } = graph;
+  const numBlocks = KvPool.blocksForBytes(options.kvCacheMemoryBytes, {
+    numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize: options.blockSize,
+  });
+  if (numBlocks < 2) throw new EngineError("INVALID_REQUEST", `--kv-cache-memory ${options.kvCacheMemoryBytes} bytes holds fewer than 2 blocks`);
+  // NOTE: a sequence longer than the whole pool could never finish, so the context is capped at what the pool holds.
+  const kvCapacityTokens = (numBlocks - 1) * options.blockSize;
+  const wantedMaxModelLen = Math.min(options.maxModelLen ?? config.maxPositionEmbeddings, config.maxPositionEmbeddings);
+  const maxModelLen = Math.min(wantedMaxModelLen, kvCapacityTokens);
+  const runner = await ModelRunner.create({
+    graphPath: graph.graphPath, config, device: options.device, blockSize: options.blockSize, numBlocks, intraOpThreads: options.intraOpThreads,
+  });
+  // NOTE: text is made here, next to the sampler, so stop strings end a sequence in the step that completes them.
+  const checkpoint = readCheckpoint(options.modelDir);
+  const codec = ModelTokenizer.load(checkpoint);
+  const eosTokenIds = options.eosTokenIds ?? [...new Set([...checkpoint.eosTokenIds, ...(codec.eosTokenId === null ? [] : [codec.eosTokenId])])];
+  const core = new EngineCore(runner, { ...options, numBlocks, maxModelLen, eosTokenIds }, codec);
+  const info: EngineInfo = {
+    modelDir: options.modelDir, architecture: config.architecture, vocabSize: config.vocabSize, maxModelLen, numBlocks,
+    blockSize: options.blockSize, graphBuilt: graph.built, graphBuildMs: graph.buildMs, loadMs: performance.now() - started,
+    ...(maxModelLen < wantedMaxModelLen ? { maxModelLenCappedFrom: wantedMaxModelLen } : {}),
+  };
+
+  let wake: (() => void) | null = null;
+  let stopping = false;
+  port.on("message", (message: ToEngine) => {
+    if (message.type === "add") {
+      try {
+        core.add(message.request);
+      } catch (err) {
+        const { code, message: text, param } = err instanceof EngineError ? err : new EngineError("INVALID_REQUEST", String(err));
+        post({ type: "rejected", requestId: message.request.requestId, code, message: text, param });
+      }
+    } else if (message.type === "abort") {
+      core.abort(message.requestId);
+    } else if (message.type === "inject-fault") {
+      // NOTE: thrown outside any step and any catch, as a bug in the loop would be: the thread dies.
+      if (options.faultInjection) setImmediate(() => { throw new Error("injected fault"); });
+    } else {
+      stopping = true;
+    }
+    wake?.();
+  });
+  post({ type: "ready", info });
+
+  while (!stopping) {
+    if (!core.hasWork) {
+      core.checkIntegrity();
+      post({ type: "outputs", outputs: [], stats: core.stats.snapshot() });
+      await new Promise<void>((resolve) => (wake = resolve));
+      wake = null;
+      continue;
+    }
+    try {
+      const outputs = await core.step();
+      if (outputs.length > 0) post({ type: "outputs", outputs, stats: core.stats.snapshot() });
+    } catch (err) {
+      if (!(err instanceof StepFailure)) throw err;
+      // NOTE: one failed step fails only its own requests; the engine keeps serving the rest.
+      post({ type: "outputs", outputs: err.outputs, stats: core.stats.snapshot() });
+      for (const requestId of err.requestIds) post({ type: "rejected", requestId, code: err.code, message: err.message });
+    }
+    // NOTE: session.run blocks this thread; yielding here lets new requests and aborts in between steps.
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  await runner.release();
+  port.close();
+}
+
+main(workerData as EngineOptions).catch((err: unknown) => {
+  const code = err instanceof EngineError ? err.code : "RUNTIME_FAILED";
+  post({ type: "fatal", code, message: err instanceof Error ? err.message : String(err) });
+  port.close();
+});

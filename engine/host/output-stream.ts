@@ -1,0 +1,45 @@
+/** A request's outputs as an async iterable: pushed by the engine, pulled by the caller. */
+import type { EngineError } from "../core/engine-error.ts";
+import type { EngineOutput } from "../core/request.ts";
+
+export class OutputStream implements AsyncIterable<EngineOutput> {
+  private readonly buffered: EngineOutput[] = [];
+  private waiter: (() => void) | null = null;
+  private error: EngineError | null = null;
+  private numUnfinished: number;
+
+  constructor(numSequences: number) {
+    this.numUnfinished = numSequences;
+  }
+
+  get done(): boolean {
+    return this.numUnfinished === 0;
+  }
+
+  /** Returns true once every sequence has finished. */
+  push(output: EngineOutput): boolean {
+    this.buffered.push(output);
+    if (output.finishReason) this.numUnfinished--;
+    this.wake();
+    return this.done;
+  }
+
+  fail(error: EngineError): void {
+    this.error = error;
+    this.wake();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<EngineOutput> {
+    for (;;) {
+      while (this.buffered.length > 0) yield this.buffered.shift()!;
+      if (this.done) return;
+      if (this.error) throw this.error;
+      await new Promise<void>((resolve) => (this.waiter = resolve));
+      this.waiter = null;
+    }
+  }
+
+  private wake(): void {
+    this.waiter?.();
+  }
+}

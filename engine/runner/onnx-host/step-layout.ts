@@ -1,0 +1,114 @@
+/**
+ * Lays a group of sequences out as one graph step: padded [B, S] tokens, past slots
+ * and the additive causal mask. Pure data, no ONNX Runtime.
+ *
+ *   attention_mask[b, 0, i, :]     (P = widest past, S = widest step)
+ *   ├──── past: j < P ─────┤├── new: P + j, j < S ──┤
+ *   0 for j < numCached_b    0 for j ≤ i (causal)      else MASKED
+ *   (with a sliding window W, positions at or before q - W are masked too)
+ */
+import type { KvPool } from "./kv-buffers.ts";
+
+export interface StepSequence {
+  /** The tokens this step computes. */
+  tokenIds: readonly number[];
+  /** How many of the sequence's tokens are already in the pool: the position of tokenIds[0]. */
+  numCachedTokens: number;
+  blockTable: readonly number[];
+  /** Logits are returned for new tokens from this index on: length - 1 for the last only, length for none. */
+  logitsFrom: number;
+  /** 1 / temperature for this sequence's probs rows (default 1). */
+  invTemperature?: number;
+}
+
+export const MASKED = -1e9;
+export const NULL_SLOT = 0;
+
+export interface StepLayout {
+  batch: number;
+  seq: number;
+  past: number;
+  inputIds: BigInt64Array;
+  positionIds: BigInt64Array;
+  pastSlots: BigInt64Array;
+  mask: Float32Array;
+  logitsIndices: BigInt64Array;
+  invTemperature: Float32Array;
+  /** For each sequence, the pool slots its new tokens go to. */
+  newSlots: Int32Array[];
+}
+
+/** @param slidingWindow when set, a token at position q sees only keys at positions > q - slidingWindow. */
+export function layoutStep(seqs: readonly StepSequence[], pool: KvPool, slidingWindow: number | null = null): StepLayout {
+  const batch = seqs.length;
+  const seq = Math.max(...seqs.map((s) => s.tokenIds.length));
+  const past = Math.max(...seqs.map((s) => s.numCachedTokens));
+  const total = past + seq;
+  const inputIds = new BigInt64Array(batch * seq);
+  const positionIds = new BigInt64Array(batch * seq);
+  const pastSlots = new BigInt64Array(batch * past).fill(BigInt(NULL_SLOT));
+  const mask = new Float32Array(batch * seq * total).fill(MASKED);
+  const logitsIndices: bigint[] = [];
+  const invTemperature: number[] = [];
+  const newSlots: Int32Array[] = [];
+  seqs.forEach((s, b) => {
+    for (let j = 0; j < s.numCachedTokens; j++) pastSlots[b * past + j] = BigInt(pool.slotOf(s.blockTable, j));
+    const slots = new Int32Array(s.tokenIds.length);
+    for (let i = 0; i < seq; i++) {
+      const row = b * seq + i;
+      const real = i < s.tokenIds.length;
+      inputIds[row] = BigInt(real ? s.tokenIds[i] : 0);
+      positionIds[row] = BigInt(s.numCachedTokens + (real ? i : 0));
+      const maskRow = mask.subarray(row * total, (row + 1) * total);
+      if (real) {
+        const firstVisible = slidingWindow === null ? 0 : Math.max(0, s.numCachedTokens + i - slidingWindow + 1);
+        maskRow.fill(0, Math.min(firstVisible, s.numCachedTokens), s.numCachedTokens);
+        maskRow.fill(0, past + Math.max(0, firstVisible - s.numCachedTokens), past + i + 1);
+        slots[i] = pool.slotOf(s.blockTable, s.numCachedTokens + i);
+        if (i >= s.logitsFrom) {
+          logitsIndices.push(BigInt(row));
+          invTemperature.push(s.invTemperature ?? 1);
+        }
+      } else {
+        maskRow[past + i] = 0;
+      }
+    }
+    newSlots.push(slots);
+  });
+  // NOTE: ONNX Runtime's TopK crashes the process on zero rows, so a step that needs no logits asks for one it ignores.
+  if (logitsIndices.length === 0) {
+    logitsIndices.push(0n);
+    invTemperature.push(1);
+  }
+  return {
+    batch, seq, past, inputIds, positionIds, pastSlots, mask, newSlots,
+    logitsIndices: BigInt64Array.from(logitsIndices), invTemperature: Float32Array.from(invTemperature),
+  };
+}
+
+/**
+ * Splits sequences into groups that each run as one padded step, so a long prefill
+ * chunk does not pad every decode row to its length. Returns groups of indices.
+ */
+export function groupForPadding(seqs: readonly StepSequence[], slack = 1.25): number[][] {
+  const order = seqs.map((_, i) => i).sort((a, b) => seqs[b].tokenIds.length - seqs[a].tokenIds.length);
+  const groups: number[][] = [];
+  let current: number[] = [];
+  let width = 0;
+  let realTokens = 0;
+  for (const i of order) {
+    const n = seqs[i].tokenIds.length;
+    if (current.length > 0 && (current.length + 1) * width > slack * (realTokens + n)) {
+      groups.push(current);
+      current = [];
+    }
+    if (current.length === 0) {
+      width = n;
+      realTokens = 0;
+    }
+    current.push(i);
+    realTokens += n;
+  }
+  if (current.length > 0) groups.push(current);
+  return groups;
+}

@@ -1,0 +1,28 @@
+/**
+ * What the server uses of the engine and the models, through their public entry points
+ * only, and the interfaces it needs (so tests can hand it fakes).
+ */
+import type { ChatMessage, ChatTemplateOptions, EngineOutput, EngineRequest, EngineState, EngineStatsSnapshot } from "../../engine/index.ts";
+
+export {
+  Engine, EngineError, TokenizerPool,
+  type ChatMessage, type EngineEvent, type EngineOptions, type EngineState, type EngineOutput, type EngineRequest, type EngineStatsSnapshot,
+} from "../../engine/index.ts";
+export { ModelError } from "../../models/index.ts";
+
+/** The engine as the HTTP layer sees it. */
+export interface ServingEngine {
+  /** running, restarting (after its thread died), or stopped. */
+  readonly state: EngineState;
+  readonly info: { maxModelLen: number };
+  add(request: EngineRequest, signal?: AbortSignal): AsyncIterable<EngineOutput>;
+  onStats(listener: (stats: EngineStatsSnapshot) => void): void;
+}
+
+/** Prompt building, which runs off the HTTP thread. */
+export interface PromptTokenizer {
+  /** With maxTokens, a prompt of that many tokens or more fails fast with PROMPT_TOO_LONG. */
+  encode(text: string, addSpecialTokens?: boolean, limit?: { maxTokens?: number }): Promise<number[]>;
+  applyChatTemplate(messages: ChatMessage[], options?: ChatTemplateOptions & { maxTokens?: number }): Promise<{ prompt: string; promptTokenIds: number[] }>;
+  decode(tokenIds: readonly number[], skipSpecialTokens?: boolean): Promise<string>;
+}

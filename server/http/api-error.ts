@@ -1,0 +1,79 @@
+/**
+ * The server's one error catalog, in OpenAI's shape: {error: {message, type, param, code}}.
+ * Engine and model errors are mapped here, and only here, to HTTP statuses.
+ */
+import { EngineError, ModelError } from "../backends/engine-api.ts";
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly type: string,
+    readonly param: string | null = null,
+    readonly code: string | null = null,
+    readonly retryAfterSeconds?: number,
+  ) {
+    super(message);
+    this.name = "ApiError";
+  }
+
+  get body() {
+    return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
+  }
+}
+
+export const invalidRequest = (message: string, param: string | null = null, code: string | null = null) =>
+  new ApiError(400, message, "invalid_request_error", param, code);
+export const modelNotFound = (model: string) =>
+  new ApiError(404, `The model \`${model}\` does not exist.`, "invalid_request_error", "model", "model_not_found");
+export const routeNotFound = (method: string, url: string) =>
+  new ApiError(404, `Unknown route ${method} ${url}`, "invalid_request_error", null, "not_found");
+export const overloaded = (message: string, retryAfterSeconds = 1) =>
+  new ApiError(503, message, "server_error", null, "overloaded", retryAfterSeconds);
+export const serverShuttingDown = () =>
+  new ApiError(503, "The server is shutting down; this request was cut off before it finished.", "server_error", null, "server_shutting_down", 5);
+/** nginx's 499: nobody reads it, but the request log and metrics then say the client left. */
+export const clientClosedRequest = () =>
+  new ApiError(499, "The client closed the connection before the response was complete.", "invalid_request_error", null, "client_closed_request");
+export const requestAborted = () =>
+  new ApiError(503, "The server aborted this request before it finished.", "server_error", null, "request_aborted", 1);
+export const engineRestarting = (message = "The engine is restarting after a fault; retry shortly.") =>
+  new ApiError(503, message, "server_error", null, "engine_restarting", 2);
+
+/** Any thrown value as an ApiError. */
+export function toApiError(err: unknown): ApiError {
+  if (err instanceof ApiError) return err;
+  if (err instanceof EngineError) return fromEngineError(err);
+  if (err instanceof ModelError) return invalidRequest(err.message, null, err.code.toLowerCase());
+  const fastifyError = err as { statusCode?: number; code?: string; message?: string };
+  if (fastifyError.code === "FST_ERR_CTP_BODY_TOO_LARGE") {
+    return new ApiError(413, "The request body is larger than the server accepts.", "invalid_request_error", null, "payload_too_large");
+  }
+  if (fastifyError.code === "FST_ERR_CTP_INVALID_JSON_BODY" || fastifyError.code === "FST_ERR_CTP_EMPTY_JSON_BODY") {
+    return invalidRequest(`The request body is not valid JSON: ${fastifyError.message}`, null, "invalid_json");
+  }
+  if (fastifyError.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") {
+    return new ApiError(415, fastifyError.message ?? "unsupported media type", "invalid_request_error", null, "unsupported_media_type");
+  }
+  if (typeof fastifyError.statusCode === "number" && fastifyError.statusCode >= 400 && fastifyError.statusCode < 500) {
+    return invalidRequest(fastifyError.message ?? "bad request", null, fastifyError.code ?? null);
+  }
+  return new ApiError(500, "The server had an error while processing your request.", "server_error", null, "internal_error");
+}
+
+function fromEngineError(err: EngineError): ApiError {
+  switch (err.code) {
+    case "PROMPT_TOO_LONG":
+      return invalidRequest(err.message, err.param ?? "messages", "context_length_exceeded");
+    case "INVALID_REQUEST":
+      return invalidRequest(err.message, err.param ?? null);
+    case "OVERLOADED":
+      return overloaded(err.message);
+    case "ENGINE_DEAD":
+      return new ApiError(503, err.message, "server_error", null, "engine_dead", 5);
+    case "ENGINE_RESTARTING":
+      return engineRestarting(err.message);
+    default:
+      return new ApiError(500, err.message, "server_error", null, err.code.toLowerCase());
+  }
+}

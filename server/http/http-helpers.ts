@@ -1,0 +1,31 @@
+/** Small pieces every route uses: body parsing, the model check, noticing a client leave. */
+import type { FastifyReply } from "fastify";
+import type { z } from "zod";
+import { invalidRequest, modelNotFound } from "./api-error.ts";
+import { describeIssue } from "../openai/schemas.ts";
+import type { ServerContext } from "../server-context.ts";
+
+export function parseBody<T extends z.ZodType>(schema: T, body: unknown): z.infer<T> {
+  if (body === undefined || body === null || typeof body !== "object") {
+    throw invalidRequest("The request body must be a JSON object.");
+  }
+  const parsed = schema.safeParse(body);
+  if (!parsed.success) {
+    const { message, param } = describeIssue(parsed.error);
+    throw invalidRequest(message, param);
+  }
+  return parsed.data;
+}
+
+export function requireModel(ctx: ServerContext, model: string): void {
+  if (model !== ctx.modelId) throw modelNotFound(model);
+}
+
+/** Calls `abort` if the connection closes before the response has been sent in full. */
+export function onClientGone(reply: FastifyReply, abort: () => void): void {
+  reply.raw.once("close", () => {
+    if (!reply.raw.writableFinished) abort();
+  });
+}
+
+export const nowSeconds = () => Math.floor(Date.now() / 1000);

@@ -1,0 +1,197 @@
+/**
+ * Fakes for server tests: a scriptable ServingEngine, a PromptTokenizer with one token per
+ * character, and a ServerContext factory. No model, no engine thread, no ONNX Runtime.
+ *
+ * The fake vocabulary: a prompt token's id is its character's code, and generated token i
+ * has id GENERATED_TOKEN_ID + i and text "t0", " t1", " t2", ... so a sequence of k tokens
+ * reads "t0 t1 ... t(k-1)".
+ */
+import { EngineError, type EngineErrorCode } from "../../engine/core/engine-error.ts";
+import type { EngineStatsSnapshot } from "../../engine/core/engine-stats.ts";
+import type { EngineState } from "../../engine/host/engine.ts";
+import type { EngineOutput, EngineRequest, PositionLogprob, PromptLogprob, TokenLogprob } from "../../engine/core/request.ts";
+import type { ChatMessage, ChatTemplateOptions } from "../../models/tokenizer.ts";
+import type { PromptTokenizer, ServingEngine } from "../../server/backends/engine-api.ts";
+import { ServerMetrics } from "../../server/metrics.ts";
+import type { ServerContext } from "../../server/server-context.ts";
+
+export const MODEL_ID = "tiny";
+export const MAX_MODEL_LEN = 64;
+export const VOCAB_SIZE = 1000;
+export const GENERATED_TOKEN_ID = 900;
+
+/** What the fake engine does with one request. */
+export type FakeScript =
+  | { kind: "generate" }
+  /** Emit `pieces` (one output each, sequence 0), then nothing until the signal aborts; then finish every sequence with "abort". */
+  | { kind: "hang"; pieces?: string[] }
+  /** Fail before any output, as the engine does when a step throws. */
+  | { kind: "fail"; code: EngineErrorCode; message?: string }
+  /** One output per piece of text, the last one finishing with `finishReason` (default "stop"). */
+  | { kind: "say"; pieces: string[]; finishReason?: "stop" | "length" };
+
+export const tokenTextOf = (i: number) => (i === 0 ? "t0" : ` t${i}`);
+
+/** The text of a sequence of `numTokens` generated tokens. */
+export const generatedText = (numTokens: number) => Array.from({ length: numTokens }, (_, i) => tokenTextOf(i)).join("");
+
+export class FakeEngine implements ServingEngine {
+  state: EngineState = "running";
+  readonly info = { maxModelLen: MAX_MODEL_LEN };
+  /** Every request add() received, in order, and the signal it came with. */
+  readonly requests: EngineRequest[] = [];
+  readonly signals: (AbortSignal | undefined)[] = [];
+  /** Reported as numCachedTokens on each request's first output. */
+  numCachedTokens = 0;
+  private readonly scripts: FakeScript[] = [];
+  private readonly statsListeners: ((stats: EngineStatsSnapshot) => void)[] = [];
+
+  /** Queues scripts for the next add() calls, one each; after them, requests generate normally. */
+  script(...scripts: FakeScript[]): this {
+    this.scripts.push(...scripts);
+    return this;
+  }
+
+  add(request: EngineRequest, signal?: AbortSignal): AsyncIterable<EngineOutput> {
+    this.requests.push(request);
+    this.signals.push(signal);
+    return this.run(request, this.scripts.shift() ?? { kind: "generate" }, signal);
+  }
+
+  onStats(listener: (stats: EngineStatsSnapshot) => void): void {
+    this.statsListeners.push(listener);
+  }
+
+  emitStats(stats: EngineStatsSnapshot): void {
+    for (const listener of this.statsListeners) listener(stats);
+  }
+
+  private async *run(request: EngineRequest, script: FakeScript, signal?: AbortSignal): AsyncGenerator<EngineOutput> {
+    const n = request.n ?? 1;
+    const first = (index: number): Partial<EngineOutput> => ({
+      numPromptTokens: request.promptTokenIds.length,
+      numCachedTokens: this.numCachedTokens,
+      ...(index === 0 && request.promptLogprobs !== undefined ? { promptLogprobs: promptLogprobsOf(request) } : {}),
+    });
+    if (script.kind === "fail") throw new EngineError(script.code, script.message ?? `fake ${script.code}`);
+    if (script.kind === "say") {
+      for (const [i, text] of script.pieces.entries()) {
+        const last = i === script.pieces.length - 1;
+        yield {
+          ...(i === 0 ? first(0) : {}), requestId: request.requestId, index: 0, newTokenIds: [GENERATED_TOKEN_ID + i], text,
+          ...(last ? { finishReason: script.finishReason ?? "stop" } : {}),
+        };
+      }
+      return;
+    }
+    if (script.kind === "hang") {
+      for (const [i, text] of (script.pieces ?? []).entries()) {
+        yield { ...(i === 0 ? first(0) : {}), requestId: request.requestId, index: 0, newTokenIds: [GENERATED_TOKEN_ID + i], text };
+      }
+      await abortOf(signal);
+      for (let index = 0; index < n; index++) yield { ...aborted(request, index), ...first(index) };
+      return;
+    }
+    for (let i = 0; i < request.maxTokens; i++) {
+      for (let index = 0; index < n; index++) {
+        if (signal?.aborted) {
+          yield aborted(request, index);
+          continue;
+        }
+        yield {
+          ...(i === 0 ? first(index) : {}),
+          requestId: request.requestId,
+          index,
+          newTokenIds: [GENERATED_TOKEN_ID + i],
+          text: tokenTextOf(i),
+          ...(request.sampling.logprobs !== undefined ? { logprobs: [generatedLogprob(i, request.sampling.logprobs)] } : {}),
+          ...(i === request.maxTokens - 1 ? { finishReason: "length" as const } : {}),
+        };
+      }
+      if (signal?.aborted) return;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+}
+
+function aborted(request: EngineRequest, index: number): EngineOutput {
+  return { requestId: request.requestId, index, newTokenIds: [], text: "", finishReason: "abort" };
+}
+
+function abortOf(signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) resolve();
+    else signal?.addEventListener("abort", () => resolve(), { once: true });
+  });
+}
+
+function named(tokenId: number, token: string, logprob: number): TokenLogprob {
+  return { tokenId, logprob, token, bytes: [...Buffer.from(token)] };
+}
+
+function generatedLogprob(i: number, numTop: number): PositionLogprob {
+  const top = Array.from({ length: numTop }, (_, k) => named(GENERATED_TOKEN_ID + i + k, tokenTextOf(i + k), -(k + 1) / 10));
+  return { ...named(GENERATED_TOKEN_ID + i, tokenTextOf(i), -0.1), top };
+}
+
+function promptLogprobsOf(request: EngineRequest): PromptLogprob[] {
+  return request.promptTokenIds.map((tokenId, position) => {
+    const token = String.fromCharCode(tokenId);
+    if (position === 0) return { tokenId, token, logprob: null, top: null };
+    return { ...named(tokenId, token, -1), top: [named(tokenId, token, -1)] };
+  });
+}
+
+/** One token per UTF-16 unit (its code); the chat template writes one "role:content" line per message. */
+export class FakeTokenizer implements PromptTokenizer {
+  /** When set, every call rejects with it. */
+  failWith: Error | null = null;
+
+  async encode(text: string): Promise<number[]> {
+    this.throwIfFailing();
+    return Array.from(text, (_, i) => text.charCodeAt(i));
+  }
+
+  async applyChatTemplate(messages: ChatMessage[], _options?: ChatTemplateOptions): Promise<{ prompt: string; promptTokenIds: number[] }> {
+    const prompt = chatPromptOf(messages);
+    return { prompt, promptTokenIds: await this.encode(prompt) };
+  }
+
+  async decode(tokenIds: readonly number[]): Promise<string> {
+    this.throwIfFailing();
+    return String.fromCharCode(...tokenIds);
+  }
+
+  private throwIfFailing(): void {
+    if (this.failWith) throw this.failWith;
+  }
+}
+
+export const chatPromptOf = (messages: { role: string; content?: unknown }[]) =>
+  messages.map((m) => `${m.role}:${typeof m.content === "string" ? m.content : ""}`).join("\n");
+
+/** A ready server context around a FakeEngine and a FakeTokenizer, unless overridden. */
+export function makeContext(overrides: Partial<ServerContext> = {}): ServerContext {
+  return {
+    modelId: MODEL_ID,
+    engine: new FakeEngine(),
+    tokenizer: new FakeTokenizer(),
+    maxModelLen: MAX_MODEL_LEN,
+    vocabSize: VOCAB_SIZE,
+    limits: { maxNumSeqs: 8, maxQueuedRequests: 8 },
+    defaults: {},
+    metrics: new ServerMetrics(),
+    numInFlight: 0,
+    inFlightControllers: new Set(),
+    ...overrides,
+  };
+}
+
+export function makeStats(overrides: Partial<EngineStatsSnapshot> = {}): EngineStatsSnapshot {
+  return {
+    numRunning: 0, numWaiting: 0, kvCacheUsage: 0,
+    numPrefixQueryTokens: 0, numPrefixHitTokens: 0, numPreemptions: 0, numPromptTokens: 0, numGenerationTokens: 0,
+    ttftSeconds: [], interTokenSeconds: [], e2eSeconds: [],
+    ...overrides,
+  };
+}
