@@ -1,0 +1,58 @@
+/**
+ * What changes a sequence's raw logits before sampling. Penalties and logit bias are
+ * processors; a grammar's token mask is the next. A step fetches the raw logits rows only
+ * for sequences some processor applies to.
+ */
+import type { SamplingParams } from "../core/request.ts";
+
+/** The tokens a sequence has seen, for penalties. */
+export interface TokenHistory {
+  promptTokenIds: readonly number[];
+  outputTokenIds: readonly number[];
+}
+
+export interface LogitsProcessor {
+  /** Whether it changes anything for a sequence with these params. */
+  appliesTo(params: SamplingParams): boolean;
+  /** Changes `logits` (the caller's own copy) in place. */
+  apply(logits: Float32Array, params: SamplingParams, history: TokenHistory): void;
+}
+
+/** NOTE: as in HF and vLLM, it covers prompt and output, dividing positive logits and multiplying negative ones. */
+export const repetitionPenalty: LogitsProcessor = {
+  appliesTo: (params) => params.repetitionPenalty !== 1,
+  apply(logits, { repetitionPenalty: penalty }, history) {
+    const seen = new Set([...history.promptTokenIds, ...history.outputTokenIds]);
+    for (const id of seen) logits[id] = logits[id] > 0 ? logits[id] / penalty : logits[id] * penalty;
+  },
+};
+
+/** NOTE: OpenAI's presence and frequency penalties count generated tokens only. */
+export const presenceFrequencyPenalty: LogitsProcessor = {
+  appliesTo: (params) => params.presencePenalty !== 0 || params.frequencyPenalty !== 0,
+  apply(logits, { presencePenalty, frequencyPenalty }, history) {
+    const counts = new Map<number, number>();
+    for (const id of history.outputTokenIds) counts.set(id, (counts.get(id) ?? 0) + 1);
+    for (const [id, count] of counts) logits[id] -= presencePenalty + frequencyPenalty * count;
+  },
+};
+
+/** Token ids are checked against the vocabulary when the request is added. */
+export const logitBias: LogitsProcessor = {
+  appliesTo: (params) => (params.logitBias?.size ?? 0) > 0,
+  apply(logits, params) {
+    for (const [id, bias] of params.logitBias ?? []) logits[id] += bias;
+  },
+};
+
+/** In the order they apply. */
+export const LOGITS_PROCESSORS: readonly LogitsProcessor[] = [repetitionPenalty, presenceFrequencyPenalty, logitBias];
+
+/** The logits after every processor that applies, as a copy; the logits themselves when none does. */
+export function processLogits(logits: Float32Array, params: SamplingParams, history: TokenHistory): Float32Array {
+  const applying = LOGITS_PROCESSORS.filter((p) => p.appliesTo(params));
+  if (applying.length === 0) return logits;
+  const out = Float32Array.from(logits);
+  for (const processor of applying) processor.apply(out, params, history);
+  return out;
+}
