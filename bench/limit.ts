@@ -3,8 +3,9 @@
  * batches (no HTTP, no scheduler, no sampling beyond the graph's argmax). Each batch is
  * prefilled in one step and then decoded one token per step.
  */
-import { ModelRunner } from "../engine/runner/onnx-host/onnx-runner.ts";
-import type { StepSequence } from "../engine/runner/onnx-host/step-layout.ts";
+import { KvBuffers } from "../engine/runner/onnx-host/kv-buffers.ts";
+import { createRunner } from "../engine/runner/runner-registry.ts";
+import type { StepSequence } from "../engine/runner/step-runner.ts";
 import { ensureGraph } from "../models/build-graph.ts";
 import { Prng } from "../models/prng.ts";
 
@@ -35,9 +36,10 @@ export async function measureLimit(options: LimitOptions): Promise<LimitResult> 
   const { batchSize, inputLen, outputLen, blockSize } = options;
   const graph = ensureGraph(options.modelDir);
   const blocksPerSeq = Math.ceil((inputLen + outputLen) / blockSize);
-  const runner = await ModelRunner.create({
-    graphPath: graph.graphPath, config: graph.config, device: "cpu", blockSize,
-    numBlocks: 1 + batchSize * blocksPerSeq, intraOpThreads: options.intraOpThreads,
+  const { config } = graph;
+  const bytesPerBlock = KvBuffers.bytesPerBlock({ numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize });
+  const runner = await createRunner("cpu", {
+    graphPath: graph.graphPath, config, blockSize, kvCacheBytes: (1 + batchSize * blocksPerSeq) * bytesPerBlock, intraOpThreads: options.intraOpThreads,
   });
   const rng = new Prng(options.seed ?? 0);
   let totalOutputTokens = 0;
@@ -49,12 +51,12 @@ export async function measureLimit(options: LimitOptions): Promise<LimitResult> 
       const size = Math.min(batchSize, options.numPrompts - first);
       const tables = Array.from({ length: size }, (_, b) => Array.from({ length: blocksPerSeq }, (_, i) => 1 + b * blocksPerSeq + i));
       const prompts = tables.map(() => Array.from({ length: inputLen }, () => Math.floor(rng.next() * options.maxTokenId)));
-      const prefill: StepSequence[] = prompts.map((tokenIds, b) => ({ tokenIds, numCachedTokens: 0, blockTable: tables[b], logitsFrom: inputLen - 1 }));
+      const prefill: StepSequence[] = prompts.map((tokenIds, b) => ({ tokenIds, numPastTokens: 0, blockTable: tables[b], logitsFrom: inputLen - 1 }));
       let next = (await runner.step(prefill, { fullLogits: false })).map((l) => l.topIds[0]);
       totalOutputTokens += size;
       for (let t = 1; t < outputLen; t++) {
         const stepStarted = performance.now();
-        const decode = next.map((token, b) => ({ tokenIds: [token], numCachedTokens: inputLen + t - 1, blockTable: tables[b], logitsFrom: 0 }));
+        const decode = next.map((token, b) => ({ tokenIds: [token], numPastTokens: inputLen + t - 1, blockTable: tables[b], logitsFrom: 0 }));
         next = (await runner.step(decode, { fullLogits: false })).map((l) => l.topIds[0]);
         decodeMs += performance.now() - stepStarted;
         numDecodeSteps++;

@@ -4,6 +4,6 @@ export { EngineError, type EngineErrorCode } from "./core/engine-error.ts";
 export { DEFAULT_ENGINE_OPTIONS, parseBytes, type EngineInfo, type EngineOptions } from "./host/engine-options.ts";
 export type { EngineStatsSnapshot } from "./core/engine-stats.ts";
 export { GREEDY, type EngineOutput, type EngineRequest, type FinishReason, type PositionLogprob, type PromptLogprob, type SamplingParams, type TokenLogprob } from "./core/request.ts";
-export type { Device } from "./runner/onnx-host/onnx-session.ts";
+export { DEVICES, type Device } from "./runner/runner-registry.ts";
 export { TokenizerPool } from "./text/tokenizer-pool.ts";
 export type { ChatMessage, ChatTemplateOptions } from "../models/tokenizer.ts";

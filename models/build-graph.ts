@@ -2,8 +2,9 @@
  * Turns a Hugging Face checkpoint folder into the paged-KV ONNX graph, cached on disk.
  *
  * The cache key covers the builder version, config.json, the weight files' names,
- * sizes and modification times, and the build options, so a second start skips the
- * build and any change to the checkpoint rebuilds it.
+ * sizes and modification times, and the graph's build options (dtype, quantization, the
+ * device it is built for), so a second start skips the build, any change to the checkpoint
+ * rebuilds it, and graphs built with different options never collide.
  */
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -21,9 +22,23 @@ const BUILDER_VERSION = 1;
 /** NOTE: the builder's own source is part of the key too, so editing it can never serve a stale graph. */
 const BUILDER_SOURCES = ["graph/decoder-graph.ts", "graph/layers.ts", "graph/onnx-graph.ts", "config.ts", "families.ts"];
 
+/** What the graph is built as. Today one of each is supported; each is part of the cache key. */
+export interface GraphBuildOptions {
+  dtype?: "float32";
+  quantization?: "none";
+  /** The device the graph is built for (a device runner may want a different graph). */
+  device?: string;
+}
+
 export interface BuildOptions {
   /** Show a progress bar on stderr while building. */
   progress?: boolean;
+  build?: GraphBuildOptions;
+}
+
+/** The build options with every default filled in, as the cache key sees them. */
+export function normalizedBuildOptions(build: GraphBuildOptions = {}): Required<GraphBuildOptions> {
+  return { dtype: build.dtype ?? "float32", quantization: build.quantization ?? "none", device: build.device ?? "cpu" };
 }
 
 export interface BuiltGraph {
@@ -37,7 +52,8 @@ export interface BuiltGraph {
 export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): BuiltGraph {
   const dir = resolve(checkpointDir);
   const config = readModelConfig(dir);
-  const outDir = cacheDir("graphs", `${basename(dir)}-${cacheKey(dir)}`);
+  const build = normalizedBuildOptions(options.build);
+  const outDir = cacheDir("graphs", `${basename(dir)}-${cacheKey(dir, build)}`);
   const graphPath = join(outDir, "model.onnx");
   if (existsSync(graphPath)) return { graphPath, config, built: false, buildMs: 0 };
 
@@ -58,7 +74,7 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
     const source: WeightSource = { read: (name) => ({ data: store.readFloat32(name), shape: store.info(name).shape }) };
     buildDecoderGraph(g, config, source, (layer) => bar?.update(layer + 1));
     writeFileSync(join(scratch, "model.onnx"), g.finish(basename(dir)));
-    writeFileSync(join(scratch, "meta.json"), JSON.stringify({ checkpoint: dir, builderVersion: BUILDER_VERSION, config }, null, 2));
+    writeFileSync(join(scratch, "meta.json"), JSON.stringify({ checkpoint: dir, builderVersion: BUILDER_VERSION, build, config }, null, 2));
     rmSync(outDir, { recursive: true, force: true });
     renameSync(scratch, outDir);
   } catch (err) {
@@ -71,9 +87,10 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
   return { graphPath, config, built: true, buildMs: performance.now() - started };
 }
 
-function cacheKey(dir: string): string {
+function cacheKey(dir: string, build: Required<GraphBuildOptions>): string {
   const hash = createHash("sha256");
   hash.update(`builder ${BUILDER_VERSION}\n`);
+  hash.update(`build ${JSON.stringify(build, Object.keys(build).sort())}\n`);
   for (const source of BUILDER_SOURCES) hash.update(readFileSync(new URL(source, import.meta.url)));
   hash.update(readFileSync(join(dir, "config.json")));
   for (const name of readdirSync(dir).filter((f) => f.endsWith(".safetensors") || f.endsWith(".index.json")).sort()) {

@@ -2,6 +2,7 @@
 export { readModelConfig, parseModelConfig, type ModelConfig } from "./config.ts";
 export { SUPPORTED_ARCHITECTURES } from "./families.ts";
 export { ModelError } from "./model-error.ts";
-export { ensureGraph, type BuiltGraph } from "./build-graph.ts";
+export { ensureGraph, normalizedBuildOptions, type BuiltGraph, type GraphBuildOptions } from "./build-graph.ts";
+export { GRAPH_INPUTS, GRAPH_OUTPUTS, TOP_LOGPROBS, poolInputNames, presentOutputNames } from "./graph/graph-io.ts";
 export { cacheDir } from "./cache-dir.ts";
 export type { GenerationDefaults } from "./checkpoint.ts";

@@ -109,7 +109,7 @@ describe("EngineCore: outputs and finish reasons", () => {
     const second = await core.step();
     expect(second.map((o) => [o.index, o.numPromptTokens])).toEqual([[0, undefined], [1, 5]]);
     // Copy 1 holds a second reference on the full block 1 and recomputes only the partial block's token.
-    expect(runner.calls[1].map((s) => [s.blockTable, s.numCachedTokens, s.tokenIds.length])).toEqual([[[1, 2], 5, 1], [[1, 3], 4, 1]]);
+    expect(runner.calls[1].map((s) => [s.blockTable, s.numPastTokens, s.tokenIds.length])).toEqual([[[1, 2], 5, 1], [[1, 3], 4, 1]]);
     expect(core.kv.pool.refCountOf(1)).toBe(2);
     const results = collect([...first, ...second, ...(await drain(core))]);
     expect([...results.keys()]).toEqual(["r#0", "r#1"]);
@@ -190,7 +190,7 @@ describe("EngineCore: prefix caching", () => {
     core.add(makeRequest({ requestId: "b", promptTokenIds: b, maxTokens: 2 }));
     const first = await core.step();
     expect(first).toEqual([{ requestId: "b", index: 0, newTokenIds: [expectedGreedy(b, 1)[0]], text: "", numCachedTokens: 8, numPromptTokens: 11 }]);
-    expect(runner.calls.at(-1)).toEqual([{ tokenIds: [25, 26, 27], numCachedTokens: 8, blockTable: [1, 2, 4], logitsFrom: 2, invTemperature: 1 }]);
+    expect(runner.calls.at(-1)).toEqual([{ tokenIds: [25, 26, 27], numPastTokens: 8, blockTable: [1, 2, 4], logitsFrom: 2, invTemperature: 1 }]);
     await drain(core);
     freeAll(core);
   });
@@ -201,7 +201,7 @@ describe("EngineCore: prefix caching", () => {
       core.add(makeRequest({ requestId, promptTokenIds: tokens(10), maxTokens: 1 }));
       expect(collect(await drain(core)).get(`${requestId}#0`)?.tokenIds).toEqual(expectedGreedy(tokens(10), 1));
     }
-    expect(runner.calls.at(-1)![0].numCachedTokens).toBe(0);
+    expect(runner.calls.at(-1)![0].numPastTokens).toBe(0);
   });
 });
 
@@ -248,10 +248,10 @@ describe("EngineCore: what the runner is asked", () => {
     expect(await core.step()).toEqual([]);
     await drain(core);
     expect(runner.calls).toEqual([
-      [{ tokenIds: prompt.slice(0, 4), numCachedTokens: 0, blockTable: [1], logitsFrom: 4, invTemperature: 1 }],
-      [{ tokenIds: prompt.slice(4, 8), numCachedTokens: 4, blockTable: [1, 2], logitsFrom: 4, invTemperature: 1 }],
-      [{ tokenIds: prompt.slice(8), numCachedTokens: 8, blockTable: [1, 2, 3], logitsFrom: 1, invTemperature: 1 }],
-      [{ tokenIds: [t1], numCachedTokens: 10, blockTable: [1, 2, 3], logitsFrom: 0, invTemperature: 1 }],
+      [{ tokenIds: prompt.slice(0, 4), numPastTokens: 0, blockTable: [1], logitsFrom: 4, invTemperature: 1 }],
+      [{ tokenIds: prompt.slice(4, 8), numPastTokens: 4, blockTable: [1, 2], logitsFrom: 4, invTemperature: 1 }],
+      [{ tokenIds: prompt.slice(8), numPastTokens: 8, blockTable: [1, 2, 3], logitsFrom: 1, invTemperature: 1 }],
+      [{ tokenIds: [t1], numPastTokens: 10, blockTable: [1, 2, 3], logitsFrom: 0, invTemperature: 1 }],
     ]);
   });
 
@@ -262,8 +262,8 @@ describe("EngineCore: what the runner is asked", () => {
     core.add(makeRequest({ requestId: "b", promptTokenIds: tokens(9, 10), maxTokens: 1 }));
     await core.step();
     const [decode, prefill] = runner.calls[1];
-    expect(decode).toMatchObject({ numCachedTokens: 2, blockTable: [1], logitsFrom: 0 });
-    expect(prefill).toEqual({ tokenIds: tokens(4, 10), numCachedTokens: 0, blockTable: [2], logitsFrom: 4, invTemperature: 1 });
+    expect(decode).toMatchObject({ numPastTokens: 2, blockTable: [1], logitsFrom: 0 });
+    expect(prefill).toEqual({ tokenIds: tokens(4, 10), numPastTokens: 0, blockTable: [2], logitsFrom: 4, invTemperature: 1 });
   });
 });
 
@@ -390,14 +390,14 @@ describe("the fake runner", () => {
   it("catches a block table that reads KV nobody wrote", async () => {
     const runner = new FakeRunner();
     const execute = (seqs: Parameters<FakeRunner["step"]>[0]) => runner.step(seqs, { fullLogits: true });
-    await expect(execute([{ tokenIds: [1], numCachedTokens: 2, blockTable: [3], logitsFrom: 0 }])).rejects.toThrow(/never written/);
-    await expect(execute([{ tokenIds: [1, 2], numCachedTokens: 0, blockTable: [0], logitsFrom: 1 }])).rejects.toThrow(/null block/);
-    await expect(execute([{ tokenIds: [1, 2, 3, 4, 5], numCachedTokens: 0, blockTable: [1], logitsFrom: 4 }])).rejects.toThrow(/can't hold/);
+    await expect(execute([{ tokenIds: [1], numPastTokens: 2, blockTable: [3], logitsFrom: 0 }])).rejects.toThrow(/never written/);
+    await expect(execute([{ tokenIds: [1, 2], numPastTokens: 0, blockTable: [0], logitsFrom: 1 }])).rejects.toThrow(/null block/);
+    await expect(execute([{ tokenIds: [1, 2, 3, 4, 5], numPastTokens: 0, blockTable: [1], logitsFrom: 4 }])).rejects.toThrow(/can't hold/);
   });
 
   it("peaks its logits at the next token of its rule", async () => {
     const runner = new FakeRunner(byLastTokenAndPosition, BLOCK_SIZE);
-    const [logits] = await runner.step([{ tokenIds: [5, 6, 7], numCachedTokens: 0, blockTable: [1], logitsFrom: 2 }], { fullLogits: true });
+    const [logits] = await runner.step([{ tokenIds: [5, 6, 7], numPastTokens: 0, blockTable: [1], logitsFrom: 2 }], { fullLogits: true });
     const row = logits.full!;
     expect(row.indexOf(Math.max(...row))).toBe(byLastTokenAndPosition([5, 6, 7]));
     expect(logits.topIds[0]).toBe(byLastTokenAndPosition([5, 6, 7]));

@@ -1,20 +1,20 @@
 /** The graph's sampling outputs against JavaScript on the logits it returns: softmax(logits / T) and the top-20 log-softmax entries. */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { ModelRunner } from "../engine/runner/onnx-host/onnx-runner.ts";
+import type { OnnxRunner } from "../engine/runner/onnx-host/onnx-runner.ts";
 import { ensureDefaultModel } from "../models/synthetic/default-model.ts";
 import { loadRunner, seededTokens } from "./helpers/runner.ts";
 
 const VOCAB = 151936;
 
 describe("sampling outputs of the default model's graph", () => {
-  let runner: ModelRunner;
+  let runner: OnnxRunner;
   beforeAll(async () => (runner = await loadRunner(ensureDefaultModel(), 16, 64)));
   afterAll(async () => runner.release());
 
   it("returns softmax(logits / T) at each row's temperature, and nothing when not asked", async () => {
     const temperatures = [1, 0.3, 2];
     const seqs = temperatures.map((t, i) => ({
-      tokenIds: seededTokens(5 + i, 151000, i + 1), numCachedTokens: 0, blockTable: [1 + i], logitsFrom: 4 + i, invTemperature: 1 / t,
+      tokenIds: seededTokens(5 + i, 151000, i + 1), numPastTokens: 0, blockTable: [1 + i], logitsFrom: 4 + i, invTemperature: 1 / t,
     }));
     const out = await runner.step(seqs, { fullLogits: true, probs: true });
     out.forEach((logits, i) => {
@@ -33,7 +33,7 @@ describe("sampling outputs of the default model's graph", () => {
   });
 
   it("returns the 20 largest log-softmax entries, in order", async () => {
-    const [logits] = await runner.step([{ tokenIds: [9707, 11, 1879], numCachedTokens: 0, blockTable: [1], logitsFrom: 2 }], { fullLogits: true });
+    const [logits] = await runner.step([{ tokenIds: [9707, 11, 1879], numPastTokens: 0, blockTable: [1], logitsFrom: 2 }], { fullLogits: true });
     const full = logits.full!;
     let max = -Infinity;
     for (const x of full) max = Math.max(max, x);

@@ -1,7 +1,7 @@
 /** Reading checkpoints: config flags per family, clear errors, the graph cache and the default model. */
 import { cpSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseModelConfig } from "../models/config.ts";
 import { readCheckpoint } from "../models/checkpoint.ts";
@@ -101,6 +101,20 @@ describe("the graph cache", () => {
     expect(third.built).toBe(true);
     expect(third.graphPath).not.toBe(first.graphPath);
     expect(third.graphPath.startsWith(join(dir, "cache"))).toBe(true);
+    delete process.env.TOKENMILL_CACHE_DIR;
+  });
+
+  it("keys graphs by their build options too, so graphs built differently never collide", () => {
+    const dir = mkdtempSync(join(tmpdir(), "tokenmill-cache-"));
+    process.env.TOKENMILL_CACHE_DIR = join(dir, "cache");
+    const model = join(dir, "model");
+    cpSync(tinyCheckpoint(FAMILY_MODELS[0]), model, { recursive: true });
+    const cpu = ensureGraph(model);
+    expect(ensureGraph(model, { build: { device: "cpu", dtype: "float32", quantization: "none" } })).toMatchObject({ built: false, graphPath: cpu.graphPath });
+    const cuda = ensureGraph(model, { build: { device: "cuda" } });
+    expect(cuda.built).toBe(true);
+    expect(cuda.graphPath).not.toBe(cpu.graphPath);
+    expect(JSON.parse(readFileSync(join(dirname(cuda.graphPath), "meta.json"), "utf8")).build).toEqual({ dtype: "float32", quantization: "none", device: "cuda" });
     delete process.env.TOKENMILL_CACHE_DIR;
   });
 });

@@ -4,7 +4,9 @@ import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { EngineError } from "../engine/core/engine-error.ts";
+import { KvBuffers } from "../engine/runner/onnx-host/kv-buffers.ts";
 import { createSession } from "../engine/runner/onnx-host/onnx-session.ts";
+import { DEVICES, createRunner } from "../engine/runner/runner-registry.ts";
 import { ensureGraph } from "../models/build-graph.ts";
 import { ensureDefaultModel } from "../models/synthetic/default-model.ts";
 
@@ -25,5 +27,24 @@ describe("--device", () => {
     const session = await createSession(graphPath, { device: "cpu" });
     expect(session.inputNames).toEqual(expect.arrayContaining(["input_ids", "past_slots", "pool.0.key"]));
     await session.release();
+  });
+});
+
+describe("the runner registry", () => {
+  it("gives a runner by device, which sizes its own KV cache from bytes and reports blocks, tokens and bytes", async () => {
+    const graph = ensureGraph(ensureDefaultModel());
+    const { config } = graph;
+    const bytesPerBlock = KvBuffers.bytesPerBlock({ numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize: 16 });
+    expect(DEVICES).toEqual(["cpu", "cuda"]);
+    const runner = await createRunner("cpu", { graphPath: graph.graphPath, config, blockSize: 16, kvCacheBytes: 10.5 * bytesPerBlock, intraOpThreads: 1 });
+    try {
+      expect(runner.kvCache).toEqual({ numBlocks: 10, blockSize: 16, numTokens: 9 * 16, numBytes: 10 * bytesPerBlock });
+      expect(runner.vocabSize).toBe(config.vocabSize);
+    } finally {
+      await runner.release();
+    }
+    const tooSmall = await createRunner("cpu", { graphPath: graph.graphPath, config, blockSize: 16, kvCacheBytes: bytesPerBlock }).catch((err: unknown) => err);
+    expect(tooSmall).toBeInstanceOf(EngineError);
+    expect((tooSmall as Error).message).toMatch(/fewer than 2 blocks/);
   });
 });

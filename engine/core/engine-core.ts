@@ -7,8 +7,7 @@ import { EngineError, StepFailure } from "./engine-error.ts";
 import { BlockPool } from "../kv-cache/block-pool.ts";
 import { KvCacheManager } from "../kv-cache/kv-cache-manager.ts";
 import type { EngineOutput, EngineRequest, FinishReason, PromptLogprob } from "./request.ts";
-import type { StepRunner } from "../runner/onnx-host/onnx-runner.ts";
-import type { StepSequence } from "../runner/onnx-host/step-layout.ts";
+import type { StepRunner, StepSequence } from "../runner/step-runner.ts";
 import { promptLogprobsFromRows, withTokenStrings } from "../sampling/logprobs.ts";
 import { logitsNeedOf, sampleRow, type LogitsNeed } from "../sampling/sampler.ts";
 import { rowOf, type StepLogits } from "../runner/step-logits.ts";
@@ -259,11 +258,11 @@ function toStepSequence({ seq, numNewTokens }: ScheduledSequence): StepSequence 
   const reachesEnd = start + numNewTokens === seq.numTokens;
   const invTemperature = seq.sampling.temperature > 0 ? 1 / seq.sampling.temperature : 1;
   if (seq.promptLogprobs && start < seq.numPromptTokens) {
-    return { tokenIds: seq.tokensIn(start, start + numNewTokens), numCachedTokens: start, blockTable: seq.blockIds, logitsFrom: 0, invTemperature };
+    return { tokenIds: seq.tokensIn(start, start + numNewTokens), numPastTokens: start, blockTable: seq.blockIds, logitsFrom: 0, invTemperature };
   }
   return {
     tokenIds: seq.tokensIn(start, start + numNewTokens),
-    numCachedTokens: start,
+    numPastTokens: start,
     blockTable: seq.blockIds,
     logitsFrom: reachesEnd ? numNewTokens - 1 : numNewTokens,
     invTemperature,

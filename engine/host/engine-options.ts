@@ -1,5 +1,6 @@
 /** How an engine thread is set up: the model, the device and the scheduler's limits. */
-import type { Device } from "../runner/onnx-host/onnx-session.ts";
+import type { Device } from "../runner/runner-registry.ts";
+import type { KvCacheInfo } from "../runner/step-runner.ts";
 
 export interface EngineOptions {
   /** A Hugging Face checkpoint folder. */
@@ -42,6 +43,8 @@ export interface EngineInfo {
   maxModelLenCappedFrom?: number;
   numBlocks: number;
   blockSize: number;
+  /** The runner's KV cache: blocks, the tokens they hold and their bytes. */
+  kvCache: KvCacheInfo;
   graphBuilt: boolean;
   graphBuildMs: number;
   loadMs: number;

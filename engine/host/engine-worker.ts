@@ -10,27 +10,22 @@ import { EngineCore } from "../core/engine-core.ts";
 import { EngineError, StepFailure } from "../core/engine-error.ts";
 import type { EngineInfo, EngineOptions } from "./engine-options.ts";
 import type { FromEngine, ToEngine } from "./engine-protocol.ts";
-import { KvPool } from "../runner/onnx-host/kv-buffers.ts";
-import { ModelRunner } from "../runner/onnx-host/onnx-runner.ts";
+import { contextLengthOf } from "../core/context-length.ts";
+import { createRunner } from "../runner/runner-registry.ts";
 
 const port = parentPort!;
 const post = (message: FromEngine) => port.postMessage(message);
 
 async function main(options: EngineOptions): Promise<void> {
   const started = performance.now();
-  const graph = ensureGraph(options.modelDir, { progress: options.progress });
+  const graph = ensureGraph(options.modelDir, { progress: options.progress, build: { device: options.device } });
   const { config } = graph;
-  const numBlocks = KvPool.blocksForBytes(options.kvCacheMemoryBytes, {
-    numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize: options.blockSize,
+  const runner = await createRunner(options.device, {
+    graphPath: graph.graphPath, config, blockSize: options.blockSize, kvCacheBytes: options.kvCacheMemoryBytes, intraOpThreads: options.intraOpThreads,
   });
-  if (numBlocks < 2) throw new EngineError("INVALID_REQUEST", `--kv-cache-memory ${options.kvCacheMemoryBytes} bytes holds fewer than 2 blocks`);
-  // NOTE: a sequence longer than the whole pool could never finish, so the context is capped at what the pool holds.
-  const kvCapacityTokens = (numBlocks - 1) * options.blockSize;
-  const wantedMaxModelLen = Math.min(options.maxModelLen ?? config.maxPositionEmbeddings, config.maxPositionEmbeddings);
-  const maxModelLen = Math.min(wantedMaxModelLen, kvCapacityTokens);
-  const runner = await ModelRunner.create({
-    graphPath: graph.graphPath, config, device: options.device, blockSize: options.blockSize, numBlocks, intraOpThreads: options.intraOpThreads,
-  });
+  const { numBlocks } = runner.kvCache;
+  const context = contextLengthOf({ maxPositionEmbeddings: config.maxPositionEmbeddings, requested: options.maxModelLen, kvCacheTokens: runner.kvCache.numTokens });
+  const { maxModelLen } = context;
   // NOTE: text is made here, next to the sampler, so stop strings end a sequence in the step that completes them.
   const checkpoint = readCheckpoint(options.modelDir);
   const codec = ModelTokenizer.load(checkpoint);
@@ -38,8 +33,8 @@ async function main(options: EngineOptions): Promise<void> {
   const core = new EngineCore(runner, { ...options, numBlocks, maxModelLen, eosTokenIds }, codec);
   const info: EngineInfo = {
     modelDir: options.modelDir, architecture: config.architecture, vocabSize: config.vocabSize, maxModelLen, numBlocks,
-    blockSize: options.blockSize, graphBuilt: graph.built, graphBuildMs: graph.buildMs, loadMs: performance.now() - started,
-    ...(maxModelLen < wantedMaxModelLen ? { maxModelLenCappedFrom: wantedMaxModelLen } : {}),
+    blockSize: options.blockSize, kvCache: runner.kvCache, graphBuilt: graph.built, graphBuildMs: graph.buildMs, loadMs: performance.now() - started,
+    ...(context.cappedFrom !== undefined ? { maxModelLenCappedFrom: context.cappedFrom } : {}),
   };
 
   let wake: (() => void) | null = null;

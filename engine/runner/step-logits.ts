@@ -6,7 +6,7 @@
  * more than the decode step itself for a small model and a large vocabulary, so greedy
  * requests without penalties are served from the top-N alone.
  */
-import { TOP_LOGPROBS } from "../../models/graph/decoder-graph.ts";
+import { TOP_LOGPROBS } from "../../models/index.ts";
 
 /** How many log-softmax entries per row the graph returns. */
 export const TOP_N = TOP_LOGPROBS;

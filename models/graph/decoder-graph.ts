@@ -2,46 +2,25 @@
  * Builds the paged-KV decoder graph: one step for B sequences of up to S new tokens.
  *
  * Rows are flattened (N = B*S) for every per-token op; only attention sees [B, S, ...].
- *
- *   input_ids, position_ids  [B, S]       the step's new tokens, right-padded
- *   past_slots               [B, P]       pool slot of every earlier context position
- *   attention_mask           [B, 1, S, P+S]  additive: 0 to attend, -1e9 to mask
- *   logits_indices           [K]          flat rows (b*S + s) whose logits to return
- *   inv_temperature          [K]          1 / temperature of each of those rows, for probs
- *   want_probs               []           whether to compute probs at all (else they are [0, 1])
- *   pool.L.key/value         [slots, kv_heads, head_dim]
- *   ──▶ logits [K, V], probs [K, V] = softmax(logits / T), top_logprobs / top_ids [K, 20]
- *       (the top of each row's log-softmax),
- *       present.L.key/value [B, S, kv_heads*head_dim]
+ * graph-io.ts names and shapes the inputs and outputs.
  *
  * Per layer, attention reads [past K/V gathered by slot ‖ the step's own K/V].
  */
 import type { ModelConfig } from "../config.ts";
 import { type WeightSource, addWeight, linear, rmsNorm, rope, ropeTables } from "./layers.ts";
+import { GRAPH_INPUTS, GRAPH_OUTPUTS, TOP_LOGPROBS, poolInputNames, presentOutputNames } from "./graph-io.ts";
 import { DataType, OnnxGraph } from "./onnx-graph.ts";
-
-
-/** How many log-softmax entries per row the graph returns besides the full logits. */
-export const TOP_LOGPROBS = 20;
-
-export function poolInputNames(layer: number): { key: string; value: string } {
-  return { key: `pool.${layer}.key`, value: `pool.${layer}.value` };
-}
-
-export function presentOutputNames(layer: number): { key: string; value: string } {
-  return { key: `present.${layer}.key`, value: `present.${layer}.value` };
-}
 
 /** Adds the whole decoder to `g`, reading weights from `weights` one tensor at a time. */
 export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: WeightSource, onLayer?: (layer: number) => void): void {
   const { hiddenSize, numHeads, numKvHeads, headDim } = config;
   const kvWidth = numKvHeads * headDim;
-  const inputIds = g.input("input_ids", DataType.INT64, ["batch", "seq"]);
-  const positionIds = g.input("position_ids", DataType.INT64, ["batch", "seq"]);
-  const pastSlots = g.input("past_slots", DataType.INT64, ["batch", "past"]);
-  const mask = g.input("attention_mask", DataType.FLOAT, ["batch", 1, "seq", "total"]);
-  const logitsIndices = g.input("logits_indices", DataType.INT64, ["num_logits"]);
-  const invTemperature = g.input("inv_temperature", DataType.FLOAT, ["num_logits"]);
+  const inputIds = g.input(GRAPH_INPUTS.inputIds, DataType.INT64, ["batch", "seq"]);
+  const positionIds = g.input(GRAPH_INPUTS.positionIds, DataType.INT64, ["batch", "seq"]);
+  const pastSlots = g.input(GRAPH_INPUTS.pastSlots, DataType.INT64, ["batch", "past"]);
+  const mask = g.input(GRAPH_INPUTS.attentionMask, DataType.FLOAT, ["batch", 1, "seq", "total"]);
+  const logitsIndices = g.input(GRAPH_INPUTS.logitsIndices, DataType.INT64, ["num_logits"]);
+  const invTemperature = g.input(GRAPH_INPUTS.invTemperature, DataType.FLOAT, ["num_logits"]);
 
   const batchSeqShape = g.op("Shape", [inputIds]);
   const attnShape = (width: number) => g.op("Concat", [batchSeqShape, g.constInt64([width])], { axis: 0 });
@@ -93,21 +72,21 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
     ? embed
     : addWeight(g, weights, "lm_head.weight");
   const logits = g.op("Gemm", [normed, lmHead], { transB: 1 });
-  g.output("logits", logits, DataType.FLOAT, ["num_logits", config.vocabSize]);
+  g.output(GRAPH_OUTPUTS.logits, logits, DataType.FLOAT, ["num_logits", config.vocabSize]);
   // The top entries of each row's log-softmax: enough for greedy decoding and logprobs without copying the logits out.
   const topN = Math.min(TOP_LOGPROBS, config.vocabSize);
   const [topValues, topIndices] = g.opN("TopK", [g.op("LogSoftmax", [logits], { axis: -1 }), g.constInt64([topN])], 2, { axis: -1, largest: 1, sorted: 1 });
-  g.output("top_logprobs", topValues, DataType.FLOAT, ["num_logits", topN]);
-  g.output("top_ids", topIndices, DataType.INT64, ["num_logits", topN]);
+  g.output(GRAPH_OUTPUTS.topLogprobs, topValues, DataType.FLOAT, ["num_logits", topN]);
+  g.output(GRAPH_OUTPUTS.topIds, topIndices, DataType.INT64, ["num_logits", topN]);
   // Sampling weights at each row's temperature, so temperature sampling needs no exp over the vocabulary in JavaScript.
   // NOTE: ONNX Runtime computes every node whether or not its output is fetched, so the softmax sits behind an If
   // that only steps asking for probs take; the others get an empty [0, 1] tensor.
-  const wantProbs = g.input("want_probs", DataType.BOOL, []);
+  const wantProbs = g.input(GRAPH_INPUTS.wantProbs, DataType.BOOL, []);
   const probs = g.op("If", [wantProbs], {
     then_branch: { graph: g.branch((b) => b.op("Softmax", [b.op("Mul", [logits, b.op("Unsqueeze", [invTemperature, b.constInt64([1])])])], { axis: -1 }), DataType.FLOAT, ["num_logits", config.vocabSize]) },
     else_branch: { graph: g.branch((b) => b.constFloat([], [0, 1]), DataType.FLOAT, [0, 1]) },
   });
-  g.output("probs", probs, DataType.FLOAT, ["num_logits", "vocab_or_1"]);
+  g.output(GRAPH_OUTPUTS.probs, probs, DataType.FLOAT, ["num_logits", "vocab_or_1"]);
 }
 
 /** q or k: projection, reshape to [N, heads, head_dim], and the Qwen3 per-head norm. */

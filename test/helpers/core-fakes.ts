@@ -11,9 +11,8 @@ import { BlockPool, NULL_BLOCK_ID } from "../../engine/kv-cache/block-pool.ts";
 import { KvCacheManager } from "../../engine/kv-cache/kv-cache-manager.ts";
 import type { EngineOutput, EngineRequest, SamplingParams } from "../../engine/core/request.ts";
 import { GREEDY } from "../../engine/core/request.ts";
-import type { StepOptions, StepRunner } from "../../engine/runner/onnx-host/onnx-runner.ts";
+import type { KvCacheInfo, StepOptions, StepRunner, StepSequence } from "../../engine/runner/step-runner.ts";
 import { stepLogitsFromFull, type StepLogits } from "../../engine/runner/step-logits.ts";
-import type { StepSequence } from "../../engine/runner/onnx-host/step-layout.ts";
 import { Sequence } from "../../engine/core/sequence.ts";
 
 export const BLOCK_SIZE = 4;
@@ -56,6 +55,8 @@ export function logitsPeakingAt(target: number, vocab = VOCAB): Float32Array {
 
 export class FakeRunner implements StepRunner {
   readonly vocabSize = VOCAB;
+  /** A pretend pool: the engine core sizes its block pool from its own options. */
+  readonly kvCache: KvCacheInfo = { numBlocks: 1024, blockSize: BLOCK_SIZE, numTokens: 1023 * BLOCK_SIZE, numBytes: 0 };
   /** Every execute() call, deep-copied at call time. */
   readonly calls: StepSequence[][] = [];
   private readonly slots = new Map<number, number>();
@@ -70,6 +71,8 @@ export class FakeRunner implements StepRunner {
     });
   }
 
+  async release(): Promise<void> {}
+
   /** The StepSequences of every call, flattened, in order. */
   get allSteps(): StepSequence[] {
     return this.calls.flat();
@@ -77,22 +80,22 @@ export class FakeRunner implements StepRunner {
 
   private run(s: StepSequence): Float32Array {
     if (s.blockTable.includes(NULL_BLOCK_ID)) throw new Error(`block table ${s.blockTable} holds the null block`);
-    const end = s.numCachedTokens + s.tokenIds.length;
+    const end = s.numPastTokens + s.tokenIds.length;
     if (s.blockTable.length * this.blockSize < end) throw new Error(`block table ${s.blockTable} can't hold ${end} tokens`);
     const context: number[] = [];
-    for (let p = 0; p < s.numCachedTokens; p++) {
+    for (let p = 0; p < s.numPastTokens; p++) {
       const token = this.slots.get(this.slotOf(s.blockTable, p));
       if (token === undefined) throw new Error(`position ${p} read from slot ${this.slotOf(s.blockTable, p)}, never written`);
       context.push(token);
     }
     s.tokenIds.forEach((token, i) => {
-      this.slots.set(this.slotOf(s.blockTable, s.numCachedTokens + i), token);
+      this.slots.set(this.slotOf(s.blockTable, s.numPastTokens + i), token);
       context.push(token);
     });
     // Row r is the logits after the step's token logitsFrom + r, as the graph returns them.
     const out = new Float32Array((s.tokenIds.length - s.logitsFrom) * this.vocabSize);
     for (let i = s.logitsFrom; i < s.tokenIds.length; i++) {
-      out.set(logitsPeakingAt(this.next(context.slice(0, s.numCachedTokens + i + 1))), (i - s.logitsFrom) * this.vocabSize);
+      out.set(logitsPeakingAt(this.next(context.slice(0, s.numPastTokens + i + 1))), (i - s.logitsFrom) * this.vocabSize);
     }
     return out;
   }

@@ -3,12 +3,22 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ensureGraph } from "../../models/build-graph.ts";
 import { openWeights } from "../../models/weights/safetensors.ts";
-import { ModelRunner } from "../../engine/runner/onnx-host/onnx-runner.ts";
+import { KvBuffers } from "../../engine/runner/onnx-host/kv-buffers.ts";
+import { OnnxRunner } from "../../engine/runner/onnx-host/onnx-runner.ts";
+import type { StepSequence } from "../../engine/runner/step-runner.ts";
 import { referenceLogits } from "../reference/forward.ts";
 
-export async function loadRunner(dir: string, blockSize = 4, numBlocks = 64, paddingSlack?: number): Promise<ModelRunner> {
+/** A real runner whose KV cache holds exactly `numBlocks` blocks. */
+export async function loadRunner(dir: string, blockSize = 4, numBlocks = 64, paddingSlack?: number): Promise<OnnxRunner> {
   const graph = ensureGraph(dir);
-  return ModelRunner.create({ graphPath: graph.graphPath, config: graph.config, device: "cpu", blockSize, numBlocks, intraOpThreads: 1, paddingSlack });
+  const { config } = graph;
+  const kvCacheBytes = numBlocks * KvBuffers.bytesPerBlock({ numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize });
+  return OnnxRunner.create({ graphPath: graph.graphPath, config, device: "cpu", blockSize, kvCacheBytes, intraOpThreads: 1, paddingSlack });
+}
+
+/** Each sequence's full logits rows (vocab-wide each) from logitsFrom on. */
+export async function fullLogits(runner: OnnxRunner, seqs: readonly StepSequence[]): Promise<Float32Array[]> {
+  return (await runner.step(seqs, { fullLogits: true })).map((l) => l.full!);
 }
 
 /** Logits of the independent TypeScript forward pass at every position. */

@@ -1,6 +1,7 @@
 /**
- * The host-memory KV pool: for every layer, one key and one value array of
- * [numSlots, kvHeads, headDim] floats, handed to ONNX Runtime without copying.
+ * The KV cache's memory in host RAM: for every layer, one key and one value array of
+ * [numSlots, kvHeads, headDim] floats, handed to ONNX Runtime without copying. (The block
+ * pool hands out block ids; these are the floats behind them.)
  *
  *   block table  [7, 2, 9]           blockSize = 4
  *   position p   0 1 2 3 | 4 5 6 7 | 8 9
@@ -8,7 +9,7 @@
  *
  * Block 0 is never handed out: its first slot is the null slot that pads past_slots.
  */
-export interface KvPoolShape {
+export interface KvBuffersShape {
   numLayers: number;
   numKvHeads: number;
   headDim: number;
@@ -16,12 +17,12 @@ export interface KvPoolShape {
   numBlocks: number;
 }
 
-export class KvPool {
+export class KvBuffers {
   readonly keys: Float32Array[];
   readonly values: Float32Array[];
   readonly rowWidth: number;
 
-  constructor(readonly shape: KvPoolShape) {
+  constructor(readonly shape: KvBuffersShape) {
     this.rowWidth = shape.numKvHeads * shape.headDim;
     const numFloats = shape.numBlocks * shape.blockSize * this.rowWidth;
     this.keys = Array.from({ length: shape.numLayers }, () => new Float32Array(numFloats));
@@ -32,10 +33,13 @@ export class KvPool {
     return this.shape.numBlocks * this.shape.blockSize;
   }
 
-  /** How many blocks fit in `bytes` for this model (key + value, every layer, float32). */
-  static blocksForBytes(bytes: number, shape: Omit<KvPoolShape, "numBlocks">): number {
-    const bytesPerBlock = 2 * shape.numLayers * shape.blockSize * shape.numKvHeads * shape.headDim * 4;
-    return Math.floor(bytes / bytesPerBlock);
+  /** Bytes of one block for this model: key + value, every layer, float32. */
+  static bytesPerBlock(shape: Omit<KvBuffersShape, "numBlocks">): number {
+    return 2 * shape.numLayers * shape.blockSize * shape.numKvHeads * shape.headDim * 4;
+  }
+
+  get numBytes(): number {
+    return this.shape.numBlocks * KvBuffers.bytesPerBlock(this.shape);
   }
 
   slotOf(blockTable: readonly number[], position: number): number {

@@ -1,69 +1,62 @@
 /**
- * Runs steps of the paged-KV graph: lays out each group, runs the session, copies the
- * step's new K/V into the pool and returns the requested logits.
+ * Runs steps of the paged-KV graph on ONNX Runtime with the KV cache in host memory: lays
+ * out each group, runs the session, copies the step's new K/V into the buffers and returns
+ * the requested logits.
  */
-import { poolInputNames, presentOutputNames } from "../../../models/graph/decoder-graph.ts";
-import type { ModelConfig } from "../../../models/index.ts";
-import { KvPool } from "./kv-buffers.ts";
-import { type Device, createSession, floatTensor, int64Tensor, ort } from "./onnx-session.ts";
-import { type StepSequence, groupForPadding, layoutStep } from "./step-layout.ts";
+import { GRAPH_INPUTS, GRAPH_OUTPUTS, poolInputNames, presentOutputNames, type ModelConfig } from "../../../models/index.ts";
+import { EngineError } from "../../core/engine-error.ts";
+import type { KvCacheInfo, StepOptions, StepRunner, StepSequence } from "../step-runner.ts";
 import type { StepLogits } from "../step-logits.ts";
+import { KvBuffers } from "./kv-buffers.ts";
+import { type OnnxDevice, createSession, floatTensor, int64Tensor, ort } from "./onnx-session.ts";
+import { groupForPadding, layoutStep } from "./step-layout.ts";
 
-export interface RunnerOptions {
+export interface OnnxRunnerOptions {
   graphPath: string;
   config: ModelConfig;
-  device: Device;
+  device: OnnxDevice;
   blockSize: number;
-  numBlocks: number;
+  /** Host memory for the KV buffers; the runner fits as many blocks as it can. */
+  kvCacheBytes: number;
   intraOpThreads?: number;
   /** How much padding a group of sequences may carry (padded tokens / real tokens); see groupForPadding. */
   paddingSlack?: number;
 }
 
-export interface StepOptions {
-  /** Fetch the full logits rows too (penalties, logprobs of sampled tokens, prompt logprobs). */
-  fullLogits: boolean;
-  /** Fetch softmax(logits / T) rows too (temperature sampling). Otherwise only the top-N. */
-  probs?: boolean;
-}
-
-/** What the engine sees: data in, data out. */
-export interface StepRunner {
+export class OnnxRunner implements StepRunner {
   readonly vocabSize: number;
-  /** For each sequence, its logits rows from logitsFrom on. */
-  step(seqs: readonly StepSequence[], options: StepOptions): Promise<StepLogits[]>;
-}
-
-export class ModelRunner implements StepRunner {
-  readonly vocabSize: number;
+  readonly kvCache: KvCacheInfo;
   private readonly poolFeeds: Record<string, ort.Tensor> = {};
   private readonly fetches: string[];
 
   private constructor(
     private readonly session: ort.InferenceSession,
-    readonly pool: KvPool,
+    readonly buffers: KvBuffers,
     private readonly config: ModelConfig,
     private readonly paddingSlack: number,
   ) {
     this.vocabSize = config.vocabSize;
+    const { numBlocks, blockSize } = buffers.shape;
+    this.kvCache = { numBlocks, blockSize, numTokens: (numBlocks - 1) * blockSize, numBytes: buffers.numBytes };
     const presents = Array.from({ length: config.numLayers }, (_, layer) => Object.values(presentOutputNames(layer))).flat();
-    this.fetches = [...presents, "top_logprobs", "top_ids"];
-    const dims = [pool.numSlots, config.numKvHeads, config.headDim];
+    this.fetches = [...presents, GRAPH_OUTPUTS.topLogprobs, GRAPH_OUTPUTS.topIds];
+    const dims = [buffers.numSlots, config.numKvHeads, config.headDim];
     for (let layer = 0; layer < config.numLayers; layer++) {
       const names = poolInputNames(layer);
-      this.poolFeeds[names.key] = floatTensor(pool.keys[layer], dims);
-      this.poolFeeds[names.value] = floatTensor(pool.values[layer], dims);
+      this.poolFeeds[names.key] = floatTensor(buffers.keys[layer], dims);
+      this.poolFeeds[names.value] = floatTensor(buffers.values[layer], dims);
     }
   }
 
-  static async create(options: RunnerOptions): Promise<ModelRunner> {
-    const session = await createSession(options.graphPath, { device: options.device, intraOpThreads: options.intraOpThreads });
+  static async create(options: OnnxRunnerOptions): Promise<OnnxRunner> {
     const { config } = options;
-    const pool = new KvPool({
-      numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim,
-      blockSize: options.blockSize, numBlocks: options.numBlocks,
-    });
-    return new ModelRunner(session, pool, config, options.paddingSlack ?? 1.25);
+    const shape = { numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize: options.blockSize };
+    const numBlocks = Math.floor(options.kvCacheBytes / KvBuffers.bytesPerBlock(shape));
+    if (numBlocks < 2) {
+      throw new EngineError("INVALID_REQUEST", `a KV cache of ${options.kvCacheBytes} bytes holds fewer than 2 blocks of ${KvBuffers.bytesPerBlock(shape)} bytes; raise --kv-cache-memory`);
+    }
+    const session = await createSession(options.graphPath, { device: options.device, intraOpThreads: options.intraOpThreads });
+    return new OnnxRunner(session, new KvBuffers({ ...shape, numBlocks }), config, options.paddingSlack ?? 1.25);
   }
 
   async step(seqs: readonly StepSequence[], options: StepOptions): Promise<StepLogits[]> {
@@ -75,41 +68,36 @@ export class ModelRunner implements StepRunner {
     return logits;
   }
 
-  /** Each sequence's full logits rows (vocab-wide each) from logitsFrom on. */
-  async execute(seqs: readonly StepSequence[]): Promise<Float32Array[]> {
-    return (await this.step(seqs, { fullLogits: true })).map((l) => l.full!);
-  }
-
   async release(): Promise<void> {
     await this.session.release();
   }
 
   private async runGroup(seqs: readonly StepSequence[], options: StepOptions): Promise<StepLogits[]> {
-    const layout = layoutStep(seqs, this.pool, this.config.slidingWindow);
+    const layout = layoutStep(seqs, this.buffers, this.config.slidingWindow);
     const { batch, seq, past } = layout;
     const feeds: Record<string, ort.Tensor> = {
       ...this.poolFeeds,
-      input_ids: int64Tensor(layout.inputIds, [batch, seq]),
-      position_ids: int64Tensor(layout.positionIds, [batch, seq]),
-      past_slots: int64Tensor(layout.pastSlots, [batch, past]),
-      attention_mask: floatTensor(layout.mask, [batch, 1, seq, past + seq]),
-      logits_indices: int64Tensor(layout.logitsIndices, [layout.logitsIndices.length]),
-      inv_temperature: floatTensor(layout.invTemperature, [layout.invTemperature.length]),
-      want_probs: new ort.Tensor("bool", [options.probs === true], []),
+      [GRAPH_INPUTS.inputIds]: int64Tensor(layout.inputIds, [batch, seq]),
+      [GRAPH_INPUTS.positionIds]: int64Tensor(layout.positionIds, [batch, seq]),
+      [GRAPH_INPUTS.pastSlots]: int64Tensor(layout.pastSlots, [batch, past]),
+      [GRAPH_INPUTS.attentionMask]: floatTensor(layout.mask, [batch, 1, seq, past + seq]),
+      [GRAPH_INPUTS.logitsIndices]: int64Tensor(layout.logitsIndices, [layout.logitsIndices.length]),
+      [GRAPH_INPUTS.invTemperature]: floatTensor(layout.invTemperature, [layout.invTemperature.length]),
+      [GRAPH_INPUTS.wantProbs]: new ort.Tensor("bool", [options.probs === true], []),
     };
-    const fetches = [...this.fetches, ...(options.fullLogits ? ["logits"] : []), ...(options.probs ? ["probs"] : [])];
+    const fetches = [...this.fetches, ...(options.fullLogits ? [GRAPH_OUTPUTS.logits] : []), ...(options.probs ? [GRAPH_OUTPUTS.probs] : [])];
     const out = await this.session.run(feeds, fetches);
     for (let layer = 0; layer < this.config.numLayers; layer++) {
       const present = presentOutputNames(layer);
       const keys = out[present.key].data as Float32Array;
       const values = out[present.value].data as Float32Array;
-      layout.newSlots.forEach((slots, b) => this.pool.write(layer, slots, keys, values, b * seq));
+      layout.newSlots.forEach((slots, b) => this.buffers.write(layer, slots, keys, values, b * seq));
     }
-    const full = options.fullLogits ? (out.logits.data as Float32Array) : null;
-    const probs = options.probs ? (out.probs.data as Float32Array) : null;
-    const topIds = Int32Array.from(out.top_ids.data as BigInt64Array, Number);
-    const topLogprobs = out.top_logprobs.data as Float32Array;
-    const topN = out.top_ids.dims[1] ?? 0;
+    const full = options.fullLogits ? (out[GRAPH_OUTPUTS.logits].data as Float32Array) : null;
+    const probs = options.probs ? (out[GRAPH_OUTPUTS.probs].data as Float32Array) : null;
+    const topIds = Int32Array.from(out[GRAPH_OUTPUTS.topIds].data as BigInt64Array, Number);
+    const topLogprobs = out[GRAPH_OUTPUTS.topLogprobs].data as Float32Array;
+    const topN = out[GRAPH_OUTPUTS.topIds].dims[1] ?? 0;
     const vocab = this.vocabSize;
     let row = 0;
     return seqs.map((s) => {

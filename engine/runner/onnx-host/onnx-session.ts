@@ -8,10 +8,11 @@ import * as ort from "onnxruntime-node";
 import { EngineError } from "../../core/engine-error.ts";
 
 export { ort };
-export type Device = "cpu" | "cuda";
+/** The execution providers this runner can use. */
+export type OnnxDevice = "cpu" | "cuda";
 
 export interface SessionOptions {
-  device: Device;
+  device: OnnxDevice;
   /** Threads for one operator; 0 lets ORT use every core. */
   intraOpThreads?: number;
   /** Let ORT's threads spin while waiting for work (off by default; see createSession). */

@@ -4,22 +4,11 @@
  *
  *   attention_mask[b, 0, i, :]     (P = widest past, S = widest step)
  *   ├──── past: j < P ─────┤├── new: P + j, j < S ──┤
- *   0 for j < numCached_b    0 for j ≤ i (causal)      else MASKED
+ *   0 for j < numPast_b    0 for j ≤ i (causal)      else MASKED
  *   (with a sliding window W, positions at or before q - W are masked too)
  */
-import type { KvPool } from "./kv-buffers.ts";
-
-export interface StepSequence {
-  /** The tokens this step computes. */
-  tokenIds: readonly number[];
-  /** How many of the sequence's tokens are already in the pool: the position of tokenIds[0]. */
-  numCachedTokens: number;
-  blockTable: readonly number[];
-  /** Logits are returned for new tokens from this index on: length - 1 for the last only, length for none. */
-  logitsFrom: number;
-  /** 1 / temperature for this sequence's probs rows (default 1). */
-  invTemperature?: number;
-}
+import type { StepSequence } from "../step-runner.ts";
+import type { KvBuffers } from "./kv-buffers.ts";
 
 export const MASKED = -1e9;
 export const NULL_SLOT = 0;
@@ -39,10 +28,10 @@ export interface StepLayout {
 }
 
 /** @param slidingWindow when set, a token at position q sees only keys at positions > q - slidingWindow. */
-export function layoutStep(seqs: readonly StepSequence[], pool: KvPool, slidingWindow: number | null = null): StepLayout {
+export function layoutStep(seqs: readonly StepSequence[], pool: KvBuffers, slidingWindow: number | null = null): StepLayout {
   const batch = seqs.length;
   const seq = Math.max(...seqs.map((s) => s.tokenIds.length));
-  const past = Math.max(...seqs.map((s) => s.numCachedTokens));
+  const past = Math.max(...seqs.map((s) => s.numPastTokens));
   const total = past + seq;
   const inputIds = new BigInt64Array(batch * seq);
   const positionIds = new BigInt64Array(batch * seq);
@@ -52,19 +41,19 @@ export function layoutStep(seqs: readonly StepSequence[], pool: KvPool, slidingW
   const invTemperature: number[] = [];
   const newSlots: Int32Array[] = [];
   seqs.forEach((s, b) => {
-    for (let j = 0; j < s.numCachedTokens; j++) pastSlots[b * past + j] = BigInt(pool.slotOf(s.blockTable, j));
+    for (let j = 0; j < s.numPastTokens; j++) pastSlots[b * past + j] = BigInt(pool.slotOf(s.blockTable, j));
     const slots = new Int32Array(s.tokenIds.length);
     for (let i = 0; i < seq; i++) {
       const row = b * seq + i;
       const real = i < s.tokenIds.length;
       inputIds[row] = BigInt(real ? s.tokenIds[i] : 0);
-      positionIds[row] = BigInt(s.numCachedTokens + (real ? i : 0));
+      positionIds[row] = BigInt(s.numPastTokens + (real ? i : 0));
       const maskRow = mask.subarray(row * total, (row + 1) * total);
       if (real) {
-        const firstVisible = slidingWindow === null ? 0 : Math.max(0, s.numCachedTokens + i - slidingWindow + 1);
-        maskRow.fill(0, Math.min(firstVisible, s.numCachedTokens), s.numCachedTokens);
-        maskRow.fill(0, past + Math.max(0, firstVisible - s.numCachedTokens), past + i + 1);
-        slots[i] = pool.slotOf(s.blockTable, s.numCachedTokens + i);
+        const firstVisible = slidingWindow === null ? 0 : Math.max(0, s.numPastTokens + i - slidingWindow + 1);
+        maskRow.fill(0, Math.min(firstVisible, s.numPastTokens), s.numPastTokens);
+        maskRow.fill(0, past + Math.max(0, firstVisible - s.numPastTokens), past + i + 1);
+        slots[i] = pool.slotOf(s.blockTable, s.numPastTokens + i);
         if (i >= s.logitsFrom) {
           logitsIndices.push(BigInt(row));
           invTemperature.push(s.invTemperature ?? 1);

@@ -1,0 +1,33 @@
+/**
+ * Runners by device. The engine thread asks here for a runner of `--device`; each runner
+ * sizes and owns its KV cache. A device-resident runner (WebGPU PagedAttention, CUDA over
+ * IoBinding) is one more entry.
+ */
+import type { ModelConfig } from "../../models/index.ts";
+import { OnnxRunner } from "./onnx-host/onnx-runner.ts";
+import type { StepRunner } from "./step-runner.ts";
+
+export interface RunnerOptions {
+  graphPath: string;
+  config: ModelConfig;
+  blockSize: number;
+  /** Memory the runner may spend on its KV cache. */
+  kvCacheBytes: number;
+  intraOpThreads?: number;
+}
+
+type RunnerFactory = (options: RunnerOptions) => Promise<StepRunner>;
+
+/** ONNX Runtime with the KV cache in host memory: on the CPU EP, or on the CUDA EP reading host tensors. */
+const RUNNERS = {
+  cpu: (options) => OnnxRunner.create({ ...options, device: "cpu" }),
+  cuda: (options) => OnnxRunner.create({ ...options, device: "cuda" }),
+} satisfies Record<string, RunnerFactory>;
+
+export type Device = keyof typeof RUNNERS;
+
+export const DEVICES = Object.keys(RUNNERS) as Device[];
+
+export function createRunner(device: Device, options: RunnerOptions): Promise<StepRunner> {
+  return RUNNERS[device](options);
+}

@@ -1,0 +1,42 @@
+/**
+ * What the engine core sees of a runner: data in, data out. A runner owns its KV cache
+ * (sized from bytes by the runner itself) and reports it; the scheduler and block pool see
+ * only block counts.
+ */
+import type { StepLogits } from "./step-logits.ts";
+
+export interface StepSequence {
+  /** The tokens this step computes. */
+  tokenIds: readonly number[];
+  /** How many of the sequence's tokens are already in the KV cache: the position of tokenIds[0]. */
+  numPastTokens: number;
+  blockTable: readonly number[];
+  /** Logits are returned for new tokens from this index on: length - 1 for the last only, length for none. */
+  logitsFrom: number;
+  /** 1 / temperature for this sequence's probs rows (default 1). */
+  invTemperature?: number;
+}
+
+export interface StepOptions {
+  /** Fetch the full logits rows too (logits processors, logprobs of sampled tokens, prompt logprobs). */
+  fullLogits: boolean;
+  /** Fetch softmax(logits / T) rows too (temperature sampling). Otherwise only the top-N. */
+  probs?: boolean;
+}
+
+/** A runner's KV cache: blocks for the scheduler, tokens and bytes for people. */
+export interface KvCacheInfo {
+  numBlocks: number;
+  blockSize: number;
+  /** Tokens it can hold (block 0 is the null block, never handed out). */
+  numTokens: number;
+  numBytes: number;
+}
+
+export interface StepRunner {
+  readonly vocabSize: number;
+  readonly kvCache: KvCacheInfo;
+  /** For each sequence, its logits rows from logitsFrom on. */
+  step(seqs: readonly StepSequence[], options: StepOptions): Promise<StepLogits[]>;
+  release(): Promise<void>;
+}
