@@ -137,7 +137,7 @@ async function localTarget(flags: EngineFlags, checkpoint: Checkpoint, maxConcur
   const start = async (maxNumSeqs: number) => {
     const server = await startServer({
       engineOptions: { ...engineOptions, maxNumSeqs },
-      modelId: checkpoint.name, maxModelLen: checkpoint.config.maxPositionEmbeddings, vocabSize: checkpoint.config.vocabSize,
+      modelId: checkpoint.name,
       defaults: checkpoint.generationDefaults, host: "127.0.0.1", port: 0, maxQueuedRequests: 100_000,
       shutdownTimeoutMs: 5_000, bodyLimitBytes: 64 * 1024 * 1024, logger: false,
     });

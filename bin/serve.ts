@@ -61,8 +61,6 @@ export async function serveCommand(args: string[]): Promise<void> {
   const running = await startServer({
     engineOptions,
     modelId: server.servedModelName ?? checkpoint.name,
-    maxModelLen: Math.min(engineOptions.maxModelLen ?? checkpoint.config.maxPositionEmbeddings, checkpoint.config.maxPositionEmbeddings),
-    vocabSize: checkpoint.config.vocabSize,
     defaults: checkpoint.generationDefaults,
     host: server.host,
     port: server.port,
@@ -75,7 +73,7 @@ export async function serveCommand(args: string[]): Promise<void> {
     apiKeys: server.apiKeys,
     logger: { level: server.logLevel },
   });
-  running.app.log.info(`serving ${checkpoint.dir} as "${running.ctx.modelId}" at ${running.url}/v1 (loading the model...)`);
+  running.app.log.info(`serving ${checkpoint.dir} as "${server.servedModelName ?? checkpoint.name}" at ${running.url}/v1 (loading the model...)`);
   running.ready.catch(() => process.exit(1));
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     process.once(signal, () => {

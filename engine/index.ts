@@ -3,7 +3,10 @@ export { Engine, RESTART_BACKOFF, type EngineEvent, type EngineState } from "./h
 export { EngineError, type EngineErrorCode } from "./core/engine-error.ts";
 export { DEFAULT_ENGINE_OPTIONS, parseBytes, type EngineInfo, type EngineOptions } from "./host/engine-options.ts";
 export type { EngineStatsSnapshot } from "./core/engine-stats.ts";
-export { GREEDY, type EngineOutput, type EngineRequest, type FinishReason, type PositionLogprob, type PromptLogprob, type SamplingParams, type TokenLogprob } from "./core/request.ts";
+export {
+  GREEDY, type EngineOutput, type EngineRequest, type FinishReason, type PositionLogprob, type PromptLogprob, type RequestUsage, type SamplingParams, type TokenLogprob,
+} from "./core/request.ts";
+export { checkRequest, type RequestLimits } from "./core/check-request.ts";
 export { DEVICES, type Device } from "./runner/runner-registry.ts";
 export { TokenizerPool } from "./text/tokenizer-pool.ts";
 export type { ChatMessage, ChatTemplateOptions } from "../models/tokenizer.ts";

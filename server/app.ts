@@ -10,7 +10,8 @@ import { handleClientError } from "./http/client-error.ts";
 import { registerJsonBody } from "./http/json-body.ts";
 import { registerChatCompletions } from "./routes/chat-completions.ts";
 import { registerCompletions } from "./routes/completions.ts";
-import { registerServiceRoutes } from "./routes/service-routes.ts";
+import { registerModelRoutes } from "./routes/models.ts";
+import { registerProbeRoutes } from "./routes/probes.ts";
 import { registerTokenizeRoutes } from "./routes/tokenize.ts";
 import type { ServerContext } from "./server-context.ts";
 
@@ -46,7 +47,6 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
       return sendError(err, request, reply);
     },
   });
-  ctx.log = app.log;
   registerJsonBody(app);
   const checkApiKey = apiKeyGuard(options.apiKeys ?? []);
   app.addHook("onRequest", async (request, reply) => {
@@ -69,7 +69,8 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
   });
   registerChatCompletions(app, ctx);
   registerCompletions(app, ctx);
-  registerServiceRoutes(app, ctx);
+  registerModelRoutes(app, ctx);
+  registerProbeRoutes(app, ctx);
   registerTokenizeRoutes(app, ctx);
   return app;
 }

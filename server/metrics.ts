@@ -1,6 +1,6 @@
 /**
- * Prometheus metrics (prom-client), fed by the engine's stats snapshots. Names follow
- * DESIGN.md: Prometheus style, units in the name.
+ * Prometheus metrics (prom-client), fed by each model's engine stats snapshots. Names follow
+ * DESIGN.md: Prometheus style, units in the name; every engine metric has a `model` label.
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { EngineStatsSnapshot } from "./backends/engine-api.ts";
@@ -24,40 +24,50 @@ export class ServerMetrics {
   readonly requests = new Counter({
     name: "tokenmill_http_requests_total", help: "HTTP requests by route and status.", labelNames: ["route", "status"], registers: [this.registry],
   });
-  private last: EngineStatsSnapshot | null = null;
+  /** Each model's last snapshot: counters advance by the difference from it. */
+  private readonly last = new Map<string, EngineStatsSnapshot>();
 
-  /** Applies one snapshot: gauges are set, counters advance by the difference, samples are observed. */
-  observe(stats: EngineStatsSnapshot): void {
-    this.running.set(stats.numRunning);
-    this.waiting.set(stats.numWaiting);
-    this.kvUsage.set(stats.kvCacheUsage);
-    const delta = (key: keyof EngineStatsSnapshot) => (stats[key] as number) - ((this.last?.[key] as number | undefined) ?? 0);
-    this.prefixQueries.inc(delta("numPrefixQueryTokens"));
-    this.prefixHits.inc(delta("numPrefixHitTokens"));
-    this.promptTokens.inc(delta("numPromptTokens"));
-    this.generationTokens.inc(delta("numGenerationTokens"));
-    this.preemptions.inc(delta("numPreemptions"));
-    for (const s of stats.ttftSeconds) this.ttft.observe(s);
-    for (const s of stats.interTokenSeconds) this.itl.observe(s);
-    for (const s of stats.e2eSeconds) this.e2e.observe(s);
-    this.last = stats;
+  /** Applies one snapshot of a model's engine: gauges are set, counters advance by the difference, samples are observed. */
+  observe(model: string, stats: EngineStatsSnapshot): void {
+    const labels = { model };
+    this.running.set(labels, stats.numRunning);
+    this.waiting.set(labels, stats.numWaiting);
+    this.kvUsage.set(labels, stats.kvCacheUsage);
+    const last = this.last.get(model);
+    const delta = (key: keyof EngineStatsSnapshot) => (stats[key] as number) - ((last?.[key] as number | undefined) ?? 0);
+    this.prefixQueries.inc(labels, delta("numPrefixQueryTokens"));
+    this.prefixHits.inc(labels, delta("numPrefixHitTokens"));
+    this.promptTokens.inc(labels, delta("numPromptTokens"));
+    this.generationTokens.inc(labels, delta("numGenerationTokens"));
+    this.preemptions.inc(labels, delta("numPreemptions"));
+    for (const s of stats.ttftSeconds) this.ttft.observe(labels, s);
+    for (const s of stats.interTokenSeconds) this.itl.observe(labels, s);
+    for (const s of stats.e2eSeconds) this.e2e.observe(labels, s);
+    this.last.set(model, stats);
   }
 
-  /** A dead engine thread: count it, and count the next thread's counters from zero. */
-  observeEngineDeath(): void {
-    this.engineRestarts.inc();
-    this.last = null;
+  /** Starts a model's series at zero, so that they exist before anything happens to it. */
+  addModel(model: string): void {
+    const labels = { model };
+    for (const counter of [this.prefixQueries, this.prefixHits, this.promptTokens, this.generationTokens, this.preemptions, this.engineRestarts]) counter.inc(labels, 0);
+    for (const gauge of [this.running, this.waiting, this.kvUsage]) gauge.set(labels, 0);
+  }
+
+  /** A model's engine thread died: count it, and count the next thread's counters from zero. */
+  observeEngineDeath(model: string): void {
+    this.engineRestarts.inc({ model });
+    this.last.delete(model);
   }
 
   private gauge(name: string, help: string): Gauge {
-    return new Gauge({ name, help, registers: [this.registry] });
+    return new Gauge({ name, help, labelNames: ["model"], registers: [this.registry] });
   }
 
   private counter(name: string, help: string): Counter {
-    return new Counter({ name, help, registers: [this.registry] });
+    return new Counter({ name, help, labelNames: ["model"], registers: [this.registry] });
   }
 
   private histogram(name: string, help: string): Histogram {
-    return new Histogram({ name, help, buckets: LATENCY_BUCKETS, registers: [this.registry] });
+    return new Histogram({ name, help, buckets: LATENCY_BUCKETS, labelNames: ["model"], registers: [this.registry] });
   }
 }

@@ -3,19 +3,19 @@
  * the tokenizer pool and the engine thread. close() drains: stop accepting, let in-flight
  * requests finish within the shutdown timeout, abort the rest, stop the engine.
  */
-import type { FastifyInstance, FastifyServerOptions } from "fastify";
+import type { FastifyBaseLogger, FastifyInstance, FastifyServerOptions } from "fastify";
 import { serverShuttingDown } from "./http/api-error.ts";
 import { buildApp } from "./app.ts";
 import { Engine, TokenizerPool, type EngineOptions } from "./backends/engine-api.ts";
+import { LocalBackend } from "./backends/model-backend.ts";
+import { ModelRegistry } from "./backends/model-registry.ts";
 import { ServerMetrics } from "./metrics.ts";
 import type { GenerationDefaults, ServerContext } from "./server-context.ts";
 
 export interface ServeOptions {
   engineOptions: EngineOptions;
+  /** The name clients send as `model`. */
   modelId: string;
-  /** Before the engine reports its own: the model's context length and vocabulary. */
-  maxModelLen: number;
-  vocabSize: number;
   defaults: GenerationDefaults;
   host: string;
   port: number;
@@ -41,19 +41,14 @@ export interface RunningServer {
 }
 
 export async function startServer(options: ServeOptions): Promise<RunningServer> {
-  const ctx: ServerContext = {
-    modelId: options.modelId,
-    engine: null,
-    tokenizer: null,
-    maxModelLen: options.maxModelLen,
-    vocabSize: options.vocabSize,
+  const models = new ModelRegistry();
+  const ctx: ServerContext = { models, metrics: new ServerMetrics(), settleListeners: [] };
+  const backend = new LocalBackend(options.modelId, {
     limits: { maxNumSeqs: options.engineOptions.maxNumSeqs, maxQueuedRequests: options.maxQueuedRequests },
     defaults: options.defaults,
-    metrics: new ServerMetrics(),
     toolCallParser: options.toolCallParser,
-    numInFlight: 0,
-    inFlightControllers: new Set(),
-  };
+  });
+  models.register(backend);
   const app = buildApp(ctx, {
     bodyLimitBytes: options.bodyLimitBytes, logger: options.logger, apiKeys: options.apiKeys, requestTimeoutMs: options.requestTimeoutMs,
   });
@@ -62,44 +57,52 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const port = typeof address === "object" && address ? address.port : options.port;
   const url = `http://${options.host.includes(":") ? `[${options.host}]` : options.host}:${port}`;
 
-  let engine: Engine | null = null;
-  let tokenizer: TokenizerPool | null = null;
-  const ready = (async () => {
-    [tokenizer, engine] = await Promise.all([
-      TokenizerPool.start(options.engineOptions.modelDir, { threads: options.tokenizerThreads }),
-      Engine.start(options.engineOptions),
-    ]);
-    engine.onStats((stats) => ctx.metrics.observe(stats));
-    engine.onEvent((event) => {
-      if (event.type === "died") {
-        ctx.metrics.observeEngineDeath();
-        app.log.error({ reason: event.reason, failedRequests: event.numFailedRequests, restartInMs: event.restartInMs }, "the engine thread died; restarting it");
-      } else if (event.type === "restart-failed") {
-        app.log.error({ reason: event.reason, restartInMs: event.restartInMs }, "the engine thread failed to restart; trying again");
-      } else {
-        app.log.info({ loadMs: Math.round(event.loadMs) }, "the engine thread restarted");
-      }
-    });
-    ctx.maxModelLen = engine.info.maxModelLen;
-    ctx.tokenizer = tokenizer;
-    ctx.engine = engine;
-    app.log.info({ model: ctx.modelId, ...engine.info }, "model ready");
-    if (engine.info.maxModelLenCappedFrom !== undefined) {
-      app.log.warn(`the KV cache holds ${engine.info.maxModelLen} tokens, so the context length is capped there (the model allows ${engine.info.maxModelLenCappedFrom}); raise --kv-cache-memory for more`);
-    }
-  })();
-  ready.catch((err: unknown) => app.log.error({ err }, "the model failed to load"));
+  const loading = loadLocalBackend(backend, options, ctx, app.log);
+  const ready = loading.then(() => undefined);
+  ready.catch((err: unknown) => app.log.error({ err, model: backend.id }, "the model failed to load"));
 
   let closing: Promise<void> | null = null;
   const close = () => (closing ??= (async () => {
     const deadline = setTimeout(() => {
-      app.log.warn({ inFlight: ctx.numInFlight }, "shutdown timeout: aborting in-flight requests");
-      for (const controller of ctx.inFlightControllers) controller.abort(serverShuttingDown());
+      for (const each of models.list()) {
+        app.log.warn({ model: each.id, inFlight: each.numInFlight }, "shutdown timeout: aborting in-flight requests");
+        for (const controller of each.inFlightControllers) controller.abort(serverShuttingDown());
+      }
     }, options.shutdownTimeoutMs);
     await app.close();
     clearTimeout(deadline);
-    await ready.catch(() => undefined);
-    await Promise.all([engine?.shutdown(), tokenizer?.close()]);
+    const loaded = await loading.catch(() => null);
+    await Promise.all([loaded?.engine.shutdown(), loaded?.tokenizer.close()]);
   })());
   return { app, ctx, url, ready, close };
+}
+
+/** Starts a local model's tokenizer pool and engine thread, and hands them to its backend once both are up. */
+async function loadLocalBackend(
+  backend: LocalBackend, options: ServeOptions, ctx: ServerContext, log: FastifyBaseLogger,
+): Promise<{ engine: Engine; tokenizer: TokenizerPool }> {
+  const [tokenizer, engine] = await Promise.all([
+    TokenizerPool.start(options.engineOptions.modelDir, { threads: options.tokenizerThreads }),
+    Engine.start(options.engineOptions),
+  ]);
+  const model = backend.id;
+  ctx.metrics.addModel(model);
+  engine.onStats((stats) => ctx.metrics.observe(model, stats));
+  engine.onEvent((event) => {
+    if (event.type === "died") {
+      ctx.metrics.observeEngineDeath(model);
+      log.error({ model, reason: event.reason, failedRequests: event.numFailedRequests, restartInMs: event.restartInMs }, "the engine thread died; restarting it");
+    } else if (event.type === "restart-failed") {
+      log.error({ model, reason: event.reason, restartInMs: event.restartInMs }, "the engine thread failed to restart; trying again");
+    } else {
+      log.info({ model, loadMs: Math.round(event.loadMs) }, "the engine thread restarted");
+    }
+  });
+  backend.tokenizer = tokenizer;
+  backend.engine = engine;
+  log.info({ model, ...engine.info }, "model ready");
+  if (engine.info.maxModelLenCappedFrom !== undefined) {
+    log.warn(`the KV cache holds ${engine.info.maxModelLen} tokens, so the context length of ${model} is capped there (the model allows ${engine.info.maxModelLenCappedFrom}); raise --kv-cache-memory for more`);
+  }
+  return { engine, tokenizer };
 }

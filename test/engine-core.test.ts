@@ -38,7 +38,10 @@ describe("EngineCore: outputs and finish reasons", () => {
     expect(await core.step()).toEqual([{ requestId: "r", index: 0, newTokenIds: [expected[0]], text: "", numCachedTokens: 0, numPromptTokens: 3 }]);
     expect(await core.step()).toEqual([{ requestId: "r", index: 0, newTokenIds: [expected[1]], text: "" }]);
     expect(await core.step()).toEqual([{ requestId: "r", index: 0, newTokenIds: [expected[2]], text: "" }]);
-    expect(await core.step()).toEqual([{ requestId: "r", index: 0, newTokenIds: [expected[3]], text: "", finishReason: "length" }]);
+    expect(await core.step()).toEqual([{
+      requestId: "r", index: 0, newTokenIds: [expected[3]], text: "", finishReason: "length",
+      usage: { numPromptTokens: 3, numCachedPromptTokens: 0, numCompletionTokens: 4 },
+    }]);
     expect(core.hasWork).toBe(false);
     freeAll(core);
   });
@@ -129,7 +132,10 @@ describe("EngineCore: abort", () => {
     core.abort("r");
     expect(core.kv.pool.numFreeBlocks).toBe(core.kv.pool.numUsableBlocks - 2 - usedByOther);
     const outputs = await core.step();
-    expect(outputs[0]).toEqual({ requestId: "r", index: 0, newTokenIds: [], text: "", finishReason: "abort" });
+    // The abort carries what the request used: its 6-token prompt and the 1 token of its first step.
+    expect(outputs[0]).toEqual({
+      requestId: "r", index: 0, newTokenIds: [], text: "", finishReason: "abort", usage: { numPromptTokens: 6, numCachedPromptTokens: 0, numCompletionTokens: 1 },
+    });
     expect(outputs.filter((o) => o.requestId === "r")).toHaveLength(1);
     expect(core.kv.pool.numFreeBlocks).toBe(core.kv.pool.numUsableBlocks - usedByOther);
     core.checkIntegrity();
@@ -144,7 +150,7 @@ describe("EngineCore: abort", () => {
     core.abort("r");
     expect(await core.step()).toEqual([
       { requestId: "r", index: 0, newTokenIds: [], text: "", finishReason: "abort" },
-      { requestId: "r", index: 1, newTokenIds: [], text: "", finishReason: "abort" },
+      { requestId: "r", index: 1, newTokenIds: [], text: "", finishReason: "abort", usage: { numPromptTokens: 3, numCachedPromptTokens: 0, numCompletionTokens: 0 } },
     ]);
     expect(runner.calls).toEqual([]);
     expect(core.hasWork).toBe(false);
@@ -166,7 +172,10 @@ describe("EngineCore: abort", () => {
     expect((await core.step()).map((o) => [o.index, o.newTokenIds, o.finishReason])).toEqual([[0, [first0], "stop"]]);
     expect((await core.step()).map((o) => [o.index, o.newTokenIds, o.finishReason])).toEqual([[1, [first1], undefined]]);
     core.abort("r");
-    expect(await core.step()).toEqual([{ requestId: "r", index: 1, newTokenIds: [], text: "", finishReason: "abort" }]);
+    // The request's usage counts both sequences' tokens: the one that stopped and the one aborted.
+    expect(await core.step()).toEqual([{
+      requestId: "r", index: 1, newTokenIds: [], text: "", finishReason: "abort", usage: { numPromptTokens: 3, numCachedPromptTokens: 0, numCompletionTokens: 2 },
+    }]);
     freeAll(core);
   });
 
@@ -313,7 +322,7 @@ describe("EngineCore: batching is invisible", () => {
     for (const request of requests) {
       const alone = await runAlone(request);
       for (const [key, result] of alone) {
-        expect(result).toEqual({ tokenIds: expectedGreedy(request.promptTokenIds, request.maxTokens, byWholeContext), finishReason: "length" });
+        expect(result).toEqual({ tokenIds: expectedGreedy(request.promptTokenIds, request.maxTokens!, byWholeContext), finishReason: "length" });
         expect(batched.get(key)).toEqual(result);
       }
     }
@@ -447,7 +456,10 @@ describe("EngineCore: a failed step", () => {
     expect((error as StepFailure).requestIds).toEqual(["victim"]);
     expect((error as StepFailure).code).toBe("RUNTIME_FAILED");
     expect((error as StepFailure).message).toMatch(/kernel exploded/);
-    expect((error as StepFailure).outputs).toEqual([{ requestId: "gone", index: 0, newTokenIds: [], text: "", finishReason: "abort" }]);
+    expect((error as StepFailure).outputs).toEqual([{
+      requestId: "gone", index: 0, newTokenIds: [], text: "", finishReason: "abort", usage: { numPromptTokens: 2, numCachedPromptTokens: 0, numCompletionTokens: 0 },
+    }]);
+    expect((error as StepFailure).usages.get("victim")).toEqual({ numPromptTokens: 3, numCachedPromptTokens: 0, numCompletionTokens: 0 });
     core.checkIntegrity();
     expect(core.kv.pool.numFreeBlocks).toBe(core.kv.pool.numUsableBlocks);
     core.add(makeRequest({ requestId: "next", promptTokenIds: [4, 5], maxTokens: 2 }));

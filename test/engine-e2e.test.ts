@@ -40,7 +40,7 @@ describe("the engine on the default model", () => {
     for (const [i, request] of requests.entries()) {
       const alone = await collect(engine, { ...request, requestId: `alone-${i}` });
       expect(tokensOf(together[i]), request.requestId).toEqual(tokensOf(alone));
-      expect(tokensOf(alone)).toHaveLength(request.maxTokens);
+      expect(tokensOf(alone)).toHaveLength(request.maxTokens!);
     }
   });
 

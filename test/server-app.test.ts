@@ -9,19 +9,23 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { serverShuttingDown } from "../server/http/api-error.ts";
 import { buildApp } from "../server/app.ts";
 import type { ServerContext } from "../server/server-context.ts";
+import type { LocalBackend } from "../server/backends/model-backend.ts";
 import {
-  FakeEngine, FakeTokenizer, MAX_MODEL_LEN, chatPromptOf, generatedText, makeContext, makeStats,
+  FakeEngine, FakeTokenizer, MAX_MODEL_LEN, MODEL_ID, backendOf, chatPromptOf, generatedText, makeContext, makeStats, type BackendOverrides,
 } from "./helpers/server-fakes.ts";
 
 let engine: FakeEngine;
 let tokenizer: FakeTokenizer;
 let ctx: ServerContext;
+/** The context's one model: its admission counters and its engine. */
+let model: LocalBackend;
 let app: FastifyInstance;
 
-function setUp(overrides: Partial<ServerContext> = {}, bodyLimitBytes?: number): void {
+function setUp(overrides: BackendOverrides = {}, bodyLimitBytes?: number): void {
   engine = new FakeEngine();
   tokenizer = new FakeTokenizer();
   ctx = makeContext({ engine, tokenizer, ...overrides });
+  model = backendOf(ctx);
   app = buildApp(ctx, { bodyLimitBytes });
 }
 
@@ -165,7 +169,7 @@ describe("context length", () => {
     expect(error.message).toContain(String(MAX_MODEL_LEN));
     expect(error.message).toContain(String(numPromptTokens));
     expect(engine.requests).toHaveLength(0);
-    expect(ctx.numInFlight).toBe(0);
+    expect(model.numInFlight).toBe(0);
   });
 
   it("rejects a prompt that fills the context exactly, leaving no room to generate", async () => {
@@ -206,7 +210,7 @@ describe("admission", () => {
     const first = chat().then((res) => res);
     const second = complete().then((res) => res);
     await until(() => engine.requests.length === 2);
-    expect(ctx.numInFlight).toBe(2);
+    expect(model.numInFlight).toBe(2);
 
     const third = await chat();
     expectError(third, 503, { type: "server_error", code: "overloaded" });
@@ -214,17 +218,17 @@ describe("admission", () => {
     expect(engine.requests).toHaveLength(2);
 
     // NOTE: a request the server cuts off is never reported as finished (it once read finish_reason "stop").
-    for (const controller of ctx.inFlightControllers) controller.abort();
+    for (const controller of model.inFlightControllers) controller.abort();
     const [a, b] = await Promise.all([first, second]);
     expectError(a, 503, { type: "server_error", code: "request_aborted" });
     expectError(b, 503, { type: "server_error", code: "request_aborted" });
-    expect(ctx.numInFlight).toBe(0);
-    expect(ctx.inFlightControllers.size).toBe(0);
+    expect(model.numInFlight).toBe(0);
+    expect(model.inFlightControllers.size).toBe(0);
 
     const again = await chat();
     expect(again.statusCode).toBe(200);
     expect(again.json().choices[0].message.content).toBe(generatedText(3));
-    expect(ctx.numInFlight).toBe(0);
+    expect(model.numInFlight).toBe(0);
   });
 
   it("counts each of n sequences against the capacity; a request that could never fit is a 400 saying why, not a retry-later 503", async () => {
@@ -243,13 +247,14 @@ describe("admission", () => {
     const lines: Json[] = [];
     const stream = { write: (line: string) => void lines.push(JSON.parse(line) as Json) };
     ctx = makeContext({ engine: null, tokenizer: null });
+    model = backendOf(ctx);
     app = buildApp(ctx, { logger: { level: "info", stream } });
     for (let i = 0; i < 3; i++) expect((await app.inject({ method: "GET", url: "/health" })).statusCode).toBe(503);
     expect(lines.length).toBeGreaterThan(0);
     expect(lines.filter((l) => l.level >= 50)).toEqual([]);
     expect(JSON.stringify(lines)).not.toContain("stack");
-    ctx.engine = engine;
-    ctx.tokenizer = tokenizer;
+    model.engine = engine;
+    model.tokenizer = tokenizer;
     engine.script({ kind: "fail", code: "RUNTIME_FAILED" });
     expect((await chat()).statusCode).toBe(500);
     expect(lines.filter((l) => l.level >= 50).map((l) => l.msg)).toEqual(["request failed"]);
@@ -288,7 +293,7 @@ describe("engine and tokenizer faults", () => {
   it("answers a runtime failure with 500 and keeps serving", async () => {
     engine.script({ kind: "fail", code: "RUNTIME_FAILED", message: "the step threw" });
     expectError(await chat(), 500, { type: "server_error", code: "runtime_failed", param: null });
-    expect(ctx.numInFlight).toBe(0);
+    expect(model.numInFlight).toBe(0);
     const next = await chat();
     expect(next.statusCode).toBe(200);
     expect(next.json().choices[0].message.content).toBe(generatedText(3));
@@ -297,7 +302,7 @@ describe("engine and tokenizer faults", () => {
   it("answers a failure before the first streamed byte with a status, not a stream", async () => {
     engine.script({ kind: "fail", code: "RUNTIME_FAILED" });
     expectError(await chat({ stream: true }), 500, { code: "runtime_failed" });
-    expect(ctx.numInFlight).toBe(0);
+    expect(model.numInFlight).toBe(0);
     expect((await chat({ stream: true })).statusCode).toBe(200);
   });
 
@@ -311,7 +316,7 @@ describe("engine and tokenizer faults", () => {
     tokenizer.failWith = new Error("tokenizer worker crashed");
     const error = expectError(await chat(), 500, { code: "internal_error" });
     expect(error.message).not.toContain("crashed");
-    expect(ctx.numInFlight).toBe(0);
+    expect(model.numInFlight).toBe(0);
     tokenizer.failWith = null;
     expect((await chat()).statusCode).toBe(200);
   });
@@ -325,7 +330,7 @@ describe("engine and tokenizer faults", () => {
     });
     expectError(await complete({ prompt: [[1, 2], [1, 2, 1000]] }), 400, { param: "prompt" });
     expect(abortedAtSend).toEqual([true]);
-    expect(ctx.numInFlight).toBe(0);
+    expect(model.numInFlight).toBe(0);
   });
 });
 
@@ -446,7 +451,7 @@ describe("chat completions: streaming", () => {
     expect(events.map((e) => e.choices[0].delta.content ?? "").join("")).toBe(generatedText(3));
     expect(events.at(-1)!.choices[0].finish_reason).toBe("length");
     expect(events.slice(0, -1).every((e) => e.choices[0].finish_reason === null)).toBe(true);
-    expect(ctx.numInFlight).toBe(0);
+    expect(model.numInFlight).toBe(0);
   });
 
   it("ends with a usage chunk when asked, with usage null on every other chunk", async () => {
@@ -470,7 +475,7 @@ describe("chat completions: streaming", () => {
 
 describe("a request the server cuts off (shutdown past its timeout)", () => {
   const cutOff = () => {
-    for (const controller of ctx.inFlightControllers) controller.abort(serverShuttingDown());
+    for (const controller of model.inFlightControllers) controller.abort(serverShuttingDown());
   };
 
   it.each([["chat", () => chat({ stream: true })], ["completions", () => complete({ stream: true })]])(
@@ -478,7 +483,7 @@ describe("a request the server cuts off (shutdown past its timeout)", () => {
     async (_name, send) => {
       engine.script({ kind: "hang", pieces: ["t0", " t1"] });
       const response = send();
-      await until(() => ctx.inFlightControllers.size === 1 && engine.signals.length === 1);
+      await until(() => model.inFlightControllers.size === 1 && engine.signals.length === 1);
       await new Promise((resolve) => setTimeout(resolve, 20));
       cutOff();
       const { events, done } = sseEvents(await response);
@@ -487,14 +492,14 @@ describe("a request the server cuts off (shutdown past its timeout)", () => {
       const chunks = events.slice(0, -1);
       expect(chunks.length).toBeGreaterThan(0);
       expect(chunks.every((e) => e.choices.every((c: Json) => c.finish_reason === null))).toBe(true);
-      expect(ctx.numInFlight).toBe(0);
+      expect(model.numInFlight).toBe(0);
     },
   );
 
   it("answers a whole (non-streamed) request with 503 server_shutting_down and Retry-After", async () => {
     engine.script({ kind: "hang", pieces: ["t0"] });
     const response = chat();
-    await until(() => ctx.inFlightControllers.size === 1 && engine.signals.length === 1);
+    await until(() => model.inFlightControllers.size === 1 && engine.signals.length === 1);
     cutOff();
     const res = await response;
     expectError(res, 503, { code: "server_shutting_down" });
@@ -594,7 +599,8 @@ describe("metrics", () => {
     expect(res.headers["content-type"]).toMatch(/^text\/plain/);
     return res.body;
   };
-  const valueOf = (text: string, series: string) => {
+  const valueOf = (text: string, name: string) => {
+    const series = `${name}{model="${MODEL_ID}"}`;
     const line = text.split("\n").find((l) => l.startsWith(`${series} `));
     expect(line, series).toBeDefined();
     return Number(line!.slice(series.length + 1));
@@ -606,14 +612,14 @@ describe("metrics", () => {
   });
 
   it("sets gauges and advances counters by the difference between snapshots", async () => {
-    ctx.metrics.observe(makeStats({
+    ctx.metrics.observe(MODEL_ID, makeStats({
       numRunning: 3, numWaiting: 2, kvCacheUsage: 0.25, numPrefixHitTokens: 4, numPromptTokens: 10, numGenerationTokens: 5, numPreemptions: 1,
       ttftSeconds: [0.05], interTokenSeconds: [0.01, 0.02], e2eSeconds: [],
     }));
     let text = await metricsText();
     expect(valueOf(text, "tokenmill_prompt_tokens_total")).toBe(10);
     expect(valueOf(text, "tokenmill_requests_running")).toBe(3);
-    ctx.metrics.observe(makeStats({
+    ctx.metrics.observe(MODEL_ID, makeStats({
       numRunning: 1, numWaiting: 0, kvCacheUsage: 0.5, numPrefixHitTokens: 12, numPromptTokens: 25, numGenerationTokens: 9, numPreemptions: 1,
       ttftSeconds: [0.07], interTokenSeconds: [], e2eSeconds: [1.5],
     }));

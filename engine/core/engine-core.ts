@@ -6,7 +6,8 @@ import { IncrementalDetokenizer } from "../text/detokenizer.ts";
 import { EngineError, StepFailure } from "./engine-error.ts";
 import { BlockPool } from "../kv-cache/block-pool.ts";
 import { KvCacheManager } from "../kv-cache/kv-cache-manager.ts";
-import type { EngineOutput, EngineRequest, FinishReason, PromptLogprob } from "./request.ts";
+import { checkRequest, type CheckedRequest } from "./check-request.ts";
+import type { EngineOutput, EngineRequest, FinishReason, PromptLogprob, RequestUsage } from "./request.ts";
 import type { StepRunner, StepSequence } from "../runner/step-runner.ts";
 import { promptLogprobsFromRows, withTokenStrings } from "../sampling/logprobs.ts";
 import { logitsNeedOf, sampleRow, type LogitsNeed } from "../sampling/sampler.ts";
@@ -43,8 +44,9 @@ export class EngineCore {
   }
 
   /** Queues a request for the next step; throws EngineError for requests that can never run. */
-  add(request: EngineRequest): void {
-    this.validate(request);
+  add(unchecked: EngineRequest): void {
+    const request = checkRequest(unchecked, { ...this.options, vocabSize: this.runner.vocabSize });
+    if (this.sequences.has(request.requestId)) throw new EngineError("INVALID_REQUEST", `request id ${request.requestId} is already in use`);
     const stop = new Set([...(request.stopTokenIds ?? []), ...(request.ignoreEos ? [] : this.options.eosTokenIds)]);
     const n = request.n ?? 1;
     const seqs = Array.from({ length: n }, (_, index) => this.makeSequence(request, index, stop));
@@ -53,7 +55,7 @@ export class EngineCore {
     if (n > 1) this.pendingForks.set(request.requestId, seqs.slice(1));
   }
 
-  private makeSequence(request: EngineRequest, index: number, stop: ReadonlySet<number>): Sequence {
+  private makeSequence(request: CheckedRequest, index: number, stop: ReadonlySet<number>): Sequence {
     const seq = Sequence.fromRequest(request, index, stop);
     if (this.codec) {
       const codec = this.codec;
@@ -118,13 +120,16 @@ export class EngineCore {
   }
 
   private failRequests(requestIds: string[], cause: unknown, outputs: EngineOutput[]): never {
+    const usages = new Map<string, RequestUsage>();
     for (const requestId of requestIds) {
       this.pendingForks.delete(requestId);
-      for (const seq of this.sequences.get(requestId) ?? []) if (seq.status !== "finished") this.scheduler.finish(seq);
+      const seqs = this.sequences.get(requestId) ?? [];
+      for (const seq of seqs) if (seq.status !== "finished") this.scheduler.finish(seq);
+      if (seqs.length > 0) usages.set(requestId, usageOf(seqs));
       this.sequences.delete(requestId);
     }
     this.stats.observeStep(this.scheduler, this.kv);
-    throw new StepFailure(requestIds, cause, outputs);
+    throw new StepFailure(requestIds, cause, outputs, usages);
   }
 
   checkIntegrity(): void {
@@ -136,11 +141,14 @@ export class EngineCore {
     for (const seq of this.pendingAdds.splice(0)) this.scheduler.add(seq);
     for (const requestId of this.pendingAborts) {
       this.pendingForks.delete(requestId);
-      for (const seq of this.sequences.get(requestId) ?? []) {
-        if (seq.status === "finished") continue;
+      const seqs = this.sequences.get(requestId) ?? [];
+      const open = seqs.filter((seq) => seq.status !== "finished");
+      open.forEach((seq, i) => {
         this.scheduler.finish(seq);
-        outputs.push(this.finishOutput(seq, "abort"));
-      }
+        const last = i === open.length - 1;
+        outputs.push({ requestId, index: seq.index, newTokenIds: [], text: "", finishReason: "abort", ...(last ? { usage: usageOf(seqs) } : {}) });
+      });
+      this.sequences.delete(requestId);
     }
     this.pendingAborts.clear();
     return outputs;
@@ -164,9 +172,10 @@ export class EngineCore {
     const delta = seq.detokenizer?.push([sample.tokenId]) ?? { text: "", stopped: false, stopReason: undefined };
     const stop = delta.stopped ? { finishReason: "stop" as const, stopReason: delta.stopReason } : this.stopOf(seq, sample.tokenId);
     let text = delta.text;
+    let usage: RequestUsage | null = null;
     if (stop) {
       if (!delta.stopped) text += seq.detokenizer?.flush() ?? "";
-      this.finish(seq);
+      usage = this.finish(seq);
     }
     return {
       requestId: seq.requestId,
@@ -177,6 +186,7 @@ export class EngineCore {
       ...(stop ?? {}),
       ...(isFirst ? { numCachedTokens: seq.numCachedTokens ?? 0, numPromptTokens: seq.numPromptTokens } : {}),
       ...(isFirst && seq.promptLogprobs ? { promptLogprobs: this.promptLogprobsOf(seq) } : {}),
+      ...(usage ? { usage } : {}),
     };
   }
 
@@ -207,42 +217,26 @@ export class EngineCore {
     return null;
   }
 
-  private finish(seq: Sequence): void {
+  /** Finishes one sequence; once its request has no sequence left, returns the request's usage. */
+  private finish(seq: Sequence): RequestUsage | null {
     this.scheduler.finish(seq);
     this.stats.observeFinish(seq);
     const siblings = this.sequences.get(seq.requestId) ?? [];
-    if (siblings.every((s) => s.status === "finished")) this.sequences.delete(seq.requestId);
-  }
-
-  private finishOutput(seq: Sequence, finishReason: FinishReason): EngineOutput {
+    if (!siblings.every((s) => s.status === "finished")) return null;
     this.sequences.delete(seq.requestId);
-    return { requestId: seq.requestId, index: seq.index, newTokenIds: [], text: "", finishReason };
-  }
-
-  private validate(request: EngineRequest): void {
-    const { maxModelLen, blockSize, numBlocks } = this.options;
-    const numPrompt = request.promptTokenIds.length;
-    if (numPrompt === 0) throw new EngineError("INVALID_REQUEST", "the prompt is empty");
-    const vocabSize = this.runner.vocabSize;
-    const badToken = request.promptTokenIds.find((id) => !Number.isInteger(id) || id < 0 || id >= vocabSize);
-    if (badToken !== undefined) throw new EngineError("INVALID_REQUEST", `token id ${badToken} is outside the vocabulary (0 to ${vocabSize - 1})`, "prompt");
-    const outside = (id: number) => !Number.isInteger(id) || id < 0 || id >= vocabSize;
-    const badBias = [...(request.sampling.logitBias?.keys() ?? [])].find(outside);
-    if (badBias !== undefined) throw new EngineError("INVALID_REQUEST", `logit_bias names token id ${badBias}, outside the vocabulary (0 to ${vocabSize - 1})`, "logit_bias");
-    const badStop = request.stopTokenIds?.find(outside);
-    if (badStop !== undefined) throw new EngineError("INVALID_REQUEST", `stop_token_ids names token id ${badStop}, outside the vocabulary (0 to ${vocabSize - 1})`, "stop_token_ids");
-    if (this.sequences.has(request.requestId)) throw new EngineError("INVALID_REQUEST", `request id ${request.requestId} is already in use`);
-    if (numPrompt + request.maxTokens > maxModelLen) {
-      throw new EngineError("PROMPT_TOO_LONG",
-        `this model's maximum context length is ${maxModelLen} tokens; the prompt has ${numPrompt} and max_tokens is ${request.maxTokens} (${numPrompt + request.maxTokens} in all)`);
-    }
-    const numBlocksNeeded = Math.ceil((numPrompt + request.maxTokens) / blockSize);
-    if (numBlocksNeeded > numBlocks - 1) {
-      throw new EngineError("PROMPT_TOO_LONG",
-        `the prompt (${numPrompt} tokens) plus max_tokens (${request.maxTokens}) needs ${numBlocksNeeded} KV blocks but the cache holds ${numBlocks - 1}; raise --kv-cache-memory`);
-    }
+    return usageOf(siblings);
   }
 }
+
+/** What a request used, from its sequences: the prompt once, and every sequence's tokens. */
+function usageOf(seqs: readonly Sequence[]): RequestUsage {
+  return {
+    numPromptTokens: seqs[0].numPromptTokens,
+    numCachedPromptTokens: seqs[0].numCachedTokens ?? 0,
+    numCompletionTokens: seqs.reduce((sum, s) => sum + s.outputTokenIds.length, 0),
+  };
+}
+
 
 /**
  * What the step must fetch for this sequence, decided here once: the step fetches by it and

@@ -1,4 +1,4 @@
-import type { EngineOutput } from "./request.ts";
+import type { EngineOutput, RequestUsage } from "./request.ts";
 
 /** The engine's error catalog: stable codes, no HTTP status (the server maps codes to statuses). */
 export type EngineErrorCode =
@@ -15,8 +15,11 @@ export type EngineErrorCode =
   | "ABORTED";
 
 export class EngineError extends Error {
-  /** @param param the request field at fault, in the OpenAI API's names (e.g. "logit_bias"), when one is. */
-  constructor(readonly code: EngineErrorCode, message: string, readonly param?: string) {
+  /**
+   * @param param the request field at fault, in the OpenAI API's names (e.g. "logit_bias"), when one is.
+   * @param usage what the request had used when it failed, if it had started.
+   */
+  constructor(readonly code: EngineErrorCode, message: string, readonly param?: string, readonly usage?: RequestUsage) {
     super(message);
     this.name = "EngineError";
   }
@@ -27,8 +30,11 @@ export class EngineError extends Error {
  * the engine goes on with everyone else.
  */
 export class StepFailure extends EngineError {
-  /** @param outputs what the step had already produced for other requests (aborts), still to be delivered. */
-  constructor(readonly requestIds: string[], cause: unknown, readonly outputs: EngineOutput[] = []) {
+  /**
+   * @param outputs what the step had already produced for other requests (aborts), still to be delivered.
+   * @param usages what each failed request had used.
+   */
+  constructor(readonly requestIds: string[], cause: unknown, readonly outputs: EngineOutput[] = [], readonly usages: ReadonlyMap<string, RequestUsage> = new Map()) {
     super("RUNTIME_FAILED", `the model step failed: ${cause instanceof Error ? cause.message : String(cause)}`);
     this.name = "StepFailure";
   }

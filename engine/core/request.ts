@@ -27,7 +27,8 @@ export const GREEDY: SamplingParams = {
 export interface EngineRequest {
   requestId: string;
   promptTokenIds: readonly number[];
-  maxTokens: number;
+  /** Tokens to generate at most, per sequence; undefined: what the context leaves. */
+  maxTokens?: number;
   sampling: SamplingParams;
   stopTokenIds?: readonly number[];
   ignoreEos?: boolean;
@@ -64,6 +65,16 @@ export interface PromptLogprob extends Omit<TokenLogprob, "logprob"> {
   top: TokenLogprob[] | null;
 }
 
+/**
+ * What a request used, exactly: its prompt (once, whatever n), the prompt tokens served from
+ * the prefix cache, and the tokens generated over all its sequences.
+ */
+export interface RequestUsage {
+  numPromptTokens: number;
+  numCachedPromptTokens: number;
+  numCompletionTokens: number;
+}
+
 /** One step's news for one sequence. */
 export interface EngineOutput {
   requestId: string;
@@ -82,4 +93,9 @@ export interface EngineOutput {
   numPromptTokens?: number;
   /** On the first output of a request with promptLogprobs: one per prompt token; the first has none. */
   promptLogprobs?: PromptLogprob[];
+  /**
+   * On the request's last output, however it ended (finished, stopped or aborted): what it
+   * used. A request that fails instead carries it on its EngineError.
+   */
+  usage?: RequestUsage;
 }

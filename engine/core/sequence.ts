@@ -40,12 +40,8 @@ export class Sequence {
     this.rng = new Prng(seed);
   }
 
-  static fromRequest(request: EngineRequest, index: number, stopTokenIds: ReadonlySet<number>): Sequence {
+  static fromRequest(request: EngineRequest & { maxTokens: number }, index: number, stopTokenIds: ReadonlySet<number>): Sequence {
     return new Sequence(request.requestId, index, request.promptTokenIds, request.maxTokens, request.sampling, stopTokenIds);
-  }
-
-  get key(): string {
-    return `${this.requestId}#${this.index}`;
   }
 
   get numPromptTokens(): number {

@@ -2,7 +2,7 @@
 import type { EngineErrorCode } from "../core/engine-error.ts";
 import type { EngineInfo } from "./engine-options.ts";
 import type { EngineStatsSnapshot } from "../core/engine-stats.ts";
-import type { EngineOutput, EngineRequest } from "../core/request.ts";
+import type { EngineOutput, EngineRequest, RequestUsage } from "../core/request.ts";
 
 export type ToEngine =
   | { type: "add"; request: EngineRequest }
@@ -14,5 +14,5 @@ export type ToEngine =
 export type FromEngine =
   | { type: "ready"; info: EngineInfo }
   | { type: "outputs"; outputs: EngineOutput[]; stats: EngineStatsSnapshot }
-  | { type: "rejected"; requestId: string; code: EngineErrorCode; message: string; param?: string }
+  | { type: "rejected"; requestId: string; code: EngineErrorCode; message: string; param?: string; usage?: RequestUsage }
   | { type: "fatal"; code: EngineErrorCode; message: string };

@@ -74,7 +74,7 @@ async function main(options: EngineOptions): Promise<void> {
       if (!(err instanceof StepFailure)) throw err;
       // NOTE: one failed step fails only its own requests; the engine keeps serving the rest.
       post({ type: "outputs", outputs: err.outputs, stats: core.stats.snapshot() });
-      for (const requestId of err.requestIds) post({ type: "rejected", requestId, code: err.code, message: err.message });
+      for (const requestId of err.requestIds) post({ type: "rejected", requestId, code: err.code, message: err.message, usage: err.usages.get(requestId) });
     }
     // NOTE: session.run blocks this thread; yielding here lets new requests and aborts in between steps.
     await new Promise((resolve) => setImmediate(resolve));

@@ -7,6 +7,7 @@
  * ENGINE_RESTARTING. Nothing else is lost: the facade, its listeners and callers stay.
  */
 import type { Worker } from "node:worker_threads";
+import { checkRequest } from "../core/check-request.ts";
 import { EngineError } from "../core/engine-error.ts";
 import type { EngineInfo, EngineOptions } from "./engine-options.ts";
 import type { FromEngine, ToEngine } from "./engine-protocol.ts";
@@ -71,10 +72,14 @@ export class Engine {
     this.eventListeners.push(listener);
   }
 
-  /** Submits a request. The iterable ends after every sequence has finished; aborting the signal aborts the request. */
-  add(request: EngineRequest, signal?: AbortSignal): AsyncIterable<EngineOutput> {
+  /**
+   * Submits a request. A request the engine can never run (see checkRequest) throws here at
+   * once. The iterable ends after every sequence has finished; aborting the signal aborts the request.
+   */
+  add(unchecked: EngineRequest, signal?: AbortSignal): AsyncIterable<EngineOutput> {
     if (this.currentState === "restarting") throw new EngineError("ENGINE_RESTARTING", "the engine thread is restarting after a fault; retry shortly");
     if (this.currentState === "stopped") throw new EngineError("ENGINE_DEAD", "the engine has stopped");
+    const request = checkRequest(unchecked, this.info);
     if (this.streams.has(request.requestId)) throw new EngineError("INVALID_REQUEST", `request id ${request.requestId} is already in use`);
     const stream = new OutputStream(request.n ?? 1);
     this.streams.set(request.requestId, stream);
@@ -103,7 +108,8 @@ export class Engine {
     const wasRunning = this.currentState === "running";
     this.currentState = "stopped";
     if (this.restartTimer) clearTimeout(this.restartTimer);
-    this.failAll(new EngineError("ENGINE_DEAD", "the engine has stopped"));
+    for (const stream of this.streams.values()) stream.fail(new EngineError("ENGINE_DEAD", "the engine has stopped", undefined, stream.deliveredUsage));
+    this.streams.clear();
     if (!wasRunning) return;
     this.post({ type: "shutdown" });
     await new Promise<void>((resolve) => {
@@ -136,7 +142,7 @@ export class Engine {
       this.latestStats = message.stats;
       for (const listener of this.statsListeners) listener(message.stats);
     } else if (message.type === "rejected") {
-      this.streams.get(message.requestId)?.fail(new EngineError(message.code, message.message, message.param));
+      this.streams.get(message.requestId)?.fail(new EngineError(message.code, message.message, message.param, message.usage));
       this.streams.delete(message.requestId);
     } else if (message.type === "fatal") {
       this.onDeath(this.worker, message.message);
@@ -150,7 +156,11 @@ export class Engine {
     this.numRestarts++;
     void worker.terminate();
     const numFailedRequests = this.streams.size;
-    this.failAll(new EngineError("ENGINE_FAILED", `${reason}; the request was lost and the engine is restarting`));
+    // NOTE: what the dead thread computed but never sent is unknowable; a failed request used what it was sent.
+    for (const stream of this.streams.values()) {
+      stream.fail(new EngineError("ENGINE_FAILED", `${reason}; the request was lost and the engine is restarting`, undefined, stream.deliveredUsage));
+    }
+    this.streams.clear();
     if (performance.now() - this.runningSinceMs > RESTART_BACKOFF.resetAfterMs) this.numRecentRestarts = 0;
     const restartInMs = this.nextDelayMs();
     this.emit({ type: "died", reason, numFailedRequests, restartInMs });
@@ -182,11 +192,6 @@ export class Engine {
       this.emit({ type: "restart-failed", reason: err instanceof Error ? err.message : String(err), restartInMs });
       this.scheduleRestart(restartInMs);
     }
-  }
-
-  private failAll(error: EngineError): void {
-    for (const stream of this.streams.values()) stream.fail(error);
-    this.streams.clear();
   }
 
   private emit(event: EngineEvent): void {

@@ -1,12 +1,13 @@
 /** A request's outputs as an async iterable: pushed by the engine, pulled by the caller. */
 import type { EngineError } from "../core/engine-error.ts";
-import type { EngineOutput } from "../core/request.ts";
+import type { EngineOutput, RequestUsage } from "../core/request.ts";
 
 export class OutputStream implements AsyncIterable<EngineOutput> {
   private readonly buffered: EngineOutput[] = [];
   private waiter: (() => void) | null = null;
   private error: EngineError | null = null;
   private numUnfinished: number;
+  private readonly delivered: RequestUsage = { numPromptTokens: 0, numCachedPromptTokens: 0, numCompletionTokens: 0 };
 
   constructor(numSequences: number) {
     this.numUnfinished = numSequences;
@@ -19,9 +20,19 @@ export class OutputStream implements AsyncIterable<EngineOutput> {
   /** Returns true once every sequence has finished. */
   push(output: EngineOutput): boolean {
     this.buffered.push(output);
+    this.delivered.numCompletionTokens += output.newTokenIds.length;
+    if (output.numPromptTokens !== undefined && output.index === 0) {
+      this.delivered.numPromptTokens = output.numPromptTokens;
+      this.delivered.numCachedPromptTokens = output.numCachedTokens ?? 0;
+    }
     if (output.finishReason) this.numUnfinished--;
     this.wake();
     return this.done;
+  }
+
+  /** What the outputs pushed so far add up to: the usage of a request whose engine thread died. */
+  get deliveredUsage(): RequestUsage {
+    return { ...this.delivered };
   }
 
   fail(error: EngineError): void {

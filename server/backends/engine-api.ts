@@ -7,6 +7,7 @@ import type { ChatMessage, ChatTemplateOptions, EngineOutput, EngineRequest, Eng
 export {
   Engine, EngineError, TokenizerPool,
   type ChatMessage, type EngineEvent, type EngineOptions, type EngineState, type EngineOutput, type EngineRequest, type EngineStatsSnapshot,
+  type RequestUsage,
 } from "../../engine/index.ts";
 export { ModelError } from "../../models/index.ts";
 
@@ -14,7 +15,9 @@ export { ModelError } from "../../models/index.ts";
 export interface ServingEngine {
   /** running, restarting (after its thread died), or stopped. */
   readonly state: EngineState;
-  readonly info: { maxModelLen: number };
+  /** The engine's own limits, decided once by the engine: the server reads them, never re-derives them. */
+  readonly info: { maxModelLen: number; vocabSize: number };
+  /** Throws EngineError at once for a request the engine can never run (context, vocabulary); the server maps it. */
   add(request: EngineRequest, signal?: AbortSignal): AsyncIterable<EngineOutput>;
   onStats(listener: (stats: EngineStatsSnapshot) => void): void;
 }

@@ -1,73 +1,168 @@
 /**
- * Admission: a request may start only while the engine is ready and the waiting queue
- * has room. Returns a release function, called once, whatever way the request ends.
+ * Admission and settlement: a request may start only while its model's engine is ready and
+ * the waiting queue has room; whatever way it then ends, `release()` settles it exactly once,
+ * with the exact usage of every engine request it ran.
+ *
+ * NOTE: every engine request ends with its usage: on its last output (finished or aborted) or
+ * on the error it fails with. A reader that stops early (the client left) would miss it, so
+ * release() reads each unfinished engine request to its end, after aborting it, before settling.
  */
-import { ApiError, clientClosedRequest, engineRestarting, invalidRequest, overloaded, requestAborted } from "./api-error.ts";
-import type { EngineOutput, EngineRequest, PromptTokenizer, ServingEngine } from "../backends/engine-api.ts";
+import { NO_USAGE, addUsage, type Outcome, type Settlement, type Usage } from "../../service/settlement.ts";
+import type { ModelBackend } from "../backends/model-backend.ts";
+import { EngineError, type EngineOutput, type EngineRequest, type PromptTokenizer, type RequestUsage, type ServingEngine } from "../backends/engine-api.ts";
 import type { ServerContext } from "../server-context.ts";
+import { ApiError, clientClosedRequest, engineRestarting, invalidRequest, overloaded, requestAborted, toApiError } from "./api-error.ts";
 
 export interface Admitted {
+  backend: ModelBackend;
   engine: ServingEngine;
   tokenizer: PromptTokenizer;
   /** Fires when the client goes away or the server gives up on the request. */
   signal: AbortSignal;
   /**
    * Runs one engine request under this admission. A request the server aborted (shutdown)
-   * throws the abort's reason instead of ending like a finished one.
+   * throws the abort's reason instead of ending like a finished one. Its usage is counted
+   * from its last output, or from the error it failed with.
    */
   generate(request: EngineRequest): AsyncIterator<EngineOutput>;
+  /** What the engine requests run so far have used, summed. */
+  readonly usage: Usage;
+  /** Records what the client is told went wrong; the first error counts. */
+  fail(err: unknown): void;
+  /** Frees the request's place and settles it (once; later calls do nothing) as soon as its engine requests have ended. */
   release(): void;
+  /** Resolves with the settlement once it is made. */
+  readonly settled: Promise<Settlement>;
 }
 
-/**
- * @param numSequences what the request runs at once: n, times the prompts of a completions request.
- * @param param the field that multiplies them, named in the 400 when they could never all fit.
- */
-export function admit(ctx: ServerContext, numSequences: number, onClientGone: (abort: () => void) => void, param = "n"): Admitted {
-  const { engine, tokenizer } = ctx;
-  const capacity = ctx.limits.maxNumSeqs + ctx.limits.maxQueuedRequests;
+export interface AdmitOptions {
+  /** The HTTP request id, for the settlement. */
+  requestId: string;
+  /** What the request runs at once: n, times the prompts of a completions request. */
+  numSequences: number;
+  /** The field that multiplies them, named in the 400 when they could never all fit. */
+  param?: string;
+  /** Calls `abort` when the client goes away. */
+  onClientGone(abort: () => void): void;
+}
+
+export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitOptions): Admitted {
+  const { numSequences } = options;
+  const { engine, tokenizer, limits } = backend;
+  const capacity = limits.maxNumSeqs + limits.maxQueuedRequests;
   if (numSequences > capacity) {
     throw invalidRequest(
       `This request needs ${numSequences} sequences at once, but the server holds at most ${capacity} ` +
-        `(${ctx.limits.maxNumSeqs} running plus ${ctx.limits.maxQueuedRequests} queued); send fewer prompts or a smaller n.`,
-      param, "too_many_sequences",
+        `(${limits.maxNumSeqs} running plus ${limits.maxQueuedRequests} queued); send fewer prompts or a smaller n.`,
+      options.param ?? "n", "too_many_sequences",
     );
   }
   if (!engine || !tokenizer) throw overloaded("The model is still loading; try again shortly.", 5);
   if (engine.state === "restarting") throw engineRestarting();
   if (engine.state === "stopped") throw new ApiError(503, "The engine has stopped; the server cannot serve requests.", "server_error", null, "engine_dead", 5);
-  if (ctx.numInFlight + numSequences > capacity) {
-    throw overloaded(`The server is at capacity (${ctx.numInFlight} sequences in flight, limit ${capacity}); retry later.`, 1);
+  if (backend.numInFlight + numSequences > capacity) {
+    throw overloaded(`The server is at capacity (${backend.numInFlight} sequences in flight, limit ${capacity}); retry later.`, 1);
   }
   const controller = new AbortController();
-  ctx.numInFlight += numSequences;
-  ctx.inFlightControllers.add(controller);
+  backend.numInFlight += numSequences;
+  backend.inFlightControllers.add(controller);
+  options.onClientGone(() => controller.abort(clientClosedRequest()));
+  let usage = NO_USAGE;
+  let error: ApiError | null = null;
   let released = false;
-  onClientGone(() => controller.abort(clientClosedRequest()));
+  const runs: EngineRun[] = [];
+  let settle: (settlement: Settlement) => void = () => {};
+  const settled = new Promise<Settlement>((resolve) => (settle = resolve));
+  const count = (used: RequestUsage | undefined) => {
+    if (used) usage = addUsage(usage, { promptTokens: used.numPromptTokens, cachedPromptTokens: used.numCachedPromptTokens, completionTokens: used.numCompletionTokens });
+  };
+  const fail = (err: unknown) => {
+    error ??= toApiError(err);
+  };
   return {
+    backend,
     engine,
     tokenizer,
     signal: controller.signal,
-    generate: (request) => untilAborted(engine.add(request, controller.signal), controller.signal),
+    generate(request) {
+      const run = new EngineRun(engine.add(request, controller.signal)[Symbol.asyncIterator](), count);
+      runs.push(run);
+      return run.reader(controller.signal, fail);
+    },
+    get usage() {
+      return usage;
+    },
+    fail,
+    settled,
     release() {
       if (released) return;
       released = true;
+      const outcome = outcomeOf(controller.signal, error);
       // NOTE: whatever the engine still runs for this request now has no reader (a later prompt failed, say): stop it.
       controller.abort();
-      ctx.numInFlight -= numSequences;
-      ctx.inFlightControllers.delete(controller);
+      backend.numInFlight -= numSequences;
+      backend.inFlightControllers.delete(controller);
+      void Promise.all(runs.map((run) => run.drain())).then(() => {
+        const settlement: Settlement = {
+          requestId: options.requestId, model: backend.id, outcome, usage, ...(error ? { error: { status: error.status, code: error.code } } : {}),
+        };
+        for (const listener of ctx.settleListeners) listener(settlement);
+        settle(settlement);
+      });
     },
   };
 }
 
-/**
- * NOTE: the engine ends an aborted sequence with finish_reason "abort". A client that left
- * reads nothing more; one still reading was cut off by the server, and must not be told its
- * request finished.
- */
-async function* untilAborted(outputs: AsyncIterable<EngineOutput>, signal: AbortSignal): AsyncGenerator<EngineOutput> {
-  for await (const output of outputs) {
-    if (output.finishReason === "abort") throw signal.reason instanceof ApiError ? signal.reason : requestAborted();
-    yield output;
+function outcomeOf(signal: AbortSignal, error: ApiError | null): Outcome {
+  if (signal.aborted) return signal.reason instanceof ApiError && signal.reason.code === "client_closed_request" ? "disconnected" : "aborted";
+  if (!error) return "finished";
+  return error.status < 500 ? "rejected" : "errored";
+}
+
+/** One engine request's outputs, counted exactly once whoever reads them: the route, or release() draining what is left. */
+class EngineRun {
+  private ended = false;
+
+  constructor(private readonly outputs: AsyncIterator<EngineOutput>, private readonly count: (usage: RequestUsage | undefined) => void) {}
+
+  /**
+   * The route's view. NOTE: the engine ends an aborted sequence with finish_reason "abort". A
+   * client that left reads nothing more; one still reading was cut off by the server, and must
+   * not be told its request finished.
+   */
+  reader(signal: AbortSignal, fail: (err: unknown) => void): AsyncIterator<EngineOutput> {
+    return {
+      next: async () => {
+        const next = await this.next().catch((err: unknown) => {
+          fail(err);
+          throw err;
+        });
+        if (!next.done && next.value.finishReason === "abort") {
+          const reason = signal.reason instanceof ApiError ? signal.reason : requestAborted();
+          fail(reason);
+          throw reason;
+        }
+        return next;
+      },
+    };
+  }
+
+  /** Reads to the end, so that the usage on the last output (or on the error) is counted. */
+  async drain(): Promise<void> {
+    while (!this.ended) await this.next().catch(() => undefined);
+  }
+
+  private async next(): Promise<IteratorResult<EngineOutput>> {
+    if (this.ended) return { done: true, value: undefined };
+    try {
+      const next = await this.outputs.next();
+      if (next.done) this.ended = true;
+      else this.count(next.value.usage);
+      return next;
+    } catch (err) {
+      this.ended = true;
+      if (err instanceof EngineError) this.count(err.usage);
+      throw err;
+    }
   }
 }

@@ -1,9 +1,8 @@
-/** Small pieces every route uses: body parsing, the model check, noticing a client leave. */
+/** Small pieces every route uses: body parsing, noticing a client leave. */
 import type { FastifyReply } from "fastify";
 import type { z } from "zod";
-import { invalidRequest, modelNotFound } from "./api-error.ts";
+import { invalidRequest } from "./api-error.ts";
 import { describeIssue } from "../openai/schemas.ts";
-import type { ServerContext } from "../server-context.ts";
 
 export function parseBody<T extends z.ZodType>(schema: T, body: unknown): z.infer<T> {
   if (body === undefined || body === null || typeof body !== "object") {
@@ -15,10 +14,6 @@ export function parseBody<T extends z.ZodType>(schema: T, body: unknown): z.infe
     throw invalidRequest(message, param);
   }
   return parsed.data;
-}
-
-export function requireModel(ctx: ServerContext, model: string): void {
-  if (model !== ctx.modelId) throw modelNotFound(model);
 }
 
 /** Calls `abort` if the connection closes before the response has been sent in full. */

@@ -1,4 +1,5 @@
-/** Folds engine outputs into per-choice results and usage: shared by both endpoints. */
+/** Folds engine outputs into per-choice results, and usage into OpenAI's shape: shared by both endpoints. */
+import type { Usage } from "../../service/settlement.ts";
 import type { EngineOutput } from "../backends/engine-api.ts";
 
 type Logprob = NonNullable<EngineOutput["logprobs"]>[number];
@@ -13,7 +14,7 @@ export interface ChoiceState {
   stopReason: string | number | null;
 }
 
-export interface Usage {
+export interface OpenAiUsage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
@@ -22,8 +23,6 @@ export interface Usage {
 
 export class Choices {
   readonly choices: ChoiceState[];
-  numPromptTokens = 0;
-  numCachedTokens = 0;
   promptLogprobs: EngineOutput["promptLogprobs"] | null = null;
 
   constructor(n: number, private readonly indexOffset = 0) {
@@ -40,23 +39,18 @@ export class Choices {
     if (output.logprobs) choice.logprobs.push(...output.logprobs);
     if (output.finishReason) choice.finishReason = output.finishReason;
     if (output.stopReason !== undefined) choice.stopReason = output.stopReason;
-    if (output.numPromptTokens !== undefined && output.index === 0) {
-      this.numPromptTokens = output.numPromptTokens;
-      this.numCachedTokens = output.numCachedTokens ?? 0;
-    }
     if (output.promptLogprobs) this.promptLogprobs = output.promptLogprobs;
     return choice;
   }
 
-  get numCompletionTokens(): number {
-    return this.choices.reduce((sum, c) => sum + c.tokenIds.length, 0);
-  }
 }
 
-export function usageOf(parts: Choices[]): Usage {
-  const prompt = parts.reduce((sum, p) => sum + p.numPromptTokens, 0);
-  const completion = parts.reduce((sum, p) => sum + p.numCompletionTokens, 0);
-  const cached = parts.reduce((sum, p) => sum + p.numCachedTokens, 0);
-  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion, prompt_tokens_details: { cached_tokens: cached } };
+/** The engine's exact usage (the one the request is settled with) in OpenAI's shape. */
+export function openAiUsage(usage: Usage): OpenAiUsage {
+  const { promptTokens, completionTokens, cachedPromptTokens } = usage;
+  return {
+    prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens,
+    prompt_tokens_details: { cached_tokens: cachedPromptTokens },
+  };
 }
 

@@ -1,32 +1,28 @@
 /**
- * A validated API body becomes an EngineRequest, once, here: sampling defaults, the
- * context-length check, and the vLLM extensions.
+ * A validated API body becomes an EngineRequest, once, here: sampling defaults and the vLLM
+ * extensions. The engine checks the result against its own limits (context, vocabulary).
  */
 import { randomUUID } from "node:crypto";
-import { invalidRequest } from "../http/api-error.ts";
-import type { EngineRequest } from "../backends/engine-api.ts";
+import { EngineError, type EngineRequest } from "../backends/engine-api.ts";
+import type { GenerationDefaults } from "../server-context.ts";
 import type { ChatCompletionRequest, CompletionRequest } from "./schemas.ts";
-import type { ServerContext } from "../server-context.ts";
 
 type SamplingBody = ChatCompletionRequest | CompletionRequest;
 
 export interface RequestShape {
-  /** Where the prompt came from, for error messages: "messages" or "prompt". */
-  promptParam: "messages" | "prompt";
+  /** Undefined: what the context leaves (the engine settles it). */
   maxTokens: number | null | undefined;
   /** Top alternatives per generated token; undefined: no logprobs. */
   logprobs?: number;
   promptLogprobs?: number;
 }
 
-export function toEngineRequest(body: SamplingBody, promptTokenIds: number[], ctx: ServerContext, shape: RequestShape): EngineRequest {
-  const maxTokens = checkContext(promptTokenIds.length, shape, ctx.maxModelLen);
+export function toEngineRequest(body: SamplingBody, promptTokenIds: number[], defaults: GenerationDefaults, shape: RequestShape): EngineRequest {
   const stop = body.stop == null ? [] : typeof body.stop === "string" ? [body.stop] : body.stop;
-  const { defaults } = ctx;
   return {
     requestId: randomUUID(),
     promptTokenIds,
-    maxTokens,
+    maxTokens: shape.maxTokens ?? undefined,
     n: body.n,
     sampling: {
       temperature: body.temperature ?? defaults.temperature ?? 1,
@@ -49,22 +45,8 @@ export function toEngineRequest(body: SamplingBody, promptTokenIds: number[], ct
   };
 }
 
-/** Returns max_tokens, defaulting to what the context leaves; throws a 400 with the numbers when it doesn't fit. */
-function checkContext(numPromptTokens: number, shape: RequestShape, maxModelLen: number): number {
-  const where = shape.promptParam === "messages" ? "messages" : "prompt";
-  if (numPromptTokens >= maxModelLen) {
-    throw invalidRequest(
-      `This model's maximum context length is ${maxModelLen} tokens. However, your ${where} resulted in ${numPromptTokens} tokens. Please reduce the length of the ${where}.`,
-      shape.promptParam, "context_length_exceeded",
-    );
-  }
-  if (shape.maxTokens == null) return maxModelLen - numPromptTokens;
-  if (numPromptTokens + shape.maxTokens > maxModelLen) {
-    throw invalidRequest(
-      `This model's maximum context length is ${maxModelLen} tokens. However, you requested ${numPromptTokens + shape.maxTokens} tokens ` +
-        `(${numPromptTokens} in the ${where}, ${shape.maxTokens} in the completion). Please reduce the length of the ${where} or completion.`,
-      "max_tokens", "context_length_exceeded",
-    );
-  }
-  return shape.maxTokens;
+/** The engine calls a chat request's prompt "prompt"; the chat API calls it "messages". */
+export function inMessages(err: unknown): unknown {
+  if (!(err instanceof EngineError) || err.param !== "prompt") return err;
+  return new EngineError(err.code, err.message.replace(/\bthe prompt\b/g, "the messages"), "messages", err.usage);
 }

@@ -1,14 +1,15 @@
 /** POST /v1/chat/completions: OpenAI's chat API, streamed over SSE or returned whole. */
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
-import { admit } from "../http/admission.ts";
+import { admit, type Admitted } from "../http/admission.ts";
 import { invalidRequest } from "../http/api-error.ts";
-import { Choices, usageOf } from "../openai/choices.ts";
+import { Choices, openAiUsage } from "../openai/choices.ts";
 import type { EngineOutput } from "../backends/engine-api.ts";
-import { toEngineRequest } from "../openai/to-engine-request.ts";
-import { nowSeconds, onClientGone, parseBody, requireModel } from "../http/http-helpers.ts";
+import { inMessages, toEngineRequest } from "../openai/to-engine-request.ts";
+import { nowSeconds, onClientGone, parseBody } from "../http/http-helpers.ts";
 import { toChatMessage } from "../openai/chat-messages.ts";
 import { chatCompletionRequest, type ChatCompletionRequest } from "../openai/schemas.ts";
+import type { ModelBackend } from "../backends/model-backend.ts";
 import type { ServerContext } from "../server-context.ts";
 import { SseStream } from "../http/sse.ts";
 import { ToolCallStream, parseToolCalls, type ToolCall } from "../openai/tool-calls.ts";
@@ -16,27 +17,26 @@ import { ToolCallStream, parseToolCalls, type ToolCall } from "../openai/tool-ca
 export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext): void {
   app.post("/v1/chat/completions", async (request, reply) => {
     const body = parseBody(chatCompletionRequest, request.body);
-    requireModel(ctx, body.model);
+    const backend = ctx.models.resolve(body.model);
     rejectConstrainedDecoding(body);
-    const admitted = admit(ctx, body.n, (abort) => onClientGone(reply, abort));
+    const admitted = admit(ctx, backend, { requestId: request.id, numSequences: body.n, onClientGone: (abort) => onClientGone(reply, abort) });
     try {
       const { promptTokenIds } = await admitted.tokenizer.applyChatTemplate(body.messages.map(toChatMessage), {
         addGenerationPrompt: body.add_generation_prompt ?? true,
         tools: body.tools ?? undefined,
         kwargs: body.chat_template_kwargs ?? undefined,
-        maxTokens: ctx.maxModelLen,
+        maxTokens: admitted.engine.info.maxModelLen,
       });
-      const engineRequest = toEngineRequest(body, promptTokenIds, ctx, {
-        promptParam: "messages",
+      const engineRequest = toEngineRequest(body, promptTokenIds, backend.defaults, {
         maxTokens: body.max_completion_tokens ?? body.max_tokens,
         logprobs: body.logprobs ? (body.top_logprobs ?? 0) : undefined,
       });
       const outputs = admitted.generate(engineRequest);
       // NOTE: the first output is awaited before any byte is sent, so an engine rejection still gets its HTTP status.
       const first = await outputs.next();
-      const head = { id: `chatcmpl-${randomUUID()}`, object: "chat.completion", created: nowSeconds(), model: ctx.modelId };
-      const parseTools = toolParsingFor(ctx, body);
-      if (body.stream) return await streamChat(reply, body, head, first, outputs, parseTools);
+      const head = { id: `chatcmpl-${randomUUID()}`, object: "chat.completion", created: nowSeconds(), model: backend.id };
+      const parseTools = toolParsingFor(backend, body);
+      if (body.stream) return await streamChat(reply, body, head, { first, outputs, admitted }, parseTools);
       const choices = new Choices(body.n);
       for (let next = first; !next.done; next = await outputs.next()) choices.add(next.value);
       return {
@@ -51,8 +51,12 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext
             stop_reason: c.stopReason,
           };
         }),
-        usage: usageOf([choices]),
+        usage: openAiUsage(admitted.usage),
       };
+    } catch (err) {
+      const mapped = inMessages(err);
+      admitted.fail(mapped);
+      throw mapped;
     } finally {
       admitted.release();
     }
@@ -77,18 +81,21 @@ function rejectConstrainedDecoding(body: ChatCompletionRequest): void {
 type Head = { id: string; object: string; created: number; model: string };
 
 /** Tool calls are parsed when the request offers tools and the server has a parser for this model's format. */
-function toolParsingFor(ctx: ServerContext, body: ChatCompletionRequest): boolean {
-  return ctx.toolCallParser === "hermes" && (body.tools?.length ?? 0) > 0 && body.tool_choice !== "none";
+function toolParsingFor(backend: ModelBackend, body: ChatCompletionRequest): boolean {
+  return backend.toolCallParser === "hermes" && (body.tools?.length ?? 0) > 0 && body.tool_choice !== "none";
 }
 
 /**
  * Each engine output becomes one chunk (a delta, possibly empty, per generated token);
  * a finished choice then gets its tool calls, if any, and a chunk with its finish_reason.
  */
-async function streamChat(
-  reply: FastifyReply, body: ChatCompletionRequest, head: Head,
-  first: IteratorResult<EngineOutput>, outputs: AsyncIterator<EngineOutput>, parseTools: boolean,
-): Promise<void> {
+interface Run {
+  first: IteratorResult<EngineOutput>;
+  outputs: AsyncIterator<EngineOutput>;
+  admitted: Admitted;
+}
+
+async function streamChat(reply: FastifyReply, body: ChatCompletionRequest, head: Head, { first, outputs, admitted }: Run, parseTools: boolean): Promise<void> {
   reply.hijack();
   const sse = new SseStream(reply.raw);
   const includeUsage = body.stream_options?.include_usage === true;
@@ -122,8 +129,9 @@ async function streamChat(
         await sse.send(chunk({ index, delta: {}, logprobs: null, finish_reason: finishReason, stop_reason: choice.stopReason }));
       }
     }
-    if (includeUsage) await sse.send({ ...head, object: "chat.completion.chunk", choices: [], usage: usageOf([choices]) });
+    if (includeUsage) await sse.send({ ...head, object: "chat.completion.chunk", choices: [], usage: openAiUsage(admitted.usage) });
   } catch (err) {
+    admitted.fail(err);
     return sse.fail(err);
   }
   sse.end();

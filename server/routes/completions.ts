@@ -2,11 +2,10 @@
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { admit, type Admitted } from "../http/admission.ts";
-import { invalidRequest } from "../http/api-error.ts";
-import { Choices, usageOf, type ChoiceState } from "../openai/choices.ts";
+import { Choices, openAiUsage, type ChoiceState } from "../openai/choices.ts";
 import type { EngineOutput } from "../backends/engine-api.ts";
 import { toEngineRequest } from "../openai/to-engine-request.ts";
-import { nowSeconds, onClientGone, parseBody, requireModel } from "../http/http-helpers.ts";
+import { nowSeconds, onClientGone, parseBody } from "../http/http-helpers.ts";
 import { legacyLogprobs } from "../openai/legacy-logprobs.ts";
 import { completionRequest, type CompletionRequest } from "../openai/schemas.ts";
 import type { ServerContext } from "../server-context.ts";
@@ -25,21 +24,27 @@ interface PromptRun {
 export function registerCompletions(app: FastifyInstance, ctx: ServerContext): void {
   app.post("/v1/completions", async (request, reply) => {
     const body = parseBody(completionRequest, request.body);
-    requireModel(ctx, body.model);
+    const backend = ctx.models.resolve(body.model);
     const prompts = promptsOf(body.prompt);
-    const admitted = admit(ctx, body.n * prompts.length, (abort) => onClientGone(reply, abort), prompts.length > 1 ? "prompt" : "n");
+    const admitted = admit(ctx, backend, {
+      requestId: request.id, numSequences: body.n * prompts.length, param: prompts.length > 1 ? "prompt" : "n",
+      onClientGone: (abort) => onClientGone(reply, abort),
+    });
     try {
-      const runs = await Promise.all(prompts.map((prompt, i) => startRun(ctx, admitted, body, prompt, i * body.n)));
-      const head = { id: `cmpl-${randomUUID()}`, object: "text_completion", created: nowSeconds(), model: ctx.modelId };
-      if (body.stream) return await streamCompletions(reply, body, head, runs);
+      const runs = await Promise.all(prompts.map((prompt, i) => startRun(admitted, body, prompt, i * body.n)));
+      const head = { id: `cmpl-${randomUUID()}`, object: "text_completion", created: nowSeconds(), model: backend.id };
+      if (body.stream) return await streamCompletions(reply, body, head, runs, admitted);
       for (const run of runs) {
         for (let next = run.first; !next.done; next = await run.outputs.next()) run.choices.add(next.value);
       }
       return {
         ...head,
         choices: runs.flatMap((run) => run.choices.choices.map((c) => choiceBody(body, run, c))),
-        usage: usageOf(runs.map((r) => r.choices)),
+        usage: openAiUsage(admitted.usage),
       };
+    } catch (err) {
+      admitted.fail(err);
+      throw err;
     } finally {
       admitted.release();
     }
@@ -52,20 +57,17 @@ function promptsOf(prompt: CompletionRequest["prompt"]): (string | number[])[] {
   return prompt as (string | number[])[];
 }
 
-async function startRun(ctx: ServerContext, admitted: Admitted, body: CompletionRequest, prompt: string | number[], indexOffset: number): Promise<PromptRun> {
-  const promptTokenIds = typeof prompt === "string" ? await admitted.tokenizer.encode(prompt, true, { maxTokens: ctx.maxModelLen }) : prompt;
-  if (promptTokenIds.length === 0) throw invalidRequest("The prompt is empty.", "prompt");
-  const bad = promptTokenIds.find((id) => id >= ctx.vocabSize);
-  if (bad !== undefined) throw invalidRequest(`Token id ${bad} is outside the vocabulary (0 to ${ctx.vocabSize - 1}).`, "prompt");
+async function startRun(admitted: Admitted, body: CompletionRequest, prompt: string | number[], indexOffset: number): Promise<PromptRun> {
+  const promptTokenIds = typeof prompt === "string" ? await admitted.tokenizer.encode(prompt, true, { maxTokens: admitted.engine.info.maxModelLen }) : prompt;
   const echoLogprobs = body.echo && body.logprobs != null;
-  const engineRequest = toEngineRequest(body, promptTokenIds, ctx, {
-    promptParam: "prompt",
+  const engineRequest = toEngineRequest(body, promptTokenIds, admitted.backend.defaults, {
     maxTokens: body.max_tokens ?? DEFAULT_MAX_TOKENS,
     logprobs: body.logprobs ?? undefined,
     promptLogprobs: echoLogprobs ? (body.logprobs ?? 0) : undefined,
   });
-  const promptText = !body.echo ? "" : typeof prompt === "string" ? prompt : await admitted.tokenizer.decode(prompt, false);
+  // NOTE: the engine checks the prompt (empty, outside the vocabulary, too long) as it takes it, before the prompt is decoded for echo.
   const outputs = admitted.generate(engineRequest);
+  const promptText = !body.echo ? "" : typeof prompt === "string" ? prompt : await admitted.tokenizer.decode(prompt, false);
   const first = await outputs.next();
   return { promptText, choices: new Choices(body.n, indexOffset), outputs, first };
 }
@@ -80,7 +82,7 @@ function choiceBody(body: CompletionRequest, run: PromptRun, choice: ChoiceState
   };
 }
 
-async function streamCompletions(reply: FastifyReply, body: CompletionRequest, head: object, runs: PromptRun[]): Promise<void> {
+async function streamCompletions(reply: FastifyReply, body: CompletionRequest, head: object, runs: PromptRun[], admitted: Admitted): Promise<void> {
   reply.hijack();
   const sse = new SseStream(reply.raw);
   const includeUsage = body.stream_options?.include_usage === true;
@@ -104,8 +106,9 @@ async function streamCompletions(reply: FastifyReply, body: CompletionRequest, h
         }]));
       }
     }));
-    if (includeUsage) await sse.send(chunk([], usageOf(runs.map((r) => r.choices))));
+    if (includeUsage) await sse.send(chunk([], openAiUsage(admitted.usage)));
   } catch (err) {
+    admitted.fail(err);
     return sse.fail(err);
   }
   sse.end();

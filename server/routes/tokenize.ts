@@ -4,7 +4,9 @@ import type { FastifyInstance } from "fastify";
 import { z } from "zod";
 import { overloaded } from "../http/api-error.ts";
 import { toChatMessage } from "../openai/chat-messages.ts";
-import { parseBody, requireModel } from "../http/http-helpers.ts";
+import type { PromptTokenizer } from "../backends/engine-api.ts";
+import type { ModelBackend } from "../backends/model-backend.ts";
+import { parseBody } from "../http/http-helpers.ts";
 import { chatCompletionRequest } from "../openai/schemas.ts";
 import type { ServerContext } from "../server-context.ts";
 
@@ -20,32 +22,37 @@ const { version } = createRequire(import.meta.url)("../../package.json") as { ve
 export function registerTokenizeRoutes(app: FastifyInstance, ctx: ServerContext): void {
   app.post("/tokenize", async (request) => {
     const isChat = typeof request.body === "object" && request.body !== null && "messages" in request.body;
-    const tokens = isChat ? await tokenizeMessages(ctx, request.body) : await tokenizeText(ctx, request.body);
-    return { count: tokens.length, max_model_len: ctx.maxModelLen, tokens };
+    const { backend, tokens } = isChat ? await tokenizeMessages(ctx, request.body) : await tokenizeText(ctx, request.body);
+    return { count: tokens.length, max_model_len: backend.maxModelLen, tokens };
   });
 
   app.post("/detokenize", async (request) => {
     const body = parseBody(detokenizeRequest, request.body);
-    requireModel(ctx, body.model);
-    return { prompt: await (ctx.tokenizer ?? loading()).decode(body.tokens, false) };
+    return { prompt: await tokenizerOf(ctx.models.resolve(body.model)).decode(body.tokens, false) };
   });
 
   app.get("/version", async () => ({ version }));
 }
 
-async function tokenizeText(ctx: ServerContext, raw: unknown): Promise<number[]> {
+interface Tokenized {
+  backend: ModelBackend;
+  tokens: number[];
+}
+
+async function tokenizeText(ctx: ServerContext, raw: unknown): Promise<Tokenized> {
   const body = parseBody(tokenizePrompt, raw);
-  requireModel(ctx, body.model);
-  return (ctx.tokenizer ?? loading()).encode(body.prompt, body.add_special_tokens ?? true);
+  const backend = ctx.models.resolve(body.model);
+  return { backend, tokens: await tokenizerOf(backend).encode(body.prompt, body.add_special_tokens ?? true) };
 }
 
-async function tokenizeMessages(ctx: ServerContext, raw: unknown): Promise<number[]> {
+async function tokenizeMessages(ctx: ServerContext, raw: unknown): Promise<Tokenized> {
   const body = parseBody(tokenizeChat, raw);
-  requireModel(ctx, body.model);
+  const backend = ctx.models.resolve(body.model);
   const options = { addGenerationPrompt: body.add_generation_prompt ?? true };
-  return (await (ctx.tokenizer ?? loading()).applyChatTemplate(body.messages.map(toChatMessage), options)).promptTokenIds;
+  return { backend, tokens: (await tokenizerOf(backend).applyChatTemplate(body.messages.map(toChatMessage), options)).promptTokenIds };
 }
 
-function loading(): never {
-  throw overloaded("The model is still loading; try again shortly.", 5);
+function tokenizerOf(backend: ModelBackend): PromptTokenizer {
+  if (!backend.tokenizer) throw overloaded("The model is still loading; try again shortly.", 5);
+  return backend.tokenizer;
 }

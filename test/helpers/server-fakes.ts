@@ -6,14 +6,17 @@
  * has id GENERATED_TOKEN_ID + i and text "t0", " t1", " t2", ... so a sequence of k tokens
  * reads "t0 t1 ... t(k-1)".
  */
+import { checkRequest, type CheckedRequest } from "../../engine/core/check-request.ts";
 import { EngineError, type EngineErrorCode } from "../../engine/core/engine-error.ts";
 import type { EngineStatsSnapshot } from "../../engine/core/engine-stats.ts";
 import type { EngineState } from "../../engine/host/engine.ts";
 import type { EngineOutput, EngineRequest, PositionLogprob, PromptLogprob, TokenLogprob } from "../../engine/core/request.ts";
 import type { ChatMessage, ChatTemplateOptions } from "../../models/tokenizer.ts";
 import type { PromptTokenizer, ServingEngine } from "../../server/backends/engine-api.ts";
+import { LocalBackend, type ServerLimits } from "../../server/backends/model-backend.ts";
+import { ModelRegistry } from "../../server/backends/model-registry.ts";
 import { ServerMetrics } from "../../server/metrics.ts";
-import type { ServerContext } from "../../server/server-context.ts";
+import type { GenerationDefaults, ServerContext } from "../../server/server-context.ts";
 
 export const MODEL_ID = "tiny";
 export const MAX_MODEL_LEN = 64;
@@ -37,7 +40,8 @@ export const generatedText = (numTokens: number) => Array.from({ length: numToke
 
 export class FakeEngine implements ServingEngine {
   state: EngineState = "running";
-  readonly info = { maxModelLen: MAX_MODEL_LEN };
+  /** The engine's limits, checked by the engine's own checkRequest, as the real engine checks them. */
+  readonly info = { maxModelLen: MAX_MODEL_LEN, vocabSize: VOCAB_SIZE, blockSize: 16, numBlocks: 1 << 20 };
   /** Every request add() received, in order, and the signal it came with. */
   readonly requests: EngineRequest[] = [];
   readonly signals: (AbortSignal | undefined)[] = [];
@@ -52,10 +56,11 @@ export class FakeEngine implements ServingEngine {
     return this;
   }
 
-  add(request: EngineRequest, signal?: AbortSignal): AsyncIterable<EngineOutput> {
+  add(unchecked: EngineRequest, signal?: AbortSignal): AsyncIterable<EngineOutput> {
+    const request = checkRequest(unchecked, this.info);
     this.requests.push(request);
     this.signals.push(signal);
-    return this.run(request, this.scripts.shift() ?? { kind: "generate" }, signal);
+    return withUsage(request, this.numCachedTokens, this.run(request, this.scripts.shift() ?? { kind: "generate" }, signal));
   }
 
   onStats(listener: (stats: EngineStatsSnapshot) => void): void {
@@ -66,7 +71,7 @@ export class FakeEngine implements ServingEngine {
     for (const listener of this.statsListeners) listener(stats);
   }
 
-  private async *run(request: EngineRequest, script: FakeScript, signal?: AbortSignal): AsyncGenerator<EngineOutput> {
+  private async *run(request: CheckedRequest, script: FakeScript, signal?: AbortSignal): AsyncGenerator<EngineOutput> {
     const n = request.n ?? 1;
     const first = (index: number): Partial<EngineOutput> => ({
       numPromptTokens: request.promptTokenIds.length,
@@ -110,6 +115,20 @@ export class FakeEngine implements ServingEngine {
       }
       if (signal?.aborted) return;
       await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+}
+
+/** The engine's contract: the request's last output (its n-th finish) carries its usage. */
+async function* withUsage(request: CheckedRequest, numCachedTokens: number, outputs: AsyncGenerator<EngineOutput>): AsyncGenerator<EngineOutput> {
+  let numCompletionTokens = 0;
+  let numFinished = 0;
+  for await (const output of outputs) {
+    numCompletionTokens += output.newTokenIds.length;
+    if (output.finishReason && ++numFinished === (request.n ?? 1)) {
+      yield { ...output, usage: { numPromptTokens: request.promptTokenIds.length, numCachedPromptTokens: numCachedTokens, numCompletionTokens } };
+    } else {
+      yield output;
     }
   }
 }
@@ -170,22 +189,28 @@ export class FakeTokenizer implements PromptTokenizer {
 export const chatPromptOf = (messages: { role: string; content?: unknown }[]) =>
   messages.map((m) => `${m.role}:${typeof m.content === "string" ? m.content : ""}`).join("\n");
 
-/** A ready server context around a FakeEngine and a FakeTokenizer, unless overridden. */
-export function makeContext(overrides: Partial<ServerContext> = {}): ServerContext {
-  return {
-    modelId: MODEL_ID,
-    engine: new FakeEngine(),
-    tokenizer: new FakeTokenizer(),
-    maxModelLen: MAX_MODEL_LEN,
-    vocabSize: VOCAB_SIZE,
-    limits: { maxNumSeqs: 8, maxQueuedRequests: 8 },
-    defaults: {},
-    metrics: new ServerMetrics(),
-    numInFlight: 0,
-    inFlightControllers: new Set(),
-    ...overrides,
-  };
+export interface BackendOverrides {
+  engine?: ServingEngine | null;
+  tokenizer?: PromptTokenizer | null;
+  limits?: ServerLimits;
+  defaults?: GenerationDefaults;
+  toolCallParser?: "hermes";
 }
+
+/** A ready server context serving MODEL_ID on a FakeEngine and a FakeTokenizer, unless overridden. */
+export function makeContext(overrides: BackendOverrides = {}): ServerContext {
+  const backend = new LocalBackend(MODEL_ID, {
+    limits: overrides.limits ?? { maxNumSeqs: 8, maxQueuedRequests: 8 }, defaults: overrides.defaults ?? {}, toolCallParser: overrides.toolCallParser,
+  });
+  backend.engine = overrides.engine === undefined ? new FakeEngine() : overrides.engine;
+  backend.tokenizer = overrides.tokenizer === undefined ? new FakeTokenizer() : overrides.tokenizer;
+  const models = new ModelRegistry();
+  models.register(backend);
+  return { models, metrics: new ServerMetrics(), settleListeners: [] };
+}
+
+/** The context's one model. */
+export const backendOf = (ctx: ServerContext): LocalBackend => ctx.models.resolve(MODEL_ID);
 
 export function makeStats(overrides: Partial<EngineStatsSnapshot> = {}): EngineStatsSnapshot {
   return {

@@ -24,8 +24,6 @@ export async function startTestServer(overrides: TestServerOverrides = {}): Prom
       maxNumSeqs: overrides.maxNumSeqs ?? 64, faultInjection: overrides.faultInjection,
     },
     modelId: overrides.modelId ?? checkpoint.name,
-    maxModelLen: checkpoint.config.maxPositionEmbeddings,
-    vocabSize: checkpoint.config.vocabSize,
     defaults: checkpoint.generationDefaults,
     host: "127.0.0.1",
     port: 0,

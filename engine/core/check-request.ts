@@ -1,0 +1,48 @@
+/**
+ * The engine's limits on a request, checked here once, where the engine is entered: the
+ * prompt against the vocabulary and the context, the token ids it names, max_tokens against
+ * what the context and the KV cache leave. A request without max_tokens gets what the context
+ * leaves. The server maps the errors to HTTP and checks none of this itself.
+ */
+import { EngineError } from "./engine-error.ts";
+import type { EngineRequest } from "./request.ts";
+
+export interface RequestLimits {
+  maxModelLen: number;
+  vocabSize: number;
+  blockSize: number;
+  numBlocks: number;
+}
+
+/** A request that passed the checks, with max_tokens settled. */
+export type CheckedRequest = EngineRequest & { maxTokens: number };
+
+export function checkRequest(request: EngineRequest, limits: RequestLimits): CheckedRequest {
+  const { maxModelLen, vocabSize, blockSize, numBlocks } = limits;
+  const numPrompt = request.promptTokenIds.length;
+  if (numPrompt === 0) throw new EngineError("INVALID_REQUEST", "the prompt is empty", "prompt");
+  const outside = (id: number) => !Number.isInteger(id) || id < 0 || id >= vocabSize;
+  const vocabulary = `outside the vocabulary (0 to ${vocabSize - 1})`;
+  const badToken = request.promptTokenIds.find(outside);
+  if (badToken !== undefined) throw new EngineError("INVALID_REQUEST", `token id ${badToken} is ${vocabulary}`, "prompt");
+  const badBias = [...(request.sampling.logitBias?.keys() ?? [])].find(outside);
+  if (badBias !== undefined) throw new EngineError("INVALID_REQUEST", `logit_bias names token id ${badBias}, ${vocabulary}`, "logit_bias");
+  const badStop = request.stopTokenIds?.find(outside);
+  if (badStop !== undefined) throw new EngineError("INVALID_REQUEST", `stop_token_ids names token id ${badStop}, ${vocabulary}`, "stop_token_ids");
+  if (numPrompt >= maxModelLen) {
+    throw new EngineError("PROMPT_TOO_LONG",
+      `This model's maximum context length is ${maxModelLen} tokens, but the prompt has ${numPrompt}, leaving no room to generate. Please shorten the prompt.`, "prompt");
+  }
+  const maxTokens = request.maxTokens ?? maxModelLen - numPrompt;
+  if (numPrompt + maxTokens > maxModelLen) {
+    throw new EngineError("PROMPT_TOO_LONG",
+      `This model's maximum context length is ${maxModelLen} tokens. However, you requested ${numPrompt + maxTokens} tokens ` +
+        `(${numPrompt} in the prompt, ${maxTokens} in the completion: max_tokens is ${maxTokens}). Please reduce the length of the prompt or completion.`, "max_tokens");
+  }
+  const numBlocksNeeded = Math.ceil((numPrompt + maxTokens) / blockSize);
+  if (numBlocksNeeded > numBlocks - 1) {
+    throw new EngineError("PROMPT_TOO_LONG",
+      `the prompt (${numPrompt} tokens) plus max_tokens (${maxTokens}) needs ${numBlocksNeeded} KV blocks but the cache holds ${numBlocks - 1}; raise --kv-cache-memory`, "max_tokens");
+  }
+  return { ...request, maxTokens };
+}

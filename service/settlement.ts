@@ -1,0 +1,43 @@
+/**
+ * The one record every request leaves behind, however it ended: the seam where the service
+ * layer (keys, ledger, limits) takes over. The server settles each admitted request exactly
+ * once; nothing here knows HTTP or the engine.
+ */
+
+/** Tokens, exact: the prompt (once, whatever n), the part of it served from the prefix cache, and everything generated. */
+export interface Usage {
+  promptTokens: number;
+  cachedPromptTokens: number;
+  completionTokens: number;
+}
+
+/**
+ * - finished: the response went out whole;
+ * - rejected: refused with a 4xx (nothing or little ran);
+ * - errored: a fault of the server's (5xx);
+ * - aborted: the server cut it off (shutdown past its timeout);
+ * - disconnected: the client left before the end.
+ */
+export type Outcome = "finished" | "rejected" | "errored" | "aborted" | "disconnected";
+
+export interface Settlement {
+  /** The HTTP request id (x-request-id). */
+  requestId: string;
+  model: string;
+  outcome: Outcome;
+  usage: Usage;
+  /** The error the client was given, for rejected and errored requests. */
+  error?: { status: number; code: string | null };
+}
+
+export type SettleListener = (settlement: Settlement) => void;
+
+export const NO_USAGE: Usage = { promptTokens: 0, cachedPromptTokens: 0, completionTokens: 0 };
+
+export function addUsage(a: Usage, b: Usage): Usage {
+  return {
+    promptTokens: a.promptTokens + b.promptTokens,
+    cachedPromptTokens: a.cachedPromptTokens + b.cachedPromptTokens,
+    completionTokens: a.completionTokens + b.completionTokens,
+  };
+}
