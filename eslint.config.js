@@ -1,8 +1,13 @@
-// Lint with import boundaries: the engine never imports HTTP code, the server never touches tensors.
+// Lint with import boundaries: the engine never imports HTTP code, the server never touches tensors,
+// only runners import ONNX Runtime, and service/ knows neither HTTP nor the engine.
+// NOTE: in a flat config, a later block's no-restricted-imports replaces an earlier one's for the same
+// file, so every block below states all the restrictions its files have.
 import tseslint from "typescript-eslint";
 
-const httpModules = ["fastify", "fastify/*", "@fastify/*", "undici", "node:http", "node:https", "http", "https"];
-const tensorModules = ["onnxruntime-node", "onnxruntime-common", "onnx-proto"];
+const httpModules = ["fastify", "undici", "node:http", "node:https", "http", "https"];
+const ortModules = ["onnxruntime-node", "onnxruntime-common"];
+const noOrt = ortModules.map((name) => ({ name, message: "only engine/runner/** imports ONNX Runtime" }));
+const noHttp = (who) => httpModules.map((name) => ({ name, message: `${who} never imports HTTP code` }));
 
 export default tseslint.config(
   { ignores: ["node_modules/**", ".cache/**", "results/**"] },
@@ -14,11 +19,26 @@ export default tseslint.config(
     },
   },
   {
+    files: ["**/*.ts"],
+    ignores: ["engine/runner/**"],
+    rules: { "no-restricted-imports": ["error", { paths: noOrt }] },
+  },
+  {
     files: ["engine/**/*.ts"],
+    ignores: ["engine/runner/**"],
     rules: {
       "no-restricted-imports": ["error", {
-        paths: httpModules.filter((m) => !m.includes("*")).map((name) => ({ name, message: "engine/ never imports HTTP code" })),
-        patterns: [{ group: ["fastify*", "@fastify/*", "**/server/**"], message: "engine/ never imports HTTP code or server/" }],
+        paths: [...noHttp("engine/"), ...noOrt],
+        patterns: [{ group: ["fastify*", "@fastify/*", "**/server/**", "**/service/**"], message: "engine/ never imports HTTP code, server/ or service/" }],
+      }],
+    },
+  },
+  {
+    files: ["engine/runner/**/*.ts"],
+    rules: {
+      "no-restricted-imports": ["error", {
+        paths: noHttp("engine/"),
+        patterns: [{ group: ["fastify*", "@fastify/*", "**/server/**", "**/service/**"], message: "engine/ never imports HTTP code, server/ or service/" }],
       }],
     },
   },
@@ -26,7 +46,7 @@ export default tseslint.config(
     files: ["server/**/*.ts"],
     rules: {
       "no-restricted-imports": ["error", {
-        paths: tensorModules.map((name) => ({ name, message: "server/ never touches tensors" })),
+        paths: [...ortModules, "onnx-proto"].map((name) => ({ name, message: "server/ never touches tensors" })),
         patterns: [{
           group: ["**/engine/**", "!**/engine/index.ts", "**/models/**", "!**/models/index.ts"],
           message: "server/ imports only the engine's and models' public entry points (engine/index.ts, models/index.ts)",
@@ -35,10 +55,20 @@ export default tseslint.config(
     },
   },
   {
+    files: ["service/**/*.ts"],
+    rules: {
+      "no-restricted-imports": ["error", {
+        paths: [...noHttp("service/"), ...noOrt],
+        patterns: [{ group: ["fastify*", "@fastify/*", "**/server/**", "**/engine/**", "**/models/**"], message: "service/ knows neither fastify, the server, the engine nor the models" }],
+      }],
+    },
+  },
+  {
     files: ["models/**/*.ts"],
     rules: {
       "no-restricted-imports": ["error", {
-        patterns: [{ group: ["fastify*", "**/server/**", "**/engine/**"], message: "models/ stands below the engine and the server" }],
+        paths: noOrt,
+        patterns: [{ group: ["fastify*", "**/server/**", "**/engine/**", "**/service/**"], message: "models/ stands below the engine and the server" }],
       }],
     },
   },

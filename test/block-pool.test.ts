@@ -150,18 +150,6 @@ describe("BlockPool", () => {
     pool.checkIntegrity();
   });
 
-  it("resetPrefixCache() forgets every hash but frees nothing", () => {
-    const pool = checkedPool(4);
-    const [a, b] = pool.allocate(2)!;
-    pool.cache(a, "ha", [1, 1, 1, 1]);
-    pool.cache(b, "hb", [2, 2, 2, 2]);
-    pool.free([b]);
-    pool.resetPrefixCache();
-    expect(pool.lookup("ha", [1, 1, 1, 1])).toBeNull();
-    expect(pool.lookup("hb", [2, 2, 2, 2])).toBeNull();
-    expect(pool.refCountOf(a)).toBe(1);
-    pool.checkIntegrity();
-  });
 });
 
 describe("BlockPool.checkIntegrity on corrupted state", () => {

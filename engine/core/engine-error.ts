@@ -4,15 +4,13 @@ import type { EngineOutput, RequestUsage } from "./request.ts";
 export type EngineErrorCode =
   | "PROMPT_TOO_LONG"
   | "INVALID_REQUEST"
-  | "OVERLOADED"
   | "RUNTIME_FAILED"
   | "CUDA_UNAVAILABLE"
   | "ENGINE_DEAD"
   /** The engine thread died while holding the request; a new thread is starting. */
   | "ENGINE_FAILED"
   /** The engine thread is restarting after a fault: retry shortly. */
-  | "ENGINE_RESTARTING"
-  | "ABORTED";
+  | "ENGINE_RESTARTING";
 
 export class EngineError extends Error {
   /**

@@ -27,7 +27,6 @@ export class Scheduler {
   /** Ordered by arrival; preempted sequences go back to the front. */
   readonly waiting: Sequence[] = [];
   readonly running: Sequence[] = [];
-  numPreemptions = 0;
 
   constructor(private readonly kv: KvCacheManager, private readonly limits: SchedulerLimits) {}
 
@@ -94,7 +93,6 @@ export class Scheduler {
   private preempt(seq: Sequence): void {
     this.kv.free(seq);
     seq.preempt();
-    this.numPreemptions++;
     this.waiting.unshift(seq);
   }
 }

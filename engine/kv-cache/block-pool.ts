@@ -108,13 +108,6 @@ export class BlockPool {
     return [...this.freeQueue.keys()];
   }
 
-  resetPrefixCache(): void {
-    for (const block of this.cached.values()) {
-      block.hash = null;
-      block.tokenIds = null;
-    }
-    this.cached.clear();
-  }
 
   checkIntegrity(): void {
     let numUsed = 0;

@@ -67,8 +67,6 @@ function fromEngineError(err: EngineError): ApiError {
       return invalidRequest(err.message, err.param ?? "messages", "context_length_exceeded");
     case "INVALID_REQUEST":
       return invalidRequest(err.message, err.param ?? null);
-    case "OVERLOADED":
-      return overloaded(err.message);
     case "ENGINE_DEAD":
       return new ApiError(503, err.message, "server_error", null, "engine_dead", 5);
     case "ENGINE_RESTARTING":
