@@ -5,7 +5,8 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { type Block, BlockPool, NULL_BLOCK_ID } from "../engine/kv-cache/block-pool.ts";
-import { KvCacheManager, blockHash } from "../engine/kv-cache/kv-cache-manager.ts";
+import { blockHash } from "../engine/kv-cache/block-hash.ts";
+import { KvCacheManager } from "../engine/kv-cache/kv-cache-manager.ts";
 import { BLOCK_SIZE, makeSequence, tokens } from "./helpers/core-fakes.ts";
 
 /** The pool's private state, for corrupting it on purpose. */

@@ -1,11 +1,9 @@
 /**
- * Sequences' block tables on top of the block pool, with automatic prefix caching.
- *
- *   tokens   [t0 … t15][t16 … t31][t32 t33]       blockSize 16
- *   hashes    h0 = H("", t0..t15)   h1 = H(h0, t16..t31)   (the partial block is never hashed)
+ * Sequences' block tables on top of the block pool, with automatic prefix caching keyed by
+ * chained block hashes (block-hash.ts).
  */
-import { createHash } from "node:crypto";
 import type { Sequence } from "../core/sequence.ts";
+import { blockHash } from "./block-hash.ts";
 import type { BlockPool } from "./block-pool.ts";
 
 export class KvCacheManager {
@@ -92,9 +90,4 @@ export class KvCacheManager {
     seq.blockIds = [];
     seq.blockHashes = [];
   }
-
-}
-
-export function blockHash(parentHash: string, tokenIds: readonly number[]): string {
-  return createHash("sha256").update(parentHash).update(Int32Array.from(tokenIds)).digest("base64url");
 }
