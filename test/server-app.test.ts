@@ -6,6 +6,7 @@
  */
 import type { FastifyInstance, LightMyRequestResponse } from "fastify";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import type { Settlement } from "../service/settlement.ts";
 import { serverShuttingDown } from "../server/http/api-error.ts";
 import { buildApp } from "../server/app.ts";
 import type { ServerContext } from "../server/server-context.ts";
@@ -504,6 +505,63 @@ describe("a request the server cuts off (shutdown past its timeout)", () => {
     const res = await response;
     expectError(res, 503, { code: "server_shutting_down" });
     expect(res.headers["retry-after"]).toBe("5");
+  });
+});
+
+describe("settlement", () => {
+  const settled = () => {
+    const seen: Settlement[] = [];
+    ctx.settleListeners.push((s) => seen.push(s));
+    return seen;
+  };
+  const afterSettling = () => new Promise((resolve) => setTimeout(resolve, 20));
+
+  it("settles each admitted request exactly once, with the engine's usage and how it ended", async () => {
+    const seen = settled();
+    const finished = await chat({ n: 2 });
+    engine.script({ kind: "fail", code: "RUNTIME_FAILED" });
+    const errored = await chat();
+    const rejected = await chat({ max_tokens: MAX_MODEL_LEN });
+    await afterSettling();
+    expect(seen.map((s) => [s.requestId, s.outcome])).toEqual([
+      [finished.headers["x-request-id"], "finished"], [errored.headers["x-request-id"], "errored"], [rejected.headers["x-request-id"], "rejected"],
+    ]);
+    expect(seen[0]).toEqual({
+      requestId: finished.headers["x-request-id"], model: MODEL_ID, outcome: "finished",
+      usage: { promptTokens: USER_HI_TOKENS, cachedPromptTokens: 0, completionTokens: 6 },
+    });
+    expect(finished.json().usage).toEqual({ prompt_tokens: USER_HI_TOKENS, completion_tokens: 6, total_tokens: USER_HI_TOKENS + 6, prompt_tokens_details: { cached_tokens: 0 } });
+    expect(seen[1]).toMatchObject({ usage: { completionTokens: 0 }, error: { status: 500, code: "runtime_failed" } });
+    expect(seen[2]).toMatchObject({ usage: { promptTokens: 0, completionTokens: 0 }, error: { status: 400, code: "context_length_exceeded" } });
+  });
+
+  it("settles a completions request over several prompts once, with their usage summed", async () => {
+    const seen = settled();
+    const res = await complete({ prompt: ["ab", "cde"], n: 2 });
+    await afterSettling();
+    expect(seen).toHaveLength(1);
+    const promptTokens = "ab".length + "cde".length;
+    expect(seen[0].usage).toEqual({ promptTokens, cachedPromptTokens: 0, completionTokens: 12 });
+    expect(res.json().usage.prompt_tokens).toBe(promptTokens);
+  });
+
+  it("a settle listener that throws harms nothing: the others hear, and the server serves on", async () => {
+    ctx.settleListeners.push(() => {
+      throw new Error("ledger offline");
+    });
+    const seen = settled();
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.message);
+    process.on("warning", onWarning);
+    try {
+      expect((await chat()).statusCode).toBe(200);
+      await afterSettling();
+      expect(seen).toHaveLength(1);
+      expect(warnings.some((w) => w.includes("ledger offline"))).toBe(true);
+      expect((await chat()).statusCode).toBe(200);
+    } finally {
+      process.off("warning", onWarning);
+    }
   });
 });
 

@@ -31,8 +31,6 @@ export interface Admitted {
   fail(err: unknown): void;
   /** Frees the request's place and settles it (once; later calls do nothing) as soon as its engine requests have ended. */
   release(): void;
-  /** Resolves with the settlement once it is made. */
-  readonly settled: Promise<Settlement>;
 }
 
 export interface AdmitOptions {
@@ -71,8 +69,6 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
   let error: ApiError | null = null;
   let released = false;
   const runs: EngineRun[] = [];
-  let settle: (settlement: Settlement) => void = () => {};
-  const settled = new Promise<Settlement>((resolve) => (settle = resolve));
   const count = (used: RequestUsage | undefined) => {
     if (used) usage = addUsage(usage, { promptTokens: used.numPromptTokens, cachedPromptTokens: used.numCachedPromptTokens, completionTokens: used.numCompletionTokens });
   };
@@ -93,7 +89,6 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
       return usage;
     },
     fail,
-    settled,
     release() {
       if (released) return;
       released = true;
@@ -106,8 +101,14 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
         const settlement: Settlement = {
           requestId: options.requestId, model: backend.id, outcome, usage, ...(error ? { error: { status: error.status, code: error.code } } : {}),
         };
-        for (const listener of ctx.settleListeners) listener(settlement);
-        settle(settlement);
+        for (const listener of ctx.settleListeners) {
+          try {
+            listener(settlement);
+          } catch (err) {
+            // NOTE: a listener's fault must not crash the process or keep the others from hearing.
+            process.emitWarning(`a settle listener failed: ${err instanceof Error ? err.message : String(err)}`);
+          }
+        }
       });
     },
   };
