@@ -5,7 +5,7 @@
 import { createServer } from "node:http";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from "fastify";
 import { routeNotFound, toApiError } from "./http/api-error.ts";
-import { apiKeyGuard } from "./http/api-key.ts";
+import { ANONYMOUS, authenticator, type AuthOptions, type Caller } from "./http/auth.ts";
 import { handleClientError } from "./http/client-error.ts";
 import { registerJsonBody } from "./http/json-body.ts";
 import { registerChatCompletions } from "./routes/chat-completions.ts";
@@ -17,14 +17,23 @@ import type { ServerContext } from "./server-context.ts";
 
 export interface AppOptions {
   bodyLimitBytes?: number;
-  /** Keys the API routes require as a Bearer token; none: the API is open. */
+  /** Static keys the API routes accept (--api-key). */
   apiKeys?: readonly string[];
+  /** Admin keys, the key store and the auth mode (see http/auth.ts). */
+  auth?: Omit<AuthOptions, "staticKeys">;
   logger?: FastifyServerOptions["logger"];
   /** How long a client may take to send a whole request (headers and body) before a 408; default 60 s. */
   requestTimeoutMs?: number;
 }
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
+
+declare module "fastify" {
+  interface FastifyRequest {
+    /** Who the request is from, set before any route runs. */
+    caller: Caller;
+  }
+}
 
 export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyInstance {
   const requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
@@ -48,7 +57,8 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
     },
   });
   registerJsonBody(app);
-  const checkApiKey = apiKeyGuard(options.apiKeys ?? []);
+  const authenticate = authenticator({ ...options.auth, staticKeys: options.apiKeys ?? [] });
+  app.decorateRequest("caller", ANONYMOUS);
   app.addHook("onRequest", async (request, reply) => {
     // NOTE: set on the raw response, so streamed replies, which bypass fastify's send, carry it too.
     reply.raw.setHeader("x-request-id", request.id);
@@ -56,7 +66,7 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
     reply.raw.once("close", () => {
       if (!reply.raw.writableFinished) ctx.metrics.requests.inc({ route: request.routeOptions.url ?? "unknown", status: "499" });
     });
-    checkApiKey(request.url, request.headers.authorization);
+    request.caller = await authenticate(request.url, request.headers);
   });
   app.addHook("onResponse", async (request, reply) => {
     ctx.metrics.requests.inc({ route: request.routeOptions.url ?? "unknown", status: String(reply.statusCode) });

@@ -42,7 +42,7 @@ export interface RunningServer {
 
 export async function startServer(options: ServeOptions): Promise<RunningServer> {
   const models = new ModelRegistry();
-  const ctx: ServerContext = { models, metrics: new ServerMetrics(), settleListeners: [] };
+  const ctx: ServerContext = { models, metrics: new ServerMetrics(), admitListeners: [], settleListeners: [] };
   const backend = new LocalBackend(options.modelId, {
     limits: { maxNumSeqs: options.engineOptions.maxNumSeqs, maxQueuedRequests: options.maxQueuedRequests },
     defaults: options.defaults,

@@ -1,5 +1,5 @@
 /** What every route shares: the model registry, the metrics, and who hears each request's settlement. */
-import type { SettleListener } from "../service/settlement.ts";
+import type { AdmitListener, SettleListener } from "../service/settlement.ts";
 import type { ModelRegistry } from "./backends/model-registry.ts";
 import type { ServerMetrics } from "./metrics.ts";
 
@@ -9,6 +9,8 @@ export type { ServerLimits } from "./backends/model-backend.ts";
 export interface ServerContext {
   models: ModelRegistry;
   metrics: ServerMetrics;
+  /** Called as each request is admitted. */
+  readonly admitListeners: AdmitListener[];
   /** Called once per admitted request, however it ended (see admission). */
   readonly settleListeners: SettleListener[];
 }

@@ -21,9 +21,17 @@ export interface Usage {
 export type Outcome = "finished" | "rejected" | "errored" | "aborted" | "disconnected";
 
 export interface Settlement {
-  /** The HTTP request id (x-request-id). */
+  /** Made by the server at admission, unique: what the ledger keys its row by. */
+  id: string;
+  /** The HTTP request id (x-request-id, which a client may choose: never a key for money). */
   requestId: string;
+  /** The API key the request was made with ("anonymous" when the server has none). */
+  keyId: string;
   model: string;
+  /** The route, e.g. "/v1/chat/completions". */
+  endpoint: string;
+  startedMs: number;
+  finishedMs: number;
   outcome: Outcome;
   usage: Usage;
   /** The error the client was given, for rejected and errored requests. */
@@ -31,6 +39,11 @@ export interface Settlement {
 }
 
 export type SettleListener = (settlement: Settlement) => void;
+
+/** What is known of a request when it is admitted: the ledger writes it as in flight. */
+export type Admission = Pick<Settlement, "id" | "requestId" | "keyId" | "model" | "endpoint" | "startedMs">;
+
+export type AdmitListener = (admission: Admission) => void;
 
 export const NO_USAGE: Usage = { promptTokens: 0, cachedPromptTokens: 0, completionTokens: 0 };
 

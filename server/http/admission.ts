@@ -7,6 +7,7 @@
  * on the error it fails with. A reader that stops early (the client left) would miss it, so
  * release() reads each unfinished engine request to its end, after aborting it, before settling.
  */
+import { randomUUID } from "node:crypto";
 import { NO_USAGE, addUsage, type Outcome, type Settlement, type Usage } from "../../service/settlement.ts";
 import type { ModelBackend } from "../backends/model-backend.ts";
 import { EngineError, type EngineOutput, type EngineRequest, type PromptTokenizer, type RequestUsage, type ServingEngine } from "../backends/engine-api.ts";
@@ -36,6 +37,9 @@ export interface Admitted {
 export interface AdmitOptions {
   /** The HTTP request id, for the settlement. */
   requestId: string;
+  /** The API key the request came with. */
+  keyId: string;
+  endpoint: string;
   /** What the request runs at once: n, times the prompts of a completions request. */
   numSequences: number;
   /** The field that multiplies them, named in the 400 when they could never all fit. */
@@ -69,6 +73,8 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
   let error: ApiError | null = null;
   let released = false;
   const runs: EngineRun[] = [];
+  const admission = { id: randomUUID(), requestId: options.requestId, keyId: options.keyId, model: backend.id, endpoint: options.endpoint, startedMs: Date.now() };
+  for (const listener of ctx.admitListeners) listener(admission);
   const count = (used: RequestUsage | undefined) => {
     if (used) usage = addUsage(usage, { promptTokens: used.numPromptTokens, cachedPromptTokens: used.numCachedPromptTokens, completionTokens: used.numCompletionTokens });
   };
@@ -99,7 +105,7 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
       backend.inFlightControllers.delete(controller);
       void Promise.all(runs.map((run) => run.drain())).then(() => {
         const settlement: Settlement = {
-          requestId: options.requestId, model: backend.id, outcome, usage, ...(error ? { error: { status: error.status, code: error.code } } : {}),
+          ...admission, finishedMs: Date.now(), outcome, usage, ...(error ? { error: { status: error.status, code: error.code } } : {}),
         };
         for (const listener of ctx.settleListeners) {
           try {

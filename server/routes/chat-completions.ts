@@ -1,6 +1,7 @@
 /** POST /v1/chat/completions: OpenAI's chat API, streamed over SSE or returned whole. */
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
+import { checkModelAccess } from "../http/auth.ts";
 import { admit, type Admitted } from "../http/admission.ts";
 import { invalidRequest } from "../http/api-error.ts";
 import { Choices, openAiUsage } from "../openai/choices.ts";
@@ -18,8 +19,9 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext
   app.post("/v1/chat/completions", async (request, reply) => {
     const body = parseBody(chatCompletionRequest, request.body);
     const backend = ctx.models.resolve(body.model);
+    checkModelAccess(request.caller, backend.id);
     rejectConstrainedDecoding(body);
-    const admitted = admit(ctx, backend, { requestId: request.id, numSequences: body.n, onClientGone: (abort) => onClientGone(reply, abort) });
+    const admitted = admit(ctx, backend, { requestId: request.id, keyId: request.caller.keyId, endpoint: request.routeOptions.url ?? request.url, numSequences: body.n, onClientGone: (abort) => onClientGone(reply, abort) });
     try {
       const { promptTokenIds } = await admitted.tokenizer.applyChatTemplate(body.messages.map(toChatMessage), {
         addGenerationPrompt: body.add_generation_prompt ?? true,

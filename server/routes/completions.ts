@@ -1,6 +1,7 @@
 /** POST /v1/completions: the legacy completions API, with token-id prompts, echo and legacy logprobs. */
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
+import { checkModelAccess } from "../http/auth.ts";
 import { admit, type Admitted } from "../http/admission.ts";
 import { Choices, openAiUsage, type ChoiceState } from "../openai/choices.ts";
 import type { EngineOutput } from "../backends/engine-api.ts";
@@ -25,9 +26,10 @@ export function registerCompletions(app: FastifyInstance, ctx: ServerContext): v
   app.post("/v1/completions", async (request, reply) => {
     const body = parseBody(completionRequest, request.body);
     const backend = ctx.models.resolve(body.model);
+    checkModelAccess(request.caller, backend.id);
     const prompts = promptsOf(body.prompt);
     const admitted = admit(ctx, backend, {
-      requestId: request.id, numSequences: body.n * prompts.length, param: prompts.length > 1 ? "prompt" : "n",
+      requestId: request.id, keyId: request.caller.keyId, endpoint: request.routeOptions.url ?? request.url, numSequences: body.n * prompts.length, param: prompts.length > 1 ? "prompt" : "n",
       onClientGone: (abort) => onClientGone(reply, abort),
     });
     try {

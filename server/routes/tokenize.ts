@@ -6,6 +6,7 @@ import { overloaded } from "../http/api-error.ts";
 import { toChatMessage } from "../openai/chat-messages.ts";
 import type { PromptTokenizer } from "../backends/engine-api.ts";
 import type { ModelBackend } from "../backends/model-backend.ts";
+import { checkModelAccess, type Caller } from "../http/auth.ts";
 import { parseBody } from "../http/http-helpers.ts";
 import { chatCompletionRequest } from "../openai/schemas.ts";
 import type { ServerContext } from "../server-context.ts";
@@ -22,13 +23,13 @@ const { version } = createRequire(import.meta.url)("../../package.json") as { ve
 export function registerTokenizeRoutes(app: FastifyInstance, ctx: ServerContext): void {
   app.post("/tokenize", async (request) => {
     const isChat = typeof request.body === "object" && request.body !== null && "messages" in request.body;
-    const { backend, tokens } = isChat ? await tokenizeMessages(ctx, request.body) : await tokenizeText(ctx, request.body);
+    const { backend, tokens } = isChat ? await tokenizeMessages(ctx, request.caller, request.body) : await tokenizeText(ctx, request.caller, request.body);
     return { count: tokens.length, max_model_len: backend.maxModelLen, tokens };
   });
 
   app.post("/detokenize", async (request) => {
     const body = parseBody(detokenizeRequest, request.body);
-    return { prompt: await tokenizerOf(ctx.models.resolve(body.model)).decode(body.tokens, false) };
+    return { prompt: await tokenizerOf(resolveFor(ctx, request.caller, body.model)).decode(body.tokens, false) };
   });
 
   app.get("/version", async () => ({ version }));
@@ -39,15 +40,21 @@ interface Tokenized {
   tokens: number[];
 }
 
-async function tokenizeText(ctx: ServerContext, raw: unknown): Promise<Tokenized> {
+function resolveFor(ctx: ServerContext, caller: Caller, model: string): ModelBackend {
+  const backend = ctx.models.resolve(model);
+  checkModelAccess(caller, backend.id);
+  return backend;
+}
+
+async function tokenizeText(ctx: ServerContext, caller: Caller, raw: unknown): Promise<Tokenized> {
   const body = parseBody(tokenizePrompt, raw);
-  const backend = ctx.models.resolve(body.model);
+  const backend = resolveFor(ctx, caller, body.model);
   return { backend, tokens: await tokenizerOf(backend).encode(body.prompt, body.add_special_tokens ?? true) };
 }
 
-async function tokenizeMessages(ctx: ServerContext, raw: unknown): Promise<Tokenized> {
+async function tokenizeMessages(ctx: ServerContext, caller: Caller, raw: unknown): Promise<Tokenized> {
   const body = parseBody(tokenizeChat, raw);
-  const backend = ctx.models.resolve(body.model);
+  const backend = resolveFor(ctx, caller, body.model);
   const options = { addGenerationPrompt: body.add_generation_prompt ?? true };
   return { backend, tokens: (await tokenizerOf(backend).applyChatTemplate(body.messages.map(toChatMessage), options)).promptTokenIds };
 }

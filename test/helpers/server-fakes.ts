@@ -206,7 +206,7 @@ export function makeContext(overrides: BackendOverrides = {}): ServerContext {
   backend.tokenizer = overrides.tokenizer === undefined ? new FakeTokenizer() : overrides.tokenizer;
   const models = new ModelRegistry();
   models.register(backend);
-  return { models, metrics: new ServerMetrics(), settleListeners: [] };
+  return { models, metrics: new ServerMetrics(), admitListeners: [], settleListeners: [] };
 }
 
 /** The context's one model. */

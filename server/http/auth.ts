@@ -1,0 +1,92 @@
+/**
+ * Who is calling. On the API routes a key comes as `Authorization: Bearer KEY` or `x-api-key`:
+ * - an admin key (`--admin-key`): the admin routes, and everything else;
+ * - a static key (`--api-key`, as vLLM's and llama.cpp's servers take);
+ * - a key from the service's key store (`tokenmill keys create`).
+ * While no key exists anywhere, the server serves anonymously (as key id "anonymous") and
+ * ignores any Authorization header, so that SDKs that must send some key keep working; once
+ * one exists, every API request needs one. `--require-auth` and `--no-auth` fix either way.
+ * /health, /metrics and /version stay open for probes and scrapers.
+ *
+ * NOTE: static and admin keys are compared as SHA-256 digests with timingSafeEqual; stored keys
+ * are found by the hash of what was sent. Secrets are never logged.
+ */
+import { createHash, timingSafeEqual } from "node:crypto";
+import type { IncomingHttpHeaders } from "node:http";
+import { mayUse, type ApiKey, type KeyStore } from "../../service/keys.ts";
+import { ApiError, modelNotFound } from "./api-error.ts";
+
+export type AuthMode = "auto" | "required" | "none";
+
+export interface AuthOptions {
+  /** --api-key: static keys. */
+  staticKeys?: readonly string[];
+  /** --admin-key: keys for /v1/admin/*; none: the admin routes are off. */
+  adminKeys?: readonly string[];
+  keys?: KeyStore | null;
+  mode?: AuthMode;
+}
+
+/** Who a request is from: a key id for the ledger, the stored key (for its model list), whether it is the admin. */
+export interface Caller {
+  keyId: string;
+  key: ApiKey | null;
+  admin: boolean;
+}
+
+export const ANONYMOUS: Caller = { keyId: "anonymous", key: null, admin: false };
+
+const OPEN_ROUTES = new Set(["/health", "/metrics", "/version"]);
+
+export function authenticator(options: AuthOptions): (url: string, headers: IncomingHttpHeaders) => Promise<Caller> {
+  const staticDigests = (options.staticKeys ?? []).map(digest);
+  const adminDigests = (options.adminKeys ?? []).map(digest);
+  const mode = options.mode ?? "auto";
+  const store = options.keys ?? null;
+  return async (url, headers) => {
+    const path = url.split("?")[0];
+    if (OPEN_ROUTES.has(path)) return ANONYMOUS;
+    const secret = presentedKey(headers);
+    const presented = secret ? digest(secret) : null;
+    const isAdmin = presented !== null && adminDigests.some((d) => timingSafeEqual(d, presented));
+    if (path.startsWith("/v1/admin/")) {
+      if (adminDigests.length === 0) throw new ApiError(404, "The admin API is off: start the server with --admin-key (or TOKENMILL_ADMIN_KEY).", "invalid_request_error", null, "not_found");
+      if (isAdmin) return { keyId: "admin", key: null, admin: true };
+      throw secret ? notAdmin() : invalidKey(null);
+    }
+    if (isAdmin) return { keyId: "admin", key: null, admin: true };
+    if (mode === "none") return ANONYMOUS;
+    if (presented && staticDigests.some((d) => timingSafeEqual(d, presented))) return { keyId: `static-${presented.toString("hex").slice(0, 8)}`, key: null, admin: false };
+    const key = secret && store ? await store.verify(secret) : null;
+    if (key) return { keyId: key.id, key, admin: false };
+    const anyKeys = staticDigests.length > 0 || (store !== null && (await store.hasAny()));
+    if (mode === "auto" && !anyKeys) return ANONYMOUS;
+    throw invalidKey(secret);
+  };
+}
+
+/** A key limited to some models gets 404 model_not_found for the others, as OpenAI answers. */
+export function checkModelAccess(caller: Caller, model: string): void {
+  if (caller.key && !mayUse(caller.key, model)) throw modelNotFound(model);
+}
+
+function presentedKey(headers: IncomingHttpHeaders): string | null {
+  const bearer = /^Bearer\s+(.+)$/i.exec(headers.authorization ?? "")?.[1]?.trim();
+  if (bearer) return bearer;
+  const header = headers["x-api-key"];
+  const value = Array.isArray(header) ? header[0] : header;
+  return value?.trim() || null;
+}
+
+function invalidKey(secret: string | null): ApiError {
+  return new ApiError(401, secret ? "Incorrect API key provided." : "Missing API key: send Authorization: Bearer YOUR_KEY.",
+    "invalid_request_error", null, "invalid_api_key");
+}
+
+function notAdmin(): ApiError {
+  return new ApiError(403, "This route needs the admin key.", "invalid_request_error", null, "insufficient_permissions");
+}
+
+function digest(key: string): Buffer {
+  return createHash("sha256").update(key).digest();
+}

@@ -1,0 +1,112 @@
+/**
+ * The usage ledger: one row per request, keyed by the server's own id for it. A request is
+ * written `in_flight` when admitted and replaced by its final row when settled, so a crash
+ * leaves `in_flight` rows, which the next start of the same replica marks `interrupted`.
+ *
+ * Writes stay off the request path: they are queued and flushed together in one transaction
+ * every FLUSH_MS (or at MAX_BATCH rows), and close() flushes what is left, so a SIGTERM loses
+ * nothing. The final write is an upsert, so settling twice leaves one row.
+ */
+import type { Kysely, Transaction } from "kysely";
+import type { Admission, Outcome, Settlement } from "./settlement.ts";
+import type { Database, LedgerStatus, UsageLedgerTable } from "./store/database.ts";
+
+export const FLUSH_MS = 10;
+export const MAX_BATCH = 256;
+
+const STATUS_OF: Record<Outcome, LedgerStatus> = {
+  finished: "completed", disconnected: "stopped", aborted: "aborted", errored: "error", rejected: "error",
+};
+
+export interface LedgerTotals {
+  numRequests: number;
+  uncachedInputTokens: number;
+  cachedInputTokens: number;
+  outputTokens: number;
+  costMicroUsd: number;
+}
+
+type Write = (trx: Transaction<Database>) => Promise<unknown>;
+
+export class Ledger {
+  private queue: Write[] = [];
+  private timer: NodeJS.Timeout | null = null;
+  private flushing: Promise<void> = Promise.resolve();
+  private closed = false;
+  /** Writes and the transactions that carried them, so far (for benchmarks and tests). */
+  numWritten = 0;
+  numBatches = 0;
+
+  /** @param replica this process's name in a fleet sharing the database (its in-flight rows are its own). */
+  constructor(private readonly db: Kysely<Database>, readonly replica: string, private readonly onError: (err: unknown) => void = () => {}) {}
+
+  /** At start: the rows this replica left in flight (a crash) become interrupted. Returns how many. */
+  async markInterrupted(nowMs = Date.now()): Promise<number> {
+    const result = await this.db.updateTable("usage_ledger").set({ status: "interrupted", finished_ms: nowMs })
+      .where("status", "=", "in_flight").where("replica", "=", this.replica).executeTakeFirst();
+    return Number(result.numUpdatedRows);
+  }
+
+  admit(admission: Admission): void {
+    const row: UsageLedgerTable = {
+      request_id: admission.id, key_id: admission.keyId, model: admission.model, endpoint: admission.endpoint, status: "in_flight",
+      uncached_input_tokens: 0, cached_input_tokens: 0, output_tokens: 0, cost_micro_usd: 0,
+      started_ms: admission.startedMs, finished_ms: null, replica: this.replica,
+    };
+    this.enqueue((trx) => trx.insertInto("usage_ledger").values(row).onConflict((oc) => oc.column("request_id").doNothing()).execute());
+  }
+
+  settle(settlement: Settlement): void {
+    const { usage } = settlement;
+    const row: UsageLedgerTable = {
+      request_id: settlement.id, key_id: settlement.keyId, model: settlement.model, endpoint: settlement.endpoint, status: STATUS_OF[settlement.outcome],
+      uncached_input_tokens: usage.promptTokens - usage.cachedPromptTokens, cached_input_tokens: usage.cachedPromptTokens,
+      output_tokens: usage.completionTokens, cost_micro_usd: 0, started_ms: settlement.startedMs, finished_ms: settlement.finishedMs, replica: this.replica,
+    };
+    const { request_id: _id, ...final } = row;
+    this.enqueue((trx) => trx.insertInto("usage_ledger").values(row).onConflict((oc) => oc.column("request_id").doUpdateSet(final)).execute());
+  }
+
+  /** Writes everything queued so far. */
+  flush(): Promise<void> {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    const batch = this.queue;
+    this.queue = [];
+    if (batch.length === 0) return this.flushing;
+    this.flushing = this.flushing.then(() => this.db.transaction().execute(async (trx) => {
+      for (const write of batch) await write(trx);
+    })).then(() => {
+      this.numWritten += batch.length;
+      this.numBatches++;
+    }, (err: unknown) => this.onError(err));
+    return this.flushing;
+  }
+
+  /** Flushes what is queued; later writes are refused. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.flush();
+  }
+
+  /** Sums over the rows, for one key or all. */
+  async totals(keyId?: string): Promise<LedgerTotals> {
+    let query = this.db.selectFrom("usage_ledger").select((eb) => [
+      eb.fn.countAll<number>().as("numRequests"),
+      eb.fn.coalesce(eb.fn.sum<number>("uncached_input_tokens"), eb.lit(0)).as("uncachedInputTokens"),
+      eb.fn.coalesce(eb.fn.sum<number>("cached_input_tokens"), eb.lit(0)).as("cachedInputTokens"),
+      eb.fn.coalesce(eb.fn.sum<number>("output_tokens"), eb.lit(0)).as("outputTokens"),
+      eb.fn.coalesce(eb.fn.sum<number>("cost_micro_usd"), eb.lit(0)).as("costMicroUsd"),
+    ]);
+    if (keyId !== undefined) query = query.where("key_id", "=", keyId);
+    const row = await query.executeTakeFirstOrThrow();
+    return Object.fromEntries(Object.entries(row).map(([k, v]) => [k, Number(v)])) as unknown as LedgerTotals;
+  }
+
+  private enqueue(write: Write): void {
+    if (this.closed) return this.onError(new Error("the ledger is closed; a write was refused"));
+    this.queue.push(write);
+    if (this.queue.length >= MAX_BATCH) void this.flush();
+    else this.timer ??= setTimeout(() => void this.flush(), FLUSH_MS);
+  }
+}

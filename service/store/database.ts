@@ -1,0 +1,43 @@
+/**
+ * The service's tables, as Kysely sees them. Money is integer micro-USD and times are epoch
+ * milliseconds, so SQLite and PostgreSQL hold identical values.
+ */
+export interface ApiKeyTable {
+  id: string;
+  name: string;
+  /** What the key starts with, for people to tell keys apart ("tm-Ab12Cd…"). */
+  prefix: string;
+  /** SHA-256 of the secret, hex. The secret itself is never stored. */
+  secret_hash: string;
+  /** JSON array of model names the key may use; null: every model. */
+  models: string | null;
+  /** JSON object, the caller's own. */
+  metadata: string | null;
+  created_ms: number;
+  expires_ms: number | null;
+  revoked_ms: number | null;
+  last_used_ms: number | null;
+}
+
+/** in_flight at admission; then completed, stopped (the client left), aborted (the server cut it), error; interrupted (left in_flight by a crash). */
+export type LedgerStatus = "in_flight" | "completed" | "stopped" | "aborted" | "error" | "interrupted";
+
+export interface UsageLedgerTable {
+  request_id: string;
+  key_id: string;
+  model: string;
+  endpoint: string;
+  status: LedgerStatus;
+  uncached_input_tokens: number;
+  cached_input_tokens: number;
+  output_tokens: number;
+  cost_micro_usd: number;
+  started_ms: number;
+  finished_ms: number | null;
+  replica: string;
+}
+
+export interface Database {
+  api_keys: ApiKeyTable;
+  usage_ledger: UsageLedgerTable;
+}
