@@ -64,3 +64,8 @@ export function flagValue<T>(name: string, raw: unknown, flag: Flag<T>): T {
 export function optionalFlagValue<T>(name: string, raw: unknown, flag: Flag<T>): T | undefined {
   return raw === undefined ? undefined : flagValue(name, raw, flag);
 }
+
+export const dbUrlFlag: Flag<string> = {
+  schema: z.string().trim().refine((url) => /^sqlite:.+/.test(url) || /^postgres(ql)?:\/\/.+/.test(url), "not a database URL"),
+  accepts: "sqlite:PATH, postgres://USER@HOST:PORT/DB or none",
+};

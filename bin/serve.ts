@@ -3,7 +3,9 @@ import { parseArgs } from "node:util";
 import { readCheckpoint } from "../models/checkpoint.ts";
 import { startServer } from "../server/serve.ts";
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags } from "./engine-flags.ts";
-import { bytesFlag, enumFlag, flagValue, intFlag, nonEmptyFlag, numberFlag, optionalFlagValue } from "./flags.ts";
+import { defaultDbUrl } from "../service/store/open-store.ts";
+import type { AuthMode } from "../server/http/auth.ts";
+import { FlagError, bytesFlag, dbUrlFlag, enumFlag, flagValue, intFlag, nonEmptyFlag, numberFlag, optionalFlagValue } from "./flags.ts";
 
 export const SERVE_HELP = `tokenmill serve [options]
 Server:
@@ -17,7 +19,15 @@ Server:
   --tokenizer-threads N         tokenizer worker threads (default: spare cores, at most 4)
   --tool-call-parser P          auto, hermes or none: parse tool calls out of the output
                                 (auto: hermes when the chat template writes <tool_call>, as Qwen's do)
-  --api-key KEY                 require Authorization: Bearer KEY on the API (repeatable; env TOKENMILL_API_KEY)
+  --api-key KEY                 a static key the API accepts as Authorization: Bearer KEY (repeatable; env TOKENMILL_API_KEY)
+  --db URL|none                 keys and usage ledger: sqlite:PATH (default: $TOKENMILL_DATA_DIR/tokenmill.db,
+                                data dir .data/) or postgres://... (shared by replicas); none: neither
+  --db-sync normal|full         SQLite's synchronous mode under WAL (default normal)
+  --no-ledger                   keep the keys, but meter nothing
+  --replica-id NAME             this replica's name in the ledger (default: the host name)
+  --admin-key KEY               the key for /v1/admin/* (repeatable; env TOKENMILL_ADMIN_KEY); none: the admin API is off
+  --require-auth                require a key even before any exists (default: anonymous until the first key)
+  --no-auth                     serve anonymously whatever keys exist (usage still metered as "anonymous")
   --log-level LEVEL             fatal, error, warn, info, debug, trace or silent (default info)
 ${ENGINE_FLAGS_HELP}`;
 
@@ -37,6 +47,13 @@ export async function serveCommand(args: string[]): Promise<void> {
       "tool-call-parser": { type: "string", default: "auto" },
       "log-level": { type: "string", default: "info" },
       "api-key": { type: "string", multiple: true },
+      db: { type: "string", default: defaultDbUrl() },
+      "db-sync": { type: "string", default: "normal" },
+      "no-ledger": { type: "boolean", default: false },
+      "replica-id": { type: "string" },
+      "admin-key": { type: "string", multiple: true },
+      "require-auth": { type: "boolean", default: false },
+      "no-auth": { type: "boolean", default: false },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -55,6 +72,12 @@ export async function serveCommand(args: string[]): Promise<void> {
     toolCallParser: flagValue("tool-call-parser", values["tool-call-parser"], enumFlag("auto", "hermes", "none")),
     logLevel: flagValue("log-level", values["log-level"], enumFlag("fatal", "error", "warn", "info", "debug", "trace", "silent")),
     apiKeys: (values["api-key"] ?? (process.env.TOKENMILL_API_KEY ? [process.env.TOKENMILL_API_KEY] : [])).map((key) => flagValue("api-key", key, nonEmptyFlag)),
+    adminKeys: (values["admin-key"] ?? (process.env.TOKENMILL_ADMIN_KEY ? [process.env.TOKENMILL_ADMIN_KEY] : [])).map((key) => flagValue("admin-key", key, nonEmptyFlag)),
+    db: values.db === "none" ? null : {
+      url: flagValue("db", values.db, dbUrlFlag), sync: flagValue("db-sync", values["db-sync"], enumFlag("normal", "full")),
+      ledger: !values["no-ledger"], replica: optionalFlagValue("replica-id", values["replica-id"], nonEmptyFlag),
+    },
+    authMode: authModeOf(values["require-auth"], values["no-auth"]),
   };
   const checkpoint = readCheckpoint(modelDirFrom(values));
   const engineOptions = engineOptionsFrom(engineFlags, checkpoint);
@@ -71,6 +94,9 @@ export async function serveCommand(args: string[]): Promise<void> {
     tokenizerThreads: server.tokenizerThreads,
     toolCallParser: toolCallParserFor(server.toolCallParser, checkpoint.chatTemplate),
     apiKeys: server.apiKeys,
+    adminKeys: server.adminKeys,
+    db: server.db,
+    authMode: server.authMode,
     logger: { level: server.logLevel },
   });
   running.app.log.info(`serving ${checkpoint.dir} as "${server.servedModelName ?? checkpoint.name}" at ${running.url}/v1 (loading the model...)`);
@@ -81,6 +107,11 @@ export async function serveCommand(args: string[]): Promise<void> {
       void running.close().then(() => process.exit(0));
     });
   }
+}
+
+function authModeOf(requireAuth: boolean, noAuth: boolean): AuthMode {
+  if (requireAuth && noAuth) throw new FlagError("--require-auth and --no-auth contradict each other; give one");
+  return requireAuth ? "required" : noAuth ? "none" : "auto";
 }
 
 function toolCallParserFor(choice: "auto" | "hermes" | "none", chatTemplate: string | null): "hermes" | undefined {

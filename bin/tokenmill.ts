@@ -3,12 +3,14 @@
 import { GENERATE_HELP, generateCommand } from "./generate.ts";
 import { SERVE_HELP, serveCommand } from "./serve.ts";
 import { BENCH_HELP, benchCommand } from "./bench.ts";
+import { KEYS_HELP, keysCommand } from "./keys.ts";
 
 const HELP = `tokenmill: a self-hosted, OpenAI-compatible model server
 
   tokenmill serve [--model DIR] [--port N]    serve the OpenAI-compatible API
   tokenmill generate [options]               run prompts offline through the engine
   tokenmill bench [options]                  benchmark a server
+  tokenmill keys create|list|update|revoke   manage API keys
 
 Run a command with --help for its options.
 
@@ -16,12 +18,15 @@ ${SERVE_HELP}
 
 ${GENERATE_HELP}
 
-${BENCH_HELP}`;
+${BENCH_HELP}
+
+${KEYS_HELP}`;
 
 const commands: Record<string, (args: string[]) => Promise<void>> = {
   serve: serveCommand,
   generate: generateCommand,
   bench: benchCommand,
+  keys: keysCommand,
 };
 
 async function main(argv: string[]): Promise<void> {

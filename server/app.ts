@@ -5,11 +5,12 @@
 import { createServer } from "node:http";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from "fastify";
 import { routeNotFound, toApiError } from "./http/api-error.ts";
-import { ANONYMOUS, authenticator, type AuthOptions, type Caller } from "./http/auth.ts";
+import { authenticator, type AuthOptions, type Caller } from "./http/auth.ts";
 import { handleClientError } from "./http/client-error.ts";
 import { registerJsonBody } from "./http/json-body.ts";
 import { registerChatCompletions } from "./routes/chat-completions.ts";
 import { registerCompletions } from "./routes/completions.ts";
+import { registerAdminKeyRoutes } from "./routes/admin-keys.ts";
 import { registerModelRoutes } from "./routes/models.ts";
 import { registerProbeRoutes } from "./routes/probes.ts";
 import { registerTokenizeRoutes } from "./routes/tokenize.ts";
@@ -58,7 +59,8 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
   });
   registerJsonBody(app);
   const authenticate = authenticator({ ...options.auth, staticKeys: options.apiKeys ?? [] });
-  app.decorateRequest("caller", ANONYMOUS);
+  // NOTE: fastify refuses object defaults for request decorators; onRequest sets it before any route runs.
+  app.decorateRequest("caller", null as unknown as Caller);
   app.addHook("onRequest", async (request, reply) => {
     // NOTE: set on the raw response, so streamed replies, which bypass fastify's send, carry it too.
     reply.raw.setHeader("x-request-id", request.id);
@@ -82,6 +84,7 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
   registerModelRoutes(app, ctx);
   registerProbeRoutes(app, ctx);
   registerTokenizeRoutes(app, ctx);
+  registerAdminKeyRoutes(app, options.auth?.keys ?? null);
   return app;
 }
 

@@ -4,7 +4,9 @@
  * requests finish within the shutdown timeout, abort the rest, stop the engine.
  */
 import type { FastifyBaseLogger, FastifyInstance, FastifyServerOptions } from "fastify";
+import { startService } from "../service/service.ts";
 import { serverShuttingDown } from "./http/api-error.ts";
+import type { AuthMode } from "./http/auth.ts";
 import { buildApp } from "./app.ts";
 import { Engine, TokenizerPool, type EngineOptions } from "./backends/engine-api.ts";
 import { LocalBackend } from "./backends/model-backend.ts";
@@ -24,6 +26,12 @@ export interface ServeOptions {
   bodyLimitBytes: number;
   /** How long a client may take to send a whole request; default 60 s. */
   requestTimeoutMs?: number;
+  /** The service layer's database (--db): keys and the ledger; null: none (no keys but --api-key, no metering). */
+  db?: { url: string; sync?: "normal" | "full"; ledger?: boolean; replica?: string } | null;
+  /** --admin-key: keys for /v1/admin/*. */
+  adminKeys?: readonly string[];
+  /** --require-auth / --no-auth (default auto: anonymous until a key exists). */
+  authMode?: AuthMode;
   apiKeys?: readonly string[];
   tokenizerThreads?: number;
   /** How this model writes tool calls, for parsing them out of its output; undefined: not parsed. */
@@ -43,16 +51,35 @@ export interface RunningServer {
 export async function startServer(options: ServeOptions): Promise<RunningServer> {
   const models = new ModelRegistry();
   const ctx: ServerContext = { models, metrics: new ServerMetrics(), admitListeners: [], settleListeners: [] };
+  let ledgerErrors = 0;
+  const service = options.db
+    ? await startService({ dbUrl: options.db.url, sync: options.db.sync, ledger: options.db.ledger, replica: options.db.replica, onLedgerError: () => void ledgerErrors++ })
+    : null;
+  const ledger = service?.ledger;
+  if (ledger) {
+    ctx.admitListeners.push((admission) => ledger.admit(admission));
+    ctx.settleListeners.push((settlement) => ledger.settle(settlement));
+  }
   const backend = new LocalBackend(options.modelId, {
     limits: { maxNumSeqs: options.engineOptions.maxNumSeqs, maxQueuedRequests: options.maxQueuedRequests },
     defaults: options.defaults,
     toolCallParser: options.toolCallParser,
   });
   models.register(backend);
-  const app = buildApp(ctx, {
-    bodyLimitBytes: options.bodyLimitBytes, logger: options.logger, apiKeys: options.apiKeys, requestTimeoutMs: options.requestTimeoutMs,
-  });
-  await app.listen({ host: options.host, port: options.port });
+  let app: FastifyInstance;
+  try {
+    app = buildApp(ctx, {
+      bodyLimitBytes: options.bodyLimitBytes, logger: options.logger, apiKeys: options.apiKeys, requestTimeoutMs: options.requestTimeoutMs,
+      auth: { keys: service?.keys ?? null, adminKeys: options.adminKeys, mode: options.authMode },
+    });
+    if (service?.numInterrupted) app.log.warn({ rows: service.numInterrupted }, "the ledger had requests in flight from a crash; they are marked interrupted");
+    const anonymous = options.authMode === "none" || (options.authMode !== "required" && (options.apiKeys ?? []).length === 0 && !(await service?.keys.hasAny()));
+    if (anonymous) app.log.warn("serving anonymously: no API key exists yet (create one with `tokenmill keys create --name NAME`, or pass --require-auth)");
+    await app.listen({ host: options.host, port: options.port });
+  } catch (err) {
+    await service?.close();
+    throw err;
+  }
   const address = app.server.address();
   const port = typeof address === "object" && address ? address.port : options.port;
   const url = `http://${options.host.includes(":") ? `[${options.host}]` : options.host}:${port}`;
@@ -73,6 +100,10 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     clearTimeout(deadline);
     const loaded = await loading.catch(() => null);
     await Promise.all([loaded?.engine.shutdown(), loaded?.tokenizer.close()]);
+    // NOTE: the last settlements follow the engine's final outputs by a turn of the event loop; then the ledger flushes them.
+    await new Promise((resolve) => setImmediate(resolve));
+    await service?.close();
+    if (ledgerErrors > 0) app.log.error({ failedBatches: ledgerErrors }, "some ledger writes failed");
   })());
   return { app, ctx, url, ready, close };
 }

@@ -89,8 +89,8 @@ export class Ledger {
     await this.flush();
   }
 
-  /** Sums over the rows, for one key or all. */
-  async totals(keyId?: string): Promise<LedgerTotals> {
+  /** Sums over the rows, for one key or all, of requests started at or after sinceMs. */
+  async totals(keyId?: string, sinceMs?: number): Promise<LedgerTotals> {
     let query = this.db.selectFrom("usage_ledger").select((eb) => [
       eb.fn.countAll<number>().as("numRequests"),
       eb.fn.coalesce(eb.fn.sum<number>("uncached_input_tokens"), eb.lit(0)).as("uncachedInputTokens"),
@@ -99,6 +99,7 @@ export class Ledger {
       eb.fn.coalesce(eb.fn.sum<number>("cost_micro_usd"), eb.lit(0)).as("costMicroUsd"),
     ]);
     if (keyId !== undefined) query = query.where("key_id", "=", keyId);
+    if (sinceMs !== undefined) query = query.where("started_ms", ">=", sinceMs);
     const row = await query.executeTakeFirstOrThrow();
     return Object.fromEntries(Object.entries(row).map(([k, v]) => [k, Number(v)])) as unknown as LedgerTotals;
   }

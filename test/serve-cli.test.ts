@@ -1,6 +1,9 @@
 /** `npm start` as a user runs it: PORT/HOST from the environment, /health, and a graceful drain on SIGTERM. */
 import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync } from "node:fs";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 
@@ -38,7 +41,8 @@ interface Started {
 async function startServing(command: string, args: string[]): Promise<Started> {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
-  const child = spawn(command, args, { cwd: ROOT, env: { ...process.env, PORT: String(port), HOST: "127.0.0.1" }, stdio: ["ignore", "pipe", "pipe"] });
+  const dataDir = mkdtempSync(join(tmpdir(), "tokenmill-data-"));
+  const child = spawn(command, args, { cwd: ROOT, env: { ...process.env, PORT: String(port), HOST: "127.0.0.1", TOKENMILL_DATA_DIR: dataDir }, stdio: ["ignore", "pipe", "pipe"] });
   let stderr = "";
   child.stderr!.on("data", (d) => (stderr += d));
   child.stdout!.resume();

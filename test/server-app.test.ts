@@ -527,7 +527,8 @@ describe("settlement", () => {
       [finished.headers["x-request-id"], "finished"], [errored.headers["x-request-id"], "errored"], [rejected.headers["x-request-id"], "rejected"],
     ]);
     expect(seen[0]).toEqual({
-      requestId: finished.headers["x-request-id"], model: MODEL_ID, outcome: "finished",
+      id: expect.any(String), requestId: finished.headers["x-request-id"], keyId: "anonymous", model: MODEL_ID, endpoint: "/v1/chat/completions",
+      startedMs: expect.any(Number), finishedMs: expect.any(Number), outcome: "finished",
       usage: { promptTokens: USER_HI_TOKENS, cachedPromptTokens: 0, completionTokens: 6 },
     });
     expect(finished.json().usage).toEqual({ prompt_tokens: USER_HI_TOKENS, completion_tokens: 6, total_tokens: USER_HI_TOKENS + 6, prompt_tokens_details: { cached_tokens: 0 } });

@@ -80,7 +80,8 @@ describe("settlement", () => {
     const settlement = await settlementOf(response.response.headers.get("x-request-id")!);
     const usage = response.data.usage!;
     expect(settlement).toEqual({
-      requestId: expect.any(String), model: MODEL, outcome: "finished",
+      id: expect.any(String), requestId: expect.any(String), keyId: "anonymous", model: MODEL, endpoint: "/v1/chat/completions",
+      startedMs: expect.any(Number), finishedMs: expect.any(Number), outcome: "finished",
       usage: { promptTokens: usage.prompt_tokens, cachedPromptTokens: usage.prompt_tokens_details!.cached_tokens, completionTokens: 7 },
     });
   });
@@ -116,7 +117,8 @@ describe("settlement", () => {
     const requestId = (error as InstanceType<typeof OpenAI.APIError>).headers?.get("x-request-id");
     const settlement = await settlementOf(requestId!);
     expect(settlement).toEqual({
-      requestId, model: MODEL, outcome: "rejected", usage: { promptTokens: 0, cachedPromptTokens: 0, completionTokens: 0 }, error: { status: 400, code: null },
+      id: expect.any(String), requestId, keyId: "anonymous", model: MODEL, endpoint: "/v1/completions", startedMs: expect.any(Number), finishedMs: expect.any(Number),
+      outcome: "rejected", usage: { promptTokens: 0, cachedPromptTokens: 0, completionTokens: 0 }, error: { status: 400, code: null },
     });
   });
 });

@@ -13,6 +13,9 @@ export interface TestServerOverrides {
   requestTimeoutMs?: number;
   /** The served model name (default: the folder's). */
   modelId?: string;
+  db?: Parameters<typeof startServer>[0]["db"];
+  adminKeys?: string[];
+  apiKeys?: string[];
   logger?: Parameters<typeof startServer>[0]["logger"];
 }
 
@@ -34,6 +37,9 @@ export async function startTestServer(overrides: TestServerOverrides = {}): Prom
     tokenizerThreads: 1,
     toolCallParser: "hermes",
     logger: overrides.logger,
+    db: overrides.db ?? null,
+    adminKeys: overrides.adminKeys,
+    apiKeys: overrides.apiKeys,
   });
   await server.ready;
   return server;

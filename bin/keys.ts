@@ -1,0 +1,79 @@
+/** `tokenmill keys`: create, list, update and revoke API keys in the service's database. */
+import { parseArgs } from "node:util";
+import { isLive, type ApiKey } from "../service/keys.ts";
+import { startService } from "../service/service.ts";
+import { defaultDbUrl } from "../service/store/open-store.ts";
+import { FlagError, dbUrlFlag, flagValue, listFlag, nonEmptyFlag, optionalFlagValue } from "./flags.ts";
+
+export const KEYS_HELP = `tokenmill keys create --name NAME [--models a,b] [--expires DATE] [--metadata JSON]
+tokenmill keys list
+tokenmill keys update ID [--name NAME] [--models a,b|all] [--expires DATE|never] [--metadata JSON]
+tokenmill keys revoke ID
+  --db URL                      sqlite:PATH or postgres://... (default: the server's, $TOKENMILL_DATA_DIR/tokenmill.db)
+  --json                        print JSON instead of text
+create prints the secret once; only its hash is stored.`;
+
+export async function keysCommand(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args, allowPositionals: true,
+    options: {
+      db: { type: "string", default: defaultDbUrl() }, name: { type: "string" }, models: { type: "string" },
+      expires: { type: "string" }, metadata: { type: "string" }, json: { type: "boolean", default: false }, help: { type: "boolean", short: "h" },
+    },
+  });
+  const [action, id] = positionals;
+  if (values.help || !action) return void console.log(KEYS_HELP);
+  if (!["create", "list", "update", "revoke"].includes(action)) throw new FlagError(`unknown keys action "${action}"; try create, list, update or revoke`);
+  if ((action === "update" || action === "revoke") && !id) throw new FlagError(`keys ${action} takes a key id (see keys list)`);
+  const change = {
+    name: optionalFlagValue("name", values.name, nonEmptyFlag),
+    models: values.models === undefined ? undefined : values.models === "all" ? null : flagValue("models", values.models, listFlag(nonEmptyFlag)),
+    expiresMs: expiresOf(values.expires),
+    metadata: values.metadata === undefined ? undefined : metadataOf(values.metadata),
+  };
+  const service = await startService({ dbUrl: flagValue("db", values.db, dbUrlFlag), ledger: false });
+  const print = (text: string, json: unknown) => console.log(values.json ? JSON.stringify(json) : text);
+  try {
+    if (action === "create") {
+      if (!change.name) throw new FlagError("keys create needs --name");
+      const { key, secret } = await service.keys.create({ ...change, name: change.name });
+      print(`${secret}\n(created ${key.id}, "${key.name}": keep the secret now, it is not shown again)`, { ...key, secret });
+    } else if (action === "list") {
+      const keys = await service.keys.list();
+      print(keys.map(describe).join("\n") || "(no keys: the server serves anonymously)", keys);
+    } else if (action === "update") {
+      const key = await service.keys.update(id, change);
+      if (!key) throw new FlagError(`no key with id ${id}`);
+      print(describe(key), key);
+    } else {
+      if (!(await service.keys.revoke(id))) throw new FlagError(`no live key with id ${id}`);
+      print(`revoked ${id}`, { id, revoked: true });
+    }
+  } finally {
+    await service.close();
+  }
+}
+
+function describe(key: ApiKey): string {
+  const day = (ms: number | null) => (ms === null ? "never" : new Date(ms).toISOString().slice(0, 10));
+  const state = key.revokedMs !== null ? "revoked" : isLive(key) ? "active" : "expired";
+  return `${key.id}  ${key.prefix}  ${key.name}  ${state}  created ${day(key.createdMs)}  last used ${day(key.lastUsedMs)}  models ${key.models?.join(",") ?? "all"}`;
+}
+
+function expiresOf(text: string | undefined): number | null | undefined {
+  if (text === undefined) return undefined;
+  if (text === "never") return null;
+  const ms = Date.parse(text);
+  if (Number.isNaN(ms)) throw new FlagError(`--expires takes a date such as 2027-01-31 or never; got "${text}"`);
+  return ms;
+}
+
+function metadataOf(text: string): Record<string, unknown> {
+  try {
+    const value = JSON.parse(text) as unknown;
+    if (value && typeof value === "object" && !Array.isArray(value)) return value as Record<string, unknown>;
+  } catch {
+    // reported below
+  }
+  throw new FlagError(`--metadata takes a JSON object; got ${text}`);
+}
