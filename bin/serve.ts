@@ -3,6 +3,7 @@ import { parseArgs } from "node:util";
 import { readCheckpoint } from "../models/checkpoint.ts";
 import { startServer } from "../server/serve.ts";
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags } from "./engine-flags.ts";
+import { microUsdPerMtok, type Price } from "../service/prices.ts";
 import { defaultDbUrl } from "../service/store/open-store.ts";
 import type { AuthMode } from "../server/http/auth.ts";
 import { FlagError, bytesFlag, dbUrlFlag, enumFlag, flagValue, intFlag, nonEmptyFlag, numberFlag, optionalFlagValue } from "./flags.ts";
@@ -25,6 +26,7 @@ Server:
   --db-sync normal|full         SQLite's synchronous mode under WAL (default normal)
   --no-ledger                   keep the keys, but meter nothing
   --replica-id NAME             this replica's name in the ledger (default: the host name)
+  --price MODEL=IN,CACHED,OUT   USD per million tokens: uncached input, cached input, output (repeatable)
   --admin-key KEY               the key for /v1/admin/* (repeatable; env TOKENMILL_ADMIN_KEY); none: the admin API is off
   --require-auth                require a key even before any exists (default: anonymous until the first key)
   --no-auth                     serve anonymously whatever keys exist (usage still metered as "anonymous")
@@ -51,6 +53,7 @@ export async function serveCommand(args: string[]): Promise<void> {
       "db-sync": { type: "string", default: "normal" },
       "no-ledger": { type: "boolean", default: false },
       "replica-id": { type: "string" },
+      price: { type: "string", multiple: true },
       "admin-key": { type: "string", multiple: true },
       "require-auth": { type: "boolean", default: false },
       "no-auth": { type: "boolean", default: false },
@@ -76,6 +79,7 @@ export async function serveCommand(args: string[]): Promise<void> {
     db: values.db === "none" ? null : {
       url: flagValue("db", values.db, dbUrlFlag), sync: flagValue("db-sync", values["db-sync"], enumFlag("normal", "full")),
       ledger: !values["no-ledger"], replica: optionalFlagValue("replica-id", values["replica-id"], nonEmptyFlag),
+      prices: (values.price ?? []).map(priceOf),
     },
     authMode: authModeOf(values["require-auth"], values["no-auth"]),
   };
@@ -106,6 +110,19 @@ export async function serveCommand(args: string[]): Promise<void> {
       running.app.log.info({ signal }, "draining: no new requests; finishing in-flight ones");
       void running.close().then(() => process.exit(0));
     });
+  }
+}
+
+/** --price MODEL=IN,CACHED,OUT, in USD per million tokens. */
+function priceOf(text: string): Omit<Price, "effectiveMs"> {
+  const at = text.lastIndexOf("=");
+  const tiers = at > 0 ? text.slice(at + 1).split(",") : [];
+  if (tiers.length !== 3) throw new FlagError(`--price takes MODEL=IN,CACHED,OUT in USD per million tokens, e.g. my-model=0.15,0.075,0.60; got "${text}"`);
+  try {
+    const [inputPerMtok, cachedInputPerMtok, outputPerMtok] = tiers.map(microUsdPerMtok);
+    return { model: text.slice(0, at), inputPerMtok, cachedInputPerMtok, outputPerMtok };
+  } catch (err) {
+    throw new FlagError(`--price: ${(err as Error).message}`);
   }
 }
 

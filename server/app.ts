@@ -10,7 +10,9 @@ import { handleClientError } from "./http/client-error.ts";
 import { registerJsonBody } from "./http/json-body.ts";
 import { registerChatCompletions } from "./routes/chat-completions.ts";
 import { registerCompletions } from "./routes/completions.ts";
+import type { PriceBook } from "../service/prices.ts";
 import { registerAdminKeyRoutes } from "./routes/admin-keys.ts";
+import { registerAdminPriceRoutes } from "./routes/admin-prices.ts";
 import { registerModelRoutes } from "./routes/models.ts";
 import { registerProbeRoutes } from "./routes/probes.ts";
 import { registerTokenizeRoutes } from "./routes/tokenize.ts";
@@ -22,6 +24,8 @@ export interface AppOptions {
   apiKeys?: readonly string[];
   /** Admin keys, the key store and the auth mode (see http/auth.ts). */
   auth?: Omit<AuthOptions, "staticKeys">;
+  /** The price book behind /v1/admin/prices; none: no store. */
+  prices?: PriceBook | null;
   logger?: FastifyServerOptions["logger"];
   /** How long a client may take to send a whole request (headers and body) before a 408; default 60 s. */
   requestTimeoutMs?: number;
@@ -85,6 +89,7 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
   registerProbeRoutes(app, ctx);
   registerTokenizeRoutes(app, ctx);
   registerAdminKeyRoutes(app, options.auth?.keys ?? null);
+  registerAdminPriceRoutes(app, options.prices ?? null);
   return app;
 }
 

@@ -3,6 +3,7 @@
  * DESIGN.md: Prometheus style, units in the name; every engine metric has a `model` label.
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { Usage } from "../service/settlement.ts";
 import type { EngineStatsSnapshot } from "./backends/engine-api.ts";
 
 const LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80];
@@ -21,6 +22,11 @@ export class ServerMetrics {
   private readonly itl = this.histogram("tokenmill_inter_token_latency_seconds", "Time between consecutive tokens of a sequence.");
   private readonly e2e = this.histogram("tokenmill_e2e_request_latency_seconds", "Time from arrival to finish of a sequence.");
   private readonly engineRestarts = this.counter("tokenmill_engine_restarts_total", "Times the engine thread died and was restarted.");
+  /** NOTE: keys never go into labels: their number is unbounded and their ids are the ledger's business. */
+  private readonly billedTokens = new Counter({
+    name: "tokenmill_billed_tokens_total", help: "Tokens settled, by model and price tier (input: uncached input; cached: cached input; output).",
+    labelNames: ["model", "tier"], registers: [this.registry],
+  });
   readonly requests = new Counter({
     name: "tokenmill_http_requests_total", help: "HTTP requests by route and status.", labelNames: ["route", "status"], registers: [this.registry],
   });
@@ -51,6 +57,13 @@ export class ServerMetrics {
     const labels = { model };
     for (const counter of [this.prefixQueries, this.prefixHits, this.promptTokens, this.generationTokens, this.preemptions, this.engineRestarts]) counter.inc(labels, 0);
     for (const gauge of [this.running, this.waiting, this.kvUsage]) gauge.set(labels, 0);
+  }
+
+  /** A settled request's tokens, in the three tiers prices have. */
+  observeBilled(model: string, usage: Usage): void {
+    this.billedTokens.inc({ model, tier: "input" }, usage.promptTokens - usage.cachedPromptTokens);
+    this.billedTokens.inc({ model, tier: "cached" }, usage.cachedPromptTokens);
+    this.billedTokens.inc({ model, tier: "output" }, usage.completionTokens);
   }
 
   /** A model's engine thread died: count it, and count the next thread's counters from zero. */

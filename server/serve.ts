@@ -4,6 +4,7 @@
  * requests finish within the shutdown timeout, abort the rest, stop the engine.
  */
 import type { FastifyBaseLogger, FastifyInstance, FastifyServerOptions } from "fastify";
+import { costMicroUsd, type Price } from "../service/prices.ts";
 import { startService } from "../service/service.ts";
 import { serverShuttingDown } from "./http/api-error.ts";
 import type { AuthMode } from "./http/auth.ts";
@@ -27,7 +28,7 @@ export interface ServeOptions {
   /** How long a client may take to send a whole request; default 60 s. */
   requestTimeoutMs?: number;
   /** The service layer's database (--db): keys and the ledger; null: none (no keys but --api-key, no metering). */
-  db?: { url: string; sync?: "normal" | "full"; ledger?: boolean; replica?: string } | null;
+  db?: { url: string; sync?: "normal" | "full"; ledger?: boolean; replica?: string; prices?: Omit<Price, "effectiveMs">[] } | null;
   /** --admin-key: keys for /v1/admin/*. */
   adminKeys?: readonly string[];
   /** --require-auth / --no-auth (default auto: anonymous until a key exists). */
@@ -53,13 +54,24 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const ctx: ServerContext = { models, metrics: new ServerMetrics(), admitListeners: [], settleListeners: [] };
   let ledgerErrors = 0;
   const service = options.db
-    ? await startService({ dbUrl: options.db.url, sync: options.db.sync, ledger: options.db.ledger, replica: options.db.replica, onLedgerError: () => void ledgerErrors++ })
+    ? await startService({
+      dbUrl: options.db.url, sync: options.db.sync, ledger: options.db.ledger, replica: options.db.replica, prices: options.db.prices,
+      onLedgerError: () => void ledgerErrors++,
+    })
     : null;
   const ledger = service?.ledger;
   if (ledger) {
     ctx.admitListeners.push((admission) => ledger.admit(admission));
     ctx.settleListeners.push((settlement) => ledger.settle(settlement));
   }
+  if (service) {
+    const prices = service.prices;
+    ctx.costOf = async (model, usage, atMs) => {
+      const price = await prices.priceAt(model, atMs);
+      return price ? costMicroUsd(usage, price) : null;
+    };
+  }
+  ctx.settleListeners.push((settlement) => ctx.metrics.observeBilled(settlement.model, settlement.usage));
   const backend = new LocalBackend(options.modelId, {
     limits: { maxNumSeqs: options.engineOptions.maxNumSeqs, maxQueuedRequests: options.maxQueuedRequests },
     defaults: options.defaults,
@@ -71,6 +83,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     app = buildApp(ctx, {
       bodyLimitBytes: options.bodyLimitBytes, logger: options.logger, apiKeys: options.apiKeys, requestTimeoutMs: options.requestTimeoutMs,
       auth: { keys: service?.keys ?? null, adminKeys: options.adminKeys, mode: options.authMode },
+      prices: service?.prices ?? null,
     });
     if (service?.numInterrupted) app.log.warn({ rows: service.numInterrupted }, "the ledger had requests in flight from a crash; they are marked interrupted");
     const anonymous = options.authMode === "none" || (options.authMode !== "required" && (options.apiKeys ?? []).length === 0 && !(await service?.keys.hasAny()));

@@ -8,6 +8,7 @@
  * nothing. The final write is an upsert, so settling twice leaves one row.
  */
 import type { Kysely, Transaction } from "kysely";
+import { costMicroUsd, type Price } from "./prices.ts";
 import type { Admission, Outcome, Settlement } from "./settlement.ts";
 import type { Database, LedgerStatus, UsageLedgerTable } from "./store/database.ts";
 
@@ -26,7 +27,8 @@ export interface LedgerTotals {
   costMicroUsd: number;
 }
 
-type Write = (trx: Transaction<Database>) => Promise<unknown>;
+/** A queued write: prepared (prices looked up) before its batch's transaction, then run inside it. */
+type Write = () => Promise<(trx: Transaction<Database>) => Promise<unknown>>;
 
 export class Ledger {
   private queue: Write[] = [];
@@ -37,8 +39,14 @@ export class Ledger {
   numWritten = 0;
   numBatches = 0;
 
-  /** @param replica this process's name in a fleet sharing the database (its in-flight rows are its own). */
-  constructor(private readonly db: Kysely<Database>, readonly replica: string, private readonly onError: (err: unknown) => void = () => {}) {}
+  /**
+   * @param replica this process's name in a fleet sharing the database (its in-flight rows are its own).
+   * @param priceAt the price in effect for a model at a time, for each row's cost; none: cost 0.
+   */
+  constructor(
+    private readonly db: Kysely<Database>, readonly replica: string, private readonly onError: (err: unknown) => void = () => {},
+    private readonly priceAt: (model: string, atMs: number) => Promise<Price | null> = async () => null,
+  ) {}
 
   /** At start: the rows this replica left in flight (a crash) become interrupted. Returns how many. */
   async markInterrupted(nowMs = Date.now()): Promise<number> {
@@ -53,7 +61,7 @@ export class Ledger {
       uncached_input_tokens: 0, cached_input_tokens: 0, output_tokens: 0, cost_micro_usd: 0,
       started_ms: admission.startedMs, finished_ms: null, replica: this.replica,
     };
-    this.enqueue((trx) => trx.insertInto("usage_ledger").values(row).onConflict((oc) => oc.column("request_id").doNothing()).execute());
+    this.enqueue(async () => (trx) => trx.insertInto("usage_ledger").values(row).onConflict((oc) => oc.column("request_id").doNothing()).execute());
   }
 
   settle(settlement: Settlement): void {
@@ -63,8 +71,13 @@ export class Ledger {
       uncached_input_tokens: usage.promptTokens - usage.cachedPromptTokens, cached_input_tokens: usage.cachedPromptTokens,
       output_tokens: usage.completionTokens, cost_micro_usd: 0, started_ms: settlement.startedMs, finished_ms: settlement.finishedMs, replica: this.replica,
     };
-    const { request_id: _id, ...final } = row;
-    this.enqueue((trx) => trx.insertInto("usage_ledger").values(row).onConflict((oc) => oc.column("request_id").doUpdateSet(final)).execute());
+    this.enqueue(async () => {
+      // NOTE: looked up before the batch's transaction: SQLite has one connection, which the transaction holds.
+      const price = await this.priceAt(settlement.model, settlement.startedMs);
+      const priced = { ...row, cost_micro_usd: price ? costMicroUsd(usage, price) : 0 };
+      const { request_id: _id, ...final } = priced;
+      return (trx) => trx.insertInto("usage_ledger").values(priced).onConflict((oc) => oc.column("request_id").doUpdateSet(final)).execute();
+    });
   }
 
   /** Writes everything queued so far. */
@@ -74,9 +87,13 @@ export class Ledger {
     const batch = this.queue;
     this.queue = [];
     if (batch.length === 0) return this.flushing;
-    this.flushing = this.flushing.then(() => this.db.transaction().execute(async (trx) => {
-      for (const write of batch) await write(trx);
-    })).then(() => {
+    this.flushing = this.flushing.then(async () => {
+      const prepared: ((trx: Transaction<Database>) => Promise<unknown>)[] = [];
+      for (const write of batch) prepared.push(await write());
+      await this.db.transaction().execute(async (trx) => {
+        for (const run of prepared) await run(trx);
+      });
+    }).then(() => {
       this.numWritten += batch.length;
       this.numBatches++;
     }, (err: unknown) => this.onError(err));

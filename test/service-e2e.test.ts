@@ -29,7 +29,7 @@ for (const kind of ["sqlite", "postgres"] as const) {
       if (kind === "postgres") pg = await startPostgres();
       dbUrl = pg ? pg.url : `sqlite:${join(dir, "tokenmill.db")}`;
       server = await startTestServer({
-        db: { url: dbUrl, replica: "test" }, adminKeys: [ADMIN],
+        db: { url: dbUrl, replica: "test", prices: [{ model: MODEL, inputPerMtok: 150_000, cachedInputPerMtok: 75_000, outputPerMtok: 600_000 }] }, adminKeys: [ADMIN],
         logger: { level: "info", stream: { write: (line: string) => void logs.push(line) } },
       });
     }, 120_000);
@@ -84,7 +84,13 @@ for (const kind of ["sqlite", "postgres"] as const) {
       expect(mine).toHaveLength(3);
       for (const [row, usage] of mine.map((r, i) => [r, [whole.usage!, streamed!, legacy.usage][i]] as const)) {
         const cached = usage.prompt_tokens_details?.cached_tokens ?? 0;
-        expect(row).toMatchObject({ status: "completed", uncached_input_tokens: usage.prompt_tokens - cached, cached_input_tokens: cached, output_tokens: usage.completion_tokens });
+        const expectedMicroUsd = Math.floor(((usage.prompt_tokens - cached) * 150_000 + cached * 75_000 + usage.completion_tokens * 600_000 + 500_000) / 1e6);
+        expect(row).toMatchObject({
+          status: "completed", uncached_input_tokens: usage.prompt_tokens - cached, cached_input_tokens: cached, output_tokens: usage.completion_tokens,
+          cost_micro_usd: expectedMicroUsd,
+        });
+        // The response told the client the same cost, in USD.
+        expect((usage as OpenAI.CompletionUsage & { cost: number }).cost).toBe(expectedMicroUsd / 1e6);
       }
       expect(whole.usage!.completion_tokens).toBe(12);
       expect(streamed!.prompt_tokens_details!.cached_tokens).toBeGreaterThan(0);

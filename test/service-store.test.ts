@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CACHE_MS, KeyStore, hashSecret } from "../service/keys.ts";
 import { Ledger } from "../service/ledger.ts";
+import { PriceBook, costMicroUsd, microUsdPerMtok } from "../service/prices.ts";
 import type { Settlement } from "../service/settlement.ts";
 import { openStore, type Store } from "../service/store/open-store.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
@@ -103,6 +104,22 @@ for (const kind of ["sqlite", "postgres"] as const) {
       expect(statuses.map((s) => s.status).sort()).toEqual(["aborted", "completed", "error", "stopped"]);
     });
 
+    it("prices in three tiers from an effective time: a later price never changes earlier requests' cost", async () => {
+      const prices = new PriceBook(store.db);
+      await prices.set({ model: "priced", inputPerMtok: microUsdPerMtok("0.15"), cachedInputPerMtok: microUsdPerMtok("0.075"), outputPerMtok: microUsdPerMtok("0.60"), effectiveMs: 1000 });
+      await prices.set({ model: "priced", inputPerMtok: microUsdPerMtok("3"), cachedInputPerMtok: microUsdPerMtok("1.5"), outputPerMtok: microUsdPerMtok("15"), effectiveMs: 5000 });
+      const ledger = new Ledger(store.db, "replica-5", () => {}, (model, atMs) => prices.priceAt(model, atMs));
+      const usage = { promptTokens: 1_000_000, cachedPromptTokens: 400_000, completionTokens: 200_000 };
+      ledger.settle(settlement("p-old", { model: "priced", startedMs: 2000, usage }));
+      ledger.settle(settlement("p-new", { model: "priced", startedMs: 6000, usage }));
+      await ledger.close();
+      const cost = async (id: string) => (await store.db.selectFrom("usage_ledger").select("cost_micro_usd").where("request_id", "=", id).executeTakeFirstOrThrow()).cost_micro_usd;
+      // 0.6 M uncached × $0.15 + 0.4 M cached × $0.075 + 0.2 M out × $0.60 = $0.09 + $0.03 + $0.12
+      expect(await cost("p-old")).toBe(240_000);
+      expect(await cost("p-new")).toBe(1_800_000 + 600_000 + 3_000_000);
+      expect((await prices.list()).filter((p) => p.model === "priced")).toHaveLength(2);
+    });
+
     it("marks the rows a crash left in flight as interrupted at the next start of the same replica only", async () => {
       const crashed = new Ledger(store.db, "replica-3");
       crashed.admit({ id: "c1", requestId: "http-c1", keyId: "key_c", model: "m", endpoint: "/v1/completions", startedMs: 5 });
@@ -116,3 +133,22 @@ for (const kind of ["sqlite", "postgres"] as const) {
     });
   });
 }
+
+describe("cost", () => {
+  it("is the integer formula, rounded half up once on the total", () => {
+    const price = { model: "m", effectiveMs: 0, inputPerMtok: 150_000, cachedInputPerMtok: 75_000, outputPerMtok: 600_000 };
+    expect(costMicroUsd({ promptTokens: 10, cachedPromptTokens: 4, completionTokens: 7 }, price)).toBe(Math.round((6 * 150_000 + 4 * 75_000 + 7 * 600_000) / 1e6));
+    // 1 output token at $0.60/Mtok is 0.6 micro-USD: half up gives 1; 0.4 gives 0.
+    expect(costMicroUsd({ promptTokens: 0, cachedPromptTokens: 0, completionTokens: 1 }, price)).toBe(1);
+    expect(costMicroUsd({ promptTokens: 0, cachedPromptTokens: 0, completionTokens: 1 }, { ...price, outputPerMtok: 400_000 })).toBe(0);
+    // Large counts stay exact (BigInt inside): 10^9 tokens at $100/Mtok is $100,000.
+    expect(costMicroUsd({ promptTokens: 1e9, cachedPromptTokens: 0, completionTokens: 0 }, { ...price, inputPerMtok: 100_000_000 })).toBe(100_000 * 1e6);
+  });
+
+  it("reads USD per million tokens without binary fractions", () => {
+    expect(microUsdPerMtok("0.15")).toBe(150_000);
+    expect(microUsdPerMtok("3")).toBe(3_000_000);
+    expect(microUsdPerMtok("0.000001")).toBe(1);
+    for (const bad of ["", "-1", "1.0000001", "abc", "1e3"]) expect(() => microUsdPerMtok(bad), bad).toThrow(/not a price/);
+  });
+});

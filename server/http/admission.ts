@@ -28,6 +28,8 @@ export interface Admitted {
   generate(request: EngineRequest): AsyncIterator<EngineOutput>;
   /** What the engine requests run so far have used, summed. */
   readonly usage: Usage;
+  /** That usage's cost in micro-USD at the model's price when the request started; null when it has none. */
+  cost(): Promise<number | null>;
   /** Records what the client is told went wrong; the first error counts. */
   fail(err: unknown): void;
   /** Frees the request's place and settles it (once; later calls do nothing) as soon as its engine requests have ended. */
@@ -94,6 +96,7 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
     get usage() {
       return usage;
     },
+    cost: async () => (ctx.costOf ? ctx.costOf(backend.id, usage, admission.startedMs) : null),
     fail,
     release() {
       if (released) return;

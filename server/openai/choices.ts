@@ -19,6 +19,8 @@ export interface OpenAiUsage {
   completion_tokens: number;
   total_tokens: number;
   prompt_tokens_details: { cached_tokens: number };
+  /** USD, when the model has a price. */
+  cost?: number;
 }
 
 export class Choices {
@@ -45,12 +47,16 @@ export class Choices {
 
 }
 
-/** The engine's exact usage (the one the request is settled with) in OpenAI's shape. */
-export function openAiUsage(usage: Usage): OpenAiUsage {
+/**
+ * The engine's exact usage (the one the request is settled with) in OpenAI's shape, with its
+ * cost in USD (as OpenRouter adds it) when the model has a price. OpenAI clients ignore the extra field.
+ */
+export function openAiUsage(usage: Usage, costMicroUsd: number | null = null): OpenAiUsage {
   const { promptTokens, completionTokens, cachedPromptTokens } = usage;
   return {
     prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens,
     prompt_tokens_details: { cached_tokens: cachedPromptTokens },
+    ...(costMicroUsd !== null ? { cost: costMicroUsd / 1_000_000 } : {}),
   };
 }
 

@@ -53,7 +53,7 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext
             stop_reason: c.stopReason,
           };
         }),
-        usage: openAiUsage(admitted.usage),
+        usage: openAiUsage(admitted.usage, await admitted.cost()),
       };
     } catch (err) {
       const mapped = inMessages(err);
@@ -131,7 +131,7 @@ async function streamChat(reply: FastifyReply, body: ChatCompletionRequest, head
         await sse.send(chunk({ index, delta: {}, logprobs: null, finish_reason: finishReason, stop_reason: choice.stopReason }));
       }
     }
-    if (includeUsage) await sse.send({ ...head, object: "chat.completion.chunk", choices: [], usage: openAiUsage(admitted.usage) });
+    if (includeUsage) await sse.send({ ...head, object: "chat.completion.chunk", choices: [], usage: openAiUsage(admitted.usage, await admitted.cost()) });
   } catch (err) {
     admitted.fail(err);
     return sse.fail(err);

@@ -42,7 +42,7 @@ export function registerCompletions(app: FastifyInstance, ctx: ServerContext): v
       return {
         ...head,
         choices: runs.flatMap((run) => run.choices.choices.map((c) => choiceBody(body, run, c))),
-        usage: openAiUsage(admitted.usage),
+        usage: openAiUsage(admitted.usage, await admitted.cost()),
       };
     } catch (err) {
       admitted.fail(err);
@@ -108,7 +108,7 @@ async function streamCompletions(reply: FastifyReply, body: CompletionRequest, h
         }]));
       }
     }));
-    if (includeUsage) await sse.send(chunk([], openAiUsage(admitted.usage)));
+    if (includeUsage) await sse.send(chunk([], openAiUsage(admitted.usage, await admitted.cost())));
   } catch (err) {
     admitted.fail(err);
     return sse.fail(err);

@@ -37,7 +37,17 @@ export interface UsageLedgerTable {
   replica: string;
 }
 
+/** USD per million tokens, in micro-USD (so $0.15/Mtok is 150000), from effective_ms on. */
+export interface PriceTable {
+  model: string;
+  effective_ms: number;
+  input_micro_usd_per_mtok: number;
+  cached_input_micro_usd_per_mtok: number;
+  output_micro_usd_per_mtok: number;
+}
+
 export interface Database {
   api_keys: ApiKeyTable;
   usage_ledger: UsageLedgerTable;
+  prices: PriceTable;
 }

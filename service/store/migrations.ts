@@ -37,6 +37,18 @@ const MIGRATIONS: Record<string, Migration> = {
       await db.schema.createIndex("usage_ledger_status").on("usage_ledger").column("status").execute();
     },
   },
+  "002_prices": {
+    async up(db: Kysely<unknown>) {
+      await db.schema.createTable("prices")
+        .addColumn("model", "text", (c) => c.notNull())
+        .addColumn("effective_ms", "bigint", (c) => c.notNull())
+        .addColumn("input_micro_usd_per_mtok", "bigint", (c) => c.notNull())
+        .addColumn("cached_input_micro_usd_per_mtok", "bigint", (c) => c.notNull())
+        .addColumn("output_micro_usd_per_mtok", "bigint", (c) => c.notNull())
+        .addPrimaryKeyConstraint("prices_pk", ["model", "effective_ms"])
+        .execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = { getMigrations: async () => MIGRATIONS };

@@ -1,0 +1,49 @@
+/**
+ * The admin API for prices: GET /v1/admin/prices (every price, with the time it took effect)
+ * and POST /v1/admin/prices (a new price for a model, now or from effective_at). USD per
+ * million tokens in, integer micro-USD stored; past rows keep the price they were made at.
+ */
+import type { FastifyInstance } from "fastify";
+import { z } from "zod";
+import { microUsdPerMtok, type Price, type PriceBook } from "../../service/prices.ts";
+import { ApiError } from "../http/api-error.ts";
+import { parseBody } from "../http/http-helpers.ts";
+
+/** USD per million tokens, as a JSON number or a decimal string, up to 6 decimals. */
+const usd = z.union([z.number().nonnegative(), z.string()]).transform((value, ctx) => {
+  try {
+    return microUsdPerMtok(typeof value === "number" ? value.toFixed(6) : value);
+  } catch (err) {
+    ctx.addIssue({ code: "custom", message: (err as Error).message });
+    return z.NEVER;
+  }
+});
+
+const setPrice = z.object({
+  model: z.string().min(1), input: usd, cached_input: usd, output: usd,
+  effective_at: z.number().int().positive().optional(),
+}).strict();
+
+const perMtok = (micro: number) => micro / 1_000_000;
+
+export function priceBody(price: Price) {
+  return {
+    object: "price", model: price.model, effective_at: Math.floor(price.effectiveMs / 1000),
+    input: perMtok(price.inputPerMtok), cached_input: perMtok(price.cachedInputPerMtok), output: perMtok(price.outputPerMtok), unit: "USD per 1M tokens",
+  };
+}
+
+export function registerAdminPriceRoutes(app: FastifyInstance, prices: PriceBook | null): void {
+  const book = () => prices ?? (() => { throw new ApiError(503, "The server has no price store (--db none).", "server_error", null, "no_store"); })();
+
+  app.get("/v1/admin/prices", async () => ({ object: "list", data: (await book().list()).map(priceBody) }));
+
+  app.post("/v1/admin/prices", async (request, reply) => {
+    const body = parseBody(setPrice, request.body);
+    const price = await book().set({
+      model: body.model, inputPerMtok: body.input, cachedInputPerMtok: body.cached_input, outputPerMtok: body.output,
+      effectiveMs: body.effective_at === undefined ? undefined : body.effective_at * 1000,
+    });
+    return reply.status(201).send(priceBody(price));
+  });
+}

@@ -1,0 +1,83 @@
+/**
+ * Prices in three tiers (uncached input, cached input, output), per model, each with the time
+ * it takes effect, so a price change never rewrites past cost. Money is integer micro-USD.
+ *
+ * The one rounding rule: a request's cost is
+ *   (uncached × input + cached × cached_input + output × output_price) / 1,000,000
+ * with prices in micro-USD per million tokens, computed exactly in integers and rounded half
+ * up, once, on the total.
+ */
+import type { Kysely } from "kysely";
+import type { Usage } from "./settlement.ts";
+import type { Database, PriceTable } from "./store/database.ts";
+
+/** How long a replica may price with what it last read (another may have changed a price). */
+export const PRICE_REFRESH_MS = 5000;
+
+export interface Price {
+  model: string;
+  effectiveMs: number;
+  /** micro-USD per million tokens. */
+  inputPerMtok: number;
+  cachedInputPerMtok: number;
+  outputPerMtok: number;
+}
+
+/** Exact: integers in, one rounding (half up) out. */
+export function costMicroUsd(usage: Usage, price: Price): number {
+  const uncached = BigInt(usage.promptTokens - usage.cachedPromptTokens);
+  const numerator = uncached * BigInt(price.inputPerMtok) + BigInt(usage.cachedPromptTokens) * BigInt(price.cachedInputPerMtok)
+    + BigInt(usage.completionTokens) * BigInt(price.outputPerMtok);
+  return Number((numerator + 500_000n) / 1_000_000n);
+}
+
+/** "0.15" USD per million tokens as micro-USD per million tokens (150000), exactly: no binary fractions on the way. */
+export function microUsdPerMtok(usdText: string): number {
+  const match = /^\s*(\d+)(?:\.(\d{0,6}))?\s*$/.exec(usdText);
+  if (!match) throw new Error(`"${usdText}" is not a price in USD per million tokens (up to 6 decimals)`);
+  return Number(match[1]) * 1_000_000 + Number((match[2] ?? "").padEnd(6, "0"));
+}
+
+export class PriceBook {
+  private cache: { prices: Price[]; untilMs: number } | null = null;
+
+  constructor(private readonly db: Kysely<Database>) {}
+
+  /** Sets a model's price from `effectiveMs` on (now by default); an identical current price is left alone. */
+  async set(price: Omit<Price, "effectiveMs"> & { effectiveMs?: number }, nowMs = Date.now()): Promise<Price> {
+    const current = await this.priceAt(price.model, nowMs);
+    const effectiveMs = price.effectiveMs ?? nowMs;
+    if (current && price.effectiveMs === undefined && samePrice(current, price)) return current;
+    const row: PriceTable = {
+      model: price.model, effective_ms: effectiveMs, input_micro_usd_per_mtok: price.inputPerMtok,
+      cached_input_micro_usd_per_mtok: price.cachedInputPerMtok, output_micro_usd_per_mtok: price.outputPerMtok,
+    };
+    await this.db.insertInto("prices").values(row).onConflict((oc) => oc.columns(["model", "effective_ms"]).doUpdateSet(row)).execute();
+    this.cache = null;
+    return toPrice(row);
+  }
+
+  async list(): Promise<Price[]> {
+    return (await this.db.selectFrom("prices").selectAll().orderBy("model").orderBy("effective_ms").execute()).map(toPrice);
+  }
+
+  /** The price in effect for `model` at `atMs`, or null when none is set. */
+  async priceAt(model: string, atMs = Date.now()): Promise<Price | null> {
+    const nowMs = Date.now();
+    if (!this.cache || this.cache.untilMs <= nowMs) this.cache = { prices: await this.list(), untilMs: nowMs + PRICE_REFRESH_MS };
+    let found: Price | null = null;
+    for (const price of this.cache.prices) if (price.model === model && price.effectiveMs <= atMs) found = price;
+    return found;
+  }
+}
+
+function samePrice(a: Omit<Price, "effectiveMs">, b: Omit<Price, "effectiveMs">): boolean {
+  return a.inputPerMtok === b.inputPerMtok && a.cachedInputPerMtok === b.cachedInputPerMtok && a.outputPerMtok === b.outputPerMtok;
+}
+
+function toPrice(row: PriceTable): Price {
+  return {
+    model: row.model, effectiveMs: Number(row.effective_ms), inputPerMtok: Number(row.input_micro_usd_per_mtok),
+    cachedInputPerMtok: Number(row.cached_input_micro_usd_per_mtok), outputPerMtok: Number(row.output_micro_usd_per_mtok),
+  };
+}
