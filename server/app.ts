@@ -10,10 +10,13 @@ import { handleClientError } from "./http/client-error.ts";
 import { registerJsonBody } from "./http/json-body.ts";
 import { registerChatCompletions } from "./routes/chat-completions.ts";
 import { registerCompletions } from "./routes/completions.ts";
+import type { Ledger } from "../service/ledger.ts";
 import type { PriceBook } from "../service/prices.ts";
+import type { Store } from "../service/store/open-store.ts";
 import { registerAdminKeyRoutes } from "./routes/admin-keys.ts";
 import { registerAdminPriceRoutes } from "./routes/admin-prices.ts";
 import { registerModelRoutes } from "./routes/models.ts";
+import { registerUsageRoutes } from "./routes/usage.ts";
 import { registerProbeRoutes } from "./routes/probes.ts";
 import { registerTokenizeRoutes } from "./routes/tokenize.ts";
 import type { ServerContext } from "./server-context.ts";
@@ -26,6 +29,9 @@ export interface AppOptions {
   auth?: Omit<AuthOptions, "staticKeys">;
   /** The price book behind /v1/admin/prices; none: no store. */
   prices?: PriceBook | null;
+  /** The store and ledger behind the usage routes; none: no store. */
+  store?: Store | null;
+  ledger?: Ledger | null;
   logger?: FastifyServerOptions["logger"];
   /** How long a client may take to send a whole request (headers and body) before a 408; default 60 s. */
   requestTimeoutMs?: number;
@@ -90,6 +96,7 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
   registerTokenizeRoutes(app, ctx);
   registerAdminKeyRoutes(app, options.auth?.keys ?? null);
   registerAdminPriceRoutes(app, options.prices ?? null);
+  registerUsageRoutes(app, options.store ?? null, options.ledger ?? null);
   return app;
 }
 

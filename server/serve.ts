@@ -84,6 +84,8 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
       bodyLimitBytes: options.bodyLimitBytes, logger: options.logger, apiKeys: options.apiKeys, requestTimeoutMs: options.requestTimeoutMs,
       auth: { keys: service?.keys ?? null, adminKeys: options.adminKeys, mode: options.authMode },
       prices: service?.prices ?? null,
+      store: service?.store ?? null,
+      ledger: service?.ledger ?? null,
     });
     if (service?.numInterrupted) app.log.warn({ rows: service.numInterrupted }, "the ledger had requests in flight from a crash; they are marked interrupted");
     const anonymous = options.authMode === "none" || (options.authMode !== "required" && (options.apiKeys ?? []).length === 0 && !(await service?.keys.hasAny()));

@@ -43,6 +43,7 @@ for (const kind of ["sqlite", "postgres"] as const) {
     const admin = (method: string, path: string, body?: unknown) => fetch(`${server.url}/v1/admin${path}`, {
       method, headers: { authorization: `Bearer ${ADMIN}`, ...(body ? { "content-type": "application/json" } : {}) }, body: body ? JSON.stringify(body) : undefined,
     });
+    const org = (path: string) => fetch(`${server.url}/v1/organization${path}`, { headers: { authorization: `Bearer ${ADMIN}` } });
     const ledgerRows = async () => {
       await new Promise((r) => setTimeout(r, 100));
       const store = await openStore(dbUrl);
@@ -122,6 +123,36 @@ for (const kind of ["sqlite", "postgres"] as const) {
       const patched = await admin("PATCH", `/keys/${JSON.parse(listed).data[0].id}`, { name: "renamed" });
       expect(((await patched.json()) as { name: string }).name).toBe("renamed");
       expect((await admin("POST", "/keys", { name: "" })).status).toBe(400);
+    });
+
+    it("reports usage and cost in OpenAI's shapes (admin only), and a key its own totals at /v1/key", async () => {
+      const created = (await (await admin("POST", "/keys", { name: "reporter" })).json()) as { id: string; secret: string };
+      const sdk = client(created.secret);
+      const replies: OpenAI.ChatCompletion[] = [];
+      for (const content of ["one", "two", "three"]) replies.push(await sdk.chat.completions.create({ model: MODEL, messages: [{ role: "user", content }], max_tokens: 4 }));
+      await new Promise((r) => setTimeout(r, 100));
+      const start = Math.floor(Date.now() / 1000) - 3600;
+      const usagePage = await (await org(`/usage/completions?start_time=${start}&bucket_width=1h&group_by=api_key_id,model`)).json() as {
+        object: string; data: { start_time: number; results: { api_key_id: string; model: string; input_tokens: number; input_cached_tokens: number; output_tokens: number; num_model_requests: number }[] }[];
+      };
+      expect(usagePage.object, JSON.stringify(usagePage)).toBe("page");
+      const mine = usagePage.data.flatMap((b) => b.results).filter((r) => r.api_key_id === created.id);
+      const sum = (f: (u: OpenAI.CompletionUsage) => number) => replies.reduce((s, r) => s + f(r.usage!), 0);
+      expect(mine.reduce((s, r) => s + r.num_model_requests, 0)).toBe(3);
+      expect(mine.reduce((s, r) => s + r.input_tokens, 0)).toBe(sum((u) => u.prompt_tokens));
+      expect(mine.reduce((s, r) => s + r.input_cached_tokens, 0)).toBe(sum((u) => u.prompt_tokens_details?.cached_tokens ?? 0));
+      expect(mine.reduce((s, r) => s + r.output_tokens, 0)).toBe(12);
+      expect(mine.every((r) => r.model === MODEL)).toBe(true);
+
+      const costs = await (await org(`/costs?start_time=${start - 86_400}`)).json() as { data: { results: { amount: { value: number } }[] }[] };
+      const totalCost = costs.data.flatMap((b) => b.results).reduce((s, r) => s + r.amount.value, 0);
+      const rows = await ledgerRows();
+      expect(totalCost).toBeCloseTo(rows.reduce((s, r) => s + r.cost_micro_usd, 0) / 1e6, 9);
+
+      const own = await (await fetch(`${server.url}/v1/key`, { headers: { authorization: `Bearer ${created.secret}` } })).json() as { id: string; usage: { num_model_requests: number; output_tokens: number; cost: number } };
+      expect(own).toMatchObject({ id: created.id, usage: { num_model_requests: 3, output_tokens: 12 } });
+      expect(own.usage.cost).toBeCloseTo(replies.reduce((s, r) => s + (r.usage as OpenAI.CompletionUsage & { cost: number }).cost, 0), 9);
+      expect((await fetch(`${server.url}/v1/organization/costs?start_time=${start}`, { headers: { authorization: `Bearer ${created.secret}` } })).status).toBe(403);
     });
 
     it("never logs a secret or a prompt", async () => {

@@ -49,7 +49,7 @@ export function authenticator(options: AuthOptions): (url: string, headers: Inco
     const secret = presentedKey(headers);
     const presented = secret ? digest(secret) : null;
     const isAdmin = presented !== null && adminDigests.some((d) => timingSafeEqual(d, presented));
-    if (path.startsWith("/v1/admin/")) {
+    if (path.startsWith("/v1/admin/") || path.startsWith("/v1/organization/")) {
       if (adminDigests.length === 0) throw new ApiError(404, "The admin API is off: start the server with --admin-key (or TOKENMILL_ADMIN_KEY).", "invalid_request_error", null, "not_found");
       if (isAdmin) return { keyId: "admin", key: null, admin: true };
       throw secret ? notAdmin() : invalidKey(null);

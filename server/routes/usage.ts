@@ -1,0 +1,97 @@
+/**
+ * Usage and spend, in OpenAI's shapes: GET /v1/organization/usage/completions and
+ * GET /v1/organization/costs (admin only: the auth hook lets only the admin key onto
+ * /v1/organization/*), and GET /v1/key, where a key reads its own totals this month.
+ */
+import type { FastifyInstance } from "fastify";
+import { z } from "zod";
+import type { Ledger } from "../../service/ledger.ts";
+import { BUCKET_MS, usageByBucket, type BucketWidth, type UsageGroup } from "../../service/usage-report.ts";
+import type { Store } from "../../service/store/open-store.ts";
+import { ApiError } from "../http/api-error.ts";
+import { parseBody } from "../http/http-helpers.ts";
+
+/** Buckets a page holds by default and at most, per width, as OpenAI's API. */
+const PAGE_LIMITS: Record<BucketWidth, { default: number; max: number }> = { "1m": { default: 60, max: 1440 }, "1h": { default: 24, max: 168 }, "1d": { default: 7, max: 31 } };
+
+/** A list given as repeated query parameters (group_by=a&group_by=b) or comma-separated (group_by=a,b). */
+const listOf = <T extends z.ZodType>(item: T) => z.preprocess((v) => (Array.isArray(v) ? v : String(v).split(",")), z.array(item));
+const seconds = z.coerce.number().int().nonnegative();
+
+const usageQuery = z.object({
+  start_time: seconds, end_time: seconds.optional(), bucket_width: z.enum(["1m", "1h", "1d"]).default("1d"),
+  group_by: listOf(z.enum(["api_key_id", "model"])).optional(), limit: z.coerce.number().int().positive().optional(), page: seconds.optional(),
+}).loose();
+
+const costsQuery = z.object({
+  start_time: seconds, end_time: seconds.optional(), bucket_width: z.literal("1d").default("1d"),
+  group_by: listOf(z.enum(["line_item", "project_id"])).optional(), limit: z.coerce.number().int().positive().max(180).optional(), page: seconds.optional(),
+}).loose();
+
+interface Page<T> {
+  object: "page";
+  data: { object: "bucket"; start_time: number; end_time: number; results: T[] }[];
+  has_more: boolean;
+  next_page: string | null;
+}
+
+/** The page's buckets (empty ones included, as OpenAI returns them), each filled with its groups. */
+async function paged<T>(
+  store: Store, query: { start_time: number; end_time?: number; bucket_width: BucketWidth; limit?: number; page?: number }, groupBy: ("api_key_id" | "model")[] | undefined,
+  result: (group: UsageGroup) => T,
+): Promise<Page<T>> {
+  const width = BUCKET_MS[query.bucket_width];
+  const limits = PAGE_LIMITS[query.bucket_width];
+  const limit = Math.min(query.limit ?? limits.default, limits.max);
+  const startMs = (query.page ?? query.start_time) * 1000;
+  const endMs = (query.end_time ?? Math.ceil(Date.now() / 1000)) * 1000;
+  if (endMs <= startMs) throw new ApiError(400, "end_time must be after start_time.", "invalid_request_error", "end_time", null);
+  const pageEndMs = Math.min(endMs, startMs + limit * width);
+  const groups = await usageByBucket(store.db, { startMs, endMs: pageEndMs, bucketWidth: query.bucket_width, groupBy });
+  const data: Page<T>["data"] = [];
+  for (let at = startMs; at < pageEndMs; at += width) {
+    data.push({ object: "bucket", start_time: at / 1000, end_time: Math.min(at + width, endMs) / 1000, results: groups.filter((g) => g.bucketStartMs === at).map(result) });
+  }
+  const hasMore = pageEndMs < endMs;
+  return { object: "page", data, has_more: hasMore, next_page: hasMore ? String(pageEndMs / 1000) : null };
+}
+
+export function registerUsageRoutes(app: FastifyInstance, store: Store | null, ledger: Ledger | null): void {
+  const need = () => store ?? (() => { throw new ApiError(503, "The server has no ledger (--db none).", "server_error", null, "no_store"); })();
+
+  app.get("/v1/organization/usage/completions", async (request) => {
+    const query = parseBody(usageQuery, request.query);
+    return paged(need(), query, query.group_by, (g) => ({
+      object: "organization.usage.completions.result",
+      input_tokens: g.inputTokens, input_cached_tokens: g.inputCachedTokens, output_tokens: g.outputTokens,
+      input_audio_tokens: 0, output_audio_tokens: 0, num_model_requests: g.numRequests,
+      project_id: null, user_id: null, api_key_id: g.keyId, model: g.model, batch: null,
+    }));
+  });
+
+  app.get("/v1/organization/costs", async (request) => {
+    const query = parseBody(costsQuery, request.query);
+    const byLineItem = query.group_by?.includes("line_item") ?? false;
+    return paged(need(), query, byLineItem ? ["model"] : undefined, (g) => ({
+      object: "organization.costs.result", amount: { value: g.costMicroUsd / 1_000_000, currency: "usd" },
+      line_item: byLineItem ? g.model : null, project_id: null,
+    }));
+  });
+
+  app.get("/v1/key", async (request) => {
+    if (!ledger) throw new ApiError(503, "The server meters nothing (--no-ledger or --db none).", "server_error", null, "no_ledger");
+    const { caller } = request;
+    const now = new Date();
+    const periodStartMs = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1);
+    await ledger.flush();
+    const totals = await ledger.totals(caller.keyId, periodStartMs);
+    return {
+      object: "api_key", id: caller.keyId, name: caller.key?.name ?? null, prefix: caller.key?.prefix ?? null, models: caller.key?.models ?? null,
+      usage: {
+        period_start: periodStartMs / 1000, num_model_requests: totals.numRequests,
+        input_tokens: totals.uncachedInputTokens + totals.cachedInputTokens, input_cached_tokens: totals.cachedInputTokens,
+        output_tokens: totals.outputTokens, cost: totals.costMicroUsd / 1_000_000,
+      },
+    };
+  });
+}
