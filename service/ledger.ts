@@ -30,8 +30,14 @@ export interface LedgerTotals {
 /** A queued write: prepared (prices looked up) before its batch's transaction, then run inside it. */
 type Write = () => Promise<(trx: Transaction<Database>) => Promise<unknown>>;
 
+interface Queued {
+  write: Write;
+  /** Resolves once the batch carrying this write is committed (or failed, which onError hears). */
+  done: () => void;
+}
+
 export class Ledger {
-  private queue: Write[] = [];
+  private queue: Queued[] = [];
   private timer: NodeJS.Timeout | null = null;
   private flushing: Promise<void> = Promise.resolve();
   private closed = false;
@@ -61,17 +67,18 @@ export class Ledger {
       uncached_input_tokens: 0, cached_input_tokens: 0, output_tokens: 0, cost_micro_usd: 0,
       started_ms: admission.startedMs, finished_ms: null, replica: this.replica,
     };
-    this.enqueue(async () => (trx) => trx.insertInto("usage_ledger").values(row).onConflict((oc) => oc.column("request_id").doNothing()).execute());
+    void this.enqueue(async () => (trx) => trx.insertInto("usage_ledger").values(row).onConflict((oc) => oc.column("request_id").doNothing()).execute());
   }
 
-  settle(settlement: Settlement): void {
+  /** Resolves once the row is committed. */
+  settle(settlement: Settlement): Promise<void> {
     const { usage } = settlement;
     const row: UsageLedgerTable = {
       request_id: settlement.id, key_id: settlement.keyId, model: settlement.model, endpoint: settlement.endpoint, status: STATUS_OF[settlement.outcome],
       uncached_input_tokens: usage.promptTokens - usage.cachedPromptTokens, cached_input_tokens: usage.cachedPromptTokens,
       output_tokens: usage.completionTokens, cost_micro_usd: 0, started_ms: settlement.startedMs, finished_ms: settlement.finishedMs, replica: this.replica,
     };
-    this.enqueue(async () => {
+    return this.enqueue(async () => {
       // NOTE: looked up before the batch's transaction: SQLite has one connection, which the transaction holds.
       const price = await this.priceAt(settlement.model, settlement.startedMs);
       const priced = { ...row, cost_micro_usd: price ? costMicroUsd(usage, price) : 0 };
@@ -89,14 +96,16 @@ export class Ledger {
     if (batch.length === 0) return this.flushing;
     this.flushing = this.flushing.then(async () => {
       const prepared: ((trx: Transaction<Database>) => Promise<unknown>)[] = [];
-      for (const write of batch) prepared.push(await write());
+      for (const { write } of batch) prepared.push(await write());
       await this.db.transaction().execute(async (trx) => {
         for (const run of prepared) await run(trx);
       });
     }).then(() => {
       this.numWritten += batch.length;
       this.numBatches++;
-    }, (err: unknown) => this.onError(err));
+    }, (err: unknown) => this.onError(err)).finally(() => {
+      for (const { done } of batch) done();
+    });
     return this.flushing;
   }
 
@@ -121,10 +130,15 @@ export class Ledger {
     return Object.fromEntries(Object.entries(row).map(([k, v]) => [k, Number(v)])) as unknown as LedgerTotals;
   }
 
-  private enqueue(write: Write): void {
-    if (this.closed) return this.onError(new Error("the ledger is closed; a write was refused"));
-    this.queue.push(write);
-    if (this.queue.length >= MAX_BATCH) void this.flush();
-    else this.timer ??= setTimeout(() => void this.flush(), FLUSH_MS);
+  private enqueue(write: Write): Promise<void> {
+    if (this.closed) {
+      this.onError(new Error("the ledger is closed; a write was refused"));
+      return Promise.resolve();
+    }
+    return new Promise((done) => {
+      this.queue.push({ write, done });
+      if (this.queue.length >= MAX_BATCH) void this.flush();
+      else this.timer ??= setTimeout(() => void this.flush(), FLUSH_MS);
+    });
   }
 }

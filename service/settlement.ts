@@ -38,7 +38,8 @@ export interface Settlement {
   error?: { status: number; code: string | null };
 }
 
-export type SettleListener = (settlement: Settlement) => void;
+/** May return a promise: the request's last bytes wait for it (the ledger's write being durable). */
+export type SettleListener = (settlement: Settlement) => void | Promise<void>;
 
 /** What is known of a request when it is admitted: the ledger writes it as in flight. */
 export type Admission = Pick<Settlement, "id" | "requestId" | "keyId" | "model" | "endpoint" | "startedMs">;

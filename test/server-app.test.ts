@@ -511,7 +511,7 @@ describe("a request the server cuts off (shutdown past its timeout)", () => {
 describe("settlement", () => {
   const settled = () => {
     const seen: Settlement[] = [];
-    ctx.settleListeners.push((s) => seen.push(s));
+    ctx.settleListeners.push((s) => void seen.push(s));
     return seen;
   };
   const afterSettling = () => new Promise((resolve) => setTimeout(resolve, 20));

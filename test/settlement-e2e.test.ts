@@ -17,7 +17,7 @@ const settlements: Settlement[] = [];
 
 beforeAll(async () => {
   server = await startTestServer();
-  server.ctx.settleListeners.push((s) => settlements.push(s));
+  server.ctx.settleListeners.push((s) => void settlements.push(s));
   client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
 });
 afterAll(async () => server.close());

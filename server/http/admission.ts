@@ -32,7 +32,14 @@ export interface Admitted {
   cost(): Promise<number | null>;
   /** Records what the client is told went wrong; the first error counts. */
   fail(err: unknown): void;
-  /** Frees the request's place and settles it (once; later calls do nothing) as soon as its engine requests have ended. */
+  /**
+   * Frees the request's place and settles it (once; later calls return the same promise) as
+   * soon as its engine requests have ended; resolves when every settle listener is done (the
+   * ledger row committed). A route awaits it before its last bytes, so that a client that saw
+   * the end of its response is in the ledger even if the process is killed right after.
+   */
+  settle(): Promise<void>;
+  /** settle(), for the paths that have nothing to wait for (finally blocks). */
   release(): void;
 }
 
@@ -73,7 +80,7 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
   options.onClientGone(() => controller.abort(clientClosedRequest()));
   let usage = NO_USAGE;
   let error: ApiError | null = null;
-  let released = false;
+  let settling: Promise<void> | null = null;
   const runs: EngineRun[] = [];
   const admission = { id: randomUUID(), requestId: options.requestId, keyId: options.keyId, model: backend.id, endpoint: options.endpoint, startedMs: Date.now() };
   for (const listener of ctx.admitListeners) listener(admission);
@@ -99,26 +106,33 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
     cost: async () => (ctx.costOf ? ctx.costOf(backend.id, usage, admission.startedMs) : null),
     fail,
     release() {
-      if (released) return;
-      released = true;
+      void this.settle();
+    },
+    settle() {
+      if (settling) return settling;
       const outcome = outcomeOf(controller.signal, error);
       // NOTE: whatever the engine still runs for this request now has no reader (a later prompt failed, say): stop it.
       controller.abort();
       backend.numInFlight -= numSequences;
       backend.inFlightControllers.delete(controller);
-      void Promise.all(runs.map((run) => run.drain())).then(() => {
+      settling = Promise.all(runs.map((run) => run.drain())).then(async () => {
         const settlement: Settlement = {
           ...admission, finishedMs: Date.now(), outcome, usage, ...(error ? { error: { status: error.status, code: error.code } } : {}),
         };
+        // NOTE: a listener's fault must not crash the process or keep the others from hearing.
+        const warn = (err: unknown) => process.emitWarning(`a settle listener failed: ${err instanceof Error ? err.message : String(err)}`);
+        const pending: Promise<void>[] = [];
         for (const listener of ctx.settleListeners) {
           try {
-            listener(settlement);
+            const result = listener(settlement);
+            if (result) pending.push(result.catch(warn));
           } catch (err) {
-            // NOTE: a listener's fault must not crash the process or keep the others from hearing.
-            process.emitWarning(`a settle listener failed: ${err instanceof Error ? err.message : String(err)}`);
+            warn(err);
           }
         }
+        await Promise.all(pending);
       });
+      return settling;
     },
   };
 }

@@ -41,7 +41,7 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext
       if (body.stream) return await streamChat(reply, body, head, { first, outputs, admitted }, parseTools);
       const choices = new Choices(body.n);
       for (let next = first; !next.done; next = await outputs.next()) choices.add(next.value);
-      return {
+      const response = {
         ...head,
         choices: choices.choices.map((c) => {
           const { content, toolCalls } = parseTools ? parseToolCalls(c.text) : { content: c.text, toolCalls: [] };
@@ -55,6 +55,8 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext
         }),
         usage: openAiUsage(admitted.usage, await admitted.cost()),
       };
+      await admitted.settle();
+      return response;
     } catch (err) {
       const mapped = inMessages(err);
       admitted.fail(mapped);
@@ -134,8 +136,10 @@ async function streamChat(reply: FastifyReply, body: ChatCompletionRequest, head
     if (includeUsage) await sse.send({ ...head, object: "chat.completion.chunk", choices: [], usage: openAiUsage(admitted.usage, await admitted.cost()) });
   } catch (err) {
     admitted.fail(err);
+    await admitted.settle();
     return sse.fail(err);
   }
+  await admitted.settle();
   sse.end();
 }
 

@@ -39,11 +39,13 @@ export function registerCompletions(app: FastifyInstance, ctx: ServerContext): v
       for (const run of runs) {
         for (let next = run.first; !next.done; next = await run.outputs.next()) run.choices.add(next.value);
       }
-      return {
+      const response = {
         ...head,
         choices: runs.flatMap((run) => run.choices.choices.map((c) => choiceBody(body, run, c))),
         usage: openAiUsage(admitted.usage, await admitted.cost()),
       };
+      await admitted.settle();
+      return response;
     } catch (err) {
       admitted.fail(err);
       throw err;
@@ -111,7 +113,9 @@ async function streamCompletions(reply: FastifyReply, body: CompletionRequest, h
     if (includeUsage) await sse.send(chunk([], openAiUsage(admitted.usage, await admitted.cost())));
   } catch (err) {
     admitted.fail(err);
+    await admitted.settle();
     return sse.fail(err);
   }
+  await admitted.settle();
   sse.end();
 }
