@@ -9,7 +9,8 @@ import { SYNTHETIC_MODELS } from "../models/synthetic/default-model.ts";
 import { ModelTokenizer } from "../models/tokenizer.ts";
 import { startServer } from "../server/serve.ts";
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags, type EngineFlags, type EngineFlagValues } from "./engine-flags.ts";
-import { FlagError, enumFlag, flagValue, intFlag, listFlag, nonEmptyFlag, numberFlag, optionalFlagValue } from "./flags.ts";
+import { measureLedger } from "../bench/ledger-throughput.ts";
+import { FlagError, dbUrlFlag, enumFlag, flagValue, intFlag, listFlag, nonEmptyFlag, numberFlag, optionalFlagValue } from "./flags.ts";
 
 export const BENCH_HELP = `tokenmill bench [options]
 Target:
@@ -31,6 +32,8 @@ Results:
   --compare-limit               the runner's static-batch throughput beside the server's, with the ratio
   --compare-sequential          the same workload served one request at a time, with the ratio
   --rounds N (3)                alternating rounds for the comparisons (medians are compared)
+  --db URL|none                 the in-process server meters into this ledger (default none), to measure its cost
+  --ledger-writes N             with --db: measure the ledger alone (N requests' rows) and exit
 ${ENGINE_FLAGS_HELP}`;
 
 export async function benchCommand(args: string[]): Promise<void> {
@@ -50,10 +53,18 @@ export async function benchCommand(args: string[]): Promise<void> {
       "save-result": { type: "string" }, "sweep-concurrency": { type: "string" }, plot: { type: "string" },
       "compare-limit": { type: "boolean", default: false }, "compare-sequential": { type: "boolean", default: false },
       rounds: { type: "string", default: "3" }, help: { type: "boolean", short: "h" },
+      db: { type: "string" }, "ledger-writes": { type: "string" },
     },
   });
   if (values.help) return void console.log(BENCH_HELP);
   // NOTE: every flag is checked before a model or tokenizer loads.
+  const db = values.db === undefined || values.db === "none" ? null : flagValue("db", values.db, dbUrlFlag);
+  if (values["ledger-writes"] !== undefined) {
+    if (db === null) throw new FlagError("--ledger-writes measures a database: give --db sqlite:PATH or postgres://...");
+    const result = await measureLedger(db, flagValue("ledger-writes", values["ledger-writes"], intFlag(1)));
+    return void console.log(`ledger on ${db.split(":")[0]}: ${result.numRequests} requests (in-flight insert + final upsert each) in ${result.seconds.toFixed(2)} s: ` +
+      `${result.requestsPerSecond.toFixed(0)} requests/s, ${result.rowsWrittenPerSecond.toFixed(0)} writes/s, ${result.numBatches} transactions`);
+  }
   const engineFlags = readEngineFlags(values);
   const endpoint = flagValue("endpoint", values.endpoint, enumFlag("completions", "chat"));
   const remote = optionalFlagValue("base-url", values["base-url"], urlFlag);
@@ -83,7 +94,7 @@ export async function benchCommand(args: string[]): Promise<void> {
 
   const { target, close } = remote
     ? { target: { baseUrl: remote, model: typeof values.model === "string" ? values.model : checkpoint.name } as BenchTarget, close: async () => {} }
-    : await localTarget(engineFlags, checkpoint, maxConcurrency);
+    : await localTarget(engineFlags, checkpoint, maxConcurrency, db);
   for (const path of [values["save-result"], values.plot]) if (path) mkdirSync(dirname(path), { recursive: true });
   try {
     await runBench(target, {
@@ -131,7 +142,7 @@ const urlFlag = {
   accepts: "an http:// or https:// URL",
 };
 
-async function localTarget(flags: EngineFlags, checkpoint: Checkpoint, maxConcurrency: number) {
+async function localTarget(flags: EngineFlags, checkpoint: Checkpoint, maxConcurrency: number, db: string | null) {
   const engineOptions = engineOptionsFrom(flags, checkpoint);
   // The main server runs at least --max-concurrency sequences at once; the sequential twin runs one.
   const start = async (maxNumSeqs: number) => {
@@ -140,6 +151,7 @@ async function localTarget(flags: EngineFlags, checkpoint: Checkpoint, maxConcur
       modelId: checkpoint.name,
       defaults: checkpoint.generationDefaults, host: "127.0.0.1", port: 0, maxQueuedRequests: 100_000,
       shutdownTimeoutMs: 5_000, bodyLimitBytes: 64 * 1024 * 1024, logger: false,
+      db: db === null ? null : { url: db, replica: "bench" },
     });
     await server.ready;
     return { baseUrl: server.url, close: () => server.close() };
