@@ -23,7 +23,7 @@ export async function measureLedger(dbUrl: string, numRequests: number): Promise
     const admission = { id, requestId: id, keyId: "bench", model: "bench", endpoint: "/v1/completions", startedMs: Date.now() };
     ledger.admit(admission);
     settled.push(ledger.settle({
-      ...admission, finishedMs: Date.now(), outcome: "finished", usage: { promptTokens: 128, cachedPromptTokens: 32, completionTokens: 64 },
+      ...admission, finishedMs: Date.now(), ttftMs: 5, outcome: "finished", usage: { promptTokens: 128, cachedPromptTokens: 32, completionTokens: 64 },
     }));
   }
   await Promise.all(settled);

@@ -1,6 +1,7 @@
 /** `tokenmill keys`: create, list, update and revoke API keys in the service's database. */
 import { parseArgs } from "node:util";
 import { isLive, type ApiKey } from "../service/keys.ts";
+import { Ledger, type LedgerTotals } from "../service/ledger.ts";
 import { startService } from "../service/service.ts";
 import { defaultDbUrl } from "../service/store/open-store.ts";
 import { FlagError, dbUrlFlag, flagValue, listFlag, nonEmptyFlag, optionalFlagValue } from "./flags.ts";
@@ -40,7 +41,11 @@ export async function keysCommand(args: string[]): Promise<void> {
       print(`${secret}\n(created ${key.id}, "${key.name}": keep the secret now, it is not shown again)`, { ...key, secret });
     } else if (action === "list") {
       const keys = await service.keys.list();
-      print(keys.map(describe).join("\n") || "(no keys: the server serves anonymously)", keys);
+      const now = new Date();
+      const monthStartMs = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1);
+      const ledger = new Ledger(service.store.db, "cli");
+      const listed = await Promise.all(keys.map(async (key) => ({ ...key, usageThisMonth: await ledger.totals(key.id, monthStartMs) })));
+      print(listed.map((key) => `${describe(key)}  this month: ${usageText(key.usageThisMonth)}`).join("\n") || "(no keys: the server serves anonymously)", listed);
     } else if (action === "update") {
       const key = await service.keys.update(id, change);
       if (!key) throw new FlagError(`no key with id ${id}`);
@@ -58,6 +63,11 @@ function describe(key: ApiKey): string {
   const day = (ms: number | null) => (ms === null ? "never" : new Date(ms).toISOString().slice(0, 10));
   const state = key.revokedMs !== null ? "revoked" : isLive(key) ? "active" : "expired";
   return `${key.id}  ${key.prefix}  ${key.name}  ${state}  created ${day(key.createdMs)}  last used ${day(key.lastUsedMs)}  models ${key.models?.join(",") ?? "all"}`;
+}
+
+function usageText(totals: LedgerTotals): string {
+  return `${totals.numRequests} requests, ${totals.uncachedInputTokens} input + ${totals.cachedInputTokens} cached + ${totals.outputTokens} output tokens, ` +
+    `$${(totals.costMicroUsd / 1e6).toFixed(6)}`;
 }
 
 function expiresOf(text: string | undefined): number | null | undefined {

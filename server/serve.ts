@@ -7,6 +7,7 @@ import type { FastifyBaseLogger, FastifyInstance, FastifyServerOptions } from "f
 import { costMicroUsd, type Price } from "../service/prices.ts";
 import { startService } from "../service/service.ts";
 import { serverShuttingDown } from "./http/api-error.ts";
+import { ANONYMOUS_WARNING } from "./routes/probes.ts";
 import type { AuthMode } from "./http/auth.ts";
 import { buildApp } from "./app.ts";
 import { Engine, TokenizerPool, type EngineOptions } from "./backends/engine-api.ts";
@@ -88,8 +89,9 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
       ledger: service?.ledger ?? null,
     });
     if (service?.numInterrupted) app.log.warn({ rows: service.numInterrupted }, "the ledger had requests in flight from a crash; they are marked interrupted");
-    const anonymous = options.authMode === "none" || (options.authMode !== "required" && (options.apiKeys ?? []).length === 0 && !(await service?.keys.hasAny()));
-    if (anonymous) app.log.warn("serving anonymously: no API key exists yet (create one with `tokenmill keys create --name NAME`, or pass --require-auth)");
+    const keys = service?.keys;
+    ctx.anonymous = async () => options.authMode === "none" || (options.authMode !== "required" && (options.apiKeys ?? []).length === 0 && !(await keys?.hasAny()));
+    if (await ctx.anonymous()) app.log.warn(ANONYMOUS_WARNING);
     await app.listen({ host: options.host, port: options.port });
   } catch (err) {
     await service?.close();

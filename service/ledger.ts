@@ -65,7 +65,7 @@ export class Ledger {
     const row: UsageLedgerTable = {
       request_id: admission.id, key_id: admission.keyId, model: admission.model, endpoint: admission.endpoint, status: "in_flight",
       uncached_input_tokens: 0, cached_input_tokens: 0, output_tokens: 0, cost_micro_usd: 0,
-      started_ms: admission.startedMs, finished_ms: null, replica: this.replica,
+      started_ms: admission.startedMs, finished_ms: null, ttft_ms: null, replica: this.replica,
     };
     void this.enqueue(async () => (trx) => trx.insertInto("usage_ledger").values(row).onConflict((oc) => oc.column("request_id").doNothing()).execute());
   }
@@ -76,7 +76,8 @@ export class Ledger {
     const row: UsageLedgerTable = {
       request_id: settlement.id, key_id: settlement.keyId, model: settlement.model, endpoint: settlement.endpoint, status: STATUS_OF[settlement.outcome],
       uncached_input_tokens: usage.promptTokens - usage.cachedPromptTokens, cached_input_tokens: usage.cachedPromptTokens,
-      output_tokens: usage.completionTokens, cost_micro_usd: 0, started_ms: settlement.startedMs, finished_ms: settlement.finishedMs, replica: this.replica,
+      output_tokens: usage.completionTokens, cost_micro_usd: 0, started_ms: settlement.startedMs, finished_ms: settlement.finishedMs,
+      ttft_ms: settlement.ttftMs, replica: this.replica,
     };
     return this.enqueue(async () => {
       // NOTE: looked up before the batch's transaction: SQLite has one connection, which the transaction holds.

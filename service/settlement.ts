@@ -32,6 +32,8 @@ export interface Settlement {
   endpoint: string;
   startedMs: number;
   finishedMs: number;
+  /** Time to the first generated token; null when none was generated. */
+  ttftMs: number | null;
   outcome: Outcome;
   usage: Usage;
   /** The error the client was given, for rejected and errored requests. */

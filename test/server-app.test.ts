@@ -528,7 +528,7 @@ describe("settlement", () => {
     ]);
     expect(seen[0]).toEqual({
       id: expect.any(String), requestId: finished.headers["x-request-id"], keyId: "anonymous", model: MODEL_ID, endpoint: "/v1/chat/completions",
-      startedMs: expect.any(Number), finishedMs: expect.any(Number), outcome: "finished",
+      startedMs: expect.any(Number), finishedMs: expect.any(Number), ttftMs: expect.any(Number), outcome: "finished",
       usage: { promptTokens: USER_HI_TOKENS, cachedPromptTokens: 0, completionTokens: 6 },
     });
     expect(finished.json().usage).toEqual({ prompt_tokens: USER_HI_TOKENS, completion_tokens: 6, total_tokens: USER_HI_TOKENS + 6, prompt_tokens_details: { cached_tokens: 0 } });

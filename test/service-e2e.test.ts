@@ -58,6 +58,9 @@ for (const kind of ["sqlite", "postgres"] as const) {
       const reply = await client("unused").chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "hello" }], max_tokens: 5 });
       const row = (await ledgerRows()).at(-1)!;
       expect(row).toMatchObject({ key_id: "anonymous", status: "completed", output_tokens: 5, uncached_input_tokens: reply.usage!.prompt_tokens });
+      expect(row.ttft_ms).toBeGreaterThanOrEqual(0);
+      expect(row.ttft_ms!).toBeLessThanOrEqual(row.finished_ms! - row.started_ms);
+      expect(((await (await fetch(`${server.url}/health`)).json()) as { warning?: string }).warning).toMatch(/serving anonymously/);
     });
 
     it("once a key exists, needs one: the ledger row of each request equals the usage its client saw", async () => {
@@ -65,6 +68,8 @@ for (const kind of ["sqlite", "postgres"] as const) {
       expect(created.status).toBe(201);
       const key = (await created.json()) as { id: string; secret: string; prefix: string };
       expect(key.secret).toMatch(/^tm-/);
+      await new Promise((r) => setTimeout(r, 1100));
+      expect(((await (await fetch(`${server.url}/health`)).json()) as { warning?: string }).warning).toBeUndefined();
       const refused = await client("unused").chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 2 }).catch((e: unknown) => e);
       expect(refused).toBeInstanceOf(OpenAI.AuthenticationError);
       expect((refused as InstanceType<typeof OpenAI.APIError>).code).toBe("invalid_api_key");

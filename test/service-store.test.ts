@@ -15,7 +15,7 @@ import { openStore, type Store } from "../service/store/open-store.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 
 const settlement = (id: string, overrides: Partial<Settlement> = {}): Settlement => ({
-  id, requestId: `http-${id}`, keyId: "key_a", model: "m", endpoint: "/v1/chat/completions", startedMs: 1000, finishedMs: 1500,
+  id, requestId: `http-${id}`, keyId: "key_a", model: "m", endpoint: "/v1/chat/completions", startedMs: 1000, finishedMs: 1500, ttftMs: 40,
   outcome: "finished", usage: { promptTokens: 10, cachedPromptTokens: 4, completionTokens: 7 }, ...overrides,
 });
 
@@ -83,7 +83,7 @@ for (const kind of ["sqlite", "postgres"] as const) {
       const rows = await store.db.selectFrom("usage_ledger").selectAll().where("request_id", "=", "r1").execute();
       expect(rows).toEqual([{
         request_id: "r1", key_id: "key_a", model: "m", endpoint: "/v1/chat/completions", status: "completed",
-        uncached_input_tokens: 6, cached_input_tokens: 4, output_tokens: 7, cost_micro_usd: 0, started_ms: 1000, finished_ms: 1500, replica: "replica-1",
+        uncached_input_tokens: 6, cached_input_tokens: 4, output_tokens: 7, cost_micro_usd: 0, started_ms: 1000, finished_ms: 1500, ttft_ms: 40, replica: "replica-1",
       }]);
     });
 

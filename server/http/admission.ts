@@ -82,9 +82,11 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
   let error: ApiError | null = null;
   let settling: Promise<void> | null = null;
   const runs: EngineRun[] = [];
+  let firstTokenMs: number | null = null;
   const admission = { id: randomUUID(), requestId: options.requestId, keyId: options.keyId, model: backend.id, endpoint: options.endpoint, startedMs: Date.now() };
   for (const listener of ctx.admitListeners) listener(admission);
-  const count = (used: RequestUsage | undefined) => {
+  const count = (used: RequestUsage | undefined, output?: EngineOutput) => {
+    if (firstTokenMs === null && output && output.newTokenIds.length > 0) firstTokenMs = Date.now();
     if (used) usage = addUsage(usage, { promptTokens: used.numPromptTokens, cachedPromptTokens: used.numCachedPromptTokens, completionTokens: used.numCompletionTokens });
   };
   const fail = (err: unknown) => {
@@ -117,7 +119,7 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
       backend.inFlightControllers.delete(controller);
       settling = Promise.all(runs.map((run) => run.drain())).then(async () => {
         const settlement: Settlement = {
-          ...admission, finishedMs: Date.now(), outcome, usage, ...(error ? { error: { status: error.status, code: error.code } } : {}),
+          ...admission, finishedMs: Date.now(), ttftMs: firstTokenMs === null ? null : firstTokenMs - admission.startedMs, outcome, usage, ...(error ? { error: { status: error.status, code: error.code } } : {}),
         };
         // NOTE: a listener's fault must not crash the process or keep the others from hearing.
         const warn = (err: unknown) => process.emitWarning(`a settle listener failed: ${err instanceof Error ? err.message : String(err)}`);
@@ -147,7 +149,7 @@ function outcomeOf(signal: AbortSignal, error: ApiError | null): Outcome {
 class EngineRun {
   private ended = false;
 
-  constructor(private readonly outputs: AsyncIterator<EngineOutput>, private readonly count: (usage: RequestUsage | undefined) => void) {}
+  constructor(private readonly outputs: AsyncIterator<EngineOutput>, private readonly count: (usage: RequestUsage | undefined, output?: EngineOutput) => void) {}
 
   /**
    * The route's view. NOTE: the engine ends an aborted sequence with finish_reason "abort". A
@@ -181,7 +183,7 @@ class EngineRun {
     try {
       const next = await this.outputs.next();
       if (next.done) this.ended = true;
-      else this.count(next.value.usage);
+      else this.count(next.value.usage, next.value);
       return next;
     } catch (err) {
       this.ended = true;

@@ -3,6 +3,8 @@ import type { FastifyInstance } from "fastify";
 import { ApiError, engineRestarting } from "../http/api-error.ts";
 import type { ServerContext } from "../server-context.ts";
 
+export const ANONYMOUS_WARNING = "serving anonymously: no API key exists yet (create one with `tokenmill keys create --name NAME`, or pass --require-auth)";
+
 export function registerProbeRoutes(app: FastifyInstance, ctx: ServerContext): void {
   app.get("/health", async (_request, reply) => {
     for (const backend of ctx.models.list()) {
@@ -11,7 +13,7 @@ export function registerProbeRoutes(app: FastifyInstance, ctx: ServerContext): v
       if (engine.state === "restarting") throw engineRestarting(`The engine of ${backend.id} is restarting after a fault; retry shortly.`);
       if (engine.state === "stopped") throw new ApiError(503, `The engine thread of ${backend.id} has stopped.`, "server_error", null, "engine_dead");
     }
-    return reply.send({ status: "ok" });
+    return reply.send((await ctx.anonymous?.()) ? { status: "ok", warning: ANONYMOUS_WARNING } : { status: "ok" });
   });
 
   app.get("/metrics", async (_request, reply) => {

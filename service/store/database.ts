@@ -34,6 +34,8 @@ export interface UsageLedgerTable {
   cost_micro_usd: number;
   started_ms: number;
   finished_ms: number | null;
+  /** Time to the first generated token, when there was one. */
+  ttft_ms: number | null;
   replica: string;
 }
 

@@ -31,6 +31,7 @@ const MIGRATIONS: Record<string, Migration> = {
         .addColumn("cost_micro_usd", "bigint", (c) => c.notNull().defaultTo(0))
         .addColumn("started_ms", "bigint", (c) => c.notNull())
         .addColumn("finished_ms", "bigint")
+        .addColumn("ttft_ms", "bigint")
         .addColumn("replica", "text", (c) => c.notNull())
         .execute();
       await db.schema.createIndex("usage_ledger_key_time").on("usage_ledger").columns(["key_id", "started_ms"]).execute();
