@@ -35,6 +35,8 @@ export interface BenchPlan {
   limit?: { inputLen: number; outputLen: number; blockSize: number; maxTokenId: number; intraOpThreads?: number };
   saveResult?: string;
   plot?: string;
+  /** What an hour of this hardware costs, USD: prints the break-even $/Mtok at the measured rate. */
+  gpuHourPriceUsd?: number;
   config: Record<string, unknown>;
 }
 
@@ -94,6 +96,11 @@ export async function runBench(target: BenchTarget, plan: BenchPlan): Promise<Re
   const reported = [...serverRounds].sort((a, b) => a.outputThroughput - b.outputThroughput)[Math.floor((serverRounds.length - 1) / 2)];
   log(toMarkdown(reported, `tokenmill bench: ${target.model}, concurrency ${plan.maxConcurrency}`));
   Object.assign(result, toJson(reported, { ...plan.config, max_concurrency: plan.maxConcurrency }));
+  if (plan.gpuHourPriceUsd !== undefined) {
+    const usdPerMtok = breakEvenUsdPerMtok(plan.gpuHourPriceUsd, serverTput);
+    result.usd_per_mtok_output = usdPerMtok;
+    log(`Break-even: $${usdPerMtok.toFixed(4)} per million output tokens at ${serverTput.toFixed(1)} tok/s and $${plan.gpuHourPriceUsd}/hour`);
+  }
 
   if (plan.sweepConcurrency?.length) {
     const points: (SweepPoint & { metrics: Record<string, unknown> })[] = [];
@@ -132,4 +139,9 @@ export function checkFailures(results: readonly { success: boolean; error?: stri
   if (groups.length > 5) lines.push(`  ... and ${groups.length - 5} other errors`);
   process.stderr.write(`tokenmill bench: ${failed.length} of ${results.length} requests to ${baseUrl} failed:\n${lines.join("\n")}\n`);
   if (failed.length === results.length) throw new Error(`every request to ${baseUrl} failed (first error: ${groups[0][0]})`);
+}
+
+/** What a million output tokens cost on hardware rented at `usdPerHour`, producing `tokensPerSecond`. */
+export function breakEvenUsdPerMtok(usdPerHour: number, tokensPerSecond: number): number {
+  return usdPerHour / ((tokensPerSecond * 3600) / 1e6);
 }

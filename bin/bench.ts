@@ -32,6 +32,7 @@ Results:
   --compare-limit               the runner's static-batch throughput beside the server's, with the ratio
   --compare-sequential          the same workload served one request at a time, with the ratio
   --rounds N (3)                alternating rounds for the comparisons (medians are compared)
+  --gpu-hour-price USD          print the break-even $/Mtok: what a million output tokens cost at the measured rate
   --db URL|none                 the in-process server meters into this ledger (default none), to measure its cost
   --ledger-writes N             with --db: measure the ledger alone (N requests' rows) and exit
 ${ENGINE_FLAGS_HELP}`;
@@ -53,7 +54,7 @@ export async function benchCommand(args: string[]): Promise<void> {
       "save-result": { type: "string" }, "sweep-concurrency": { type: "string" }, plot: { type: "string" },
       "compare-limit": { type: "boolean", default: false }, "compare-sequential": { type: "boolean", default: false },
       rounds: { type: "string", default: "3" }, help: { type: "boolean", short: "h" },
-      db: { type: "string" }, "ledger-writes": { type: "string" },
+      db: { type: "string" }, "ledger-writes": { type: "string" }, "gpu-hour-price": { type: "string" },
     },
   });
   if (values.help) return void console.log(BENCH_HELP);
@@ -107,6 +108,7 @@ export async function benchCommand(args: string[]): Promise<void> {
       goodput, percentiles,
       limit: { inputLen, outputLen, blockSize: engineFlags.blockSize, maxTokenId: tokenizer.firstSpecialId ?? tokenizer.vocabSize },
       saveResult: values["save-result"], plot: values.plot,
+      gpuHourPriceUsd: optionalFlagValue("gpu-hour-price", values["gpu-hour-price"], numberFlag(0, Number.MAX_VALUE, { minExclusive: true })),
       config: {
         model: target.model, endpoint, num_prompts: workload.length, input_len: inputLen, output_len: outputLen,
         range_ratio: rangeRatio, prefix_len: prefixLen, request_rate: values["request-rate"],

@@ -290,3 +290,12 @@ function expectWellFormedXml(xml: string): void {
   }
   expect(stack).toEqual([]);
 }
+
+describe("break-even price", () => {
+  it("is the hour's price over the million tokens made in it", async () => {
+    const { breakEvenUsdPerMtok } = await import("../bench/run-bench.ts");
+    // 1000 tok/s is 3.6 M tokens an hour: $3.60 an hour is $1 a million.
+    expect(breakEvenUsdPerMtok(3.6, 1000)).toBeCloseTo(1, 12);
+    expect(breakEvenUsdPerMtok(2, 25)).toBeCloseTo(2 / 0.09, 9);
+  });
+});
