@@ -98,7 +98,7 @@ describe("settlement", () => {
     expect(settlement).toMatchObject({ outcome: "aborted", usage: { promptTokens: 3, completionTokens: numTokenChunks }, error: { status: 503, code: "server_shutting_down" } });
   });
 
-  it("a client that leaves mid-stream is settled as disconnected with every token the engine generated for it", async () => {
+  it("a client that leaves mid-stream is settled as disconnected with the tokens it was sent, not those made after it left", async () => {
     const before = await generated();
     const { requestId, numTokenChunks } = await streamCompletion(4000, 5);
     expect(numTokenChunks).toBe(5);
@@ -106,9 +106,9 @@ describe("settlement", () => {
     for (let i = 0; i < 50 && backend().numInFlight > 0; i++) await new Promise((r) => setTimeout(r, 20));
     expect(settlement.outcome).toBe("disconnected");
     expect(settlement.usage.promptTokens).toBe(3);
-    // The engine may have generated a few more before it saw the abort; the settlement has them all, as the engine counted them.
+    // The server may have sent a few more than the client read before it noticed; the engine may have made more still.
     expect(settlement.usage.completionTokens).toBeGreaterThanOrEqual(5);
-    expect(settlement.usage.completionTokens).toBe((await generated()) - before);
+    expect(settlement.usage.completionTokens).toBeLessThanOrEqual((await generated()) - before);
   });
 
   it("settles a request refused by the engine's checks as rejected, with nothing used", async () => {

@@ -83,10 +83,13 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
   let settling: Promise<void> | null = null;
   const runs: EngineRun[] = [];
   let firstTokenMs: number | null = null;
+  /** Tokens in the outputs the route read (and so sent on): what a client that left was given. */
+  let numTokensRead = 0;
   const admission = { id: randomUUID(), requestId: options.requestId, keyId: options.keyId, model: backend.id, endpoint: options.endpoint, startedMs: Date.now() };
   for (const listener of ctx.admitListeners) listener(admission);
-  const count = (used: RequestUsage | undefined, output?: EngineOutput) => {
+  const count = (used: RequestUsage | undefined, output?: EngineOutput, byRoute = false) => {
     if (firstTokenMs === null && output && output.newTokenIds.length > 0) firstTokenMs = Date.now();
+    if (byRoute && output) numTokensRead += output.newTokenIds.length;
     if (used) usage = addUsage(usage, { promptTokens: used.numPromptTokens, cachedPromptTokens: used.numCachedPromptTokens, completionTokens: used.numCompletionTokens });
   };
   const fail = (err: unknown) => {
@@ -119,7 +122,10 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
       backend.inFlightControllers.delete(controller);
       settling = Promise.all(runs.map((run) => run.drain())).then(async () => {
         const settlement: Settlement = {
-          ...admission, finishedMs: Date.now(), ttftMs: firstTokenMs === null ? null : firstTokenMs - admission.startedMs, outcome, usage, ...(error ? { error: { status: error.status, code: error.code } } : {}),
+          ...admission, finishedMs: Date.now(), ttftMs: firstTokenMs === null ? null : firstTokenMs - admission.startedMs, outcome,
+          // NOTE: a client that left is billed the tokens it was sent (text held back for a stop string included),
+          // not those the engine made before it noticed: what the ledger holds is what the client was told.
+          usage: outcome === "disconnected" ? { ...usage, completionTokens: Math.min(usage.completionTokens, numTokensRead) } : usage, ...(error ? { error: { status: error.status, code: error.code } } : {}),
         };
         // NOTE: a listener's fault must not crash the process or keep the others from hearing.
         const warn = (err: unknown) => process.emitWarning(`a settle listener failed: ${err instanceof Error ? err.message : String(err)}`);
@@ -149,7 +155,10 @@ function outcomeOf(signal: AbortSignal, error: ApiError | null): Outcome {
 class EngineRun {
   private ended = false;
 
-  constructor(private readonly outputs: AsyncIterator<EngineOutput>, private readonly count: (usage: RequestUsage | undefined, output?: EngineOutput) => void) {}
+  constructor(
+    private readonly outputs: AsyncIterator<EngineOutput>,
+    private readonly count: (usage: RequestUsage | undefined, output?: EngineOutput, byRoute?: boolean) => void,
+  ) {}
 
   /**
    * The route's view. NOTE: the engine ends an aborted sequence with finish_reason "abort". A
@@ -159,7 +168,7 @@ class EngineRun {
   reader(signal: AbortSignal, fail: (err: unknown) => void): AsyncIterator<EngineOutput> {
     return {
       next: async () => {
-        const next = await this.next().catch((err: unknown) => {
+        const next = await this.next(true).catch((err: unknown) => {
           fail(err);
           throw err;
         });
@@ -178,12 +187,12 @@ class EngineRun {
     while (!this.ended) await this.next().catch(() => undefined);
   }
 
-  private async next(): Promise<IteratorResult<EngineOutput>> {
+  private async next(byRoute = false): Promise<IteratorResult<EngineOutput>> {
     if (this.ended) return { done: true, value: undefined };
     try {
       const next = await this.outputs.next();
       if (next.done) this.ended = true;
-      else this.count(next.value.usage, next.value);
+      else this.count(next.value.usage, next.value, byRoute);
       return next;
     } catch (err) {
       this.ended = true;
