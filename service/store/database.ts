@@ -23,7 +23,10 @@ export interface ApiKeyTable {
 export type LedgerStatus = "in_flight" | "completed" | "stopped" | "aborted" | "error" | "interrupted";
 
 export interface UsageLedgerTable {
+  /** The server's own id for the request. */
   request_id: string;
+  /** The x-request-id the response carried (a client may choose it), to find a request's row. */
+  http_request_id: string | null;
   key_id: string;
   model: string;
   endpoint: string;

@@ -21,6 +21,7 @@ const MIGRATIONS: Record<string, Migration> = {
         .execute();
       await db.schema.createTable("usage_ledger")
         .addColumn("request_id", "text", (c) => c.primaryKey())
+        .addColumn("http_request_id", "text")
         .addColumn("key_id", "text", (c) => c.notNull())
         .addColumn("model", "text", (c) => c.notNull())
         .addColumn("endpoint", "text", (c) => c.notNull())
