@@ -4,6 +4,7 @@ import { GENERATE_HELP, generateCommand } from "./generate.ts";
 import { SERVE_HELP, serveCommand } from "./serve.ts";
 import { BENCH_HELP, benchCommand } from "./bench.ts";
 import { KEYS_HELP, keysCommand } from "./keys.ts";
+import { USAGE_HELP, usageCommand } from "./usage.ts";
 
 const HELP = `tokenmill: a self-hosted, OpenAI-compatible model server
 
@@ -11,6 +12,7 @@ const HELP = `tokenmill: a self-hosted, OpenAI-compatible model server
   tokenmill generate [options]               run prompts offline through the engine
   tokenmill bench [options]                  benchmark a server
   tokenmill keys create|list|update|revoke   manage API keys
+  tokenmill usage [--since DATE]              usage and cost by key and model, from the ledger
 
 Run a command with --help for its options.
 
@@ -20,13 +22,16 @@ ${GENERATE_HELP}
 
 ${BENCH_HELP}
 
-${KEYS_HELP}`;
+${KEYS_HELP}
+
+${USAGE_HELP}`;
 
 const commands: Record<string, (args: string[]) => Promise<void>> = {
   serve: serveCommand,
   generate: generateCommand,
   bench: benchCommand,
   keys: keysCommand,
+  usage: usageCommand,
 };
 
 async function main(argv: string[]): Promise<void> {

@@ -32,3 +32,34 @@ describe("tokenmill keys", () => {
     expect(bad.stderr).toMatch(/needs --name/);
   });
 });
+
+describe("tokenmill usage", () => {
+  it("prints the ledger's totals by key and model, and plots tokens per day by tier", async () => {
+    const { openStore } = await import("../service/store/open-store.ts");
+    const { Ledger } = await import("../service/ledger.ts");
+    const usageDb = `sqlite:${join(dir, "usage.db")}`;
+    const store = await openStore(usageDb);
+    const ledger = new Ledger(store.db, "t");
+    const now = Date.now();
+    const settle = (id: string, keyId: string, model: string, prompt: number, cached: number, completion: number) => ledger.settle({
+      id, requestId: id, keyId, model, endpoint: "/v1/completions", startedMs: now - 3_600_000, finishedMs: now, ttftMs: 5, outcome: "finished",
+      usage: { promptTokens: prompt, cachedPromptTokens: cached, completionTokens: completion },
+    });
+    await Promise.all([settle("u1", "key_a", "m1", 10, 4, 7), settle("u2", "key_a", "m1", 20, 0, 3), settle("u3", "key_b", "m2", 5, 5, 1)]);
+    await ledger.close();
+    await store.close();
+    const json = runCli(["usage", "--db", usageDb, "--json"]);
+    expect(json.status, json.stderr).toBe(0);
+    expect(JSON.parse(json.stdout)).toEqual([
+      { keyId: "key_a", model: "m1", requests: 2, inputTokens: 30, cachedTokens: 4, outputTokens: 10, costUsd: 0 },
+      { keyId: "key_b", model: "m2", requests: 1, inputTokens: 5, cachedTokens: 5, outputTokens: 1, costUsd: 0 },
+    ]);
+    const plot = join(dir, "usage.svg");
+    const text = runCli(["usage", "--db", usageDb, "--since", new Date(now - 2 * 86_400_000).toISOString(), "--plot", plot]);
+    expect(text.stdout).toMatch(/\| total\s+\|\s+\|\s+3 \|\s+35 \|\s+9 \|\s+11 \|/);
+    const svg = readFileSync(plot, "utf8");
+    expect(svg.startsWith("<svg")).toBe(true);
+    expect(svg).toContain("<title>output: 11</title>");
+    expect(svg).toContain("<title>cached input: 9</title>");
+  });
+});
