@@ -132,6 +132,33 @@ for (const kind of ["sqlite", "postgres"] as const) {
   });
 }
 
+describe("SIGTERM", () => {
+  it("drains the streams in flight and writes their rows before the process exits", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "tokenmill-term-"));
+    const db = `sqlite:${join(dir, "tokenmill.db")}`;
+    try {
+      const server = await serve(db, "t", dir);
+      const streams = Array.from({ length: 3 }, async () => {
+        const response = await fetch(`${server.url}/v1/completions`, {
+          method: "POST", headers: { "content-type": "application/json" },
+          body: JSON.stringify({ model: MODEL, prompt: [9707, 11, 1879], max_tokens: 60, ignore_eos: true, stream: true }),
+        });
+        return (await response.text()).split("\n\n").filter((e) => e.startsWith("data: {") && JSON.parse(e.slice(6)).choices.length > 0).length;
+      });
+      await new Promise((r) => setTimeout(r, 300));
+      server.child.kill("SIGTERM");
+      const received = await Promise.all(streams);
+      await server.exited;
+      const ledger = await rows(db);
+      expect(ledger.map((r) => r.status)).toEqual(["completed", "completed", "completed"]);
+      expect(ledger.map((r) => r.output_tokens).sort()).toEqual(received.sort());
+      expect(received).toEqual([60, 60, 60]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("two replicas on one PostgreSQL", () => {
   let pg: TestPostgres;
   let dir: string;

@@ -12,6 +12,7 @@ import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openStore, type Store } from "../service/store/open-store.ts";
 import type { RunningServer } from "../server/serve.ts";
+import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 import { startTestServer } from "./helpers/server.ts";
 
 const MODEL = "tokenmill-tiny-qwen3";
@@ -32,21 +33,24 @@ interface Seen {
   leftAfter?: number;
 }
 
-describe("the ledger, exact to the token", () => {
+for (const kind of ["sqlite", "postgres"] as const) describe(`the ledger on ${kind}, exact to the token`, () => {
   let server: RunningServer;
   let dir: string;
+  let pg: TestPostgres | null = null;
   let store: Store;
   let secret = "";
   let numRuns = 0;
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "tokenmill-property-"));
-    const url = `sqlite:${join(dir, "ledger.db")}`;
+    if (kind === "postgres") pg = await startPostgres();
+    const url = pg ? pg.url : `sqlite:${join(dir, "ledger.db")}`;
     server = await startTestServer({ db: { url, replica: "p", prices: [{ model: MODEL, ...PRICE }] }, adminKeys: [ADMIN] });
     store = await openStore(url);
-  });
+  }, 60_000);
   afterAll(async () => {
     await server?.close();
     await store?.close();
+    pg?.stop();
     rmSync(dir, { recursive: true, force: true });
   });
 
