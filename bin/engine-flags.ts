@@ -1,7 +1,7 @@
 /** Command-line flags shared by every command that starts an engine. */
 import type { ParseArgsConfig } from "node:util";
 import { DEFAULT_ENGINE_OPTIONS, type EngineOptions } from "../engine/index.ts";
-import { bytesFlag, enumFlag, flagValue, intFlag, optionalFlagValue } from "./flags.ts";
+import { bytesFlag, enumFlag, flagValue, intFlag, numberFlag, optionalFlagValue } from "./flags.ts";
 import { existsSync } from "node:fs";
 import { SYNTHETIC_MODELS, ensureDefaultModel, ensureSyntheticModel } from "../models/synthetic/default-model.ts";
 import { readCheckpoint, type Checkpoint } from "../models/checkpoint.ts";
@@ -17,6 +17,7 @@ export const ENGINE_FLAGS = {
   "max-model-len": { type: "string" },
   "no-prefix-caching": { type: "boolean", default: false },
   threads: { type: "string" },
+  "batch-max-wait": { type: "string", default: "30" },
 } as const satisfies ParseArgsConfig["options"];
 
 export const ENGINE_FLAGS_HELP = `Model and engine:
@@ -29,7 +30,8 @@ export const ENGINE_FLAGS_HELP = `Model and engine:
   --max-num-batched-tokens N    token budget per step (default ${DEFAULT_ENGINE_OPTIONS.maxNumBatchedTokens})
   --max-model-len N             context length (default: the model's max_position_embeddings)
   --no-prefix-caching           turn automatic prefix caching off
-  --threads N                   ONNX Runtime intra-op threads (default: all cores)`;
+  --threads N                   ONNX Runtime intra-op threads (default: all cores)
+  --batch-max-wait SECONDS      a batch-tier request waiting this long is admitted as standard (default 30)`;
 
 export type EngineFlagValues = { [K in keyof typeof ENGINE_FLAGS]?: string | boolean };
 
@@ -57,6 +59,7 @@ export function readEngineFlags(values: EngineFlagValues): EngineFlags {
     maxModelLen: optionalFlagValue("max-model-len", values["max-model-len"], intFlag(1)),
     enablePrefixCaching: values["no-prefix-caching"] !== true,
     intraOpThreads: optionalFlagValue("threads", values.threads, intFlag(1, 1024)),
+    batchMaxWaitMs: flagValue("batch-max-wait", values["batch-max-wait"], numberFlag(0)) * 1000,
     progress: process.stderr.isTTY,
   };
 }

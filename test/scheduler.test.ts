@@ -316,3 +316,71 @@ describe("Scheduler under random workloads", () => {
     );
   });
 });
+
+describe("Scheduler: priority tiers", () => {
+  const withPriority = (seq: Sequence, priority: Sequence["priority"]) => Object.assign(seq, { priority });
+
+  it("admits interactive before standard before batch, first come first served within a tier", () => {
+    const { scheduler, step } = makeScheduler(64, { maxNumSeqs: 1 });
+    const order: string[] = [];
+    const seqs = [
+      withPriority(makeSequence({ requestId: "batch-1", maxTokens: 1 }), "batch"),
+      withPriority(makeSequence({ requestId: "standard-1", maxTokens: 1 }), "standard"),
+      withPriority(makeSequence({ requestId: "interactive-1", maxTokens: 1 }), "interactive"),
+      withPriority(makeSequence({ requestId: "standard-2", maxTokens: 1 }), "standard"),
+      withPriority(makeSequence({ requestId: "interactive-2", maxTokens: 1 }), "interactive"),
+    ];
+    for (const seq of seqs) scheduler.add(seq);
+    for (let i = 0; i < 20 && scheduler.hasWork; i++) order.push(...step().scheduled.map(({ seq }) => seq.requestId).filter((id) => !order.includes(id)));
+    expect(order).toEqual(["interactive-1", "interactive-2", "standard-1", "standard-2", "batch-1"]);
+  });
+
+  it("promotes a batch sequence that waited batchMaxWaitMs to standard, so it never starves", () => {
+    const { scheduler } = makeScheduler(64, { maxNumSeqs: 1, batchMaxWaitMs: 1000 });
+    const old = withPriority(makeSequence({ requestId: "old-batch" }), "batch");
+    const later = withPriority(makeSequence({ requestId: "later-standard" }), "standard");
+    scheduler.add(old);
+    scheduler.add(later);
+    expect(grants(scheduler.schedule(old.arrivalMs + 999))).toEqual({ "later-standard": 3 });
+    const { scheduler: waited } = makeScheduler(64, { maxNumSeqs: 1, batchMaxWaitMs: 1000 });
+    waited.add(old);
+    waited.add(withPriority(makeSequence({ requestId: "standard-after-the-wait" }), "standard"));
+    // Promoted, it is the oldest standard: first.
+    expect(grants(waited.schedule(old.arrivalMs + 1000))).toEqual({ "old-batch": 3 });
+  });
+
+  it("preempts the lowest tier first, even when a higher tier is newer", () => {
+    const { scheduler, step } = makeScheduler(5); // 4 usable blocks of 4 tokens
+    const batch = withPriority(makeSequence({ requestId: "batch", prompt: tokens(7), maxTokens: 6 }), "batch");
+    const chat = withPriority(makeSequence({ requestId: "chat", prompt: tokens(7, 10), maxTokens: 4 }), "interactive");
+    scheduler.add(batch);
+    scheduler.add(chat);
+    expect(grants(step())).toEqual({ batch: 7, chat: 7 });
+    expect(grants(step())).toEqual({ batch: 1, chat: 1 });
+    // Both need a third block; batch is the lower tier, so it goes although chat is newer.
+    const output = step();
+    expect(output.preempted).toEqual([batch]);
+    expect(grants(output)).toEqual({ chat: 1 });
+    expect(scheduler.running).toEqual([chat]);
+    runToCompletion(scheduler, step);
+    expect(chat.outputTokenIds).toEqual(expectedGreedy(tokens(7, 10), 4, byWholeContext));
+    expect(batch.outputTokenIds).toEqual(expectedGreedy(tokens(7), 6, byWholeContext));
+  });
+
+  it("takes back the tokens a victim was already granted in the same step", () => {
+    const { scheduler, step } = makeScheduler(5); // 4 usable blocks of 4 tokens
+    const batch = withPriority(makeSequence({ requestId: "batch", prompt: tokens(5), maxTokens: 6 }), "batch");
+    const chat = withPriority(makeSequence({ requestId: "chat", prompt: tokens(8, 10), maxTokens: 4 }), "interactive");
+    scheduler.add(batch);
+    scheduler.add(chat);
+    expect(grants(step())).toEqual({ batch: 5, chat: 8 });
+    // batch's next token fits its second block and is granted first; chat's needs a block there is none of: batch goes, grant and all.
+    const output = step();
+    expect(output.preempted).toEqual([batch]);
+    expect(grants(output)).toEqual({ chat: 1 });
+    expect(batch.blockIds).toEqual([]);
+    runToCompletion(scheduler, step);
+    expect(chat.outputTokenIds).toEqual(expectedGreedy(tokens(8, 10), 4, byWholeContext));
+    expect(batch.outputTokenIds).toEqual(expectedGreedy(tokens(5), 6, byWholeContext));
+  });
+});

@@ -24,6 +24,8 @@ export interface EngineCoreOptions {
   maxNumBatchedTokens: number;
   maxModelLen: number;
   eosTokenIds: readonly number[];
+  /** How long a batch-tier request may wait before it is admitted as standard. */
+  batchMaxWaitMs?: number;
   enablePrefixCaching?: boolean;
 }
 

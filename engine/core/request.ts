@@ -24,8 +24,16 @@ export const GREEDY: SamplingParams = {
   temperature: 0, topK: 0, topP: 1, minP: 0, presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1,
 };
 
+/**
+ * The scheduling tier: waiting requests are admitted interactive first, then standard, then
+ * batch (each by arrival), and preemption takes batch first.
+ */
+export type Priority = "interactive" | "standard" | "batch";
+
 export interface EngineRequest {
   requestId: string;
+  /** Default "standard". */
+  priority?: Priority;
   promptTokenIds: readonly number[];
   /** Tokens to generate at most, per sequence; undefined: what the context leaves. */
   maxTokens?: number;

@@ -4,7 +4,7 @@
  */
 import { Prng } from "../../models/prng.ts";
 import type { IncrementalDetokenizer } from "../text/detokenizer.ts";
-import type { EngineRequest, PositionLogprob, SamplingParams } from "./request.ts";
+import type { EngineRequest, PositionLogprob, Priority, SamplingParams } from "./request.ts";
 
 export type SequenceStatus = "waiting" | "running" | "finished";
 
@@ -20,6 +20,7 @@ export class Sequence {
   numPreemptions = 0;
   readonly rng: Prng;
   readonly arrivalMs = performance.now();
+  priority: Priority = "standard";
   /** Turns output tokens into text and applies stop strings; null when the engine has no tokenizer. */
   detokenizer: IncrementalDetokenizer | null = null;
   /** Prompt logprobs by position, when the request asked for them. */
@@ -41,7 +42,9 @@ export class Sequence {
   }
 
   static fromRequest(request: EngineRequest & { maxTokens: number }, index: number, stopTokenIds: ReadonlySet<number>): Sequence {
-    return new Sequence(request.requestId, index, request.promptTokenIds, request.maxTokens, request.sampling, stopTokenIds);
+    const seq = new Sequence(request.requestId, index, request.promptTokenIds, request.maxTokens, request.sampling, stopTokenIds);
+    seq.priority = request.priority ?? "standard";
+    return seq;
   }
 
   get numPromptTokens(): number {

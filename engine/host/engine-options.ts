@@ -18,6 +18,8 @@ export interface EngineOptions {
   eosTokenIds?: number[];
   /** Threads for one ONNX Runtime operator; 0: every core. */
   intraOpThreads?: number;
+  /** How long a batch-tier request may wait before it is admitted as standard (default 30 s). */
+  batchMaxWaitMs?: number;
   /** Show a progress bar while the graph builds. */
   progress?: boolean;
   /** Tests only (no flag sets it): lets Engine.injectFault() make the engine thread throw. */
