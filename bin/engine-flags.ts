@@ -1,6 +1,6 @@
 /** Command-line flags shared by every command that starts an engine. */
 import type { ParseArgsConfig } from "node:util";
-import { DEFAULT_ENGINE_OPTIONS, type EngineOptions } from "../engine/index.ts";
+import { DEFAULT_BATCH_MAX_WAIT_MS, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from "../engine/index.ts";
 import { bytesFlag, enumFlag, flagValue, intFlag, numberFlag, optionalFlagValue } from "./flags.ts";
 import { existsSync } from "node:fs";
 import { SYNTHETIC_MODELS, ensureDefaultModel, ensureSyntheticModel } from "../models/synthetic/default-model.ts";
@@ -17,7 +17,7 @@ export const ENGINE_FLAGS = {
   "max-model-len": { type: "string" },
   "no-prefix-caching": { type: "boolean", default: false },
   threads: { type: "string" },
-  "batch-max-wait": { type: "string", default: "30" },
+  "batch-max-wait": { type: "string" },
 } as const satisfies ParseArgsConfig["options"];
 
 export const ENGINE_FLAGS_HELP = `Model and engine:
@@ -59,7 +59,7 @@ export function readEngineFlags(values: EngineFlagValues): EngineFlags {
     maxModelLen: optionalFlagValue("max-model-len", values["max-model-len"], intFlag(1)),
     enablePrefixCaching: values["no-prefix-caching"] !== true,
     intraOpThreads: optionalFlagValue("threads", values.threads, intFlag(1, 1024)),
-    batchMaxWaitMs: flagValue("batch-max-wait", values["batch-max-wait"], numberFlag(0)) * 1000,
+    batchMaxWaitMs: (optionalFlagValue("batch-max-wait", values["batch-max-wait"], numberFlag(0)) ?? DEFAULT_BATCH_MAX_WAIT_MS / 1000) * 1000,
     progress: process.stderr.isTTY,
   };
 }

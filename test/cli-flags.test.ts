@@ -29,7 +29,7 @@ describe("flag values", () => {
     const good = { device: "cpu", "kv-cache-memory": "2GiB", "block-size": "16", "max-num-seqs": "128", "max-num-batched-tokens": "2048" };
     expect(readEngineFlags(good)).toMatchObject({ device: "cpu", blockSize: 16, maxNumSeqs: 128, maxModelLen: undefined, intraOpThreads: undefined });
     for (const [flag, raw] of [["device", "tpu"], ["kv-cache-memory", "much"], ["block-size", "0"], ["max-num-seqs", "-4"],
-      ["max-num-batched-tokens", "lots"], ["max-model-len", "1.5"], ["threads", "all"]]) {
+      ["max-num-batched-tokens", "lots"], ["max-model-len", "1.5"], ["threads", "all"], ["batch-max-wait", "soon"]]) {
       expect(() => readEngineFlags({ ...good, [flag]: raw }), flag).toThrow(new RegExp(`^--${flag} takes `));
     }
   });
