@@ -3,13 +3,13 @@
  * exits 1 with a message naming the flag and what it accepts.
  */
 import { mkdtempSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { bytesFlag, enumFlag, flagValue, intFlag, listFlag, numberFlag } from "../bin/flags.ts";
 import { readEngineFlags } from "../bin/engine-flags.ts";
 import { runCli, runCliAsync } from "./helpers/cli.ts";
+import { freePort } from "./helpers/free-port.ts";
 
 describe("flag values", () => {
   it.each([
@@ -57,12 +57,7 @@ describe("the command line", () => {
   });
 
   it("bench --base-url at a dead address says why its requests failed and exits non-zero", async () => {
-    const port = await new Promise<number>((resolve) => {
-      const probe = createServer().listen(0, "127.0.0.1", () => {
-        const { port: free } = probe.address() as { port: number };
-        probe.close(() => resolve(free));
-      });
-    });
+    const port = await freePort();
     const { status, stderr } = await runCliAsync(["bench", "--base-url", `http://127.0.0.1:${port}`, "--num-prompts", "3", "--input-len", "8", "--output-len", "4"]);
     expect(status).toBe(1);
     expect(stderr).toMatch(/3 of 3 requests to http:\/\/127\.0\.0\.1:\d+ failed:\n {2}3 × .*(ECONNREFUSED|fetch failed)/);

@@ -5,7 +5,6 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -13,18 +12,10 @@ import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openStore } from "../service/store/open-store.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
+import { freePort } from "./helpers/free-port.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const MODEL = "tokenmill-tiny-qwen3";
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const probe = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => resolve(port));
-    });
-  });
-}
 
 interface Serving {
   child: ChildProcess;
