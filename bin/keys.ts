@@ -1,14 +1,15 @@
 /** `tokenmill keys`: create, list, update and revoke API keys in the service's database. */
 import { parseArgs } from "node:util";
-import { isLive, type ApiKey } from "../service/keys.ts";
+import { KEY_PRIORITIES, isLive, type ApiKey } from "../service/keys.ts";
 import { Ledger, type LedgerTotals } from "../service/ledger.ts";
 import { startService } from "../service/service.ts";
 import { defaultDbUrl } from "../service/store/open-store.ts";
-import { FlagError, dbUrlFlag, flagValue, listFlag, nonEmptyFlag, optionalFlagValue } from "./flags.ts";
+import { FlagError, dbUrlFlag, enumFlag, flagValue, listFlag, nonEmptyFlag, optionalFlagValue } from "./flags.ts";
 
-export const KEYS_HELP = `tokenmill keys create --name NAME [--models a,b] [--expires DATE] [--metadata JSON]
+export const KEYS_HELP = `tokenmill keys create --name NAME [--models a,b] [--expires DATE] [--metadata JSON] [--priority TIER]
 tokenmill keys list
-tokenmill keys update ID [--name NAME] [--models a,b|all] [--expires DATE|never] [--metadata JSON]
+tokenmill keys update ID [--name NAME] [--models a,b|all] [--expires DATE|never] [--metadata JSON] [--priority TIER]
+  --priority interactive|standard|batch   the scheduling tier of the key's requests (default standard)
 tokenmill keys revoke ID
   --db URL                      sqlite:PATH or postgres://... (default: the server's, $TOKENMILL_DATA_DIR/tokenmill.db)
   --json                        print JSON instead of text
@@ -19,7 +20,7 @@ export async function keysCommand(args: string[]): Promise<void> {
     args, allowPositionals: true,
     options: {
       db: { type: "string", default: defaultDbUrl() }, name: { type: "string" }, models: { type: "string" },
-      expires: { type: "string" }, metadata: { type: "string" }, json: { type: "boolean", default: false }, help: { type: "boolean", short: "h" },
+      expires: { type: "string" }, metadata: { type: "string" }, priority: { type: "string" }, json: { type: "boolean", default: false }, help: { type: "boolean", short: "h" },
     },
   });
   const [action, id] = positionals;
@@ -31,6 +32,7 @@ export async function keysCommand(args: string[]): Promise<void> {
     models: values.models === undefined ? undefined : values.models === "all" ? null : flagValue("models", values.models, listFlag(nonEmptyFlag)),
     expiresMs: expiresOf(values.expires),
     metadata: values.metadata === undefined ? undefined : metadataOf(values.metadata),
+    priority: optionalFlagValue("priority", values.priority, enumFlag(...KEY_PRIORITIES)),
   };
   const service = await startService({ dbUrl: flagValue("db", values.db, dbUrlFlag), ledger: false });
   const print = (text: string, json: unknown) => console.log(values.json ? JSON.stringify(json) : text);
@@ -62,7 +64,7 @@ export async function keysCommand(args: string[]): Promise<void> {
 function describe(key: ApiKey): string {
   const day = (ms: number | null) => (ms === null ? "never" : new Date(ms).toISOString().slice(0, 10));
   const state = key.revokedMs !== null ? "revoked" : isLive(key) ? "active" : "expired";
-  return `${key.id}  ${key.prefix}  ${key.name}  ${state}  created ${day(key.createdMs)}  last used ${day(key.lastUsedMs)}  models ${key.models?.join(",") ?? "all"}`;
+  return `${key.id}  ${key.prefix}  ${key.name}  ${state}  created ${day(key.createdMs)}  last used ${day(key.lastUsedMs)}  models ${key.models?.join(",") ?? "all"}  priority ${key.priority}`;
 }
 
 function usageText(totals: LedgerTotals): string {

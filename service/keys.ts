@@ -10,6 +10,10 @@ import type { ApiKeyTable, Database } from "./store/database.ts";
 /** How long a verified key (and the "are there any keys" answer) may be served from memory. */
 export const CACHE_MS = 1000;
 
+/** The scheduling tier a key's requests get (the engine's priority tiers). */
+export type KeyPriority = "interactive" | "standard" | "batch";
+export const KEY_PRIORITIES: readonly KeyPriority[] = ["interactive", "standard", "batch"];
+
 export interface ApiKey {
   id: string;
   name: string;
@@ -21,6 +25,7 @@ export interface ApiKey {
   expiresMs: number | null;
   revokedMs: number | null;
   lastUsedMs: number | null;
+  priority: KeyPriority;
 }
 
 export interface NewKey {
@@ -28,9 +33,10 @@ export interface NewKey {
   models?: string[] | null;
   expiresMs?: number | null;
   metadata?: Record<string, unknown> | null;
+  priority?: KeyPriority;
 }
 
-export type KeyUpdate = Partial<Pick<NewKey, "name" | "models" | "expiresMs" | "metadata">>;
+export type KeyUpdate = Partial<Pick<NewKey, "name" | "models" | "expiresMs" | "metadata" | "priority">>;
 
 export const hashSecret = (secret: string) => createHash("sha256").update(secret).digest("hex");
 
@@ -46,7 +52,7 @@ export class KeyStore {
     const row: ApiKeyTable = {
       id: `key_${randomBytes(9).toString("base64url")}`, name: spec.name, prefix: `${secret.slice(0, 8)}…`, secret_hash: hashSecret(secret),
       models: spec.models ? JSON.stringify(spec.models) : null, metadata: spec.metadata ? JSON.stringify(spec.metadata) : null,
-      created_ms: nowMs, expires_ms: spec.expiresMs ?? null, revoked_ms: null, last_used_ms: null,
+      created_ms: nowMs, expires_ms: spec.expiresMs ?? null, revoked_ms: null, last_used_ms: null, priority: spec.priority ?? null,
     };
     await this.db.insertInto("api_keys").values(row).execute();
     this.anyKeys = null;
@@ -68,6 +74,7 @@ export class KeyStore {
     if (change.models !== undefined) set.models = change.models ? JSON.stringify(change.models) : null;
     if (change.expiresMs !== undefined) set.expires_ms = change.expiresMs;
     if (change.metadata !== undefined) set.metadata = change.metadata ? JSON.stringify(change.metadata) : null;
+    if (change.priority !== undefined) set.priority = change.priority;
     if (Object.keys(set).length > 0) await this.db.updateTable("api_keys").set(set).where("id", "=", id).execute();
     this.verified.clear();
     return this.get(id);
@@ -118,5 +125,6 @@ function toKey(row: ApiKeyTable): ApiKey {
     metadata: row.metadata ? (JSON.parse(row.metadata) as Record<string, unknown>) : null,
     createdMs: Number(row.created_ms), expiresMs: row.expires_ms === null ? null : Number(row.expires_ms),
     revokedMs: row.revoked_ms === null ? null : Number(row.revoked_ms), lastUsedMs: row.last_used_ms === null ? null : Number(row.last_used_ms),
+    priority: (row.priority as KeyPriority | null) ?? "standard",
   };
 }

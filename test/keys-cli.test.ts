@@ -19,9 +19,9 @@ describe("tokenmill keys", () => {
     for (const file of readdirSync(dir)) expect(readFileSync(join(dir, file)).includes(key.secret.slice(8))).toBe(false);
 
     const listed = runCli(["keys", "list", "--db", db]);
-    expect(listed.stdout).toMatch(new RegExp(`${key.id}\\s+tm-.{5}…\\s+team-a\\s+active .*models m1,m2\\s+this month: 0 requests`));
+    expect(listed.stdout).toMatch(new RegExp(`${key.id}\\s+tm-.{5}…\\s+team-a\\s+active .*models m1,m2\\s+priority standard\\s+this month: 0 requests`));
     expect(listed.stdout).not.toContain(key.secret);
-    expect(runCli(["keys", "update", key.id, "--name", "team-b", "--models", "all", "--db", db]).stdout).toMatch(/team-b\s+active .*models all/);
+    expect(runCli(["keys", "update", key.id, "--name", "team-b", "--models", "all", "--priority", "batch", "--db", db]).stdout).toMatch(/team-b\s+active .*models all\s+priority batch/);
     expect(runCli(["keys", "revoke", key.id, "--db", db]).status).toBe(0);
     expect(runCli(["keys", "list", "--db", db]).stdout).toMatch(/team-b\s+revoked/);
     const again = runCli(["keys", "revoke", key.id, "--db", db]);

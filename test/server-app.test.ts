@@ -825,3 +825,31 @@ describe("--api-key", () => {
     await keyed.close();
   });
 });
+
+describe("a key's scheduling tier", () => {
+  it("reaches the engine as the priority of the key's requests (standard without one, and for anonymous requests)", async () => {
+    const { openStore } = await import("../service/store/open-store.ts");
+    const { KeyStore } = await import("../service/keys.ts");
+    const store = await openStore("sqlite::memory:");
+    const keys = new KeyStore(store.db);
+    const fake = new FakeEngine();
+    const keyed = buildApp(makeContext({ engine: fake, tokenizer: new FakeTokenizer() }), { auth: { keys, mode: "auto" } });
+    try {
+      const ask = (secret?: string) => keyed.inject({
+        method: "POST", url: "/v1/chat/completions", payload: { model: "tiny", messages: USER_HI, max_tokens: 2 },
+        headers: secret ? { authorization: `Bearer ${secret}` } : {},
+      });
+      expect((await ask()).statusCode).toBe(200);
+      const batch = await keys.create({ name: "bulk", priority: "batch" });
+      const plain = await keys.create({ name: "plain" });
+      expect((await ask(batch.secret)).statusCode).toBe(200);
+      expect((await ask(plain.secret)).statusCode).toBe(200);
+      expect(fake.requests.map((r) => r.priority ?? "standard")).toEqual(["standard", "batch", "standard"]);
+      const updated = await keys.update(plain.key.id, { priority: "interactive" });
+      expect(updated?.priority).toBe("interactive");
+    } finally {
+      await keyed.close();
+      await store.close();
+    }
+  });
+});

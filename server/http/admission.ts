@@ -10,7 +10,7 @@
 import { randomUUID } from "node:crypto";
 import { NO_USAGE, addUsage, type Outcome, type Settlement, type Usage } from "../../service/settlement.ts";
 import type { ModelBackend } from "../backends/model-backend.ts";
-import { EngineError, type EngineOutput, type EngineRequest, type PromptTokenizer, type RequestUsage, type ServingEngine } from "../backends/engine-api.ts";
+import { EngineError, type EngineOutput, type EngineRequest, type Priority, type PromptTokenizer, type RequestUsage, type ServingEngine } from "../backends/engine-api.ts";
 import type { ServerContext } from "../server-context.ts";
 import { ApiError, clientClosedRequest, engineRestarting, invalidRequest, overloaded, requestAborted, toApiError } from "./api-error.ts";
 
@@ -48,6 +48,8 @@ export interface AdmitOptions {
   requestId: string;
   /** The API key the request came with. */
   keyId: string;
+  /** Its scheduling tier (standard by default). */
+  priority?: Priority;
   endpoint: string;
   /** What the request runs at once: n, times the prompts of a completions request. */
   numSequences: number;
@@ -101,7 +103,7 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
     tokenizer,
     signal: controller.signal,
     generate(request) {
-      const run = new EngineRun(engine.add(request, controller.signal)[Symbol.asyncIterator](), count);
+      const run = new EngineRun(engine.add({ ...request, priority: options.priority ?? request.priority }, controller.signal)[Symbol.asyncIterator](), count);
       runs.push(run);
       return run.reader(controller.signal, fail);
     },

@@ -4,7 +4,7 @@
  */
 import type { FastifyInstance } from "fastify";
 import { z } from "zod";
-import type { ApiKey, KeyStore } from "../../service/keys.ts";
+import { KEY_PRIORITIES, type ApiKey, type KeyPriority, type KeyStore } from "../../service/keys.ts";
 import { ApiError, invalidRequest } from "../http/api-error.ts";
 import { parseBody } from "../http/http-helpers.ts";
 
@@ -13,8 +13,9 @@ const expiry = z.union([z.string().refine((s) => !Number.isNaN(Date.parse(s)), "
 const models = z.array(z.string().min(1)).min(1).nullish();
 const metadata = z.record(z.string(), z.unknown()).nullish();
 
-const createKey = z.object({ name: z.string().min(1).max(200), models, expires_at: expiry, metadata }).strict();
-const updateKey = z.object({ name: z.string().min(1).max(200).optional(), models, expires_at: expiry, metadata }).strict();
+const priority = z.enum(KEY_PRIORITIES as [KeyPriority, ...KeyPriority[]]).optional();
+const createKey = z.object({ name: z.string().min(1).max(200), models, expires_at: expiry, metadata, priority }).strict();
+const updateKey = z.object({ name: z.string().min(1).max(200).optional(), models, expires_at: expiry, metadata, priority }).strict();
 
 const expiresMs = (value: string | number | null | undefined) =>
   value === undefined ? undefined : value === null ? null : typeof value === "number" ? value * 1000 : Date.parse(value);
@@ -23,7 +24,7 @@ const expiresMs = (value: string | number | null | undefined) =>
 export function keyBody(key: ApiKey) {
   const seconds = (ms: number | null) => (ms === null ? null : Math.floor(ms / 1000));
   return {
-    id: key.id, object: "api_key", name: key.name, prefix: key.prefix, models: key.models, metadata: key.metadata,
+    id: key.id, object: "api_key", name: key.name, prefix: key.prefix, models: key.models, metadata: key.metadata, priority: key.priority,
     created_at: seconds(key.createdMs), expires_at: seconds(key.expiresMs), revoked_at: seconds(key.revokedMs), last_used_at: seconds(key.lastUsedMs),
   };
 }
@@ -39,7 +40,9 @@ export function registerAdminKeyRoutes(app: FastifyInstance, keys: KeyStore | nu
     const body = parseBody(createKey, request.body);
     const expires = expiresMs(body.expires_at);
     if (expires !== undefined && expires !== null && expires <= Date.now()) throw invalidRequest("expires_at is in the past.", "expires_at");
-    const { key, secret } = await store().create({ name: body.name, models: body.models ?? null, expiresMs: expires ?? null, metadata: body.metadata ?? null });
+    const { key, secret } = await store().create({
+      name: body.name, models: body.models ?? null, expiresMs: expires ?? null, metadata: body.metadata ?? null, priority: body.priority,
+    });
     return reply.status(201).send({ ...keyBody(key), secret });
   });
 
@@ -49,7 +52,9 @@ export function registerAdminKeyRoutes(app: FastifyInstance, keys: KeyStore | nu
 
   app.patch<{ Params: { id: string } }>("/v1/admin/keys/:id", async (request) => {
     const body = parseBody(updateKey, request.body);
-    const key = await store().update(request.params.id, { name: body.name, models: body.models, expiresMs: expiresMs(body.expires_at), metadata: body.metadata });
+    const key = await store().update(request.params.id, {
+      name: body.name, models: body.models, expiresMs: expiresMs(body.expires_at), metadata: body.metadata, priority: body.priority,
+    });
     return found(key, request.params.id);
   });
 

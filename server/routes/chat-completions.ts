@@ -21,7 +21,7 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext
     const backend = ctx.models.resolve(body.model);
     checkModelAccess(request.caller, backend.id);
     rejectConstrainedDecoding(body);
-    const admitted = admit(ctx, backend, { requestId: request.id, keyId: request.caller.keyId, endpoint: request.routeOptions.url ?? request.url, numSequences: body.n, onClientGone: (abort) => onClientGone(reply, abort) });
+    const admitted = admit(ctx, backend, { requestId: request.id, keyId: request.caller.keyId, priority: request.caller.key?.priority, endpoint: request.routeOptions.url ?? request.url, numSequences: body.n, onClientGone: (abort) => onClientGone(reply, abort) });
     try {
       const { promptTokenIds } = await admitted.tokenizer.applyChatTemplate(body.messages.map(toChatMessage), {
         addGenerationPrompt: body.add_generation_prompt ?? true,

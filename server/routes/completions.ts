@@ -29,7 +29,7 @@ export function registerCompletions(app: FastifyInstance, ctx: ServerContext): v
     checkModelAccess(request.caller, backend.id);
     const prompts = promptsOf(body.prompt);
     const admitted = admit(ctx, backend, {
-      requestId: request.id, keyId: request.caller.keyId, endpoint: request.routeOptions.url ?? request.url, numSequences: body.n * prompts.length, param: prompts.length > 1 ? "prompt" : "n",
+      requestId: request.id, keyId: request.caller.keyId, priority: request.caller.key?.priority, endpoint: request.routeOptions.url ?? request.url, numSequences: body.n * prompts.length, param: prompts.length > 1 ? "prompt" : "n",
       onClientGone: (abort) => onClientGone(reply, abort),
     });
     try {

@@ -17,6 +17,8 @@ export interface ApiKeyTable {
   expires_ms: number | null;
   revoked_ms: number | null;
   last_used_ms: number | null;
+  /** The scheduling tier of the key's requests; null: standard. */
+  priority: string | null;
 }
 
 /** in_flight at admission; then completed, stopped (the client left), aborted (the server cut it), error; interrupted (left in_flight by a crash). */

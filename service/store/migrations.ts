@@ -51,6 +51,11 @@ const MIGRATIONS: Record<string, Migration> = {
         .execute();
     },
   },
+  "003_key_priority": {
+    async up(db: Kysely<unknown>) {
+      await db.schema.alterTable("api_keys").addColumn("priority", "text").execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = { getMigrations: async () => MIGRATIONS };
