@@ -97,6 +97,35 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
   const fail = (err: unknown) => {
     error ??= toApiError(err);
   };
+  const settle = (): Promise<void> => {
+    if (settling) return settling;
+    const outcome = outcomeOf(controller.signal, error);
+    // NOTE: whatever the engine still runs for this request now has no reader (a later prompt failed, say): stop it.
+    controller.abort();
+    backend.numInFlight -= numSequences;
+    backend.inFlightControllers.delete(controller);
+    settling = Promise.all(runs.map((run) => run.drain())).then(async () => {
+      const settlement: Settlement = {
+        ...admission, finishedMs: Date.now(), ttftMs: firstTokenMs === null ? null : firstTokenMs - admission.startedMs, outcome,
+        // NOTE: a client that left is billed the tokens it was sent (text held back for a stop string included),
+        // not those the engine made before it noticed: what the ledger holds is what the client was told.
+        usage: outcome === "disconnected" ? { ...usage, completionTokens: Math.min(usage.completionTokens, numTokensRead) } : usage, ...(error ? { error: { status: error.status, code: error.code } } : {}),
+      };
+      // NOTE: a listener's fault must not crash the process or keep the others from hearing.
+      const warn = (err: unknown) => process.emitWarning(`a settle listener failed: ${err instanceof Error ? err.message : String(err)}`);
+      const pending: Promise<void>[] = [];
+      for (const listener of ctx.settleListeners) {
+        try {
+          const result = listener(settlement);
+          if (result) pending.push(result.catch(warn));
+        } catch (err) {
+          warn(err);
+        }
+      }
+      await Promise.all(pending);
+    });
+    return settling;
+  };
   return {
     backend,
     engine,
@@ -113,37 +142,9 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
     cost: async () => (ctx.costOf ? ctx.costOf(backend.id, usage, admission.startedMs) : null),
     fail,
     release() {
-      void this.settle();
+      void settle();
     },
-    settle() {
-      if (settling) return settling;
-      const outcome = outcomeOf(controller.signal, error);
-      // NOTE: whatever the engine still runs for this request now has no reader (a later prompt failed, say): stop it.
-      controller.abort();
-      backend.numInFlight -= numSequences;
-      backend.inFlightControllers.delete(controller);
-      settling = Promise.all(runs.map((run) => run.drain())).then(async () => {
-        const settlement: Settlement = {
-          ...admission, finishedMs: Date.now(), ttftMs: firstTokenMs === null ? null : firstTokenMs - admission.startedMs, outcome,
-          // NOTE: a client that left is billed the tokens it was sent (text held back for a stop string included),
-          // not those the engine made before it noticed: what the ledger holds is what the client was told.
-          usage: outcome === "disconnected" ? { ...usage, completionTokens: Math.min(usage.completionTokens, numTokensRead) } : usage, ...(error ? { error: { status: error.status, code: error.code } } : {}),
-        };
-        // NOTE: a listener's fault must not crash the process or keep the others from hearing.
-        const warn = (err: unknown) => process.emitWarning(`a settle listener failed: ${err instanceof Error ? err.message : String(err)}`);
-        const pending: Promise<void>[] = [];
-        for (const listener of ctx.settleListeners) {
-          try {
-            const result = listener(settlement);
-            if (result) pending.push(result.catch(warn));
-          } catch (err) {
-            warn(err);
-          }
-        }
-        await Promise.all(pending);
-      });
-      return settling;
-    },
+    settle,
   };
 }
 
