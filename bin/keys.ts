@@ -2,14 +2,18 @@
 import { parseArgs } from "node:util";
 import { KEY_PRIORITIES, isLive, type ApiKey } from "../service/keys.ts";
 import { Ledger, type LedgerTotals } from "../service/ledger.ts";
+import { DEFAULT_PERIOD, usdText } from "../service/limits/key-limits.ts";
 import { startService } from "../service/service.ts";
 import { defaultDbUrl } from "../service/store/open-store.ts";
+import { limitFlagOptions, limitFlagsHelp, readLimitFlags } from "./limit-flags.ts";
 import { FlagError, dbUrlFlag, enumFlag, flagValue, listFlag, nonEmptyFlag, optionalFlagValue } from "./flags.ts";
 
-export const KEYS_HELP = `tokenmill keys create --name NAME [--models a,b] [--expires DATE] [--metadata JSON] [--priority TIER]
+export const KEYS_HELP = `tokenmill keys create --name NAME [--models a,b] [--expires DATE] [--metadata JSON] [--priority TIER] [limits]
 tokenmill keys list
-tokenmill keys update ID [--name NAME] [--models a,b|all] [--expires DATE|never] [--metadata JSON] [--priority TIER]
+tokenmill keys update ID [--name NAME] [--models a,b|all] [--expires DATE|never] [--metadata JSON] [--priority TIER] [limits]
   --priority interactive|standard|batch   the scheduling tier of the key's requests (default standard)
+Limits (each optional; unset: the server's --default-*; on update, none clears one):
+${limitFlagsHelp("", "the key's")}
 tokenmill keys revoke ID
   --db URL                      sqlite:PATH or postgres://... (default: the server's, $TOKENMILL_DATA_DIR/tokenmill.db)
   --json                        print JSON instead of text
@@ -21,6 +25,7 @@ export async function keysCommand(args: string[]): Promise<void> {
     options: {
       db: { type: "string", default: defaultDbUrl() }, name: { type: "string" }, models: { type: "string" },
       expires: { type: "string" }, metadata: { type: "string" }, priority: { type: "string" }, json: { type: "boolean", default: false }, help: { type: "boolean", short: "h" },
+      ...limitFlagOptions(""),
     },
   });
   const [action, id] = positionals;
@@ -33,6 +38,7 @@ export async function keysCommand(args: string[]): Promise<void> {
     expiresMs: expiresOf(values.expires),
     metadata: values.metadata === undefined ? undefined : metadataOf(values.metadata),
     priority: optionalFlagValue("priority", values.priority, enumFlag(...KEY_PRIORITIES)),
+    limits: readLimitFlags(values, "", { clearable: action === "update" }),
   };
   const service = await startService({ dbUrl: flagValue("db", values.db, dbUrlFlag), ledger: false });
   const print = (text: string, json: unknown) => console.log(values.json ? JSON.stringify(json) : text);
@@ -64,7 +70,18 @@ export async function keysCommand(args: string[]): Promise<void> {
 function describe(key: ApiKey): string {
   const day = (ms: number | null) => (ms === null ? "never" : new Date(ms).toISOString().slice(0, 10));
   const state = key.revokedMs !== null ? "revoked" : isLive(key) ? "active" : "expired";
-  return `${key.id}  ${key.prefix}  ${key.name}  ${state}  created ${day(key.createdMs)}  last used ${day(key.lastUsedMs)}  models ${key.models?.join(",") ?? "all"}  priority ${key.priority}`;
+  return `${key.id}  ${key.prefix}  ${key.name}  ${state}  created ${day(key.createdMs)}  last used ${day(key.lastUsedMs)}  models ${key.models?.join(",") ?? "all"}  priority ${key.priority}${limitsText(key)}`;
+}
+
+function limitsText(key: ApiKey): string {
+  const { limits } = key;
+  const parts = [
+    limits.rpm !== null ? `rpm ${limits.rpm}` : "", limits.tpm !== null ? `tpm ${limits.tpm}` : "",
+    limits.maxParallel !== null ? `max-parallel ${limits.maxParallel}` : "",
+    limits.budgetMicroUsd !== null ? `budget ${usdText(limits.budgetMicroUsd)}/${limits.budgetPeriod ?? DEFAULT_PERIOD}` : "",
+    limits.tokenQuota !== null ? `quota ${limits.tokenQuota} tokens/${limits.quotaPeriod ?? DEFAULT_PERIOD}` : "",
+  ].filter(Boolean);
+  return parts.length > 0 ? `  limits ${parts.join(", ")}` : "";
 }
 
 function usageText(totals: LedgerTotals): string {

@@ -6,7 +6,10 @@ import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readE
 import { microUsdPerMtok, type Price } from "../service/prices.ts";
 import { defaultDbUrl } from "../service/store/open-store.ts";
 import type { AuthMode } from "../server/http/auth.ts";
-import { FlagError, bytesFlag, dbUrlFlag, enumFlag, flagValue, intFlag, nonEmptyFlag, numberFlag, optionalFlagValue } from "./flags.ts";
+import { DEFAULT_ALERT_THRESHOLDS } from "../service/limits/alerts.ts";
+import { NO_LIMITS } from "../service/limits/key-limits.ts";
+import { limitFlagOptions, limitFlagsHelp, readLimitFlags } from "./limit-flags.ts";
+import { FlagError, bytesFlag, listFlag, dbUrlFlag, enumFlag, flagValue, intFlag, nonEmptyFlag, numberFlag, optionalFlagValue } from "./flags.ts";
 
 export const SERVE_HELP = `tokenmill serve [options]
 Server:
@@ -30,6 +33,11 @@ Server:
   --admin-key KEY               the key for /v1/admin/* (repeatable; env TOKENMILL_ADMIN_KEY); none: the admin API is off
   --require-auth                require a key even before any exists (default: anonymous until the first key)
   --no-auth                     serve anonymously whatever keys exist (usage still metered as "anonymous")
+Limits (for keys that set none of their own; see tokenmill keys):
+${limitFlagsHelp("default-", "default")}
+  --alert-thresholds P,P,...    percent of a key's budget or quota at which an alert fires (default ${DEFAULT_ALERT_THRESHOLDS.join(",")})
+  --alert-webhook URL           POST each alert as JSON here (retried with backoff)
+  --alert-webhook-secret S      sign it: x-tokenmill-signature: t=UNIX,v1=HMAC-SHA256(S, "UNIX.BODY") in hex
   --log-level LEVEL             fatal, error, warn, info, debug, trace or silent (default info)
 ${ENGINE_FLAGS_HELP}`;
 
@@ -57,6 +65,10 @@ export async function serveCommand(args: string[]): Promise<void> {
       "admin-key": { type: "string", multiple: true },
       "require-auth": { type: "boolean", default: false },
       "no-auth": { type: "boolean", default: false },
+      ...limitFlagOptions("default-"),
+      "alert-thresholds": { type: "string" },
+      "alert-webhook": { type: "string" },
+      "alert-webhook-secret": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -82,6 +94,14 @@ export async function serveCommand(args: string[]): Promise<void> {
       prices: (values.price ?? []).map(priceOf),
     },
     authMode: authModeOf(values["require-auth"], values["no-auth"]),
+    limits: {
+      defaults: { ...NO_LIMITS, ...readLimitFlags(values, "default-") },
+      alerts: {
+        thresholds: optionalFlagValue("alert-thresholds", values["alert-thresholds"], listFlag(intFlag(1, 1000))),
+        webhookUrl: optionalFlagValue("alert-webhook", values["alert-webhook"], urlFlag),
+        webhookSecret: optionalFlagValue("alert-webhook-secret", values["alert-webhook-secret"], nonEmptyFlag),
+      },
+    },
   };
   const checkpoint = readCheckpoint(modelDirFrom(values));
   const engineOptions = engineOptionsFrom(engineFlags, checkpoint);
@@ -100,6 +120,7 @@ export async function serveCommand(args: string[]): Promise<void> {
     apiKeys: server.apiKeys,
     adminKeys: server.adminKeys,
     db: server.db,
+    limits: server.limits,
     authMode: server.authMode,
     logger: { level: server.logLevel },
   });
@@ -112,6 +133,8 @@ export async function serveCommand(args: string[]): Promise<void> {
     });
   }
 }
+
+const urlFlag = { schema: nonEmptyFlag.schema.refine((text) => /^https?:\/\/.+/.test(text)), accepts: "an http:// or https:// URL" };
 
 /** --price MODEL=IN,CACHED,OUT, in USD per million tokens. */
 function priceOf(text: string): Omit<Price, "effectiveMs"> {

@@ -96,7 +96,7 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
   registerTokenizeRoutes(app, ctx);
   registerAdminKeyRoutes(app, options.auth?.keys ?? null);
   registerAdminPriceRoutes(app, options.prices ?? null);
-  registerUsageRoutes(app, options.store ?? null, options.ledger ?? null);
+  registerUsageRoutes(app, options.store ?? null, options.ledger ?? null, ctx);
   return app;
 }
 
@@ -105,5 +105,6 @@ function sendError(err: unknown, request: FastifyRequest, reply: FastifyReply): 
   // NOTE: a 503 is a state the server is in (loading, full, restarting, draining), not a fault: the request log line has its status.
   if (apiError.status === 500) request.log.error({ err }, "request failed");
   if (apiError.retryAfterSeconds !== undefined) reply.header("retry-after", String(apiError.retryAfterSeconds));
+  for (const [name, value] of Object.entries(apiError.headers)) reply.header(name, value);
   return reply.status(apiError.status).send(apiError.body);
 }

@@ -27,6 +27,12 @@ export class ServerMetrics {
     name: "tokenmill_billed_tokens_total", help: "Tokens settled, by model and price tier (input: uncached input; cached: cached input; output).",
     labelNames: ["model", "tier"], registers: [this.registry],
   });
+  readonly budgetAlerts = new Counter({
+    name: "tokenmill_budget_alerts_total", help: "Budget and token-quota alerts fired, by threshold (percent).", labelNames: ["threshold", "limit_type"], registers: [this.registry],
+  });
+  readonly rateLimited = new Counter({
+    name: "tokenmill_rate_limited_requests_total", help: "Requests refused by a key's limit, by limit (rpm, tpm, max_parallel, budget, token_quota).", labelNames: ["limit"], registers: [this.registry],
+  });
   readonly requests = new Counter({
     name: "tokenmill_http_requests_total", help: "HTTP requests by route and status.", labelNames: ["route", "status"], registers: [this.registry],
   });

@@ -4,6 +4,8 @@
  * requests finish within the shutdown timeout, abort the rest, stop the engine.
  */
 import type { FastifyBaseLogger, FastifyInstance, FastifyServerOptions } from "fastify";
+import type { AlertOptions } from "../service/limits/alerts.ts";
+import type { KeyLimits } from "../service/limits/key-limits.ts";
 import { costMicroUsd, type Price } from "../service/prices.ts";
 import { startService } from "../service/service.ts";
 import { serverShuttingDown } from "./http/api-error.ts";
@@ -30,6 +32,8 @@ export interface ServeOptions {
   requestTimeoutMs?: number;
   /** The service layer's database (--db): keys and the ledger; null: none (no keys but --api-key, no metering). */
   db?: { url: string; sync?: "normal" | "full"; ledger?: boolean; replica?: string; prices?: Omit<Price, "effectiveMs">[] } | null;
+  /** Limits for keys that set none (--default-rpm, ...), and budget alerts (--alert-*); they need the db. */
+  limits?: { defaults?: KeyLimits; alerts?: Omit<AlertOptions, "onAlert" | "onWebhookFailed"> };
   /** --admin-key: keys for /v1/admin/*. */
   adminKeys?: readonly string[];
   /** --require-auth / --no-auth (default auto: anonymous until a key exists). */
@@ -54,18 +58,39 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const models = new ModelRegistry();
   const ctx: ServerContext = { models, metrics: new ServerMetrics(), admitListeners: [], settleListeners: [] };
   let ledgerErrors = 0;
+  // NOTE: the service starts before the app, whose logger the alerts use: they log through this once it exists.
+  let log: FastifyBaseLogger | null = null;
   const service = options.db
     ? await startService({
       dbUrl: options.db.url, sync: options.db.sync, ledger: options.db.ledger, replica: options.db.replica, prices: options.db.prices,
       onLedgerError: () => void ledgerErrors++,
+      limitDefaults: options.limits?.defaults,
+      alerts: {
+        ...options.limits?.alerts,
+        onAlert: (alert) => {
+          ctx.metrics.budgetAlerts.inc({ threshold: String(alert.threshold), limit_type: alert.limit_type });
+          log?.warn({ alert }, `key ${alert.key_id} reached ${alert.threshold}% of its ${alert.limit_type === "budget" ? "budget" : "token quota"} for this ${alert.period}`);
+        },
+        onWebhookFailed: (alert, reason) => log?.error({ alertId: alert.id, reason }, "a budget alert's webhook failed after every retry"),
+      },
+      onLimitRefused: (limit) => ctx.metrics.rateLimited.inc({ limit }),
+      onLimitError: (err) => log?.error({ err }, "settling a request's rate limits or alerts failed"),
     })
     : null;
   const ledger = service?.ledger;
-  if (ledger) {
-    ctx.admitListeners.push((admission) => ledger.admit(admission));
-    ctx.settleListeners.push((settlement) => ledger.settle(settlement));
-  }
+  if (ledger) ctx.admitListeners.push((admission) => ledger.admit(admission));
   if (service) {
+    const { limiter, limitsOf } = service;
+    ctx.settleListeners.push((settlement) => service.settle(settlement));
+    ctx.limits = {
+      admit: async (caller, requestId, startedMs) =>
+        (unlimited(caller) ? null : limiter.admit(limitsOf(caller.keyId, caller.key), requestId, startedMs)),
+      status: async (caller) => {
+        if (unlimited(caller)) return null;
+        const key = limitsOf(caller.keyId, caller.key);
+        return { limits: key.limits, status: await limiter.status(key) };
+      },
+    };
     const prices = service.prices;
     ctx.costOf = async (model, usage, atMs) => {
       const price = await prices.priceAt(model, atMs);
@@ -88,6 +113,8 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
       store: service?.store ?? null,
       ledger: service?.ledger ?? null,
     });
+    log = app.log;
+    if (service?.numReleased) app.log.warn({ holds: service.numReleased }, "limit reservations held by requests a crash cut off are given back");
     if (service?.numInterrupted) app.log.warn({ rows: service.numInterrupted }, "the ledger had requests in flight from a crash; they are marked interrupted");
     const keys = service?.keys;
     ctx.anonymous = async () => options.authMode === "none" || (options.authMode !== "required" && (options.apiKeys ?? []).length === 0 && !(await keys?.hasAny()));
@@ -124,6 +151,9 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   })());
   return { app, ctx, url, ready, close };
 }
+
+/** The admin and anonymous callers (no key exists yet) run under no key's limits. */
+const unlimited = (caller: { keyId: string; admin: boolean }) => caller.admin || caller.keyId === "anonymous";
 
 /** Starts a local model's tokenizer pool and engine thread, and hands them to its backend once both are up. */
 async function loadLocalBackend(

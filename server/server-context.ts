@@ -1,4 +1,7 @@
 /** What every route shares: the model registry, the metrics, and who hears each request's settlement. */
+import type { ApiKey } from "../service/keys.ts";
+import type { KeyLimits } from "../service/limits/key-limits.ts";
+import type { LimitName, LimitStatus, LimitTicket } from "../service/limits/limiter.ts";
 import type { AdmitListener, SettleListener, Usage } from "../service/settlement.ts";
 import type { ModelRegistry } from "./backends/model-registry.ts";
 import type { ServerMetrics } from "./metrics.ts";
@@ -6,11 +9,19 @@ import type { ServerMetrics } from "./metrics.ts";
 export type { GenerationDefaults } from "../models/index.ts";
 export type { ServerLimits } from "./backends/model-backend.ts";
 
+type LimitCaller = { keyId: string; key: ApiKey | null; admin: boolean };
+
 export interface ServerContext {
   /** Whether the server is serving anonymously right now (no key exists yet), for /health's warning. */
   anonymous?: () => Promise<boolean>;
   /** A usage's cost in micro-USD at the model's price in effect at a time; null when the model has no price (or there is no store). */
   costOf?: (model: string, usage: Usage, atMs: number) => Promise<number | null>;
+  /** Admits a request under its key's limits (null: the key has none); throws LimitExceeded. */
+  limits?: {
+    admit(caller: LimitCaller, requestId: string, startedMs: number): Promise<LimitTicket | null>;
+    /** The caller's effective limits and where it stands on each, for GET /v1/key. */
+    status(caller: LimitCaller): Promise<{ limits: KeyLimits; status: Partial<Record<LimitName, LimitStatus>> } | null>;
+  };
   models: ModelRegistry;
   metrics: ServerMetrics;
   /** Called as each request is admitted. */

@@ -5,6 +5,8 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import type { Kysely } from "kysely";
+import { NO_LIMITS as UNSET_LIMITS, type KeyLimits } from "./limits/key-limits.ts";
+import type { Period } from "./limits/periods.ts";
 import type { ApiKeyTable, Database } from "./store/database.ts";
 
 /** How long a verified key (and the "are there any keys" answer) may be served from memory. */
@@ -26,6 +28,8 @@ export interface ApiKey {
   revokedMs: number | null;
   lastUsedMs: number | null;
   priority: KeyPriority;
+  /** The key's own limits (null where it sets none; the server's defaults then apply). */
+  limits: KeyLimits;
 }
 
 export interface NewKey {
@@ -34,9 +38,11 @@ export interface NewKey {
   expiresMs?: number | null;
   metadata?: Record<string, unknown> | null;
   priority?: KeyPriority;
+  limits?: Partial<KeyLimits>;
 }
 
-export type KeyUpdate = Partial<Pick<NewKey, "name" | "models" | "expiresMs" | "metadata" | "priority">>;
+/** What to change; a limit set to null is cleared. */
+export type KeyUpdate = Partial<Pick<NewKey, "name" | "models" | "expiresMs" | "metadata" | "priority" | "limits">>;
 
 export const hashSecret = (secret: string) => createHash("sha256").update(secret).digest("hex");
 
@@ -53,6 +59,7 @@ export class KeyStore {
       id: `key_${randomBytes(9).toString("base64url")}`, name: spec.name, prefix: `${secret.slice(0, 8)}…`, secret_hash: hashSecret(secret),
       models: spec.models ? JSON.stringify(spec.models) : null, metadata: spec.metadata ? JSON.stringify(spec.metadata) : null,
       created_ms: nowMs, expires_ms: spec.expiresMs ?? null, revoked_ms: null, last_used_ms: null, priority: spec.priority ?? null,
+      ...limitColumns({ ...UNSET_LIMITS, ...spec.limits }) as LimitColumns,
     };
     await this.db.insertInto("api_keys").values(row).execute();
     this.anyKeys = null;
@@ -75,6 +82,9 @@ export class KeyStore {
     if (change.expiresMs !== undefined) set.expires_ms = change.expiresMs;
     if (change.metadata !== undefined) set.metadata = change.metadata ? JSON.stringify(change.metadata) : null;
     if (change.priority !== undefined) set.priority = change.priority;
+    if (change.limits) {
+      for (const [column, value] of Object.entries(limitColumns(change.limits))) if (value !== undefined) (set as Record<string, unknown>)[column] = value;
+    }
     if (Object.keys(set).length > 0) await this.db.updateTable("api_keys").set(set).where("id", "=", id).execute();
     this.verified.clear();
     return this.get(id);
@@ -126,5 +136,22 @@ function toKey(row: ApiKeyTable): ApiKey {
     createdMs: Number(row.created_ms), expiresMs: row.expires_ms === null ? null : Number(row.expires_ms),
     revokedMs: row.revoked_ms === null ? null : Number(row.revoked_ms), lastUsedMs: row.last_used_ms === null ? null : Number(row.last_used_ms),
     priority: (row.priority as KeyPriority | null) ?? "standard",
+    limits: {
+      rpm: numberOrNull(row.rpm), tpm: numberOrNull(row.tpm), maxParallel: numberOrNull(row.max_parallel),
+      budgetMicroUsd: numberOrNull(row.budget_micro_usd), budgetPeriod: row.budget_period as Period | null,
+      tokenQuota: numberOrNull(row.token_quota), quotaPeriod: row.quota_period as Period | null,
+    },
+  };
+}
+
+const numberOrNull = (value: number | null | undefined) => (value === null || value === undefined ? null : Number(value));
+
+type LimitColumns = Pick<ApiKeyTable, "rpm" | "tpm" | "max_parallel" | "budget_micro_usd" | "budget_period" | "token_quota" | "quota_period">;
+
+/** The limit columns a (partial) set of limits writes; undefined: leave alone. */
+function limitColumns(limits: Partial<KeyLimits>): { [C in keyof LimitColumns]: LimitColumns[C] | undefined } {
+  return {
+    rpm: limits.rpm, tpm: limits.tpm, max_parallel: limits.maxParallel, budget_micro_usd: limits.budgetMicroUsd,
+    budget_period: limits.budgetPeriod, token_quota: limits.tokenQuota, quota_period: limits.quotaPeriod,
   };
 }

@@ -8,6 +8,7 @@
  * nothing. The final write is an upsert, so settling twice leaves one row.
  */
 import type { Kysely, Transaction } from "kysely";
+import { applyMeterChanges, type MeterChange } from "./limits/meters.ts";
 import { costMicroUsd, type Price } from "./prices.ts";
 import type { Admission, Outcome, Settlement } from "./settlement.ts";
 import type { Database, LedgerStatus, UsageLedgerTable } from "./store/database.ts";
@@ -27,8 +28,16 @@ export interface LedgerTotals {
   costMicroUsd: number;
 }
 
-/** A queued write: prepared (prices looked up) before its batch's transaction, then run inside it. */
-type Write = () => Promise<(trx: Transaction<Database>) => Promise<unknown>>;
+/**
+ * A queued write: prepared (prices looked up) before its batch's transaction, then run inside
+ * it, with the meter changes that settle the request's reservations in the same transaction.
+ */
+type Write = () => Promise<Prepared>;
+
+interface Prepared {
+  run: (trx: Transaction<Database>) => Promise<unknown>;
+  settles?: { requestId: string; changes: MeterChange[] };
+}
 
 interface Queued {
   write: Write;
@@ -67,7 +76,7 @@ export class Ledger {
       uncached_input_tokens: 0, cached_input_tokens: 0, output_tokens: 0, cost_micro_usd: 0,
       started_ms: admission.startedMs, finished_ms: null, ttft_ms: null, replica: this.replica,
     };
-    void this.enqueue(async () => (trx) => trx.insertInto("usage_ledger").values(row).onConflict((oc) => oc.column("request_id").doNothing()).execute());
+    void this.enqueue(async () => ({ run: (trx) => trx.insertInto("usage_ledger").values(row).onConflict((oc) => oc.column("request_id").doNothing()).execute() }));
   }
 
   /** Resolves once the row is committed. */
@@ -84,7 +93,11 @@ export class Ledger {
       const price = await this.priceAt(settlement.model, settlement.startedMs);
       const priced = { ...row, cost_micro_usd: price ? costMicroUsd(usage, price) : 0 };
       const { request_id: _id, ...final } = priced;
-      return (trx) => trx.insertInto("usage_ledger").values(priced).onConflict((oc) => oc.column("request_id").doUpdateSet(final)).execute();
+      const reservations = settlement.reservations;
+      return {
+        run: (trx) => trx.insertInto("usage_ledger").values(priced).onConflict((oc) => oc.column("request_id").doUpdateSet(final)).execute(),
+        settles: reservations?.holdsAny ? { requestId: settlement.id, changes: reservations.changes(usage, priced.cost_micro_usd) } : undefined,
+      };
     });
   }
 
@@ -96,10 +109,12 @@ export class Ledger {
     this.queue = [];
     if (batch.length === 0) return this.flushing;
     this.flushing = this.flushing.then(async () => {
-      const prepared: ((trx: Transaction<Database>) => Promise<unknown>)[] = [];
+      const prepared: Prepared[] = [];
       for (const { write } of batch) prepared.push(await write());
+      const settles = prepared.flatMap((p) => (p.settles ? [p.settles] : []));
       await this.db.transaction().execute(async (trx) => {
-        for (const run of prepared) await run(trx);
+        for (const { run } of prepared) await run(trx);
+        if (settles.length > 0) await applyMeterChanges(trx, settles.map((s) => s.requestId), settles.flatMap((s) => s.changes));
       });
     }).then(() => {
       this.numWritten += batch.length;

@@ -3,9 +3,15 @@
  * ledger's crash recovery done before the first request.
  */
 import { hostname } from "node:os";
-import { KeyStore } from "./keys.ts";
+import { KeyStore, type ApiKey } from "./keys.ts";
 import { Ledger } from "./ledger.ts";
-import { PriceBook, type Price } from "./prices.ts";
+import { Alerts, type AlertOptions } from "./limits/alerts.ts";
+import { NO_LIMITS, effectiveLimits, type KeyLimits } from "./limits/key-limits.ts";
+import { Limiter, type LimitName, type LimitedKey } from "./limits/limiter.ts";
+import { Meters } from "./limits/meters.ts";
+import { MemoryBuckets, PostgresBuckets } from "./limits/rate-buckets.ts";
+import { PriceBook, costMicroUsd, type Price } from "./prices.ts";
+import type { Settlement } from "./settlement.ts";
 import { openStore, type Store, type StoreOptions } from "./store/open-store.ts";
 
 export interface ServiceOptions extends StoreOptions {
@@ -18,6 +24,14 @@ export interface ServiceOptions extends StoreOptions {
   onLedgerError?: (err: unknown) => void;
   /** --price: prices to put in effect now (unless the same price already is). */
   prices?: Omit<Price, "effectiveMs">[];
+  /** --default-rpm and the rest: the limits of keys that set none of their own. */
+  limitDefaults?: KeyLimits;
+  /** --alert-thresholds, --alert-webhook, --alert-webhook-secret, and who hears each alert. */
+  alerts?: AlertOptions;
+  /** Hears each request a key's limit refuses. */
+  onLimitRefused?: (limit: LimitName) => void;
+  /** Hears failures off the request path (rate buckets, alerts after a settlement). */
+  onLimitError?: (err: unknown) => void;
 }
 
 export interface Service {
@@ -25,8 +39,15 @@ export interface Service {
   keys: KeyStore;
   ledger: Ledger | null;
   prices: PriceBook;
+  limiter: Limiter;
   /** Rows a crash of this replica had left in flight, now interrupted. */
   numInterrupted: number;
+  /** Limit reservations a crash of this replica had left, now given back. */
+  numReleased: number;
+  /** The limits a caller's requests run under (a stored key's own over the defaults; the defaults for other keys). */
+  limitsOf(keyId: string, key: ApiKey | null): LimitedKey;
+  /** Settles a request: its ledger row and its reservations, in one transaction; resolves once committed. */
+  settle(settlement: Settlement): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -35,11 +56,33 @@ export async function startService(options: ServiceOptions): Promise<Service> {
   const keys = new KeyStore(store.db);
   const prices = new PriceBook(store.db);
   for (const price of options.prices ?? []) await prices.set(price);
-  const ledger = options.ledger === false ? null : new Ledger(store.db, options.replica ?? hostname(), options.onLedgerError, (model, atMs) => prices.priceAt(model, atMs));
+  const replica = options.replica ?? hostname();
+  const ledger = options.ledger === false ? null : new Ledger(store.db, replica, options.onLedgerError, (model, atMs) => prices.priceAt(model, atMs));
   const numInterrupted = ledger ? await ledger.markInterrupted() : 0;
+  const meters = new Meters(store.db, replica);
+  const numReleased = await meters.releaseCrashed();
+  const alerts = new Alerts(store.db, replica, options.alerts);
+  await alerts.resumeDeliveries();
+  const priceAt = (model: string, atMs: number) => prices.priceAt(model, atMs);
+  const limiter = new Limiter({ buckets: store.kind === "postgres" ? new PostgresBuckets(store.db) : new MemoryBuckets(), meters, alerts, priceAt, onRefused: options.onLimitRefused });
+  const defaults = options.limitDefaults ?? NO_LIMITS;
+  const onLimitError = options.onLimitError ?? (() => {});
   return {
-    store, keys, ledger, prices, numInterrupted,
+    store, keys, ledger, prices, limiter, numInterrupted, numReleased,
+    limitsOf: (keyId, key) => ({ keyId, name: key?.name ?? null, limits: effectiveLimits(key?.limits ?? NO_LIMITS, defaults) }),
+    async settle(settlement) {
+      const { reservations } = settlement;
+      if (ledger) {
+        await ledger.settle(settlement);
+      } else if (reservations?.holdsAny) {
+        const price = await priceAt(settlement.model, settlement.startedMs);
+        await meters.settle([settlement.id], reservations.changes(settlement.usage, price ? costMicroUsd(settlement.usage, price) : 0));
+      }
+      // NOTE: off the request path: the response's last bytes need not wait for buckets and alerts.
+      if (reservations) void reservations.settled(settlement).catch(onLimitError);
+    },
     async close() {
+      alerts.close();
       await ledger?.close();
       await store.close();
     },

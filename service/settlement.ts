@@ -3,6 +3,7 @@
  * layer (keys, ledger, limits) takes over. The server settles each admitted request exactly
  * once; nothing here knows HTTP or the engine.
  */
+import type { MeterChange } from "./limits/meters.ts";
 
 /** Tokens, exact: the prompt (once, whatever n), the part of it served from the prefix cache, and everything generated. */
 export interface Usage {
@@ -38,6 +39,17 @@ export interface Settlement {
   usage: Usage;
   /** The error the client was given, for rejected and errored requests. */
   error?: { status: number; code: string | null };
+  /** What the request holds of its key's limits, replaced at settlement by what it used. */
+  reservations?: Reservations | null;
+}
+
+/** A request's holds on its key's budget, quota and parallel limit (see limits/limiter.ts). */
+export interface Reservations {
+  readonly holdsAny: boolean;
+  /** The meter changes that settle the holds, given the usage and its cost. */
+  changes(usage: Usage, costMicroUsd: number): MeterChange[];
+  /** After the settlement is committed (rate buckets, alerts). */
+  settled(settlement: Settlement): Promise<void>;
 }
 
 /** May return a promise: the request's last bytes wait for it (the ledger's write being durable). */

@@ -8,6 +8,8 @@
  * release() reads each unfinished engine request to its end, after aborting it, before settling.
  */
 import { randomUUID } from "node:crypto";
+import type { ApiKey } from "../../service/keys.ts";
+import { LimitExceeded } from "../../service/limits/limiter.ts";
 import { NO_USAGE, addUsage, type Outcome, type Settlement, type Usage } from "../../service/settlement.ts";
 import type { ModelBackend } from "../backends/model-backend.ts";
 import { EngineError, type EngineOutput, type EngineRequest, type Priority, type PromptTokenizer, type RequestUsage, type ServingEngine } from "../backends/engine-api.ts";
@@ -46,8 +48,10 @@ export interface Admitted {
 export interface AdmitOptions {
   /** The HTTP request id, for the settlement. */
   requestId: string;
-  /** The API key the request came with. */
-  keyId: string;
+  /** Who the request is from: its key's id for the ledger, the key for its limits. */
+  caller: { keyId: string; key: ApiKey | null; admin: boolean };
+  /** Hears the x-ratelimit-* headers for the response, after each take from the key's buckets. */
+  setHeaders?(headers: Record<string, string>): void;
   /** Its scheduling tier (standard by default). */
   priority?: Priority;
   endpoint: string;
@@ -59,7 +63,8 @@ export interface AdmitOptions {
   onClientGone(abort: () => void): void;
 }
 
-export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitOptions): Admitted {
+/** Admits a request, or throws the ApiError that refuses it (a 400 it could never fit, a 503 while the model can't take it, a 429 from its key's limits). */
+export async function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitOptions): Promise<Admitted> {
   const { numSequences } = options;
   const { engine, tokenizer, limits } = backend;
   const capacity = limits.maxNumSeqs + limits.maxQueuedRequests;
@@ -76,8 +81,18 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
   if (backend.numInFlight + numSequences > capacity) {
     throw overloaded(`The server is at capacity (${backend.numInFlight} sequences in flight, limit ${capacity}); retry later.`, 1);
   }
-  const controller = new AbortController();
   backend.numInFlight += numSequences;
+  const admission = { id: randomUUID(), requestId: options.requestId, keyId: options.caller.keyId, model: backend.id, endpoint: options.endpoint, startedMs: Date.now() };
+  let ticket: Awaited<ReturnType<NonNullable<ServerContext["limits"]>["admit"]>> = null;
+  try {
+    ticket = (await ctx.limits?.admit(options.caller, admission.id, admission.startedMs)) ?? null;
+  } catch (err) {
+    backend.numInFlight -= numSequences;
+    if (err instanceof LimitExceeded) options.setHeaders?.(err.headers);
+    throw toApiError(err);
+  }
+  if (ticket) options.setHeaders?.(ticket.headers());
+  const controller = new AbortController();
   backend.inFlightControllers.add(controller);
   options.onClientGone(() => controller.abort(clientClosedRequest()));
   let usage = NO_USAGE;
@@ -87,7 +102,6 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
   let firstTokenMs: number | null = null;
   /** Tokens in the outputs the route read (and so sent on): what a client that left was given. */
   let numTokensRead = 0;
-  const admission = { id: randomUUID(), requestId: options.requestId, keyId: options.keyId, model: backend.id, endpoint: options.endpoint, startedMs: Date.now() };
   for (const listener of ctx.admitListeners) listener(admission);
   const count = (used: RequestUsage | undefined, output?: EngineOutput, byRoute = false) => {
     if (firstTokenMs === null && output && output.newTokenIds.length > 0) firstTokenMs = Date.now();
@@ -110,6 +124,7 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
         // NOTE: a client that left is billed the tokens it was sent (text held back for a stop string included),
         // not those the engine made before it noticed: what the ledger holds is what the client was told.
         usage: outcome === "disconnected" ? { ...usage, completionTokens: Math.min(usage.completionTokens, numTokensRead) } : usage, ...(error ? { error: { status: error.status, code: error.code } } : {}),
+        ...(ticket ? { reservations: ticket } : {}),
       };
       // NOTE: a listener's fault must not crash the process or keep the others from hearing.
       const warn = (err: unknown) => process.emitWarning(`a settle listener failed: ${err instanceof Error ? err.message : String(err)}`);
@@ -132,7 +147,20 @@ export function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitO
     tokenizer,
     signal: controller.signal,
     generate(request) {
-      const run = new EngineRun(engine.add({ ...request, priority: options.priority ?? request.priority }, controller.signal)[Symbol.asyncIterator](), count);
+      const engineRequest = { ...request, priority: options.priority ?? request.priority };
+      // NOTE: the engine request starts only once the key's limits have room for its worst case (a 429 otherwise).
+      const start = async () => {
+        if (ticket) {
+          const n = request.n ?? 1;
+          const promptTokens = request.promptTokenIds.length;
+          const remainder = Math.max(0, engine.info.maxModelLen - promptTokens);
+          const worstPerSequence = Math.min(request.maxTokens ?? remainder, remainder);
+          await ticket.reserveRun(backend.id, promptTokens, worstPerSequence * n, (request.maxTokens ?? 0) * n);
+          options.setHeaders?.(ticket.headers());
+        }
+        return engine.add(engineRequest, controller.signal)[Symbol.asyncIterator]();
+      };
+      const run = new EngineRun(start, count);
       runs.push(run);
       return run.reader(controller.signal, fail);
     },
@@ -157,9 +185,11 @@ function outcomeOf(signal: AbortSignal, error: ApiError | null): Outcome {
 /** One engine request's outputs, counted exactly once whoever reads them: the route, or release() draining what is left. */
 class EngineRun {
   private ended = false;
+  private outputs: Promise<AsyncIterator<EngineOutput>> | null = null;
 
   constructor(
-    private readonly outputs: AsyncIterator<EngineOutput>,
+    /** Starts the engine request (after its reservation), on the first read. */
+    private readonly start: () => Promise<AsyncIterator<EngineOutput>>,
     private readonly count: (usage: RequestUsage | undefined, output?: EngineOutput, byRoute?: boolean) => void,
   ) {}
 
@@ -187,13 +217,15 @@ class EngineRun {
 
   /** Reads to the end, so that the usage on the last output (or on the error) is counted. */
   async drain(): Promise<void> {
+    // NOTE: never read: it never started, and must not start now.
+    if (!this.outputs) this.ended = true;
     while (!this.ended) await this.next().catch(() => undefined);
   }
 
   private async next(byRoute = false): Promise<IteratorResult<EngineOutput>> {
     if (this.ended) return { done: true, value: undefined };
     try {
-      const next = await this.outputs.next();
+      const next = await (await (this.outputs ??= this.start())).next();
       if (next.done) this.ended = true;
       else this.count(next.value.usage, next.value, byRoute);
       return next;

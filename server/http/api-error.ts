@@ -2,6 +2,7 @@
  * The server's one error catalog, in OpenAI's shape: {error: {message, type, param, code}}.
  * Engine and model errors are mapped here, and only here, to HTTP statuses.
  */
+import { LimitExceeded } from "../../service/limits/limiter.ts";
 import { EngineError, ModelError } from "../backends/engine-api.ts";
 
 export class ApiError extends Error {
@@ -12,6 +13,8 @@ export class ApiError extends Error {
     readonly param: string | null = null,
     readonly code: string | null = null,
     readonly retryAfterSeconds?: number,
+    /** More headers for the response (x-ratelimit-*, retry-after-ms, x-should-retry). */
+    readonly headers: Record<string, string> = {},
   ) {
     super(message);
     this.name = "ApiError";
@@ -40,9 +43,25 @@ export const requestAborted = () =>
 export const engineRestarting = (message = "The engine is restarting after a fault; retry shortly.") =>
   new ApiError(503, message, "server_error", null, "engine_restarting", 2);
 
+/**
+ * A key's limit, as OpenAI answers it: 429 `rate_limit_exceeded` with when to retry, or 429
+ * `insufficient_quota`, which the openai SDK surfaces without retrying (x-should-retry: false).
+ */
+export function limitExceeded(err: LimitExceeded): ApiError {
+  if (err.retryAfterMs === null) {
+    const quota = err.limit === "budget" || err.limit === "token_quota";
+    return new ApiError(429, err.message, quota ? "insufficient_quota" : "tokens", null, quota ? "insufficient_quota" : "rate_limit_exceeded", undefined,
+      { ...err.headers, "x-should-retry": "false" });
+  }
+  const type = err.limit === "tpm" ? "tokens" : "requests";
+  return new ApiError(429, err.message, type, null, "rate_limit_exceeded", Math.max(1, Math.ceil(err.retryAfterMs / 1000)),
+    { ...err.headers, "retry-after-ms": String(Math.max(1, Math.ceil(err.retryAfterMs))) });
+}
+
 /** Any thrown value as an ApiError. */
 export function toApiError(err: unknown): ApiError {
   if (err instanceof ApiError) return err;
+  if (err instanceof LimitExceeded) return limitExceeded(err);
   if (err instanceof EngineError) return fromEngineError(err);
   if (err instanceof ModelError) return invalidRequest(err.message, null, err.code.toLowerCase());
   const fastifyError = err as { statusCode?: number; code?: string; message?: string };

@@ -23,4 +23,12 @@ export function onClientGone(reply: FastifyReply, abort: () => void): void {
   });
 }
 
+/** Sets headers on the response however it is then sent (whole, as an error, or hijacked for SSE). */
+export function setRawHeaders(reply: FastifyReply): (headers: Record<string, string>) => void {
+  return (headers) => {
+    if (reply.raw.headersSent) return;
+    for (const [name, value] of Object.entries(headers)) reply.raw.setHeader(name, value);
+  };
+}
+
 export const nowSeconds = () => Math.floor(Date.now() / 1000);

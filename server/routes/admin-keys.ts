@@ -5,7 +5,11 @@
 import type { FastifyInstance } from "fastify";
 import { z } from "zod";
 import { KEY_PRIORITIES, type ApiKey, type KeyPriority, type KeyStore } from "../../service/keys.ts";
+import type { KeyLimits } from "../../service/limits/key-limits.ts";
+import { PERIODS, type Period } from "../../service/limits/periods.ts";
+import { microUsdPerMtok } from "../../service/prices.ts";
 import { ApiError, invalidRequest } from "../http/api-error.ts";
+import { limitFields as limitBody } from "./key-fields.ts";
 import { parseBody } from "../http/http-helpers.ts";
 
 /** An expiry as an ISO date or epoch seconds, or null for none. */
@@ -14,8 +18,23 @@ const models = z.array(z.string().min(1)).min(1).nullish();
 const metadata = z.record(z.string(), z.unknown()).nullish();
 
 const priority = z.enum(KEY_PRIORITIES as [KeyPriority, ...KeyPriority[]]).optional();
-const createKey = z.object({ name: z.string().min(1).max(200), models, expires_at: expiry, metadata, priority }).strict();
-const updateKey = z.object({ name: z.string().min(1).max(200).optional(), models, expires_at: expiry, metadata, priority }).strict();
+/** Each limit: a value, null to clear it (the server's default then applies), or absent to leave it. */
+const count = z.number().int().positive().max(Number.MAX_SAFE_INTEGER).nullish();
+const period = z.enum(PERIODS as [Period, ...Period[]]).nullish();
+const usd = z.union([z.number().nonnegative(), z.string()]).nullish()
+  .refine((v) => v === null || v === undefined || /^\d+(\.\d{0,6})?$/.test(String(v)), "budget_usd must be USD with up to 6 decimals, such as 25 or 12.5");
+const limitFields = { rpm: count, tpm: count, max_parallel: count, budget_usd: usd, budget_period: period, token_quota: count, quota_period: period };
+const createKey = z.object({ name: z.string().min(1).max(200), models, expires_at: expiry, metadata, priority, ...limitFields }).strict();
+const updateKey = z.object({ name: z.string().min(1).max(200).optional(), models, expires_at: expiry, metadata, priority, ...limitFields }).strict();
+
+/** The limit fields of a request body as the key store's limits (micro-USD for the budget). */
+function limitsOf(body: z.infer<typeof updateKey>): Partial<KeyLimits> {
+  const micro = body.budget_usd === undefined ? undefined : body.budget_usd === null ? null : microUsdPerMtok(String(body.budget_usd));
+  return {
+    rpm: body.rpm, tpm: body.tpm, maxParallel: body.max_parallel, budgetMicroUsd: micro, budgetPeriod: body.budget_period,
+    tokenQuota: body.token_quota, quotaPeriod: body.quota_period,
+  };
+}
 
 const expiresMs = (value: string | number | null | undefined) =>
   value === undefined ? undefined : value === null ? null : typeof value === "number" ? value * 1000 : Date.parse(value);
@@ -24,7 +43,7 @@ const expiresMs = (value: string | number | null | undefined) =>
 export function keyBody(key: ApiKey) {
   const seconds = (ms: number | null) => (ms === null ? null : Math.floor(ms / 1000));
   return {
-    id: key.id, object: "api_key", name: key.name, prefix: key.prefix, models: key.models, metadata: key.metadata, priority: key.priority,
+    id: key.id, object: "api_key", name: key.name, prefix: key.prefix, models: key.models, metadata: key.metadata, priority: key.priority, ...limitBody(key.limits),
     created_at: seconds(key.createdMs), expires_at: seconds(key.expiresMs), revoked_at: seconds(key.revokedMs), last_used_at: seconds(key.lastUsedMs),
   };
 }
@@ -41,7 +60,7 @@ export function registerAdminKeyRoutes(app: FastifyInstance, keys: KeyStore | nu
     const expires = expiresMs(body.expires_at);
     if (expires !== undefined && expires !== null && expires <= Date.now()) throw invalidRequest("expires_at is in the past.", "expires_at");
     const { key, secret } = await store().create({
-      name: body.name, models: body.models ?? null, expiresMs: expires ?? null, metadata: body.metadata ?? null, priority: body.priority,
+      name: body.name, models: body.models ?? null, expiresMs: expires ?? null, metadata: body.metadata ?? null, priority: body.priority, limits: limitsOf(body),
     });
     return reply.status(201).send({ ...keyBody(key), secret });
   });
@@ -53,7 +72,7 @@ export function registerAdminKeyRoutes(app: FastifyInstance, keys: KeyStore | nu
   app.patch<{ Params: { id: string } }>("/v1/admin/keys/:id", async (request) => {
     const body = parseBody(updateKey, request.body);
     const key = await store().update(request.params.id, {
-      name: body.name, models: body.models, expiresMs: expiresMs(body.expires_at), metadata: body.metadata, priority: body.priority,
+      name: body.name, models: body.models, expiresMs: expiresMs(body.expires_at), metadata: body.metadata, priority: body.priority, limits: limitsOf(body),
     });
     return found(key, request.params.id);
   });

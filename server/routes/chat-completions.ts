@@ -7,7 +7,7 @@ import { invalidRequest } from "../http/api-error.ts";
 import { Choices, openAiUsage } from "../openai/choices.ts";
 import type { EngineOutput } from "../backends/engine-api.ts";
 import { inMessages, toEngineRequest } from "../openai/to-engine-request.ts";
-import { nowSeconds, onClientGone, parseBody } from "../http/http-helpers.ts";
+import { nowSeconds, onClientGone, parseBody, setRawHeaders } from "../http/http-helpers.ts";
 import { toChatMessage } from "../openai/chat-messages.ts";
 import { chatCompletionRequest, type ChatCompletionRequest } from "../openai/schemas.ts";
 import type { ModelBackend } from "../backends/model-backend.ts";
@@ -21,7 +21,7 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext
     const backend = ctx.models.resolve(body.model);
     checkModelAccess(request.caller, backend.id);
     rejectConstrainedDecoding(body);
-    const admitted = admit(ctx, backend, { requestId: request.id, keyId: request.caller.keyId, priority: request.caller.key?.priority, endpoint: request.routeOptions.url ?? request.url, numSequences: body.n, onClientGone: (abort) => onClientGone(reply, abort) });
+    const admitted = await admit(ctx, backend, { requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key?.priority, endpoint: request.routeOptions.url ?? request.url, numSequences: body.n, onClientGone: (abort) => onClientGone(reply, abort) });
     try {
       const { promptTokenIds } = await admitted.tokenizer.applyChatTemplate(body.messages.map(toChatMessage), {
         addGenerationPrompt: body.add_generation_prompt ?? true,

@@ -6,7 +6,7 @@ import { admit, type Admitted } from "../http/admission.ts";
 import { Choices, openAiUsage, type ChoiceState } from "../openai/choices.ts";
 import type { EngineOutput } from "../backends/engine-api.ts";
 import { toEngineRequest } from "../openai/to-engine-request.ts";
-import { nowSeconds, onClientGone, parseBody } from "../http/http-helpers.ts";
+import { nowSeconds, onClientGone, parseBody, setRawHeaders } from "../http/http-helpers.ts";
 import { legacyLogprobs } from "../openai/legacy-logprobs.ts";
 import { completionRequest, type CompletionRequest } from "../openai/schemas.ts";
 import type { ServerContext } from "../server-context.ts";
@@ -28,8 +28,8 @@ export function registerCompletions(app: FastifyInstance, ctx: ServerContext): v
     const backend = ctx.models.resolve(body.model);
     checkModelAccess(request.caller, backend.id);
     const prompts = promptsOf(body.prompt);
-    const admitted = admit(ctx, backend, {
-      requestId: request.id, keyId: request.caller.keyId, priority: request.caller.key?.priority, endpoint: request.routeOptions.url ?? request.url, numSequences: body.n * prompts.length, param: prompts.length > 1 ? "prompt" : "n",
+    const admitted = await admit(ctx, backend, {
+      requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key?.priority, endpoint: request.routeOptions.url ?? request.url, numSequences: body.n * prompts.length, param: prompts.length > 1 ? "prompt" : "n",
       onClientGone: (abort) => onClientGone(reply, abort),
     });
     try {

@@ -8,7 +8,12 @@ import { z } from "zod";
 import type { Ledger } from "../../service/ledger.ts";
 import { BUCKET_MS, usageByBucket, type BucketWidth, type UsageGroup } from "../../service/usage-report.ts";
 import type { Store } from "../../service/store/open-store.ts";
+import { NO_LIMITS } from "../../service/limits/key-limits.ts";
+import { limitFields } from "./key-fields.ts";
+import type { LimitName, LimitStatus } from "../../service/limits/limiter.ts";
+import { durationText } from "../../service/limits/periods.ts";
 import { ApiError } from "../http/api-error.ts";
+import type { ServerContext } from "../server-context.ts";
 import { parseBody } from "../http/http-helpers.ts";
 
 /** Buckets a page holds by default and at most, per width, as OpenAI's API. */
@@ -56,7 +61,19 @@ async function paged<T>(
   return { object: "page", data, has_more: hasMore, next_page: hasMore ? String(pageEndMs / 1000) : null };
 }
 
-export function registerUsageRoutes(app: FastifyInstance, store: Store | null, ledger: Ledger | null): void {
+/** Where a key stands on each limit it has: the limit, what remains, and when it is whole again. */
+function limitsBody(status: Partial<Record<LimitName, LimitStatus>>) {
+  const nowMs = Date.now();
+  return Object.fromEntries(Object.entries(status).map(([name, s]) => {
+    const usd = name === "budget";
+    return [usd ? "budget_usd" : name, {
+      limit: usd ? s.limit / 1e6 : s.limit, remaining: usd ? s.remaining / 1e6 : s.remaining, ...(s.period ? { period: s.period } : {}),
+      resets_at: s.resetsAtMs === null ? null : s.resetsAtMs / 1000, resets_in: s.resetsAtMs === null ? null : durationText(s.resetsAtMs - nowMs),
+    }];
+  }));
+}
+
+export function registerUsageRoutes(app: FastifyInstance, store: Store | null, ledger: Ledger | null, ctx: ServerContext): void {
   const need = () => store ?? (() => { throw new ApiError(503, "The server has no ledger (--db none).", "server_error", null, "no_store"); })();
 
   app.get("/v1/organization/usage/completions", async (request) => {
@@ -85,8 +102,12 @@ export function registerUsageRoutes(app: FastifyInstance, store: Store | null, l
     const periodStartMs = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1);
     await ledger.flush();
     const totals = await ledger.totals(caller.keyId, periodStartMs);
+    const limits = await ctx.limits?.status(caller);
     return {
       object: "api_key", id: caller.keyId, name: caller.key?.name ?? null, prefix: caller.key?.prefix ?? null, models: caller.key?.models ?? null,
+      priority: caller.key?.priority ?? "standard",
+      ...limitFields(limits?.limits ?? NO_LIMITS),
+      limits: limits ? limitsBody(limits.status) : {},
       usage: {
         period_start: periodStartMs / 1000, num_model_requests: totals.numRequests,
         input_tokens: totals.uncachedInputTokens + totals.cachedInputTokens, input_cached_tokens: totals.cachedInputTokens,

@@ -19,6 +19,59 @@ export interface ApiKeyTable {
   last_used_ms: number | null;
   /** The scheduling tier of the key's requests; null: standard. */
   priority: string | null;
+  /** Limits (null: the server's default, if any): requests and tokens per minute, requests in flight. */
+  rpm: number | null;
+  tpm: number | null;
+  max_parallel: number | null;
+  /** Spend per budget_period (day, week, month; null: month). */
+  budget_micro_usd: number | null;
+  budget_period: string | null;
+  /** Tokens per quota_period. */
+  token_quota: number | null;
+  quota_period: string | null;
+}
+
+/** What a key has used and has reserved (by requests in flight) of one meter in one period. */
+export interface KeyMeterTable {
+  key_id: string;
+  /** usd (micro-USD, a budget), tokens (a token quota), parallel (requests in flight; period 0). */
+  meter: string;
+  period_start_ms: number;
+  used: number;
+  reserved: number;
+}
+
+/** One request's hold on a meter, so that a crash of its replica can give it back. */
+export interface LimitReservationTable {
+  request_id: string;
+  meter: string;
+  key_id: string;
+  period_start_ms: number;
+  amount: number;
+  replica: string;
+}
+
+/** A token bucket shared by replicas (PostgreSQL): its level when last touched. */
+export interface RateBucketTable {
+  key_id: string;
+  /** requests or tokens. */
+  kind: string;
+  tokens: number;
+  updated_ms: number;
+}
+
+/** Each budget alert fired, once per key, meter, period and threshold. */
+export interface BudgetAlertTable {
+  key_id: string;
+  meter: string;
+  period_start_ms: number;
+  threshold: number;
+  fired_ms: number;
+  replica: string;
+  /** When its webhook was delivered; null: not (yet), or no webhook. */
+  delivered_ms: number | null;
+  /** The alert as its webhook sends it (JSON). */
+  payload: string;
 }
 
 /** in_flight at admission; then completed, stopped (the client left), aborted (the server cut it), error; interrupted (left in_flight by a crash). */
@@ -57,4 +110,8 @@ export interface Database {
   api_keys: ApiKeyTable;
   usage_ledger: UsageLedgerTable;
   prices: PriceTable;
+  key_meters: KeyMeterTable;
+  limit_reservations: LimitReservationTable;
+  rate_buckets: RateBucketTable;
+  budget_alerts: BudgetAlertTable;
 }

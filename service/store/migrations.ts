@@ -56,6 +56,50 @@ const MIGRATIONS: Record<string, Migration> = {
       await db.schema.alterTable("api_keys").addColumn("priority", "text").execute();
     },
   },
+  "004_key_limits": {
+    async up(db: Kysely<unknown>) {
+      // NOTE: one column per ALTER: SQLite adds no more at once.
+      for (const [column, type] of [["rpm", "bigint"], ["tpm", "bigint"], ["max_parallel", "bigint"], ["budget_micro_usd", "bigint"], ["budget_period", "text"], ["token_quota", "bigint"], ["quota_period", "text"]] as const) {
+        await db.schema.alterTable("api_keys").addColumn(column, type).execute();
+      }
+      await db.schema.createTable("key_meters")
+        .addColumn("key_id", "text", (c) => c.notNull())
+        .addColumn("meter", "text", (c) => c.notNull())
+        .addColumn("period_start_ms", "bigint", (c) => c.notNull())
+        .addColumn("used", "bigint", (c) => c.notNull().defaultTo(0))
+        .addColumn("reserved", "bigint", (c) => c.notNull().defaultTo(0))
+        .addPrimaryKeyConstraint("key_meters_pk", ["key_id", "meter", "period_start_ms"])
+        .execute();
+      await db.schema.createTable("limit_reservations")
+        .addColumn("request_id", "text", (c) => c.notNull())
+        .addColumn("meter", "text", (c) => c.notNull())
+        .addColumn("key_id", "text", (c) => c.notNull())
+        .addColumn("period_start_ms", "bigint", (c) => c.notNull())
+        .addColumn("amount", "bigint", (c) => c.notNull())
+        .addColumn("replica", "text", (c) => c.notNull())
+        .addPrimaryKeyConstraint("limit_reservations_pk", ["request_id", "meter"])
+        .execute();
+      await db.schema.createIndex("limit_reservations_replica").on("limit_reservations").column("replica").execute();
+      await db.schema.createTable("rate_buckets")
+        .addColumn("key_id", "text", (c) => c.notNull())
+        .addColumn("kind", "text", (c) => c.notNull())
+        .addColumn("tokens", "double precision", (c) => c.notNull())
+        .addColumn("updated_ms", "bigint", (c) => c.notNull())
+        .addPrimaryKeyConstraint("rate_buckets_pk", ["key_id", "kind"])
+        .execute();
+      await db.schema.createTable("budget_alerts")
+        .addColumn("key_id", "text", (c) => c.notNull())
+        .addColumn("meter", "text", (c) => c.notNull())
+        .addColumn("period_start_ms", "bigint", (c) => c.notNull())
+        .addColumn("threshold", "integer", (c) => c.notNull())
+        .addColumn("fired_ms", "bigint", (c) => c.notNull())
+        .addColumn("replica", "text", (c) => c.notNull())
+        .addColumn("delivered_ms", "bigint")
+        .addColumn("payload", "text", (c) => c.notNull())
+        .addPrimaryKeyConstraint("budget_alerts_pk", ["key_id", "meter", "period_start_ms", "threshold"])
+        .execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = { getMigrations: async () => MIGRATIONS };
