@@ -17,6 +17,7 @@ export interface TestServerOverrides {
   adminKeys?: string[];
   apiKeys?: string[];
   logger?: Parameters<typeof startServer>[0]["logger"];
+  limits?: Parameters<typeof startServer>[0]["limits"];
 }
 
 export async function startTestServer(overrides: TestServerOverrides = {}): Promise<RunningServer> {
@@ -38,6 +39,7 @@ export async function startTestServer(overrides: TestServerOverrides = {}): Prom
     toolCallParser: "hermes",
     logger: overrides.logger,
     db: overrides.db ?? null,
+    limits: overrides.limits,
     adminKeys: overrides.adminKeys,
     apiKeys: overrides.apiKeys,
   });
