@@ -3,41 +3,18 @@
  * streams in flight loses no request that had completed, and the next start marks the rest
  * interrupted; two replicas on one PostgreSQL meter into one ledger that matches their clients.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openStore } from "../service/store/open-store.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
-import { freePort } from "./helpers/free-port.ts";
+import { serveProcess } from "./helpers/serve-process.ts";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const MODEL = "tokenmill-tiny-qwen3";
 
-interface Serving {
-  child: ChildProcess;
-  url: string;
-  exited: Promise<unknown>;
-}
-
-async function serve(db: string, replica: string, dataDir: string): Promise<Serving> {
-  const port = await freePort();
-  const child = spawn(process.execPath, ["--import", "tsx", "bin/tokenmill.ts", "serve", "--db", db, "--replica-id", replica, "--kv-cache-memory", "256MiB", "--log-level", "warn"], {
-    cwd: ROOT, env: { ...process.env, PORT: String(port), HOST: "127.0.0.1", TOKENMILL_DATA_DIR: dataDir }, stdio: ["ignore", "ignore", "pipe"],
-  });
-  child.stderr!.resume();
-  const exited = new Promise((resolve) => child.on("exit", resolve));
-  const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 600; i++) {
-    if ((await fetch(`${url}/health`).then((r) => r.status, () => 0)) === 200) return { child, url, exited };
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  child.kill("SIGKILL");
-  throw new Error("the server never became healthy");
-}
+const serve = (db: string, replica: string, dataDir: string) => serveProcess(db, replica, dataDir);
 
 interface Usage { prompt_tokens: number; completion_tokens: number; prompt_tokens_details?: { cached_tokens: number } }
 
