@@ -42,6 +42,12 @@ describe("the command line", () => {
     [["serve", "--request-timeout", "0"], /--request-timeout takes a number > 0/],
     [["generate", "--prompt", "hi", "--top-p", "0"], /--top-p takes a number > 0 and ≤ 1; got "0"/],
     [["bench", "--rounds", "none"], /--rounds takes an integer ≥ 1; got "none"/],
+    [["serve", "--default-rpm", "0"], /--default-rpm takes an integer ≥ 1; got "0"/],
+    [["serve", "--default-budget-usd", "ten"], /--default-budget-usd takes USD with up to 6 decimals/],
+    [["serve", "--default-budget-period", "year"], /--default-budget-period takes one of day, week, month/],
+    [["serve", "--alert-thresholds", "50,x"], /--alert-thresholds takes a comma-separated list/],
+    [["serve", "--alert-webhook", "ftp://x"], /--alert-webhook takes an http:\/\/ or https:\/\/ URL/],
+    [["keys", "create", "--name", "k", "--rpm", "none"], /--rpm takes an integer ≥ 1; got "none"/],
   ])("%j exits 1 with a message naming the flag", (args, message) => {
     const { status, stderr } = runCli(args);
     expect(status).toBe(1);

@@ -27,6 +27,12 @@ describe("tokenmill keys", () => {
     const again = runCli(["keys", "revoke", key.id, "--db", db]);
     expect(again.status).toBe(1);
     expect(again.stderr).toMatch(/no live key/);
+    const limited = JSON.parse(runCli(["keys", "create", "--name", "limited", "--rpm", "60", "--tpm", "90000", "--max-parallel", "4", "--budget-usd", "12.50",
+      "--budget-period", "week", "--token-quota", "1000000", "--db", db, "--json"]).stdout) as { id: string; limits: Record<string, unknown> };
+    expect(limited.limits).toEqual({ rpm: 60, tpm: 90000, maxParallel: 4, budgetMicroUsd: 12_500_000, budgetPeriod: "week", tokenQuota: 1_000_000, quotaPeriod: null });
+    expect(runCli(["keys", "list", "--db", db]).stdout).toMatch(/limited .*limits rpm 60, tpm 90000, max-parallel 4, budget \$12\.50\/week, quota 1000000 tokens\/month/);
+    const cleared = runCli(["keys", "update", limited.id, "--rpm", "none", "--budget-usd", "none", "--tpm", "100", "--db", db]);
+    expect(cleared.stdout).toMatch(/limits tpm 100, max-parallel 4, quota 1000000 tokens\/month$/m);
     const bad = runCli(["keys", "create", "--db", db]);
     expect(bad.status).toBe(1);
     expect(bad.stderr).toMatch(/needs --name/);

@@ -288,3 +288,32 @@ describe("limits as a client meets them (SQLite)", () => {
     expect(metrics).toMatch(/tokenmill_budget_alerts_total\{threshold="100",limit_type="budget"\} 1/);
   }, 60_000);
 });
+
+describe("server defaults (--default-rpm, ...)", () => {
+  let server: RunningServer;
+  beforeAll(async () => {
+    server = await startTestServer({
+      db: { url: "sqlite::memory:", replica: "defaults" }, adminKeys: [ADMIN], apiKeys: ["static-key-for-tests"],
+      limits: { defaults: { rpm: 2, tpm: null, maxParallel: null, budgetMicroUsd: null, budgetPeriod: null, tokenQuota: null, quotaPeriod: null } },
+    });
+  }, 120_000);
+  afterAll(async () => {
+    await server?.close();
+  });
+
+  it("apply to keys that set none, static keys included; a key's own value wins; the admin is never limited", async () => {
+    const plain = await createKey(server.url, { name: "plain" });
+    const own = await createKey(server.url, { name: "own", rpm: 10 });
+    const codes = async (secret: string, count: number) => {
+      const out: number[] = [];
+      for (let i = 0; i < count; i++) out.push((await chat(server.url, secret, { max_tokens: 1 })).status);
+      return out;
+    };
+    expect(await codes(plain.secret, 3)).toEqual([200, 200, 429]);
+    expect(await codes("static-key-for-tests", 3)).toEqual([200, 200, 429]);
+    expect(await codes(own.secret, 3)).toEqual([200, 200, 200]);
+    expect(await codes(ADMIN, 3)).toEqual([200, 200, 200]);
+    const shown = await (await fetch(`${server.url}/v1/key`, { headers: { authorization: `Bearer ${plain.secret}` } })).json() as { rpm: number };
+    expect(shown.rpm).toBe(2);
+  });
+});
