@@ -10,6 +10,7 @@ import { ModelTokenizer } from "../models/tokenizer.ts";
 import { startServer } from "../server/serve.ts";
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags, type EngineFlags, type EngineFlagValues } from "./engine-flags.ts";
 import { measureLedger } from "../bench/ledger-throughput.ts";
+import { TIMEOUT_MS, measurePriorityFlood } from "../bench/priority-flood.ts";
 import { FlagError, dbUrlFlag, enumFlag, flagValue, intFlag, listFlag, nonEmptyFlag, numberFlag, optionalFlagValue } from "./flags.ts";
 
 export const BENCH_HELP = `tokenmill bench [options]
@@ -35,6 +36,9 @@ Results:
   --gpu-hour-price USD          print the break-even $/Mtok: what a million output tokens cost at the measured rate
   --db URL|none                 the in-process server meters into this ledger (default none), to measure its cost
   --ledger-writes N             with --db: measure the ledger alone (N requests' rows) and exit
+  --priority-flood              priority tiers: interactive TTFT idle, then under a flood of 4x --max-num-seqs batch
+                                requests of --output-len tokens, with tiers and without; --num-prompts interactive
+                                requests of 16 tokens per phase, one every 100 ms
 ${ENGINE_FLAGS_HELP}`;
 
 export async function benchCommand(args: string[]): Promise<void> {
@@ -55,6 +59,7 @@ export async function benchCommand(args: string[]): Promise<void> {
       "compare-limit": { type: "boolean", default: false }, "compare-sequential": { type: "boolean", default: false },
       rounds: { type: "string", default: "3" }, help: { type: "boolean", short: "h" },
       db: { type: "string" }, "ledger-writes": { type: "string" }, "gpu-hour-price": { type: "string" },
+      "priority-flood": { type: "boolean", default: false },
     },
   });
   if (values.help) return void console.log(BENCH_HELP);
@@ -92,6 +97,20 @@ export async function benchCommand(args: string[]): Promise<void> {
   const checkpoint = readCheckpoint(tokenizerDir(values));
   const tokenizer = benchTokenizer(checkpoint);
   const workload = buildWorkload({ numPrompts, inputLen, outputLen, rangeRatio, prefixLen, seed, promptFormat }, tokenizer);
+  if (values["priority-flood"]) {
+    if (remote) throw new FlagError("--priority-flood serves the model in this process: leave out --base-url");
+    const engineOptions = engineOptionsFrom(engineFlags, checkpoint);
+    const prompts = buildWorkload({ numPrompts: numPrompts + 4 * engineOptions.maxNumSeqs, inputLen, outputLen, rangeRatio, prefixLen, seed, promptFormat }, tokenizer);
+    const phases = await measurePriorityFlood({
+      engineOptions, model: checkpoint.name, defaults: checkpoint.generationDefaults, numInteractive: numPrompts, gapMs: 100,
+      numFlood: 4 * engineOptions.maxNumSeqs, floodOutputLen: outputLen, interactiveOutputLen: 16, prompt: (i) => prompts[i],
+    });
+    console.log(`priority tiers: ${numPrompts} interactive requests (16 tokens) per phase; flood: ${4 * engineOptions.maxNumSeqs} batch requests of ${outputLen} tokens, --max-num-seqs ${engineOptions.maxNumSeqs}`);
+    for (const phase of phases) console.log(`  ${phase.name.padEnd(40)} TTFT p50 ${phase.p50Ms.toFixed(1).padStart(8)} ms  p99 ${phase.p99Ms.toFixed(1).padStart(8)} ms${phase.timedOut ? `  (${phase.timedOut} had no first token within ${TIMEOUT_MS / 1000} s: lower bounds)` : ""}`);
+    const [idle, tiers, none] = phases;
+    console.log(`  p99 under the flood / idle: ${(tiers.p99Ms / idle.p99Ms).toFixed(2)}x with tiers, ${(none.p99Ms / idle.p99Ms).toFixed(2)}x without`);
+    return;
+  }
 
   const { target, close } = remote
     ? { target: { baseUrl: remote, model: typeof values.model === "string" ? values.model : checkpoint.name } as BenchTarget, close: async () => {} }

@@ -18,6 +18,7 @@ export const ENGINE_FLAGS = {
   "no-prefix-caching": { type: "boolean", default: false },
   threads: { type: "string" },
   "batch-max-wait": { type: "string" },
+  "batch-step-seqs": { type: "string" },
 } as const satisfies ParseArgsConfig["options"];
 
 export const ENGINE_FLAGS_HELP = `Model and engine:
@@ -31,7 +32,9 @@ export const ENGINE_FLAGS_HELP = `Model and engine:
   --max-model-len N             context length (default: the model's max_position_embeddings)
   --no-prefix-caching           turn automatic prefix caching off
   --threads N                   ONNX Runtime intra-op threads (default: all cores)
-  --batch-max-wait SECONDS      a batch-tier request waiting this long is admitted as standard (default 30)`;
+  --batch-max-wait SECONDS      a batch-tier request waiting this long is admitted as standard (default 30)
+  --batch-step-seqs N           at most N batch-tier sequences per step (taking turns) while interactive or
+                                standard requests are about: shorter steps, sooner first tokens (default: no cap)`;
 
 export type EngineFlagValues = { [K in keyof typeof ENGINE_FLAGS]?: string | boolean };
 
@@ -59,6 +62,7 @@ export function readEngineFlags(values: EngineFlagValues): EngineFlags {
     maxModelLen: optionalFlagValue("max-model-len", values["max-model-len"], intFlag(1)),
     enablePrefixCaching: values["no-prefix-caching"] !== true,
     intraOpThreads: optionalFlagValue("threads", values.threads, intFlag(1, 1024)),
+    batchStepSeqs: optionalFlagValue("batch-step-seqs", values["batch-step-seqs"], intFlag(1)),
     batchMaxWaitMs: (optionalFlagValue("batch-max-wait", values["batch-max-wait"], numberFlag(0)) ?? DEFAULT_BATCH_MAX_WAIT_MS / 1000) * 1000,
     progress: process.stderr.isTTY,
   };

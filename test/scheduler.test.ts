@@ -5,7 +5,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import type { KvCacheManager } from "../engine/kv-cache/kv-cache-manager.ts";
-import { Scheduler, type SchedulerLimits, type SchedulerOutput } from "../engine/core/scheduler.ts";
+import { HIGHER_TIER_WINDOW_MS, Scheduler, type SchedulerLimits, type SchedulerOutput } from "../engine/core/scheduler.ts";
 import type { Sequence } from "../engine/core/sequence.ts";
 import { BLOCK_SIZE, byWholeContext, completeStep, expectedGreedy, makeKv, makeSequence, tokens } from "./helpers/core-fakes.ts";
 
@@ -13,8 +13,8 @@ function makeScheduler(numBlocks: number, limits: Partial<SchedulerLimits> = {})
   const { pool, kv } = makeKv(numBlocks);
   const scheduler = new Scheduler(kv, { maxNumSeqs: 8, maxNumBatchedTokens: 16, ...limits });
   /** One step: schedule, then what EngineCore.update does; checks the pool's integrity. */
-  const step = (): SchedulerOutput => {
-    const output = scheduler.schedule();
+  const step = (nowMs?: number): SchedulerOutput => {
+    const output = scheduler.schedule(nowMs);
     completeStep(scheduler, kv, output.scheduled, byWholeContext);
     pool.checkIntegrity();
     return output;
@@ -346,7 +346,7 @@ describe("Scheduler: priority tiers", () => {
     waited.add(old);
     waited.add(withPriority(makeSequence({ requestId: "standard-after-the-wait" }), "standard"));
     // Promoted, it is the oldest standard: first.
-    expect(grants(waited.schedule(old.arrivalMs + 1000))).toEqual({ "old-batch": 3 });
+    expect(grants(waited.schedule(old.arrivalMs + 1001))).toEqual({ "old-batch": 3 });
   });
 
   it("preempts the lowest tier first, even when a higher tier is newer", () => {
@@ -365,6 +365,65 @@ describe("Scheduler: priority tiers", () => {
     runToCompletion(scheduler, step);
     expect(chat.outputTokenIds).toEqual(expectedGreedy(tokens(7, 10), 4, byWholeContext));
     expect(batch.outputTokenIds).toEqual(expectedGreedy(tokens(7), 6, byWholeContext));
+  });
+
+  it("gives a waiting higher tier the slot of the lowest running one when every slot is taken, never a same-tier one", () => {
+    const { scheduler, step } = makeScheduler(64, { maxNumSeqs: 2 });
+    const bulk = [1, 2].map((i) => withPriority(makeSequence({ requestId: `bulk-${i}`, prompt: tokens(4, i * 10), maxTokens: 20 }), "batch"));
+    for (const seq of bulk) scheduler.add(seq);
+    step();
+    const same = withPriority(makeSequence({ requestId: "more-bulk", prompt: tokens(4, 50), maxTokens: 2 }), "batch");
+    scheduler.add(same);
+    expect(step().preempted).toEqual([]);
+    const chat = withPriority(makeSequence({ requestId: "chat", prompt: tokens(4, 90), maxTokens: 3 }), "interactive");
+    scheduler.add(chat);
+    const output = step();
+    expect(output.preempted).toEqual([bulk[1]]);
+    // The step that starts chat's prompt is chat's alone; the bulk sequence goes on in the next.
+    expect(grants(output)).toEqual({ chat: 4 });
+    expect(grants(step())).toEqual({ chat: 1, "bulk-1": 1 });
+    runToCompletion(scheduler, step);
+    expect(chat.outputTokenIds).toEqual(expectedGreedy(tokens(4, 90), 3, byWholeContext));
+    for (const [i, seq] of bulk.entries()) expect(seq.outputTokenIds).toEqual(expectedGreedy(tokens(4, (i + 1) * 10), 20, byWholeContext));
+  });
+
+  it("with batchStepSeqs, decodes the batch tier in turns while a higher tier is about, and all of it once none has been", () => {
+    const { scheduler, step } = makeScheduler(64, { maxNumSeqs: 8, batchStepSeqs: 2 });
+    const bulk = [1, 2, 3, 4].map((i) => withPriority(makeSequence({ requestId: `bulk-${i}`, prompt: tokens(3, i * 10), maxTokens: 12 }), "batch"));
+    for (const seq of bulk) scheduler.add(seq);
+    // No higher tier yet: every batch sequence runs in every step.
+    expect(Object.keys(grants(step()))).toHaveLength(4);
+    const chat = withPriority(makeSequence({ requestId: "chat", prompt: tokens(3, 90), maxTokens: 6 }), "interactive");
+    scheduler.add(chat);
+    expect(grants(step())).toEqual({ chat: 3 });
+    const turns = [step(), step(), step()].map((output) => Object.keys(grants(output)).sort());
+    expect(turns).toEqual([["bulk-1", "bulk-2", "chat"], ["bulk-3", "bulk-4", "chat"], ["bulk-1", "bulk-2", "chat"]]);
+    runToCompletion(scheduler, step);
+    expect(chat.outputTokenIds).toEqual(expectedGreedy(tokens(3, 90), 6, byWholeContext));
+    for (const [i, seq] of bulk.entries()) expect(seq.outputTokenIds).toEqual(expectedGreedy(tokens(3, (i + 1) * 10), 12, byWholeContext));
+    // A chat request long gone: the cap no longer applies.
+    const { scheduler: quiet, step: quietStep } = makeScheduler(64, { maxNumSeqs: 8, batchStepSeqs: 2, batchMaxWaitMs: 10 * HIGHER_TIER_WINDOW_MS });
+    for (const i of [1, 2, 3]) quiet.add(withPriority(makeSequence({ requestId: `late-${i}`, prompt: tokens(3, i * 10), maxTokens: 4 }), "batch"));
+    quiet.add(withPriority(makeSequence({ requestId: "old-chat", prompt: tokens(3, 70), maxTokens: 1 }), "interactive"));
+    const t0 = performance.now();
+    expect(Object.keys(grants(quietStep(t0))).sort()).toEqual(["late-1", "late-2", "old-chat"]);
+    expect(Object.keys(grants(quietStep(t0 + HIGHER_TIER_WINDOW_MS + 10))).sort()).toEqual(["late-1", "late-2", "late-3"]);
+  });
+
+  it("admits a waiting higher tier when blocks are short by preempting the lowest running one", () => {
+    const { scheduler, step } = makeScheduler(5); // 4 usable blocks of 4 tokens
+    const batch = withPriority(makeSequence({ requestId: "batch", prompt: tokens(12), maxTokens: 4 }), "batch");
+    scheduler.add(batch);
+    expect(grants(step())).toEqual({ batch: 12 });
+    expect(grants(step())).toEqual({ batch: 1 }); // its 13th token takes the last free block
+    const chat = withPriority(makeSequence({ requestId: "chat", prompt: tokens(7, 10), maxTokens: 2 }), "interactive");
+    scheduler.add(chat);
+    const output = step();
+    expect(output.preempted).toEqual([batch]);
+    expect(grants(output)).toEqual({ chat: 7 });
+    runToCompletion(scheduler, step);
+    expect(chat.outputTokenIds).toEqual(expectedGreedy(tokens(7, 10), 2, byWholeContext));
+    expect(batch.outputTokenIds).toEqual(expectedGreedy(tokens(12), 4, byWholeContext));
   });
 
   it("takes back the tokens a victim was already granted in the same step", () => {

@@ -26,6 +26,8 @@ export interface EngineCoreOptions {
   eosTokenIds: readonly number[];
   /** How long a batch-tier request may wait before it is admitted as standard. */
   batchMaxWaitMs?: number;
+  /** At most this many batch-tier sequences per step while higher tiers are about. */
+  batchStepSeqs?: number;
   enablePrefixCaching?: boolean;
 }
 

@@ -5,7 +5,9 @@
  * remains of the budget. Waiting sequences are admitted by priority tier (interactive,
  * standard, batch), first-come, first-served within a tier; a batch sequence that has waited
  * batchMaxWaitMs counts as standard, so it never starves. When blocks run out, the newest
- * running sequence of the lowest tier is preempted and recomputed later.
+ * running sequence of the lowest tier is preempted and recomputed later; so is one when every
+ * slot is taken and a sequence of a higher tier waits (as vLLM's priority policy does), so
+ * that a chat request never waits for a bulk job's long generation to end.
  */
 import type { KvCacheManager } from "../kv-cache/kv-cache-manager.ts";
 import type { Priority } from "./request.ts";
@@ -16,7 +18,16 @@ export interface SchedulerLimits {
   maxNumBatchedTokens: number;
   /** How long a batch sequence may wait before it is admitted as standard (default 30 s). */
   batchMaxWaitMs?: number;
+  /**
+   * At most this many batch-tier sequences per step while higher tiers are about (one ran or
+   * arrived within HIGHER_TIER_WINDOW_MS), taking turns; unset: no cap. Shorter steps let a chat
+   * request's first token come sooner, at some cost to the batch tier's throughput.
+   */
+  batchStepSeqs?: number;
 }
+
+/** How long after the last interactive or standard sequence the batch tier stays capped by batchStepSeqs. */
+export const HIGHER_TIER_WINDOW_MS = 30_000;
 
 const RANK: Record<Priority, number> = { interactive: 0, standard: 1, batch: 2 };
 export const DEFAULT_BATCH_MAX_WAIT_MS = 30_000;
@@ -36,9 +47,15 @@ export class Scheduler {
   readonly waiting: Sequence[] = [];
   readonly running: Sequence[] = [];
 
+  /** When a sequence of a tier above batch last arrived or ran. */
+  private higherTierSeenMs = -Infinity;
+  /** Where the batch tier's turn starts, when batchStepSeqs caps it. */
+  private batchTurn = 0;
+
   constructor(private readonly kv: KvCacheManager, private readonly limits: SchedulerLimits) {}
 
   add(seq: Sequence): void {
+    if (seq.priority !== "batch") this.higherTierSeenMs = Math.max(this.higherTierSeenMs, seq.arrivalMs);
     seq.status = "waiting";
     this.waiting.push(seq);
   }
@@ -57,10 +74,17 @@ export class Scheduler {
     let budget = this.limits.maxNumBatchedTokens;
     const scheduled: ScheduledSequence[] = [];
     const preempted: Sequence[] = [];
+    const displaced = this.makeRoomForHigherTiers(nowMs);
+    const deferBelow = this.firstPrefillRank(nowMs);
+    const { order, batchCap } = this.runningOrder(nowMs);
+    const rankOf = this.rankAt(nowMs);
+    let numBatch = 0;
 
-    for (const seq of [...this.running]) {
+    for (const seq of order) {
       if (budget <= 0) break;
       if (seq.status !== "running") continue;
+      if (rankOf(seq) > deferBelow) continue;
+      if (seq.priority === "batch" && numBatch >= batchCap) continue;
       const numNewTokens = Math.min(seq.numUncomputedTokens, budget);
       if (numNewTokens <= 0) continue;
       while (!this.kv.allocateSlots(seq, numNewTokens)) {
@@ -75,25 +99,105 @@ export class Scheduler {
       if (seq.status !== "running") continue;
       scheduled.push({ seq, numNewTokens });
       budget -= numNewTokens;
+      if (seq.priority === "batch") numBatch++;
     }
 
-    // NOTE: after a preemption the pool is short; admitting new work now would only thrash.
-    while (preempted.length === 0 && budget > 0 && this.waiting.length > 0 && this.running.length < this.limits.maxNumSeqs) {
-      const next = this.nextWaiting(nowMs);
-      const seq = this.waiting[next];
-      // A sequence that already holds blocks (a forked copy) or needs every prompt position's logits skips the cache.
-      const cached = seq.numComputedTokens > 0 || seq.promptLogprobs ? { blockIds: [], hashes: [] } : this.kv.findCachedBlocks(seq);
-      const numCachedTokens = cached.blockIds.length * this.kv.blockSize;
-      const numNewTokens = Math.min(seq.numUncomputedTokens - numCachedTokens, budget);
-      if (!this.kv.allocateSlots(seq, numNewTokens, cached)) break;
-      this.waiting.splice(next, 1);
+    // The next step's batch turn starts after the sequences that had this one.
+    this.batchTurn += numBatch;
+
+    // NOTE: after a preemption the pool is short and admitting new work would only thrash, unless the
+    // sequence outranks the lowest running one: then it takes that one's blocks, as it would take its slot.
+    while (budget > 0 && this.waiting.length > 0 && this.running.length < this.limits.maxNumSeqs) {
+      const seq = this.waiting[this.nextWaiting(nowMs)];
+      if (seq.priority === "batch" && numBatch >= batchCap) break;
+      const outranks = () => this.running.length > 0 && rankOf(seq) < rankOf(this.victim());
+      if (preempted.length > 0 && !outranks()) break;
+      let numNewTokens = 0;
+      let numCachedTokens = 0;
+      let admitted = false;
+      for (;;) {
+        // A sequence that already holds blocks (a forked copy) or needs every prompt position's logits skips the cache.
+        const cached = seq.numComputedTokens > 0 || seq.promptLogprobs ? { blockIds: [], hashes: [] } : this.kv.findCachedBlocks(seq);
+        numCachedTokens = cached.blockIds.length * this.kv.blockSize;
+        numNewTokens = Math.min(seq.numUncomputedTokens - numCachedTokens, budget);
+        if (this.kv.allocateSlots(seq, numNewTokens, cached)) {
+          admitted = true;
+          break;
+        }
+        if (!outranks()) break;
+        const victim = this.victim();
+        const granted = scheduled.findIndex((s) => s.seq === victim);
+        if (granted >= 0) {
+          budget += scheduled.splice(granted, 1)[0].numNewTokens;
+          if (victim.priority === "batch") numBatch--;
+        }
+        this.preempt(victim);
+        preempted.push(victim);
+      }
+      if (!admitted) break;
+      removeFrom(this.waiting, seq);
       seq.status = "running";
       seq.numCachedTokens ??= numCachedTokens;
       this.running.push(seq);
       scheduled.push({ seq, numNewTokens });
       budget -= numNewTokens;
+      if (seq.priority === "batch") numBatch++;
     }
-    return { scheduled, preempted };
+    return { scheduled, preempted: [...displaced, ...preempted] };
+  }
+
+  /**
+   * When every slot is taken, each waiting sequence that outranks the lowest running one
+   * takes its slot: that one is preempted (its blocks stay in the prefix cache for its return).
+   */
+  private makeRoomForHigherTiers(nowMs: number): Sequence[] {
+    const displaced: Sequence[] = [];
+    if (this.running.length < this.limits.maxNumSeqs || this.waiting.length === 0) return displaced;
+    const rankOf = this.rankAt(nowMs);
+    const contenders = this.waiting.map(rankOf).sort((a, b) => a - b);
+    for (const rank of contenders) {
+      const victim = this.victim();
+      if (RANK[victim.priority] <= rank) break;
+      this.preempt(victim);
+      displaced.push(victim);
+    }
+    return displaced;
+  }
+
+  /**
+   * NOTE: a step that starts a higher tier's prompt (its first token is what a chat user waits
+   * for) leaves the lower tiers out, so that it runs as fast as on an idle server. One step per
+   * such request: lower tiers can't starve unless higher-tier requests arrive faster than steps.
+   * Returns the rank below which running sequences sit this step out (Infinity: none).
+   */
+  private firstPrefillRank(nowMs: number): number {
+    if (this.waiting.length === 0 || this.running.length === 0 || this.running.length >= this.limits.maxNumSeqs) return Infinity;
+    const rankOf = this.rankAt(nowMs);
+    const next = this.waiting[this.nextWaiting(nowMs)];
+    const rank = rankOf(next);
+    if (next.numComputedTokens > 0 || rank === RANK.batch) return Infinity;
+    return this.running.some((seq) => rankOf(seq) > rank) ? rank : Infinity;
+  }
+
+  /**
+   * The order running sequences are granted tokens in, and how many batch-tier ones may be:
+   * all, in order; or, with batchStepSeqs while higher tiers are about, the others first and
+   * then the batch tier from where its last turn ended.
+   */
+  private runningOrder(nowMs: number): { order: Sequence[]; batchCap: number } {
+    const cap = this.limits.batchStepSeqs;
+    if (this.running.some((seq) => seq.priority !== "batch")) this.higherTierSeenMs = nowMs;
+    if (cap === undefined || nowMs - this.higherTierSeenMs > HIGHER_TIER_WINDOW_MS) return { order: [...this.running], batchCap: Infinity };
+    const batch = this.running.filter((seq) => seq.priority === "batch");
+    if (batch.length <= cap) return { order: [...this.running], batchCap: cap };
+    const start = this.batchTurn % batch.length;
+    this.batchTurn = start;
+    return { order: [...this.running.filter((seq) => seq.priority !== "batch"), ...batch.slice(start), ...batch.slice(0, start)], batchCap: cap };
+  }
+
+  private rankAt(nowMs: number): (seq: Sequence) => number {
+    const maxWaitMs = this.limits.batchMaxWaitMs ?? DEFAULT_BATCH_MAX_WAIT_MS;
+    return (seq) => (seq.priority === "batch" && nowMs - seq.arrivalMs >= maxWaitMs ? RANK.standard : RANK[seq.priority]);
   }
 
   /** Removes a sequence wherever it is and frees its blocks. */
@@ -105,8 +209,7 @@ export class Scheduler {
 
   /** The waiting sequence to admit next: the best tier (a long-waiting batch one counts as standard), first in the queue within it. */
   private nextWaiting(nowMs: number): number {
-    const maxWaitMs = this.limits.batchMaxWaitMs ?? DEFAULT_BATCH_MAX_WAIT_MS;
-    const rankOf = (seq: Sequence) => (seq.priority === "batch" && nowMs - seq.arrivalMs >= maxWaitMs ? RANK.standard : RANK[seq.priority]);
+    const rankOf = this.rankAt(nowMs);
     let best = 0;
     for (let i = 1; i < this.waiting.length; i++) if (rankOf(this.waiting[i]) < rankOf(this.waiting[best])) best = i;
     return best;

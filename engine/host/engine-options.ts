@@ -20,6 +20,8 @@ export interface EngineOptions {
   intraOpThreads?: number;
   /** How long a batch-tier request may wait before it is admitted as standard (default 30 s). */
   batchMaxWaitMs?: number;
+  /** At most this many batch-tier sequences per step while higher tiers are about (see Scheduler). */
+  batchStepSeqs?: number;
   /** Show a progress bar while the graph builds. */
   progress?: boolean;
   /** Tests only (no flag sets it): lets Engine.injectFault() make the engine thread throw. */
