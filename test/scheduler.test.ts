@@ -238,7 +238,7 @@ describe("Scheduler: preemption", () => {
 interface Workload {
   numBlocks: number;
   limits: SchedulerLimits;
-  requests: { prompt: number[]; maxTokens: number; arrivalStep: number }[];
+  requests: { prompt: number[]; maxTokens: number; arrivalStep: number; priority: Sequence["priority"] }[];
 }
 
 const workload: fc.Arbitrary<Workload> = fc
@@ -246,21 +246,23 @@ const workload: fc.Arbitrary<Workload> = fc
     numBlocks: fc.integer({ min: 3, max: 10 }),
     maxNumSeqs: fc.integer({ min: 1, max: 4 }),
     maxNumBatchedTokens: fc.integer({ min: 1, max: 12 }),
+    batchStepSeqs: fc.option(fc.integer({ min: 1, max: 3 }), { nil: undefined }),
     requests: fc.array(
       fc.record({
         // A two-letter alphabet, so prompts often share cached prefixes.
         prompt: fc.array(fc.integer({ min: 0, max: 1 }), { minLength: 1, maxLength: 36 }),
         maxTokens: fc.integer({ min: 1, max: 10 }),
         arrivalStep: fc.integer({ min: 0, max: 6 }),
+        priority: fc.constantFrom("interactive", "standard", "batch"),
       }),
       { minLength: 1, maxLength: 6 },
     ),
   })
-  .map(({ numBlocks, maxNumSeqs, maxNumBatchedTokens, requests }) => {
+  .map(({ numBlocks, maxNumSeqs, maxNumBatchedTokens, batchStepSeqs, requests }) => {
     const capacity = (numBlocks - 1) * BLOCK_SIZE;
     return {
       numBlocks,
-      limits: { maxNumSeqs, maxNumBatchedTokens },
+      limits: { maxNumSeqs, maxNumBatchedTokens, batchStepSeqs },
       // Only requests that fit in the pool alone (as EngineCore's validation ensures).
       requests: requests.map((r) => {
         const prompt = r.prompt.slice(0, capacity - 1);
@@ -293,7 +295,7 @@ describe("Scheduler under random workloads", () => {
     fc.assert(
       fc.property(workload, ({ numBlocks, limits, requests }) => {
         const { kv, pool, scheduler } = makeScheduler(numBlocks, limits);
-        const seqs = requests.map((r) => makeSequence({ prompt: r.prompt, maxTokens: r.maxTokens }));
+        const seqs = requests.map((r) => Object.assign(makeSequence({ prompt: r.prompt, maxTokens: r.maxTokens }), { priority: r.priority }));
         for (let stepIndex = 0; stepIndex < 2000; stepIndex++) {
           seqs.forEach((seq, i) => requests[i].arrivalStep === stepIndex && scheduler.add(seq));
           if (!scheduler.hasWork && stepIndex > 6) break;

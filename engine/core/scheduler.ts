@@ -156,6 +156,7 @@ export class Scheduler {
     const rankOf = this.rankAt(nowMs);
     const contenders = this.waiting.map(rankOf).sort((a, b) => a - b);
     for (const rank of contenders) {
+      if (this.running.length === 0) break;
       const victim = this.victim();
       if (RANK[victim.priority] <= rank) break;
       this.preempt(victim);
