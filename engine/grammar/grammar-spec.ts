@@ -1,0 +1,34 @@
+/**
+ * What a constrained request's output must match. The server builds it from response_format,
+ * vLLM's guided_* fields and forcing tool_choice; the grammar thread compiles it.
+ */
+export interface ToolSpec {
+  name: string;
+  /** The function's JSON schema for its arguments (an empty object schema when none is given). */
+  parameters: Record<string, unknown>;
+}
+
+export type GrammarSpec =
+  | { type: "json_schema"; schema: Record<string, unknown> | boolean }
+  | { type: "json_object" }
+  | { type: "regex"; pattern: string }
+  | { type: "choice"; choices: string[] }
+  | { type: "ebnf"; grammar: string }
+  /** One or more calls in Qwen's (Hermes') format, `<tool_call>\n{"name": …, "arguments": …}\n</tool_call>`. */
+  | { type: "tool_calls"; tools: ToolSpec[]; parallel: boolean };
+
+/** The same spec always gives the same key (object keys sorted), for the compiled-grammar cache. */
+export function grammarKey(spec: GrammarSpec): string {
+  return JSON.stringify(spec, (_key, value: unknown) =>
+    value && typeof value === "object" && !Array.isArray(value)
+      ? Object.fromEntries(Object.entries(value as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : value);
+}
+
+/** A grammar the engine can't honour: a 400 naming what is wrong. */
+export class GrammarError extends Error {
+  constructor(message: string, readonly param: string = "response_format") {
+    super(message);
+    this.name = "GrammarError";
+  }
+}
