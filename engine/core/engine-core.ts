@@ -16,6 +16,11 @@ import { type ScheduledSequence, Scheduler } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import { EngineStats } from "./engine-stats.ts";
 import type { TextCodec } from "../text/text-codec.ts";
+import { GrammarError } from "../grammar/grammar-spec.ts";
+import type { GrammarSession } from "./grammar-session.ts";
+
+/** How long a grammar may take to compile before its request fails (--grammar-compile-timeout). */
+export const DEFAULT_GRAMMAR_COMPILE_TIMEOUT_MS = 10_000;
 
 export interface EngineCoreOptions {
   blockSize: number;
@@ -29,6 +34,9 @@ export interface EngineCoreOptions {
   /** At most this many batch-tier sequences per step while higher tiers are about. */
   batchStepSeqs?: number;
   enablePrefixCaching?: boolean;
+  /** Constrains outputs to requests' grammars; none: such requests are refused. */
+  grammar?: GrammarSession | null;
+  grammarCompileTimeoutMs?: number;
 }
 
 export class EngineCore {
@@ -40,6 +48,10 @@ export class EngineCore {
   private readonly sequences = new Map<string, Sequence[]>();
   /** Copies 1..n-1 of a request, waiting for copy 0's prompt to be computed so they can share its blocks. */
   private readonly pendingForks = new Map<string, Sequence[]>();
+  /** Requests whose grammar failed to compile, to fail at the next step. */
+  private readonly grammarFailures = new Map<string, EngineError>();
+  /** Called when a request becomes ready outside a step (its grammar compiled), so an idle loop runs again. */
+  onWake: (() => void) | null = null;
 
   /** @param codec turns tokens into text; without one, outputs carry token ids only. */
   constructor(private readonly runner: StepRunner, private readonly options: EngineCoreOptions, private readonly codec: TextCodec | null = null) {
@@ -51,12 +63,38 @@ export class EngineCore {
   add(unchecked: EngineRequest): void {
     const request = checkRequest(unchecked, { ...this.options, vocabSize: this.runner.vocabSize });
     if (this.sequences.has(request.requestId)) throw new EngineError("INVALID_REQUEST", `request id ${request.requestId} is already in use`);
-    const stop = new Set([...(request.stopTokenIds ?? []), ...(request.ignoreEos ? [] : this.options.eosTokenIds)]);
+    if (request.grammar && !this.options.grammar) throw new EngineError("INVALID_REQUEST", "this engine has no grammar engine, so it can't constrain outputs", "response_format");
+    // NOTE: a grammar ends with a stop token, ignore_eos or not.
+    const stop = new Set([...(request.stopTokenIds ?? []), ...(request.ignoreEos && !request.grammar ? [] : this.options.eosTokenIds)]);
     const n = request.n ?? 1;
     const seqs = Array.from({ length: n }, (_, index) => this.makeSequence(request, index, stop));
     this.sequences.set(request.requestId, seqs);
-    this.pendingAdds.push(seqs[0]);
     if (n > 1) this.pendingForks.set(request.requestId, seqs.slice(1));
+    if (request.grammar) this.openGrammar(request.requestId, request.grammar, seqs);
+    else this.pendingAdds.push(seqs[0]);
+  }
+
+  /** The request waits, unscheduled, while its grammar compiles (other requests' steps go on); it then joins the queue, or fails. */
+  private openGrammar(requestId: string, spec: NonNullable<EngineRequest["grammar"]>, seqs: Sequence[]): void {
+    const grammar = this.options.grammar!;
+    for (const seq of seqs) seq.grammarKey = `${requestId}#${seq.index}`;
+    const timeoutMs = this.options.grammarCompileTimeoutMs ?? DEFAULT_GRAMMAR_COMPILE_TIMEOUT_MS;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new EngineError("INVALID_REQUEST",
+        `compiling the request's grammar took longer than ${timeoutMs / 1000} s (--grammar-compile-timeout); simplify the schema`, "response_format")), timeoutMs);
+    });
+    const settled = (failure: EngineError | null) => {
+      clearTimeout(timer);
+      if (this.sequences.get(requestId) !== seqs) return; // aborted meanwhile
+      if (failure) this.grammarFailures.set(requestId, failure);
+      else this.pendingAdds.push(seqs[0]);
+      this.onWake?.();
+    };
+    Promise.race([Promise.all(seqs.map((seq) => grammar.open(seq.grammarKey!, spec))), timeout]).then(() => settled(null), (err: unknown) => settled(
+      err instanceof EngineError ? err : err instanceof GrammarError ? new EngineError("INVALID_REQUEST", `invalid grammar: ${err.message}`, err.param)
+        : new EngineError("RUNTIME_FAILED", `the grammar engine failed: ${err instanceof Error ? err.message : String(err)}`),
+    ));
   }
 
   private makeSequence(request: CheckedRequest, index: number, stop: ReadonlySet<number>): Sequence {
@@ -80,18 +118,35 @@ export class EngineCore {
   }
 
   get hasWork(): boolean {
-    return this.scheduler.hasWork || this.pendingAdds.length > 0 || this.pendingAborts.size > 0;
+    return this.scheduler.hasWork || this.pendingAdds.length > 0 || this.pendingAborts.size > 0 || this.grammarFailures.size > 0;
   }
 
   async step(): Promise<EngineOutput[]> {
     const outputs = this.applyPending();
+    const [failed] = this.grammarFailures;
+    if (failed) {
+      this.grammarFailures.delete(failed[0]);
+      this.failRequests([failed[0]], failed[1], outputs);
+    }
     const { scheduled, preempted } = this.scheduler.schedule();
     this.stats.numPreemptions += preempted.length;
     if (scheduled.length > 0) {
       const needs = scheduled.map(({ seq }) => stepNeedOf(seq));
+      // NOTE: the grammar thread accepts the last tokens and computes the next masks while the model runs.
+      const constrained = scheduled.filter(({ seq, numNewTokens }) => seq.grammarKey !== null && seq.numComputedTokens + numNewTokens >= seq.numTokens);
+      const masking = constrained.length === 0 ? null
+        : this.options.grammar!.advance(constrained.map(({ seq }) => ({ seqKey: seq.grammarKey!, tokens: seq.grammarTokens.splice(0) })));
+      masking?.catch(() => undefined);
       const logits = await this.runner.step(scheduled.map(toStepSequence), { fullLogits: needs.includes("logits"), probs: needs.includes("probs") })
         .catch((err: unknown) => this.failStep(scheduled, err, outputs));
-      this.updateAll(scheduled, logits, needs, outputs);
+      const masks = new Map<Sequence, Int32Array>();
+      if (masking) {
+        const advanced = await masking.catch((err: unknown) => this.failStep(constrained, err, outputs));
+        const rejected = constrained.filter((_, i) => advanced.rejected[i]);
+        if (rejected.length > 0) this.failStep(rejected, new Error("the grammar refused a token sampled under its own mask"), outputs);
+        constrained.forEach(({ seq }, i) => masks.set(seq, advanced.masks[i]));
+      }
+      this.updateAll(scheduled, logits, needs, outputs, masks);
     }
     // NOTE: also after a step that only aborted, so the gauges don't keep a freed request.
     this.stats.observeStep(this.scheduler, this.kv);
@@ -102,12 +157,12 @@ export class EngineCore {
    * Applies the step's rows to each sequence. A request whose update throws (a fault in
    * sampling or text, never the user's input) fails alone: the others keep their outputs.
    */
-  private updateAll(scheduled: ScheduledSequence[], logits: StepLogits[], needs: LogitsNeed[], outputs: EngineOutput[]): void {
+  private updateAll(scheduled: ScheduledSequence[], logits: StepLogits[], needs: LogitsNeed[], outputs: EngineOutput[], masks: ReadonlyMap<Sequence, Int32Array>): void {
     const failed = new Map<string, unknown>();
     scheduled.forEach((entry, i) => {
       if (failed.has(entry.seq.requestId)) return;
       try {
-        const output = this.update(entry, logits[i], needs[i]);
+        const output = this.update(entry, logits[i], needs[i], masks.get(entry.seq) ?? null);
         if (output) outputs.push(output);
       } catch (err) {
         failed.set(entry.seq.requestId, err);
@@ -129,11 +184,16 @@ export class EngineCore {
       this.pendingForks.delete(requestId);
       const seqs = this.sequences.get(requestId) ?? [];
       for (const seq of seqs) if (seq.status !== "finished") this.scheduler.finish(seq);
+      this.closeGrammars(seqs);
       if (seqs.length > 0) usages.set(requestId, usageOf(seqs));
       this.sequences.delete(requestId);
     }
     this.stats.observeStep(this.scheduler, this.kv);
     throw new StepFailure(requestIds, cause, outputs, usages);
+  }
+
+  private closeGrammars(seqs: readonly Sequence[]): void {
+    closeGrammarsOf(this.options.grammar, seqs);
   }
 
   checkIntegrity(): void {
@@ -147,6 +207,7 @@ export class EngineCore {
       this.pendingForks.delete(requestId);
       const seqs = this.sequences.get(requestId) ?? [];
       const open = seqs.filter((seq) => seq.status !== "finished");
+      this.closeGrammars(seqs);
       open.forEach((seq, i) => {
         this.scheduler.finish(seq);
         const last = i === open.length - 1;
@@ -158,7 +219,7 @@ export class EngineCore {
     return outputs;
   }
 
-  private update({ seq, numNewTokens }: ScheduledSequence, rows: StepLogits, need: LogitsNeed): EngineOutput | null {
+  private update({ seq, numNewTokens }: ScheduledSequence, rows: StepLogits, need: LogitsNeed, mask: Int32Array | null): EngineOutput | null {
     const start = seq.numComputedTokens;
     seq.numComputedTokens += numNewTokens;
     this.kv.cacheFullBlocks(seq);
@@ -170,8 +231,11 @@ export class EngineCore {
     if (seq.numComputedTokens < seq.numTokens) return null;
 
     const isFirst = seq.outputTokenIds.length === 0;
-    const sample = sampleRow(rowOf(rows, rows.numRows - 1, this.runner.vocabSize), need, seq.sampling, seq, seq.rng);
+    if (seq.grammarKey !== null && !mask) throw new Error("a constrained sequence reached sampling without its grammar's mask");
+    const history = { promptTokenIds: seq.promptTokenIds, outputTokenIds: seq.outputTokenIds, allowedMask: mask };
+    const sample = sampleRow(rowOf(rows, rows.numRows - 1, this.runner.vocabSize), need, seq.sampling, history, seq.rng);
     seq.appendToken(sample.tokenId);
+    if (seq.grammarKey !== null) seq.grammarTokens.push(sample.tokenId);
     this.stats.observeToken(seq, isFirst);
     const delta = seq.detokenizer?.push([sample.tokenId]) ?? { text: "", stopped: false, stopReason: undefined };
     const stop = delta.stopped ? { finishReason: "stop" as const, stopReason: delta.stopReason } : this.stopOf(seq, sample.tokenId);
@@ -224,11 +288,21 @@ export class EngineCore {
   /** Finishes one sequence; once its request has no sequence left, returns the request's usage. */
   private finish(seq: Sequence): RequestUsage | null {
     this.scheduler.finish(seq);
+    this.closeGrammars([seq]);
     this.stats.observeFinish(seq);
     const siblings = this.sequences.get(seq.requestId) ?? [];
     if (!siblings.every((s) => s.status === "finished")) return null;
     this.sequences.delete(seq.requestId);
     return usageOf(siblings);
+  }
+}
+
+/** Frees the grammar matchers of sequences that are done. */
+function closeGrammarsOf(grammar: GrammarSession | null | undefined, seqs: readonly Sequence[]): void {
+  for (const seq of seqs) {
+    if (seq.grammarKey === null || !grammar) continue;
+    grammar.close(seq.grammarKey);
+    seq.grammarKey = null;
   }
 }
 
@@ -248,7 +322,7 @@ function usageOf(seqs: readonly Sequence[]): RequestUsage {
  * sampling params say.
  */
 function stepNeedOf(seq: Sequence): LogitsNeed {
-  return seq.promptLogprobs && seq.numComputedTokens < seq.numPromptTokens ? "logits" : logitsNeedOf(seq.sampling);
+  return seq.promptLogprobs && seq.numComputedTokens < seq.numPromptTokens ? "logits" : logitsNeedOf(seq.sampling, seq.grammarKey !== null);
 }
 
 function toStepSequence({ seq, numNewTokens }: ScheduledSequence): StepSequence {

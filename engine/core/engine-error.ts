@@ -33,7 +33,9 @@ export class StepFailure extends EngineError {
    * @param usages what each failed request had used.
    */
   constructor(readonly requestIds: string[], cause: unknown, readonly outputs: EngineOutput[] = [], readonly usages: ReadonlyMap<string, RequestUsage> = new Map()) {
-    super("RUNTIME_FAILED", `the model step failed: ${cause instanceof Error ? cause.message : String(cause)}`);
+    // NOTE: a request's own fault (an EngineError, such as a grammar that doesn't compile) keeps its code and message.
+    const own = cause instanceof EngineError && !(cause instanceof StepFailure) ? cause : null;
+    super(own?.code ?? "RUNTIME_FAILED", own ? own.message : `the model step failed: ${cause instanceof Error ? cause.message : String(cause)}`, own?.param);
     this.name = "StepFailure";
   }
 }

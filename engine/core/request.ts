@@ -2,6 +2,7 @@
  * What the engine is asked to do (EngineRequest, built once by the caller from a
  * validated API request) and what it says back (EngineOutput).
  */
+import type { GrammarSpec } from "../grammar/grammar-spec.ts";
 
 export interface SamplingParams {
   /** 0 means greedy. */
@@ -50,6 +51,8 @@ export interface EngineRequest {
   skipSpecialTokens?: boolean;
   /** Return each prompt token's logprob with this many alternatives (for echo). Turns prefix-cache hits off for the request. */
   promptLogprobs?: number;
+  /** The output must match this grammar: tokens it disallows are never sampled, and it ends with stop when the grammar does. */
+  grammar?: GrammarSpec;
 }
 
 export type FinishReason = "stop" | "length" | "abort";

@@ -25,6 +25,9 @@ export class Sequence {
   detokenizer: IncrementalDetokenizer | null = null;
   /** Prompt logprobs by position, when the request asked for them. */
   promptLogprobs: Map<number, PositionLogprob> | null = null;
+  /** The grammar matcher's key, when the output is constrained; the tokens it has yet to accept. */
+  grammarKey: string | null = null;
+  readonly grammarTokens: number[] = [];
   firstTokenMs: number | null = null;
   lastTokenMs: number | null = null;
   previousTokenMs: number | null = null;

@@ -20,6 +20,8 @@ export interface EngineOptions {
   intraOpThreads?: number;
   /** How long a batch-tier request may wait before it is admitted as standard (default 30 s). */
   batchMaxWaitMs?: number;
+  /** How long a request's grammar may take to compile before the request fails (default 10 s). */
+  grammarCompileTimeoutMs?: number;
   /** At most this many batch-tier sequences per step while higher tiers are about (see Scheduler). */
   batchStepSeqs?: number;
   /** Show a progress bar while the graph builds. */

@@ -12,6 +12,7 @@ import type { EngineInfo, EngineOptions } from "./engine-options.ts";
 import type { FromEngine, ToEngine } from "./engine-protocol.ts";
 import { contextLengthOf } from "../core/context-length.ts";
 import { createRunner } from "../runner/runner-registry.ts";
+import { LazyGrammar } from "../grammar/lazy-grammar.ts";
 
 const port = parentPort!;
 const post = (message: FromEngine) => port.postMessage(message);
@@ -30,7 +31,8 @@ async function main(options: EngineOptions): Promise<void> {
   const checkpoint = readCheckpoint(options.modelDir);
   const codec = ModelTokenizer.load(checkpoint);
   const eosTokenIds = options.eosTokenIds ?? [...new Set([...checkpoint.eosTokenIds, ...(codec.eosTokenId === null ? [] : [codec.eosTokenId])])];
-  const core = new EngineCore(runner, { ...options, numBlocks, maxModelLen, eosTokenIds }, codec);
+  const grammar = new LazyGrammar({ tokenizerJson: checkpoint.tokenizerJson, vocabSize: runner.vocabSize, stopTokenIds: eosTokenIds });
+  const core = new EngineCore(runner, { ...options, numBlocks, maxModelLen, eosTokenIds, grammar }, codec);
   const info: EngineInfo = {
     modelDir: options.modelDir, architecture: config.architecture, vocabSize: config.vocabSize, maxModelLen, numBlocks,
     blockSize: options.blockSize, kvCache: runner.kvCache, graphBuilt: graph.built, graphBuildMs: graph.buildMs, loadMs: performance.now() - started,
@@ -38,6 +40,7 @@ async function main(options: EngineOptions): Promise<void> {
   };
 
   let wake: (() => void) | null = null;
+  core.onWake = () => wake?.();
   let stopping = false;
   port.on("message", (message: ToEngine) => {
     if (message.type === "add") {
@@ -74,11 +77,12 @@ async function main(options: EngineOptions): Promise<void> {
       if (!(err instanceof StepFailure)) throw err;
       // NOTE: one failed step fails only its own requests; the engine keeps serving the rest.
       post({ type: "outputs", outputs: err.outputs, stats: core.stats.snapshot() });
-      for (const requestId of err.requestIds) post({ type: "rejected", requestId, code: err.code, message: err.message, usage: err.usages.get(requestId) });
+      for (const requestId of err.requestIds) post({ type: "rejected", requestId, code: err.code, message: err.message, param: err.param, usage: err.usages.get(requestId) });
     }
     // NOTE: session.run blocks this thread; yielding here lets new requests and aborts in between steps.
     await new Promise((resolve) => setImmediate(resolve));
   }
+  await grammar.terminate();
   await runner.release();
   port.close();
 }

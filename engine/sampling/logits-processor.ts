@@ -9,14 +9,31 @@ import type { SamplingParams } from "../core/request.ts";
 export interface TokenHistory {
   promptTokenIds: readonly number[];
   outputTokenIds: readonly number[];
+  /** A grammar's mask for the next token (bit i of word i >> 5: token i allowed); absent: unconstrained. */
+  allowedMask?: Int32Array | null;
 }
 
 export interface LogitsProcessor {
-  /** Whether it changes anything for a sequence with these params. */
-  appliesTo(params: SamplingParams): boolean;
+  /** Whether it changes anything for a sequence with these params and history. */
+  appliesTo(params: SamplingParams, history: TokenHistory): boolean;
   /** Changes `logits` (the caller's own copy) in place. */
   apply(logits: Float32Array, params: SamplingParams, history: TokenHistory): void;
 }
+
+/** A grammar's disallowed tokens become −inf, first, so that no later processor or filter can bring one back. */
+export const grammarMask: LogitsProcessor = {
+  appliesTo: (_params, history) => history.allowedMask != null,
+  apply(logits, _params, history) {
+    const mask = history.allowedMask!;
+    for (let word = 0; word < mask.length; word++) {
+      const bits = mask[word];
+      if (bits === -1) continue;
+      const base = word << 5;
+      const end = Math.min(32, logits.length - base);
+      for (let bit = 0; bit < end; bit++) if ((bits & (1 << bit)) === 0) logits[base + bit] = -Infinity;
+    }
+  },
+};
 
 /** NOTE: as in HF and vLLM, it covers prompt and output, dividing positive logits and multiplying negative ones. */
 export const repetitionPenalty: LogitsProcessor = {
@@ -46,11 +63,11 @@ export const logitBias: LogitsProcessor = {
 };
 
 /** In the order they apply. */
-export const LOGITS_PROCESSORS: readonly LogitsProcessor[] = [repetitionPenalty, presenceFrequencyPenalty, logitBias];
+export const LOGITS_PROCESSORS: readonly LogitsProcessor[] = [grammarMask, repetitionPenalty, presenceFrequencyPenalty, logitBias];
 
 /** The logits after every processor that applies, as a copy; the logits themselves when none does. */
 export function processLogits(logits: Float32Array, params: SamplingParams, history: TokenHistory): Float32Array {
-  const applying = LOGITS_PROCESSORS.filter((p) => p.appliesTo(params));
+  const applying = LOGITS_PROCESSORS.filter((p) => p.appliesTo(params, history));
   if (applying.length === 0) return logits;
   const out = Float32Array.from(logits);
   for (const processor of applying) processor.apply(out, params, history);

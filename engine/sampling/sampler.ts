@@ -28,8 +28,10 @@ export interface SampleResult {
  */
 export type LogitsNeed = "top" | "probs" | "logits";
 
-export function logitsNeedOf(params: SamplingParams): LogitsNeed {
-  if (LOGITS_PROCESSORS.some((p) => p.appliesTo(params))) return "logits";
+/** @param constrained a grammar masks the next token (that needs the raw logits). */
+export function logitsNeedOf(params: SamplingParams, constrained = false): LogitsNeed {
+  const history = { promptTokenIds: [], outputTokenIds: [], allowedMask: constrained ? new Int32Array(0) : null };
+  if (LOGITS_PROCESSORS.some((p) => p.appliesTo(params, history))) return "logits";
   if (isGreedy(params) || isTopNSampling(params)) return "top";
   return params.logprobs !== undefined && params.temperature !== 1 ? "logits" : "probs";
 }
