@@ -10,5 +10,6 @@ export {
 export { checkRequest, type RequestLimits } from "./core/check-request.ts";
 export { DEFAULT_BATCH_MAX_WAIT_MS } from "./core/scheduler.ts";
 export { DEVICES, type Device } from "./runner/runner-registry.ts";
+export type { GrammarSpec, ToolSpec } from "./grammar/grammar-spec.ts";
 export { TokenizerPool } from "./text/tokenizer-pool.ts";
 export type { ChatMessage, ChatTemplateOptions } from "../models/tokenizer.ts";

@@ -107,11 +107,28 @@ describe("request validation", () => {
     expect(error.param).toMatch(/^logit_bias/);
   });
 
-  it("refuses constrained decoding it can't honour, rather than ignoring it", async () => {
-    expectError(await chat({ response_format: { type: "json_object" } }), 400, { param: "response_format.type" });
-    expectError(await chat({ tool_choice: "required", tools: [{ type: "function", function: { name: "f" } }] }), 400, { param: "tool_choice" });
-    expect(engine.requests).toHaveLength(0);
-    expect((await chat({ response_format: { type: "text" }, tool_choice: "auto" })).statusCode).toBe(200);
+  it("turns each way of asking for structured output into the engine request's grammar", async () => {
+    const schema = { type: "object", properties: { a: { type: "integer" } } };
+    const f = { type: "function", function: { name: "f", parameters: schema } };
+    const g = { type: "function", function: { name: "g" } };
+    const cases: [Record<string, unknown>, unknown][] = [
+      [{ response_format: { type: "json_object" } }, { type: "json_object" }],
+      [{ response_format: { type: "json_schema", json_schema: { name: "s", schema, strict: true } } }, { type: "json_schema", schema }],
+      [{ guided_json: JSON.stringify(schema) }, { type: "json_schema", schema }],
+      [{ guided_regex: "[a-z]+" }, { type: "regex", pattern: "[a-z]+" }],
+      [{ guided_choice: ["yes", "no"] }, { type: "choice", choices: ["yes", "no"] }],
+      [{ structured_outputs: { grammar: 'root ::= "x"' } }, { type: "ebnf", grammar: 'root ::= "x"' }],
+      [{ tools: [f, g], tool_choice: "required" }, { type: "tool_calls", tools: [{ name: "f", parameters: schema }, { name: "g", parameters: { type: "object" } }], parallel: true }],
+      [{ tools: [f, g], tool_choice: "required", parallel_tool_calls: false }, { type: "tool_calls", tools: [{ name: "f", parameters: schema }, { name: "g", parameters: { type: "object" } }], parallel: false }],
+      [{ tools: [f, g], tool_choice: { type: "function", function: { name: "g" } } }, { type: "tool_calls", tools: [{ name: "g", parameters: { type: "object" } }], parallel: false }],
+      [{ response_format: { type: "text" }, tools: [f], tool_choice: "auto" }, undefined],
+    ];
+    for (const [fields, grammar] of cases) {
+      expect((await chat(fields)).statusCode, JSON.stringify(fields)).toBe(200);
+      expect(engine.requests.at(-1)!.grammar, JSON.stringify(fields)).toEqual(grammar);
+    }
+    expect((await complete({ guided_choice: ["a"] })).statusCode).toBe(200);
+    expect(engine.requests.at(-1)!.grammar).toEqual({ type: "choice", choices: ["a"] });
   });
 
   it("requires a model", async () => {

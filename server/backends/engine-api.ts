@@ -7,7 +7,7 @@ import type { ChatMessage, ChatTemplateOptions, EngineOutput, EngineRequest, Eng
 export {
   Engine, EngineError, TokenizerPool,
   type ChatMessage, type EngineEvent, type EngineOptions, type EngineState, type EngineOutput, type EngineRequest, type EngineStatsSnapshot,
-  type Priority, type RequestUsage,
+  type GrammarSpec, type Priority, type RequestUsage, type ToolSpec,
 } from "../../engine/index.ts";
 export { ModelError } from "../../models/index.ts";
 

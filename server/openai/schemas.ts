@@ -30,6 +30,26 @@ const sampling = {
   ignore_eos: z.boolean().nullish(),
   skip_special_tokens: z.boolean().nullish(),
   include_stop_str_in_output: z.boolean().nullish(),
+  // Structured outputs: OpenAI's response_format, and vLLM's fields for users moving from vLLM.
+  response_format: z.discriminatedUnion("type", [
+    z.object({ type: z.literal("text") }).loose(),
+    z.object({ type: z.literal("json_object") }).loose(),
+    z.object({
+      type: z.literal("json_schema"),
+      json_schema: z.object({
+        name: z.string().min(1).max(64), description: z.string().nullish(), strict: z.boolean().nullish(),
+        schema: z.union([z.record(z.string(), z.unknown()), z.boolean()]).nullish(),
+      }).loose(),
+    }).loose(),
+  ]).nullish(),
+  guided_json: z.union([z.record(z.string(), z.unknown()), z.string()]).nullish(),
+  guided_regex: z.string().min(1).nullish(),
+  guided_choice: z.array(z.string().min(1)).min(1).nullish(),
+  guided_grammar: z.string().min(1).nullish(),
+  structured_outputs: z.object({
+    json: z.union([z.record(z.string(), z.unknown()), z.string()]).nullish(), regex: z.string().min(1).nullish(),
+    choice: z.array(z.string().min(1)).min(1).nullish(), grammar: z.string().min(1).nullish(), json_object: z.boolean().nullish(),
+  }).loose().nullish(),
 };
 
 const textPart = z.object({ type: z.literal("text"), text: z.string() });
@@ -57,9 +77,18 @@ export const chatCompletionRequest = z.object({
   max_completion_tokens: z.number().int().min(1).nullish(),
   logprobs: z.boolean().nullish(),
   top_logprobs: z.number().int().min(0).max(20).nullish(),
-  tools: z.array(z.object({ type: z.literal("function"), function: z.object({ name: z.string() }).loose() })).nullish(),
-  tool_choice: z.union([z.enum(["none", "auto", "required"]), z.object({ type: z.literal("function") }).loose()]).nullish(),
-  response_format: z.object({ type: z.string() }).loose().nullish(),
+  tools: z.array(z.object({
+    type: z.literal("function"),
+    function: z.object({
+      name: z.string().min(1), description: z.string().nullish(), strict: z.boolean().nullish(),
+      parameters: z.record(z.string(), z.unknown()).nullish(),
+    }).loose(),
+  })).nullish(),
+  tool_choice: z.union([
+    z.enum(["none", "auto", "required"]),
+    z.object({ type: z.literal("function"), function: z.object({ name: z.string().min(1) }).loose() }).loose(),
+  ]).nullish(),
+  parallel_tool_calls: z.boolean().nullish(),
   add_generation_prompt: z.boolean().nullish(),
   chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
 }).loose().refine((body) => !body.top_logprobs || body.logprobs, {

@@ -4,6 +4,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { EngineError, type EngineRequest } from "../backends/engine-api.ts";
+import type { GrammarSpec } from "../backends/engine-api.ts";
 import type { GenerationDefaults } from "../server-context.ts";
 import type { ChatCompletionRequest, CompletionRequest } from "./schemas.ts";
 
@@ -15,6 +16,8 @@ export interface RequestShape {
   /** Top alternatives per generated token; undefined: no logprobs. */
   logprobs?: number;
   promptLogprobs?: number;
+  /** The grammar the output must follow (see structured-outputs.ts). */
+  grammar?: GrammarSpec;
 }
 
 export function toEngineRequest(body: SamplingBody, promptTokenIds: number[], defaults: GenerationDefaults, shape: RequestShape): EngineRequest {
@@ -42,6 +45,7 @@ export function toEngineRequest(body: SamplingBody, promptTokenIds: number[], de
     skipSpecialTokens: body.skip_special_tokens ?? true,
     includeStopStrInOutput: body.include_stop_str_in_output ?? false,
     promptLogprobs: shape.promptLogprobs,
+    ...(shape.grammar ? { grammar: shape.grammar } : {}),
   };
 }
 

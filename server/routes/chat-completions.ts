@@ -3,7 +3,6 @@ import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { checkModelAccess } from "../http/auth.ts";
 import { admit, type Admitted } from "../http/admission.ts";
-import { invalidRequest } from "../http/api-error.ts";
 import { Choices, openAiUsage } from "../openai/choices.ts";
 import type { EngineOutput } from "../backends/engine-api.ts";
 import { inMessages, toEngineRequest } from "../openai/to-engine-request.ts";
@@ -14,13 +13,14 @@ import type { ModelBackend } from "../backends/model-backend.ts";
 import type { ServerContext } from "../server-context.ts";
 import { SseStream } from "../http/sse.ts";
 import { ToolCallStream, parseToolCalls, type ToolCall } from "../openai/tool-calls.ts";
+import { forcesToolCall, grammarOf } from "../openai/structured-outputs.ts";
 
 export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext): void {
   app.post("/v1/chat/completions", async (request, reply) => {
     const body = parseBody(chatCompletionRequest, request.body);
     const backend = ctx.models.resolve(body.model);
     checkModelAccess(request.caller, backend.id);
-    rejectConstrainedDecoding(body);
+    const grammar = grammarOf(body);
     const admitted = await admit(ctx, backend, { requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key?.priority, endpoint: request.routeOptions.url ?? request.url, numSequences: body.n, onClientGone: (abort) => onClientGone(reply, abort) });
     try {
       const { promptTokenIds } = await admitted.tokenizer.applyChatTemplate(body.messages.map(toChatMessage), {
@@ -32,6 +32,7 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext
       const engineRequest = toEngineRequest(body, promptTokenIds, backend.defaults, {
         maxTokens: body.max_completion_tokens ?? body.max_tokens,
         logprobs: body.logprobs ? (body.top_logprobs ?? 0) : undefined,
+        grammar,
       });
       const outputs = admitted.generate(engineRequest);
       // NOTE: the first output is awaited before any byte is sent, so an engine rejection still gets its HTTP status.
@@ -67,25 +68,14 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext
   });
 }
 
-/**
- * NOTE: tokenmill has no constrained decoding yet. Ignoring a JSON schema or a forced tool
- * call would return output that breaks the client's contract, so such requests fail loudly.
- */
-function rejectConstrainedDecoding(body: ChatCompletionRequest): void {
-  const format = body.response_format?.type;
-  if (format && format !== "text") {
-    throw invalidRequest(`response_format type "${format}" is not supported: tokenmill has no constrained decoding yet; use "text"`, "response_format.type");
-  }
-  const choice = body.tool_choice;
-  if (choice === "required" || (choice && typeof choice === "object")) {
-    throw invalidRequest("tool_choice that forces a tool call is not supported: tokenmill has no constrained decoding yet; use \"auto\" or \"none\"", "tool_choice");
-  }
-}
-
 type Head = { id: string; object: string; created: number; model: string };
 
-/** Tool calls are parsed when the request offers tools and the server has a parser for this model's format. */
+/**
+ * Tool calls are parsed when the request offers tools and the server has a parser for this
+ * model's format, and always when the request forces a call (its grammar writes that format).
+ */
 function toolParsingFor(backend: ModelBackend, body: ChatCompletionRequest): boolean {
+  if (forcesToolCall(body)) return true;
   return backend.toolCallParser === "hermes" && (body.tools?.length ?? 0) > 0 && body.tool_choice !== "none";
 }
 

@@ -3,6 +3,8 @@ import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { checkModelAccess } from "../http/auth.ts";
 import { admit, type Admitted } from "../http/admission.ts";
+import type { GrammarSpec } from "../backends/engine-api.ts";
+import { grammarOf } from "../openai/structured-outputs.ts";
 import { Choices, openAiUsage, type ChoiceState } from "../openai/choices.ts";
 import type { EngineOutput } from "../backends/engine-api.ts";
 import { toEngineRequest } from "../openai/to-engine-request.ts";
@@ -28,12 +30,13 @@ export function registerCompletions(app: FastifyInstance, ctx: ServerContext): v
     const backend = ctx.models.resolve(body.model);
     checkModelAccess(request.caller, backend.id);
     const prompts = promptsOf(body.prompt);
+    const grammar = grammarOf(body);
     const admitted = await admit(ctx, backend, {
       requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key?.priority, endpoint: request.routeOptions.url ?? request.url, numSequences: body.n * prompts.length, param: prompts.length > 1 ? "prompt" : "n",
       onClientGone: (abort) => onClientGone(reply, abort),
     });
     try {
-      const runs = await Promise.all(prompts.map((prompt, i) => startRun(admitted, body, prompt, i * body.n)));
+      const runs = await Promise.all(prompts.map((prompt, i) => startRun(admitted, body, prompt, i * body.n, grammar)));
       const head = { id: `cmpl-${randomUUID()}`, object: "text_completion", created: nowSeconds(), model: backend.id };
       if (body.stream) return await streamCompletions(reply, body, head, runs, admitted);
       for (const run of runs) {
@@ -61,13 +64,14 @@ function promptsOf(prompt: CompletionRequest["prompt"]): (string | number[])[] {
   return prompt as (string | number[])[];
 }
 
-async function startRun(admitted: Admitted, body: CompletionRequest, prompt: string | number[], indexOffset: number): Promise<PromptRun> {
+async function startRun(admitted: Admitted, body: CompletionRequest, prompt: string | number[], indexOffset: number, grammar: GrammarSpec | undefined): Promise<PromptRun> {
   const promptTokenIds = typeof prompt === "string" ? await admitted.tokenizer.encode(prompt, true, { maxTokens: admitted.engine.info.maxModelLen }) : prompt;
   const echoLogprobs = body.echo && body.logprobs != null;
   const engineRequest = toEngineRequest(body, promptTokenIds, admitted.backend.defaults, {
     maxTokens: body.max_tokens ?? DEFAULT_MAX_TOKENS,
     logprobs: body.logprobs ?? undefined,
     promptLogprobs: echoLogprobs ? (body.logprobs ?? 0) : undefined,
+    grammar,
   });
   // NOTE: the engine checks the prompt (empty, outside the vocabulary, too long) as it takes it, before the prompt is decoded for echo.
   const outputs = admitted.generate(engineRequest);
