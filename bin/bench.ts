@@ -1,5 +1,5 @@
 /** `tokenmill bench`: load any OpenAI-compatible endpoint, or an in-process tokenmill, and report vLLM's serving metrics. */
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { parseArgs } from "node:util";
 import { runBench, type BenchTarget } from "../bench/run-bench.ts";
@@ -36,6 +36,8 @@ Results:
   --gpu-hour-price USD          print the break-even $/Mtok: what a million output tokens cost at the measured rate
   --db URL|none                 the in-process server meters into this ledger (default none), to measure its cost
   --ledger-writes N             with --db: measure the ledger alone (N requests' rows) and exit
+  --json-schema FILE            constrain every output to this JSON schema (response_format on chat, guided_json on
+                                completions) and print the grammar's mask time per step
   --priority-flood              priority tiers: interactive TTFT idle, then under a flood of 4x --max-num-seqs batch
                                 requests of --output-len tokens, with tiers and without; --num-prompts interactive
                                 requests of 16 tokens per phase, one every 100 ms
@@ -60,6 +62,7 @@ export async function benchCommand(args: string[]): Promise<void> {
       rounds: { type: "string", default: "3" }, help: { type: "boolean", short: "h" },
       db: { type: "string" }, "ledger-writes": { type: "string" }, "gpu-hour-price": { type: "string" },
       "priority-flood": { type: "boolean", default: false },
+      "json-schema": { type: "string" },
     },
   });
   if (values.help) return void console.log(BENCH_HELP);
@@ -85,7 +88,7 @@ export async function benchCommand(args: string[]): Promise<void> {
   const requestRate = values["request-rate"] === "inf" ? Infinity : flagValue("request-rate", values["request-rate"], numberFlag(0, Number.MAX_VALUE, { minExclusive: true }));
   const load = {
     endpoint, temperature: flagValue("temperature", values.temperature, numberFlag(0, 100)), ignoreEos: values["ignore-eos"],
-    warmup: flagValue("warmup", values.warmup, intFlag(0)), extraBody: samplingExtras(values), requestRate,
+    warmup: flagValue("warmup", values.warmup, intFlag(0)), extraBody: { ...samplingExtras(values), ...schemaExtras(values["json-schema"], endpoint) }, requestRate,
     burstiness: flagValue("burstiness", values.burstiness, numberFlag(0, Number.MAX_VALUE, { minExclusive: true })), seed, progress: process.stderr.isTTY,
   };
   const sweepConcurrency = optionalFlagValue("sweep-concurrency", values["sweep-concurrency"], listFlag(intFlag(1)));
@@ -134,9 +137,33 @@ export async function benchCommand(args: string[]): Promise<void> {
         burstiness: load.burstiness, ignore_eos: values["ignore-eos"], base_url: target.baseUrl,
       },
     });
+    if (values["json-schema"]) await printGrammarCost(target.baseUrl);
   } finally {
     await close();
   }
+}
+
+/** --json-schema FILE as the request field each endpoint takes. */
+function schemaExtras(path: string | undefined, endpoint: "completions" | "chat"): Record<string, unknown> {
+  if (path === undefined) return {};
+  let schema: unknown;
+  try {
+    schema = JSON.parse(readFileSync(path, "utf8"));
+  } catch (err) {
+    throw new FlagError(`--json-schema takes a file holding a JSON schema; ${path}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  return endpoint === "chat" ? { response_format: { type: "json_schema", json_schema: { name: "bench", schema, strict: true } } } : { guided_json: schema };
+}
+
+/** The grammar thread's cost, from a tokenmill server's metrics (absent elsewhere). */
+async function printGrammarCost(baseUrl: string): Promise<void> {
+  const text = await fetch(`${baseUrl}/metrics`).then((r) => r.text(), () => "");
+  const total = (name: string) => text.split("\n").filter((line) => line.startsWith(name)).reduce((sum, line) => sum + Number(line.split(" ").at(-1)), 0);
+  const steps = total("tokenmill_grammar_steps_total");
+  if (steps === 0) return void console.log("grammar: no constrained steps (not a tokenmill server, or nothing was constrained)");
+  const perStep = (name: string) => ((total(name) / steps) * 1000).toFixed(2);
+  console.log(`grammar: ${steps} constrained steps; masks ${perStep("tokenmill_grammar_mask_seconds_total")} ms a step on the grammar thread ` +
+    `(overlapping the model), of which the step waited ${perStep("tokenmill_grammar_wait_seconds_total")} ms after the model ran`);
 }
 
 /** Whose tokenizer makes the prompts: --tokenizer, else the served model's, else (remote, unknown model) the default's. */

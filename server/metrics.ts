@@ -21,6 +21,9 @@ export class ServerMetrics {
   private readonly ttft = this.histogram("tokenmill_time_to_first_token_seconds", "Time to first token.");
   private readonly itl = this.histogram("tokenmill_inter_token_latency_seconds", "Time between consecutive tokens of a sequence.");
   private readonly e2e = this.histogram("tokenmill_e2e_request_latency_seconds", "Time from arrival to finish of a sequence.");
+  private readonly grammarSteps = this.counter("tokenmill_grammar_steps_total", "Steps with rows constrained by a grammar.");
+  private readonly grammarMask = this.counter("tokenmill_grammar_mask_seconds_total", "Time the grammar thread spent on those steps' masks (it overlaps the model's step).");
+  private readonly grammarWait = this.counter("tokenmill_grammar_wait_seconds_total", "Time those steps waited for their masks after the model had run.");
   private readonly engineRestarts = this.counter("tokenmill_engine_restarts_total", "Times the engine thread died and was restarted.");
   /** NOTE: keys never go into labels: their number is unbounded and their ids are the ledger's business. */
   private readonly billedTokens = new Counter({
@@ -52,6 +55,9 @@ export class ServerMetrics {
     this.promptTokens.inc(labels, delta("numPromptTokens"));
     this.generationTokens.inc(labels, delta("numGenerationTokens"));
     this.preemptions.inc(labels, delta("numPreemptions"));
+    this.grammarSteps.inc(labels, delta("numGrammarSteps"));
+    this.grammarMask.inc(labels, delta("grammarMaskSeconds"));
+    this.grammarWait.inc(labels, delta("grammarWaitSeconds"));
     for (const s of stats.ttftSeconds) this.ttft.observe(labels, s);
     for (const s of stats.interTokenSeconds) this.itl.observe(labels, s);
     for (const s of stats.e2eSeconds) this.e2e.observe(labels, s);
@@ -61,7 +67,9 @@ export class ServerMetrics {
   /** Starts a model's series at zero, so that they exist before anything happens to it. */
   addModel(model: string): void {
     const labels = { model };
-    for (const counter of [this.prefixQueries, this.prefixHits, this.promptTokens, this.generationTokens, this.preemptions, this.engineRestarts]) counter.inc(labels, 0);
+    for (const counter of [this.prefixQueries, this.prefixHits, this.promptTokens, this.generationTokens, this.preemptions, this.engineRestarts, this.grammarSteps, this.grammarMask, this.grammarWait]) {
+      counter.inc(labels, 0);
+    }
     for (const gauge of [this.running, this.waiting, this.kvUsage]) gauge.set(labels, 0);
   }
 

@@ -134,14 +134,21 @@ export class EngineCore {
       const needs = scheduled.map(({ seq }) => stepNeedOf(seq));
       // NOTE: the grammar thread accepts the last tokens and computes the next masks while the model runs.
       const constrained = scheduled.filter(({ seq, numNewTokens }) => seq.grammarKey !== null && seq.numComputedTokens + numNewTokens >= seq.numTokens);
+      const maskStart = performance.now();
+      let maskEnd = maskStart;
       const masking = constrained.length === 0 ? null
-        : this.options.grammar!.advance(constrained.map(({ seq }) => ({ seqKey: seq.grammarKey!, tokens: seq.grammarTokens.splice(0) })));
+        : this.options.grammar!.advance(constrained.map(({ seq }) => ({ seqKey: seq.grammarKey!, tokens: seq.grammarTokens.splice(0) })))
+          .finally(() => (maskEnd = performance.now()));
       masking?.catch(() => undefined);
       const logits = await this.runner.step(scheduled.map(toStepSequence), { fullLogits: needs.includes("logits"), probs: needs.includes("probs") })
         .catch((err: unknown) => this.failStep(scheduled, err, outputs));
       const masks = new Map<Sequence, Int32Array>();
       if (masking) {
+        const ranMs = performance.now();
         const advanced = await masking.catch((err: unknown) => this.failStep(constrained, err, outputs));
+        this.stats.numGrammarSteps++;
+        this.stats.grammarMaskSeconds += (maskEnd - maskStart) / 1000;
+        this.stats.grammarWaitSeconds += Math.max(0, maskEnd - ranMs) / 1000;
         const rejected = constrained.filter((_, i) => advanced.rejected[i]);
         if (rejected.length > 0) this.failStep(rejected, new Error("the grammar refused a token sampled under its own mask"), outputs);
         constrained.forEach(({ seq }, i) => masks.set(seq, advanced.masks[i]));

@@ -15,6 +15,10 @@ export interface EngineStatsSnapshot {
   numPreemptions: number;
   numPromptTokens: number;
   numGenerationTokens: number;
+  /** Steps with constrained rows; the grammar thread's time on their masks; and how long those steps waited for them after the model ran. */
+  numGrammarSteps: number;
+  grammarMaskSeconds: number;
+  grammarWaitSeconds: number;
   /** Latency samples since the last snapshot, in seconds. */
   ttftSeconds: number[];
   interTokenSeconds: number[];
@@ -23,6 +27,9 @@ export interface EngineStatsSnapshot {
 
 export class EngineStats {
   numPreemptions = 0;
+  numGrammarSteps = 0;
+  grammarMaskSeconds = 0;
+  grammarWaitSeconds = 0;
   private numRunning = 0;
   private numWaiting = 0;
   private kvCacheUsage = 0;
@@ -63,6 +70,7 @@ export class EngineStats {
       numRunning: this.numRunning, numWaiting: this.numWaiting, kvCacheUsage: this.kvCacheUsage,
       numPrefixQueryTokens: this.numPrefixQueryTokens, numPrefixHitTokens: this.numPrefixHitTokens,
       numPreemptions: this.numPreemptions, numPromptTokens: this.numPromptTokens, numGenerationTokens: this.numGenerationTokens,
+      numGrammarSteps: this.numGrammarSteps, grammarMaskSeconds: this.grammarMaskSeconds, grammarWaitSeconds: this.grammarWaitSeconds,
       ttftSeconds: this.ttftSeconds, interTokenSeconds: this.interTokenSeconds, e2eSeconds: this.e2eSeconds,
     };
     this.ttftSeconds = [];
