@@ -19,6 +19,7 @@ export const ENGINE_FLAGS = {
   threads: { type: "string" },
   "batch-max-wait": { type: "string" },
   "batch-step-seqs": { type: "string" },
+  "grammar-compile-timeout": { type: "string" },
 } as const satisfies ParseArgsConfig["options"];
 
 export const ENGINE_FLAGS_HELP = `Model and engine:
@@ -33,6 +34,7 @@ export const ENGINE_FLAGS_HELP = `Model and engine:
   --no-prefix-caching           turn automatic prefix caching off
   --threads N                   ONNX Runtime intra-op threads (default: all cores)
   --batch-max-wait SECONDS      a batch-tier request waiting this long is admitted as standard (default 30)
+  --grammar-compile-timeout S   a structured-output request whose grammar takes longer to compile fails with a 400 (default 10)
   --batch-step-seqs N           at most N batch-tier sequences per step (taking turns) while interactive or
                                 standard requests are about: shorter steps, sooner first tokens (default: no cap)`;
 
@@ -62,6 +64,7 @@ export function readEngineFlags(values: EngineFlagValues): EngineFlags {
     maxModelLen: optionalFlagValue("max-model-len", values["max-model-len"], intFlag(1)),
     enablePrefixCaching: values["no-prefix-caching"] !== true,
     intraOpThreads: optionalFlagValue("threads", values.threads, intFlag(1, 1024)),
+    grammarCompileTimeoutMs: (optionalFlagValue("grammar-compile-timeout", values["grammar-compile-timeout"], numberFlag(0, 3600, { minExclusive: true })) ?? 10) * 1000,
     batchStepSeqs: optionalFlagValue("batch-step-seqs", values["batch-step-seqs"], intFlag(1)),
     batchMaxWaitMs: (optionalFlagValue("batch-max-wait", values["batch-max-wait"], numberFlag(0)) ?? DEFAULT_BATCH_MAX_WAIT_MS / 1000) * 1000,
     progress: process.stderr.isTTY,

@@ -467,3 +467,93 @@ describe("EngineCore: a failed step", () => {
     expect(result).toEqual({ tokenIds: expectedGreedy([4, 5], 2), finishReason: "length" });
   });
 });
+
+describe("EngineCore: grammars", () => {
+  /** A grammar that allows exactly `tokens` in order, then EOS; its opens resolve when `compile()` is called. */
+  class FakeGrammar {
+    opened: string[] = [];
+    closed: string[] = [];
+    private readonly progress = new Map<string, number>();
+    private release: (() => void)[] = [];
+    constructor(private readonly tokens: number[], private readonly fail: Error | null = null) {}
+    open(seqKey: string): Promise<void> {
+      this.opened.push(seqKey);
+      this.progress.set(seqKey, 0);
+      return new Promise((resolve, reject) => this.release.push(() => (this.fail ? reject(this.fail) : resolve())));
+    }
+    compile(): void {
+      for (const release of this.release.splice(0)) release();
+    }
+    async advance(rows: readonly { seqKey: string; tokens: readonly number[] }[]) {
+      return {
+        rejected: rows.map(() => false),
+        masks: rows.map((row) => {
+          const at = this.progress.get(row.seqKey)! + row.tokens.length;
+          this.progress.set(row.seqKey, at);
+          const mask = new Int32Array(2);
+          const next = at < this.tokens.length ? this.tokens[at] : EOS;
+          mask[next >> 5] |= 1 << (next & 31);
+          return mask;
+        }),
+      };
+    }
+    close(seqKey: string): void {
+      this.closed.push(seqKey);
+    }
+  }
+  const flush = () => new Promise((resolve) => setImmediate(resolve));
+
+  it("waits unscheduled while the grammar compiles, then samples only what it allows and stops when it ends, even with ignore_eos", async () => {
+    const grammar = new FakeGrammar([7, 9, 4]);
+    let woken = 0;
+    const { core } = makeCore({ grammar });
+    core.onWake = () => void woken++;
+    core.add(makeRequest({ requestId: "g", promptTokenIds: [1, 2, 3], maxTokens: 20, ignoreEos: true, grammar: { type: "regex", pattern: "x" }, sampling: makeSampling({ temperature: 1, seed: 3 }) }));
+    expect(core.hasWork).toBe(false);
+    grammar.compile();
+    await flush();
+    expect(woken).toBe(1);
+    const outputs = await drain(core);
+    expect(outputs.flatMap((o) => o.newTokenIds)).toEqual([7, 9, 4, EOS]);
+    expect(outputs.at(-1)!.finishReason).toBe("stop");
+    expect(grammar.closed).toEqual(["g#0"]);
+    freeAll(core);
+  });
+
+  it("fails only the request whose grammar does not compile, with its own 400 and param", async () => {
+    const grammar = new FakeGrammar([], new EngineError("INVALID_REQUEST", "no such feature", "response_format"));
+    const { core } = makeCore({ grammar });
+    core.add(makeRequest({ requestId: "bad", promptTokenIds: [1], maxTokens: 3, grammar: { type: "json_object" } }));
+    core.add(makeRequest({ requestId: "free", promptTokenIds: [1, 2], maxTokens: 3 }));
+    grammar.compile();
+    await flush();
+    const error = await core.step().catch((err: unknown) => err);
+    expect(error).toBeInstanceOf(StepFailure);
+    expect(error).toMatchObject({ requestIds: ["bad"], code: "INVALID_REQUEST", message: "no such feature", param: "response_format" });
+    const rest = await drain(core);
+    expect(rest.filter((o) => o.requestId === "free").flatMap((o) => o.newTokenIds)).toHaveLength(3);
+    freeAll(core);
+  });
+
+  it("times out a compile with a 400 that says so; an abort while compiling frees everything", async () => {
+    const grammar = new FakeGrammar([5]);
+    const { core } = makeCore({ grammar, grammarCompileTimeoutMs: 20 });
+    core.add(makeRequest({ requestId: "slow", promptTokenIds: [1], maxTokens: 3, grammar: { type: "json_object" } }));
+    await new Promise((resolve) => setTimeout(resolve, 40));
+    const error = await core.step().catch((err: unknown) => err);
+    expect(error).toMatchObject({ code: "INVALID_REQUEST", message: expect.stringMatching(/longer than 0.02 s \(--grammar-compile-timeout\)/) });
+    core.add(makeRequest({ requestId: "gone", promptTokenIds: [1], maxTokens: 3, grammar: { type: "json_object" } }));
+    core.abort("gone");
+    expect((await core.step()).map((o) => o.finishReason)).toEqual(["abort"]);
+    grammar.compile();
+    await flush();
+    expect(core.hasWork).toBe(false);
+    expect(grammar.closed).toContain("gone#0");
+    freeAll(core);
+  });
+
+  it("refuses a grammar when the engine has none", () => {
+    const { core } = makeCore();
+    expectRejected(() => core.add(makeRequest({ requestId: "x", promptTokenIds: [1], maxTokens: 2, grammar: { type: "json_object" } })), "INVALID_REQUEST", "no grammar engine");
+  });
+});
