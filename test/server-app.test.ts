@@ -122,6 +122,10 @@ describe("request validation", () => {
       [{ tools: [f, g], tool_choice: "required", parallel_tool_calls: false }, { type: "tool_calls", tools: [{ name: "f", parameters: schema }, { name: "g", parameters: { type: "object" } }], parallel: false }],
       [{ tools: [f, g], tool_choice: { type: "function", function: { name: "g" } } }, { type: "tool_calls", tools: [{ name: "g", parameters: { type: "object" } }], parallel: false }],
       [{ response_format: { type: "text" }, tools: [f], tool_choice: "auto" }, undefined],
+      [{ tools: [{ ...f, function: { ...f.function, strict: true } }, g], tool_choice: "auto", parallel_tool_calls: false },
+        { type: "tool_calls", optional: true, parallel: false, tools: [{ name: "f", parameters: schema }, { name: "g", parameters: { type: "object" } }] }],
+      [{ tools: [{ ...f, function: { ...f.function, strict: true } }], tool_choice: "none" }, undefined],
+      [{ tools: [{ ...f, function: { ...f.function, strict: true } }], response_format: { type: "json_object" } }, { type: "json_object" }],
     ];
     for (const [fields, grammar] of cases) {
       expect((await chat(fields)).statusCode, JSON.stringify(fields)).toBe(200);

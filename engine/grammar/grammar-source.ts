@@ -43,9 +43,10 @@ export async function compileSpec(xg: XgrammarModule, compiler: GrammarCompiler,
             content: { type: "grammar" as const, grammar: await schemaEbnf(xg, tool.parameters, `tools.${tool.name}.parameters`) }, end: "}\n</tool_call>",
           });
         }
-        return await compiler.compileStructuralTag({
-          type: "structural_tag", format: { type: "tags_with_separator", tags, separator: "\n", at_least_one: true, stop_after_first: !spec.parallel },
-        });
+        const format = spec.optional
+          ? { type: "triggered_tags" as const, triggers: ["<tool_call>"], tags, at_least_one: false, stop_after_first: !spec.parallel }
+          : { type: "tags_with_separator" as const, tags, separator: "\n", at_least_one: true, stop_after_first: !spec.parallel };
+        return await compiler.compileStructuralTag({ type: "structural_tag", format });
       }
     }
   } catch (err) {

@@ -14,8 +14,12 @@ export type GrammarSpec =
   | { type: "regex"; pattern: string }
   | { type: "choice"; choices: string[] }
   | { type: "ebnf"; grammar: string }
-  /** One or more calls in Qwen's (Hermes') format, `<tool_call>\n{"name": …, "arguments": …}\n</tool_call>`. */
-  | { type: "tool_calls"; tools: ToolSpec[]; parallel: boolean };
+  /**
+   * Calls in Qwen's (Hermes') format, `<tool_call>\n{"name": …, "arguments": …}\n</tool_call>`:
+   * one or more and nothing else (forced), or, with `optional`, free text in which any call the
+   * model starts must be well formed (tool_choice auto with strict functions).
+   */
+  | { type: "tool_calls"; tools: ToolSpec[]; parallel: boolean; optional?: boolean };
 
 /** The same spec always gives the same key (object keys sorted), for the compiled-grammar cache. */
 export function grammarKey(spec: GrammarSpec): string {

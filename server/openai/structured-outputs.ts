@@ -35,12 +35,18 @@ export function grammarOf(body: Body & Partial<Pick<ChatCompletionRequest, "tool
   if (found.length > 1) {
     throw invalidRequest(`give one output constraint, not several: ${found.map((f) => f.param).join(", ")}`, found[1].param);
   }
-  return found[0]?.spec;
+  // NOTE: strict functions under auto constrain only when nothing else does (a response_format wins).
+  return found[0]?.spec ?? strictToolCalls(body);
 }
 
 /** Whether the request forces a tool call (and so its output is a call, whatever the model's parser config). */
 export function forcesToolCall(body: Partial<Pick<ChatCompletionRequest, "tool_choice">>): boolean {
   return body.tool_choice === "required" || (typeof body.tool_choice === "object" && body.tool_choice !== null);
+}
+
+/** Whether a grammar writes the output's tool calls in Qwen's format (forced, or strict functions under auto). */
+export function grammarWritesToolCalls(body: Partial<Pick<ChatCompletionRequest, "tools" | "tool_choice">>): boolean {
+  return forcesToolCall(body) || (body.tool_choice !== "none" && (body.tools ?? []).some((t) => t.function.strict));
 }
 
 function forcedToolCalls(body: Partial<Pick<ChatCompletionRequest, "tools" | "tool_choice" | "parallel_tool_calls">>): GrammarSpec | undefined {
@@ -55,6 +61,20 @@ function forcedToolCalls(body: Partial<Pick<ChatCompletionRequest, "tools" | "to
     return { type: "tool_calls", tools: [named], parallel: false };
   }
   return { type: "tool_calls", tools: specs, parallel: body.parallel_tool_calls ?? true };
+}
+
+/**
+ * tool_choice auto (or absent) with a strict function: the text stays free, but a call the
+ * model starts must be well formed, with a strict function's arguments valid against its
+ * schema (a non-strict one's a JSON object).
+ */
+function strictToolCalls(body: Partial<Pick<ChatCompletionRequest, "tools" | "tool_choice" | "parallel_tool_calls">>): GrammarSpec | undefined {
+  const tools = body.tools ?? [];
+  if (body.tool_choice === "none" || !tools.some((t) => t.function.strict)) return undefined;
+  return {
+    type: "tool_calls", optional: true, parallel: body.parallel_tool_calls ?? true,
+    tools: tools.map((t) => ({ name: t.function.name, parameters: t.function.strict ? (t.function.parameters ?? { type: "object" }) : { type: "object" } })),
+  };
 }
 
 function jsonSchemaOf(value: Record<string, unknown> | string, param: string): Record<string, unknown> {

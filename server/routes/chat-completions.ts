@@ -13,7 +13,7 @@ import type { ModelBackend } from "../backends/model-backend.ts";
 import type { ServerContext } from "../server-context.ts";
 import { SseStream } from "../http/sse.ts";
 import { ToolCallStream, parseToolCalls, type ToolCall } from "../openai/tool-calls.ts";
-import { forcesToolCall, grammarOf } from "../openai/structured-outputs.ts";
+import { grammarOf, grammarWritesToolCalls } from "../openai/structured-outputs.ts";
 
 export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext): void {
   app.post("/v1/chat/completions", async (request, reply) => {
@@ -75,7 +75,7 @@ type Head = { id: string; object: string; created: number; model: string };
  * model's format, and always when the request forces a call (its grammar writes that format).
  */
 function toolParsingFor(backend: ModelBackend, body: ChatCompletionRequest): boolean {
-  if (forcesToolCall(body)) return true;
+  if (grammarWritesToolCalls(body)) return true;
   return backend.toolCallParser === "hermes" && (body.tools?.length ?? 0) > 0 && body.tool_choice !== "none";
 }
 
