@@ -8,6 +8,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { GrammarCore } from "../engine/grammar/grammar-core.ts";
 import { MAX_STRING_LENGTH_BOUND, checkSchema, fixBoundedStrings } from "../engine/grammar/grammar-source.ts";
 import { GrammarError, grammarKey } from "../engine/grammar/grammar-spec.ts";
+import { Utf8Guard } from "../engine/grammar/utf8-guard.ts";
 import { sampleToken } from "../engine/sampling/sampler.ts";
 import { Prng } from "../models/prng.ts";
 import { readCheckpoint } from "../models/checkpoint.ts";
@@ -97,6 +98,22 @@ describe("the grammar core on the default model's vocabulary", () => {
   });
 });
 
+describe("the UTF-8 guard (what xgrammar lets through)", () => {
+  const bytes = [[0x61], [0xf4], [0x92, 0x8c], [0x8c], [0xf4, 0x92], [0xc0], [0xed, 0xa0], [0xe2, 0x82, 0xac]];
+  const codec = { tokenBytes: (id: number) => Uint8Array.from(bytes[id]), decode: () => "", tokenText: () => "" };
+  const guard = new Utf8Guard(codec, bytes.length);
+  const ids = (mask: Int32Array) => bytes.map((_, id) => id).filter((id) => allowed(mask, id));
+  it("drops tokens that are never valid UTF-8 (C0, F4 92, a surrogate), always", () => {
+    expect(ids(guard.restrict(Int32Array.from([0xff]), 0))).toEqual([0, 1, 2, 3, 7]);
+  });
+  it("after a lead byte with a narrow range (F4: 80–8F), drops tokens whose first byte is outside it", () => {
+    expect(ids(guard.restrict(Int32Array.from([0xff]), 1))).toEqual([3]);
+  });
+  it("never leaves nothing to sample", () => {
+    expect(ids(guard.restrict(Int32Array.from([0b100]), 1))).toEqual([2]);
+  });
+});
+
 describe("the mask in sampling", () => {
   it("makes disallowed tokens unsampleable, greedy or not, and leaves logprobs raw", () => {
     const logits = Float32Array.from([5, 1, 0, 4]);
@@ -109,5 +126,22 @@ describe("the mask in sampling", () => {
     expect(raw.logprob).toBeCloseTo(1 - logSumExp, 5);
     expect(raw.top[0].tokenId).toBe(0);
     expect(Array.from(logits)).toEqual([5, 1, 0, 4]);
+  });
+
+  it("samples only allowed tokens whether few (sampled among alone) or many (over the masked vocabulary)", () => {
+    const vocab = 20_000;
+    const logits = Float32Array.from({ length: vocab }, (_, i) => Math.sin(i) * 3);
+    for (const step of [2, 7, 4001]) {
+      const mask = new Int32Array(Math.ceil(vocab / 32));
+      for (let id = 0; id < vocab; id += step) mask[id >> 5] |= 1 << (id & 31);
+      const history = { promptTokenIds: [], outputTokenIds: [5], allowedMask: mask };
+      let best = 0;
+      for (let id = 0; id < vocab; id += step) if (logits[id] > logits[best]) best = id;
+      expect(sampleToken(logits, GREEDY, history, new Prng(1)).tokenId).toBe(best);
+      for (let seed = 0; seed < 20; seed++) {
+        const params = { ...GREEDY, temperature: 1.5, topP: 0.9, topK: 50, repetitionPenalty: 1.2 };
+        expect(sampleToken(logits, params, history, new Prng(seed)).tokenId % step).toBe(0);
+      }
+    }
   });
 });

@@ -90,6 +90,8 @@ describe("structured outputs on the default model", () => {
       } else {
         counts.stop++;
         expect(finish).toBe("stop");
+        // Valid UTF-8 all through (xgrammar alone lets some invalid sequences through; see utf8-guard.ts).
+        expect(text).not.toContain("\uFFFD");
         expect(valid(text), text).toBe(true);
       }
     }

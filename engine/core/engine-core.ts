@@ -18,6 +18,7 @@ import { EngineStats } from "./engine-stats.ts";
 import type { TextCodec } from "../text/text-codec.ts";
 import { GrammarError } from "../grammar/grammar-spec.ts";
 import type { GrammarSession } from "./grammar-session.ts";
+import { Utf8Guard } from "../grammar/utf8-guard.ts";
 
 /** How long a grammar may take to compile before its request fails (--grammar-compile-timeout). */
 export const DEFAULT_GRAMMAR_COMPILE_TIMEOUT_MS = 10_000;
@@ -199,6 +200,13 @@ export class EngineCore {
     throw new StepFailure(requestIds, cause, outputs, usages);
   }
 
+  private guard: Utf8Guard | null = null;
+
+  /** Built on the first constrained sample (a pass over the vocabulary's bytes). */
+  private utf8Guard(): Utf8Guard {
+    return (this.guard ??= new Utf8Guard(this.codec!, this.runner.vocabSize));
+  }
+
   private closeGrammars(seqs: readonly Sequence[]): void {
     closeGrammarsOf(this.options.grammar, seqs);
   }
@@ -239,7 +247,8 @@ export class EngineCore {
 
     const isFirst = seq.outputTokenIds.length === 0;
     if (seq.grammarKey !== null && !mask) throw new Error("a constrained sequence reached sampling without its grammar's mask");
-    const history = { promptTokenIds: seq.promptTokenIds, outputTokenIds: seq.outputTokenIds, allowedMask: mask };
+    const allowedMask = mask && this.codec ? this.utf8Guard().restrict(mask, seq.outputTokenIds.at(-1)) : mask;
+    const history = { promptTokenIds: seq.promptTokenIds, outputTokenIds: seq.outputTokenIds, allowedMask };
     const sample = sampleRow(rowOf(rows, rows.numRows - 1, this.runner.vocabSize), need, seq.sampling, history, seq.rng);
     seq.appendToken(sample.tokenId);
     if (seq.grammarKey !== null) seq.grammarTokens.push(sample.tokenId);

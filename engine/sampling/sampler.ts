@@ -71,11 +71,44 @@ export function sampleRow(row: LogitsRow, need: LogitsNeed, params: SamplingPara
 /** From raw logits. NOTE: logprobs cost a pass of exp over the vocabulary, so they are computed only when asked for (NaN otherwise). */
 export function sampleToken(logits: Float32Array, params: SamplingParams, history: TokenHistory, rng: Prng): SampleResult {
   const adjusted = processLogits(logits, params, history);
-  const tokenId = isGreedy(params) ? argmax(adjusted) : drawFromLogits(adjusted, params, rng);
+  const few = history.allowedMask ? fewAllowed(history.allowedMask, logits.length) : null;
+  const tokenId = few ? sampleAmong(few, adjusted, params, rng) : isGreedy(params) ? argmax(adjusted) : drawFromLogits(adjusted, params, rng);
   if (params.logprobs === undefined) return { tokenId, logprob: NaN, top: [] };
   const logSumExp = logSumExpOf(logits);
   const top = params.logprobs > 0 ? topLogprobs(logits, logSumExp, params.logprobs) : [];
   return { tokenId, logprob: logits[tokenId] - logSumExp, top };
+}
+
+/** Beyond this many allowed tokens, sampling scans the whole (masked) vocabulary instead. */
+const FEW_ALLOWED = 4096;
+
+/** The tokens a grammar's mask allows, when they are few (as between a JSON schema's strings); null when many. */
+function fewAllowed(mask: Int32Array, vocabSize: number): Int32Array | null {
+  const ids: number[] = [];
+  for (let word = 0; word < mask.length; word++) {
+    let bits = mask[word];
+    if (bits === 0) continue;
+    if (bits === -1 && ids.length + 32 > FEW_ALLOWED) return null;
+    while (bits !== 0) {
+      const bit = 31 - Math.clz32(bits & -bits);
+      const id = (word << 5) + bit;
+      if (id < vocabSize) ids.push(id);
+      bits &= bits - 1;
+    }
+    if (ids.length > FEW_ALLOWED) return null;
+  }
+  return Int32Array.from(ids);
+}
+
+/**
+ * Sampling among a few allowed tokens: the same draw as over the masked vocabulary (every
+ * other token has weight 0), without passes over all of it.
+ */
+function sampleAmong(ids: Int32Array, adjusted: Float32Array, params: SamplingParams, rng: Prng): number {
+  const values = Float32Array.from(ids, (id) => adjusted[id]);
+  if (isGreedy(params)) return ids[argmax(values)];
+  const weights = softmaxWeights(values, params.temperature);
+  return ids[isFiltered(params) ? new KeptTokens(weights, values, params).draw(rng) : drawWeighted(weights, rng)];
 }
 
 /** Temperature sampling from the graph's softmax(logits / T) row. */
