@@ -70,8 +70,9 @@ export function sampleRow(row: LogitsRow, need: LogitsNeed, params: SamplingPara
 
 /** From raw logits. NOTE: logprobs cost a pass of exp over the vocabulary, so they are computed only when asked for (NaN otherwise). */
 export function sampleToken(logits: Float32Array, params: SamplingParams, history: TokenHistory, rng: Prng): SampleResult {
-  const adjusted = processLogits(logits, params, history);
   const few = history.allowedMask ? fewAllowed(history.allowedMask, logits.length) : null;
+  // NOTE: among a few allowed tokens the mask needs no pass over the vocabulary: only those are looked at.
+  const adjusted = processLogits(logits, params, few ? { ...history, allowedMask: null } : history);
   const tokenId = few ? sampleAmong(few, adjusted, params, rng) : isGreedy(params) ? argmax(adjusted) : drawFromLogits(adjusted, params, rng);
   if (params.logprobs === undefined) return { tokenId, logprob: NaN, top: [] };
   const logSumExp = logSumExpOf(logits);
