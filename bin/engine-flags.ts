@@ -5,6 +5,7 @@ import { bytesFlag, enumFlag, flagValue, intFlag, numberFlag, optionalFlagValue 
 import { existsSync } from "node:fs";
 import { SYNTHETIC_MODELS, ensureDefaultModel, ensureSyntheticModel } from "../models/synthetic/default-model.ts";
 import { readCheckpoint, type Checkpoint } from "../models/checkpoint.ts";
+import { QUANTIZATIONS } from "../models/index.ts";
 import { ModelTokenizer } from "../models/tokenizer.ts";
 
 export const ENGINE_FLAGS = {
@@ -20,6 +21,8 @@ export const ENGINE_FLAGS = {
   "batch-max-wait": { type: "string" },
   "batch-step-seqs": { type: "string" },
   "grammar-compile-timeout": { type: "string" },
+  quantization: { type: "string" },
+  "quant-block-size": { type: "string" },
 } as const satisfies ParseArgsConfig["options"];
 
 export const ENGINE_FLAGS_HELP = `Model and engine:
@@ -34,6 +37,9 @@ export const ENGINE_FLAGS_HELP = `Model and engine:
   --no-prefix-caching           turn automatic prefix caching off
   --threads N                   ONNX Runtime intra-op threads (default: all cores)
   --batch-max-wait SECONDS      a batch-tier request waiting this long is admitted as standard (default 30)
+  --quantization none|int8|int4 the big linears (q/k/v/o, gate/up/down) as int8 or int4 blocks, MatMulNBits with
+                                int8 activations (default none); the graph is built once per setting
+  --quant-block-size N          inputs per quantization block (default 32)
   --grammar-compile-timeout S   a structured-output request whose grammar takes longer to compile fails with a 400 (default 10)
   --batch-step-seqs N           at most N batch-tier sequences per step (taking turns) while interactive or
                                 standard requests are about: shorter steps, sooner first tokens (default: no cap)`;
@@ -64,6 +70,8 @@ export function readEngineFlags(values: EngineFlagValues): EngineFlags {
     maxModelLen: optionalFlagValue("max-model-len", values["max-model-len"], intFlag(1)),
     enablePrefixCaching: values["no-prefix-caching"] !== true,
     intraOpThreads: optionalFlagValue("threads", values.threads, intFlag(1, 1024)),
+    quantization: optionalFlagValue("quantization", values.quantization, enumFlag(...QUANTIZATIONS)) ?? "none",
+    quantBlockSize: optionalFlagValue("quant-block-size", values["quant-block-size"], enumFlag("16", "32", "64", "128", "256")) === undefined ? undefined : Number(values["quant-block-size"]),
     grammarCompileTimeoutMs: (optionalFlagValue("grammar-compile-timeout", values["grammar-compile-timeout"], numberFlag(0, 3600, { minExclusive: true })) ?? 10) * 1000,
     batchStepSeqs: optionalFlagValue("batch-step-seqs", values["batch-step-seqs"], intFlag(1)),
     batchMaxWaitMs: (optionalFlagValue("batch-max-wait", values["batch-max-wait"], numberFlag(0)) ?? DEFAULT_BATCH_MAX_WAIT_MS / 1000) * 1000,

@@ -9,6 +9,7 @@
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
+import { DEFAULT_QUANT_BLOCK_SIZE, type Quantization } from "./graph/quantize.ts";
 import cliProgress from "cli-progress";
 import { readModelConfig, type ModelConfig } from "./config.ts";
 import { cacheDir } from "./cache-dir.ts";
@@ -20,12 +21,15 @@ import { openWeights } from "./weights/safetensors.ts";
 /** Bump when the graph's inputs, outputs or numerics change. */
 const BUILDER_VERSION = 1;
 /** NOTE: the builder's own source is part of the key too, so editing it can never serve a stale graph. */
-const BUILDER_SOURCES = ["graph/decoder-graph.ts", "graph/layers.ts", "graph/onnx-graph.ts", "config.ts", "families.ts"];
+const BUILDER_SOURCES = ["graph/decoder-graph.ts", "graph/layers.ts", "graph/onnx-graph.ts", "graph/quantize.ts", "config.ts", "families.ts"];
 
 /** What the graph is built as. Today one of each is supported; each is part of the cache key. */
 export interface GraphBuildOptions {
   dtype?: "float32";
-  quantization?: "none";
+  /** The big linears (q/k/v/o, gate/up/down) as int8 or int4 blocks through MatMulNBits; none: float. */
+  quantization?: Quantization;
+  /** Inputs per quantization block (default 32). */
+  quantBlockSize?: number;
   /** The device the graph is built for (a device runner may want a different graph). */
   device?: string;
 }
@@ -38,7 +42,8 @@ export interface BuildOptions {
 
 /** The build options with every default filled in, as the cache key sees them. */
 export function normalizedBuildOptions(build: GraphBuildOptions = {}): Required<GraphBuildOptions> {
-  return { dtype: build.dtype ?? "float32", quantization: build.quantization ?? "none", device: build.device ?? "cpu" };
+  const quantization = build.quantization ?? "none";
+  return { dtype: build.dtype ?? "float32", quantization, quantBlockSize: quantization === "none" ? 0 : (build.quantBlockSize ?? DEFAULT_QUANT_BLOCK_SIZE), device: build.device ?? "cpu" };
 }
 
 export interface BuiltGraph {
@@ -72,7 +77,7 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
     bar?.start(config.numLayers, 0);
     const g = new OnnxGraph(join(scratch, "model.onnx.data"));
     const source: WeightSource = { read: (name) => ({ data: store.readFloat32(name), shape: store.info(name).shape }) };
-    buildDecoderGraph(g, config, source, (layer) => bar?.update(layer + 1));
+    buildDecoderGraph(g, config, source, (layer) => bar?.update(layer + 1), { quantization: build.quantization, blockSize: build.quantBlockSize });
     writeFileSync(join(scratch, "model.onnx"), g.finish(basename(dir)));
     writeFileSync(join(scratch, "meta.json"), JSON.stringify({ checkpoint: dir, builderVersion: BUILDER_VERSION, build, config }, null, 2));
     rmSync(outDir, { recursive: true, force: true });

@@ -5,4 +5,5 @@ export { ModelError } from "./model-error.ts";
 export { ensureGraph, normalizedBuildOptions, type BuiltGraph, type GraphBuildOptions } from "./build-graph.ts";
 export { GRAPH_INPUTS, GRAPH_OUTPUTS, TOP_LOGPROBS, poolInputNames, presentOutputNames } from "./graph/graph-io.ts";
 export { cacheDir } from "./cache-dir.ts";
+export { DEFAULT_QUANT_BLOCK_SIZE, QUANTIZATIONS, type Quantization } from "./graph/quantize.ts";
 export type { GenerationDefaults } from "./checkpoint.ts";

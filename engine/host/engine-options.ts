@@ -1,4 +1,5 @@
 /** How an engine thread is set up: the model, the device and the scheduler's limits. */
+import type { Quantization } from "../../models/index.ts";
 import type { Device } from "../runner/runner-registry.ts";
 import type { KvCacheInfo } from "../runner/step-runner.ts";
 
@@ -20,6 +21,10 @@ export interface EngineOptions {
   intraOpThreads?: number;
   /** How long a batch-tier request may wait before it is admitted as standard (default 30 s). */
   batchMaxWaitMs?: number;
+  /** The big linears' weights: float (none), or int8/int4 blocks through MatMulNBits (--quantization). */
+  quantization?: Quantization;
+  /** Inputs per quantization block (--quant-block-size, default 32). */
+  quantBlockSize?: number;
   /** How long a request's grammar may take to compile before the request fails (default 10 s). */
   grammarCompileTimeoutMs?: number;
   /** At most this many batch-tier sequences per step while higher tiers are about (see Scheduler). */

@@ -7,12 +7,12 @@
  * Per layer, attention reads [past K/V gathered by slot ‖ the step's own K/V].
  */
 import type { ModelConfig } from "../config.ts";
-import { type WeightSource, addWeight, linear, rmsNorm, rope, ropeTables } from "./layers.ts";
+import { FLOAT_LINEARS, type LinearOptions, type WeightSource, addWeight, linear, rmsNorm, rope, ropeTables } from "./layers.ts";
 import { GRAPH_INPUTS, GRAPH_OUTPUTS, TOP_LOGPROBS, poolInputNames, presentOutputNames } from "./graph-io.ts";
 import { DataType, OnnxGraph } from "./onnx-graph.ts";
 
 /** Adds the whole decoder to `g`, reading weights from `weights` one tensor at a time. */
-export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: WeightSource, onLayer?: (layer: number) => void): void {
+export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: WeightSource, onLayer?: (layer: number) => void, linears: LinearOptions = FLOAT_LINEARS): void {
   const { hiddenSize, numHeads, numKvHeads, headDim } = config;
   const kvWidth = numKvHeads * headDim;
   const inputIds = g.input(GRAPH_INPUTS.inputIds, DataType.INT64, ["batch", "seq"]);
@@ -35,9 +35,9 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
   for (let layer = 0; layer < config.numLayers; layer++) {
     const p = `model.layers.${layer}`;
     const h = rmsNorm(g, weights, x, `${p}.input_layernorm.weight`, config);
-    const q = rope(g, headProjection(g, weights, config, p, h, "q", numHeads), cos, sin);
-    const k = rope(g, headProjection(g, weights, config, p, h, "k", numKvHeads), cos, sin);
-    const v = linear(g, weights, h, `${p}.self_attn.v_proj`, config.qkvBias);
+    const q = rope(g, headProjection(g, weights, config, p, h, "q", numHeads, linears), cos, sin);
+    const k = rope(g, headProjection(g, weights, config, p, h, "k", numKvHeads, linears), cos, sin);
+    const v = linear(g, weights, h, `${p}.self_attn.v_proj`, config.qkvBias, linears);
 
     const newK = g.op("Reshape", [k, kvAttnShape]);
     const newV = g.op("Reshape", [v, kvAttnShape]);
@@ -56,13 +56,13 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
       q_num_heads: numHeads, kv_num_heads: numKvHeads, scale: { f: 1 / Math.sqrt(headDim) },
     });
     const attnRows = g.op("Reshape", [attn, g.constInt64([-1, numHeads * headDim])]);
-    x = g.op("Add", [x, linear(g, weights, attnRows, `${p}.self_attn.o_proj`, config.oBias)]);
+    x = g.op("Add", [x, linear(g, weights, attnRows, `${p}.self_attn.o_proj`, config.oBias, linears)]);
 
     const h2 = rmsNorm(g, weights, x, `${p}.post_attention_layernorm.weight`, config);
-    const gate = linear(g, weights, h2, `${p}.mlp.gate_proj`, config.mlpBias);
-    const up = linear(g, weights, h2, `${p}.mlp.up_proj`, config.mlpBias);
+    const gate = linear(g, weights, h2, `${p}.mlp.gate_proj`, config.mlpBias, linears);
+    const up = linear(g, weights, h2, `${p}.mlp.up_proj`, config.mlpBias, linears);
     const act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up]);
-    x = g.op("Add", [x, linear(g, weights, act, `${p}.mlp.down_proj`, config.mlpBias)]);
+    x = g.op("Add", [x, linear(g, weights, act, `${p}.mlp.down_proj`, config.mlpBias, linears)]);
     onLayer?.(layer);
   }
 
@@ -91,9 +91,9 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
 
 /** q or k: projection, reshape to [N, heads, head_dim], and the Qwen3 per-head norm. */
 function headProjection(
-  g: OnnxGraph, weights: WeightSource, config: ModelConfig, layerPrefix: string, h: string, which: "q" | "k", numHeads: number,
+  g: OnnxGraph, weights: WeightSource, config: ModelConfig, layerPrefix: string, h: string, which: "q" | "k", numHeads: number, linears: LinearOptions,
 ): string {
-  const projected = linear(g, weights, h, `${layerPrefix}.self_attn.${which}_proj`, config.qkvBias);
+  const projected = linear(g, weights, h, `${layerPrefix}.self_attn.${which}_proj`, config.qkvBias, linears);
   const heads = g.op("Reshape", [projected, g.constInt64([-1, numHeads, config.headDim])]);
   return config.qkNorm ? rmsNorm(g, weights, heads, `${layerPrefix}.self_attn.${which}_norm.weight`, config) : heads;
 }

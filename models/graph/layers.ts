@@ -1,6 +1,7 @@
 /** The decoder's building blocks as ONNX subgraphs on flattened token rows. */
 import type { ModelConfig, RopeScaling } from "../config.ts";
-import type { OnnxGraph } from "./onnx-graph.ts";
+import { DataType, type OnnxGraph } from "./onnx-graph.ts";
+import { bitsOf, quantizeBlockwise, type Quantization } from "./quantize.ts";
 
 export interface NamedTensor {
   data: Float32Array;
@@ -22,11 +23,32 @@ export function rmsNorm(g: OnnxGraph, weights: WeightSource, x: string, name: st
   return g.op("RMSNormalization", [x, addWeight(g, weights, name)], { axis: -1, epsilon: { f: config.rmsNormEps } });
 }
 
-/** A Hugging Face Linear (weight [out, in], y = x Wᵀ + b) on [N, in] rows. */
-export function linear(g: OnnxGraph, weights: WeightSource, x: string, prefix: string, bias: boolean): string {
-  const w = addWeight(g, weights, `${prefix}.weight`);
-  const inputs = bias ? [x, w, addWeight(g, weights, `${prefix}.bias`)] : [x, w];
-  return g.op("Gemm", inputs, { transB: 1 });
+/** How the big linears are stored and computed: float, or block-quantized through MatMulNBits. */
+export interface LinearOptions {
+  quantization: Quantization;
+  blockSize: number;
+}
+
+export const FLOAT_LINEARS: LinearOptions = { quantization: "none", blockSize: 32 };
+
+/**
+ * A Hugging Face Linear (weight [out, in], y = x Wᵀ + b) on [N, in] rows: a Gemm, or a
+ * com.microsoft MatMulNBits over block-quantized weights, with accuracy_level 4 so that ORT
+ * quantizes the activations to int8 and runs its integer (VNNI) kernels.
+ */
+export function linear(g: OnnxGraph, weights: WeightSource, x: string, prefix: string, bias: boolean, options: LinearOptions = FLOAT_LINEARS): string {
+  const b = bias ? addWeight(g, weights, `${prefix}.bias`) : null;
+  if (options.quantization === "none") {
+    const w = addWeight(g, weights, `${prefix}.weight`);
+    return g.op("Gemm", b ? [x, w, b] : [x, w], { transB: 1 });
+  }
+  const { data, shape: [n, k] } = weights.read(`${prefix}.weight`);
+  const bits = bitsOf(options.quantization);
+  const q = quantizeBlockwise(data, n, k, bits, options.blockSize);
+  const packed = g.weight(`${prefix}.weight.q${bits}`, q.packed, [n, q.numBlocks, q.blobSize], DataType.UINT8);
+  const scales = g.weight(`${prefix}.weight.scales`, q.scales, [n * q.numBlocks]);
+  const y = g.microsoftOp("MatMulNBits", [x, packed, scales], { K: k, N: n, bits, block_size: options.blockSize, accuracy_level: 4 });
+  return b ? g.op("Add", [y, b]) : y;
 }
 
 /** cos and sin of position × inv_freq, duplicated over both halves: [N, 1, head_dim]. */

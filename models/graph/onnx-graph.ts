@@ -24,6 +24,8 @@ export class OnnxGraph {
   private readonly inputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
   private readonly outputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
   private dataFd: number | null = null;
+  /** Whether a com.microsoft op was used (the model then imports that domain). */
+  private usesMicrosoftOps = false;
   private dataOffset = 0;
 
   /**
@@ -70,7 +72,7 @@ export class OnnxGraph {
   }
 
   /** A weight written to the external-data file. */
-  weight(name: string, data: Float32Array | Uint16Array, dims: number[], dataType: number = DataType.FLOAT): string {
+  weight(name: string, data: Float32Array | Uint16Array | Uint8Array, dims: number[], dataType: number = DataType.FLOAT): string {
     const bytes = bytesOf(data);
     if (this.dataFd === null) this.dataFd = openSync(this.dataPath, "w");
     const padding = (EXTERNAL_ALIGN_BYTES - (this.dataOffset % EXTERNAL_ALIGN_BYTES)) % EXTERNAL_ALIGN_BYTES;
@@ -95,10 +97,16 @@ export class OnnxGraph {
     return this.opN(opType, inputs, 1, attrs, outputName ? [outputName] : undefined)[0];
   }
 
-  opN(opType: string, inputs: string[], numOutputs: number, attrs: Record<string, Attr> = {}, outputNames?: string[]): string[] {
+  /** An op of ONNX Runtime's com.microsoft domain (MatMulNBits). */
+  microsoftOp(opType: string, inputs: string[], attrs: Record<string, Attr> = {}): string {
+    this.usesMicrosoftOps = true;
+    return this.opN(opType, inputs, 1, attrs, undefined, "com.microsoft")[0];
+  }
+
+  opN(opType: string, inputs: string[], numOutputs: number, attrs: Record<string, Attr> = {}, outputNames?: string[], domain = ""): string[] {
     const outputs = outputNames ?? Array.from({ length: numOutputs }, () => this.freshName(opType));
     this.nodes.push(onnx.NodeProto.create({
-      opType, input: inputs, output: outputs, name: this.freshName(`n_${opType}`),
+      opType, domain, input: inputs, output: outputs, name: this.freshName(`n_${opType}`),
       attribute: Object.entries(attrs).map(([key, value]) => attribute(key, value)),
     }));
     return outputs;
@@ -111,7 +119,7 @@ export class OnnxGraph {
     const model = onnx.ModelProto.create({
       irVersion: 10,
       producerName: "tokenmill",
-      opsetImport: [{ domain: "", version: 23 }],
+      opsetImport: [{ domain: "", version: 23 }, ...(this.usesMicrosoftOps ? [{ domain: "com.microsoft", version: 1 }] : [])],
       graph: onnx.GraphProto.create({
         name: graphName, node: this.nodes, initializer: this.initializers, input: this.inputs, output: this.outputs,
       }),

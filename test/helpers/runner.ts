@@ -1,7 +1,7 @@
 /** Real ONNX Runtime runners on tiny checkpoints, and the reference's view of the same weights. */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { ensureGraph } from "../../models/build-graph.ts";
+import { ensureGraph, type GraphBuildOptions } from "../../models/build-graph.ts";
 import { openWeights } from "../../models/weights/safetensors.ts";
 import { KvBuffers } from "../../engine/runner/onnx-host/kv-buffers.ts";
 import { OnnxRunner } from "../../engine/runner/onnx-host/onnx-runner.ts";
@@ -9,8 +9,8 @@ import type { StepSequence } from "../../engine/runner/step-runner.ts";
 import { referenceLogits } from "../reference/forward.ts";
 
 /** A real runner whose KV cache holds exactly `numBlocks` blocks. */
-export async function loadRunner(dir: string, blockSize = 4, numBlocks = 64, paddingSlack?: number): Promise<OnnxRunner> {
-  const graph = ensureGraph(dir);
+export async function loadRunner(dir: string, blockSize = 4, numBlocks = 64, paddingSlack?: number, build?: GraphBuildOptions): Promise<OnnxRunner> {
+  const graph = ensureGraph(dir, { build });
   const { config } = graph;
   const kvCacheBytes = numBlocks * KvBuffers.bytesPerBlock({ numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize });
   return OnnxRunner.create({ graphPath: graph.graphPath, config, device: "cpu", blockSize, kvCacheBytes, intraOpThreads: 1, paddingSlack });
