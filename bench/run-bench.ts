@@ -20,6 +20,8 @@ export interface BenchTarget {
   modelDir?: string;
   /** In-process only: starts the same server with --max-num-seqs 1. */
   startSequential?: () => Promise<{ baseUrl: string; close(): Promise<void> }>;
+  /** In-process only: starts the same server with its weights at another quantization. */
+  startQuantized?: (quantization: string) => Promise<{ baseUrl: string; close(): Promise<void> }>;
 }
 
 export interface BenchPlan {
@@ -29,6 +31,8 @@ export interface BenchPlan {
   sweepConcurrency?: number[];
   compareLimit: boolean;
   compareSequential: boolean;
+  /** The quantization to alternate rounds with (--compare-quantization). */
+  compareQuantization?: string;
   rounds: number;
   goodput?: GoodputSlo;
   percentiles: number[];
@@ -53,8 +57,11 @@ export async function runBench(target: BenchTarget, plan: BenchPlan): Promise<Re
 
   if (plan.compareLimit && (!target.modelDir || !plan.limit)) throw new Error("--compare-limit needs the in-process server (no --base-url)");
   if (plan.compareSequential && !target.startSequential) throw new Error("--compare-sequential needs the in-process server (no --base-url)");
+  if (plan.compareQuantization && !target.startQuantized) throw new Error("--compare-quantization needs the in-process server (no --base-url)");
   const sequential = plan.compareSequential ? await target.startSequential!() : null;
-  const rounds = plan.compareLimit || plan.compareSequential ? plan.rounds : 1;
+  const quantized = plan.compareQuantization ? await target.startQuantized!(plan.compareQuantization) : null;
+  const rounds = plan.compareLimit || plan.compareSequential || quantized ? plan.rounds : 1;
+  const quantRounds: BenchMetrics[] = [];
   const serverRounds: BenchMetrics[] = [];
   const limits: LimitResult[] = [];
   const seqRounds: BenchMetrics[] = [];
@@ -65,9 +72,11 @@ export async function runBench(target: BenchTarget, plan: BenchPlan): Promise<Re
         limits.push(await measureLimit({ ...plan.limit!, modelDir: target.modelDir!, batchSize: plan.maxConcurrency, numPrompts: plan.workload.length }));
       }
       if (sequential) seqRounds.push(await serve(1, sequential.baseUrl));
+      if (quantized) quantRounds.push(await serve(plan.maxConcurrency, quantized.baseUrl));
     }
   } finally {
     await sequential?.close();
+    await quantized?.close();
   }
   const serverTput = median(serverRounds.map((m) => m.outputThroughput));
   result.server_rounds = serverRounds.map((m) => m.outputThroughput);
@@ -90,6 +99,16 @@ export async function runBench(target: BenchTarget, plan: BenchPlan): Promise<Re
       server_to_sequential_ratio: serverTput / seqTput,
     });
     log(`Sequential (--max-num-seqs 1): ${seqTput.toFixed(1)} tok/s; server / sequential = ${(serverTput / seqTput).toFixed(3)}`);
+  }
+
+  if (quantRounds.length > 0) {
+    const otherTput = median(quantRounds.map((m) => m.outputThroughput));
+    Object.assign(result, {
+      compare_quantization: plan.compareQuantization, compare_quantization_output_throughput: otherTput,
+      compare_quantization_rounds: quantRounds.map((m) => m.outputThroughput), quantization_speedup: serverTput / otherTput,
+    });
+    log(`At --quantization ${plan.compareQuantization}: ${otherTput.toFixed(1)} tok/s; this server: ${serverTput.toFixed(1)} tok/s; ` +
+      `quantization_speedup = ${(serverTput / otherTput).toFixed(3)} (medians of ${rounds} alternating rounds)`);
   }
 
   // The reported run is the round whose throughput is the median one.

@@ -7,6 +7,7 @@ import { buildWorkload, type BenchTokenizer } from "../bench/workload.ts";
 import { readCheckpoint, type Checkpoint } from "../models/checkpoint.ts";
 import { SYNTHETIC_MODELS } from "../models/synthetic/default-model.ts";
 import { ModelTokenizer } from "../models/tokenizer.ts";
+import { QUANTIZATIONS, type Quantization } from "../models/index.ts";
 import { startServer } from "../server/serve.ts";
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags, type EngineFlags, type EngineFlagValues } from "./engine-flags.ts";
 import { measureLedger } from "../bench/ledger-throughput.ts";
@@ -32,6 +33,7 @@ Results:
   --sweep-concurrency 1,4,16,64 also run each concurrency; with --plot FILE, an SVG of throughput and latency
   --compare-limit               the runner's static-batch throughput beside the server's, with the ratio
   --compare-sequential          the same workload served one request at a time, with the ratio
+  --compare-quantization Q      the same server with --quantization Q, rounds alternating: quantization_speedup
   --rounds N (3)                alternating rounds for the comparisons (medians are compared)
   --gpu-hour-price USD          print the break-even $/Mtok: what a million output tokens cost at the measured rate
   --db URL|none                 the in-process server meters into this ledger (default none), to measure its cost
@@ -59,6 +61,7 @@ export async function benchCommand(args: string[]): Promise<void> {
       goodput: { type: "string" }, percentiles: { type: "string", default: "50,90,99" },
       "save-result": { type: "string" }, "sweep-concurrency": { type: "string" }, plot: { type: "string" },
       "compare-limit": { type: "boolean", default: false }, "compare-sequential": { type: "boolean", default: false },
+      "compare-quantization": { type: "string" },
       rounds: { type: "string", default: "3" }, help: { type: "boolean", short: "h" },
       db: { type: "string" }, "ledger-writes": { type: "string" }, "gpu-hour-price": { type: "string" },
       "priority-flood": { type: "boolean", default: false },
@@ -126,6 +129,7 @@ export async function benchCommand(args: string[]): Promise<void> {
       maxConcurrency,
       sweepConcurrency,
       compareLimit: values["compare-limit"], compareSequential: values["compare-sequential"],
+      compareQuantization: optionalFlagValue("compare-quantization", values["compare-quantization"], enumFlag(...QUANTIZATIONS)),
       rounds,
       goodput, percentiles,
       limit: { inputLen, outputLen, blockSize: engineFlags.blockSize, maxTokenId: tokenizer.firstSpecialId ?? tokenizer.vocabSize },
@@ -193,9 +197,9 @@ const urlFlag = {
 async function localTarget(flags: EngineFlags, checkpoint: Checkpoint, maxConcurrency: number, db: string | null) {
   const engineOptions = engineOptionsFrom(flags, checkpoint);
   // The main server runs at least --max-concurrency sequences at once; the sequential twin runs one.
-  const start = async (maxNumSeqs: number) => {
+  const start = async (maxNumSeqs: number, quantization = engineOptions.quantization) => {
     const server = await startServer({
-      engineOptions: { ...engineOptions, maxNumSeqs },
+      engineOptions: { ...engineOptions, maxNumSeqs, quantization },
       modelId: checkpoint.name,
       defaults: checkpoint.generationDefaults, host: "127.0.0.1", port: 0, maxQueuedRequests: 100_000,
       shutdownTimeoutMs: 5_000, bodyLimitBytes: 64 * 1024 * 1024, logger: false,
@@ -205,7 +209,10 @@ async function localTarget(flags: EngineFlags, checkpoint: Checkpoint, maxConcur
     return { baseUrl: server.url, close: () => server.close() };
   };
   const main = await start(Math.max(maxConcurrency, engineOptions.maxNumSeqs));
-  const target: BenchTarget = { baseUrl: main.baseUrl, model: checkpoint.name, modelDir: checkpoint.dir, startSequential: () => start(1) };
+  const target: BenchTarget = {
+    baseUrl: main.baseUrl, model: checkpoint.name, modelDir: checkpoint.dir, startSequential: () => start(1),
+    startQuantized: (quantization) => start(Math.max(maxConcurrency, engineOptions.maxNumSeqs), quantization as Quantization),
+  };
   return { target, close: main.close };
 }
 

@@ -14,10 +14,10 @@ describe("tokenmill bench", () => {
   beforeAll(async () => (server = await startTestServer()));
   afterAll(async () => server.close());
 
-  it("reports vLLM's metrics, the ratios to the limit and to one-at-a-time serving, a sweep and its plot", () => {
+  it("reports vLLM's metrics, the ratios to the limit, to one-at-a-time serving and to another quantization, a sweep and its plot", () => {
     const dir = mkdtempSync(join(tmpdir(), "tokenmill-bench-"));
     const { status, stdout, stderr } = runCli([
-      "bench", ...SMALL, "--max-concurrency", "2", "--compare-limit", "--compare-sequential", "--rounds", "1",
+      "bench", ...SMALL, "--max-concurrency", "2", "--compare-limit", "--compare-sequential", "--quantization", "int4", "--compare-quantization", "none", "--rounds", "1",
       "--sweep-concurrency", "1,2", "--plot", join(dir, "sweep.svg"), "--save-result", join(dir, "result.json"),
     ]);
     expect(status, stderr).toBe(0);
@@ -30,6 +30,9 @@ describe("tokenmill bench", () => {
     }
     expect(result.server_to_limit_ratio).toBeGreaterThan(0);
     expect(result.server_to_sequential_ratio).toBeGreaterThan(0);
+    expect(result.compare_quantization).toBe("none");
+    expect(result.quantization_speedup).toBeGreaterThan(0);
+    expect(stdout).toMatch(/quantization_speedup = \d/);
     expect(result.sweep.map((p: { max_concurrency: number }) => p.max_concurrency)).toEqual([1, 2]);
     const svg = readFileSync(join(dir, "sweep.svg"), "utf8");
     expect(svg.startsWith("<svg")).toBe(true);
