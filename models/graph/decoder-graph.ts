@@ -7,7 +7,7 @@
  * Per layer, attention reads [past K/V gathered by slot ‖ the step's own K/V].
  */
 import type { ModelConfig } from "../config.ts";
-import { FLOAT_LINEARS, type LinearOptions, type WeightSource, addWeight, linear, rmsNorm, rope, ropeTables } from "./layers.ts";
+import { FLOAT_LINEARS, type LinearOptions, type WeightSource, addWeight, linear, quantizedMatMul, rmsNorm, rope, ropeTables } from "./layers.ts";
 import { GRAPH_INPUTS, GRAPH_OUTPUTS, TOP_LOGPROBS, poolInputNames, presentOutputNames } from "./graph-io.ts";
 import { DataType, OnnxGraph } from "./onnx-graph.ts";
 
@@ -68,10 +68,7 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
 
   const last = g.op("Gather", [x, logitsIndices], { axis: 0 });
   const normed = rmsNorm(g, weights, last, "model.norm.weight", config);
-  const lmHead = config.tieWordEmbeddings
-    ? embed
-    : addWeight(g, weights, "lm_head.weight");
-  const logits = g.op("Gemm", [normed, lmHead], { transB: 1 });
+  const logits = lmHeadLogits(g, weights, config, normed, embed, linears);
   g.output(GRAPH_OUTPUTS.logits, logits, DataType.FLOAT, ["num_logits", config.vocabSize]);
   // The top entries of each row's log-softmax: enough for greedy decoding and logprobs without copying the logits out.
   const topN = Math.min(TOP_LOGPROBS, config.vocabSize);
@@ -87,6 +84,18 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
     else_branch: { graph: g.branch((b) => b.constFloat([], [0, 1]), DataType.FLOAT, [0, 1]) },
   });
   g.output(GRAPH_OUTPUTS.probs, probs, DataType.FLOAT, ["num_logits", "vocab_or_1"]);
+}
+
+/**
+ * The LM head: float, or (quantized graphs) int8 blocks through MatMulNBits whatever the
+ * layers' bits, since its errors land on the logits directly. A tied embedding keeps its float
+ * table for the input Gather, beside the quantized copy.
+ */
+function lmHeadLogits(g: OnnxGraph, weights: WeightSource, config: ModelConfig, normed: string, embed: string, linears: LinearOptions): string {
+  const name = config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  if (linears.quantization === "none") return g.op("Gemm", [normed, config.tieWordEmbeddings ? embed : addWeight(g, weights, name)], { transB: 1 });
+  const { data, shape: [n, k] } = weights.read(name);
+  return quantizedMatMul(g, normed, `lm_head_of.${name}`, data, n, k, 8, linears.blockSize);
 }
 
 /** q or k: projection, reshape to [N, heads, head_dim], and the Qwen3 per-head norm. */

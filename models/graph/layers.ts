@@ -43,12 +43,16 @@ export function linear(g: OnnxGraph, weights: WeightSource, x: string, prefix: s
     return g.op("Gemm", b ? [x, w, b] : [x, w], { transB: 1 });
   }
   const { data, shape: [n, k] } = weights.read(`${prefix}.weight`);
-  const bits = bitsOf(options.quantization);
-  const q = quantizeBlockwise(data, n, k, bits, options.blockSize);
-  const packed = g.weight(`${prefix}.weight.q${bits}`, q.packed, [n, q.numBlocks, q.blobSize], DataType.UINT8);
-  const scales = g.weight(`${prefix}.weight.scales`, q.scales, [n * q.numBlocks]);
-  const y = g.microsoftOp("MatMulNBits", [x, packed, scales], { K: k, N: n, bits, block_size: options.blockSize, accuracy_level: 4 });
+  const y = quantizedMatMul(g, x, `${prefix}.weight`, data, n, k, bitsOf(options.quantization), options.blockSize);
   return b ? g.op("Add", [y, b]) : y;
+}
+
+/** x Wᵀ for a float weight [n, k], stored block-quantized and computed by MatMulNBits with int8 activations. */
+export function quantizedMatMul(g: OnnxGraph, x: string, name: string, weight: Float32Array, n: number, k: number, bits: 4 | 8, blockSize: number): string {
+  const q = quantizeBlockwise(weight, n, k, bits, blockSize);
+  const packed = g.weight(`${name}.q${bits}`, q.packed, [n, q.numBlocks, q.blobSize], DataType.UINT8);
+  const scales = g.weight(`${name}.scales`, q.scales, [n * q.numBlocks]);
+  return g.microsoftOp("MatMulNBits", [x, packed, scales], { K: k, N: n, bits, block_size: blockSize, accuracy_level: 4 });
 }
 
 /** cos and sin of position × inv_freq, duplicated over both halves: [N, 1, head_dim]. */
