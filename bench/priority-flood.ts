@@ -10,6 +10,7 @@ import { startServer } from "../server/serve.ts";
 import type { EngineOptions } from "../engine/index.ts";
 import type { GenerationDefaults } from "../models/index.ts";
 import { latencyStats, ttftMsOf } from "./metrics.ts";
+import { fetchMetrics, metricTotal } from "./server-metrics.ts";
 import { sendRequest, type ClientOptions, type RequestResult } from "./sse-client.ts";
 import type { BenchRequest } from "./workload.ts";
 
@@ -77,7 +78,7 @@ export async function measurePriorityFlood(options: FloodOptions): Promise<Flood
         sendRequest({ ...options.prompt(options.numInteractive + i), outputLen: options.floodOutputLen }, client(floodKey, options.floodOutputLen), stop.signal));
       // NOTE: the flood fills every slot and its prefills are done before the first interactive request.
       const started = performance.now();
-      while (performance.now() - started < 60_000 && (await metric(server.url, "tokenmill_requests_running")) < options.engineOptions.maxNumSeqs) await sleep(20);
+      while (performance.now() - started < 60_000 && metricTotal(await fetchMetrics(server.url), "tokenmill_requests_running") < options.engineOptions.maxNumSeqs) await sleep(20);
       await sleep(200);
       const results = await interactive(chatKey);
       stop.abort();
@@ -93,10 +94,4 @@ export async function measurePriorityFlood(options: FloodOptions): Promise<Flood
   } finally {
     await server.close();
   }
-}
-
-async function metric(url: string, name: string): Promise<number> {
-  const text = await (await fetch(`${url}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith(name));
-  return line ? Number(line.split(" ").at(-1)) : 0;
 }

@@ -12,6 +12,7 @@ import { startServer } from "../server/serve.ts";
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags, type EngineFlags, type EngineFlagValues } from "./engine-flags.ts";
 import { measureLedger } from "../bench/ledger-throughput.ts";
 import { TIMEOUT_MS, measurePriorityFlood } from "../bench/priority-flood.ts";
+import { fetchMetrics, metricTotal } from "../bench/server-metrics.ts";
 import { FlagError, dbUrlFlag, enumFlag, flagValue, intFlag, listFlag, nonEmptyFlag, numberFlag, optionalFlagValue } from "./flags.ts";
 
 export const BENCH_HELP = `tokenmill bench [options]
@@ -161,8 +162,8 @@ function schemaExtras(path: string | undefined, endpoint: "completions" | "chat"
 
 /** The grammar thread's cost, from a tokenmill server's metrics (absent elsewhere). */
 async function printGrammarCost(baseUrl: string): Promise<void> {
-  const text = await fetch(`${baseUrl}/metrics`).then((r) => r.text(), () => "");
-  const total = (name: string) => text.split("\n").filter((line) => line.startsWith(name)).reduce((sum, line) => sum + Number(line.split(" ").at(-1)), 0);
+  const text = await fetchMetrics(baseUrl);
+  const total = (name: string) => metricTotal(text, name);
   const steps = total("tokenmill_grammar_steps_total");
   if (steps === 0) return void console.log("grammar: no constrained steps (not a tokenmill server, or nothing was constrained)");
   const perStep = (name: string) => ((total(name) / steps) * 1000).toFixed(2);

@@ -1,7 +1,8 @@
 /** Command-line flags shared by every command that starts an engine. */
 import type { ParseArgsConfig } from "node:util";
 import { DEFAULT_BATCH_MAX_WAIT_MS, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from "../engine/index.ts";
-import { bytesFlag, enumFlag, flagValue, intFlag, numberFlag, optionalFlagValue } from "./flags.ts";
+import { z } from "zod";
+import { bytesFlag, enumFlag, flagValue, intFlag, numberFlag, optionalFlagValue, type Flag } from "./flags.ts";
 import { existsSync } from "node:fs";
 import { SYNTHETIC_MODELS, ensureDefaultModel, ensureSyntheticModel } from "../models/synthetic/default-model.ts";
 import { readCheckpoint, type Checkpoint } from "../models/checkpoint.ts";
@@ -60,6 +61,9 @@ export function modelDirFrom(values: EngineFlagValues): string {
 export type EngineFlags = Omit<EngineOptions, "modelDir">;
 
 /** Validates the engine flags (before any model is loaded). EOS ids are left to the engine thread, which loads the tokenizer. */
+/** A quantization block: a power of two from 16 to 256 inputs. */
+const blockSizeFlag: Flag<number> = { schema: z.enum(["16", "32", "64", "128", "256"]).transform(Number), accepts: "one of 16, 32, 64, 128, 256" };
+
 export function readEngineFlags(values: EngineFlagValues): EngineFlags {
   return {
     device: flagValue("device", values.device, enumFlag("cpu", "cuda")),
@@ -71,7 +75,7 @@ export function readEngineFlags(values: EngineFlagValues): EngineFlags {
     enablePrefixCaching: values["no-prefix-caching"] !== true,
     intraOpThreads: optionalFlagValue("threads", values.threads, intFlag(1, 1024)),
     quantization: optionalFlagValue("quantization", values.quantization, enumFlag(...QUANTIZATIONS)) ?? "none",
-    quantBlockSize: optionalFlagValue("quant-block-size", values["quant-block-size"], enumFlag("16", "32", "64", "128", "256")) === undefined ? undefined : Number(values["quant-block-size"]),
+    quantBlockSize: optionalFlagValue("quant-block-size", values["quant-block-size"], blockSizeFlag),
     grammarCompileTimeoutMs: (optionalFlagValue("grammar-compile-timeout", values["grammar-compile-timeout"], numberFlag(0, 3600, { minExclusive: true })) ?? 10) * 1000,
     batchStepSeqs: optionalFlagValue("batch-step-seqs", values["batch-step-seqs"], intFlag(1)),
     batchMaxWaitMs: (optionalFlagValue("batch-max-wait", values["batch-max-wait"], numberFlag(0)) ?? DEFAULT_BATCH_MAX_WAIT_MS / 1000) * 1000,

@@ -80,13 +80,7 @@ describe("the grammar core on the default model's vocabulary", () => {
 
   it("strict functions under auto: free text, but a call once started must be well formed", async () => {
     const spec = { type: "tool_calls" as const, optional: true, parallel: true, tools: [{ name: "f", parameters: { type: "object", properties: { a: { type: "integer" } }, required: ["a"], additionalProperties: false } }] };
-    const accepts = async (text: string) => {
-      await core.open("t", spec);
-      const matcher = (core as unknown as { matchers: Map<string, { matcher: { _acceptString(s: string): boolean } }> }).matchers.get("t")!.matcher;
-      const ok = matcher._acceptString(text);
-      core.close("t");
-      return ok;
-    };
+    const accepts = (text: string) => core.acceptsText(spec, text);
     expect(await accepts("just some text")).toBe(true);
     expect(await accepts('sure <tool_call>\n{"name": "f", "arguments": {"a": 12}}\n</tool_call>')).toBe(true);
     expect(await accepts('sure <tool_call>\n{"name": "g"')).toBe(false);

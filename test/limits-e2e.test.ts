@@ -5,7 +5,6 @@
  * that count down, the SDK retrying a rate limit but not an exhausted budget, max_parallel,
  * TPM, GET /v1/key, the admin API's fields, and alerts that fire once across a restart.
  */
-import { createServer, type Server } from "node:http";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { webhookSignature } from "../service/limits/alerts.ts";
 import { openStore } from "../service/store/open-store.ts";
 import type { RunningServer } from "../server/serve.ts";
-import { ADMIN, MODEL, burst, chat, createKey, statuses } from "./helpers/limits.ts";
+import { ADMIN, MODEL, burst, chat, createKey, startWebhookReceiver, statuses } from "./helpers/limits.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 import { startTestServer } from "./helpers/server.ts";
 
@@ -78,7 +77,7 @@ describe("limits as a client meets them (SQLite)", () => {
   let server: RunningServer;
   let dir: string;
   let dbUrl: string;
-  let receiver: Server;
+  let receiver: Awaited<ReturnType<typeof startWebhookReceiver>>;
   let receiverUrl: string;
   const hooks: { body: string; signature: string | undefined }[] = [];
   let failNext80 = true;
@@ -89,22 +88,16 @@ describe("limits as a client meets them (SQLite)", () => {
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "tokenmill-limits-client-"));
     dbUrl = `sqlite:${join(dir, "tokenmill.db")}`;
-    receiver = createServer((req, res) => {
-      let body = "";
-      req.on("data", (d) => (body += d));
-      req.on("end", () => {
-        // NOTE: the first delivery of the 80 % alert fails, so that it has to be retried.
-        if (failNext80 && (JSON.parse(body) as { threshold: number }).threshold === 80) {
-          failNext80 = false;
-          res.writeHead(500).end();
-          return;
-        }
-        hooks.push({ body, signature: req.headers["x-tokenmill-signature"] as string | undefined });
-        res.writeHead(204).end();
-      });
+    receiver = await startWebhookReceiver((body, signature) => {
+      // NOTE: the first delivery of the 80 % alert fails, so that it has to be retried.
+      if (failNext80 && (JSON.parse(body) as { threshold: number }).threshold === 80) {
+        failNext80 = false;
+        return 500;
+      }
+      hooks.push({ body, signature });
+      return 204;
     });
-    await new Promise<void>((resolve) => receiver.listen(0, "127.0.0.1", resolve));
-    receiverUrl = `http://127.0.0.1:${(receiver.address() as { port: number }).port}/hook`;
+    receiverUrl = receiver.url;
     server = await start();
   }, 120_000);
   afterAll(async () => {

@@ -3,13 +3,12 @@
  * a key's budget and RPM limit (never twice it), their x-ratelimit headers count down one
  * shared bucket, and each alert's webhook fires once between them.
  */
-import { createServer, type Server } from "node:http";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openStore } from "../service/store/open-store.ts";
-import { ADMIN, MODEL, burst, chat, createKey, statuses } from "./helpers/limits.ts";
+import { ADMIN, MODEL, burst, chat, createKey, startWebhookReceiver, statuses } from "./helpers/limits.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 import { serveProcess, type Serving } from "./helpers/serve-process.ts";
 
@@ -17,21 +16,16 @@ describe("limits across two replicas on one PostgreSQL", () => {
   let pg: TestPostgres;
   let dir: string;
   let replicas: Serving[] = [];
-  let receiver: Server;
+  let receiver: Awaited<ReturnType<typeof startWebhookReceiver>>;
   const hooks: { key_id: string; threshold: number }[] = [];
   beforeAll(async () => {
     pg = await startPostgres();
     dir = mkdtempSync(join(tmpdir(), "tokenmill-limit-replicas-"));
-    receiver = createServer((req, res) => {
-      let body = "";
-      req.on("data", (d) => (body += d));
-      req.on("end", () => {
-        hooks.push(JSON.parse(body) as { key_id: string; threshold: number });
-        res.writeHead(204).end();
-      });
+    receiver = await startWebhookReceiver((body) => {
+      hooks.push(JSON.parse(body) as { key_id: string; threshold: number });
+      return 204;
     });
-    await new Promise<void>((resolve) => receiver.listen(0, "127.0.0.1", resolve));
-    const hookUrl = `http://127.0.0.1:${(receiver.address() as { port: number }).port}/`;
+    const hookUrl = receiver.url;
     // $1 per million output tokens, input free: a request costs its output tokens in micro-USD.
     const args = ["--price", `${MODEL}=0,0,1`, "--admin-key", ADMIN, "--alert-webhook", hookUrl];
     replicas = await Promise.all([serveProcess(pg.url, "a", dir, args), serveProcess(pg.url, "b", dir, args)]);

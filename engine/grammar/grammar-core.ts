@@ -35,6 +35,7 @@ interface Cached {
 export class GrammarCore {
   private readonly cache = new Map<string, Cached>();
   private readonly matchers = new Map<string, { matcher: GrammarMatcher; key: string }>();
+  private numTextChecks = 0;
 
   private constructor(private readonly xg: XgrammarModule, private readonly info: TokenizerInfo, private readonly compiler: GrammarCompiler) {}
 
@@ -83,6 +84,17 @@ export class GrammarCore {
       masks.push(await held.matcher.getNextTokenBitmask());
     }
     return { masks, rejected };
+  }
+
+  /** Whether the spec's grammar accepts `text` as (a prefix of) an output, with a matcher of its own. */
+  async acceptsText(spec: GrammarSpec, text: string): Promise<boolean> {
+    const seqKey = `accepts-text-${this.numTextChecks++}`;
+    await this.open(seqKey, spec);
+    try {
+      return this.matchers.get(seqKey)!.matcher._acceptString(text);
+    } finally {
+      this.close(seqKey);
+    }
   }
 
   close(seqKey: string): void {

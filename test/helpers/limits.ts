@@ -1,3 +1,4 @@
+import { createServer } from "node:http";
 /** Helpers for the per-key limit tests: keys made through the admin API, and bursts of concurrent requests. */
 export const MODEL = "tokenmill-tiny-qwen3";
 export const ADMIN = "admin-secret-for-limit-tests";
@@ -34,3 +35,14 @@ export function burst(urls: string[], secret: string, count: number, body: Recor
 }
 
 export const statuses = (answers: Answer[]) => answers.map((a) => `${a.status}${a.code ? ` ${a.code}` : ""}`).sort();
+
+/** A local HTTP receiver for alert webhooks: `answer` gives each delivery's status (body and signature header in hand). */
+export async function startWebhookReceiver(answer: (body: string, signature: string | undefined) => number): Promise<{ url: string; close(): void }> {
+  const server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (d) => (body += d));
+    req.on("end", () => res.writeHead(answer(body, req.headers["x-tokenmill-signature"] as string | undefined)).end());
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return { url: `http://127.0.0.1:${(server.address() as { port: number }).port}/hook`, close: () => server.close() };
+}
