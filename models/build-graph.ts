@@ -19,9 +19,9 @@ import { OnnxGraph } from "./graph/onnx-graph.ts";
 import { openWeights } from "./weights/safetensors.ts";
 
 /** Bump when the graph's inputs, outputs or numerics change. */
-const BUILDER_VERSION = 1;
+const BUILDER_VERSION = 2;
 /** NOTE: the builder's own source is part of the key too, so editing it can never serve a stale graph. */
-const BUILDER_SOURCES = ["graph/decoder-graph.ts", "graph/layers.ts", "graph/onnx-graph.ts", "graph/quantize.ts", "config.ts", "families.ts"];
+const BUILDER_SOURCES = ["graph/decoder-graph.ts", "graph/paged-attention.ts", "graph/layers.ts", "graph/onnx-graph.ts", "graph/quantize.ts", "config.ts", "families.ts"];
 
 /** What the graph is built as. Today one of each is supported; each is part of the cache key. */
 export interface GraphBuildOptions {

@@ -8,7 +8,7 @@
  *   logits_indices           [K]          flat rows (b*S + s) whose logits to return
  *   inv_temperature          [K]          1 / temperature of each of those rows, for probs
  *   want_probs               []           whether to compute probs at all (else they are [0, 1])
- *   pool.L.key/value         [slots, kv_heads, head_dim]
+ *   pool.L.key/value         [kv_heads, slots, head_dim]
  *   ──▶ logits [K, V], probs [K, V] = softmax(logits / T), top_logprobs / top_ids [K, 20]
  *       (the top of each row's log-softmax),
  *       present.L.key/value [B, S, kv_heads*head_dim]

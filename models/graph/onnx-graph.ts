@@ -27,6 +27,8 @@ export class OnnxGraph {
   /** Whether a com.microsoft op was used (the model then imports that domain). */
   private usesMicrosoftOps = false;
   private dataOffset = 0;
+  /** The role prefixed to node names ("attention/n_MatMul_12"), so a profile can group the step's time by role. */
+  private currentScope = "";
 
   /**
    * @param dataPath where external weights go; its basename is recorded in the graph.
@@ -92,6 +94,17 @@ export class OnnxGraph {
     return name;
   }
 
+  /** Builds `build`'s nodes under the role `scope` (see currentScope); scopes do not nest. */
+  scoped<T>(scope: string, build: () => T): T {
+    const outer = this.currentScope;
+    this.currentScope = scope;
+    try {
+      return build();
+    } finally {
+      this.currentScope = outer;
+    }
+  }
+
   /** Adds a node and returns its output name(s). */
   op(opType: string, inputs: string[], attrs: Record<string, Attr> = {}, outputName?: string): string {
     return this.opN(opType, inputs, 1, attrs, outputName ? [outputName] : undefined)[0];
@@ -106,7 +119,7 @@ export class OnnxGraph {
   opN(opType: string, inputs: string[], numOutputs: number, attrs: Record<string, Attr> = {}, outputNames?: string[], domain = ""): string[] {
     const outputs = outputNames ?? Array.from({ length: numOutputs }, () => this.freshName(opType));
     this.nodes.push(onnx.NodeProto.create({
-      opType, domain, input: inputs, output: outputs, name: this.freshName(`n_${opType}`),
+      opType, domain, input: inputs, output: outputs, name: this.freshName(`${this.currentScope ? `${this.currentScope}/` : ""}n_${opType}`),
       attribute: Object.entries(attrs).map(([key, value]) => attribute(key, value)),
     }));
     return outputs;

@@ -1,7 +1,8 @@
 /**
  * The KV cache's memory in host RAM: for every layer, one key and one value array of
- * [numSlots, kvHeads, headDim] floats, handed to ONNX Runtime without copying. (The block
- * pool hands out block ids; these are the floats behind them.)
+ * [kvHeads, numSlots, headDim] floats, handed to ONNX Runtime without copying. (The block
+ * pool hands out block ids; these are the floats behind them.) Kv-head-major, so that the
+ * graph's one gather per layer lands in the layout its attention MatMuls read.
  *
  *   block table  [7, 2, 9]           blockSize = 4
  *   position p   0 1 2 3 | 4 5 6 7 | 8 9
@@ -47,16 +48,28 @@ export class KvBuffers {
     return blockTable[Math.floor(position / blockSize)] * blockSize + (position % blockSize);
   }
 
-  /** Copies `numRows` rows starting at row `fromRow` of a layer's step output into their slots. */
+  /** The pool's dims as the graph declares them. */
+  get dims(): number[] {
+    return [this.shape.numKvHeads, this.numSlots, this.shape.headDim];
+  }
+
+  /**
+   * Copies `slots.length` rows starting at row `fromRow` of a layer's step output
+   * ([rows, kvHeads·headDim]) into their slots, one head at a time.
+   */
   write(layer: number, slots: ArrayLike<number>, newKeys: Float32Array, newValues: Float32Array, fromRow: number): void {
-    const width = this.rowWidth;
+    const { numKvHeads, headDim } = this.shape;
+    const headStride = this.numSlots * headDim;
     const keys = this.keys[layer];
     const values = this.values[layer];
     for (let i = 0; i < slots.length; i++) {
-      const src = (fromRow + i) * width;
-      const dst = slots[i] * width;
-      keys.set(newKeys.subarray(src, src + width), dst);
-      values.set(newValues.subarray(src, src + width), dst);
+      const row = (fromRow + i) * this.rowWidth;
+      for (let h = 0; h < numKvHeads; h++) {
+        const src = row + h * headDim;
+        const dst = h * headStride + slots[i] * headDim;
+        keys.set(newKeys.subarray(src, src + headDim), dst);
+        values.set(newValues.subarray(src, src + headDim), dst);
+      }
     }
   }
 }

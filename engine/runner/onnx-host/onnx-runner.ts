@@ -21,6 +21,8 @@ export interface OnnxRunnerOptions {
   intraOpThreads?: number;
   /** How much padding a group of sequences may carry (padded tokens / real tokens); see groupForPadding. */
   paddingSlack?: number;
+  /** Profile every run with ONNX Runtime's profiler (see SessionOptions.profileFilePrefix). */
+  profileFilePrefix?: string;
 }
 
 export class OnnxRunner implements StepRunner {
@@ -40,7 +42,7 @@ export class OnnxRunner implements StepRunner {
     this.kvCache = { numBlocks, blockSize, numTokens: (numBlocks - 1) * blockSize, numBytes: buffers.numBytes };
     const presents = Array.from({ length: config.numLayers }, (_, layer) => Object.values(presentOutputNames(layer))).flat();
     this.fetches = [...presents, GRAPH_OUTPUTS.topLogprobs, GRAPH_OUTPUTS.topIds];
-    const dims = [buffers.numSlots, config.numKvHeads, config.headDim];
+    const dims = buffers.dims;
     for (let layer = 0; layer < config.numLayers; layer++) {
       const names = poolInputNames(layer);
       this.poolFeeds[names.key] = floatTensor(buffers.keys[layer], dims);
@@ -55,7 +57,9 @@ export class OnnxRunner implements StepRunner {
     if (numBlocks < 2) {
       throw new EngineError("INVALID_REQUEST", `a KV cache of ${options.kvCacheBytes} bytes holds fewer than 2 blocks of ${KvBuffers.bytesPerBlock(shape)} bytes; raise --kv-cache-memory`);
     }
-    const session = await createSession(options.graphPath, { device: options.device, intraOpThreads: options.intraOpThreads });
+    const session = await createSession(options.graphPath, {
+      device: options.device, intraOpThreads: options.intraOpThreads, profileFilePrefix: options.profileFilePrefix,
+    });
     return new OnnxRunner(session, new KvBuffers({ ...shape, numBlocks }), config, options.paddingSlack ?? 1.25);
   }
 
@@ -66,6 +70,11 @@ export class OnnxRunner implements StepRunner {
       group.forEach((seqIndex, k) => (logits[seqIndex] = rows[k]));
     }
     return logits;
+  }
+
+  /** Flushes the profile of a runner created with profileFilePrefix. */
+  endProfiling(): void {
+    this.session.endProfiling();
   }
 
   async release(): Promise<void> {

@@ -17,6 +17,8 @@ export interface SessionOptions {
   intraOpThreads?: number;
   /** Let ORT's threads spin while waiting for work (off by default; see createSession). */
   spinning?: boolean;
+  /** Write ONNX Runtime's per-node profile (Chrome trace JSON) to PREFIX_<date>.json (bench/profile-step.ts). */
+  profileFilePrefix?: string;
 }
 
 export async function createSession(graphPath: string, options: SessionOptions): Promise<ort.InferenceSession> {
@@ -28,6 +30,7 @@ export async function createSession(graphPath: string, options: SessionOptions):
       intraOpNumThreads: options.intraOpThreads ?? 0,
       enableCpuMemArena: true,
       enableMemPattern: false,
+      ...(options.profileFilePrefix ? { enableProfiling: true, profileFilePrefix: options.profileFilePrefix } : {}),
       // NOTE: ORT's worker threads spin between parallel sections by default. Here they share the
       // cores with the HTTP thread, tokenizer workers and the engine loop. Five runs each of
       // `npm run bench -- --compare-limit` on two cores: the server's median throughput was 1299

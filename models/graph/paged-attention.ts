@@ -1,0 +1,71 @@
+/**
+ * Attention over the paged KV pool, as plain MatMuls in kv-head-major layout, so that each
+ * past K/V value is copied once per step (by the gather) and never concatenated with the
+ * step's own K/V or transposed:
+ *
+ *   pool [kv_heads, slots, head_dim] ──Gather(axis 1, past_slots [B, P])──▶ past [kv_heads, B, P, head_dim]
+ *   q [N, heads, head_dim] ──▶ [kv_heads, B, G·S, head_dim]        (G = heads / kv_heads; only the step's rows)
+ *   scores = [q·pastᵀ ‖ q·newᵀ]·scale + mask ──softmax over P+S──▶ probs
+ *   out = probs[…, :P]·past_v + probs[…, P:]·new_v ──▶ [N, heads·head_dim]
+ *
+ * Query head h reads kv head h / G, as Hugging Face's repeat_kv does. The profile this
+ * replaces (Gather, Concat, then ONNX Attention, which transposes K and V again) is in the
+ * README's quantization section.
+ */
+import type { ModelConfig } from "../config.ts";
+import type { OnnxGraph } from "./onnx-graph.ts";
+
+export interface PagedAttentionInputs {
+  /** [N, heads, head_dim], after rope. */
+  q: string;
+  /** [N, kv_heads, head_dim], after rope. */
+  k: string;
+  /** [N, kv_heads·head_dim]. */
+  v: string;
+  poolKey: string;
+  poolValue: string;
+  /** [B, P] int64. */
+  pastSlots: string;
+  /** [B, 1, S, P+S], additive. */
+  mask: string;
+  /** Shape(input_ids): [B, S]. */
+  batchSeqShape: string;
+}
+
+/** Returns the attention output as [N, heads·head_dim] rows. */
+export function pagedAttention(g: OnnxGraph, config: ModelConfig, inputs: PagedAttentionInputs): string {
+  const { numHeads, numKvHeads, headDim } = config;
+  const group = numHeads / numKvHeads;
+  const c = (values: number[]) => g.constInt64(values);
+  const batchDim = g.op("Slice", [inputs.batchSeqShape, c([0]), c([1])]);
+  const seqDim = g.op("Slice", [inputs.batchSeqShape, c([1]), c([2])]);
+  const shape = (...parts: string[]) => g.op("Concat", parts, { axis: 0 });
+
+  // The step's rows, kv-head-major: [kv_heads, B, G·S, head_dim] and [kv_heads, B, S, head_dim].
+  const headMajor = (x: string, heads: number, perm: number[]) => g.op("Transpose", [g.op("Reshape", [x, shape(inputs.batchSeqShape, c([numKvHeads, heads, headDim]))])], { perm });
+  const q = g.op("Reshape", [headMajor(inputs.q, group, [2, 0, 3, 1, 4]), shape(c([numKvHeads]), batchDim, c([-1, headDim]))]);
+  const newShape = shape(c([numKvHeads]), batchDim, c([-1, headDim]));
+  const newK = g.op("Reshape", [headMajor(inputs.k, 1, [2, 3, 0, 1, 4]), newShape]);
+  const newV = g.op("Reshape", [headMajor(inputs.v, 1, [2, 3, 0, 1, 4]), newShape]);
+
+  const pastK = g.scoped("kv_gather", () => g.op("Gather", [inputs.poolKey, inputs.pastSlots], { axis: 1 }));
+  const pastV = g.scoped("kv_gather", () => g.op("Gather", [inputs.poolValue, inputs.pastSlots], { axis: 1 }));
+
+  const scale = { f: 1 / Math.sqrt(headDim) };
+  const scores = g.op("Concat", [
+    g.microsoftOp("FusedMatMul", [q, pastK], { transB: 1, alpha: scale }),
+    g.microsoftOp("FusedMatMul", [q, newK], { transB: 1, alpha: scale }),
+  ], { axis: -1 });
+  // The mask [B, 1, S, T] broadcasts over kv heads and the group: scores as [kv_heads, B, G, S, T].
+  const grouped = g.op("Reshape", [scores, shape(c([numKvHeads]), batchDim, c([group]), seqDim, c([-1]))]);
+  const masked = g.op("Add", [grouped, g.op("Unsqueeze", [inputs.mask, c([0])])]);
+  const probs = g.op("Reshape", [g.op("Softmax", [masked], { axis: -1 }), g.op("Shape", [scores])]);
+  const past = g.op("Slice", [g.op("Shape", [inputs.pastSlots]), c([1]), c([2])]);
+  const pastProbs = g.op("Slice", [probs, c([0]), past, c([3])]);
+  const newProbs = g.op("Slice", [probs, past, c([Number.MAX_SAFE_INTEGER]), c([3])]);
+  const out = g.op("Add", [g.op("MatMul", [pastProbs, pastV]), g.op("MatMul", [newProbs, newV])]);
+
+  // [kv_heads, B, G·S, head_dim] back to token rows [B·S, heads·head_dim].
+  const split = g.op("Reshape", [out, shape(c([numKvHeads]), batchDim, c([group]), seqDim, c([headDim]))]);
+  return g.op("Reshape", [g.op("Transpose", [split], { perm: [1, 3, 0, 2, 4] }), c([-1, numHeads * headDim])]);
+}
