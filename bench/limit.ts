@@ -6,7 +6,8 @@
 import { KvBuffers } from "../engine/runner/onnx-host/kv-buffers.ts";
 import { createRunner } from "../engine/runner/runner-registry.ts";
 import type { StepSequence } from "../engine/runner/step-runner.ts";
-import { ensureGraph } from "../models/build-graph.ts";
+import { ensureGraph, type GraphBuildOptions } from "../models/build-graph.ts";
+import type { ModelConfig } from "../models/config.ts";
 import { Prng } from "../models/prng.ts";
 
 export interface LimitOptions {
@@ -19,6 +20,8 @@ export interface LimitOptions {
   maxTokenId: number;
   intraOpThreads?: number;
   seed?: number;
+  /** The graph the server runs (its --quantization). */
+  build?: GraphBuildOptions;
 }
 
 export interface LimitResult {
@@ -30,11 +33,14 @@ export interface LimitResult {
   totalTokenThroughput: number;
   /** Mean time of one decode step of the full batch. */
   meanDecodeStepMs: number;
+  /** The linears' and LM head's FLOPs in one decode step of the full batch. */
+  decodeMatmulFlops: number;
+  config: ModelConfig;
 }
 
 export async function measureLimit(options: LimitOptions): Promise<LimitResult> {
   const { batchSize, inputLen, outputLen, blockSize } = options;
-  const graph = ensureGraph(options.modelDir);
+  const graph = ensureGraph(options.modelDir, { build: options.build });
   const blocksPerSeq = Math.ceil((inputLen + outputLen) / blockSize);
   const { config } = graph;
   const bytesPerBlock = KvBuffers.bytesPerBlock({ numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize });
@@ -73,5 +79,13 @@ export async function measureLimit(options: LimitOptions): Promise<LimitResult> 
     outputThroughput: totalOutputTokens / durationS,
     totalTokenThroughput: (totalInputTokens + totalOutputTokens) / durationS,
     meanDecodeStepMs: numDecodeSteps > 0 ? decodeMs / numDecodeSteps : 0,
+    decodeMatmulFlops: decodeMatmulFlops(config, batchSize), config,
   };
+}
+
+/** 2 × rows × the weights of every linear (q/k/v/o, gate/up/down) and the LM head: a decode step's matmul work. */
+export function decodeMatmulFlops(config: ModelConfig, rows: number): number {
+  const { hiddenSize: d, numHeads, numKvHeads, headDim, intermediateSize: f, numLayers, vocabSize } = config;
+  const perLayer = d * (numHeads + 2 * numKvHeads) * headDim + numHeads * headDim * d + 3 * d * f;
+  return 2 * rows * (numLayers * perLayer + vocabSize * d);
 }

@@ -6,19 +6,16 @@
  * into the pool) as step time minus ORT's run time.
  *
  *   node --import tsx bench/profile-step.ts --model qwen3-0.6b-random --quantization int4 \
- *     --batch 32 --context 192 --prefill-len 1024 --steps 8
+ *     --batch 32 --context 192 --prefill-len 1024 --steps 8 [--no-fuse]
+ *
+ * --no-fuse builds q/k/v and gate/up as separate matmuls, to measure what fusing them gains.
  */
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { KvBuffers } from "../engine/runner/onnx-host/kv-buffers.ts";
-import { OnnxRunner } from "../engine/runner/onnx-host/onnx-runner.ts";
-import type { StepSequence } from "../engine/runner/step-runner.ts";
-import { ensureGraph } from "../models/build-graph.ts";
 import { QUANTIZATIONS, type Quantization } from "../models/graph/quantize.ts";
-import { ensureDefaultModel, ensureSyntheticModel, SYNTHETIC_MODELS } from "../models/synthetic/default-model.ts";
-import { Prng } from "../models/prng.ts";
+import { modelDirOf, openStepFixture } from "./step-fixture.ts";
 
 interface TraceEvent {
   cat: string;
@@ -46,46 +43,30 @@ const { values } = parseArgs({
     "prefill-len": { type: "string", default: "1024" },
     steps: { type: "string", default: "8" },
     threads: { type: "string", default: "0" },
+    "no-fuse": { type: "boolean", default: false },
   },
 });
 const quantization = values.quantization as Quantization;
 if (!QUANTIZATIONS.includes(quantization)) throw new Error(`--quantization takes ${QUANTIZATIONS.join("|")}`);
-const modelDir = values.model! in SYNTHETIC_MODELS ? ensureSyntheticModel(values.model!) : values.model === "default" ? ensureDefaultModel() : values.model!;
+const modelDir = modelDirOf(values.model!);
 const batch = Number(values.batch);
 const context = Number(values.context);
 const prefillLen = Number(values["prefill-len"]);
 const numSteps = Number(values.steps);
+const warmup = 2;
 
-const graph = ensureGraph(modelDir, { progress: true, build: { quantization } });
-const { config } = graph;
-const blockSize = 16;
-const blocksPerSeq = Math.ceil(Math.max(context + numSteps + 2, prefillLen) / blockSize);
-const bytesPerBlock = KvBuffers.bytesPerBlock({ numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize });
 const profileDir = mkdtempSync(join(tmpdir(), "tokenmill-profile-"));
-const runner = await OnnxRunner.create({
-  graphPath: graph.graphPath, config, device: "cpu", blockSize, kvCacheBytes: (1 + batch * blocksPerSeq) * bytesPerBlock,
-  intraOpThreads: Number(values.threads), profileFilePrefix: join(profileDir, "step"),
+const fixture = await openStepFixture(modelDir, { quantization, fuseProjections: !values["no-fuse"] }, {
+  batch, context, prefillLen, steps: warmup + numSteps, threads: Number(values.threads), profileFilePrefix: join(profileDir, "step"),
 });
-const rng = new Prng(1);
-const tokens = (n: number) => Array.from({ length: n }, () => Math.floor(rng.next() * (config.vocabSize - 1000)));
-const tables = Array.from({ length: batch }, (_, b) => Array.from({ length: blocksPerSeq }, (_, i) => 1 + b * blocksPerSeq + i));
-
 // Run 0 warms the session up; run 1 is the prefill chunk profiled; runs 2..batch+1 fill each sequence's context.
 const walls: number[] = [];
-const timed = async (seqs: StepSequence[]) => {
-  const started = performance.now();
-  const out = await runner.step(seqs, { fullLogits: false });
-  walls.push(performance.now() - started);
-  return out;
-};
-for (let i = 0; i < 2; i++) await timed([{ tokenIds: tokens(prefillLen), numPastTokens: 0, blockTable: tables[0], logitsFrom: prefillLen - 1 }]);
-for (let b = 0; b < batch; b++) await timed([{ tokenIds: tokens(context), numPastTokens: 0, blockTable: tables[b], logitsFrom: context - 1 }]);
-const warmup = 2;
-for (let t = 0; t < warmup + numSteps; t++) {
-  await timed(tables.map((blockTable) => ({ tokenIds: tokens(1), numPastTokens: context + t, blockTable, logitsFrom: 0 })));
-}
-runner.endProfiling();
-await runner.release();
+for (let i = 0; i < 2; i++) walls.push(await fixture.prefill());
+await fixture.fill();
+walls.push(...new Array<number>(batch).fill(0));
+for (let t = 0; t < warmup + numSteps; t++) walls.push(await fixture.decode(t));
+fixture.runner.endProfiling();
+await fixture.runner.release();
 
 const file = readdirSync(profileDir).find((f) => f.endsWith(".json"));
 if (!file) throw new Error(`ONNX Runtime wrote no profile under ${profileDir}`);
@@ -124,6 +105,6 @@ function print(title: string, p: StepProfile): void {
   }
 }
 
-console.log(`# ${modelDir.split("/").pop()} at --quantization ${quantization}`);
+console.log(`# ${modelDir.split("/").pop()} (${fixture.config.numLayers} layers) at --quantization ${quantization}${values["no-fuse"] ? ", projections not fused" : ""}`);
 print(`prefill chunk of ${prefillLen} tokens (one sequence)`, profileOf(1, 1));
 print(`decode step, batch ${batch}, context ${context}`, profileOf(2 + batch + warmup, numSteps));

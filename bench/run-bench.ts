@@ -5,6 +5,8 @@
  * compare medians, so that a noisy machine moves both sides alike.
  */
 import { writeFileSync } from "node:fs";
+import type { GraphBuildOptions } from "../models/build-graph.ts";
+import { measureGemmRate } from "./gemm-rate.ts";
 import { measureLimit, type LimitResult } from "./limit.ts";
 import { runLoad, type LoadOptions } from "./load-generator.ts";
 import { computeMetrics, type BenchMetrics, type GoodputSlo } from "./metrics.ts";
@@ -36,7 +38,7 @@ export interface BenchPlan {
   rounds: number;
   goodput?: GoodputSlo;
   percentiles: number[];
-  limit?: { inputLen: number; outputLen: number; blockSize: number; maxTokenId: number; intraOpThreads?: number };
+  limit?: { inputLen: number; outputLen: number; blockSize: number; maxTokenId: number; intraOpThreads?: number; build?: GraphBuildOptions };
   saveResult?: string;
   plot?: string;
   /** What an hour of this hardware costs, USD: prints the break-even $/Mtok at the measured rate. */
@@ -90,6 +92,18 @@ export async function runBench(target: BenchTarget, plan: BenchPlan): Promise<Re
     });
     log(`Limit (static batches of ${plan.maxConcurrency} on the runner): ${limitTput.toFixed(1)} tok/s; server: ${serverTput.toFixed(1)} tok/s; ` +
       `server / limit = ${(serverTput / limitTput).toFixed(3)} (medians of ${rounds} alternating rounds)`);
+    // How much of a decode step is matmul at the GEMM's own rate, measured now, at this shape.
+    const stepMs = median(limits.map((l) => l.meanDecodeStepMs));
+    const { hiddenSize, intermediateSize } = limits[0].config;
+    const gemm = await measureGemmRate(plan.maxConcurrency, hiddenSize, intermediateSize, plan.limit!.intraOpThreads);
+    const achieved = limits[0].decodeMatmulFlops / (stepMs / 1000) / 1e9;
+    Object.assign(result, {
+      decode_matmul_gflops: achieved, gemm_gflops: gemm.cachedGflops, gemm_dram_gflops: gemm.dramGflops,
+      decode_gemm_share: achieved / gemm.cachedGflops, decode_gemm_dram_share: achieved / gemm.dramGflops,
+    });
+    log(`Decode step ${stepMs.toFixed(1)} ms: matmul work at ${achieved.toFixed(1)} GFLOP/s; ORT's fp32 GEMM at [${gemm.m}, ${gemm.k}] × [${gemm.k}, ${gemm.n}] ` +
+      `${gemm.cachedGflops.toFixed(1)} GFLOP/s with its weight in cache, ${gemm.dramGflops.toFixed(1)} streaming 512 MiB of weights; ` +
+      `decode_gemm_share = ${(achieved / gemm.cachedGflops).toFixed(3)} (${(achieved / gemm.dramGflops).toFixed(3)} of the streaming rate)`);
   }
   if (seqRounds.length > 0) {
     const seqTput = median(seqRounds.map((m) => m.outputThroughput));

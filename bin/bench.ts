@@ -133,7 +133,10 @@ export async function benchCommand(args: string[]): Promise<void> {
       compareQuantization: optionalFlagValue("compare-quantization", values["compare-quantization"], enumFlag(...QUANTIZATIONS)),
       rounds,
       goodput, percentiles,
-      limit: { inputLen, outputLen, blockSize: engineFlags.blockSize, maxTokenId: tokenizer.firstSpecialId ?? tokenizer.vocabSize },
+      limit: {
+        inputLen, outputLen, blockSize: engineFlags.blockSize, maxTokenId: tokenizer.firstSpecialId ?? tokenizer.vocabSize,
+        build: { quantization: engineFlags.quantization, quantBlockSize: engineFlags.quantBlockSize },
+      },
       saveResult: values["save-result"], plot: values.plot,
       gpuHourPriceUsd: optionalFlagValue("gpu-hour-price", values["gpu-hour-price"], numberFlag(0, Number.MAX_VALUE, { minExclusive: true })),
       config: {

@@ -39,7 +39,8 @@ export const ENGINE_FLAGS_HELP = `Model and engine:
   --threads N                   ONNX Runtime intra-op threads (default: all cores)
   --batch-max-wait SECONDS      a batch-tier request waiting this long is admitted as standard (default 30)
   --quantization none|int8|int4 the big linears (q/k/v/o, gate/up/down) as int8 or int4 blocks, MatMulNBits with
-                                int8 activations (default none); the graph is built once per setting
+                                int8 activations, and the embedding and LM head as int8 (default none); the graph
+                                is built once per setting
   --quant-block-size N          inputs per quantization block (default 32)
   --grammar-compile-timeout S   a structured-output request whose grammar takes longer to compile fails with a 400 (default 10)
   --batch-step-seqs N           at most N batch-tier sequences per step (taking turns) while interactive or

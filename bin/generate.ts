@@ -70,7 +70,8 @@ export async function generateCommand(args: string[]): Promise<void> {
       console.error(
         `${info.architecture} from ${info.modelDir}: ready in ${(readyMs - startedMs).toFixed(0)} ms ` +
           `(graph ${info.graphBuilt ? `built in ${info.graphBuildMs.toFixed(0)} ms` : "from cache"}, ` +
-          `${info.numBlocks} KV blocks of ${info.blockSize}, max model len ${info.maxModelLen}); ` +
+          `weights ${mib(info.weightsBytes)} MiB, ${info.numBlocks} KV blocks of ${info.blockSize} (${mib(info.kvCache.numBytes)} MiB), ` +
+          `max model len ${info.maxModelLen}); ` +
           `start to last token ${(performance.now() - startedMs).toFixed(0)} ms`,
       );
     }
@@ -120,3 +121,5 @@ function samplingFrom(values: Record<string, unknown>): SamplingParams {
     logprobs: optionalFlagValue("logprobs", values.logprobs, intFlag(0, 20)) ?? 0,
   };
 }
+
+const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(0);

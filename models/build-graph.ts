@@ -32,6 +32,11 @@ export interface GraphBuildOptions {
   quantBlockSize?: number;
   /** The device the graph is built for (a device runner may want a different graph). */
   device?: string;
+  /**
+   * q/k/v as one matmul and gate/up as one. Default: on for quantized graphs, off for float
+   * ones, as measured by bench/ab-step.ts (README, "Quantization").
+   */
+  fuseProjections?: boolean;
 }
 
 export interface BuildOptions {
@@ -43,7 +48,7 @@ export interface BuildOptions {
 /** The build options with every default filled in, as the cache key sees them. */
 export function normalizedBuildOptions(build: GraphBuildOptions = {}): Required<GraphBuildOptions> {
   const quantization = build.quantization ?? "none";
-  return { dtype: build.dtype ?? "float32", quantization, quantBlockSize: quantization === "none" ? 0 : (build.quantBlockSize ?? DEFAULT_QUANT_BLOCK_SIZE), device: build.device ?? "cpu" };
+  return { dtype: build.dtype ?? "float32", quantization, quantBlockSize: quantization === "none" ? 0 : (build.quantBlockSize ?? DEFAULT_QUANT_BLOCK_SIZE), device: build.device ?? "cpu", fuseProjections: build.fuseProjections ?? quantization !== "none" };
 }
 
 export interface BuiltGraph {
@@ -52,6 +57,8 @@ export interface BuiltGraph {
   /** Whether this call built the graph (false: it came from the cache). */
   built: boolean;
   buildMs: number;
+  /** Bytes of the graph's weights on disk (its external data file), as ONNX Runtime loads them. */
+  weightsBytes: number;
 }
 
 export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): BuiltGraph {
@@ -60,7 +67,7 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
   const build = normalizedBuildOptions(options.build);
   const outDir = cacheDir("graphs", `${basename(dir)}-${cacheKey(dir, build)}`);
   const graphPath = join(outDir, "model.onnx");
-  if (existsSync(graphPath)) return { graphPath, config, built: false, buildMs: 0 };
+  if (existsSync(graphPath)) return { graphPath, config, built: false, buildMs: 0, weightsBytes: weightsBytesOf(graphPath) };
 
   const started = performance.now();
   // NOTE: build into a scratch folder and rename, so an interrupted build never leaves a half-written cache entry.
@@ -77,7 +84,7 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
     bar?.start(config.numLayers, 0);
     const g = new OnnxGraph(join(scratch, "model.onnx.data"));
     const source: WeightSource = { read: (name) => ({ data: store.readFloat32(name), shape: store.info(name).shape }) };
-    buildDecoderGraph(g, config, source, (layer) => bar?.update(layer + 1), { quantization: build.quantization, blockSize: build.quantBlockSize });
+    buildDecoderGraph(g, config, source, (layer) => bar?.update(layer + 1), { quantization: build.quantization, blockSize: build.quantBlockSize, fuse: build.fuseProjections });
     writeFileSync(join(scratch, "model.onnx"), g.finish(basename(dir)));
     writeFileSync(join(scratch, "meta.json"), JSON.stringify({ checkpoint: dir, builderVersion: BUILDER_VERSION, build, config }, null, 2));
     rmSync(outDir, { recursive: true, force: true });
@@ -89,7 +96,12 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
     bar?.stop();
     weights?.close();
   }
-  return { graphPath, config, built: true, buildMs: performance.now() - started };
+  return { graphPath, config, built: true, buildMs: performance.now() - started, weightsBytes: weightsBytesOf(graphPath) };
+}
+
+function weightsBytesOf(graphPath: string): number {
+  const data = `${graphPath}.data`;
+  return existsSync(data) ? statSync(data).size : 0;
 }
 
 function cacheKey(dir: string, build: Required<GraphBuildOptions>): string {

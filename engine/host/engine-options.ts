@@ -58,6 +58,8 @@ export interface EngineInfo {
   kvCache: KvCacheInfo;
   graphBuilt: boolean;
   graphBuildMs: number;
+  /** The graph's weights on disk, as loaded (quantized graphs are smaller). */
+  weightsBytes: number;
   loadMs: number;
 }
 

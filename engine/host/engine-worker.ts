@@ -35,7 +35,7 @@ async function main(options: EngineOptions): Promise<void> {
   const core = new EngineCore(runner, { ...options, numBlocks, maxModelLen, eosTokenIds, grammar }, codec);
   const info: EngineInfo = {
     modelDir: options.modelDir, architecture: config.architecture, vocabSize: config.vocabSize, maxModelLen, numBlocks,
-    blockSize: options.blockSize, kvCache: runner.kvCache, graphBuilt: graph.built, graphBuildMs: graph.buildMs, loadMs: performance.now() - started,
+    blockSize: options.blockSize, kvCache: runner.kvCache, graphBuilt: graph.built, graphBuildMs: graph.buildMs, weightsBytes: graph.weightsBytes, loadMs: performance.now() - started,
     ...(context.cappedFrom !== undefined ? { maxModelLenCappedFrom: context.cappedFrom } : {}),
   };
 

@@ -8,7 +8,10 @@
  * K/V (paged-attention.ts); the runner copies the step's K/V into the pool afterwards.
  */
 import type { ModelConfig } from "../config.ts";
-import { FLOAT_LINEARS, type LinearOptions, type WeightSource, addWeight, linear, quantizedMatMul, rmsNorm, rope, ropeTables } from "./layers.ts";
+import {
+  FLOAT_LINEARS, type LinearOptions, type QuantizedInitializer, type WeightSource,
+  addQuantizedWeight, addWeight, fusedLinears, gatherQuantizedRows, linear, matMulNBits, quantizedMatMul, rmsNorm, rope, ropeTables,
+} from "./layers.ts";
 import { GRAPH_INPUTS, GRAPH_OUTPUTS, TOP_LOGPROBS, poolInputNames, presentOutputNames } from "./graph-io.ts";
 import { DataType, OnnxGraph } from "./onnx-graph.ts";
 import { pagedAttention } from "./paged-attention.ts";
@@ -27,18 +30,18 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
   const batchSeqShape = g.op("Shape", [inputIds]);
   const kvRowsShape = g.op("Concat", [batchSeqShape, g.constInt64([kvWidth])], { axis: 0 });
 
-  const embed = addWeight(g, weights, "model.embed_tokens.weight");
-  let x = g.scoped("embed", () => g.op("Reshape", [g.op("Gather", [embed, inputIds], { axis: 0 }), g.constInt64([-1, hiddenSize])]));
+  const embed = g.scoped("embed", () => embeddingTable(g, weights, linears));
+  let x = g.scoped("embed", () => typeof embed === "string"
+    ? g.op("Reshape", [g.op("Gather", [embed, inputIds], { axis: 0 }), g.constInt64([-1, hiddenSize])])
+    : gatherQuantizedRows(g, embed, inputIds));
 
   const { cos, sin } = g.scoped("rope", () => ropeTables(g, config, positionIds));
   for (let layer = 0; layer < config.numLayers; layer++) {
     const p = `model.layers.${layer}`;
     const h = g.scoped("norm", () => rmsNorm(g, weights, x, `${p}.input_layernorm.weight`, config));
-    const qHeads = headProjection(g, weights, config, p, h, "q", numHeads, linears);
-    const kHeads = headProjection(g, weights, config, p, h, "k", numKvHeads, linears);
-    const q = g.scoped("rope", () => rope(g, qHeads, cos, sin));
-    const k = g.scoped("rope", () => rope(g, kHeads, cos, sin));
-    const v = g.scoped("qkv_proj", () => linear(g, weights, h, `${p}.self_attn.v_proj`, config.qkvBias, linears));
+    const [qRows, kRows, v] = g.scoped("qkv_proj", () => projections(g, weights, h, ["q", "k", "v"].map((n) => `${p}.self_attn.${n}_proj`), config.qkvBias, linears));
+    const q = g.scoped("rope", () => rope(g, headNorm(g, weights, config, p, qRows, "q", numHeads), cos, sin));
+    const k = g.scoped("rope", () => rope(g, headNorm(g, weights, config, p, kRows, "k", numKvHeads), cos, sin));
 
     const pool = poolInputNames(layer);
     g.input(pool.key, DataType.FLOAT, [numKvHeads, "num_slots", headDim]);
@@ -50,8 +53,7 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
     x = g.op("Add", [x, g.scoped("o_proj", () => linear(g, weights, attnRows, `${p}.self_attn.o_proj`, config.oBias, linears))]);
 
     const h2 = g.scoped("norm", () => rmsNorm(g, weights, x, `${p}.post_attention_layernorm.weight`, config));
-    const gate = g.scoped("mlp_proj", () => linear(g, weights, h2, `${p}.mlp.gate_proj`, config.mlpBias, linears));
-    const up = g.scoped("mlp_proj", () => linear(g, weights, h2, `${p}.mlp.up_proj`, config.mlpBias, linears));
+    const [gate, up] = g.scoped("mlp_proj", () => projections(g, weights, h2, [`${p}.mlp.gate_proj`, `${p}.mlp.up_proj`], config.mlpBias, linears));
     const act = g.scoped("mlp_act", () => g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up]));
     x = g.op("Add", [x, g.scoped("mlp_proj", () => linear(g, weights, act, `${p}.mlp.down_proj`, config.mlpBias, linears))]);
     onLayer?.(layer);
@@ -78,22 +80,38 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
 }
 
 /**
- * The LM head: float, or (quantized graphs) int8 blocks through MatMulNBits whatever the
- * layers' bits, since its errors land on the logits directly. A tied embedding keeps its float
- * table for the input Gather, beside the quantized copy.
+ * The token embedding: the float table, or in quantized graphs int8 blocks whatever the
+ * layers' bits (GatherBlockQuantized dequantizes just the rows it gathers).
  */
-function lmHeadLogits(g: OnnxGraph, weights: WeightSource, config: ModelConfig, normed: string, embed: string, linears: LinearOptions): string {
-  const name = config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-  if (linears.quantization === "none") return g.op("Gemm", [normed, config.tieWordEmbeddings ? embed : addWeight(g, weights, name)], { transB: 1 });
+function embeddingTable(g: OnnxGraph, weights: WeightSource, linears: LinearOptions): string | QuantizedInitializer {
+  const name = "model.embed_tokens.weight";
+  if (linears.quantization === "none") return addWeight(g, weights, name);
   const { data, shape: [n, k] } = weights.read(name);
-  return quantizedMatMul(g, normed, `lm_head_of.${name}`, data, n, k, 8, linears.blockSize);
+  return addQuantizedWeight(g, name, data, n, k, 8, linears.blockSize);
 }
 
-/** q or k: projection, reshape to [N, heads, head_dim], and the Qwen3 per-head norm. */
-function headProjection(
-  g: OnnxGraph, weights: WeightSource, config: ModelConfig, layerPrefix: string, h: string, which: "q" | "k", numHeads: number, linears: LinearOptions,
-): string {
-  const projected = g.scoped("qkv_proj", () => linear(g, weights, h, `${layerPrefix}.self_attn.${which}_proj`, config.qkvBias, linears));
+/**
+ * The LM head: float, or (quantized graphs) int8 blocks through MatMulNBits whatever the
+ * layers' bits, since its errors land on the logits directly. A tied head reads the
+ * embedding's own table, float or quantized.
+ */
+function lmHeadLogits(g: OnnxGraph, weights: WeightSource, config: ModelConfig, normed: string, embed: string | QuantizedInitializer, linears: LinearOptions): string {
+  if (typeof embed !== "string") {
+    if (config.tieWordEmbeddings) return matMulNBits(g, normed, embed);
+    const { data, shape: [n, k] } = weights.read("lm_head.weight");
+    return quantizedMatMul(g, normed, "lm_head.weight", data, n, k, 8, linears.blockSize);
+  }
+  return g.op("Gemm", [normed, config.tieWordEmbeddings ? embed : addWeight(g, weights, "lm_head.weight")], { transB: 1 });
+}
+
+/** Linears on one input: fused into one matmul, or (linears.fuse off) one each. */
+function projections(g: OnnxGraph, weights: WeightSource, x: string, prefixes: string[], bias: boolean, linears: LinearOptions): string[] {
+  if (linears.fuse) return fusedLinears(g, weights, x, prefixes, bias, linears);
+  return prefixes.map((prefix) => linear(g, weights, x, prefix, bias, linears));
+}
+
+/** Projected q or k rows reshaped to [N, heads, head_dim], with the Qwen3 per-head norm. */
+function headNorm(g: OnnxGraph, weights: WeightSource, config: ModelConfig, layerPrefix: string, projected: string, which: "q" | "k", numHeads: number): string {
   const heads = g.op("Reshape", [projected, g.constInt64([-1, numHeads, config.headDim])]);
   return config.qkNorm ? g.scoped("norm", () => rmsNorm(g, weights, heads, `${layerPrefix}.self_attn.${which}_norm.weight`, config)) : heads;
 }

@@ -1,7 +1,7 @@
 /** The decoder's building blocks as ONNX subgraphs on flattened token rows. */
 import type { ModelConfig, RopeScaling } from "../config.ts";
 import { DataType, type OnnxGraph } from "./onnx-graph.ts";
-import { bitsOf, quantizeBlockwise, type Quantization } from "./quantize.ts";
+import { bitsOf, quantizeBlockwise, type Quantization, type QuantizedWeight } from "./quantize.ts";
 
 export interface NamedTensor {
   data: Float32Array;
@@ -27,9 +27,11 @@ export function rmsNorm(g: OnnxGraph, weights: WeightSource, x: string, name: st
 export interface LinearOptions {
   quantization: Quantization;
   blockSize: number;
+  /** Run q/k/v as one matmul, and gate/up as one (fusedLinears). */
+  fuse: boolean;
 }
 
-export const FLOAT_LINEARS: LinearOptions = { quantization: "none", blockSize: 32 };
+export const FLOAT_LINEARS: LinearOptions = { quantization: "none", blockSize: 32, fuse: true };
 
 /**
  * A Hugging Face Linear (weight [out, in], y = x Wᵀ + b) on [N, in] rows: a Gemm, or a
@@ -47,12 +49,89 @@ export function linear(g: OnnxGraph, weights: WeightSource, x: string, prefix: s
   return b ? g.op("Add", [y, b]) : y;
 }
 
+/**
+ * Linears that read the same input (q/k/v, gate/up) as one: their weights stacked by rows
+ * into one [Σn, k] matmul, whose output is split back into one [N, n_i] tensor each.
+ */
+export function fusedLinears(g: OnnxGraph, weights: WeightSource, x: string, prefixes: string[], bias: boolean, options: LinearOptions): string[] {
+  const parts = prefixes.map((prefix) => weights.read(`${prefix}.weight`));
+  const k = parts[0].shape[1];
+  const sizes = parts.map((part) => part.shape[0]);
+  const n = sizes.reduce((a, b) => a + b, 0);
+  const stacked = new Float32Array(n * k);
+  let row = 0;
+  for (const part of parts) {
+    if (part.shape[1] !== k) throw new Error(`cannot fuse ${prefixes.join(", ")}: input widths ${parts.map((p) => p.shape[1]).join(", ")}`);
+    stacked.set(part.data, row * k);
+    row += part.shape[0];
+  }
+  const name = `${prefixes.join("+")}.weight`;
+  const b = bias ? g.weight(`${prefixes.join("+")}.bias`, concatFloats(prefixes.map((prefix) => weights.read(`${prefix}.bias`).data)), [n]) : null;
+  let y: string;
+  if (options.quantization === "none") {
+    const w = g.weight(name, stacked, [n, k]);
+    y = g.op("Gemm", b ? [x, w, b] : [x, w], { transB: 1 });
+  } else {
+    y = quantizedMatMul(g, x, name, stacked, n, k, bitsOf(options.quantization), options.blockSize);
+    if (b) y = g.op("Add", [y, b]);
+  }
+  return g.opN("Split", [y, g.constInt64(sizes)], sizes.length, { axis: -1 });
+}
+
+function concatFloats(arrays: Float32Array[]): Float32Array {
+  const out = new Float32Array(arrays.reduce((sum, a) => sum + a.length, 0));
+  let offset = 0;
+  for (const a of arrays) {
+    out.set(a, offset);
+    offset += a.length;
+  }
+  return out;
+}
+
+/** A weight [n, k] stored as block-quantized codes and scales, in MatMulNBits' layout. */
+export interface QuantizedInitializer {
+  /** uint8 [n, blocks, blobSize]. */
+  packed: string;
+  /** float [n·blocks]. */
+  scales: string;
+  n: number;
+  k: number;
+  bits: 4 | 8;
+  blockSize: number;
+  /** The codes and scales themselves, for ops that want the scales in another shape. */
+  values: QuantizedWeight;
+}
+
+export function addQuantizedWeight(g: OnnxGraph, name: string, weight: Float32Array, n: number, k: number, bits: 4 | 8, blockSize: number): QuantizedInitializer {
+  const values = quantizeBlockwise(weight, n, k, bits, blockSize);
+  const packed = g.weight(`${name}.q${bits}`, values.packed, [n, values.numBlocks, values.blobSize], DataType.UINT8);
+  const scales = g.weight(`${name}.scales`, values.scales, [n * values.numBlocks]);
+  return { packed, scales, n, k, bits, blockSize, values };
+}
+
+/** x Wᵀ through MatMulNBits, with accuracy_level 4: int8 activations, so ORT runs its integer (VNNI) kernels. */
+export function matMulNBits(g: OnnxGraph, x: string, w: QuantizedInitializer): string {
+  return g.microsoftOp("MatMulNBits", [x, w.packed, w.scales], { K: w.k, N: w.n, bits: w.bits, block_size: w.blockSize, accuracy_level: 4 });
+}
+
 /** x Wᵀ for a float weight [n, k], stored block-quantized and computed by MatMulNBits with int8 activations. */
 export function quantizedMatMul(g: OnnxGraph, x: string, name: string, weight: Float32Array, n: number, k: number, bits: 4 | 8, blockSize: number): string {
-  const q = quantizeBlockwise(weight, n, k, bits, blockSize);
-  const packed = g.weight(`${name}.q${bits}`, q.packed, [n, q.numBlocks, q.blobSize], DataType.UINT8);
-  const scales = g.weight(`${name}.scales`, q.scales, [n * q.numBlocks]);
-  return g.microsoftOp("MatMulNBits", [x, packed, scales], { K: k, N: n, bits, block_size: blockSize, accuracy_level: 4 });
+  return matMulNBits(g, x, addQuantizedWeight(g, name, weight, n, k, bits, blockSize));
+}
+
+/**
+ * Rows `indices` of an int8 block-quantized table, dequantized, as […indices, k]: com.microsoft
+ * GatherBlockQuantized reading the same codes MatMulNBits reads (its uint8 default zero
+ * point, 128, is MatMulNBits' too), so a tied embedding and LM head share one copy.
+ */
+export function gatherQuantizedRows(g: OnnxGraph, w: QuantizedInitializer, indices: string): string {
+  if (w.bits !== 8) throw new Error("gatherQuantizedRows reads int8 tables only");
+  const { numBlocks, scales } = w.values;
+  const blockScales = g.weight(`${w.scales}.gather`, scales, [w.n, numBlocks, 1]);
+  const rows = g.microsoftOp("GatherBlockQuantized", [w.packed, indices, blockScales], { gather_axis: 0, quantize_axis: 2, block_size: w.blockSize, bits: 8 });
+  // [...indices, blocks, blockSize] → [...indices, k], dropping the last block's padding.
+  const flat = g.op("Reshape", [rows, g.constInt64([-1, numBlocks * w.blockSize])]);
+  return numBlocks * w.blockSize === w.k ? flat : g.op("Slice", [flat, g.constInt64([0]), g.constInt64([w.k]), g.constInt64([1])]);
 }
 
 /** cos and sin of position × inv_freq, duplicated over both halves: [N, 1, head_dim]. */

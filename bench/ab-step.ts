@@ -1,0 +1,70 @@
+/**
+ * Two builds of one model's graph, side by side on the real runner: decode steps of a full
+ * batch and prefill chunks, alternating between A and B in this one process so that a noisy
+ * machine moves both alike, compared by their medians.
+ *
+ *   node --import tsx bench/ab-step.ts --model qwen3-0.6b-random --a quantization=none \
+ *     --b quantization=none,fuse=false --batch 32 --context 192 --steps 16 --prefills 3
+ *
+ * A build is comma-separated key=value: quantization (none|int8|int4), fuse (true|false),
+ * block (the quantization block size).
+ */
+import { parseArgs } from "node:util";
+import type { GraphBuildOptions } from "../models/build-graph.ts";
+import { QUANTIZATIONS, type Quantization } from "../models/graph/quantize.ts";
+import { modelDirOf, openStepFixture, type StepFixture } from "./step-fixture.ts";
+
+const { values } = parseArgs({
+  options: {
+    model: { type: "string", default: "qwen3-0.6b-random" },
+    a: { type: "string", default: "quantization=none" },
+    b: { type: "string", default: "quantization=none,fuse=false" },
+    batch: { type: "string", default: "32" },
+    context: { type: "string", default: "192" },
+    steps: { type: "string", default: "16" },
+    "prefill-len": { type: "string", default: "1024" },
+    prefills: { type: "string", default: "3" },
+    threads: { type: "string", default: "0" },
+  },
+});
+
+export function parseBuild(text: string): GraphBuildOptions {
+  const build: GraphBuildOptions = {};
+  for (const part of text.split(",").filter(Boolean)) {
+    const [key, value] = part.split("=");
+    if (key === "quantization" && QUANTIZATIONS.includes(value as Quantization)) build.quantization = value as Quantization;
+    else if (key === "fuse" && (value === "true" || value === "false")) build.fuseProjections = value === "true";
+    else if (key === "block" && /^\d+$/.test(value)) build.quantBlockSize = Number(value);
+    else throw new Error(`bad build option ${JSON.stringify(part)}: use quantization=none|int8|int4, fuse=true|false, block=N`);
+  }
+  return build;
+}
+
+const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor((xs.length - 1) / 2)];
+const modelDir = modelDirOf(values.model!);
+const steps = Number(values.steps);
+const options = { batch: Number(values.batch), context: Number(values.context), steps: steps + 2, prefillLen: Number(values["prefill-len"]), threads: Number(values.threads) };
+const sides: { label: string; fixture: StepFixture; decode: number[]; prefill: number[] }[] = [];
+for (const label of [values.a!, values.b!]) {
+  const fixture = await openStepFixture(modelDir, parseBuild(label), options);
+  await fixture.fill();
+  await fixture.prefill(); // the session's first big run allocates its arena
+  sides.push({ label, fixture, decode: [], prefill: [] });
+}
+for (let t = 0; t < steps + 2; t++) {
+  for (const side of sides) {
+    const ms = await side.fixture.decode(t);
+    if (t >= 2) side.decode.push(ms);
+  }
+}
+for (let i = 0; i < Number(values.prefills); i++) for (const side of sides) side.prefill.push(await side.fixture.prefill());
+for (const side of sides) await side.fixture.runner.release();
+
+const [a, b] = sides;
+const line = (what: string, ms: (s: (typeof sides)[number]) => number[]) => {
+  const [ma, mb] = [median(ms(a)), median(ms(b))];
+  console.log(`${what}: A ${ma.toFixed(1)} ms, B ${mb.toFixed(1)} ms; B / A = ${(mb / ma).toFixed(3)} (medians of ${ms(a).length}, alternating)`);
+};
+console.log(`A: ${a.label}\nB: ${b.label}\n${modelDir.split("/").pop()}, batch ${options.batch}, context ${options.context}`);
+line(`decode step (batch ${options.batch})`, (s) => s.decode);
+line(`prefill chunk (${options.prefillLen} tokens)`, (s) => s.prefill);

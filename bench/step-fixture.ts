@@ -1,0 +1,69 @@
+/**
+ * The real runner on a synthetic or local checkpoint, set up for timing single steps:
+ * `batch` sequences whose contexts are filled to `context` tokens, ready for decode steps
+ * of the whole batch, and one spare table for a prefill chunk. Used by profile-step.ts and
+ * ab-step.ts.
+ */
+import { KvBuffers } from "../engine/runner/onnx-host/kv-buffers.ts";
+import { OnnxRunner } from "../engine/runner/onnx-host/onnx-runner.ts";
+import type { StepSequence } from "../engine/runner/step-runner.ts";
+import { ensureGraph, type GraphBuildOptions } from "../models/build-graph.ts";
+import type { ModelConfig } from "../models/config.ts";
+import { Prng } from "../models/prng.ts";
+import { ensureDefaultModel, ensureSyntheticModel, SYNTHETIC_MODELS } from "../models/synthetic/default-model.ts";
+
+export interface StepFixtureOptions {
+  batch: number;
+  context: number;
+  /** Decode steps the fixture must have room for. */
+  steps: number;
+  prefillLen: number;
+  threads?: number;
+  profileFilePrefix?: string;
+}
+
+export interface StepFixture {
+  runner: OnnxRunner;
+  config: ModelConfig;
+  /** One prefill chunk of prefillLen tokens, on the spare table; returns its wall time, ms. */
+  prefill(): Promise<number>;
+  /** Fills every sequence's context (one prefill step each). */
+  fill(): Promise<void>;
+  /** Decode step `t` (0, 1, …) of the whole batch; returns its wall time, ms. */
+  decode(t: number): Promise<number>;
+}
+
+/** --model: a synthetic model's name, "default", or a checkpoint folder. */
+export function modelDirOf(model: string): string {
+  if (model in SYNTHETIC_MODELS) return ensureSyntheticModel(model);
+  return model === "default" ? ensureDefaultModel() : model;
+}
+
+export async function openStepFixture(modelDir: string, build: GraphBuildOptions, options: StepFixtureOptions): Promise<StepFixture> {
+  const { batch, context, prefillLen } = options;
+  const graph = ensureGraph(modelDir, { progress: true, build });
+  const { config } = graph;
+  const blockSize = 16;
+  const blocksPerSeq = Math.ceil(Math.max(context + options.steps + 2, prefillLen) / blockSize);
+  const bytesPerBlock = KvBuffers.bytesPerBlock({ numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize });
+  const runner = await OnnxRunner.create({
+    graphPath: graph.graphPath, config, device: "cpu", blockSize, kvCacheBytes: (1 + (batch + 1) * blocksPerSeq) * bytesPerBlock,
+    intraOpThreads: options.threads ?? 0, profileFilePrefix: options.profileFilePrefix,
+  });
+  const rng = new Prng(1);
+  const tokens = (n: number) => Array.from({ length: n }, () => Math.floor(rng.next() * (config.vocabSize - 1000)));
+  const tables = Array.from({ length: batch + 1 }, (_, b) => Array.from({ length: blocksPerSeq }, (_, i) => 1 + b * blocksPerSeq + i));
+  const timed = async (seqs: StepSequence[]) => {
+    const started = performance.now();
+    await runner.step(seqs, { fullLogits: false });
+    return performance.now() - started;
+  };
+  return {
+    runner, config,
+    prefill: () => timed([{ tokenIds: tokens(prefillLen), numPastTokens: 0, blockTable: tables[batch], logitsFrom: prefillLen - 1 }]),
+    fill: async () => {
+      for (let b = 0; b < batch; b++) await timed([{ tokenIds: tokens(context), numPastTokens: 0, blockTable: tables[b], logitsFrom: context - 1 }]);
+    },
+    decode: (t) => timed(tables.slice(0, batch).map((blockTable) => ({ tokenIds: tokens(1), numPastTokens: context + t, blockTable, logitsFrom: 0 }))),
+  };
+}
