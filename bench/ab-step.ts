@@ -62,6 +62,7 @@ for (const side of sides) await side.fixture.runner.release();
 
 const [a, b] = sides;
 const line = (what: string, ms: (s: (typeof sides)[number]) => number[]) => {
+  if (ms(a).length === 0) return;
   const [ma, mb] = [median(ms(a)), median(ms(b))];
   console.log(`${what}: A ${ma.toFixed(1)} ms, B ${mb.toFixed(1)} ms; B / A = ${(mb / ma).toFixed(3)} (medians of ${ms(a).length}, alternating)`);
 };

@@ -6,9 +6,9 @@
  * into the pool) as step time minus ORT's run time.
  *
  *   node --import tsx bench/profile-step.ts --model qwen3-0.6b-random --quantization int4 \
- *     --batch 32 --context 192 --prefill-len 1024 --steps 8 [--no-fuse]
+ *     --batch 32 --context 192 --prefill-len 1024 --steps 8 [--fuse true|false]
  *
- * --no-fuse builds q/k/v and gate/up as separate matmuls, to measure what fusing them gains.
+ * --fuse overrides whether q/k/v and gate/up are fused (default: fused in quantized graphs).
  */
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -43,7 +43,7 @@ const { values } = parseArgs({
     "prefill-len": { type: "string", default: "1024" },
     steps: { type: "string", default: "8" },
     threads: { type: "string", default: "0" },
-    "no-fuse": { type: "boolean", default: false },
+    fuse: { type: "string" },
   },
 });
 const quantization = values.quantization as Quantization;
@@ -56,7 +56,8 @@ const numSteps = Number(values.steps);
 const warmup = 2;
 
 const profileDir = mkdtempSync(join(tmpdir(), "tokenmill-profile-"));
-const fixture = await openStepFixture(modelDir, { quantization, fuseProjections: !values["no-fuse"] }, {
+const fuseProjections = values.fuse === undefined ? undefined : values.fuse === "true";
+const fixture = await openStepFixture(modelDir, { quantization, fuseProjections }, {
   batch, context, prefillLen, steps: warmup + numSteps, threads: Number(values.threads), profileFilePrefix: join(profileDir, "step"),
 });
 // Run 0 warms the session up; run 1 is the prefill chunk profiled; runs 2..batch+1 fill each sequence's context.
@@ -65,6 +66,7 @@ for (let i = 0; i < 2; i++) walls.push(await fixture.prefill());
 await fixture.fill();
 walls.push(...new Array<number>(batch).fill(0));
 for (let t = 0; t < warmup + numSteps; t++) walls.push(await fixture.decode(t));
+const memory = { weights: fixture.weightsBytes, kvPool: fixture.runner.kvCache.numBytes, rss: process.memoryUsage().rss };
 fixture.runner.endProfiling();
 await fixture.runner.release();
 
@@ -105,6 +107,8 @@ function print(title: string, p: StepProfile): void {
   }
 }
 
-console.log(`# ${modelDir.split("/").pop()} (${fixture.config.numLayers} layers) at --quantization ${quantization}${values["no-fuse"] ? ", projections not fused" : ""}`);
+console.log(`# ${modelDir.split("/").pop()} (${fixture.config.numLayers} layers) at --quantization ${quantization}${fuseProjections === undefined ? "" : `, fuse=${fuseProjections}`}`);
 print(`prefill chunk of ${prefillLen} tokens (one sequence)`, profileOf(1, 1));
 print(`decode step, batch ${batch}, context ${context}`, profileOf(2 + batch + warmup, numSteps));
+const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(0)} MiB`;
+console.log(`\nmemory: weights ${mib(memory.weights)} on disk; KV pool ${mib(memory.kvPool)} (${fixture.runner.kvCache.numBlocks} blocks of 16); process RSS ${mib(memory.rss)} after the run`);

@@ -117,12 +117,15 @@ export async function runBench(target: BenchTarget, plan: BenchPlan): Promise<Re
 
   if (quantRounds.length > 0) {
     const otherTput = median(quantRounds.map((m) => m.outputThroughput));
+    const [ttft, otherTtft] = [median(serverRounds.map((m) => m.ttft.meanMs)), median(quantRounds.map((m) => m.ttft.meanMs))];
     Object.assign(result, {
       compare_quantization: plan.compareQuantization, compare_quantization_output_throughput: otherTput,
       compare_quantization_rounds: quantRounds.map((m) => m.outputThroughput), quantization_speedup: serverTput / otherTput,
+      compare_quantization_mean_ttft_ms: otherTtft, quantization_ttft_speedup: otherTtft / ttft,
     });
     log(`At --quantization ${plan.compareQuantization}: ${otherTput.toFixed(1)} tok/s; this server: ${serverTput.toFixed(1)} tok/s; ` +
-      `quantization_speedup = ${(serverTput / otherTput).toFixed(3)} (medians of ${rounds} alternating rounds)`);
+      `quantization_speedup = ${(serverTput / otherTput).toFixed(3)}; mean TTFT ${otherTtft.toFixed(0)} ms there, ${ttft.toFixed(0)} ms here: ` +
+      `quantization_ttft_speedup = ${(otherTtft / ttft).toFixed(3)} (medians of ${rounds} alternating rounds)`);
   }
 
   // The reported run is the round whose throughput is the median one.

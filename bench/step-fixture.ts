@@ -25,6 +25,8 @@ export interface StepFixtureOptions {
 export interface StepFixture {
   runner: OnnxRunner;
   config: ModelConfig;
+  /** The graph's weights on disk. */
+  weightsBytes: number;
   /** One prefill chunk of prefillLen tokens, on the spare table; returns its wall time, ms. */
   prefill(): Promise<number>;
   /** Fills every sequence's context (one prefill step each). */
@@ -59,7 +61,7 @@ export async function openStepFixture(modelDir: string, build: GraphBuildOptions
     return performance.now() - started;
   };
   return {
-    runner, config,
+    runner, config, weightsBytes: graph.weightsBytes,
     prefill: () => timed([{ tokenIds: tokens(prefillLen), numPastTokens: 0, blockTable: tables[batch], logitsFrom: prefillLen - 1 }]),
     fill: async () => {
       for (let b = 0; b < batch; b++) await timed([{ tokenIds: tokens(context), numPastTokens: 0, blockTable: tables[b], logitsFrom: context - 1 }]);

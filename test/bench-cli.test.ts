@@ -29,9 +29,13 @@ describe("tokenmill bench", () => {
       expect(result[key], key).toBeGreaterThan(0);
     }
     expect(result.server_to_limit_ratio).toBeGreaterThan(0);
+    for (const key of ["limit_decode_step_ms", "decode_matmul_gflops", "gemm_gflops", "gemm_dram_gflops", "decode_gemm_share"]) expect(result[key], key).toBeGreaterThan(0);
+    expect(stdout).toMatch(/decode_gemm_share = \d/);
     expect(result.server_to_sequential_ratio).toBeGreaterThan(0);
     expect(result.compare_quantization).toBe("none");
     expect(result.quantization_speedup).toBeGreaterThan(0);
+    expect(result.compare_quantization_mean_ttft_ms).toBeGreaterThan(0);
+    expect(result.quantization_ttft_speedup).toBeGreaterThan(0);
     expect(stdout).toMatch(/quantization_speedup = \d/);
     expect(result.sweep.map((p: { max_concurrency: number }) => p.max_concurrency)).toEqual([1, 2]);
     const svg = readFileSync(join(dir, "sweep.svg"), "utf8");
