@@ -28,6 +28,12 @@ export interface BenchTarget {
 
 export interface BenchPlan {
   workload: BenchRequest[];
+  /**
+   * The workload of round r (r = 0 is `workload`): each round and each sweep point sends
+   * prompts of its own, so that none is served from the prefix cache an earlier one filled.
+   * Both sides of a comparison get the same prompts within a round.
+   */
+  workloadOfRound?: (round: number) => BenchRequest[];
   load: Omit<LoadOptions, "baseUrl" | "model" | "maxConcurrency">;
   maxConcurrency: number;
   sweepConcurrency?: number[];
@@ -49,8 +55,13 @@ export interface BenchPlan {
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)];
 
 export async function runBench(target: BenchTarget, plan: BenchPlan): Promise<Record<string, unknown>> {
-  const serve = async (concurrency: number, baseUrl = target.baseUrl): Promise<BenchMetrics> => {
-    const run = await runLoad(plan.workload, { ...plan.load, baseUrl, model: target.model, maxConcurrency: concurrency });
+  const workloads = new Map<number, BenchRequest[]>([[0, plan.workload]]);
+  const workloadOf = (round: number) => {
+    if (!workloads.has(round)) workloads.set(round, plan.workloadOfRound?.(round) ?? plan.workload);
+    return workloads.get(round)!;
+  };
+  const serve = async (concurrency: number, round: number, baseUrl = target.baseUrl): Promise<BenchMetrics> => {
+    const run = await runLoad(workloadOf(round), { ...plan.load, baseUrl, model: target.model, maxConcurrency: concurrency });
     checkFailures(run.results, baseUrl);
     return computeMetrics(run.results, run.durationS, { goodput: plan.goodput, percentiles: plan.percentiles });
   };
@@ -69,12 +80,12 @@ export async function runBench(target: BenchTarget, plan: BenchPlan): Promise<Re
   const seqRounds: BenchMetrics[] = [];
   try {
     for (let round = 0; round < rounds; round++) {
-      serverRounds.push(await serve(plan.maxConcurrency));
+      serverRounds.push(await serve(plan.maxConcurrency, round));
       if (plan.compareLimit) {
         limits.push(await measureLimit({ ...plan.limit!, modelDir: target.modelDir!, batchSize: plan.maxConcurrency, numPrompts: plan.workload.length }));
       }
-      if (sequential) seqRounds.push(await serve(1, sequential.baseUrl));
-      if (quantized) quantRounds.push(await serve(plan.maxConcurrency, quantized.baseUrl));
+      if (sequential) seqRounds.push(await serve(1, round, sequential.baseUrl));
+      if (quantized) quantRounds.push(await serve(plan.maxConcurrency, round, quantized.baseUrl));
     }
   } finally {
     await sequential?.close();
@@ -140,8 +151,8 @@ export async function runBench(target: BenchTarget, plan: BenchPlan): Promise<Re
 
   if (plan.sweepConcurrency?.length) {
     const points: (SweepPoint & { metrics: Record<string, unknown> })[] = [];
-    for (const concurrency of plan.sweepConcurrency) {
-      const metrics = await serve(concurrency);
+    for (const [i, concurrency] of plan.sweepConcurrency.entries()) {
+      const metrics = await serve(concurrency, rounds + i);
       log(toMarkdown(metrics, `sweep: concurrency ${concurrency}`));
       points.push({
         concurrency, outputThroughput: metrics.outputThroughput, meanTtftMs: metrics.ttft.meanMs, meanTpotMs: metrics.tpot.meanMs,

@@ -126,6 +126,7 @@ export async function benchCommand(args: string[]): Promise<void> {
   try {
     await runBench(target, {
       workload,
+      workloadOfRound: (round) => buildWorkload({ numPrompts, inputLen, outputLen, rangeRatio, prefixLen, seed: seed + round, promptFormat }, tokenizer),
       load,
       maxConcurrency,
       sweepConcurrency,

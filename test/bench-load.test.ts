@@ -9,6 +9,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { arrivalOffsetsMs, runLoad, sampleGamma, type LoadOptions } from "../bench/load-generator.ts";
 import { computeMetrics, e2elMsOf, itlMsOf, ttftMsOf } from "../bench/metrics.ts";
+import { runBench } from "../bench/run-bench.ts";
 import type { BenchRequest } from "../bench/workload.ts";
 import { Prng } from "../models/prng.ts";
 
@@ -204,5 +205,19 @@ describe("arrivals", () => {
       expect(variance / shape).toBeGreaterThan(0.93);
       expect(variance / shape).toBeLessThan(1.07);
     }
+  });
+});
+
+describe("runBench's rounds", () => {
+  it("sends each sweep point prompts of its own, so that none is served from a prefix cache an earlier one filled", async () => {
+    const { baseUrl: _unused, ...rest } = load();
+    const result = await runBench({ baseUrl, model: "fake" }, {
+      workload: requests(2, 2, "round 0"),
+      workloadOfRound: (round) => requests(2, 2, `round ${round}`),
+      load: rest, maxConcurrency: 2, sweepConcurrency: [1, 2], compareLimit: false, compareSequential: false,
+      rounds: 1, percentiles: [99], config: {},
+    });
+    expect(result.sweep).toHaveLength(2);
+    expect(fake.bodies.map((b) => b.prompt)).toEqual(["round 0", "round 0", "round 1", "round 1", "round 2", "round 2"]);
   });
 });
