@@ -34,7 +34,7 @@ export interface GraphBuildOptions {
   device?: string;
   /**
    * q/k/v as one matmul and gate/up as one. Default: on for quantized graphs, off for float
-   * ones, as measured by bench/ab-step.ts (README, "Quantization").
+   * ones, as measured by bench/ab-step.ts (README, "Quantized weights").
    */
   fuseProjections?: boolean;
 }

@@ -31,7 +31,7 @@ export interface LinearOptions {
   fuse: boolean;
 }
 
-export const FLOAT_LINEARS: LinearOptions = { quantization: "none", blockSize: 32, fuse: true };
+export const FLOAT_LINEARS: LinearOptions = { quantization: "none", blockSize: 32, fuse: false };
 
 /**
  * A Hugging Face Linear (weight [out, in], y = x Wᵀ + b) on [N, in] rows: a Gemm, or a
@@ -40,13 +40,7 @@ export const FLOAT_LINEARS: LinearOptions = { quantization: "none", blockSize: 3
  */
 export function linear(g: OnnxGraph, weights: WeightSource, x: string, prefix: string, bias: boolean, options: LinearOptions = FLOAT_LINEARS): string {
   const b = bias ? addWeight(g, weights, `${prefix}.bias`) : null;
-  if (options.quantization === "none") {
-    const w = addWeight(g, weights, `${prefix}.weight`);
-    return g.op("Gemm", b ? [x, w, b] : [x, w], { transB: 1 });
-  }
-  const { data, shape: [n, k] } = weights.read(`${prefix}.weight`);
-  const y = quantizedMatMul(g, x, `${prefix}.weight`, data, n, k, bitsOf(options.quantization), options.blockSize);
-  return b ? g.op("Add", [y, b]) : y;
+  return linearOf(g, x, `${prefix}.weight`, weights.read(`${prefix}.weight`), b, options);
 }
 
 /**
@@ -56,26 +50,24 @@ export function linear(g: OnnxGraph, weights: WeightSource, x: string, prefix: s
 export function fusedLinears(g: OnnxGraph, weights: WeightSource, x: string, prefixes: string[], bias: boolean, options: LinearOptions): string[] {
   const parts = prefixes.map((prefix) => weights.read(`${prefix}.weight`));
   const k = parts[0].shape[1];
+  if (parts.some((part) => part.shape[1] !== k)) throw new Error(`cannot fuse ${prefixes.join(", ")}: input widths ${parts.map((p) => p.shape[1]).join(", ")}`);
   const sizes = parts.map((part) => part.shape[0]);
   const n = sizes.reduce((a, b) => a + b, 0);
-  const stacked = new Float32Array(n * k);
-  let row = 0;
-  for (const part of parts) {
-    if (part.shape[1] !== k) throw new Error(`cannot fuse ${prefixes.join(", ")}: input widths ${parts.map((p) => p.shape[1]).join(", ")}`);
-    stacked.set(part.data, row * k);
-    row += part.shape[0];
-  }
-  const name = `${prefixes.join("+")}.weight`;
-  const b = bias ? g.weight(`${prefixes.join("+")}.bias`, concatFloats(prefixes.map((prefix) => weights.read(`${prefix}.bias`).data)), [n]) : null;
-  let y: string;
-  if (options.quantization === "none") {
-    const w = g.weight(name, stacked, [n, k]);
-    y = g.op("Gemm", b ? [x, w, b] : [x, w], { transB: 1 });
-  } else {
-    y = quantizedMatMul(g, x, name, stacked, n, k, bitsOf(options.quantization), options.blockSize);
-    if (b) y = g.op("Add", [y, b]);
-  }
+  const name = prefixes.join("+");
+  const b = bias ? g.weight(`${name}.bias`, concatFloats(prefixes.map((prefix) => weights.read(`${prefix}.bias`).data)), [n]) : null;
+  const y = linearOf(g, x, `${name}.weight`, { data: concatFloats(parts.map((part) => part.data)), shape: [n, k] }, b, options);
   return g.opN("Split", [y, g.constInt64(sizes)], sizes.length, { axis: -1 });
+}
+
+/** x Wᵀ (+ b) for a weight [n, k]: a Gemm on the float weight, or MatMulNBits on its blocks. */
+function linearOf(g: OnnxGraph, x: string, name: string, weight: NamedTensor, b: string | null, options: LinearOptions): string {
+  const [n, k] = weight.shape;
+  if (options.quantization === "none") {
+    const w = g.weight(name, weight.data, weight.shape);
+    return g.op("Gemm", b ? [x, w, b] : [x, w], { transB: 1 });
+  }
+  const y = quantizedMatMul(g, x, name, weight.data, n, k, bitsOf(options.quantization), options.blockSize);
+  return b ? g.op("Add", [y, b]) : y;
 }
 
 function concatFloats(arrays: Float32Array[]): Float32Array {

@@ -43,10 +43,10 @@ export function pagedAttention(g: OnnxGraph, config: ModelConfig, inputs: PagedA
 
   // The step's rows, kv-head-major: [kv_heads, B, G·S, head_dim] and [kv_heads, B, S, head_dim].
   const headMajor = (x: string, heads: number, perm: number[]) => g.op("Transpose", [g.op("Reshape", [x, shape(inputs.batchSeqShape, c([numKvHeads, heads, headDim]))])], { perm });
-  const q = g.op("Reshape", [headMajor(inputs.q, group, [2, 0, 3, 1, 4]), shape(c([numKvHeads]), batchDim, c([-1, headDim]))]);
-  const newShape = shape(c([numKvHeads]), batchDim, c([-1, headDim]));
-  const newK = g.op("Reshape", [headMajor(inputs.k, 1, [2, 3, 0, 1, 4]), newShape]);
-  const newV = g.op("Reshape", [headMajor(inputs.v, 1, [2, 3, 0, 1, 4]), newShape]);
+  const rowsShape = shape(c([numKvHeads]), batchDim, c([-1, headDim]));
+  const q = g.op("Reshape", [headMajor(inputs.q, group, [2, 0, 3, 1, 4]), rowsShape]);
+  const newK = g.op("Reshape", [headMajor(inputs.k, 1, [2, 3, 0, 1, 4]), rowsShape]);
+  const newV = g.op("Reshape", [headMajor(inputs.v, 1, [2, 3, 0, 1, 4]), rowsShape]);
 
   // NOTE: measured with bench/ab-step.ts, both are faster than the alternatives tried: gathering
   // V only after the softmax (7% slower decode at batch 32), and past·qᵀ then a transpose
