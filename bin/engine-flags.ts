@@ -1,12 +1,12 @@
 /** Command-line flags shared by every command that starts an engine. */
 import type { ParseArgsConfig } from "node:util";
-import { DEFAULT_BATCH_MAX_WAIT_MS, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from "../engine/index.ts";
+import { DEFAULT_BATCH_MAX_WAIT_MS, DEFAULT_ENGINE_OPTIONS, DEVICES, type EngineOptions } from "../engine/index.ts";
 import { z } from "zod";
-import { bytesFlag, enumFlag, flagValue, intFlag, numberFlag, optionalFlagValue, type Flag } from "./flags.ts";
+import { FlagError, bytesFlag, enumFlag, flagValue, intFlag, numberFlag, optionalFlagValue, type Flag } from "./flags.ts";
 import { existsSync } from "node:fs";
 import { SYNTHETIC_MODELS, ensureDefaultModel, ensureSyntheticModel } from "../models/synthetic/default-model.ts";
 import { readCheckpoint, type Checkpoint } from "../models/checkpoint.ts";
-import { QUANTIZATIONS } from "../models/index.ts";
+import { GRAPH_DTYPES, QUANTIZATIONS, dtypeProblem } from "../models/index.ts";
 import { ModelTokenizer } from "../models/tokenizer.ts";
 
 export const ENGINE_FLAGS = {
@@ -24,14 +24,19 @@ export const ENGINE_FLAGS = {
   "grammar-compile-timeout": { type: "string" },
   quantization: { type: "string" },
   "quant-block-size": { type: "string" },
+  dtype: { type: "string" },
 } as const satisfies ParseArgsConfig["options"];
 
 export const ENGINE_FLAGS_HELP = `Model and engine:
   --model DIR|NAME              a Hugging Face checkpoint folder, or a synthetic model generated into
                                 the cache: tokenmill-tiny-qwen3 (the default), qwen3-0.6b-random
-  --device cpu|cuda             execution provider (default cpu)
-  --kv-cache-memory SIZE        host memory for the KV pool, e.g. 2GiB (default 2GiB)
-  --block-size N                tokens per KV block (default 16)
+  --device cpu|cuda|webgpu      where steps run (default cpu): cpu and cuda keep the KV pool in host
+                                memory; webgpu keeps it on the GPU (PagedAttention, float16 pool)
+  --dtype float32|float16|bfloat16
+                                the graph's weights and activations (default float16 on webgpu, float32
+                                elsewhere); float16 needs webgpu, and no device of this build has bfloat16
+  --kv-cache-memory SIZE        memory for the KV pool (host, or GPU on webgpu), e.g. 2GiB (default 2GiB)
+  --block-size N                tokens per KV block (default 16; webgpu: a power of two from 16)
   --max-num-seqs N              running sequences per step (default ${DEFAULT_ENGINE_OPTIONS.maxNumSeqs})
   --max-num-batched-tokens N    token budget per step (default ${DEFAULT_ENGINE_OPTIONS.maxNumBatchedTokens})
   --max-model-len N             context length (default: the model's max_position_embeddings)
@@ -66,8 +71,13 @@ export type EngineFlags = Omit<EngineOptions, "modelDir">;
 const blockSizeFlag: Flag<number> = { schema: z.enum(["16", "32", "64", "128", "256"]).transform(Number), accepts: "one of 16, 32, 64, 128, 256" };
 
 export function readEngineFlags(values: EngineFlagValues): EngineFlags {
+  const device = flagValue("device", values.device, enumFlag(...DEVICES));
+  const dtype = optionalFlagValue("dtype", values.dtype, enumFlag(...GRAPH_DTYPES));
+  const problem = dtype === undefined ? null : dtypeProblem(dtype, device);
+  if (problem) throw new FlagError(problem);
   return {
-    device: flagValue("device", values.device, enumFlag("cpu", "cuda")),
+    device,
+    ...(dtype !== undefined ? { dtype } : {}),
     kvCacheMemoryBytes: flagValue("kv-cache-memory", values["kv-cache-memory"], bytesFlag),
     blockSize: flagValue("block-size", values["block-size"], intFlag(1, 1024)),
     maxNumSeqs: flagValue("max-num-seqs", values["max-num-seqs"], intFlag(1)),

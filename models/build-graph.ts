@@ -12,26 +12,40 @@ import { basename, join, resolve } from "node:path";
 import { DEFAULT_QUANT_BLOCK_SIZE, type Quantization } from "./graph/quantize.ts";
 import cliProgress from "cli-progress";
 import { readModelConfig, type ModelConfig } from "./config.ts";
+import { ModelError } from "./model-error.ts";
 import { cacheDir } from "./cache-dir.ts";
 import { buildDecoderGraph } from "./graph/decoder-graph.ts";
 import type { WeightSource } from "./graph/layers.ts";
-import { OnnxGraph } from "./graph/onnx-graph.ts";
+import { DataType, OnnxGraph } from "./graph/onnx-graph.ts";
+import type { AttentionKind } from "./graph/step-attention.ts";
 import { openWeights } from "./weights/safetensors.ts";
 
 /** Bump when the graph's inputs, outputs or numerics change. */
-const BUILDER_VERSION = 2;
+const BUILDER_VERSION = 3;
 /** NOTE: the builder's own source is part of the key too, so editing it can never serve a stale graph. */
-const BUILDER_SOURCES = ["graph/decoder-graph.ts", "graph/paged-attention.ts", "graph/layers.ts", "graph/onnx-graph.ts", "graph/quantize.ts", "config.ts", "families.ts"];
+const BUILDER_SOURCES = [
+  "graph/decoder-graph.ts", "graph/gathered-attention.ts", "graph/step-attention.ts", "graph/layers.ts", "graph/onnx-graph.ts", "graph/quantize.ts",
+  "config.ts", "families.ts", "weights/float-formats.ts",
+];
 
-/** What the graph is built as. Today one of each is supported; each is part of the cache key. */
+export const GRAPH_DTYPES = ["float32", "float16", "bfloat16"] as const;
+export type GraphDtype = (typeof GRAPH_DTYPES)[number];
+
+/** What the graph is built as; each is part of the cache key. */
 export interface GraphBuildOptions {
-  dtype?: "float32";
+  /** Weights and activations (default float16 on webgpu, float32 elsewhere); see dtypeProblem. */
+  dtype?: GraphDtype;
   /** The big linears (q/k/v/o, gate/up/down) as int8 or int4 blocks through MatMulNBits; none: float. */
   quantization?: Quantization;
   /** Inputs per quantization block (default 32). */
   quantBlockSize?: number;
-  /** The device the graph is built for (a device runner may want a different graph). */
+  /** The device the graph is built for: webgpu gets the device-pool graph (PagedAttention), the others the host-pool one. */
   device?: string;
+  /**
+   * Device-pool graphs: rotary embedding inside PagedAttention (from cos/sin caches) rather
+   * than before it (default on; see the README's GPU section).
+   */
+  ropeInAttention?: boolean;
   /**
    * q/k/v as one matmul and gate/up as one. Default: on for quantized graphs, off for float
    * ones, as measured by bench/ab-step.ts (README, "Quantized weights").
@@ -48,7 +62,34 @@ export interface BuildOptions {
 /** The build options with every default filled in, as the cache key sees them. */
 export function normalizedBuildOptions(build: GraphBuildOptions = {}): Required<GraphBuildOptions> {
   const quantization = build.quantization ?? "none";
-  return { dtype: build.dtype ?? "float32", quantization, quantBlockSize: quantization === "none" ? 0 : (build.quantBlockSize ?? DEFAULT_QUANT_BLOCK_SIZE), device: build.device ?? "cpu", fuseProjections: build.fuseProjections ?? quantization !== "none" };
+  const device = build.device ?? "cpu";
+  const devicePool = attentionKindFor(device) === "device-pool";
+  return {
+    dtype: build.dtype ?? (devicePool ? "float16" : "float32"),
+    quantization,
+    quantBlockSize: quantization === "none" ? 0 : (build.quantBlockSize ?? DEFAULT_QUANT_BLOCK_SIZE),
+    device,
+    fuseProjections: build.fuseProjections ?? quantization !== "none",
+    ropeInAttention: devicePool && (build.ropeInAttention ?? true),
+  };
+}
+
+/** Which KV pool a device's graph attends over: WebGPU keeps it on the device; CPU and CUDA pass it in from host memory. */
+export function attentionKindFor(device: string): AttentionKind {
+  return device === "webgpu" ? "device-pool" : "host-pool";
+}
+
+/**
+ * Why a dtype can't be built for a device, or null if it can.
+ * - float16 is for the device-pool graph: ONNX Runtime's CPU EP has no fast float16 GEMM on
+ *   x86 (MLAS has one only on ARM), and the host-pool graph's K/V copy is float32.
+ * - bfloat16 has no WebGPU kernels (WGSL has no bfloat16 type), and no fast CPU ones either.
+ */
+export function dtypeProblem(dtype: GraphDtype, device: string): string | null {
+  if (dtype === "float32") return null;
+  if (dtype === "float16" && attentionKindFor(device) === "device-pool") return null;
+  if (dtype === "float16") return `--dtype float16 needs --device webgpu; the ${device} runner computes in float32`;
+  return `--dtype bfloat16 is supported on no device of this build: WebGPU has no bfloat16 type and ONNX Runtime's CPU kernels none that are fast; use float16 on webgpu or float32`;
 }
 
 export interface BuiltGraph {
@@ -65,6 +106,8 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
   const dir = resolve(checkpointDir);
   const config = readModelConfig(dir);
   const build = normalizedBuildOptions(options.build);
+  const problem = dtypeProblem(build.dtype, build.device);
+  if (problem) throw new ModelError("UNSUPPORTED_DTYPE", problem);
   const outDir = cacheDir("graphs", `${basename(dir)}-${cacheKey(dir, build)}`);
   const graphPath = join(outDir, "model.onnx");
   if (existsSync(graphPath)) return { graphPath, config, built: false, buildMs: 0, weightsBytes: weightsBytesOf(graphPath) };
@@ -82,9 +125,12 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
   try {
     const store = (weights = openWeights(dir));
     bar?.start(config.numLayers, 0);
-    const g = new OnnxGraph(join(scratch, "model.onnx.data"));
+    const g = new OnnxGraph(join(scratch, "model.onnx.data"), build.dtype === "float16" ? DataType.FLOAT16 : DataType.FLOAT);
     const source: WeightSource = { read: (name) => ({ data: store.readFloat32(name), shape: store.info(name).shape }) };
-    buildDecoderGraph(g, config, source, (layer) => bar?.update(layer + 1), { quantization: build.quantization, blockSize: build.quantBlockSize, fuse: build.fuseProjections });
+    buildDecoderGraph(g, config, source, (layer) => bar?.update(layer + 1), {
+      linears: { quantization: build.quantization, blockSize: build.quantBlockSize, fuse: build.fuseProjections },
+      attention: { kind: attentionKindFor(build.device), ropeInside: build.ropeInAttention },
+    });
     writeFileSync(join(scratch, "model.onnx"), g.finish(basename(dir)));
     writeFileSync(join(scratch, "meta.json"), JSON.stringify({ checkpoint: dir, builderVersion: BUILDER_VERSION, build, config }, null, 2));
     rmSync(outDir, { recursive: true, force: true });

@@ -2,8 +2,9 @@
 export { readModelConfig, parseModelConfig, type ModelConfig } from "./config.ts";
 export { SUPPORTED_ARCHITECTURES } from "./families.ts";
 export { ModelError } from "./model-error.ts";
-export { ensureGraph, normalizedBuildOptions, type BuiltGraph, type GraphBuildOptions } from "./build-graph.ts";
+export { GRAPH_DTYPES, dtypeProblem, ensureGraph, normalizedBuildOptions, type BuiltGraph, type GraphBuildOptions, type GraphDtype } from "./build-graph.ts";
 export { GRAPH_INPUTS, GRAPH_OUTPUTS, TOP_LOGPROBS, poolInputNames, presentOutputNames } from "./graph/graph-io.ts";
 export { cacheDir } from "./cache-dir.ts";
 export { DEFAULT_QUANT_BLOCK_SIZE, QUANTIZATIONS, type Quantization } from "./graph/quantize.ts";
 export type { GenerationDefaults } from "./checkpoint.ts";
+export { ZEROS_GRAPH_IO, float16ZerosGraph } from "./graph/zeros-graph.ts";

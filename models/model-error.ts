@@ -4,7 +4,8 @@ export type ModelErrorCode =
   | "UNSUPPORTED_MODEL"
   | "BAD_WEIGHTS"
   | "MISSING_FILE"
-  | "BAD_TOKENIZER";
+  | "BAD_TOKENIZER"
+  | "UNSUPPORTED_DTYPE";
 
 export class ModelError extends Error {
   constructor(readonly code: ModelErrorCode, message: string) {

@@ -6,7 +6,7 @@ import { describe, expect, it } from "vitest";
 import { parseModelConfig } from "../models/config.ts";
 import { readCheckpoint } from "../models/checkpoint.ts";
 import { DEFAULT_MODEL_CONFIG, ensureDefaultModel } from "../models/synthetic/default-model.ts";
-import { ensureGraph } from "../models/build-graph.ts";
+import { ensureGraph, normalizedBuildOptions } from "../models/build-graph.ts";
 import { ModelError } from "../models/model-error.ts";
 import { cacheDir } from "../models/cache-dir.ts";
 import { openWeights } from "../models/weights/safetensors.ts";
@@ -114,11 +114,19 @@ describe("the graph cache", () => {
     const cuda = ensureGraph(model, { build: { device: "cuda" } });
     expect(cuda.built).toBe(true);
     expect(cuda.graphPath).not.toBe(cpu.graphPath);
-    expect(JSON.parse(readFileSync(join(dirname(cuda.graphPath), "meta.json"), "utf8")).build).toEqual({ dtype: "float32", quantization: "none", quantBlockSize: 0, device: "cuda", fuseProjections: false });
+    expect(JSON.parse(readFileSync(join(dirname(cuda.graphPath), "meta.json"), "utf8")).build).toEqual({ dtype: "float32", quantization: "none", quantBlockSize: 0, device: "cuda", fuseProjections: false, ropeInAttention: false });
     const int4 = ensureGraph(model, { build: { quantization: "int4" } });
     const int4Blocks64 = ensureGraph(model, { build: { quantization: "int4", quantBlockSize: 64 } });
     expect(new Set([cpu.graphPath, int4.graphPath, int4Blocks64.graphPath]).size).toBe(3);
     expect(ensureGraph(model, { build: { quantization: "int4", quantBlockSize: 32 } })).toMatchObject({ built: false, graphPath: int4.graphPath });
     delete process.env.TOKENMILL_CACHE_DIR;
+  });
+
+  it("builds float16 only for the device-pool graph, and bfloat16 for no device, with errors that say so", () => {
+    const model = tinyCheckpoint(FAMILY_MODELS[0]);
+    expect(normalizedBuildOptions({ device: "webgpu" })).toMatchObject({ dtype: "float16", ropeInAttention: true });
+    expect(normalizedBuildOptions({ device: "cpu" })).toMatchObject({ dtype: "float32", ropeInAttention: false });
+    expect(() => ensureGraph(model, { build: { device: "cpu", dtype: "float16" } })).toThrow(/float16 needs --device webgpu/);
+    expect(() => ensureGraph(model, { build: { device: "webgpu", dtype: "bfloat16" } })).toThrow(/bfloat16 is supported on no device/);
   });
 });

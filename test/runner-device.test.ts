@@ -35,7 +35,7 @@ describe("the runner registry", () => {
     const graph = ensureGraph(ensureDefaultModel());
     const { config } = graph;
     const bytesPerBlock = KvBuffers.bytesPerBlock({ numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize: 16 });
-    expect(DEVICES).toEqual(["cpu", "cuda"]);
+    expect(DEVICES).toEqual(["cpu", "cuda", "webgpu"]);
     const runner = await createRunner("cpu", { graphPath: graph.graphPath, config, blockSize: 16, kvCacheBytes: 10.5 * bytesPerBlock, intraOpThreads: 1 });
     try {
       expect(runner.kvCache).toEqual({ numBlocks: 10, blockSize: 16, numTokens: 9 * 16, numBytes: 10 * bytesPerBlock });

@@ -6,6 +6,7 @@ export type EngineErrorCode =
   | "INVALID_REQUEST"
   | "RUNTIME_FAILED"
   | "CUDA_UNAVAILABLE"
+  | "WEBGPU_UNAVAILABLE"
   | "ENGINE_DEAD"
   /** The engine thread died while holding the request; a new thread is starting. */
   | "ENGINE_FAILED"

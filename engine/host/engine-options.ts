@@ -1,5 +1,5 @@
 /** How an engine thread is set up: the model, the device and the scheduler's limits. */
-import type { Quantization } from "../../models/index.ts";
+import type { GraphDtype, Quantization } from "../../models/index.ts";
 import type { Device } from "../runner/runner-registry.ts";
 import type { KvCacheInfo } from "../runner/step-runner.ts";
 
@@ -7,8 +7,10 @@ export interface EngineOptions {
   /** A Hugging Face checkpoint folder. */
   modelDir: string;
   device: Device;
-  /** Bytes of host memory for the KV pool. */
+  /** Bytes of memory for the KV pool: host memory, or device memory on webgpu. */
   kvCacheMemoryBytes: number;
+  /** The graph's weights and activations (--dtype; default float16 on webgpu, float32 elsewhere). */
+  dtype?: GraphDtype;
   blockSize: number;
   maxNumSeqs: number;
   maxNumBatchedTokens: number;

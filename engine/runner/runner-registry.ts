@@ -1,10 +1,11 @@
 /**
  * Runners by device. The engine thread asks here for a runner of `--device`; each runner
- * sizes and owns its KV cache. A device-resident runner (WebGPU PagedAttention, CUDA over
- * IoBinding) is one more entry.
+ * sizes and owns its KV cache. A CUDA runner with a device-resident pool (an addon over ORT's
+ * C API IoBinding) would be one more entry.
  */
 import type { ModelConfig } from "../../models/index.ts";
 import { OnnxRunner } from "./onnx-host/onnx-runner.ts";
+import { WebGpuRunner } from "./onnx-device/webgpu-runner.ts";
 import type { StepRunner } from "./step-runner.ts";
 
 export interface RunnerOptions {
@@ -18,10 +19,14 @@ export interface RunnerOptions {
 
 type RunnerFactory = (options: RunnerOptions) => Promise<StepRunner>;
 
-/** ONNX Runtime with the KV cache in host memory: on the CPU EP, or on the CUDA EP reading host tensors. */
+/**
+ * cpu, cuda: ONNX Runtime with the KV cache in host memory, on the CPU EP or on the CUDA EP
+ * reading host tensors. webgpu: the KV cache in device memory, PagedAttention on the WebGPU EP.
+ */
 const RUNNERS = {
   cpu: (options) => OnnxRunner.create({ ...options, device: "cpu" }),
   cuda: (options) => OnnxRunner.create({ ...options, device: "cuda" }),
+  webgpu: (options) => WebGpuRunner.create(options),
 } satisfies Record<string, RunnerFactory>;
 
 export type Device = keyof typeof RUNNERS;

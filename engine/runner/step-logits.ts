@@ -23,6 +23,27 @@ export interface StepLogits {
   probs: Float32Array | null;
 }
 
+/** A step's logits rows for all its sequences, in order: what a runner fetched. */
+export type StepRows = Omit<StepLogits, "numRows">;
+
+/** Splits a step's rows back into one StepLogits per sequence, each from its logitsFrom on. */
+export function splitStepRows(seqs: readonly { tokenIds: readonly number[]; logitsFrom: number }[], rows: StepRows, vocabSize: number): StepLogits[] {
+  const { topN, topIds, topLogprobs, full, probs } = rows;
+  let row = 0;
+  return seqs.map((s) => {
+    const numRows = Math.max(0, s.tokenIds.length - s.logitsFrom);
+    const slice: StepLogits = {
+      numRows, topN,
+      topIds: topIds.subarray(row * topN, (row + numRows) * topN),
+      topLogprobs: topLogprobs.subarray(row * topN, (row + numRows) * topN),
+      full: full ? full.subarray(row * vocabSize, (row + numRows) * vocabSize) : null,
+      probs: probs ? probs.subarray(row * vocabSize, (row + numRows) * vocabSize) : null,
+    };
+    row += numRows;
+    return slice;
+  });
+}
+
 /** One row of a StepLogits: what the sampler reads. */
 export interface LogitsRow {
   topIds: Int32Array;

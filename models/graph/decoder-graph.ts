@@ -1,55 +1,55 @@
 /**
- * Builds the paged-KV decoder graph: one step for B sequences of up to S new tokens.
+ * Builds the paged-KV decoder graph: one step for B sequences of new tokens.
  *
- * Rows are flattened (N = B*S) for every per-token op; only attention sees [B, S, ...].
- * graph-io.ts names and shapes the inputs and outputs.
- *
- * Per layer, attention reads the past K/V gathered by slot from the pool, and the step's own
- * K/V (paged-attention.ts); the runner copies the step's K/V into the pool afterwards.
+ * Rows are flattened (N tokens) for every per-token op; only attention sees sequences.
+ * graph-io.ts names and shapes the inputs and outputs, and step-attention.ts declares the ones
+ * of its KV pool: a host pool the runner copies each step's K/V into (CPU), or a device pool
+ * that PagedAttention updates in place (WebGPU).
  */
 import type { ModelConfig } from "../config.ts";
 import {
   FLOAT_LINEARS, type LinearOptions, type QuantizedInitializer, type WeightSource,
   addQuantizedWeight, addWeight, fusedLinears, gatherQuantizedRows, linear, matMulNBits, quantizedMatMul, rmsNorm, rope, ropeTables,
 } from "./layers.ts";
-import { GRAPH_INPUTS, GRAPH_OUTPUTS, TOP_LOGPROBS, poolInputNames, presentOutputNames } from "./graph-io.ts";
+import { GRAPH_INPUTS, GRAPH_OUTPUTS, TOP_LOGPROBS } from "./graph-io.ts";
 import { DataType, OnnxGraph } from "./onnx-graph.ts";
-import { pagedAttention } from "./paged-attention.ts";
+import { stepAttention, tokenDimsOf, type StepAttentionOptions } from "./step-attention.ts";
 
-/** Adds the whole decoder to `g`, reading weights from `weights` one tensor at a time. */
-export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: WeightSource, onLayer?: (layer: number) => void, linears: LinearOptions = FLOAT_LINEARS): void {
-  const { hiddenSize, numHeads, numKvHeads, headDim } = config;
-  const kvWidth = numKvHeads * headDim;
-  const inputIds = g.input(GRAPH_INPUTS.inputIds, DataType.INT64, ["batch", "seq"]);
-  const positionIds = g.input(GRAPH_INPUTS.positionIds, DataType.INT64, ["batch", "seq"]);
-  const pastSlots = g.input(GRAPH_INPUTS.pastSlots, DataType.INT64, ["batch", "past"]);
-  const mask = g.input(GRAPH_INPUTS.attentionMask, DataType.FLOAT, ["batch", 1, "seq", "total"]);
+export interface DecoderGraphOptions {
+  linears: LinearOptions;
+  attention: StepAttentionOptions;
+}
+
+export const HOST_POOL_GRAPH: DecoderGraphOptions = { linears: FLOAT_LINEARS, attention: { kind: "host-pool", ropeInside: false } };
+
+/**
+ * Adds the whole decoder to `g`, reading weights from `weights` one tensor at a time. Weights
+ * and activations take g's float type; the logits tail is float32 in every graph.
+ */
+export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: WeightSource, onLayer?: (layer: number) => void, options: DecoderGraphOptions = HOST_POOL_GRAPH): void {
+  const { linears } = options;
+  const { hiddenSize, numHeads, numKvHeads } = config;
+  const tokenDims = tokenDimsOf(options.attention.kind);
+  const inputIds = g.input(GRAPH_INPUTS.inputIds, DataType.INT64, tokenDims);
+  const attention = stepAttention(g, config, inputIds, options.attention);
+  const positionIds = attention.ropeInside ? null : g.input(GRAPH_INPUTS.positionIds, DataType.INT64, tokenDims);
   const logitsIndices = g.input(GRAPH_INPUTS.logitsIndices, DataType.INT64, ["num_logits"]);
   const invTemperature = g.input(GRAPH_INPUTS.invTemperature, DataType.FLOAT, ["num_logits"]);
-
-  const batchSeqShape = g.op("Shape", [inputIds]);
-  const kvRowsShape = g.op("Concat", [batchSeqShape, g.constInt64([kvWidth])], { axis: 0 });
 
   const embed = g.scoped("embed", () => embeddingTable(g, weights, linears));
   let x = g.scoped("embed", () => typeof embed === "string"
     ? g.op("Reshape", [g.op("Gather", [embed, inputIds], { axis: 0 }), g.constInt64([-1, hiddenSize])])
     : gatherQuantizedRows(g, embed, inputIds));
 
-  const { cos, sin } = g.scoped("rope", () => ropeTables(g, config, positionIds));
+  const tables = positionIds === null ? null : g.scoped("rope", () => ropeTables(g, config, positionIds));
+  const rotated = (heads: string) => (tables === null ? heads : g.scoped("rope", () => rope(g, heads, tables.cos, tables.sin)));
   for (let layer = 0; layer < config.numLayers; layer++) {
     const p = `model.layers.${layer}`;
     const h = g.scoped("norm", () => rmsNorm(g, weights, x, `${p}.input_layernorm.weight`, config));
     const [qRows, kRows, v] = g.scoped("qkv_proj", () => projections(g, weights, h, ["q", "k", "v"].map((n) => `${p}.self_attn.${n}_proj`), config.qkvBias, linears));
-    const q = g.scoped("rope", () => rope(g, headNorm(g, weights, config, p, qRows, "q", numHeads), cos, sin));
-    const k = g.scoped("rope", () => rope(g, headNorm(g, weights, config, p, kRows, "k", numKvHeads), cos, sin));
-
-    const pool = poolInputNames(layer);
-    g.input(pool.key, DataType.FLOAT, [numKvHeads, "num_slots", headDim]);
-    g.input(pool.value, DataType.FLOAT, [numKvHeads, "num_slots", headDim]);
-    const present = presentOutputNames(layer);
-    g.output(present.key, g.op("Reshape", [k, kvRowsShape]), DataType.FLOAT, ["batch", "seq", kvWidth]);
-    g.output(present.value, g.op("Reshape", [v, kvRowsShape]), DataType.FLOAT, ["batch", "seq", kvWidth]);
-    const attnRows = g.scoped("attention", () => pagedAttention(g, config, { q, k, v, poolKey: pool.key, poolValue: pool.value, pastSlots, mask, batchSeqShape }));
+    const q = rotated(headNorm(g, weights, config, p, qRows, "q", numHeads));
+    const k = rotated(headNorm(g, weights, config, p, kRows, "k", numKvHeads));
+    const attnRows = attention.attend(layer, q, k, v);
     x = g.op("Add", [x, g.scoped("o_proj", () => linear(g, weights, attnRows, `${p}.self_attn.o_proj`, config.oBias, linears))]);
 
     const h2 = g.scoped("norm", () => rmsNorm(g, weights, x, `${p}.post_attention_layernorm.weight`, config));
@@ -61,22 +61,71 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
 
   const last = g.scoped("norm", () => g.op("Gather", [x, logitsIndices], { axis: 0 }));
   const normed = g.scoped("norm", () => rmsNorm(g, weights, last, "model.norm.weight", config));
-  const logits = g.scoped("lm_head", () => lmHeadLogits(g, weights, config, normed, embed, linears));
+  const logits = g.scoped("lm_head", () => g.toFloat32(lmHeadLogits(g, weights, config, normed, embed, linears)));
+  logitsTail(g, config, logits, invTemperature, options.attention.kind === "device-pool");
+}
+
+/**
+ * The outputs read from float32 logits [K, V]: the logits, their top log-softmax entries, and
+ * probs = softmax(logits / T).
+ *
+ * NOTE: ONNX Runtime computes every node whether or not its output is fetched. On the host,
+ * the probs softmax sits behind an If that only steps asking for probs take (the others get
+ * an empty [0, 1] tensor). On a device the If would run on the CPU and copy the logits out
+ * every step, and so would LogSoftmax (WebGPU has no kernel for it); there probs are always
+ * computed, on the device, and the top entries are TopK of the logits minus ReduceLogSumExp.
+ * Unfetched outputs stay on the device.
+ */
+function logitsTail(g: OnnxGraph, config: ModelConfig, logits: string, invTemperature: string, onDevice: boolean): void {
   g.output(GRAPH_OUTPUTS.logits, logits, DataType.FLOAT, ["num_logits", config.vocabSize]);
-  // The top entries of each row's log-softmax: enough for greedy decoding and logprobs without copying the logits out.
   const topN = Math.min(TOP_LOGPROBS, config.vocabSize);
-  const [topValues, topIndices] = g.scoped("logits_tail", () => g.opN("TopK", [g.op("LogSoftmax", [logits], { axis: -1 }), g.constInt64([topN])], 2, { axis: -1, largest: 1, sorted: 1 }));
+  const topK = (x: string) => g.opN("TopK", [x, g.constInt64([topN])], 2, { axis: -1, largest: 1, sorted: 1 });
+  const [topValues, topIndices] = g.scoped("logits_tail", () => {
+    if (!onDevice) return topK(g.op("LogSoftmax", [logits], { axis: -1 }));
+    const [values, indices] = chunkedTopK(g, logits, config.vocabSize, topN);
+    return [g.op("Sub", [values, g.op("ReduceLogSumExp", [logits, g.constInt64([-1])], { keepdims: 1 })]), indices];
+  });
   g.output(GRAPH_OUTPUTS.topLogprobs, topValues, DataType.FLOAT, ["num_logits", topN]);
   g.output(GRAPH_OUTPUTS.topIds, topIndices, DataType.INT64, ["num_logits", topN]);
-  // Sampling weights at each row's temperature, so temperature sampling needs no exp over the vocabulary in JavaScript.
-  // NOTE: ONNX Runtime computes every node whether or not its output is fetched, so the softmax sits behind an If
-  // that only steps asking for probs take; the others get an empty [0, 1] tensor.
-  const wantProbs = g.input(GRAPH_INPUTS.wantProbs, DataType.BOOL, []);
-  const probs = g.op("If", [wantProbs], {
-    then_branch: { graph: g.branch((b) => b.op("Softmax", [b.op("Mul", [logits, b.op("Unsqueeze", [invTemperature, b.constInt64([1])])])], { axis: -1 }), DataType.FLOAT, ["num_logits", config.vocabSize]) },
-    else_branch: { graph: g.branch((b) => b.constFloat([], [0, 1]), DataType.FLOAT, [0, 1]) },
+  const probsOf = (b: OnnxGraph) => b.op("Softmax", [b.op("Mul", [logits, b.op("Unsqueeze", [invTemperature, b.constInt64([1])])])], { axis: -1 });
+  const probs = onDevice ? g.scoped("logits_tail", () => probsOf(g)) : g.op("If", [g.input(GRAPH_INPUTS.wantProbs, DataType.BOOL, [])], {
+    then_branch: { graph: g.branch(probsOf, DataType.FLOAT, ["num_logits", config.vocabSize]) },
+    else_branch: { graph: g.branch((b) => b.constFloat32([], [0, 1]), DataType.FLOAT, [0, 1]) },
   });
   g.output(GRAPH_OUTPUTS.probs, probs, DataType.FLOAT, ["num_logits", "vocab_or_1"]);
+}
+
+/** Vocabulary entries per chunk in chunkedTopK. */
+const TOPK_CHUNK = 64;
+
+/**
+ * The top n of each row of x [K, V] by way of chunk maxima: the n chunks of TOPK_CHUNK entries
+ * with the highest maxima hold the top n entries (each of those lies in a chunk whose maximum
+ * is at least the n-th value, and at most n chunks have one), so TopK runs over V / 64 maxima
+ * and then over n·64 candidates instead of over V.
+ *
+ * NOTE: ONNX Runtime 1.30's WebGPU TopK costs about 2.4 µs per element of a row on lavapipe
+ * (345 ms for one 151,936-wide row); this costs about 1/40 of that. Ties may come out in
+ * another order than TopK's (lower index first); the runner sorts the n entries again.
+ */
+function chunkedTopK(g: OnnxGraph, x: string, width: number, n: number): [string, string] {
+  const numChunks = Math.ceil(width / TOPK_CHUNK);
+  if (numChunks <= n) return g.opN("TopK", [x, g.constInt64([n])], 2, { axis: -1, largest: 1, sorted: 1 }) as [string, string];
+  const c = (values: number[]) => g.constInt64(values);
+  const padded = numChunks * TOPK_CHUNK === width ? x
+    : g.op("Pad", [x, c([0, 0, 0, numChunks * TOPK_CHUNK - width]), g.constFloat32([-Infinity], [])], { mode: "constant" });
+  const chunks = g.op("Reshape", [padded, c([-1, TOPK_CHUNK])]);
+  const maxima = g.op("Reshape", [g.op("ReduceMax", [chunks, c([1])], { keepdims: 0 }), c([-1, numChunks])]);
+  const [, bestChunks] = g.opN("TopK", [maxima, c([n])], 2, { axis: -1, largest: 1, sorted: 1 });
+  // Row r's chunk j is row r·numChunks + j of `chunks`.
+  const numRows = g.op("Squeeze", [g.op("Slice", [g.op("Shape", [x]), c([0]), c([1])]), c([0])]);
+  const rows = g.op("Range", [g.constInt64([0], []), numRows, g.constInt64([1], [])]);
+  const chunkRows = g.op("Add", [bestChunks, g.op("Unsqueeze", [g.op("Mul", [rows, g.constInt64([numChunks], [])]), c([1])])]);
+  const candidates = g.op("Reshape", [g.op("Gather", [chunks, chunkRows], { axis: 0 }), c([-1, n * TOPK_CHUNK])]);
+  const [values, positions] = g.opN("TopK", [candidates, c([n])], 2, { axis: -1, largest: 1, sorted: 1 });
+  const chunkOf = g.op("GatherElements", [bestChunks, g.op("Div", [positions, g.constInt64([TOPK_CHUNK], [])])], { axis: 1 });
+  const ids = g.op("Add", [g.op("Mul", [chunkOf, g.constInt64([TOPK_CHUNK], [])]), g.op("Mod", [positions, g.constInt64([TOPK_CHUNK], [])])]);
+  return [values, ids];
 }
 
 /**

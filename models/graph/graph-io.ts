@@ -1,6 +1,8 @@
 /**
  * The one place that names the decoder graph's inputs and outputs: the builder declares
- * them by these names and the runner feeds and fetches by them.
+ * them by these names and the runners feed and fetch by them. Two graphs share most of them.
+ *
+ * The host-pool graph (CPU and CUDA runners; the pool is an input every step):
  *
  *   input_ids, position_ids  [B, S]       the step's new tokens, right-padded
  *   past_slots               [B, P]       pool slot of every earlier context position
@@ -12,6 +14,18 @@
  *   ──▶ logits [K, V], probs [K, V] = softmax(logits / T), top_logprobs / top_ids [K, 20]
  *       (the top of each row's log-softmax),
  *       present.L.key/value [B, S, kv_heads*head_dim]
+ *
+ * The device-pool graph (WebGPU runner; com.microsoft PagedAttention writes the step's K/V
+ * into the pool in place, so it has no present outputs):
+ *
+ *   input_ids, position_ids     [T]        the step's new tokens, packed (no padding)
+ *   cumulative_sequence_length  [B+1] int32  where each sequence's tokens start in the packing
+ *   past_seqlens                [B] int32  tokens already in the pool, per sequence
+ *   block_table                 [B, M] int32  each sequence's blocks, padded with the null block 0
+ *   logits_indices, inv_temperature  as above, with rows counted in the packing (no want_probs:
+ *                               probs are computed every step, on the device, and fetched on request)
+ *   pool.L.key/value            [blocks, block_size, kv_heads, head_dim] float16, on the device
+ *   ──▶ logits, probs, top_logprobs, top_ids as above (float32)
  */
 
 export const GRAPH_INPUTS = {
@@ -22,6 +36,9 @@ export const GRAPH_INPUTS = {
   logitsIndices: "logits_indices",
   invTemperature: "inv_temperature",
   wantProbs: "want_probs",
+  cumulativeSequenceLength: "cumulative_sequence_length",
+  pastSeqlens: "past_seqlens",
+  blockTable: "block_table",
 } as const;
 
 export const GRAPH_OUTPUTS = {

@@ -126,13 +126,37 @@ export function gatherQuantizedRows(g: OnnxGraph, w: QuantizedInitializer, indic
   return numBlocks * w.blockSize === w.k ? flat : g.op("Slice", [flat, g.constInt64([0]), g.constInt64([w.k]), g.constInt64([1])]);
 }
 
-/** cos and sin of position × inv_freq, duplicated over both halves: [N, 1, head_dim]. */
+/**
+ * cos and sin of position × inv_freq, duplicated over both halves: [N, 1, head_dim]. The
+ * angles are float32 in every graph (in float16, position 8000 would keep 3 digits); only
+ * cos and sin take the graph's float type.
+ */
 export function ropeTables(g: OnnxGraph, config: ModelConfig, positionIds: string): { cos: string; sin: string } {
   const invFreq = ropeInvFreq(config.headDim, config.ropeTheta, config.ropeScaling);
-  const positions = g.op("Cast", [g.op("Reshape", [positionIds, g.constInt64([-1, 1, 1])])], { to: 1 });
-  const half = g.op("Mul", [positions, g.constFloat(invFreq, [1, 1, invFreq.length])]);
+  const positions = g.op("Cast", [g.op("Reshape", [positionIds, g.constInt64([-1, 1, 1])])], { to: DataType.FLOAT });
+  const half = g.op("Mul", [positions, g.constFloat32(invFreq, [1, 1, invFreq.length])]);
   const angles = g.op("Concat", [half, half], { axis: -1 });
-  return { cos: g.op("Cos", [angles]), sin: g.op("Sin", [angles]) };
+  return { cos: g.toFloatType(g.op("Cos", [angles])), sin: g.toFloatType(g.op("Sin", [angles])) };
+}
+
+/**
+ * cos and sin of every position below max_position_embeddings × inv_freq, [positions, head_dim / 2]
+ * float16 weights: the rotary caches of com.microsoft PagedAttention, which rotates q and k
+ * itself at each token's position. Computed in float64 here, rounded once.
+ */
+export function ropeCaches(g: OnnxGraph, config: ModelConfig): { cos: string; sin: string } {
+  const invFreq = ropeInvFreq(config.headDim, config.ropeTheta, config.ropeScaling);
+  const numPositions = config.maxPositionEmbeddings;
+  const cos = new Float32Array(numPositions * invFreq.length);
+  const sin = new Float32Array(numPositions * invFreq.length);
+  for (let p = 0; p < numPositions; p++) {
+    for (let j = 0; j < invFreq.length; j++) {
+      cos[p * invFreq.length + j] = Math.cos(p * invFreq[j]);
+      sin[p * invFreq.length + j] = Math.sin(p * invFreq[j]);
+    }
+  }
+  const dims = [numPositions, invFreq.length];
+  return { cos: g.weight("rope.cos_cache", cos, dims, DataType.FLOAT16), sin: g.weight("rope.sin_cache", sin, dims, DataType.FLOAT16) };
 }
 
 /** HF's rotate-half RoPE on [N, heads, head_dim]: x·cos + rotate_half(x)·sin. */

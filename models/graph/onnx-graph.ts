@@ -7,6 +7,7 @@
 import { closeSync, openSync, writeSync } from "node:fs";
 import { basename } from "node:path";
 import onnxProto from "onnx-proto";
+import { float32ToFloat16 } from "../weights/float-formats.ts";
 
 const { onnx } = onnxProto;
 export const DataType = onnx.TensorProto.DataType;
@@ -32,16 +33,18 @@ export class OnnxGraph {
 
   /**
    * @param dataPath where external weights go; its basename is recorded in the graph.
+   * @param floatType the element type of float weights, float constants and activations:
+   *   FLOAT, or FLOAT16 for device graphs (float32 data is narrowed as it is written).
    * @param names the counter for fresh names, shared with subgraphs so that no name repeats.
    */
-  constructor(private readonly dataPath: string, private readonly names = { next: 0 }) {}
+  constructor(private readonly dataPath: string, readonly floatType: number = DataType.FLOAT, private readonly names = { next: 0 }) {}
 
   /**
    * A subgraph for an If branch, built by `build`. It may read any value of this graph by
    * name; its one output is what `build` returns.
    */
   branch(build: (branch: OnnxGraph) => string, elemType: number, dims: Dim[]): GraphProto {
-    const branch = new OnnxGraph(this.dataPath, this.names);
+    const branch = new OnnxGraph(this.dataPath, this.floatType, this.names);
     const result = branch.op("Identity", [build(branch)]);
     return onnx.GraphProto.create({
       name: this.freshName("branch"), node: branch.nodes, initializer: branch.initializers, output: [valueInfo(result, elemType, dims)],
@@ -66,16 +69,33 @@ export class OnnxGraph {
     return name;
   }
 
+  /** A small float constant, of the graph's float type. */
   constFloat(values: number[] | Float32Array, dims: number[] = [values.length]): string {
-    const name = this.freshName("const");
-    const raw = Float32Array.from(values);
-    this.initializers.push(onnx.TensorProto.create({ name, dims, dataType: DataType.FLOAT, rawData: bytesOf(raw) }));
-    return name;
+    return this.constOf(Float32Array.from(values), dims, this.floatType);
   }
 
-  /** A weight written to the external-data file. */
-  weight(name: string, data: Float32Array | Uint16Array | Uint8Array, dims: number[], dataType: number = DataType.FLOAT): string {
-    const bytes = bytesOf(data);
+  /** A small float32 constant, whatever the graph's float type (rope angles, the float32 logits tail). */
+  constFloat32(values: number[] | Float32Array, dims: number[] = [values.length]): string {
+    return this.constOf(Float32Array.from(values), dims, DataType.FLOAT);
+  }
+
+  /** x as the graph's float type: a Cast from float32, or x itself in a float32 graph. */
+  toFloatType(x: string): string {
+    return this.floatType === DataType.FLOAT ? x : this.op("Cast", [x], { to: this.floatType });
+  }
+
+  /** x (of the graph's float type) as float32. */
+  toFloat32(x: string): string {
+    return this.floatType === DataType.FLOAT ? x : this.op("Cast", [x], { to: DataType.FLOAT });
+  }
+
+  /**
+   * A weight written to the external-data file. Float32 data without a dataType is stored as
+   * the graph's float type.
+   */
+  weight(name: string, data: Float32Array | Uint16Array | Uint8Array, dims: number[], dataType?: number): string {
+    const { values, type } = this.stored(data, dataType);
+    const bytes = bytesOf(values);
     if (this.dataFd === null) this.dataFd = openSync(this.dataPath, "w");
     const padding = (EXTERNAL_ALIGN_BYTES - (this.dataOffset % EXTERNAL_ALIGN_BYTES)) % EXTERNAL_ALIGN_BYTES;
     if (padding > 0) writeSync(this.dataFd, new Uint8Array(padding));
@@ -83,7 +103,7 @@ export class OnnxGraph {
     writeSync(this.dataFd, bytes);
     this.dataOffset = offset + bytes.byteLength;
     this.initializers.push(onnx.TensorProto.create({
-      name, dims, dataType,
+      name, dims, dataType: type,
       dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
       externalData: [
         { key: "location", value: basename(this.dataPath) },
@@ -138,6 +158,20 @@ export class OnnxGraph {
       }),
     });
     return onnx.ModelProto.encode(model).finish();
+  }
+
+  private constOf(values: Float32Array, dims: number[], dataType: number): string {
+    const name = this.freshName("const");
+    const stored = this.stored(values, dataType);
+    this.initializers.push(onnx.TensorProto.create({ name, dims, dataType: stored.type, rawData: bytesOf(stored.values) }));
+    return name;
+  }
+
+  /** Float32 data narrowed to float16 where the element type asks for it. */
+  private stored(data: Float32Array | Uint16Array | Uint8Array, dataType?: number): { values: ArrayBufferView; type: number } {
+    if (!(data instanceof Float32Array)) return { values: data, type: dataType ?? DataType.FLOAT };
+    const type = dataType ?? this.floatType;
+    return { values: type === DataType.FLOAT16 ? float32ToFloat16(data) : data, type };
   }
 
   private freshName(prefix: string): string {

@@ -39,6 +39,17 @@ export const FAMILY_MODELS: TinyModelSpec[] = [
   { name: "qwen3-qknorm", config: { ...BASE_CONFIG, architectures: ["Qwen3ForCausalLM"], tie_word_embeddings: true, num_attention_heads: 6, num_key_value_heads: 2, head_dim: 8 } },
 ];
 
+/**
+ * The families again with head_dim 16: ONNX Runtime's WebGPU PagedAttention needs a head size
+ * that is a multiple of 8 (the models above have 12 and 8 with odd layouts on purpose).
+ */
+export const WEBGPU_MODELS: TinyModelSpec[] = [
+  { name: "webgpu-llama", config: { ...BASE_CONFIG, architectures: ["LlamaForCausalLM"], tie_word_embeddings: false, head_dim: 16 } },
+  { name: "webgpu-qwen2", config: { ...BASE_CONFIG, architectures: ["Qwen2ForCausalLM"], tie_word_embeddings: true, head_dim: 16 } },
+  { name: "webgpu-qwen3", config: { ...BASE_CONFIG, architectures: ["Qwen3ForCausalLM"], tie_word_embeddings: true, num_attention_heads: 6, num_key_value_heads: 2, head_dim: 16 } },
+  { name: "webgpu-mistral-window", config: { ...BASE_CONFIG, architectures: ["MistralForCausalLM"], head_dim: 16, sliding_window: 5 } },
+];
+
 /** Writes the checkpoint if it isn't in the cache yet, and returns its folder. */
 export function tinyCheckpoint(spec: TinyModelSpec): string {
   const dir = cacheDir("test-models", spec.name);

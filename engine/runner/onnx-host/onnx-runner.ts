@@ -6,9 +6,9 @@
 import { GRAPH_INPUTS, GRAPH_OUTPUTS, poolInputNames, presentOutputNames, type ModelConfig } from "../../../models/index.ts";
 import { EngineError } from "../../core/engine-error.ts";
 import type { KvCacheInfo, StepOptions, StepRunner, StepSequence } from "../step-runner.ts";
-import type { StepLogits } from "../step-logits.ts";
+import { splitStepRows, type StepLogits } from "../step-logits.ts";
 import { KvBuffers } from "./kv-buffers.ts";
-import { type OnnxDevice, createSession, floatTensor, int64Tensor, ort } from "./onnx-session.ts";
+import { type OnnxDevice, createSession, floatTensor, int64Tensor, ort, rowsOf } from "./onnx-session.ts";
 import { groupForPadding, layoutStep } from "./step-layout.ts";
 
 export interface OnnxRunnerOptions {
@@ -102,24 +102,6 @@ export class OnnxRunner implements StepRunner {
       const values = out[present.value].data as Float32Array;
       layout.newSlots.forEach((slots, b) => this.buffers.write(layer, slots, keys, values, b * seq));
     }
-    const full = options.fullLogits ? (out[GRAPH_OUTPUTS.logits].data as Float32Array) : null;
-    const probs = options.probs ? (out[GRAPH_OUTPUTS.probs].data as Float32Array) : null;
-    const topIds = Int32Array.from(out[GRAPH_OUTPUTS.topIds].data as BigInt64Array, Number);
-    const topLogprobs = out[GRAPH_OUTPUTS.topLogprobs].data as Float32Array;
-    const topN = out[GRAPH_OUTPUTS.topIds].dims[1] ?? 0;
-    const vocab = this.vocabSize;
-    let row = 0;
-    return seqs.map((s) => {
-      const numRows = Math.max(0, s.tokenIds.length - s.logitsFrom);
-      const slice: StepLogits = {
-        numRows, topN,
-        topIds: topIds.subarray(row * topN, (row + numRows) * topN),
-        topLogprobs: topLogprobs.subarray(row * topN, (row + numRows) * topN),
-        full: full ? full.subarray(row * vocab, (row + numRows) * vocab) : null,
-        probs: probs ? probs.subarray(row * vocab, (row + numRows) * vocab) : null,
-      };
-      row += numRows;
-      return slice;
-    });
+    return splitStepRows(seqs, rowsOf(out, options), this.vocabSize);
   }
 }

@@ -5,11 +5,13 @@ import { existsSync, readdirSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import * as ort from "onnxruntime-node";
+import { GRAPH_OUTPUTS } from "../../../models/index.ts";
 import { EngineError } from "../../core/engine-error.ts";
+import type { StepRows } from "../step-logits.ts";
 
 export { ort };
-/** The execution providers this runner can use. */
-export type OnnxDevice = "cpu" | "cuda";
+/** The execution providers the runners use: cpu and cuda with the host pool, webgpu with the device pool. */
+export type OnnxDevice = "cpu" | "cuda" | "webgpu";
 
 export interface SessionOptions {
   device: OnnxDevice;
@@ -19,13 +21,18 @@ export interface SessionOptions {
   spinning?: boolean;
   /** Write ONNX Runtime's per-node profile (Chrome trace JSON) to PREFIX_<date>.json (bench/profile-step.ts). */
   profileFilePrefix?: string;
+  /** Where outputs land (default: host memory); "gpu-buffer" keeps them on the WebGPU device. */
+  preferredOutputLocation?: "cpu" | "gpu-buffer";
 }
 
-export async function createSession(graphPath: string, options: SessionOptions): Promise<ort.InferenceSession> {
+const EXECUTION_PROVIDERS: Record<OnnxDevice, string[]> = { cpu: ["cpu"], cuda: ["cuda", "cpu"], webgpu: ["webgpu", "cpu"] };
+
+export async function createSession(graph: string | Uint8Array, options: SessionOptions): Promise<ort.InferenceSession> {
   if (options.device === "cuda") assertCudaBinaries();
+  const what = typeof graph === "string" ? graph : "a graph";
   try {
-    return await ort.InferenceSession.create(graphPath, {
-      executionProviders: options.device === "cuda" ? ["cuda", "cpu"] : ["cpu"],
+    const sessionOptions: ort.InferenceSession.SessionOptions = {
+      executionProviders: EXECUTION_PROVIDERS[options.device],
       graphOptimizationLevel: "all",
       intraOpNumThreads: options.intraOpThreads ?? 0,
       enableCpuMemArena: true,
@@ -37,11 +44,22 @@ export async function createSession(graphPath: string, options: SessionOptions):
       // tok/s without spinning and 1235 with it (server / limit 0.96-1.02 against 0.84-0.98);
       // only the bare runner, alone on the machine, gains from spinning.
       extra: { session: { intra_op: { allow_spinning: options.spinning ? "1" : "0" } } },
-    });
+      ...(options.preferredOutputLocation ? { preferredOutputLocation: options.preferredOutputLocation } : {}),
+    };
+    return await (typeof graph === "string" ? ort.InferenceSession.create(graph, sessionOptions) : ort.InferenceSession.create(graph, sessionOptions));
   } catch (err) {
-    throw new EngineError("RUNTIME_FAILED", `ONNX Runtime could not load ${graphPath} on ${options.device}: ${(err as Error).message}`);
+    const message = (err as Error).message;
+    if (options.device === "webgpu" && /vulkan|adapter|webgpu/i.test(message)) {
+      throw new EngineError("WEBGPU_UNAVAILABLE", `--device webgpu found no usable GPU (${message}). ${WEBGPU_INSTALL_HINT}`);
+    }
+    throw new EngineError("RUNTIME_FAILED", `ONNX Runtime could not load ${what} on ${options.device}: ${message}`);
   }
 }
+
+/** NOTE: ONNX Runtime's WebGPU EP runs on Dawn over Vulkan; Dawn refuses Mesa before 25 (it lacks dynamic indexing of uniform arrays). */
+export const WEBGPU_INSTALL_HINT =
+  "WebGPU runs over Vulkan: install the GPU's Vulkan driver (NVIDIA's, or Mesa 25 or later for AMD and Intel), " +
+  "or on a machine without a GPU Mesa's lavapipe from Debian bookworm-backports: apt-get install -t bookworm-backports mesa-vulkan-drivers";
 
 export const CUDA_INSTALL_HINT =
   "node node_modules/onnxruntime-node/script/install --onnxruntime-node-install=cuda12";
@@ -74,4 +92,15 @@ export function int64Tensor(values: BigInt64Array, dims: number[]): ort.Tensor {
 
 export function floatTensor(values: Float32Array, dims: number[]): ort.Tensor {
   return new ort.Tensor("float32", values, dims);
+}
+
+/** The logits rows a step fetched (graph-io.ts names them), as host arrays. */
+export function rowsOf(out: ort.InferenceSession.OnnxValueMapType, options: { fullLogits: boolean; probs?: boolean }): StepRows {
+  return {
+    topN: out[GRAPH_OUTPUTS.topIds].dims[1] ?? 0,
+    topIds: Int32Array.from(out[GRAPH_OUTPUTS.topIds].data as BigInt64Array, Number),
+    topLogprobs: out[GRAPH_OUTPUTS.topLogprobs].data as Float32Array,
+    full: options.fullLogits ? (out[GRAPH_OUTPUTS.logits].data as Float32Array) : null,
+    probs: options.probs ? (out[GRAPH_OUTPUTS.probs].data as Float32Array) : null,
+  };
 }

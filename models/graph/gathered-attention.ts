@@ -1,5 +1,6 @@
 /**
- * Attention over the paged KV pool, as plain MatMuls in kv-head-major layout, so that each
+ * Attention over the host-memory paged KV pool (the CPU runner's), as plain MatMuls in
+ * kv-head-major layout, so that each
  * past K/V value is copied once per step (by the gather) and never concatenated with the
  * step's own K/V or transposed:
  *
@@ -15,7 +16,7 @@
 import type { ModelConfig } from "../config.ts";
 import type { OnnxGraph } from "./onnx-graph.ts";
 
-export interface PagedAttentionInputs {
+export interface GatheredAttentionInputs {
   /** [N, heads, head_dim], after rope. */
   q: string;
   /** [N, kv_heads, head_dim], after rope. */
@@ -33,7 +34,7 @@ export interface PagedAttentionInputs {
 }
 
 /** Returns the attention output as [N, heads·head_dim] rows. */
-export function pagedAttention(g: OnnxGraph, config: ModelConfig, inputs: PagedAttentionInputs): string {
+export function gatheredAttention(g: OnnxGraph, config: ModelConfig, inputs: GatheredAttentionInputs): string {
   const { numHeads, numKvHeads, headDim } = config;
   const group = numHeads / numKvHeads;
   const c = (values: number[]) => g.constInt64(values);
