@@ -25,6 +25,7 @@ export const ENGINE_FLAGS = {
   quantization: { type: "string" },
   "quant-block-size": { type: "string" },
   dtype: { type: "string" },
+  "rope-before-attention": { type: "boolean", default: false },
 } as const satisfies ParseArgsConfig["options"];
 
 export const ENGINE_FLAGS_HELP = `Model and engine:
@@ -35,6 +36,7 @@ export const ENGINE_FLAGS_HELP = `Model and engine:
   --dtype float32|float16|bfloat16
                                 the graph's weights and activations (default float16 on webgpu, float32
                                 elsewhere); float16 needs webgpu, and no device of this build has bfloat16
+  --rope-before-attention       webgpu: rotate q and k before PagedAttention instead of inside it (for A/B runs)
   --kv-cache-memory SIZE        memory for the KV pool (host, or GPU on webgpu), e.g. 2GiB (default 2GiB)
   --block-size N                tokens per KV block (default 16; webgpu: a power of two from 16)
   --max-num-seqs N              running sequences per step (default ${DEFAULT_ENGINE_OPTIONS.maxNumSeqs})
@@ -78,6 +80,7 @@ export function readEngineFlags(values: EngineFlagValues): EngineFlags {
   return {
     device,
     ...(dtype !== undefined ? { dtype } : {}),
+    ...(values["rope-before-attention"] === true ? { ropeInAttention: false } : {}),
     kvCacheMemoryBytes: flagValue("kv-cache-memory", values["kv-cache-memory"], bytesFlag),
     blockSize: flagValue("block-size", values["block-size"], intFlag(1, 1024)),
     maxNumSeqs: flagValue("max-num-seqs", values["max-num-seqs"], intFlag(1)),

@@ -11,6 +11,8 @@ export interface EngineOptions {
   kvCacheMemoryBytes: number;
   /** The graph's weights and activations (--dtype; default float16 on webgpu, float32 elsewhere). */
   dtype?: GraphDtype;
+  /** webgpu: rotary inside PagedAttention (default) or before it (--rope-before-attention). */
+  ropeInAttention?: boolean;
   blockSize: number;
   maxNumSeqs: number;
   maxNumBatchedTokens: number;

@@ -19,7 +19,7 @@ const post = (message: FromEngine) => port.postMessage(message);
 
 async function main(options: EngineOptions): Promise<void> {
   const started = performance.now();
-  const graph = ensureGraph(options.modelDir, { progress: options.progress, build: { device: options.device, dtype: options.dtype, quantization: options.quantization, quantBlockSize: options.quantBlockSize } });
+  const graph = ensureGraph(options.modelDir, { progress: options.progress, build: { device: options.device, dtype: options.dtype, ropeInAttention: options.ropeInAttention, quantization: options.quantization, quantBlockSize: options.quantBlockSize } });
   const { config } = graph;
   const runner = await createRunner(options.device, {
     graphPath: graph.graphPath, config, blockSize: options.blockSize, kvCacheBytes: options.kvCacheMemoryBytes, intraOpThreads: options.intraOpThreads,

@@ -82,8 +82,8 @@ function logitsTail(g: OnnxGraph, config: ModelConfig, logits: string, invTemper
   const topK = (x: string) => g.opN("TopK", [x, g.constInt64([topN])], 2, { axis: -1, largest: 1, sorted: 1 });
   const [topValues, topIndices] = g.scoped("logits_tail", () => {
     if (!onDevice) return topK(g.op("LogSoftmax", [logits], { axis: -1 }));
-    const [values, indices] = chunkedTopK(g, logits, config.vocabSize, topN);
-    return [g.op("Sub", [values, g.op("ReduceLogSumExp", [logits, g.constInt64([-1])], { keepdims: 1 })]), indices];
+    const { values, ids, logSumExp } = chunkedTopK(g, logits, config.vocabSize, topN);
+    return [g.op("Sub", [values, logSumExp]), ids];
   });
   g.output(GRAPH_OUTPUTS.topLogprobs, topValues, DataType.FLOAT, ["num_logits", topN]);
   g.output(GRAPH_OUTPUTS.topIds, topIndices, DataType.INT64, ["num_logits", topN]);
@@ -99,24 +99,30 @@ function logitsTail(g: OnnxGraph, config: ModelConfig, logits: string, invTemper
 const TOPK_CHUNK = 64;
 
 /**
- * The top n of each row of x [K, V] by way of chunk maxima: the n chunks of TOPK_CHUNK entries
- * with the highest maxima hold the top n entries (each of those lies in a chunk whose maximum
- * is at least the n-th value, and at most n chunks have one), so TopK runs over V / 64 maxima
- * and then over n·64 candidates instead of over V.
+ * The top n of each row of x [K, V], and each row's log-sum-exp [K, 1], by way of chunks of
+ * TOPK_CHUNK entries: the n chunks with the highest maxima hold the top n entries (each of those
+ * lies in a chunk whose maximum is at least the n-th value, and at most n chunks have one), so
+ * TopK runs over V / 64 maxima and then over n·64 candidates instead of over V; and the
+ * log-sum-exp is that of the chunks' log-sum-exps.
  *
- * NOTE: ONNX Runtime 1.30's WebGPU TopK costs about 2.4 µs per element of a row on lavapipe
- * (345 ms for one 151,936-wide row); this costs about 1/40 of that. Ties may come out in
- * another order than TopK's (lower index first); the runner sorts the n entries again.
+ * NOTE: ONNX Runtime 1.30's WebGPU TopK and row reductions run one row per workgroup: TopK
+ * costs about 2.4 µs per element on lavapipe (345 ms for one 151,936-wide row), ReduceLogSumExp
+ * 72 ms; over chunks, the rows are many and short. Ties may come out in another order than
+ * TopK's (lower index first); the runner sorts the n entries again.
  */
-function chunkedTopK(g: OnnxGraph, x: string, width: number, n: number): [string, string] {
-  const numChunks = Math.ceil(width / TOPK_CHUNK);
-  if (numChunks <= n) return g.opN("TopK", [x, g.constInt64([n])], 2, { axis: -1, largest: 1, sorted: 1 }) as [string, string];
+function chunkedTopK(g: OnnxGraph, x: string, width: number, n: number): { values: string; ids: string; logSumExp: string } {
   const c = (values: number[]) => g.constInt64(values);
+  const numChunks = Math.ceil(width / TOPK_CHUNK);
+  if (numChunks <= n) {
+    const [values, ids] = g.opN("TopK", [x, c([n])], 2, { axis: -1, largest: 1, sorted: 1 });
+    return { values, ids, logSumExp: g.op("ReduceLogSumExp", [x, c([-1])], { keepdims: 1 }) };
+  }
   const padded = numChunks * TOPK_CHUNK === width ? x
     : g.op("Pad", [x, c([0, 0, 0, numChunks * TOPK_CHUNK - width]), g.constFloat32([-Infinity], [])], { mode: "constant" });
   const chunks = g.op("Reshape", [padded, c([-1, TOPK_CHUNK])]);
-  const maxima = g.op("Reshape", [g.op("ReduceMax", [chunks, c([1])], { keepdims: 0 }), c([-1, numChunks])]);
-  const [, bestChunks] = g.opN("TopK", [maxima, c([n])], 2, { axis: -1, largest: 1, sorted: 1 });
+  const perChunk = (op: string) => g.op("Reshape", [g.op(op, [chunks, c([1])], { keepdims: 0 }), c([-1, numChunks])]);
+  const logSumExp = g.op("ReduceLogSumExp", [perChunk("ReduceLogSumExp"), c([-1])], { keepdims: 1 });
+  const [, bestChunks] = g.opN("TopK", [perChunk("ReduceMax"), c([n])], 2, { axis: -1, largest: 1, sorted: 1 });
   // Row r's chunk j is row r·numChunks + j of `chunks`.
   const numRows = g.op("Squeeze", [g.op("Slice", [g.op("Shape", [x]), c([0]), c([1])]), c([0])]);
   const rows = g.op("Range", [g.constInt64([0], []), numRows, g.constInt64([1], [])]);
@@ -125,7 +131,7 @@ function chunkedTopK(g: OnnxGraph, x: string, width: number, n: number): [string
   const [values, positions] = g.opN("TopK", [candidates, c([n])], 2, { axis: -1, largest: 1, sorted: 1 });
   const chunkOf = g.op("GatherElements", [bestChunks, g.op("Div", [positions, g.constInt64([TOPK_CHUNK], [])])], { axis: 1 });
   const ids = g.op("Add", [g.op("Mul", [chunkOf, g.constInt64([TOPK_CHUNK], [])]), g.op("Mod", [positions, g.constInt64([TOPK_CHUNK], [])])]);
-  return [values, ids];
+  return { values, ids, logSumExp };
 }
 
 /**

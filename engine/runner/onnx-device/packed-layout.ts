@@ -16,8 +16,8 @@
  *
  * NOTE: why not one row per sequence, as the op allows: ONNX Runtime 1.30's WebGPU prefill
  * kernel (a query longer than one token) is wrong from the 9th token of a query on, by up to
- * 4% of the output, in every head and GQA shape tried (test/webgpu-runner.test.ts keeps that
- * measurement); its decode kernel, which this layout always takes, matches the reference to
+ * 4% of the output, in every head and GQA shape tried (a one-op graph against a float64
+ * reference; the README's GPU section has the numbers); its decode kernel, which this layout always takes, matches the reference to
  * float16 rounding.
  */
 import type { StepSequence } from "../step-runner.ts";

@@ -45,6 +45,8 @@ export async function createSession(graph: string | Uint8Array, options: Session
       // only the bare runner, alone on the machine, gains from spinning.
       extra: { session: { intra_op: { allow_spinning: options.spinning ? "1" : "0" } } },
       ...(options.preferredOutputLocation ? { preferredOutputLocation: options.preferredOutputLocation } : {}),
+      // NOTE: on WebGPU, ORT warns at every session that shape ops run on the CPU, which is by design.
+      ...(options.device === "webgpu" ? { logSeverityLevel: 3 as const } : {}),
     };
     return await (typeof graph === "string" ? ort.InferenceSession.create(graph, sessionOptions) : ort.InferenceSession.create(graph, sessionOptions));
   } catch (err) {
