@@ -4,6 +4,7 @@ import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RunningServer } from "../server/serve.ts";
 import { startTestServer } from "./helpers/server.ts";
+import { webgpuAvailable } from "./helpers/webgpu.ts";
 
 const MODEL = "tokenmill-tiny-qwen3";
 type ErrorBody = { error: { message: string; type: string; param: string | null; code: string | null } };
@@ -19,8 +20,8 @@ afterAll(async () => server.close());
 const ask = (content: string, extra: Partial<OpenAI.ChatCompletionCreateParamsNonStreaming> = {}) =>
   client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content }], max_tokens: 12, temperature: 0, ...extra });
 
-async function metric(name: string): Promise<number> {
-  const text = await (await fetch(`${server.url}/metrics`)).text();
+async function metric(name: string, from: RunningServer = server): Promise<number> {
+  const text = await (await fetch(`${from.url}/metrics`)).text();
   const line = text.split("\n").find((l) => l.startsWith(`${name}{model="${MODEL}"} `));
   return Number(line?.split(" ")[1]);
 }
@@ -252,6 +253,52 @@ describe("lifecycle", () => {
     expect(await metric("tokenmill_generation_tokens_total")).toBeGreaterThan(0);
     expect(await metric("tokenmill_prefix_cache_hits_total")).toBeGreaterThan(0);
   });
+});
+
+describe.skipIf(!(await webgpuAvailable()))("the server on --device webgpu, through the openai SDK", () => {
+  let gpuServer: RunningServer;
+  let gpu: OpenAI;
+  beforeAll(async () => {
+    gpuServer = await startTestServer({ device: "webgpu" });
+    gpu = new OpenAI({ baseURL: `${gpuServer.url}/v1`, apiKey: "unused", maxRetries: 0 });
+  });
+  afterAll(async () => gpuServer.close());
+
+  it("streams what it answers whole, with the same usage, and bills a shared system prompt as cached", async () => {
+    const system = "You are a meticulous assistant. ".repeat(12);
+    const messages = (user: string): OpenAI.ChatCompletionMessageParam[] => [{ role: "system", content: system }, { role: "user", content: user }];
+    const whole = await gpu.chat.completions.create({ model: MODEL, messages: messages("first"), max_tokens: 8, temperature: 0 });
+    expect(whole.usage).toMatchObject({ completion_tokens: 8 });
+    const stream = await gpu.chat.completions.create({ model: MODEL, messages: messages("first"), max_tokens: 8, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    const chunks = [];
+    for await (const chunk of stream) chunks.push(chunk);
+    expect(chunks.map((c) => c.choices[0]?.delta.content ?? "").join("")).toBe(whole.choices[0].message.content);
+    expect(chunks.at(-1)!.usage!.completion_tokens).toBe(8);
+    const second = await gpu.chat.completions.create({ model: MODEL, messages: messages("a different second question"), max_tokens: 2 });
+    expect(second.usage!.prompt_tokens_details!.cached_tokens).toBeGreaterThanOrEqual(64);
+  }, 300_000);
+
+  it("frees the sequence of a client that aborts mid-stream", async () => {
+    const controller = new AbortController();
+    const stream = await gpu.chat.completions.create(
+      { model: MODEL, messages: [{ role: "user", content: "go on forever" }], max_tokens: 4000, stream: true },
+      { signal: controller.signal },
+    );
+    let received = 0;
+    try {
+      for await (const _chunk of stream) {
+        if (++received === 3) {
+          controller.abort();
+          break;
+        }
+      }
+    } catch {
+      // As above: the SDK may end quietly or throw on abort.
+    }
+    for (let i = 0; i < 100 && (await metric("tokenmill_requests_running", gpuServer)) > 0; i++) await new Promise((r) => setTimeout(r, 100));
+    expect(await metric("tokenmill_requests_running", gpuServer)).toBe(0);
+    expect(await metric("tokenmill_kv_cache_usage_ratio", gpuServer)).toBe(0);
+  }, 300_000);
 });
 
 describe("LangChain", () => {

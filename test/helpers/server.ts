@@ -1,10 +1,11 @@
 /** A real tokenmill server on the default model, in this process, on a free port. */
-import { DEFAULT_ENGINE_OPTIONS } from "../../engine/index.ts";
+import { DEFAULT_ENGINE_OPTIONS, type Device } from "../../engine/index.ts";
 import { readCheckpoint } from "../../models/checkpoint.ts";
 import { ensureDefaultModel } from "../../models/synthetic/default-model.ts";
 import { startServer, type RunningServer } from "../../server/serve.ts";
 
 export interface TestServerOverrides {
+  device?: Device;
   maxQueuedRequests?: number;
   maxNumSeqs?: number;
   faultInjection?: boolean;
@@ -24,7 +25,7 @@ export async function startTestServer(overrides: TestServerOverrides = {}): Prom
   const checkpoint = readCheckpoint(ensureDefaultModel());
   const server = await startServer({
     engineOptions: {
-      ...DEFAULT_ENGINE_OPTIONS, modelDir: checkpoint.dir, kvCacheMemoryBytes: 256 * 1024 ** 2, intraOpThreads: 1,
+      ...DEFAULT_ENGINE_OPTIONS, device: overrides.device ?? DEFAULT_ENGINE_OPTIONS.device, modelDir: checkpoint.dir, kvCacheMemoryBytes: 256 * 1024 ** 2, intraOpThreads: 1,
       maxNumSeqs: overrides.maxNumSeqs ?? 64, faultInjection: overrides.faultInjection,
     },
     modelId: overrides.modelId ?? checkpoint.name,
