@@ -26,6 +26,28 @@ async function metric(name: string, from: RunningServer = server): Promise<numbe
   return Number(line?.split(" ")[1]);
 }
 
+/** Streams a long answer and aborts after `after` chunks, as a client that leaves; returns the chunks received. */
+async function leaveMidStream(sdk: OpenAI, after: number): Promise<number> {
+  const controller = new AbortController();
+  const stream = await sdk.chat.completions.create(
+    { model: MODEL, messages: [{ role: "user", content: "go on forever" }], max_tokens: 4000, stream: true },
+    { signal: controller.signal },
+  );
+  let received = 0;
+  try {
+    for await (const _chunk of stream) {
+      // NOTE: break at once: chunks the SDK already holds would still be yielded after the abort.
+      if (++received === after) {
+        controller.abort();
+        break;
+      }
+    }
+  } catch {
+    // The SDK may end the iteration quietly or throw an abort error; either is the client leaving.
+  }
+  return received;
+}
+
 describe("chat completions through the openai SDK", () => {
   it("answers a non-streamed request with content, finish_reason and usage", async () => {
     const completion = await ask("Hello there");
@@ -190,24 +212,7 @@ describe("errors in OpenAI's shape", () => {
 
 describe("lifecycle", () => {
   it("a client that aborts mid-stream frees its sequence", async () => {
-    const controller = new AbortController();
-    const stream = await client.chat.completions.create(
-      { model: MODEL, messages: [{ role: "user", content: "go on forever" }], max_tokens: 4000, stream: true },
-      { signal: controller.signal },
-    );
-    let received = 0;
-    try {
-      for await (const _chunk of stream) {
-        // NOTE: break at once: chunks the SDK already holds would still be yielded after the abort.
-        if (++received === 5) {
-          controller.abort();
-          break;
-        }
-      }
-    } catch {
-      // The SDK may end the iteration quietly or throw an abort error; either is the client leaving.
-    }
-    expect(received).toBe(5);
+    expect(await leaveMidStream(client, 5)).toBe(5);
     for (let i = 0; i < 50 && (await metric("tokenmill_requests_running")) > 0; i++) await new Promise((r) => setTimeout(r, 100));
     expect(await metric("tokenmill_requests_running")).toBe(0);
     expect(await metric("tokenmill_kv_cache_usage_ratio")).toBe(0);
@@ -279,22 +284,7 @@ describe.skipIf(!(await webgpuAvailable()))("the server on --device webgpu, thro
   }, 300_000);
 
   it("frees the sequence of a client that aborts mid-stream", async () => {
-    const controller = new AbortController();
-    const stream = await gpu.chat.completions.create(
-      { model: MODEL, messages: [{ role: "user", content: "go on forever" }], max_tokens: 4000, stream: true },
-      { signal: controller.signal },
-    );
-    let received = 0;
-    try {
-      for await (const _chunk of stream) {
-        if (++received === 3) {
-          controller.abort();
-          break;
-        }
-      }
-    } catch {
-      // As above: the SDK may end quietly or throw on abort.
-    }
+    expect(await leaveMidStream(gpu, 3)).toBe(3);
     for (let i = 0; i < 100 && (await metric("tokenmill_requests_running", gpuServer)) > 0; i++) await new Promise((r) => setTimeout(r, 100));
     expect(await metric("tokenmill_requests_running", gpuServer)).toBe(0);
     expect(await metric("tokenmill_kv_cache_usage_ratio", gpuServer)).toBe(0);
