@@ -1,4 +1,5 @@
 /** The execution provider choice: CUDA without its binaries fails with instructions, never a crash. */
+import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
@@ -20,6 +21,20 @@ describe("--device", () => {
     expect(error).toBeInstanceOf(EngineError);
     expect((error as EngineError).code).toBe("CUDA_UNAVAILABLE");
     expect((error as EngineError).message).toContain("--onnxruntime-node-install=cuda12");
+  });
+
+  it("webgpu without any Vulkan driver says so and what to install", () => {
+    // NOTE: in a child process, pointed at no Vulkan driver: Dawn's adapter lookup is once per process.
+    const script = `import { createSession } from "./engine/runner/onnx-host/onnx-session.ts";
+import { float16ZerosGraph } from "./models/index.ts";
+createSession(float16ZerosGraph(), { device: "webgpu" }).then(() => console.log("opened"), (err) => console.log(JSON.stringify({ code: err.code, message: err.message })));`;
+    const child = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+      cwd: join(import.meta.dirname, ".."), encoding: "utf8", env: { ...process.env, VK_ICD_FILENAMES: "/nonexistent/icd.json", VK_DRIVER_FILES: "/nonexistent/icd.json" }, timeout: 60_000,
+    });
+    const line = child.stdout.trim().split("\n").at(-1)!;
+    const error = JSON.parse(line);
+    expect(error.code).toBe("WEBGPU_UNAVAILABLE");
+    expect(error.message).toContain("mesa-vulkan-drivers");
   });
 
   it("cpu loads the graph", async () => {

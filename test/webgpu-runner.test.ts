@@ -18,7 +18,7 @@ import type { StepLogits } from "../engine/runner/step-logits.ts";
 import { ensureGraph, type GraphBuildOptions } from "../models/build-graph.ts";
 import { ensureDefaultModel } from "../models/synthetic/default-model.ts";
 import { loadRunner, maxAbsDiff, seededTokens } from "./helpers/runner.ts";
-import { WEBGPU_MODELS, tinyCheckpoint } from "./helpers/tiny-models.ts";
+import { WEBGPU_MODELS, WIDE_KV_MODEL, tinyCheckpoint } from "./helpers/tiny-models.ts";
 import { webgpuAvailable } from "./helpers/webgpu.ts";
 
 const BOUNDS = {
@@ -90,7 +90,7 @@ describe.skipIf(!(await webgpuAvailable()))("the WebGPU runner", () => {
 
   // The CPU's MatMulNBits rounds activations to int8 (accuracy_level 4), WebGPU's keeps them in float16:
   // measured 0.070 (int8) and 0.058 (int4) on the logits; wrong scales or codes would move them by the logits' range (±2).
-  it.each(["int8", "int4"] as const)("with --quantization %s agrees with the CPU runner's %s graph within 0.2 on the logits", async (quantization) => {
+  it.each(["int8", "int4"] as const)("with --quantization %s agrees with the CPU runner's quantized graph within 0.2 on the logits", async (quantization) => {
     const dir = ensureDefaultModel();
     const cpu = await loadRunner(dir, BLOCK, 16, undefined, { quantization });
     const gpu = await loadWebGpu(dir, 16, { quantization });
@@ -184,6 +184,24 @@ describe.skipIf(!(await webgpuAvailable()))("the WebGPU runner", () => {
       await runner.release();
     }
     expect(runner.pool.numTensors).toBe(0);
+  });
+
+  // NOTE: lavapipe binds at most 16 storage buffers a shader and splits a buffer every 128 MiB, so a 700 MiB
+  // layer tensor is too many; a GPU with larger limits takes the whole pool, and then this checks that it does.
+  it("says how much --kv-cache-memory fits when the pool is too large for the adapter to bind, and that much works", async () => {
+    const graph = ensureGraph(tinyCheckpoint(WIDE_KV_MODEL), { build: { device: "webgpu" } });
+    const create = (mib: number) => WebGpuRunner.create({ graphPath: graph.graphPath, config: graph.config, blockSize: BLOCK, kvCacheBytes: mib * 2 ** 20 });
+    const asked = await create(1400).catch((err: unknown) => err as Error);
+    if (asked instanceof WebGpuRunner) {
+      expect(asked.kvCache.numBlocks).toBe(22400);
+      await asked.release();
+      return;
+    }
+    const fits = /lower --kv-cache-memory to at most (\d+)MiB/.exec(asked.message);
+    expect(asked.message, asked.message).toMatch(/storage-buffer limits/);
+    const runner = await create(Number(fits![1]));
+    expect(runner.kvCache.numBlocks).toBeGreaterThan(0);
+    await runner.release();
   });
 
   it("refuses block sizes and head sizes PagedAttention can't take, and a pool of under 2 blocks, with errors that say so", async () => {

@@ -50,6 +50,11 @@ export const WEBGPU_MODELS: TinyModelSpec[] = [
   { name: "webgpu-mistral-window", config: { ...BASE_CONFIG, architectures: ["MistralForCausalLM"], head_dim: 16, sliding_window: 5 } },
 ];
 
+/** One layer with wide K/V rows (8 heads of 128: 32 KiB a block a layer), for pools near the adapter's binding limits. */
+export const WIDE_KV_MODEL: TinyModelSpec = {
+  name: "webgpu-wide-kv", config: { ...BASE_CONFIG, architectures: ["LlamaForCausalLM"], num_hidden_layers: 1, num_attention_heads: 8, num_key_value_heads: 8, head_dim: 128 },
+};
+
 /** Writes the checkpoint if it isn't in the cache yet, and returns its folder. */
 export function tinyCheckpoint(spec: TinyModelSpec): string {
   const dir = cacheDir("test-models", spec.name);
