@@ -22,6 +22,7 @@
  *   cumulative_sequence_length  [B+1] int32  where each sequence's tokens start in the packing
  *   past_seqlens                [B] int32  tokens already in the pool, per sequence
  *   block_table                 [B, M] int32  each sequence's blocks, padded with the null block 0
+ *   attention_metadata          [2] int32, host  [longest query, longest past + query] of the step
  *   logits_indices, inv_temperature  as above, with rows counted in the packing (no want_probs:
  *                               probs are computed every step, on the device, and fetched on request)
  *   pool.L.key/value            [blocks, block_size, kv_heads, head_dim] float16, on the device
@@ -39,6 +40,7 @@ export const GRAPH_INPUTS = {
   cumulativeSequenceLength: "cumulative_sequence_length",
   pastSeqlens: "past_seqlens",
   blockTable: "block_table",
+  attentionMetadata: "attention_metadata",
 } as const;
 
 export const GRAPH_OUTPUTS = {

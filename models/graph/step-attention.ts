@@ -71,6 +71,8 @@ function devicePoolAttention(g: OnnxGraph, config: ModelConfig, ropeInside: bool
   const cumulative = g.input(GRAPH_INPUTS.cumulativeSequenceLength, DataType.INT32, ["batch_plus_1"]);
   const pastSeqlens = g.input(GRAPH_INPUTS.pastSeqlens, DataType.INT32, ["batch"]);
   const blockTable = g.input(GRAPH_INPUTS.blockTable, DataType.INT32, ["batch", "max_blocks"]);
+  // NOTE: without these host-side bounds, PagedAttention copies the sequence lengths back from the device in every layer.
+  const metadata = g.input(GRAPH_INPUTS.attentionMetadata, DataType.INT32, [2]);
   const caches = ropeInside ? g.scoped("rope", () => ropeCaches(g, config)) : null;
   const half = (x: string) => (g.floatType === DataType.FLOAT16 ? x : g.op("Cast", [x], { to: DataType.FLOAT16 }));
   const rows = (x: string, heads: number) => half(g.op("Reshape", [x, g.constInt64([-1, heads * headDim])]));
@@ -89,7 +91,9 @@ function devicePoolAttention(g: OnnxGraph, config: ModelConfig, ropeInside: bool
       g.input(pool.value, DataType.FLOAT16, ["num_blocks", "block_size", numKvHeads, headDim]);
       return g.scoped("attention", () => {
         const inputs = [rows(q, numHeads), rows(k, numKvHeads), rows(v, numKvHeads), pool.key, pool.value, cumulative, pastSeqlens, blockTable];
-        const out = g.microsoftOp("PagedAttention", caches ? [...inputs, caches.cos, caches.sin] : inputs, attrs);
+        // Inputs 8-15 (cos/sin caches, slot mapping, head sink, q/k norm weights, k/v scales) are optional; 16 is the metadata.
+        const optional = [caches?.cos ?? "", caches?.sin ?? "", "", "", "", "", "", ""];
+        const out = g.microsoftOp("PagedAttention", [...inputs, ...optional, metadata], attrs);
         return g.floatType === DataType.FLOAT16 ? out : g.op("Cast", [out], { to: g.floatType });
       });
     },

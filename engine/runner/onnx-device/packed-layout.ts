@@ -34,6 +34,8 @@ export interface PackedLayout {
   blockTable: Int32Array;
   logitsIndices: BigInt64Array;
   invTemperature: Float32Array;
+  /** The longest row's past plus itself: the bound PagedAttention's attention_metadata takes. */
+  maxKvLength: number;
 }
 
 export function layoutPacked(seqs: readonly StepSequence[], blockSize: number): PackedLayout {
@@ -69,7 +71,7 @@ export function layoutPacked(seqs: readonly StepSequence[], blockSize: number): 
     invTemperature.push(1);
   }
   return {
-    numTokens, maxBlocks, inputIds, positionIds, cumulativeSequenceLength, pastSeqlens, blockTable,
+    numTokens, maxBlocks, maxKvLength: Math.max(1, ...seqs.map((s) => s.numPastTokens + s.tokenIds.length)), inputIds, positionIds, cumulativeSequenceLength, pastSeqlens, blockTable,
     logitsIndices: BigInt64Array.from(logitsIndices), invTemperature: Float32Array.from(invTemperature),
   };
 }

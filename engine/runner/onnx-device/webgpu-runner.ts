@@ -90,6 +90,8 @@ function runPacked(session: ort.InferenceSession, pool: DevicePool, seqs: readon
     [GRAPH_INPUTS.cumulativeSequenceLength]: int32(layout.cumulativeSequenceLength, [layout.numTokens + 1]),
     [GRAPH_INPUTS.pastSeqlens]: int32(layout.pastSeqlens, [layout.numTokens]),
     [GRAPH_INPUTS.blockTable]: int32(layout.blockTable, [layout.numTokens, layout.maxBlocks]),
+    // Every row is a query of one token (packed-layout.ts).
+    [GRAPH_INPUTS.attentionMetadata]: int32(Int32Array.from([1, layout.maxKvLength]), [2]),
     [GRAPH_INPUTS.logitsIndices]: int64Tensor(layout.logitsIndices, [layout.logitsIndices.length]),
     [GRAPH_INPUTS.invTemperature]: floatTensor(layout.invTemperature, [layout.invTemperature.length]),
   };
