@@ -105,12 +105,12 @@ const TOPK_CHUNK = 64;
  * TopK runs over V / 64 maxima and then over n·64 candidates instead of over V; and the
  * log-sum-exp is that of the chunks' log-sum-exps.
  *
- * NOTE: ONNX Runtime 1.30's WebGPU TopK and row reductions run one row per workgroup: TopK
- * costs about 2.4 µs per element on lavapipe (345 ms for one 151,936-wide row), ReduceLogSumExp
- * 72 ms; over chunks, the rows are many and short. Ties may come out in another order than
+ * NOTE: ONNX Runtime 1.30's WebGPU TopK and row reductions run one row per workgroup: on
+ * lavapipe TopK takes 507 ms for one 151,936-wide row and this 20 ms (bench/webgpu-kernels.ts);
+ * over chunks, the rows are many and short. Ties may come out in another order than
  * TopK's (lower index first); the runner sorts the n entries again.
  */
-function chunkedTopK(g: OnnxGraph, x: string, width: number, n: number): { values: string; ids: string; logSumExp: string } {
+export function chunkedTopK(g: OnnxGraph, x: string, width: number, n: number): { values: string; ids: string; logSumExp: string } {
   const c = (values: number[]) => g.constInt64(values);
   const numChunks = Math.ceil(width / TOPK_CHUNK);
   if (numChunks <= n) {

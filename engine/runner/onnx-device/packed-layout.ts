@@ -16,9 +16,8 @@
  *
  * NOTE: why not one row per sequence, as the op allows: ONNX Runtime 1.30's WebGPU prefill
  * kernel (a query longer than one token) is wrong from the 9th token of a query on, by up to
- * 4% of the output, in every head and GQA shape tried (a one-op graph against a float64
- * reference; the README's GPU section has the numbers); its decode kernel, which this layout always takes, matches the reference to
- * float16 rounding.
+ * 4% of the output; its decode kernel, which this layout always takes, matches a float64
+ * reference to float16 rounding (bench/webgpu-kernels.ts measures both).
  */
 import type { StepSequence } from "../step-runner.ts";
 
@@ -40,7 +39,8 @@ export interface PackedLayout {
 
 export function layoutPacked(seqs: readonly StepSequence[], blockSize: number): PackedLayout {
   const numTokens = seqs.reduce((sum, s) => sum + s.tokenIds.length, 0);
-  const maxBlocks = Math.max(1, ...seqs.map((s) => Math.ceil((s.numPastTokens + s.tokenIds.length) / blockSize)));
+  const maxKvLength = Math.max(1, ...seqs.map((s) => s.numPastTokens + s.tokenIds.length));
+  const maxBlocks = Math.ceil(maxKvLength / blockSize);
   const inputIds = new BigInt64Array(numTokens);
   const positionIds = new BigInt64Array(numTokens);
   const cumulativeSequenceLength = Int32Array.from({ length: numTokens + 1 }, (_, i) => i);
@@ -71,7 +71,7 @@ export function layoutPacked(seqs: readonly StepSequence[], blockSize: number): 
     invTemperature.push(1);
   }
   return {
-    numTokens, maxBlocks, maxKvLength: Math.max(1, ...seqs.map((s) => s.numPastTokens + s.tokenIds.length)), inputIds, positionIds, cumulativeSequenceLength, pastSeqlens, blockTable,
+    numTokens, maxBlocks, maxKvLength, inputIds, positionIds, cumulativeSequenceLength, pastSeqlens, blockTable,
     logitsIndices: BigInt64Array.from(logitsIndices), invTemperature: Float32Array.from(invTemperature),
   };
 }
