@@ -43,7 +43,7 @@ const ADMIN = "bench-admin";
 
 export async function measurePriorityFlood(options: FloodOptions): Promise<FloodPhase[]> {
   const server = await startServer({
-    engineOptions: options.engineOptions, modelId: options.model, defaults: options.defaults, host: "127.0.0.1", port: 0, maxQueuedRequests: 100_000,
+    models: [{ name: options.model, engineOptions: options.engineOptions, defaults: options.defaults, maxQueuedRequests: 100_000 }], host: "127.0.0.1", port: 0,
     shutdownTimeoutMs: 1000, bodyLimitBytes: 64 * 1024 * 1024, logger: false, db: { url: "sqlite::memory:", replica: "bench", ledger: false }, adminKeys: [ADMIN],
   });
   try {

@@ -204,9 +204,8 @@ async function localTarget(flags: EngineFlags, checkpoint: Checkpoint, maxConcur
   // The main server runs at least --max-concurrency sequences at once; the sequential twin runs one.
   const start = async (maxNumSeqs: number, quantization = engineOptions.quantization) => {
     const server = await startServer({
-      engineOptions: { ...engineOptions, maxNumSeqs, quantization },
-      modelId: checkpoint.name,
-      defaults: checkpoint.generationDefaults, host: "127.0.0.1", port: 0, maxQueuedRequests: 100_000,
+      models: [{ name: checkpoint.name, engineOptions: { ...engineOptions, maxNumSeqs, quantization }, defaults: checkpoint.generationDefaults, maxQueuedRequests: 100_000 }],
+      host: "127.0.0.1", port: 0,
       shutdownTimeoutMs: 5_000, bodyLimitBytes: 64 * 1024 * 1024, logger: false,
       db: db === null ? null : { url: db, replica: "bench" },
     });

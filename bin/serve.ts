@@ -2,7 +2,8 @@
 import { parseArgs } from "node:util";
 import { readCheckpoint } from "../models/checkpoint.ts";
 import { startServer } from "../server/serve.ts";
-import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags } from "./engine-flags.ts";
+import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags, type EngineFlagValues, type EngineFlags } from "./engine-flags.ts";
+import { readServeConfig, toolCallParserFor, type ServeConfig } from "./serve-config.ts";
 import { microUsdPerMtok, type Price } from "../service/prices.ts";
 import { defaultDbUrl } from "../service/store/open-store.ts";
 import type { AuthMode } from "../server/http/auth.ts";
@@ -13,6 +14,9 @@ import { FlagError, bytesFlag, listFlag, dbUrlFlag, enumFlag, flagValue, intFlag
 
 export const SERVE_HELP = `tokenmill serve [options]
 Server:
+  --config FILE                 several local models, upstream providers and routes, in YAML or JSON (see the
+                                README's "Models, providers and routing"); the engine flags below are then
+                                every local model's defaults
   --host HOST                   address to listen on (env HOST; default 127.0.0.1)
   --port N                      port (env PORT; default 8000)
   --served-model-name NAME      the model id clients send (default: the model folder's name)
@@ -49,6 +53,7 @@ export async function serveCommand(args: string[]): Promise<void> {
       host: { type: "string", default: process.env.HOST ?? "127.0.0.1" },
       port: { type: "string", default: process.env.PORT ?? "8000" },
       "served-model-name": { type: "string" },
+      config: { type: "string" },
       "max-queued-requests": { type: "string", default: "1024" },
       "shutdown-timeout": { type: "string", default: "30" },
       "request-timeout": { type: "string", default: "60" },
@@ -103,20 +108,18 @@ export async function serveCommand(args: string[]): Promise<void> {
       },
     },
   };
-  const checkpoint = readCheckpoint(modelDirFrom(values));
-  const engineOptions = engineOptionsFrom(engineFlags, checkpoint);
+  const served = values.config === undefined ? singleModel(values, engineFlags, server) : configured(values);
+  if (server.db && served.prices.length > 0) server.db.prices = [...served.prices, ...server.db.prices];
   const running = await startServer({
-    engineOptions,
-    modelId: server.servedModelName ?? checkpoint.name,
-    defaults: checkpoint.generationDefaults,
+    models: served.models,
+    providers: served.providers,
+    routes: served.routes,
     host: server.host,
     port: server.port,
-    maxQueuedRequests: server.maxQueuedRequests,
     shutdownTimeoutMs: server.shutdownTimeoutMs,
     requestTimeoutMs: server.requestTimeoutMs,
     bodyLimitBytes: server.bodyLimitBytes,
     tokenizerThreads: server.tokenizerThreads,
-    toolCallParser: toolCallParserFor(server.toolCallParser, checkpoint.chatTemplate),
     apiKeys: server.apiKeys,
     adminKeys: server.adminKeys,
     db: server.db,
@@ -124,7 +127,8 @@ export async function serveCommand(args: string[]): Promise<void> {
     authMode: server.authMode,
     logger: { level: server.logLevel },
   });
-  running.app.log.info(`serving ${checkpoint.dir} as "${server.servedModelName ?? checkpoint.name}" at ${running.url}/v1 (loading the model...)`);
+  const names = running.ctx.models.names().map((route) => route.name);
+  running.app.log.info(`serving ${names.map((n) => `"${n}"`).join(", ")} at ${running.url}/v1 (loading ${served.models.length === 1 ? "the model" : `${served.models.length} local models`}...)`);
   running.ready.catch(() => process.exit(1));
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     process.once(signal, () => {
@@ -154,8 +158,24 @@ function authModeOf(requireAuth: boolean, noAuth: boolean): AuthMode {
   return requireAuth ? "required" : noAuth ? "none" : "auto";
 }
 
-function toolCallParserFor(choice: "auto" | "hermes" | "none", chatTemplate: string | null): "hermes" | undefined {
-  if (choice === "hermes") return "hermes";
-  if (choice === "none") return undefined;
-  return chatTemplate?.includes("<tool_call>") ? "hermes" : undefined;
+/** Without --config: the one model of --model, as today. */
+function singleModel(
+  values: EngineFlagValues, engineFlags: EngineFlags, server: { servedModelName?: string; maxQueuedRequests: number; toolCallParser: "auto" | "hermes" | "none" },
+): ServeConfig {
+  const checkpoint = readCheckpoint(modelDirFrom(values));
+  return {
+    models: [{
+      name: server.servedModelName ?? checkpoint.name, engineOptions: engineOptionsFrom(engineFlags, checkpoint), defaults: checkpoint.generationDefaults,
+      maxQueuedRequests: server.maxQueuedRequests, toolCallParser: toolCallParserFor(server.toolCallParser, checkpoint.chatTemplate),
+    }],
+    providers: [], routes: [], prices: [],
+  };
+}
+
+/** --config: the file's models; the flags that name one model conflict with it. */
+function configured(values: EngineFlagValues & { config?: string; "served-model-name"?: string }): ServeConfig {
+  for (const flag of ["model", "served-model-name"] as const) {
+    if (values[flag] !== undefined) throw new FlagError(`--${flag} names one model; with --config, give each model in the file`);
+  }
+  return readServeConfig(values.config!, values);
 }

@@ -31,7 +31,7 @@ export async function usageCommand(args: string[]): Promise<void> {
   try {
     // Whole days from the first midnight (UTC) at or before --since.
     const startMs = Math.floor(sinceMs / DAY_MS) * DAY_MS;
-    const byKeyAndModel = await usageByBucket(service.store.db, { startMs: sinceMs, endMs: untilMs, bucketWidth: "1d", groupBy: ["api_key_id", "model"] });
+    const byKeyAndModel = await usageByBucket(service.store.db, { startMs: sinceMs, endMs: untilMs, bucketWidth: "1d", groupBy: ["api_key_id", "model", "backend"] });
     const rows = totalsBy(byKeyAndModel);
     if (values.json) console.log(JSON.stringify(rows));
     else console.log(table(rows));
@@ -48,6 +48,7 @@ export async function usageCommand(args: string[]): Promise<void> {
 interface Row {
   keyId: string;
   model: string;
+  backend: string;
   requests: number;
   inputTokens: number;
   cachedTokens: number;
@@ -58,8 +59,8 @@ interface Row {
 function totalsBy(groups: UsageGroup[]): Row[] {
   const rows = new Map<string, Row>();
   for (const g of groups) {
-    const id = `${g.keyId}\u0000${g.model}`;
-    const row = rows.get(id) ?? { keyId: g.keyId ?? "", model: g.model ?? "", requests: 0, inputTokens: 0, cachedTokens: 0, outputTokens: 0, costUsd: 0 };
+    const id = `${g.keyId}\u0000${g.model}\u0000${g.backend}`;
+    const row = rows.get(id) ?? { keyId: g.keyId ?? "", model: g.model ?? "", backend: g.backend ?? "", requests: 0, inputTokens: 0, cachedTokens: 0, outputTokens: 0, costUsd: 0 };
     row.requests += g.numRequests;
     row.inputTokens += g.inputTokens;
     row.cachedTokens += g.inputCachedTokens;
@@ -67,17 +68,17 @@ function totalsBy(groups: UsageGroup[]): Row[] {
     row.costUsd += g.costMicroUsd / 1e6;
     rows.set(id, row);
   }
-  return [...rows.values()].sort((a, b) => a.keyId.localeCompare(b.keyId) || a.model.localeCompare(b.model));
+  return [...rows.values()].sort((a, b) => a.keyId.localeCompare(b.keyId) || a.model.localeCompare(b.model) || a.backend.localeCompare(b.backend));
 }
 
 function table(rows: Row[]): string {
-  const head = ["key", "model", "requests", "input tokens", "of which cached", "output tokens", "cost (USD)"];
-  const body = rows.map((r) => [r.keyId, r.model, String(r.requests), String(r.inputTokens), String(r.cachedTokens), String(r.outputTokens), r.costUsd.toFixed(6)]);
-  const total = ["total", "", ...[2, 3, 4, 5].map((i) => String(body.reduce((s, r) => s + Number(r[i]), 0))), rows.reduce((s, r) => s + r.costUsd, 0).toFixed(6)];
+  const head = ["key", "model", "backend", "requests", "input tokens", "of which cached", "output tokens", "cost (USD)"];
+  const body = rows.map((r) => [r.keyId, r.model, r.backend, String(r.requests), String(r.inputTokens), String(r.cachedTokens), String(r.outputTokens), r.costUsd.toFixed(6)]);
+  const total = ["total", "", "", ...[3, 4, 5, 6].map((i) => String(body.reduce((s, r) => s + Number(r[i]), 0))), rows.reduce((s, r) => s + r.costUsd, 0).toFixed(6)];
   const all = [head, ...body, total];
   const widths = head.map((_, i) => Math.max(...all.map((r) => r[i].length)));
-  const line = (r: string[]) => `| ${r.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(" | ")} |`;
-  return [line(head), `|${widths.map((w, i) => (i < 2 ? "-".repeat(w + 2) : `${"-".repeat(w + 1)}:`)).join("|")}|`, ...body.map(line), line(total)].join("\n");
+  const line = (r: string[]) => `| ${r.map((c, i) => (i < 3 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(" | ")} |`;
+  return [line(head), `|${widths.map((w, i) => (i < 3 ? "-".repeat(w + 2) : `${"-".repeat(w + 1)}:`)).join("|")}|`, ...body.map(line), line(total)].join("\n");
 }
 
 /** Tokens per day, three bars a day (uncached input, cached input, output), as one self-contained SVG. */

@@ -39,6 +39,20 @@ export class ServerMetrics {
   readonly requests = new Counter({
     name: "tokenmill_http_requests_total", help: "HTTP requests by route and status.", labelNames: ["route", "status"], registers: [this.registry],
   });
+  readonly fallbacks = new Counter({
+    name: "tokenmill_route_fallbacks_total", help: "Requests a target failed and the next target of their route took, by route, targets and reason.",
+    labelNames: ["route", "from", "to", "reason"], registers: [this.registry],
+  });
+  readonly bursts = new Counter({
+    name: "tokenmill_route_bursts_total", help: "Requests sent to a route's burst target because its local model was busy.", labelNames: ["route", "to"], registers: [this.registry],
+  });
+  readonly upstreamTries = new Counter({
+    name: "tokenmill_upstream_tries_total", help: "Calls to upstream providers, retries included, by provider and result (HTTP status, timeout or error).",
+    labelNames: ["provider", "result"], registers: [this.registry],
+  });
+  readonly upstreamBreaker = new Gauge({
+    name: "tokenmill_upstream_breaker_open", help: "1 while an upstream provider's circuit breaker is open or half-open, else 0.", labelNames: ["provider"], registers: [this.registry],
+  });
   /** Each model's last snapshot: counters advance by the difference from it. */
   private readonly last = new Map<string, EngineStatsSnapshot>();
 

@@ -13,19 +13,47 @@ import { ANONYMOUS_WARNING } from "./routes/probes.ts";
 import type { AuthMode } from "./http/auth.ts";
 import { buildApp } from "./app.ts";
 import { Engine, TokenizerPool, type EngineOptions } from "./backends/engine-api.ts";
-import { LocalBackend } from "./backends/model-backend.ts";
+import { LocalBackend, UpstreamBackend } from "./backends/model-backend.ts";
 import { ModelRegistry } from "./backends/model-registry.ts";
+import type { FallbackReason } from "./http/api-error.ts";
+import { UpstreamProvider, type ProviderOptions } from "./upstream/upstream-provider.ts";
 import { ServerMetrics } from "./metrics.ts";
 import type { GenerationDefaults, ServerContext } from "./server-context.ts";
 
-export interface ServeOptions {
-  engineOptions: EngineOptions;
+/** A model served by an engine thread of this process. */
+export interface LocalModelSpec {
   /** The name clients send as `model`. */
-  modelId: string;
+  name: string;
+  /** More names for it. */
+  aliases?: string[];
+  engineOptions: EngineOptions;
   defaults: GenerationDefaults;
+  /** Sequences that may wait beyond --max-num-seqs before a 503. */
+  maxQueuedRequests: number;
+  /** How this model writes tool calls, for parsing them out of its output; undefined: not parsed. */
+  toolCallParser?: "hermes";
+}
+
+/** An OpenAI-compatible provider, and the models of it that are served (each under its own name). */
+export interface ProviderSpec extends Omit<ProviderOptions, "onTry" | "onBreaker"> {
+  models: { name: string; upstreamModel?: string; maxOutputTokens?: number; aliases?: string[] }[];
+}
+
+/** A served name whose requests go to its targets in order (see backends/route.ts). */
+export interface RouteSpec {
+  name: string;
+  targets: string[];
+  fallbackOn?: FallbackReason[];
+  burst?: { to: string; waitingOver?: number; ttftOverMs?: number };
+}
+
+export interface ServeOptions {
+  /** The local models (one engine thread each). */
+  models: LocalModelSpec[];
+  providers?: ProviderSpec[];
+  routes?: RouteSpec[];
   host: string;
   port: number;
-  maxQueuedRequests: number;
   shutdownTimeoutMs: number;
   bodyLimitBytes: number;
   /** How long a client may take to send a whole request; default 60 s. */
@@ -40,8 +68,6 @@ export interface ServeOptions {
   authMode?: AuthMode;
   apiKeys?: readonly string[];
   tokenizerThreads?: number;
-  /** How this model writes tool calls, for parsing them out of its output; undefined: not parsed. */
-  toolCallParser?: "hermes";
   logger?: FastifyServerOptions["logger"];
 }
 
@@ -98,12 +124,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     };
   }
   ctx.settleListeners.push((settlement) => ctx.metrics.observeBilled(settlement.model, settlement.usage));
-  const backend = new LocalBackend(options.modelId, {
-    limits: { maxNumSeqs: options.engineOptions.maxNumSeqs, maxQueuedRequests: options.maxQueuedRequests },
-    defaults: options.defaults,
-    toolCallParser: options.toolCallParser,
-  });
-  models.register(backend);
+  const locals = registerModels(models, options, ctx);
   let app: FastifyInstance;
   try {
     app = buildApp(ctx, {
@@ -128,9 +149,12 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const port = typeof address === "object" && address ? address.port : options.port;
   const url = `http://${options.host.includes(":") ? `[${options.host}]` : options.host}:${port}`;
 
-  const loading = loadLocalBackend(backend, options, ctx, app.log);
-  const ready = loading.then(() => undefined);
-  ready.catch((err: unknown) => app.log.error({ err, model: backend.id }, "the model failed to load"));
+  const loading = locals.map(({ backend, spec }) => {
+    const loaded = loadLocalBackend(backend, spec, options.tokenizerThreads, ctx, app.log);
+    loaded.catch((err: unknown) => app.log.error({ err, model: backend.id }, "the model failed to load"));
+    return loaded;
+  });
+  const ready = Promise.all(loading).then(() => undefined);
 
   let closing: Promise<void> | null = null;
   const close = () => (closing ??= (async () => {
@@ -142,8 +166,10 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     }, options.shutdownTimeoutMs);
     await app.close();
     clearTimeout(deadline);
-    const loaded = await loading.catch(() => null);
-    await Promise.all([loaded?.engine.shutdown(), loaded?.tokenizer.close()]);
+    await Promise.all(loading.map(async (each) => {
+      const loaded = await each.catch(() => null);
+      await Promise.all([loaded?.engine.shutdown(), loaded?.tokenizer.close()]);
+    }));
     // NOTE: the last settlements follow the engine's final outputs by a turn of the event loop; then the ledger flushes them.
     await new Promise((resolve) => setImmediate(resolve));
     await service?.close();
@@ -155,13 +181,47 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
 /** The admin and anonymous callers (no key exists yet) run under no key's limits. */
 const unlimited = (caller: { keyId: string; admin: boolean }) => caller.admin || caller.keyId === "anonymous";
 
+/** Registers every local model, upstream model, alias and route; returns the local models to load. */
+function registerModels(models: ModelRegistry, options: ServeOptions, ctx: ServerContext): { backend: LocalBackend; spec: LocalModelSpec }[] {
+  if (options.models.length === 0 && (options.providers ?? []).every((p) => p.models.length === 0)) throw new Error("nothing to serve: no local model and no upstream model");
+  const locals = options.models.map((spec) => {
+    const backend = new LocalBackend(spec.name, {
+      limits: { maxNumSeqs: spec.engineOptions.maxNumSeqs, maxQueuedRequests: spec.maxQueuedRequests },
+      defaults: spec.defaults,
+      toolCallParser: spec.toolCallParser,
+    });
+    models.register(backend);
+    return { backend, spec };
+  });
+  for (const spec of options.providers ?? []) {
+    const provider = new UpstreamProvider({
+      ...spec,
+      onTry: (result) => ctx.metrics.upstreamTries.inc({ provider: spec.name, result }),
+      onBreaker: (state) => ctx.metrics.upstreamBreaker.set({ provider: spec.name }, state === "closed" ? 0 : 1),
+    });
+    ctx.metrics.upstreamBreaker.set({ provider: spec.name }, 0);
+    for (const model of spec.models) models.register(new UpstreamBackend(model.name, provider, model));
+  }
+  for (const route of options.routes ?? []) {
+    const burstTo = route.burst ? models.backend(route.burst.to) : null;
+    models.route(route.name, route.targets, {
+      ...(route.fallbackOn ? { fallbackOn: new Set(route.fallbackOn) } : {}),
+      burst: route.burst && burstTo ? { ...route.burst, to: burstTo } : null,
+    });
+  }
+  for (const spec of [...options.models, ...(options.providers ?? []).flatMap((p) => p.models)]) {
+    for (const alias of spec.aliases ?? []) models.alias(alias, spec.name);
+  }
+  return locals;
+}
+
 /** Starts a local model's tokenizer pool and engine thread, and hands them to its backend once both are up. */
 async function loadLocalBackend(
-  backend: LocalBackend, options: ServeOptions, ctx: ServerContext, log: FastifyBaseLogger,
+  backend: LocalBackend, spec: LocalModelSpec, tokenizerThreads: number | undefined, ctx: ServerContext, log: FastifyBaseLogger,
 ): Promise<{ engine: Engine; tokenizer: TokenizerPool }> {
   const [tokenizer, engine] = await Promise.all([
-    TokenizerPool.start(options.engineOptions.modelDir, { threads: options.tokenizerThreads }),
-    Engine.start(options.engineOptions),
+    TokenizerPool.start(spec.engineOptions.modelDir, { threads: tokenizerThreads }),
+    Engine.start(spec.engineOptions),
   ]);
   const model = backend.id;
   ctx.metrics.addModel(model);

@@ -72,7 +72,8 @@ export class Ledger {
 
   admit(admission: Admission): void {
     const row: UsageLedgerTable = {
-      request_id: admission.id, http_request_id: admission.requestId, key_id: admission.keyId, model: admission.model, endpoint: admission.endpoint, status: "in_flight",
+      request_id: admission.id, http_request_id: admission.requestId, key_id: admission.keyId, model: admission.model,
+      backend: admission.backend ?? null, route: admission.route ?? null, endpoint: admission.endpoint, status: "in_flight",
       uncached_input_tokens: 0, cached_input_tokens: 0, output_tokens: 0, cost_micro_usd: 0,
       started_ms: admission.startedMs, finished_ms: null, ttft_ms: null, replica: this.replica,
     };
@@ -83,7 +84,8 @@ export class Ledger {
   settle(settlement: Settlement): Promise<void> {
     const { usage } = settlement;
     const row: UsageLedgerTable = {
-      request_id: settlement.id, http_request_id: settlement.requestId, key_id: settlement.keyId, model: settlement.model, endpoint: settlement.endpoint, status: STATUS_OF[settlement.outcome],
+      request_id: settlement.id, http_request_id: settlement.requestId, key_id: settlement.keyId, model: settlement.model,
+      backend: settlement.backend ?? null, route: settlement.route ?? null, endpoint: settlement.endpoint, status: STATUS_OF[settlement.outcome],
       uncached_input_tokens: usage.promptTokens - usage.cachedPromptTokens, cached_input_tokens: usage.cachedPromptTokens,
       output_tokens: usage.completionTokens, cost_micro_usd: 0, started_ms: settlement.startedMs, finished_ms: settlement.finishedMs,
       ttft_ms: settlement.ttftMs, replica: this.replica,

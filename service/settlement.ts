@@ -28,7 +28,12 @@ export interface Settlement {
   requestId: string;
   /** The API key the request was made with ("anonymous" when the server has none). */
   keyId: string;
+  /** The model that served it (its price applies): a local model's or an upstream model's served name. */
   model: string;
+  /** Where it ran: "local:MODEL" or "upstream:PROVIDER" (absent in rows from before routing). */
+  backend?: string;
+  /** The name the client asked for, when that was a route or an alias rather than the model itself. */
+  route?: string;
   /** The route, e.g. "/v1/chat/completions". */
   endpoint: string;
   startedMs: number;
@@ -56,7 +61,7 @@ export interface Reservations {
 export type SettleListener = (settlement: Settlement) => void | Promise<void>;
 
 /** What is known of a request when it is admitted: the ledger writes it as in flight. */
-export type Admission = Pick<Settlement, "id" | "requestId" | "keyId" | "model" | "endpoint" | "startedMs">;
+export type Admission = Pick<Settlement, "id" | "requestId" | "keyId" | "model" | "backend" | "route" | "endpoint" | "startedMs">;
 
 export type AdmitListener = (admission: Admission) => void;
 

@@ -8,7 +8,7 @@ import type { Database } from "./store/database.ts";
 
 export const BUCKET_MS = { "1m": 60_000, "1h": 3_600_000, "1d": 86_400_000 } as const;
 export type BucketWidth = keyof typeof BUCKET_MS;
-export type GroupBy = "api_key_id" | "model";
+export type GroupBy = "api_key_id" | "model" | "backend";
 
 export interface UsageQuery {
   startMs: number;
@@ -23,6 +23,8 @@ export interface UsageGroup {
   bucketStartMs: number;
   keyId: string | null;
   model: string | null;
+  /** local:MODEL or upstream:PROVIDER, when grouped by backend. */
+  backend: string | null;
   inputTokens: number;
   inputCachedTokens: number;
   outputTokens: number;
@@ -35,6 +37,7 @@ export async function usageByBucket(db: Kysely<Database>, query: UsageQuery): Pr
   const width = BUCKET_MS[query.bucketWidth];
   const groupByKey = query.groupBy?.includes("api_key_id") ?? false;
   const groupByModel = query.groupBy?.includes("model") ?? false;
+  const groupByBackend = query.groupBy?.includes("backend") ?? false;
   // NOTE: integer division truncates alike in SQLite and PostgreSQL for these non-negative BIGINTs. The numbers are
   // literals: better-sqlite3 binds JS numbers as REAL (which would divide exactly), and PostgreSQL would see the
   // SELECT's and GROUP BY's parameters as different expressions.
@@ -49,11 +52,13 @@ export async function usageByBucket(db: Kysely<Database>, query: UsageQuery): Pr
       eb.fn.sum<number>("cost_micro_usd").as("cost"),
       ...(groupByKey ? [eb.ref("key_id").as("key_id")] : []),
       ...(groupByModel ? [eb.ref("model").as("model")] : []),
+      ...(groupByBackend ? [eb.ref("backend").as("backend")] : []),
     ])
     .where("started_ms", ">=", query.startMs).where("started_ms", "<", query.endMs).where("status", "!=", "in_flight")
     .groupBy(bucket);
   if (groupByKey) q = q.groupBy("key_id");
   if (groupByModel) q = q.groupBy("model");
+  if (groupByBackend) q = q.groupBy("backend");
   if (query.keyId !== undefined) q = q.where("key_id", "=", query.keyId);
   const rows = (await q.execute()) as unknown as Record<string, unknown>[];
   return rows.map((row) => {
@@ -62,8 +67,9 @@ export async function usageByBucket(db: Kysely<Database>, query: UsageQuery): Pr
       bucketStartMs: query.startMs + Math.floor(Number(row.bucket)) * width,
       keyId: groupByKey ? String(row.key_id) : null,
       model: groupByModel ? String(row.model) : null,
+      backend: groupByBackend ? String(row.backend ?? "local") : null,
       inputTokens: Number(row.uncached) + cached, inputCachedTokens: cached, outputTokens: Number(row.output),
       numRequests: Number(row.requests), costMicroUsd: Number(row.cost),
     };
-  }).sort((a, b) => a.bucketStartMs - b.bucketStartMs || String(a.keyId).localeCompare(String(b.keyId)) || String(a.model).localeCompare(String(b.model)));
+  }).sort((a, b) => a.bucketStartMs - b.bucketStartMs || String(a.keyId).localeCompare(String(b.keyId)) || String(a.model).localeCompare(String(b.model)) || String(a.backend).localeCompare(String(b.backend)));
 }

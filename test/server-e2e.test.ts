@@ -190,9 +190,9 @@ describe("errors in OpenAI's shape", () => {
   });
 
   it("503s with Retry-After when the waiting queue is full", async () => {
-    const saved = { ...server.ctx.models.resolve(MODEL).limits };
-    server.ctx.models.resolve(MODEL).limits.maxNumSeqs = 1;
-    server.ctx.models.resolve(MODEL).limits.maxQueuedRequests = 0;
+    const saved = { ...server.ctx.models.local(MODEL).limits };
+    server.ctx.models.local(MODEL).limits.maxNumSeqs = 1;
+    server.ctx.models.local(MODEL).limits.maxQueuedRequests = 0;
     const controller = new AbortController();
     try {
       const busy = await client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "long" }], max_tokens: 2000, stream: true }, { signal: controller.signal });
@@ -205,7 +205,7 @@ describe("errors in OpenAI's shape", () => {
       void busy;
     } finally {
       controller.abort();
-      Object.assign(server.ctx.models.resolve(MODEL).limits, saved);
+      Object.assign(server.ctx.models.local(MODEL).limits, saved);
     }
   });
 });
@@ -216,7 +216,7 @@ describe("lifecycle", () => {
     for (let i = 0; i < 50 && (await metric("tokenmill_requests_running")) > 0; i++) await new Promise((r) => setTimeout(r, 100));
     expect(await metric("tokenmill_requests_running")).toBe(0);
     expect(await metric("tokenmill_kv_cache_usage_ratio")).toBe(0);
-    expect(server.ctx.models.resolve(MODEL).numInFlight).toBe(0);
+    expect(server.ctx.models.local(MODEL).numInFlight).toBe(0);
   });
 
   it("a client that leaves a whole (non-streamed) request frees it, and the request is counted as 499, not as served", async () => {
@@ -234,8 +234,8 @@ describe("lifecycle", () => {
     for (let i = 0; i < 100 && (await metric("tokenmill_requests_running")) === 0; i++) await new Promise((r) => setTimeout(r, 20));
     controller.abort();
     await pending;
-    for (let i = 0; i < 50 && server.ctx.models.resolve(MODEL).numInFlight > 0; i++) await new Promise((r) => setTimeout(r, 50));
-    expect(server.ctx.models.resolve(MODEL).numInFlight).toBe(0);
+    for (let i = 0; i < 50 && server.ctx.models.local(MODEL).numInFlight > 0; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(server.ctx.models.local(MODEL).numInFlight).toBe(0);
     expect(await counted("499")).toBe(left + 1);
     expect(await counted("200")).toBe(served);
   });

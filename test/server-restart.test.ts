@@ -26,7 +26,7 @@ async function metric(name: string): Promise<number> {
 
 describe("an engine thread that dies", () => {
   it("fails only the requests it held, restarts with /health 503 then 200, counts the restart, and serves again", async () => {
-    const engine = server.ctx.models.resolve(MODEL).engine as Engine;
+    const engine = server.ctx.models.local(MODEL).engine as Engine;
     const before = await client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "before" }], max_tokens: 6, temperature: 0 });
     expect(await metric("tokenmill_engine_restarts_total")).toBe(0);
 
@@ -71,7 +71,7 @@ describe("an engine thread that dies", () => {
 
     const after = await client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "before" }], max_tokens: 6, temperature: 0 });
     expect(after.choices[0].message.content).toBe(before.choices[0].message.content);
-    expect(server.ctx.models.resolve(MODEL).numInFlight).toBe(0);
+    expect(server.ctx.models.local(MODEL).numInFlight).toBe(0);
     expect(await metric("tokenmill_generation_tokens_total")).toBeGreaterThan(0);
   });
 });

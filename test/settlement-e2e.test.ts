@@ -22,7 +22,7 @@ beforeAll(async () => {
 });
 afterAll(async () => server.close());
 
-const backend = () => server.ctx.models.resolve(MODEL);
+const backend = () => server.ctx.models.local(MODEL);
 
 async function settlementOf(requestId: string): Promise<Settlement> {
   for (let i = 0; i < 200; i++) {

@@ -1,26 +1,76 @@
 /**
- * The models the server serves, by the name clients send as `model`. Every route resolves
- * `body.model` here, /v1/models lists it, and nothing else assumes there is only one.
+ * The names the server serves, as clients send them as `model`: each model (local or
+ * upstream), its aliases, and each route (an ordered list of models with fallback and burst
+ * rules). Every route resolves `body.model` here, /v1/models lists it, and nothing else
+ * assumes there is only one model.
  */
 import { modelNotFound } from "../http/api-error.ts";
-import type { ModelBackend } from "./model-backend.ts";
+import type { LocalBackend, ModelBackend } from "./model-backend.ts";
+import { Route, type RouteRules } from "./route.ts";
 
 export class ModelRegistry {
   private readonly backends = new Map<string, ModelBackend>();
+  private readonly routes = new Map<string, Route>();
 
+  /** Serves a model under its own name, as a route of one. */
   register(backend: ModelBackend): void {
-    if (this.backends.has(backend.id)) throw new Error(`the model name ${backend.id} is served twice`);
+    this.claim(backend.id);
     this.backends.set(backend.id, backend);
+    this.routes.set(backend.id, new Route(backend.id, [backend]));
   }
 
-  /** The backend serving `model`; a 404 model_not_found for any other name. */
-  resolve(model: string): ModelBackend {
-    const backend = this.backends.get(model);
-    if (!backend) throw modelNotFound(model);
+  /** Serves `name` as another name of a model or route already registered. */
+  alias(name: string, target: string): void {
+    const route = this.routes.get(target);
+    if (!route) throw new Error(`the alias ${name} names ${target}, which is not served`);
+    this.claim(name);
+    this.routes.set(name, new Route(name, route.targets, route.rules));
+  }
+
+  /** Serves `name` by its targets, in order, under the rules. */
+  route(name: string, targets: string[], rules: Partial<RouteRules> = {}): void {
+    const backends = targets.map((target) => {
+      const backend = this.backends.get(target);
+      if (!backend) throw new Error(`the route ${name} names ${target}, which is not a served model`);
+      return backend;
+    });
+    if (rules.burst && this.backends.get(rules.burst.to.id) !== rules.burst.to) throw new Error(`the route ${name} bursts to ${rules.burst.to.id}, which is not a served model`);
+    this.claim(name);
+    this.routes.set(name, new Route(name, backends, rules));
+  }
+
+  /** The route serving `model`; a 404 model_not_found for any other name. */
+  resolve(model: string): Route {
+    const route = this.routes.get(model);
+    if (!route) throw modelNotFound(model);
+    return route;
+  }
+
+  /** The model registered under `name` (tests and the tokenizer routes). */
+  backend(name: string): ModelBackend {
+    const backend = this.backends.get(name);
+    if (!backend) throw modelNotFound(name);
     return backend;
   }
 
+  /** The local model registered under `name`. */
+  local(name: string): LocalBackend {
+    const backend = this.backend(name);
+    if (backend.kind !== "local") throw new Error(`${name} is not a local model`);
+    return backend;
+  }
+
+  /** Every model, once each. */
   list(): ModelBackend[] {
     return [...this.backends.values()];
+  }
+
+  /** Every served name: models, aliases and routes. */
+  names(): Route[] {
+    return [...this.routes.values()];
+  }
+
+  private claim(name: string): void {
+    if (this.routes.has(name)) throw new Error(`the model name ${name} is served twice`);
   }
 }

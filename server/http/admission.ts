@@ -1,26 +1,31 @@
 /**
- * Admission and settlement: a request may start only while its model's engine is ready and
- * the waiting queue has room; whatever way it then ends, `release()` settles it exactly once,
- * with the exact usage of every engine request it ran.
+ * Admission and settlement. A request opens one RequestScope: it is admitted under its key's
+ * limits once, and settled exactly once, however it ends, with the exact usage of the backend
+ * that served it. Within the scope it makes attempts, one backend at a time (see
+ * backends/route.ts): a local attempt may start only while its model's engine is ready and its
+ * queue has room; an upstream attempt only while its provider's breaker and cap allow. An
+ * attempt given up for the next target (a fallback) is abandoned: its engine work is stopped
+ * and its usage is not billed, since none of it reached the client.
  *
  * NOTE: every engine request ends with its usage: on its last output (finished or aborted) or
- * on the error it fails with. A reader that stops early (the client left) would miss it, so
- * release() reads each unfinished engine request to its end, after aborting it, before settling.
+ * on the error it fails with. A reader that stops early (the client left) would miss it, so an
+ * attempt reads each unfinished engine request to its end, after aborting it, before settling.
  */
 import { randomUUID } from "node:crypto";
 import type { ApiKey } from "../../service/keys.ts";
-import { LimitExceeded } from "../../service/limits/limiter.ts";
-import { NO_USAGE, addUsage, type Outcome, type Settlement, type Usage } from "../../service/settlement.ts";
-import type { ModelBackend } from "../backends/model-backend.ts";
+import { LimitExceeded, type LimitTicket } from "../../service/limits/limiter.ts";
+import { NO_USAGE, addUsage, type Admission, type Outcome, type Settlement, type Usage } from "../../service/settlement.ts";
+import type { LocalBackend, ModelBackend, UpstreamBackend } from "../backends/model-backend.ts";
 import { EngineError, type EngineOutput, type EngineRequest, type Priority, type PromptTokenizer, type RequestUsage, type ServingEngine } from "../backends/engine-api.ts";
 import type { ServerContext } from "../server-context.ts";
-import { ApiError, clientClosedRequest, engineRestarting, invalidRequest, overloaded, requestAborted, toApiError } from "./api-error.ts";
+import { ApiError, clientClosedRequest, engineDead, engineRestarting, invalidRequest, modelLoading, overloaded, requestAborted, toApiError } from "./api-error.ts";
 
+/** What a route sees of a request admitted to a local model. */
 export interface Admitted {
-  backend: ModelBackend;
+  backend: LocalBackend;
   engine: ServingEngine;
   tokenizer: PromptTokenizer;
-  /** Fires when the client goes away or the server gives up on the request. */
+  /** Fires when the client goes away, the server gives up on the request, or the attempt is abandoned. */
   signal: AbortSignal;
   /**
    * Runs one engine request under this admission. A request the server aborted (shutdown)
@@ -34,6 +39,8 @@ export interface Admitted {
   cost(): Promise<number | null>;
   /** Records what the client is told went wrong; the first error counts. */
   fail(err: unknown): void;
+  /** The response is about to start (a stream's first byte): from here on the request cannot fall back. */
+  commit(): void;
   /**
    * Frees the request's place and settles it (once; later calls return the same promise) as
    * soon as its engine requests have ended; resolves when every settle listener is done (the
@@ -43,6 +50,23 @@ export interface Admitted {
   settle(): Promise<void>;
   /** settle(), for the paths that have nothing to wait for (finally blocks). */
   release(): void;
+}
+
+/** What a route sees of a request admitted to an upstream model. */
+export interface UpstreamAdmitted {
+  backend: UpstreamBackend;
+  signal: AbortSignal;
+  /** Holds the key's budget and tokens for the worst case before the call (a 429 when they have no room). */
+  reserve(promptTokens: number, maxTokens: number | null): Promise<void>;
+  /** The usage the upstream reported (exact), or what was seen of it. */
+  setUsage(usage: Usage): void;
+  /** Counts content sent on to the client (the first one is the request's first token). */
+  sent(numChunks: number): void;
+  readonly usage: Usage;
+  cost(): Promise<number | null>;
+  fail(err: unknown): void;
+  commit(): void;
+  settle(): Promise<void>;
 }
 
 export interface AdmitOptions {
@@ -61,75 +85,134 @@ export interface AdmitOptions {
   param?: string;
   /** Calls `abort` when the client goes away. */
   onClientGone(abort: () => void): void;
+  /** The name the client asked for, when it is a route or alias rather than the serving model's own. */
+  route?: string;
 }
 
-/** Admits a request, or throws the ApiError that refuses it (a 400 it could never fit, a 503 while the model can't take it, a 429 from its key's limits). */
-export async function admit(ctx: ServerContext, backend: ModelBackend, options: AdmitOptions): Promise<Admitted> {
-  const { numSequences } = options;
-  const { engine, tokenizer, limits } = backend;
-  const capacity = limits.maxNumSeqs + limits.maxQueuedRequests;
-  if (numSequences > capacity) {
-    throw invalidRequest(
-      `This request needs ${numSequences} sequences at once, but the server holds at most ${capacity} ` +
-        `(${limits.maxNumSeqs} running plus ${limits.maxQueuedRequests} queued); send fewer prompts or a smaller n.`,
-      options.param ?? "n", "too_many_sequences",
-    );
+interface Attempt {
+  readonly backend: ModelBackend;
+  readonly usage: Usage;
+  /** What the client was given, by the outcome (a client that left is billed what it was sent). */
+  billable(outcome: Outcome): Usage;
+  /** Stops what the attempt still runs, frees its backend's place (at once), and resolves once its work has ended. */
+  close(): Promise<void>;
+}
+
+export class RequestScope {
+  private readonly controller = new AbortController();
+  private admission: Admission | null = null;
+  private ticket: LimitTicket | null = null;
+  private current: Attempt | null = null;
+  private error: ApiError | null = null;
+  private settling: Promise<void> | null = null;
+  private committed = false;
+  private firstTokenMs: number | null = null;
+
+  constructor(private readonly ctx: ServerContext, private readonly options: AdmitOptions) {
+    options.onClientGone(() => this.controller.abort(clientClosedRequest()));
   }
-  if (!engine || !tokenizer) throw overloaded("The model is still loading; try again shortly.", 5);
-  if (engine.state === "restarting") throw engineRestarting();
-  if (engine.state === "stopped") throw new ApiError(503, "The engine has stopped; the server cannot serve requests.", "server_error", null, "engine_dead", 5);
-  if (backend.numInFlight + numSequences > capacity) {
-    throw overloaded(`The server is at capacity (${backend.numInFlight} sequences in flight, limit ${capacity}); retry later.`, 1);
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
   }
-  backend.numInFlight += numSequences;
-  const admission = { id: randomUUID(), requestId: options.requestId, keyId: options.caller.keyId, model: backend.id, endpoint: options.endpoint, startedMs: Date.now() };
-  let ticket: Awaited<ReturnType<NonNullable<ServerContext["limits"]>["admit"]>> = null;
-  try {
-    ticket = (await ctx.limits?.admit(options.caller, admission.id, admission.startedMs)) ?? null;
-  } catch (err) {
-    backend.numInFlight -= numSequences;
-    if (err instanceof LimitExceeded) options.setHeaders?.(err.headers);
-    throw toApiError(err);
+
+  /** Whether any of the response has reached the client: then it cannot fall back. */
+  get isCommitted(): boolean {
+    return this.committed;
   }
-  if (ticket) options.setHeaders?.(ticket.headers());
-  const controller = new AbortController();
-  backend.inFlightControllers.add(controller);
-  options.onClientGone(() => controller.abort(clientClosedRequest()));
-  let usage = NO_USAGE;
-  let error: ApiError | null = null;
-  let settling: Promise<void> | null = null;
-  const runs: EngineRun[] = [];
-  let firstTokenMs: number | null = null;
-  /** Tokens in the outputs the route read (and so sent on): what a client that left was given. */
-  let numTokensRead = 0;
-  for (const listener of ctx.admitListeners) listener(admission);
-  const count = (used: RequestUsage | undefined, output?: EngineOutput, byRoute = false) => {
-    if (firstTokenMs === null && output && output.newTokenIds.length > 0) firstTokenMs = Date.now();
-    if (byRoute && output) numTokensRead += output.newTokenIds.length;
-    if (used) usage = addUsage(usage, { promptTokens: used.numPromptTokens, cachedPromptTokens: used.numCachedPromptTokens, completionTokens: used.numCompletionTokens });
-  };
-  const fail = (err: unknown) => {
-    error ??= toApiError(err);
-  };
-  const settle = (): Promise<void> => {
-    if (settling) return settling;
-    const outcome = outcomeOf(controller.signal, error);
+
+  /** Admits the request to a local model, or throws the ApiError that refuses it (a 400 it could never fit, a 503 while the model can't take it, a 429 from its key's limits). */
+  async local(backend: LocalBackend): Promise<Admitted> {
+    const { numSequences } = this.options;
+    const { engine, tokenizer, limits } = backend;
+    const capacity = limits.maxNumSeqs + limits.maxQueuedRequests;
+    if (numSequences > capacity) {
+      throw invalidRequest(
+        `This request needs ${numSequences} sequences at once, but the server holds at most ${capacity} ` +
+          `(${limits.maxNumSeqs} running plus ${limits.maxQueuedRequests} queued); send fewer prompts or a smaller n.`,
+        this.options.param ?? "n", "too_many_sequences",
+      );
+    }
+    if (!engine || !tokenizer) throw modelLoading();
+    if (engine.state === "restarting") throw engineRestarting();
+    if (engine.state === "stopped") throw engineDead();
+    if (backend.numInFlight + numSequences > capacity) {
+      throw overloaded(`The server is at capacity (${backend.numInFlight} sequences in flight, limit ${capacity}); retry later.`, 1);
+    }
+    backend.numInFlight += numSequences;
+    try {
+      await this.admitKey(backend);
+    } catch (err) {
+      backend.numInFlight -= numSequences;
+      throw err;
+    }
+    const attempt = new LocalAttempt(this, backend, engine, tokenizer, numSequences);
+    this.begin(attempt);
+    return attempt;
+  }
+
+  /** Admits the request to an upstream model, or throws (its breaker open or cap reached: a 503; a 429 from the key's limits). */
+  async upstream(backend: UpstreamBackend): Promise<UpstreamAdmitted> {
+    const refused = backend.provider.refusal();
+    if (refused) throw refused;
+    backend.numInFlight++;
+    try {
+      await this.admitKey(backend);
+    } catch (err) {
+      backend.numInFlight--;
+      throw err;
+    }
+    const attempt = new UpstreamAttempt(this, backend);
+    this.begin(attempt);
+    return attempt;
+  }
+
+  /** Gives an attempt up for the next target: its work stops, its usage is not billed, its error is forgotten. */
+  async abandon(): Promise<void> {
+    const attempt = this.current;
+    this.current = null;
+    this.error = null;
+    this.firstTokenMs = null;
+    if (attempt) {
+      attempt.backend.inFlightControllers.delete(this.controller);
+      await attempt.close();
+    }
+  }
+
+  fail(err: unknown): void {
+    this.error ??= toApiError(err);
+  }
+
+  commit(): void {
+    this.committed = true;
+  }
+
+  /** Settles the request once (see Admitted.settle); a request no backend admitted has nothing to settle. */
+  settle(): Promise<void> {
+    if (this.settling) return this.settling;
+    const outcome = outcomeOf(this.controller.signal, this.error);
+    const attempt = this.current;
     // NOTE: whatever the engine still runs for this request now has no reader (a later prompt failed, say): stop it.
-    controller.abort();
-    backend.numInFlight -= numSequences;
-    backend.inFlightControllers.delete(controller);
-    settling = Promise.all(runs.map((run) => run.drain())).then(async () => {
+    this.controller.abort();
+    attempt?.backend.inFlightControllers.delete(this.controller);
+    const closing = attempt?.close() ?? Promise.resolve();
+    this.settling = closing.then(async () => {
+      const admission = this.admission;
+      if (!admission || !attempt) return;
+      const { error, ticket, firstTokenMs } = this;
+      const ttftMs = firstTokenMs === null ? null : firstTokenMs - admission.startedMs;
+      if (ttftMs !== null && attempt.backend.kind === "local") attempt.backend.observeTtft(ttftMs);
       const settlement: Settlement = {
-        ...admission, finishedMs: Date.now(), ttftMs: firstTokenMs === null ? null : firstTokenMs - admission.startedMs, outcome,
+        ...admission, model: attempt.backend.id, backend: attempt.backend.label, finishedMs: Date.now(), ttftMs, outcome,
         // NOTE: a client that left is billed the tokens it was sent (text held back for a stop string included),
-        // not those the engine made before it noticed: what the ledger holds is what the client was told.
-        usage: outcome === "disconnected" ? { ...usage, completionTokens: Math.min(usage.completionTokens, numTokensRead) } : usage, ...(error ? { error: { status: error.status, code: error.code } } : {}),
+        // not those the backend made before it noticed: what the ledger holds is what the client was told.
+        usage: attempt.billable(outcome), ...(error ? { error: { status: error.status, code: error.code } } : {}),
         ...(ticket ? { reservations: ticket } : {}),
       };
       // NOTE: a listener's fault must not crash the process or keep the others from hearing.
       const warn = (err: unknown) => process.emitWarning(`a settle listener failed: ${err instanceof Error ? err.message : String(err)}`);
       const pending: Promise<void>[] = [];
-      for (const listener of ctx.settleListeners) {
+      for (const listener of this.ctx.settleListeners) {
         try {
           const result = listener(settlement);
           if (result) pending.push(result.catch(warn));
@@ -139,41 +222,204 @@ export async function admit(ctx: ServerContext, backend: ModelBackend, options: 
       }
       await Promise.all(pending);
     });
-    return settling;
-  };
-  return {
-    backend,
-    engine,
-    tokenizer,
-    signal: controller.signal,
-    generate(request) {
-      const engineRequest = { ...request, priority: options.priority ?? request.priority };
-      // NOTE: the engine request starts only once the key's limits have room for its worst case (a 429 otherwise).
-      const start = async () => {
-        if (ticket) {
-          const n = request.n ?? 1;
-          const promptTokens = request.promptTokenIds.length;
-          const remainder = Math.max(0, engine.info.maxModelLen - promptTokens);
-          const worstPerSequence = Math.min(request.maxTokens ?? remainder, remainder);
-          await ticket.reserveRun(backend.id, promptTokens, worstPerSequence * n, (request.maxTokens ?? 0) * n);
-          options.setHeaders?.(ticket.headers());
-        }
-        return engine.add(engineRequest, controller.signal)[Symbol.asyncIterator]();
-      };
-      const run = new EngineRun(start, count);
-      runs.push(run);
-      return run.reader(controller.signal, fail);
-    },
-    get usage() {
-      return usage;
-    },
-    cost: async () => (ctx.costOf ? ctx.costOf(backend.id, usage, admission.startedMs) : null),
-    fail,
-    release() {
-      void settle();
-    },
-    settle,
-  };
+    return this.settling;
+  }
+
+  release(): void {
+    void this.settle();
+  }
+
+  /** The serving model's price applied to a usage, at the request's start. */
+  async costOf(backend: ModelBackend, usage: Usage): Promise<number | null> {
+    return this.ctx.costOf ? this.ctx.costOf(backend.id, usage, this.admission?.startedMs ?? Date.now()) : null;
+  }
+
+  /** Reserves one run's worst case against the key's limits (none: nothing to hold). */
+  async reserveRun(backend: ModelBackend, promptTokens: number, worstCompletion: number, maxTokens: number): Promise<void> {
+    if (!this.ticket) return;
+    await this.ticket.reserveRun(backend.id, promptTokens, worstCompletion, maxTokens);
+    this.options.setHeaders?.(this.ticket.headers());
+  }
+
+  get priority(): Priority | undefined {
+    return this.options.priority;
+  }
+
+  firstToken(): void {
+    this.firstTokenMs ??= Date.now();
+  }
+
+  /** The key's limits admit the request once, at its first attempt that a backend takes; the ledger then hears of it. */
+  private async admitKey(backend: ModelBackend): Promise<void> {
+    if (this.admission) return;
+    const admission: Admission = {
+      id: randomUUID(), requestId: this.options.requestId, keyId: this.options.caller.keyId, model: backend.id, backend: backend.label,
+      ...(this.options.route && this.options.route !== backend.id ? { route: this.options.route } : {}),
+      endpoint: this.options.endpoint, startedMs: Date.now(),
+    };
+    try {
+      this.ticket = (await this.ctx.limits?.admit(this.options.caller, admission.id, admission.startedMs)) ?? null;
+    } catch (err) {
+      if (err instanceof LimitExceeded) this.options.setHeaders?.(err.headers);
+      throw toApiError(err);
+    }
+    if (this.ticket) this.options.setHeaders?.(this.ticket.headers());
+    this.admission = admission;
+    for (const listener of this.ctx.admitListeners) listener(admission);
+  }
+
+  private begin(attempt: Attempt): void {
+    this.current = attempt;
+    attempt.backend.inFlightControllers.add(this.controller);
+  }
+}
+
+/** Opens a request's scope; nothing is taken from any limit until a backend admits it. */
+export function openRequest(ctx: ServerContext, options: AdmitOptions): RequestScope {
+  return new RequestScope(ctx, options);
+}
+
+/** One local model's share of a request: its engine requests and their usage. */
+class LocalAttempt implements Admitted, Attempt {
+  private readonly controller = new AbortController();
+  readonly signal: AbortSignal;
+  private readonly runs: EngineRun[] = [];
+  private used = NO_USAGE;
+  /** Tokens in the outputs the route read (and so sent on): what a client that left was given. */
+  private numTokensRead = 0;
+  private closed: Promise<void> | null = null;
+
+  constructor(
+    private readonly scope: RequestScope, readonly backend: LocalBackend, readonly engine: ServingEngine, readonly tokenizer: PromptTokenizer,
+    private readonly numSequences: number,
+  ) {
+    this.signal = AbortSignal.any([scope.signal, this.controller.signal]);
+  }
+
+  get usage(): Usage {
+    return this.used;
+  }
+
+  generate(request: EngineRequest): AsyncIterator<EngineOutput> {
+    const { engine, backend, scope } = this;
+    const engineRequest = { ...request, priority: scope.priority ?? request.priority };
+    // NOTE: the engine request starts only once the key's limits have room for its worst case (a 429 otherwise).
+    const start = async () => {
+      const n = request.n ?? 1;
+      const promptTokens = request.promptTokenIds.length;
+      const remainder = Math.max(0, engine.info.maxModelLen - promptTokens);
+      const worstPerSequence = Math.min(request.maxTokens ?? remainder, remainder);
+      await scope.reserveRun(backend, promptTokens, worstPerSequence * n, (request.maxTokens ?? 0) * n);
+      return engine.add(engineRequest, this.signal)[Symbol.asyncIterator]();
+    };
+    const run = new EngineRun(start, (used, output, byRoute) => this.count(used, output, byRoute));
+    this.runs.push(run);
+    return run.reader(this.signal, (err) => this.fail(err));
+  }
+
+  cost(): Promise<number | null> {
+    return this.scope.costOf(this.backend, this.used);
+  }
+
+  fail(err: unknown): void {
+    this.scope.fail(err);
+  }
+
+  commit(): void {
+    this.scope.commit();
+  }
+
+  settle(): Promise<void> {
+    return this.scope.settle();
+  }
+
+  release(): void {
+    this.scope.release();
+  }
+
+  billable(outcome: Outcome): Usage {
+    return outcome === "disconnected" ? { ...this.used, completionTokens: Math.min(this.used.completionTokens, this.numTokensRead) } : this.used;
+  }
+
+  close(): Promise<void> {
+    if (this.closed) return this.closed;
+    this.controller.abort();
+    this.backend.numInFlight -= this.numSequences;
+    this.closed = Promise.all(this.runs.map((run) => run.drain())).then(() => undefined);
+    return this.closed;
+  }
+
+  private count(used: RequestUsage | undefined, output?: EngineOutput, byRoute = false): void {
+    if (output && output.newTokenIds.length > 0) this.scope.firstToken();
+    if (byRoute && output) this.numTokensRead += output.newTokenIds.length;
+    if (used) this.used = addUsage(this.used, { promptTokens: used.numPromptTokens, cachedPromptTokens: used.numCachedPromptTokens, completionTokens: used.numCompletionTokens });
+  }
+}
+
+/** One upstream model's share of a request: the usage it reported. */
+class UpstreamAttempt implements UpstreamAdmitted, Attempt {
+  private readonly controller = new AbortController();
+  readonly signal: AbortSignal;
+  private used = NO_USAGE;
+  private reported = false;
+  private numChunksSent = 0;
+  private closed = false;
+
+  constructor(private readonly scope: RequestScope, readonly backend: UpstreamBackend) {
+    this.signal = AbortSignal.any([scope.signal, this.controller.signal]);
+  }
+
+  get usage(): Usage {
+    return this.used;
+  }
+
+  async reserve(promptTokens: number, maxTokens: number | null): Promise<void> {
+    await this.scope.reserveRun(this.backend, promptTokens, maxTokens ?? this.backend.maxOutputTokens, maxTokens ?? 0);
+  }
+
+  setUsage(usage: Usage): void {
+    this.used = usage;
+    this.reported = true;
+  }
+
+  sent(numChunks: number): void {
+    if (numChunks > 0) this.scope.firstToken();
+    this.numChunksSent += numChunks;
+  }
+
+  cost(): Promise<number | null> {
+    return this.scope.costOf(this.backend, this.used);
+  }
+
+  fail(err: unknown): void {
+    this.scope.fail(err);
+  }
+
+  commit(): void {
+    this.scope.commit();
+  }
+
+  settle(): Promise<void> {
+    return this.scope.settle();
+  }
+
+  /**
+   * The upstream's own count when it reported one. A stream cut off before its usage chunk
+   * (the client left) never learns the upstream's count: it is billed the content chunks it
+   * was sent as output tokens (one token each from OpenAI-compatible servers) and no input.
+   */
+  billable(): Usage {
+    return this.reported ? this.used : { ...NO_USAGE, completionTokens: this.numChunksSent };
+  }
+
+  close(): Promise<void> {
+    if (!this.closed) {
+      this.closed = true;
+      this.controller.abort();
+      this.backend.numInFlight--;
+    }
+    return Promise.resolve();
+  }
 }
 
 function outcomeOf(signal: AbortSignal, error: ApiError | null): Outcome {

@@ -25,6 +25,23 @@ export class ApiError extends Error {
   }
 }
 
+/**
+ * Why a backend could not serve a request, as the routes' fallback rules name it: its engine
+ * is down (dead, restarting, loading), it is full, or its upstream failed (a 5xx or no answer,
+ * a 429, or a timeout).
+ */
+export const FALLBACK_REASONS = ["engine_down", "overloaded", "upstream_5xx", "upstream_429", "timeout"] as const;
+export type FallbackReason = (typeof FALLBACK_REASONS)[number];
+
+/** A backend's refusal or failure that another backend of the route may make good (see backends/route.ts). */
+export class BackendUnavailable extends ApiError {
+  constructor(
+    readonly reason: FallbackReason, status: number, message: string, code: string, retryAfterSeconds?: number, headers: Record<string, string> = {},
+  ) {
+    super(status, message, status === 429 ? "requests" : "server_error", null, code, retryAfterSeconds, headers);
+  }
+}
+
 export const invalidRequest = (message: string, param: string | null = null, code: string | null = null) =>
   new ApiError(400, message, "invalid_request_error", param, code);
 export const modelNotFound = (model: string) =>
@@ -32,7 +49,8 @@ export const modelNotFound = (model: string) =>
 export const routeNotFound = (method: string, url: string) =>
   new ApiError(404, `Unknown route ${method} ${url}`, "invalid_request_error", null, "not_found");
 export const overloaded = (message: string, retryAfterSeconds = 1) =>
-  new ApiError(503, message, "server_error", null, "overloaded", retryAfterSeconds);
+  new BackendUnavailable("overloaded", 503, message, "overloaded", retryAfterSeconds);
+export const modelLoading = () => new BackendUnavailable("engine_down", 503, "The model is still loading; try again shortly.", "overloaded", 5);
 export const serverShuttingDown = () =>
   new ApiError(503, "The server is shutting down; this request was cut off before it finished.", "server_error", null, "server_shutting_down", 5);
 /** nginx's 499: nobody reads it, but the request log and metrics then say the client left. */
@@ -41,7 +59,9 @@ export const clientClosedRequest = () =>
 export const requestAborted = () =>
   new ApiError(503, "The server aborted this request before it finished.", "server_error", null, "request_aborted", 1);
 export const engineRestarting = (message = "The engine is restarting after a fault; retry shortly.") =>
-  new ApiError(503, message, "server_error", null, "engine_restarting", 2);
+  new BackendUnavailable("engine_down", 503, message, "engine_restarting", 2);
+export const engineDead = (message = "The engine has stopped; the server cannot serve requests.") =>
+  new BackendUnavailable("engine_down", 503, message, "engine_dead", 5);
 
 /**
  * A key's limit, as OpenAI answers it: 429 `rate_limit_exceeded` with when to retry, or 429
@@ -87,7 +107,9 @@ function fromEngineError(err: EngineError): ApiError {
     case "INVALID_REQUEST":
       return invalidRequest(err.message, err.param ?? null);
     case "ENGINE_DEAD":
-      return new ApiError(503, err.message, "server_error", null, "engine_dead", 5);
+      return engineDead(err.message);
+    case "ENGINE_FAILED":
+      return new BackendUnavailable("engine_down", 500, err.message, "engine_failed");
     case "ENGINE_RESTARTING":
       return engineRestarting(err.message);
     default:

@@ -2,14 +2,16 @@
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { checkModelAccess } from "../http/auth.ts";
-import { admit, type Admitted } from "../http/admission.ts";
+import { openRequest, type Admitted } from "../http/admission.ts";
+import { serveRoute } from "../http/serve-route.ts";
+import { proxyToUpstream } from "../upstream/upstream-proxy.ts";
 import { Choices, openAiUsage } from "../openai/choices.ts";
-import type { EngineOutput } from "../backends/engine-api.ts";
+import type { EngineOutput, GrammarSpec } from "../backends/engine-api.ts";
 import { inMessages, toEngineRequest } from "../openai/to-engine-request.ts";
 import { nowSeconds, onClientGone, parseBody, setRawHeaders } from "../http/http-helpers.ts";
 import { toChatMessage } from "../openai/chat-messages.ts";
 import { chatCompletionRequest, type ChatCompletionRequest } from "../openai/schemas.ts";
-import type { ModelBackend } from "../backends/model-backend.ts";
+import type { LocalBackend } from "../backends/model-backend.ts";
 import type { ServerContext } from "../server-context.ts";
 import { SseStream } from "../http/sse.ts";
 import { ToolCallStream, parseToolCalls, type ToolCall } from "../openai/tool-calls.ts";
@@ -18,54 +20,72 @@ import { grammarOf, grammarWritesToolCalls } from "../openai/structured-outputs.
 export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext): void {
   app.post("/v1/chat/completions", async (request, reply) => {
     const body = parseBody(chatCompletionRequest, request.body);
-    const backend = ctx.models.resolve(body.model);
-    checkModelAccess(request.caller, backend.id);
+    const route = ctx.models.resolve(body.model);
+    checkModelAccess(request.caller, route.name);
     const grammar = grammarOf(body);
-    const admitted = await admit(ctx, backend, { requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key?.priority, endpoint: request.routeOptions.url ?? request.url, numSequences: body.n, onClientGone: (abort) => onClientGone(reply, abort) });
+    const scope = openRequest(ctx, {
+      requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key?.priority, endpoint: request.routeOptions.url ?? request.url,
+      numSequences: body.n, onClientGone: (abort) => onClientGone(reply, abort), route: route.name,
+    });
     try {
-      const { promptTokenIds } = await admitted.tokenizer.applyChatTemplate(body.messages.map(toChatMessage), {
-        addGenerationPrompt: body.add_generation_prompt ?? true,
-        tools: body.tools ?? undefined,
-        kwargs: body.chat_template_kwargs ?? undefined,
-        maxTokens: admitted.engine.info.maxModelLen,
-      });
-      const engineRequest = toEngineRequest(body, promptTokenIds, backend.defaults, {
-        maxTokens: body.max_completion_tokens ?? body.max_tokens,
-        logprobs: body.logprobs ? (body.top_logprobs ?? 0) : undefined,
-        grammar,
-      });
-      const outputs = admitted.generate(engineRequest);
-      // NOTE: the first output is awaited before any byte is sent, so an engine rejection still gets its HTTP status.
-      const first = await outputs.next();
-      const head = { id: `chatcmpl-${randomUUID()}`, object: "chat.completion", created: nowSeconds(), model: backend.id };
-      const parseTools = toolParsingFor(backend, body);
-      if (body.stream) return await streamChat(reply, body, head, { first, outputs, admitted }, parseTools);
-      const choices = new Choices(body.n);
-      for (let next = first; !next.done; next = await outputs.next()) choices.add(next.value);
-      const response = {
-        ...head,
-        choices: choices.choices.map((c) => {
-          const { content, toolCalls } = parseTools ? parseToolCalls(c.text) : { content: c.text, toolCalls: [] };
-          return {
-            index: c.index,
-            message: toolCalls.length > 0 ? { role: "assistant", content: content || null, tool_calls: toolCalls } : { role: "assistant", content },
-            logprobs: body.logprobs ? { content: c.logprobs.map(chatLogprob) } : null,
-            finish_reason: toolCalls.length > 0 && c.finishReason === "stop" ? "tool_calls" : c.finishReason,
-            stop_reason: c.stopReason,
-          };
+      return await serveRoute(ctx, route, scope, {
+        local: (admitted) => serveLocal(reply, body, grammar, admitted),
+        upstream: (admitted) => proxyToUpstream(admitted, reply, {
+          path: "/chat/completions", body: request.body as Record<string, unknown>, stream: body.stream === true,
+          includeUsage: body.stream_options?.include_usage === true, promptText: JSON.stringify(body.messages),
+          maxTokens: body.max_completion_tokens ?? body.max_tokens ?? null,
         }),
-        usage: openAiUsage(admitted.usage, await admitted.cost()),
-      };
-      await admitted.settle();
-      return response;
+      });
     } catch (err) {
-      const mapped = inMessages(err);
-      admitted.fail(mapped);
-      throw mapped;
+      scope.fail(err);
+      throw err;
     } finally {
-      admitted.release();
+      scope.release();
     }
   });
+}
+
+async function serveLocal(reply: FastifyReply, body: ChatCompletionRequest, grammar: GrammarSpec | undefined, admitted: Admitted): Promise<unknown> {
+  const { backend } = admitted;
+  try {
+    const { promptTokenIds } = await admitted.tokenizer.applyChatTemplate(body.messages.map(toChatMessage), {
+      addGenerationPrompt: body.add_generation_prompt ?? true,
+      tools: body.tools ?? undefined,
+      kwargs: body.chat_template_kwargs ?? undefined,
+      maxTokens: admitted.engine.info.maxModelLen,
+    });
+    const engineRequest = toEngineRequest(body, promptTokenIds, backend.defaults, {
+      maxTokens: body.max_completion_tokens ?? body.max_tokens,
+      logprobs: body.logprobs ? (body.top_logprobs ?? 0) : undefined,
+      grammar,
+    });
+    const outputs = admitted.generate(engineRequest);
+    // NOTE: the first output is awaited before any byte is sent, so an engine rejection still gets its HTTP status.
+    const first = await outputs.next();
+    const head = { id: `chatcmpl-${randomUUID()}`, object: "chat.completion", created: nowSeconds(), model: backend.id };
+    const parseTools = toolParsingFor(backend, body);
+    if (body.stream) return await streamChat(reply, body, head, { first, outputs, admitted }, parseTools);
+    const choices = new Choices(body.n);
+    for (let next = first; !next.done; next = await outputs.next()) choices.add(next.value);
+    const response = {
+      ...head,
+      choices: choices.choices.map((c) => {
+        const { content, toolCalls } = parseTools ? parseToolCalls(c.text) : { content: c.text, toolCalls: [] };
+        return {
+          index: c.index,
+          message: toolCalls.length > 0 ? { role: "assistant", content: content || null, tool_calls: toolCalls } : { role: "assistant", content },
+          logprobs: body.logprobs ? { content: c.logprobs.map(chatLogprob) } : null,
+          finish_reason: toolCalls.length > 0 && c.finishReason === "stop" ? "tool_calls" : c.finishReason,
+          stop_reason: c.stopReason,
+        };
+      }),
+      usage: openAiUsage(admitted.usage, await admitted.cost()),
+    };
+    await admitted.settle();
+    return response;
+  } catch (err) {
+    throw inMessages(err);
+  }
 }
 
 type Head = { id: string; object: string; created: number; model: string };
@@ -74,7 +94,7 @@ type Head = { id: string; object: string; created: number; model: string };
  * Tool calls are parsed when the request offers tools and the server has a parser for this
  * model's format, and always when the request forces a call (its grammar writes that format).
  */
-function toolParsingFor(backend: ModelBackend, body: ChatCompletionRequest): boolean {
+function toolParsingFor(backend: LocalBackend, body: ChatCompletionRequest): boolean {
   if (grammarWritesToolCalls(body)) return true;
   return backend.toolCallParser === "hermes" && (body.tools?.length ?? 0) > 0 && body.tool_choice !== "none";
 }
@@ -90,6 +110,7 @@ interface Run {
 }
 
 async function streamChat(reply: FastifyReply, body: ChatCompletionRequest, head: Head, { first, outputs, admitted }: Run, parseTools: boolean): Promise<void> {
+  admitted.commit();
   reply.hijack();
   const sse = new SseStream(reply.raw);
   const includeUsage = body.stream_options?.include_usage === true;

@@ -2,7 +2,9 @@
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { checkModelAccess } from "../http/auth.ts";
-import { admit, type Admitted } from "../http/admission.ts";
+import { openRequest, type Admitted } from "../http/admission.ts";
+import { serveRoute } from "../http/serve-route.ts";
+import { proxyToUpstream } from "../upstream/upstream-proxy.ts";
 import type { GrammarSpec } from "../backends/engine-api.ts";
 import { grammarOf } from "../openai/structured-outputs.ts";
 import { Choices, openAiUsage, type ChoiceState } from "../openai/choices.ts";
@@ -27,35 +29,46 @@ interface PromptRun {
 export function registerCompletions(app: FastifyInstance, ctx: ServerContext): void {
   app.post("/v1/completions", async (request, reply) => {
     const body = parseBody(completionRequest, request.body);
-    const backend = ctx.models.resolve(body.model);
-    checkModelAccess(request.caller, backend.id);
+    const route = ctx.models.resolve(body.model);
+    checkModelAccess(request.caller, route.name);
     const prompts = promptsOf(body.prompt);
     const grammar = grammarOf(body);
-    const admitted = await admit(ctx, backend, {
-      requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key?.priority, endpoint: request.routeOptions.url ?? request.url, numSequences: body.n * prompts.length, param: prompts.length > 1 ? "prompt" : "n",
-      onClientGone: (abort) => onClientGone(reply, abort),
+    const scope = openRequest(ctx, {
+      requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key?.priority, endpoint: request.routeOptions.url ?? request.url,
+      numSequences: body.n * prompts.length, param: prompts.length > 1 ? "prompt" : "n", onClientGone: (abort) => onClientGone(reply, abort), route: route.name,
     });
     try {
-      const runs = await Promise.all(prompts.map((prompt, i) => startRun(admitted, body, prompt, i * body.n, grammar)));
-      const head = { id: `cmpl-${randomUUID()}`, object: "text_completion", created: nowSeconds(), model: backend.id };
-      if (body.stream) return await streamCompletions(reply, body, head, runs, admitted);
-      for (const run of runs) {
-        for (let next = run.first; !next.done; next = await run.outputs.next()) run.choices.add(next.value);
-      }
-      const response = {
-        ...head,
-        choices: runs.flatMap((run) => run.choices.choices.map((c) => choiceBody(body, run, c))),
-        usage: openAiUsage(admitted.usage, await admitted.cost()),
-      };
-      await admitted.settle();
-      return response;
+      return await serveRoute(ctx, route, scope, {
+        local: (admitted) => serveLocal(reply, body, prompts, grammar, admitted),
+        upstream: (admitted) => proxyToUpstream(admitted, reply, {
+          path: "/completions", body: request.body as Record<string, unknown>, stream: body.stream === true,
+          includeUsage: body.stream_options?.include_usage === true, promptText: JSON.stringify(body.prompt),
+          maxTokens: (body.max_tokens ?? DEFAULT_MAX_TOKENS) * body.n * prompts.length,
+        }),
+      });
     } catch (err) {
-      admitted.fail(err);
+      scope.fail(err);
       throw err;
     } finally {
-      admitted.release();
+      scope.release();
     }
   });
+}
+
+async function serveLocal(reply: FastifyReply, body: CompletionRequest, prompts: (string | number[])[], grammar: GrammarSpec | undefined, admitted: Admitted): Promise<unknown> {
+  const runs = await Promise.all(prompts.map((prompt, i) => startRun(admitted, body, prompt, i * body.n, grammar)));
+  const head = { id: `cmpl-${randomUUID()}`, object: "text_completion", created: nowSeconds(), model: admitted.backend.id };
+  if (body.stream) return await streamCompletions(reply, body, head, runs, admitted);
+  for (const run of runs) {
+    for (let next = run.first; !next.done; next = await run.outputs.next()) run.choices.add(next.value);
+  }
+  const response = {
+    ...head,
+    choices: runs.flatMap((run) => run.choices.choices.map((c) => choiceBody(body, run, c))),
+    usage: openAiUsage(admitted.usage, await admitted.cost()),
+  };
+  await admitted.settle();
+  return response;
 }
 
 function promptsOf(prompt: CompletionRequest["prompt"]): (string | number[])[] {
@@ -91,6 +104,7 @@ function choiceBody(body: CompletionRequest, run: PromptRun, choice: ChoiceState
 }
 
 async function streamCompletions(reply: FastifyReply, body: CompletionRequest, head: object, runs: PromptRun[], admitted: Admitted): Promise<void> {
+  admitted.commit();
   reply.hijack();
   const sse = new SseStream(reply.raw);
   const includeUsage = body.stream_options?.include_usage === true;

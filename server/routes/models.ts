@@ -1,29 +1,36 @@
 /** GET /v1/models and /v1/models/{id}: every model in the registry. */
 import type { FastifyInstance } from "fastify";
 import { mayUse } from "../../service/keys.ts";
-import type { ModelBackend } from "../backends/model-backend.ts";
+import type { Route } from "../backends/route.ts";
 import { checkModelAccess } from "../http/auth.ts";
 import type { ServerContext } from "../server-context.ts";
 
 const startedSeconds = Math.floor(Date.now() / 1000);
 
-/** OpenAI's model object, with vLLM's max_model_len once the engine has decided it. */
-function modelCard(backend: ModelBackend) {
+/**
+ * OpenAI's model object for each served name (model, alias or route), with vLLM's
+ * max_model_len once a local engine has decided it, and where it is served (tokenmill's own).
+ */
+function modelCard(route: Route) {
+  const [first] = route.targets;
+  const maxModelLen = first.kind === "local" ? first.maxModelLen : null;
+  const isModel = route.targets.length === 1 && first.id === route.name;
   return {
-    id: backend.id, object: "model", created: startedSeconds, owned_by: "tokenmill",
-    ...(backend.maxModelLen !== null ? { max_model_len: backend.maxModelLen } : {}),
+    id: route.name, object: "model", created: startedSeconds, owned_by: first.kind === "local" ? "tokenmill" : first.provider.name,
+    ...(maxModelLen !== null ? { max_model_len: maxModelLen } : {}),
+    ...(isModel ? {} : { targets: route.targets.map((target) => target.id) }),
   };
 }
 
 export function registerModelRoutes(app: FastifyInstance, ctx: ServerContext): void {
   app.get("/v1/models", async (request) => ({
-    object: "list", data: ctx.models.list().filter((b) => !request.caller.key || mayUse(request.caller.key, b.id)).map(modelCard),
+    object: "list", data: ctx.models.names().filter((route) => !request.caller.key || mayUse(request.caller.key, route.name)).map(modelCard),
   }));
 
   // NOTE: a wildcard, so that served names with slashes, as on the Hub (Qwen/Qwen3-0.6B), are found.
   app.get<{ Params: { "*": string } }>("/v1/models/*", async (request) => {
-    const backend = ctx.models.resolve(request.params["*"]);
-    checkModelAccess(request.caller, backend.id);
-    return modelCard(backend);
+    const route = ctx.models.resolve(request.params["*"]);
+    checkModelAccess(request.caller, route.name);
+    return modelCard(route);
   });
 }

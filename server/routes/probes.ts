@@ -1,19 +1,50 @@
-/** GET /health (200 only while every model's engine is running) and GET /metrics (Prometheus). */
+/**
+ * GET /health and GET /metrics (Prometheus). /health reports each model (a local engine's
+ * state, an upstream's breaker) and answers 200 while every served name has a model that can
+ * serve it ("degraded" when some model is down but its routes fall back), 503 otherwise.
+ */
 import type { FastifyInstance } from "fastify";
 import { ApiError, engineRestarting } from "../http/api-error.ts";
+import type { ModelBackend } from "../backends/model-backend.ts";
 import type { ServerContext } from "../server-context.ts";
 
 export const ANONYMOUS_WARNING = "serving anonymously: no API key exists yet (create one with `tokenmill keys create --name NAME`, or pass --require-auth)";
 
+interface BackendHealth {
+  backend: string;
+  state: string;
+  /** Why it cannot serve now, as the 503 a request to it alone would get; null: it can. */
+  down: ApiError | null;
+}
+
+function healthOf(backend: ModelBackend): BackendHealth {
+  if (backend.kind === "upstream") {
+    const state = backend.provider.breaker.state;
+    const down = state === "open" ? new ApiError(503, `The upstream provider of ${backend.id} is failing (circuit breaker open).`, "server_error", null, "upstream_unavailable") : null;
+    return { backend: backend.label, state: state === "closed" ? "running" : `breaker_${state}`, down };
+  }
+  const { engine } = backend;
+  if (!engine) return { backend: backend.label, state: "loading", down: new ApiError(503, `The model ${backend.id} is loading.`, "server_error", null, "loading", 5) };
+  if (engine.state === "restarting") return { backend: backend.label, state: "restarting", down: engineRestarting(`The engine of ${backend.id} is restarting after a fault; retry shortly.`) };
+  if (engine.state === "stopped") return { backend: backend.label, state: "stopped", down: new ApiError(503, `The engine thread of ${backend.id} has stopped.`, "server_error", null, "engine_dead") };
+  return { backend: backend.label, state: "running", down: null };
+}
+
 export function registerProbeRoutes(app: FastifyInstance, ctx: ServerContext): void {
   app.get("/health", async (_request, reply) => {
-    for (const backend of ctx.models.list()) {
-      const { engine } = backend;
-      if (!engine) throw new ApiError(503, `The model ${backend.id} is loading.`, "server_error", null, "loading", 5);
-      if (engine.state === "restarting") throw engineRestarting(`The engine of ${backend.id} is restarting after a fault; retry shortly.`);
-      if (engine.state === "stopped") throw new ApiError(503, `The engine thread of ${backend.id} has stopped.`, "server_error", null, "engine_dead");
+    const health = new Map(ctx.models.list().map((backend) => [backend, healthOf(backend)]));
+    const models = Object.fromEntries([...health].map(([backend, h]) => [backend.id, { backend: h.backend, state: h.state }]));
+    for (const route of ctx.models.names()) {
+      const downs = route.targets.map((target) => health.get(target)!.down);
+      if (downs.every((down) => down !== null)) {
+        const down = downs[0]!;
+        if (down.retryAfterSeconds !== undefined) reply.header("retry-after", String(down.retryAfterSeconds));
+        return reply.status(503).send({ ...down.body, models });
+      }
     }
-    return reply.send((await ctx.anonymous?.()) ? { status: "ok", warning: ANONYMOUS_WARNING } : { status: "ok" });
+    const degraded = [...health.values()].some((h) => h.down !== null);
+    const warning = (await ctx.anonymous?.()) ? { warning: ANONYMOUS_WARNING } : {};
+    return reply.send({ status: degraded ? "degraded" : "ok", ...warning, models });
   });
 
   app.get("/metrics", async (_request, reply) => {

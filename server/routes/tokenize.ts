@@ -2,10 +2,10 @@
 import { createRequire } from "node:module";
 import type { FastifyInstance } from "fastify";
 import { z } from "zod";
-import { overloaded } from "../http/api-error.ts";
+import { invalidRequest, modelLoading } from "../http/api-error.ts";
 import { toChatMessage } from "../openai/chat-messages.ts";
 import type { PromptTokenizer } from "../backends/engine-api.ts";
-import type { ModelBackend } from "../backends/model-backend.ts";
+import type { LocalBackend } from "../backends/model-backend.ts";
 import { checkModelAccess, type Caller } from "../http/auth.ts";
 import { parseBody } from "../http/http-helpers.ts";
 import { chatCompletionRequest } from "../openai/schemas.ts";
@@ -36,13 +36,16 @@ export function registerTokenizeRoutes(app: FastifyInstance, ctx: ServerContext)
 }
 
 interface Tokenized {
-  backend: ModelBackend;
+  backend: LocalBackend;
   tokens: number[];
 }
 
-function resolveFor(ctx: ServerContext, caller: Caller, model: string): ModelBackend {
-  const backend = ctx.models.resolve(model);
-  checkModelAccess(caller, backend.id);
+/** The local model serving `model` (a route's first local target): upstream models have no tokenizer here. */
+function resolveFor(ctx: ServerContext, caller: Caller, model: string): LocalBackend {
+  const route = ctx.models.resolve(model);
+  checkModelAccess(caller, route.name);
+  const backend = route.targets.find((target) => target.kind === "local");
+  if (!backend) throw invalidRequest(`The model \`${model}\` is served by an upstream provider, whose tokenizer tokenmill does not have.`, "model", "model_not_local");
   return backend;
 }
 
@@ -59,7 +62,7 @@ async function tokenizeMessages(ctx: ServerContext, caller: Caller, raw: unknown
   return { backend, tokens: (await tokenizerOf(backend).applyChatTemplate(body.messages.map(toChatMessage), options)).promptTokenIds };
 }
 
-function tokenizerOf(backend: ModelBackend): PromptTokenizer {
-  if (!backend.tokenizer) throw overloaded("The model is still loading; try again shortly.", 5);
+function tokenizerOf(backend: LocalBackend): PromptTokenizer {
+  if (!backend.tokenizer) throw modelLoading();
   return backend.tokenizer;
 }

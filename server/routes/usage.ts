@@ -25,7 +25,7 @@ const seconds = z.coerce.number().int().nonnegative();
 
 const usageQuery = z.object({
   start_time: seconds, end_time: seconds.optional(), bucket_width: z.enum(["1m", "1h", "1d"]).default("1d"),
-  group_by: listOf(z.enum(["api_key_id", "model"])).optional(), limit: z.coerce.number().int().positive().optional(), page: seconds.optional(),
+  group_by: listOf(z.enum(["api_key_id", "model", "backend"])).optional(), limit: z.coerce.number().int().positive().optional(), page: seconds.optional(),
 }).loose();
 
 const costsQuery = z.object({
@@ -42,7 +42,7 @@ interface Page<T> {
 
 /** The page's buckets (empty ones included, as OpenAI returns them), each filled with its groups. */
 async function paged<T>(
-  store: Store, query: { start_time: number; end_time?: number; bucket_width: BucketWidth; limit?: number; page?: number }, groupBy: ("api_key_id" | "model")[] | undefined,
+  store: Store, query: { start_time: number; end_time?: number; bucket_width: BucketWidth; limit?: number; page?: number }, groupBy: ("api_key_id" | "model" | "backend")[] | undefined,
   result: (group: UsageGroup) => T,
 ): Promise<Page<T>> {
   const width = BUCKET_MS[query.bucket_width];
@@ -83,6 +83,8 @@ export function registerUsageRoutes(app: FastifyInstance, store: Store | null, l
       input_tokens: g.inputTokens, input_cached_tokens: g.inputCachedTokens, output_tokens: g.outputTokens,
       input_audio_tokens: 0, output_audio_tokens: 0, num_model_requests: g.numRequests,
       project_id: null, user_id: null, api_key_id: g.keyId, model: g.model, batch: null,
+      // NOTE: tokenmill's own group (group_by=backend): local:MODEL or upstream:PROVIDER.
+      ...(g.backend !== null ? { backend: g.backend } : {}),
     }));
   });
 

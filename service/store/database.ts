@@ -83,7 +83,12 @@ export interface UsageLedgerTable {
   /** The x-request-id the response carried (a client may choose it), to find a request's row. */
   http_request_id: string | null;
   key_id: string;
+  /** The model that served the request (its price is the row's). */
   model: string;
+  /** Where it ran: local:MODEL or upstream:PROVIDER; null in rows from before routing. */
+  backend: string | null;
+  /** The name the client asked for, when a route or alias; null: the model itself. */
+  route: string | null;
   endpoint: string;
   status: LedgerStatus;
   uncached_input_tokens: number;

@@ -100,6 +100,12 @@ const MIGRATIONS: Record<string, Migration> = {
         .execute();
     },
   },
+  "005_ledger_backend": {
+    async up(db: Kysely<unknown>) {
+      await db.schema.alterTable("usage_ledger").addColumn("backend", "text").execute();
+      await db.schema.alterTable("usage_ledger").addColumn("route", "text").execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = { getMigrations: async () => MIGRATIONS };

@@ -210,7 +210,7 @@ export function makeContext(overrides: BackendOverrides = {}): ServerContext {
 }
 
 /** The context's one model. */
-export const backendOf = (ctx: ServerContext): LocalBackend => ctx.models.resolve(MODEL_ID);
+export const backendOf = (ctx: ServerContext): LocalBackend => ctx.models.local(MODEL_ID);
 
 export function makeStats(overrides: Partial<EngineStatsSnapshot> = {}): EngineStatsSnapshot {
   return {

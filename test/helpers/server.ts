@@ -24,20 +24,22 @@ export interface TestServerOverrides {
 export async function startTestServer(overrides: TestServerOverrides = {}): Promise<RunningServer> {
   const checkpoint = readCheckpoint(ensureDefaultModel());
   const server = await startServer({
-    engineOptions: {
-      ...DEFAULT_ENGINE_OPTIONS, device: overrides.device ?? DEFAULT_ENGINE_OPTIONS.device, modelDir: checkpoint.dir, kvCacheMemoryBytes: 256 * 1024 ** 2, intraOpThreads: 1,
-      maxNumSeqs: overrides.maxNumSeqs ?? 64, faultInjection: overrides.faultInjection,
-    },
-    modelId: overrides.modelId ?? checkpoint.name,
-    defaults: checkpoint.generationDefaults,
+    models: [{
+      name: overrides.modelId ?? checkpoint.name,
+      engineOptions: {
+        ...DEFAULT_ENGINE_OPTIONS, device: overrides.device ?? DEFAULT_ENGINE_OPTIONS.device, modelDir: checkpoint.dir, kvCacheMemoryBytes: 256 * 1024 ** 2, intraOpThreads: 1,
+        maxNumSeqs: overrides.maxNumSeqs ?? 64, faultInjection: overrides.faultInjection,
+      },
+      defaults: checkpoint.generationDefaults,
+      maxQueuedRequests: overrides.maxQueuedRequests ?? 256,
+      toolCallParser: "hermes",
+    }],
     host: "127.0.0.1",
     port: 0,
-    maxQueuedRequests: overrides.maxQueuedRequests ?? 256,
     shutdownTimeoutMs: overrides.shutdownTimeoutMs ?? 10_000,
     bodyLimitBytes: overrides.bodyLimitBytes ?? 1024 * 1024,
     requestTimeoutMs: overrides.requestTimeoutMs,
     tokenizerThreads: 1,
-    toolCallParser: "hermes",
     logger: overrides.logger,
     db: overrides.db ?? null,
     limits: overrides.limits,

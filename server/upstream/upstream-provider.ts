@@ -1,0 +1,211 @@
+/**
+ * An OpenAI-compatible provider upstream: one base URL, its key, a concurrency cap, a timeout,
+ * retries and a circuit breaker. send() returns the upstream's 2xx response (its body still to
+ * be read: a stream goes through as it comes), or throws:
+ * - BackendUnavailable, which a route may fall back on: a 5xx or no answer, a 429, a timeout,
+ *   the breaker open, or the cap reached;
+ * - ApiError, the upstream's own 4xx as it gave it (the request is at fault; no other backend
+ *   would do better).
+ * Retries happen here, before anything reaches the client, and never after the response has begun.
+ */
+import { ApiError, BackendUnavailable } from "../http/api-error.ts";
+import { CircuitBreaker, type BreakerState } from "./circuit-breaker.ts";
+import { DEFAULT_RETRY_POLICY, isRetryableStatus, retryAfterMsOf, retryDelayMs, type RetryPolicy } from "./retry-policy.ts";
+
+export interface ProviderOptions {
+  name: string;
+  /** The API root, e.g. https://api.openai.com/v1 (paths such as /chat/completions are appended). */
+  baseUrl: string;
+  /** Sent as Authorization: Bearer; null: no auth header. */
+  apiKey: string | null;
+  /** How long to wait for the response's headers, and then between two chunks of its body. */
+  timeoutMs: number;
+  /** Calls in flight at once; more are refused (overloaded) so that the route can go elsewhere. */
+  maxConcurrency: number;
+  retry?: RetryPolicy;
+  breaker?: { failureThreshold: number; cooldownMs: number };
+  /** Hears each try's result (a status, "timeout" or "error") and each breaker change. */
+  onTry?: (result: string) => void;
+  onBreaker?: (state: BreakerState) => void;
+}
+
+/** A 2xx response, with its body, and the slot it holds until release(). */
+export interface UpstreamCall {
+  response: Response;
+  /** The body's bytes, as they come; a gap longer than the timeout fails it with a timeout. */
+  body(): AsyncIterable<Uint8Array>;
+  /** Frees the concurrency slot (once). */
+  release(): void;
+}
+
+export class UpstreamProvider {
+  readonly name: string;
+  readonly breaker: CircuitBreaker;
+  numInFlight = 0;
+  private readonly retry: RetryPolicy;
+
+  constructor(private readonly options: ProviderOptions) {
+    this.name = options.name;
+    this.retry = options.retry ?? DEFAULT_RETRY_POLICY;
+    this.breaker = new CircuitBreaker({ ...(options.breaker ?? { failureThreshold: 5, cooldownMs: 30_000 }), onChange: options.onBreaker });
+  }
+
+  get maxConcurrency(): number {
+    return this.options.maxConcurrency;
+  }
+
+  /** The refusal a call would get now (breaker open, cap reached), or null: it may go out. */
+  refusal(): BackendUnavailable | null {
+    if (this.breaker.state === "open") {
+      return new BackendUnavailable("upstream_5xx", 503, `The upstream provider ${this.name} is failing; its circuit breaker is open.`, "upstream_unavailable",
+        Math.max(1, Math.ceil(this.breaker.retryAfterMs / 1000)));
+    }
+    if (this.numInFlight >= this.options.maxConcurrency) {
+      return new BackendUnavailable("overloaded", 503, `The upstream provider ${this.name} is at its concurrency cap (${this.options.maxConcurrency}).`, "overloaded", 1);
+    }
+    return null;
+  }
+
+  /** POSTs `body` as JSON to baseUrl + path, with retries; `signal` (the client gone) aborts it. */
+  async send(path: string, body: unknown, signal: AbortSignal): Promise<UpstreamCall> {
+    const refused = this.refusal();
+    if (refused) throw refused;
+    this.numInFlight++;
+    let released = false;
+    const release = () => {
+      if (!released) this.numInFlight--;
+      released = true;
+    };
+    try {
+      const response = await this.withRetries(path, JSON.stringify(body), signal);
+      return { response, body: () => this.readBody(response, signal), release };
+    } catch (err) {
+      release();
+      throw err;
+    }
+  }
+
+  private async withRetries(path: string, body: string, signal: AbortSignal): Promise<Response> {
+    const url = this.options.baseUrl.replace(/\/+$/, "") + path;
+    for (let retry = 0; ; retry++) {
+      signal.throwIfAborted();
+      if (!this.breaker.tryAcquire()) throw this.refusal() ?? new BackendUnavailable("upstream_5xx", 503, `The upstream provider ${this.name} is being probed; retry shortly.`, "upstream_unavailable", 1);
+      const outcome = await this.tryOnce(url, body, signal);
+      if (outcome instanceof Response) {
+        this.breaker.succeeded();
+        return outcome;
+      }
+      if (signal.aborted) {
+        this.breaker.released();
+        throw signal.reason;
+      }
+      // NOTE: a 4xx other than 429 is the request's fault, not the upstream's: it goes back to the client as given.
+      if (outcome instanceof ApiError) {
+        this.breaker.succeeded();
+        throw outcome;
+      }
+      this.breaker.failed();
+      const failure = outcome.error;
+      const delay = retry < this.retry.maxRetries ? retryDelayMs(this.retry, retry, outcome.retryAfterMs) : null;
+      if (delay === null) throw failure;
+      await sleep(delay, signal);
+    }
+  }
+
+  /** One try: the 2xx response, the upstream's 4xx, or a failure worth retrying. */
+  private async tryOnce(url: string, body: string, signal: AbortSignal): Promise<Response | ApiError | { error: BackendUnavailable; retryAfterMs: number | null }> {
+    const timeout = new AbortController();
+    const timer = setTimeout(() => timeout.abort(), this.options.timeoutMs);
+    try {
+      const response = await fetch(url, {
+        method: "POST",
+        headers: { "content-type": "application/json", accept: "application/json, text/event-stream", ...(this.options.apiKey ? { authorization: `Bearer ${this.options.apiKey}` } : {}) },
+        body,
+        signal: AbortSignal.any([signal, timeout.signal]),
+      });
+      this.options.onTry?.(String(response.status));
+      if (response.ok) return response;
+      const text = await response.text().catch(() => "");
+      const retryAfterMs = retryAfterMsOf(response.headers);
+      if (!isRetryableStatus(response.status)) return upstreamClientError(this.name, response.status, text);
+      const message = `The upstream provider ${this.name} answered ${response.status}: ${upstreamMessage(text) ?? response.statusText}`;
+      const error = response.status === 429
+        ? new BackendUnavailable("upstream_429", 429, message, "rate_limit_exceeded", retryAfterMs === null ? undefined : Math.max(1, Math.ceil(retryAfterMs / 1000)))
+        : new BackendUnavailable("upstream_5xx", 502, message, "upstream_error");
+      return { error, retryAfterMs };
+    } catch (err) {
+      if (signal.aborted) return { error: new BackendUnavailable("upstream_5xx", 502, "aborted", "upstream_error"), retryAfterMs: null };
+      if (timeout.signal.aborted) {
+        this.options.onTry?.("timeout");
+        return { error: upstreamTimeout(this.name, this.options.timeoutMs), retryAfterMs: null };
+      }
+      this.options.onTry?.("error");
+      const reason = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
+      return { error: new BackendUnavailable("upstream_5xx", 502, `The upstream provider ${this.name} could not be reached (${reason}).`, "upstream_error"), retryAfterMs: null };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async *readBody(response: Response, signal: AbortSignal): AsyncIterable<Uint8Array> {
+    if (!response.body) return;
+    const reader = response.body.getReader();
+    const onAbort = () => void reader.cancel().catch(() => undefined);
+    signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      for (;;) {
+        let timer: NodeJS.Timeout | undefined;
+        const idle = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(upstreamTimeout(this.name, this.options.timeoutMs)), this.options.timeoutMs);
+        });
+        try {
+          const { done, value } = await Promise.race([reader.read(), idle]);
+          if (done) return;
+          yield value;
+        } finally {
+          clearTimeout(timer);
+        }
+      }
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+      await reader.cancel().catch(() => undefined);
+    }
+  }
+}
+
+const upstreamTimeout = (name: string, timeoutMs: number) =>
+  new BackendUnavailable("timeout", 504, `The upstream provider ${name} did not answer within ${timeoutMs / 1000} s.`, "upstream_timeout");
+
+/** The upstream's 4xx as the client should see it: its own OpenAI-shaped error when it gave one. */
+function upstreamClientError(name: string, status: number, text: string): ApiError {
+  const error = parseError(text);
+  return new ApiError(status, error?.message ?? `The upstream provider ${name} refused the request (${status}).`, error?.type ?? "invalid_request_error",
+    error?.param ?? null, error?.code ?? null);
+}
+
+function upstreamMessage(text: string): string | null {
+  return parseError(text)?.message ?? (text.trim().slice(0, 200) || null);
+}
+
+function parseError(text: string): { message?: string; type?: string; param?: string | null; code?: string | null } | null {
+  try {
+    const body = JSON.parse(text) as { error?: unknown };
+    return typeof body.error === "object" && body.error !== null ? body.error as never : null;
+  } catch {
+    return null;
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
