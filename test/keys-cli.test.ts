@@ -57,12 +57,12 @@ describe("tokenmill usage", () => {
     const json = runCli(["usage", "--db", usageDb, "--json"]);
     expect(json.status, json.stderr).toBe(0);
     expect(JSON.parse(json.stdout)).toEqual([
-      { keyId: "key_a", model: "m1", requests: 2, inputTokens: 30, cachedTokens: 4, outputTokens: 10, costUsd: 0 },
-      { keyId: "key_b", model: "m2", requests: 1, inputTokens: 5, cachedTokens: 5, outputTokens: 1, costUsd: 0 },
+      { keyId: "key_a", model: "m1", backend: "local", requests: 2, inputTokens: 30, cachedTokens: 4, outputTokens: 10, costUsd: 0 },
+      { keyId: "key_b", model: "m2", backend: "local", requests: 1, inputTokens: 5, cachedTokens: 5, outputTokens: 1, costUsd: 0 },
     ]);
     const plot = join(dir, "usage.svg");
     const text = runCli(["usage", "--db", usageDb, "--since", new Date(now - 2 * 86_400_000).toISOString(), "--plot", plot]);
-    expect(text.stdout).toMatch(/\| total\s+\|\s+\|\s+3 \|\s+35 \|\s+9 \|\s+11 \|/);
+    expect(text.stdout).toMatch(/\| total\s+\|\s+\|\s+\|\s+3 \|\s+35 \|\s+9 \|\s+11 \|/);
     const svg = readFileSync(plot, "utf8");
     expect(svg.startsWith("<svg")).toBe(true);
     expect(svg).toContain("<title>output: 11</title>");

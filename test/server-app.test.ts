@@ -46,6 +46,15 @@ const complete = (extra: Record<string, unknown> = {}) =>
 
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
+/** /health's 503: OpenAI's error shape, plus each model's state. */
+function expectHealthDown(res: LightMyRequestResponse, code: string, state?: string): void {
+  expect(res.statusCode).toBe(503);
+  const body = res.json() as Json;
+  expect(Object.keys(body).sort()).toEqual(["error", "models"]);
+  expect(body.error).toMatchObject({ type: "server_error", code });
+  if (state) expect(body.models[MODEL_ID].state).toBe(state);
+}
+
 function expectError(res: LightMyRequestResponse, status: number, expected: { type?: string; param?: string | null; code?: string | null } = {}): Json {
   expect(res.statusCode).toBe(status);
   const body = res.json() as Json;
@@ -290,19 +299,19 @@ describe("admission", () => {
     expect(res.headers["retry-after"]).toBeDefined();
     expectError(await complete(), 503);
     const health = await app.inject({ method: "GET", url: "/health" });
-    expectError(health, 503, { code: "loading" });
+    expectHealthDown(health, "loading", "loading");
     expect(health.headers["retry-after"]).toBeDefined();
   });
 
   it("reports the engine's health", async () => {
     const healthy = await app.inject({ method: "GET", url: "/health" });
     expect(healthy.statusCode).toBe(200);
-    expect(healthy.json()).toEqual({ status: "ok" });
+    expect(healthy.json()).toEqual({ status: "ok", models: { [MODEL_ID]: { backend: `local:${MODEL_ID}`, state: "running" } } });
     engine.state = "stopped";
-    expectError(await app.inject({ method: "GET", url: "/health" }), 503, { code: "engine_dead" });
+    expectHealthDown(await app.inject({ method: "GET", url: "/health" }), "engine_dead");
     expectError(await chat(), 503, { code: "engine_dead" });
     engine.state = "restarting";
-    expectError(await app.inject({ method: "GET", url: "/health" }), 503, { code: "engine_restarting" });
+    expectHealthDown(await app.inject({ method: "GET", url: "/health" }), "engine_restarting");
     const refused = await chat();
     expectError(refused, 503, { code: "engine_restarting" });
     expect(refused.headers["retry-after"]).toBe("2");
@@ -548,7 +557,7 @@ describe("settlement", () => {
       [finished.headers["x-request-id"], "finished"], [errored.headers["x-request-id"], "errored"], [rejected.headers["x-request-id"], "rejected"],
     ]);
     expect(seen[0]).toEqual({
-      id: expect.any(String), requestId: finished.headers["x-request-id"], keyId: "anonymous", model: MODEL_ID, endpoint: "/v1/chat/completions",
+      id: expect.any(String), requestId: finished.headers["x-request-id"], keyId: "anonymous", model: MODEL_ID, backend: `local:${MODEL_ID}`, endpoint: "/v1/chat/completions",
       startedMs: expect.any(Number), finishedMs: expect.any(Number), ttftMs: expect.any(Number), outcome: "finished",
       usage: { promptTokens: USER_HI_TOKENS, cachedPromptTokens: 0, completionTokens: 6 },
     });

@@ -80,7 +80,7 @@ describe("settlement", () => {
     const settlement = await settlementOf(response.response.headers.get("x-request-id")!);
     const usage = response.data.usage!;
     expect(settlement).toEqual({
-      id: expect.any(String), requestId: expect.any(String), keyId: "anonymous", model: MODEL, endpoint: "/v1/chat/completions",
+      id: expect.any(String), requestId: expect.any(String), keyId: "anonymous", model: MODEL, backend: `local:${MODEL}`, endpoint: "/v1/chat/completions",
       startedMs: expect.any(Number), finishedMs: expect.any(Number), ttftMs: expect.any(Number), outcome: "finished",
       usage: { promptTokens: usage.prompt_tokens, cachedPromptTokens: usage.prompt_tokens_details!.cached_tokens, completionTokens: 7 },
     });
@@ -117,7 +117,7 @@ describe("settlement", () => {
     const requestId = (error as InstanceType<typeof OpenAI.APIError>).headers?.get("x-request-id");
     const settlement = await settlementOf(requestId!);
     expect(settlement).toEqual({
-      id: expect.any(String), requestId, keyId: "anonymous", model: MODEL, endpoint: "/v1/completions", startedMs: expect.any(Number), finishedMs: expect.any(Number), ttftMs: null,
+      id: expect.any(String), requestId, keyId: "anonymous", model: MODEL, backend: `local:${MODEL}`, endpoint: "/v1/completions", startedMs: expect.any(Number), finishedMs: expect.any(Number), ttftMs: null,
       outcome: "rejected", usage: { promptTokens: 0, cachedPromptTokens: 0, completionTokens: 0 }, error: { status: 400, code: null },
     });
   });
