@@ -1,7 +1,8 @@
 /**
  * GET /health and GET /metrics (Prometheus). /health reports each model (a local engine's
- * state, an upstream's breaker) and answers 200 while every served name has a model that can
- * serve it ("degraded" when some model is down but its routes fall back), 503 otherwise.
+ * state, an upstream's breaker): 200 "ok" while every model is up; 200 "degraded" while some
+ * model is down, with the served names nothing can serve now in `unavailable` (a route whose
+ * targets are all down; a model with no fallback); 503 when no served name can be served.
  */
 import type { FastifyInstance } from "fastify";
 import { ApiError, engineRestarting } from "../http/api-error.ts";
@@ -34,17 +35,18 @@ export function registerProbeRoutes(app: FastifyInstance, ctx: ServerContext): v
   app.get("/health", async (_request, reply) => {
     const health = new Map(ctx.models.list().map((backend) => [backend, healthOf(backend)]));
     const models = Object.fromEntries([...health].map(([backend, h]) => [backend.id, { backend: h.backend, state: h.state }]));
-    for (const route of ctx.models.names()) {
-      const downs = route.targets.map((target) => health.get(target)!.down);
-      if (downs.every((down) => down !== null)) {
-        const down = downs[0]!;
-        if (down.retryAfterSeconds !== undefined) reply.header("retry-after", String(down.retryAfterSeconds));
-        return reply.status(503).send({ ...down.body, models });
-      }
+    const names = ctx.models.names();
+    const unavailable = names.filter((route) => route.targets.every((target) => health.get(target)!.down !== null));
+    if (unavailable.length === names.length) {
+      const down = health.get(names[0].targets[0])!.down!;
+      if (down.retryAfterSeconds !== undefined) reply.header("retry-after", String(down.retryAfterSeconds));
+      return reply.status(503).send({ ...down.body, models });
     }
     const degraded = [...health.values()].some((h) => h.down !== null);
     const warning = (await ctx.anonymous?.()) ? { warning: ANONYMOUS_WARNING } : {};
-    return reply.send({ status: degraded ? "degraded" : "ok", ...warning, models });
+    return reply.send({
+      status: degraded ? "degraded" : "ok", ...warning, models, ...(unavailable.length > 0 ? { unavailable: unavailable.map((route) => route.name) } : {}),
+    });
   });
 
   app.get("/metrics", async (_request, reply) => {

@@ -106,14 +106,14 @@ export class UpstreamProvider {
       }
       this.breaker.failed();
       const failure = outcome.error;
-      const delay = retry < this.retry.maxRetries ? retryDelayMs(this.retry, retry, outcome.retryAfterMs) : null;
+      const delay = retry < this.retry.maxRetries && outcome.retryable !== false ? retryDelayMs(this.retry, retry, outcome.retryAfterMs) : null;
       if (delay === null) throw failure;
       await sleep(delay, signal);
     }
   }
 
   /** One try: the 2xx response, the upstream's 4xx, or a failure worth retrying. */
-  private async tryOnce(url: string, body: string, signal: AbortSignal): Promise<Response | ApiError | { error: BackendUnavailable; retryAfterMs: number | null }> {
+  private async tryOnce(url: string, body: string, signal: AbortSignal): Promise<Response | ApiError | { error: BackendUnavailable; retryAfterMs: number | null; retryable?: false }> {
     const timeout = new AbortController();
     const timer = setTimeout(() => timeout.abort(), this.options.timeoutMs);
     try {
@@ -127,6 +127,11 @@ export class UpstreamProvider {
       if (response.ok) return response;
       const text = await response.text().catch(() => "");
       const retryAfterMs = retryAfterMsOf(response.headers);
+      // NOTE: the upstream refusing tokenmill's own key is the operator's fault, not the client's: never the client's 401.
+      if (response.status === 401 || response.status === 403) {
+        const error = new BackendUnavailable("upstream_5xx", 502, `The upstream provider ${this.name} refused tokenmill's key for it (${response.status}): ${upstreamMessage(text) ?? ""}`, "upstream_auth_failed");
+        return { error, retryAfterMs: null, retryable: false };
+      }
       if (!isRetryableStatus(response.status)) return upstreamClientError(this.name, response.status, text);
       const message = `The upstream provider ${this.name} answered ${response.status}: ${upstreamMessage(text) ?? response.statusText}`;
       const error = response.status === 429

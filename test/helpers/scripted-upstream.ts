@@ -1,0 +1,76 @@
+/**
+ * A small real OpenAI-compatible server on loopback, whose answers a test scripts: a status
+ * (500, 429 with Retry-After), a hang, or a chat completion (whole, or streamed slowly). It
+ * counts every call, and notices a caller that goes away mid-stream.
+ */
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+
+export type Script =
+  | { kind: "ok"; text?: string }
+  | { kind: "status"; status: number; retryAfter?: string }
+  | { kind: "hang" }
+  | { kind: "slow-stream"; intervalMs: number };
+
+export interface ScriptedUpstream {
+  url: string;
+  /** Calls by path, in order. */
+  calls: { path: string; body: Record<string, unknown>; authorization?: string }[];
+  /** Streams whose caller left before the end. */
+  numAbandoned: number;
+  script: Script;
+  close(): Promise<void>;
+}
+
+const USAGE = { prompt_tokens: 11, completion_tokens: 3, total_tokens: 14, prompt_tokens_details: { cached_tokens: 4 } };
+
+export async function startScriptedUpstream(script: Script = { kind: "ok" }): Promise<ScriptedUpstream> {
+  const state: ScriptedUpstream = { url: "", calls: [], numAbandoned: 0, script, close: async () => undefined };
+  const server = createServer((req, res) => void handle(state, req, res));
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  state.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`;
+  state.close = () => new Promise((resolve) => {
+    server.closeAllConnections();
+    server.close(() => resolve());
+  });
+  return state;
+}
+
+async function handle(state: ScriptedUpstream, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  let text = "";
+  for await (const chunk of req) text += chunk;
+  const body = JSON.parse(text || "{}") as Record<string, unknown>;
+  state.calls.push({ path: req.url ?? "", body, authorization: req.headers.authorization });
+  const { script } = state;
+  if (script.kind === "status") {
+    res.writeHead(script.status, { "content-type": "application/json", ...(script.retryAfter !== undefined ? { "retry-after": script.retryAfter } : {}) });
+    return void res.end(JSON.stringify({ error: { message: `scripted ${script.status}`, type: "server_error", param: null, code: null } }));
+  }
+  if (script.kind === "hang") return;
+  const head = { id: "chatcmpl-scripted", created: 1, model: String(body.model) };
+  if (script.kind === "slow-stream") {
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    res.on("close", () => {
+      if (!res.writableFinished) state.numAbandoned++;
+    });
+    for (let i = 0; !res.destroyed && i < 10_000; i++) {
+      res.write(`data: ${JSON.stringify({ ...head, object: "chat.completion.chunk", choices: [{ index: 0, delta: { content: "x" }, finish_reason: null }] })}\n\n`);
+      await new Promise((r) => setTimeout(r, script.intervalMs));
+    }
+    return void res.end();
+  }
+  const content = script.text ?? "scripted answer";
+  if (body.stream) {
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    const chunk = (choices: unknown[], usage: unknown = null) => `data: ${JSON.stringify({ ...head, object: "chat.completion.chunk", choices, usage })}\n\n`;
+    res.write(chunk([{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null }]));
+    for (const word of content.split(" ")) res.write(chunk([{ index: 0, delta: { content: word }, finish_reason: null }]));
+    res.write(chunk([{ index: 0, delta: {}, finish_reason: "stop" }]));
+    res.write(chunk([], USAGE));
+    return void res.end("data: [DONE]\n\n");
+  }
+  res.writeHead(200, { "content-type": "application/json" });
+  res.end(JSON.stringify({ ...head, object: "chat.completion", choices: [{ index: 0, message: { role: "assistant", content }, finish_reason: "stop" }], usage: USAGE }));
+}
+
+export const SCRIPTED_USAGE = USAGE;

@@ -1,0 +1,285 @@
+/**
+ * Several models behind one server, end to end, with real processes on loopback: two local
+ * models (engine threads) and upstream providers in one tokenmill process. One provider is a
+ * second tokenmill process (serving the same models alone, from a --config file); the others
+ * are small scripted OpenAI-compatible servers that fail on cue. Clients are the openai SDK.
+ */
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import OpenAI from "openai";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DEFAULT_ENGINE_OPTIONS, type Engine } from "../engine/index.ts";
+import { readCheckpoint } from "../models/checkpoint.ts";
+import { ensureDefaultModel } from "../models/synthetic/default-model.ts";
+import type { UpstreamBackend } from "../server/backends/model-backend.ts";
+import { startServer, type RunningServer } from "../server/serve.ts";
+import { openStore } from "../service/store/open-store.ts";
+import { serveProcess, type Serving } from "./helpers/serve-process.ts";
+import { startScriptedUpstream, type ScriptedUpstream } from "./helpers/scripted-upstream.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "tokenmill-routing-"));
+const DB = `sqlite:${join(dir, "router.db")}`;
+const PEER_KEY = "sk-peer-secret";
+const price = (model: string) => ({ model, inputPerMtok: 1_000_000, cachedInputPerMtok: 500_000, outputPerMtok: 2_000_000 });
+
+let peer: Serving;
+let failing500: ScriptedUpstream;
+let failing429: ScriptedUpstream;
+let slow: ScriptedUpstream;
+let router: RunningServer;
+let client: OpenAI;
+let peerClient: OpenAI;
+
+/** What each client was told, by its x-request-id: the ledger must say the same. */
+const seen = new Map<string, { model: string; usage: OpenAI.CompletionUsage & { cost?: number } }>();
+let numRequests = 0;
+
+async function chat(model: string, content: string, extra: Record<string, unknown> = {}): Promise<OpenAI.ChatCompletion> {
+  const id = `routing-${numRequests++}`;
+  const response = await client.chat.completions.create(
+    { model, messages: [{ role: "user", content }], max_tokens: 12, temperature: 0, ...extra } as OpenAI.ChatCompletionCreateParamsNonStreaming,
+    { headers: { "x-request-id": id } },
+  );
+  seen.set(id, { model: response.model, usage: response.usage! });
+  return response;
+}
+
+const textOf = (response: OpenAI.ChatCompletion) => response.choices[0].message.content;
+
+async function metricValue(line: RegExp): Promise<number> {
+  const text = await (await fetch(`${router.url}/metrics`)).text();
+  return text.split("\n").filter((l) => line.test(l)).reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
+}
+
+async function waitFor(check: () => boolean | Promise<boolean>, ms = 60_000): Promise<void> {
+  for (const started = Date.now(); Date.now() - started < ms;) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error("timed out waiting");
+}
+
+beforeAll(async () => {
+  const checkpoint = readCheckpoint(ensureDefaultModel());
+  const peerConfig = join(dir, "peer.yaml");
+  writeFileSync(peerConfig, "models:\n  - name: tiny\n    threads: 1\n  - name: tiny-int8\n    quantization: int8\n    threads: 1\n");
+  [peer, failing500, failing429, slow] = await Promise.all([
+    serveProcess("none", "peer", join(dir, "peer-data"), ["--config", peerConfig, "--api-key", PEER_KEY]),
+    startScriptedUpstream({ kind: "status", status: 500 }),
+    startScriptedUpstream({ kind: "status", status: 429, retryAfter: "0" }),
+    startScriptedUpstream({ kind: "slow-stream", intervalMs: 40 }),
+  ]);
+  const engineOptions = { ...DEFAULT_ENGINE_OPTIONS, modelDir: checkpoint.dir, kvCacheMemoryBytes: 128 * 1024 ** 2, intraOpThreads: 1 };
+  const scripted = (name: string, upstream: ScriptedUpstream, model: string) => ({
+    name, baseUrl: upstream.url, apiKey: null, timeoutMs: 10_000, maxConcurrency: 8,
+    retry: { maxRetries: 2, baseDelayMs: 10, maxDelayMs: 50, maxRetryAfterMs: 1000 }, breaker: { failureThreshold: 3, cooldownMs: 500 }, models: [{ name: model }],
+  });
+  router = await startServer({
+    models: [
+      { name: "alpha", engineOptions: { ...engineOptions, maxNumSeqs: 8, faultInjection: true }, defaults: checkpoint.generationDefaults, maxQueuedRequests: 64 },
+      { name: "beta", engineOptions: { ...engineOptions, quantization: "int8", maxNumSeqs: 2 }, defaults: checkpoint.generationDefaults, maxQueuedRequests: 1 },
+    ],
+    providers: [
+      {
+        name: "peer", baseUrl: `${peer.url}/v1`, apiKey: PEER_KEY, timeoutMs: 60_000, maxConcurrency: 32,
+        models: [{ name: "remote", upstreamModel: "tiny" }, { name: "remote-int8", upstreamModel: "tiny-int8" }],
+      },
+      scripted("flaky500", failing500, "flaky-a"),
+      scripted("flaky429", failing429, "flaky-b"),
+      scripted("slow", slow, "slow-remote"),
+    ],
+    routes: [
+      { name: "chat", targets: ["alpha", "remote"] },
+      { name: "flood", targets: ["beta"], burst: { to: "remote-int8", waitingOver: 0 } },
+      { name: "fragile", targets: ["flaky-a", "flaky-b"] },
+      { name: "sturdy", targets: ["flaky-a", "alpha"] },
+    ],
+    host: "127.0.0.1", port: 0, shutdownTimeoutMs: 5000, bodyLimitBytes: 1024 * 1024, tokenizerThreads: 1,
+    db: { url: DB, replica: "router", prices: [price("alpha"), price("remote"), price("remote-int8"), price("beta")] },
+  });
+  await router.ready;
+  client = new OpenAI({ baseURL: `${router.url}/v1`, apiKey: "unused", maxRetries: 0 });
+  peerClient = new OpenAI({ baseURL: `${peer.url}/v1`, apiKey: PEER_KEY, maxRetries: 0 });
+}, 300_000);
+
+afterAll(async () => {
+  await router?.close();
+  await Promise.all([peer?.stop(), failing500?.close(), failing429?.close(), slow?.close()]);
+});
+
+describe("several models behind one server", () => {
+  it("lists every served name, and routes by model: each answers as the model served alone", async () => {
+    const names = (await client.models.list()).data.map((m) => m.id).sort();
+    expect(names).toEqual(["alpha", "beta", "chat", "flaky-a", "flaky-b", "flood", "fragile", "remote", "remote-int8", "slow-remote", "sturdy"]);
+    for (const prompt of ["Tell me about rivers.", "Count to five."]) {
+      const [alpha, remote, alone] = await Promise.all([
+        chat("alpha", prompt), chat("remote", prompt),
+        peerClient.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: prompt }], max_tokens: 12, temperature: 0 }),
+      ]);
+      expect(alpha.model).toBe("alpha");
+      expect(remote.model).toBe("remote");
+      expect(textOf(alpha)).toBe(textOf(alone));
+      expect(textOf(remote)).toBe(textOf(alone));
+      expect(remote.usage).toMatchObject({ prompt_tokens: alpha.usage!.prompt_tokens, completion_tokens: alpha.usage!.completion_tokens });
+      const [beta, aloneInt8] = await Promise.all([
+        chat("beta", prompt),
+        peerClient.chat.completions.create({ model: "tiny-int8", messages: [{ role: "user", content: prompt }], max_tokens: 12, temperature: 0 }),
+      ]);
+      expect(beta.model).toBe("beta");
+      expect(textOf(beta)).toBe(textOf(aloneInt8));
+    }
+    const health = await (await fetch(`${router.url}/health`)).json() as { status: string; models: Record<string, { backend: string; state: string }> };
+    expect(health.status).toBe("ok");
+    expect(health.models.alpha).toEqual({ backend: "local:alpha", state: "running" });
+    expect(health.models.remote).toEqual({ backend: "upstream:peer", state: "running" });
+    expect(await metricValue(/^tokenmill_prompt_tokens_total\{model="beta"\}/)).toBeGreaterThan(0);
+  });
+
+  it("streams an upstream through as it comes, with the upstream's exact usage only when asked", async () => {
+    const prompt = "Stream me something.";
+    const whole = await chat("remote", prompt, { max_tokens: 16 });
+    const id = `routing-${numRequests++}`;
+    const stream = await client.chat.completions.create(
+      { model: "remote", messages: [{ role: "user", content: prompt }], max_tokens: 16, temperature: 0, stream: true, stream_options: { include_usage: true } },
+      { headers: { "x-request-id": id } },
+    );
+    let text = "";
+    let usage: OpenAI.CompletionUsage | null | undefined;
+    for await (const chunk of stream) {
+      expect(chunk.model).toBe("remote");
+      text += chunk.choices[0]?.delta.content ?? "";
+      if (chunk.usage) usage = chunk.usage;
+    }
+    expect(text).toBe(textOf(whole));
+    expect(usage).toMatchObject({ prompt_tokens: whole.usage!.prompt_tokens, completion_tokens: whole.usage!.completion_tokens, cost: expect.any(Number) });
+    seen.set(id, { model: "remote", usage: usage! });
+    const plain = await client.chat.completions.create({ model: "remote", messages: [{ role: "user", content: prompt }], max_tokens: 4, stream: true }, { headers: { "x-request-id": "routing-plain-stream" } });
+    const chunks = [];
+    for await (const chunk of plain) chunks.push(chunk);
+    expect(chunks.length).toBeGreaterThan(1);
+    expect(chunks.every((c) => c.usage === undefined)).toBe(true);
+  });
+
+  it("falls back while a local engine is down, even for a request it held, and comes back when it recovers", async () => {
+    const alpha = router.ctx.models.local("alpha");
+    const engine = alpha.engine as Engine;
+    const held = chat("chat", "A long answer, please.", { max_tokens: 300, ignore_eos: true });
+    await waitFor(() => alpha.numInFlight > 0);
+    await new Promise((r) => setTimeout(r, 200));
+    engine.injectFault();
+    const rescued = await held;
+    expect(rescued.model).toBe("remote");
+    expect(rescued.usage!.completion_tokens).toBe(300);
+    expect(rescued.choices[0].finish_reason).toBe("length");
+
+    expect(engine.state).toBe("restarting");
+    const during = await chat("chat", "During the restart.");
+    expect(during.model).toBe("remote");
+    const refused = await client.chat.completions.create({ model: "alpha", messages: [{ role: "user", content: "x" }], max_tokens: 2 }).catch((err: unknown) => err);
+    expect(refused).toMatchObject({ status: 503, code: "engine_restarting" });
+    const health = await fetch(`${router.url}/health`);
+    expect(health.status).toBe(200);
+    expect(await health.json()).toMatchObject({ status: "degraded", models: { alpha: { state: "restarting" } }, unavailable: ["alpha"] });
+
+    await waitFor(() => engine.state === "running");
+    expect((await chat("chat", "After the restart.")).model).toBe("alpha");
+    expect(await metricValue(/^tokenmill_route_fallbacks_total\{route="chat",from="alpha",to="remote",reason="engine_down"\}/)).toBeGreaterThanOrEqual(2);
+    expect((await (await fetch(`${router.url}/health`)).json() as { status: string }).status).toBe("ok");
+  }, 120_000);
+
+  it("retries a failing upstream, opens its breaker, falls back, and gives one clean error only when every target has failed", async () => {
+    const err = await client.chat.completions.create({ model: "fragile", messages: [{ role: "user", content: "hi" }], max_tokens: 2 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.APIError);
+    expect(err).toMatchObject({ status: 429, code: "rate_limit_exceeded" });
+    expect((err as InstanceType<typeof OpenAI.APIError>).error).toMatchObject({ message: expect.stringContaining("flaky429") });
+    expect(failing500.calls).toHaveLength(3);
+    expect(failing429.calls).toHaveLength(3);
+    const flaky = router.ctx.models.backend("flaky-a") as UpstreamBackend;
+    expect(flaky.provider.breaker.state).toBe("open");
+
+    const rescued = await chat("sturdy", "Rescue me.");
+    expect(rescued.model).toBe("alpha");
+    expect(failing500.calls).toHaveLength(3);
+    expect(await metricValue(/^tokenmill_upstream_tries_total\{provider="flaky500",result="500"\}/)).toBe(3);
+    expect(await metricValue(/^tokenmill_upstream_breaker_open\{provider="flaky500"\}/)).toBe(1);
+    const health = await (await fetch(`${router.url}/health`)).json() as { status: string; models: Record<string, { state: string }>; unavailable: string[] };
+    expect(health).toMatchObject({ status: "degraded", models: { "flaky-a": { state: "breaker_open" }, "flaky-b": { state: "breaker_open" } } });
+    expect(health.unavailable.sort()).toEqual(["flaky-a", "flaky-b", "fragile"]);
+
+    failing500.script = { kind: "ok", text: "healthy again" };
+    await new Promise((r) => setTimeout(r, 550));
+    const healed = await chat("fragile", "Are you back?");
+    expect(healed.model).toBe("flaky-a");
+    expect(textOf(healed)).toBe("healthy again");
+    expect(flaky.provider.breaker.state).toBe("closed");
+    expect(failing500.calls.at(-1)!.body).toMatchObject({ model: "flaky-a", max_tokens: 12 });
+  });
+
+  it("bursts a flood over a small local model to the upstream, refusing nothing either could serve", async () => {
+    const prompt = "The same question for everyone.";
+    const responses = await Promise.all(Array.from({ length: 12 }, () => chat("flood", prompt, { max_tokens: 24, ignore_eos: true })));
+    const byModel = new Map<string, number>();
+    for (const r of responses) byModel.set(r.model, (byModel.get(r.model) ?? 0) + 1);
+    expect(byModel.get("beta")).toBeGreaterThanOrEqual(3);
+    expect(byModel.get("remote-int8")).toBeGreaterThanOrEqual(1);
+    expect((byModel.get("beta") ?? 0) + (byModel.get("remote-int8") ?? 0)).toBe(12);
+    // The same int8 model, local and upstream: greedy answers agree.
+    expect(new Set(responses.map(textOf)).size).toBe(1);
+    expect(await metricValue(/^tokenmill_route_bursts_total\{route="flood",to="remote-int8"\}/)).toBe(byModel.get("remote-int8"));
+  });
+
+  it("aborts the upstream request when its client leaves mid-stream", async () => {
+    const controller = new AbortController();
+    const stream = await client.chat.completions.create(
+      { model: "slow-remote", messages: [{ role: "user", content: "go on forever" }], stream: true },
+      { signal: controller.signal, headers: { "x-request-id": "routing-left" } },
+    );
+    let n = 0;
+    try {
+      for await (const _chunk of stream) if (++n === 3) controller.abort();
+    } catch {
+      // the abort
+    }
+    await waitFor(() => slow.numAbandoned === 1, 5000);
+    const backend = router.ctx.models.backend("slow-remote") as UpstreamBackend;
+    await waitFor(() => backend.provider.numInFlight === 0 && backend.numInFlight === 0, 5000);
+  });
+
+  it("settles every request once, under its real backend: the ledger's sums per backend equal what clients saw", async () => {
+    await router.close();
+    const store = await openStore(DB);
+    try {
+      const rows = await store.db.selectFrom("usage_ledger").selectAll().execute();
+      const byId = new Map(rows.map((row) => [row.http_request_id, row]));
+      const backendOf = (model: string) => (["alpha", "beta"].includes(model) ? `local:${model}` : model.startsWith("remote") ? "upstream:peer" : `upstream:${model === "flaky-a" ? "flaky500" : "flaky429"}`);
+      const sums = new Map<string, { input: number; cached: number; output: number; cost: number }>();
+      const add = (key: string, input: number, cached: number, output: number, cost: number) => {
+        const sum = sums.get(key) ?? { input: 0, cached: 0, output: 0, cost: 0 };
+        sums.set(key, { input: sum.input + input, cached: sum.cached + cached, output: sum.output + output, cost: sum.cost + cost });
+      };
+      for (const [id, told] of seen) {
+        const row = byId.get(id);
+        expect(row, id).toBeDefined();
+        expect({ id, model: row!.model, backend: row!.backend, status: row!.status }).toEqual({ id, model: told.model, backend: backendOf(told.model), status: "completed" });
+        const cached = told.usage.prompt_tokens_details?.cached_tokens ?? 0;
+        expect([row!.uncached_input_tokens, row!.cached_input_tokens, row!.output_tokens]).toEqual([told.usage.prompt_tokens - cached, cached, told.usage.completion_tokens]);
+        if (told.usage.cost !== undefined) expect(row!.cost_micro_usd).toBe(Math.round(told.usage.cost * 1e6));
+        add(`told:${row!.backend}`, told.usage.prompt_tokens, cached, told.usage.completion_tokens, Math.round((told.usage.cost ?? 0) * 1e6));
+      }
+      for (const row of rows.filter((r) => seen.has(r.http_request_id ?? ""))) {
+        add(`ledger:${row.backend}`, row.uncached_input_tokens + row.cached_input_tokens, row.cached_input_tokens, row.output_tokens, row.cost_micro_usd);
+      }
+      for (const backend of ["local:alpha", "local:beta", "upstream:peer", "upstream:flaky500"]) {
+        expect(sums.get(`ledger:${backend}`), backend).toEqual(sums.get(`told:${backend}`));
+      }
+      expect(rows.find((r) => r.http_request_id === "routing-left")).toMatchObject({ status: "stopped", model: "slow-remote", backend: "upstream:slow", uncached_input_tokens: 0 });
+      expect(rows.find((r) => r.http_request_id === "routing-left")!.output_tokens).toBeGreaterThanOrEqual(3);
+      // The fallback's rows: the route the client asked for, and the model that served it.
+      expect(rows.filter((r) => r.route === "chat" && r.model === "remote")).toHaveLength(2);
+      expect(rows.every((r) => r.status !== "in_flight")).toBe(true);
+    } finally {
+      await store.close();
+    }
+  });
+});
