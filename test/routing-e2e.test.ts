@@ -168,19 +168,21 @@ describe("several models behind one server", () => {
     await waitFor(() => alpha.numInFlight > 0);
     await new Promise((r) => setTimeout(r, 200));
     engine.injectFault();
+    await waitFor(() => engine.state === "restarting", 10_000);
+    // NOTE: sent at once: the thread is back within a second or two.
+    const [during, refused, health] = await Promise.all([
+      chat("chat", "During the restart."),
+      client.chat.completions.create({ model: "alpha", messages: [{ role: "user", content: "x" }], max_tokens: 2 }).catch((err: unknown) => err),
+      fetch(`${router.url}/health`).then(async (r) => ({ status: r.status, body: await r.json() })),
+    ]);
+    expect(during.model).toBe("remote");
+    expect(refused).toMatchObject({ status: 503, code: "engine_restarting" });
+    expect(health.status).toBe(200);
+    expect(health.body).toMatchObject({ status: "degraded", models: { alpha: { state: "restarting" } }, unavailable: ["alpha"] });
     const rescued = await held;
     expect(rescued.model).toBe("remote");
     expect(rescued.usage!.completion_tokens).toBe(300);
     expect(rescued.choices[0].finish_reason).toBe("length");
-
-    expect(engine.state).toBe("restarting");
-    const during = await chat("chat", "During the restart.");
-    expect(during.model).toBe("remote");
-    const refused = await client.chat.completions.create({ model: "alpha", messages: [{ role: "user", content: "x" }], max_tokens: 2 }).catch((err: unknown) => err);
-    expect(refused).toMatchObject({ status: 503, code: "engine_restarting" });
-    const health = await fetch(`${router.url}/health`);
-    expect(health.status).toBe(200);
-    expect(await health.json()).toMatchObject({ status: "degraded", models: { alpha: { state: "restarting" } }, unavailable: ["alpha"] });
 
     await waitFor(() => engine.state === "running");
     expect((await chat("chat", "After the restart.")).model).toBe("alpha");

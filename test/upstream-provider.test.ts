@@ -150,7 +150,7 @@ describe("retry policy", () => {
 
 describe("route plan", () => {
   const local = () => new LocalBackend("local", { limits: { maxNumSeqs: 2, maxQueuedRequests: 8 }, defaults: {} });
-  const remote = new UpstreamBackend("remote", provider());
+  const remote = new UpstreamBackend("remote", new UpstreamProvider({ name: "p", baseUrl: "http://127.0.0.1:9/v1", apiKey: null, timeoutMs: 1000, maxConcurrency: 1 }));
 
   it("tries the burst target last while the local model keeps up, and first once it is busy", () => {
     const busy = local();
