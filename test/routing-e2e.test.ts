@@ -17,6 +17,7 @@ import { startServer, type RunningServer } from "../server/serve.ts";
 import { openStore } from "../service/store/open-store.ts";
 import { serveProcess, type Serving } from "./helpers/serve-process.ts";
 import { startScriptedUpstream, type ScriptedUpstream } from "./helpers/scripted-upstream.ts";
+import { ADMIN, createKey } from "./helpers/limits.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "tokenmill-routing-"));
 const DB = `sqlite:${join(dir, "router.db")}`;
@@ -34,10 +35,11 @@ let peerClient: OpenAI;
 /** What each client was told, by its x-request-id: the ledger must say the same. */
 const seen = new Map<string, { model: string; usage: OpenAI.CompletionUsage & { cost?: number } }>();
 let numRequests = 0;
+let keyId = "";
 
-async function chat(model: string, content: string, extra: Record<string, unknown> = {}): Promise<OpenAI.ChatCompletion> {
+async function chat(model: string, content: string, extra: Record<string, unknown> = {}, as = client): Promise<OpenAI.ChatCompletion> {
   const id = `routing-${numRequests++}`;
-  const response = await client.chat.completions.create(
+  const response = await as.chat.completions.create(
     { model, messages: [{ role: "user", content }], max_tokens: 12, temperature: 0, ...extra } as OpenAI.ChatCompletionCreateParamsNonStreaming,
     { headers: { "x-request-id": id } },
   );
@@ -96,6 +98,7 @@ beforeAll(async () => {
       { name: "sturdy", targets: ["flaky-a", "alpha"] },
     ],
     host: "127.0.0.1", port: 0, shutdownTimeoutMs: 5000, bodyLimitBytes: 1024 * 1024, tokenizerThreads: 1,
+    adminKeys: [ADMIN],
     db: { url: DB, replica: "router", prices: [price("alpha"), price("remote"), price("remote-int8"), price("beta")] },
   });
   await router.ready;
@@ -248,6 +251,20 @@ describe("several models behind one server", () => {
     await waitFor(() => backend.provider.numInFlight === 0 && backend.numInFlight === 0, 5000);
   });
 
+  // NOTE: the first key ends anonymous serving, so this runs after every anonymous test.
+  it("applies the same key, allow-list and limits whichever backend serves, and never falls back past a key's limit", async () => {
+    const key = await createKey(router.url, { name: "routed", models: ["chat", "remote"], rpm: 2 });
+    const keyed = new OpenAI({ baseURL: `${router.url}/v1`, apiKey: key.secret, maxRetries: 0 });
+    expect((await keyed.models.list()).data.map((m) => m.id).sort()).toEqual(["chat", "remote"]);
+    expect(await keyed.chat.completions.create({ model: "alpha", messages: [{ role: "user", content: "x" }], max_tokens: 2 }).catch((e: unknown) => e))
+      .toMatchObject({ status: 404, code: "model_not_found" });
+    expect((await chat("remote", "Keyed, upstream.", {}, keyed)).model).toBe("remote");
+    expect((await chat("chat", "Keyed, local.", {}, keyed)).model).toBe("alpha");
+    expect(await keyed.chat.completions.create({ model: "chat", messages: [{ role: "user", content: "x" }], max_tokens: 2 }).catch((e: unknown) => e))
+      .toMatchObject({ status: 429, code: "rate_limit_exceeded" });
+    keyId = key.id;
+  });
+
   it("settles every request once, under its real backend: the ledger's sums per backend equal what clients saw", async () => {
     await router.close();
     const store = await openStore(DB);
@@ -280,6 +297,7 @@ describe("several models behind one server", () => {
       // The fallback's rows: the route the client asked for, and the model that served it.
       expect(rows.filter((r) => r.route === "chat" && r.model === "remote")).toHaveLength(2);
       expect(rows.every((r) => r.status !== "in_flight")).toBe(true);
+      expect(rows.filter((r) => r.key_id === keyId).map((r) => r.backend).sort()).toEqual(["local:alpha", "upstream:peer"]);
     } finally {
       await store.close();
     }
