@@ -87,3 +87,16 @@ describe("serve config", () => {
     expect(() => readServeConfig(write(text), CLI, {})).toThrow(message);
   });
 });
+
+describe("the README's example config", () => {
+  it("is a config tokenmill reads", async () => {
+    const { readFileSync } = await import("node:fs");
+    const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
+    const section = readme.slice(readme.indexOf("## Models, providers and routing"));
+    const yaml = /```yaml\n([\s\S]*?)```/.exec(section)![1].replace("/models/Qwen3-8B", ensureDefaultModel());
+    const config = readServeConfig(write(yaml), CLI, { OPENAI_API_KEY: "sk-example" });
+    expect(config.models.map((m) => m.name)).toEqual(["qwen3-8b", "tiny"]);
+    expect(config.models[0].engineOptions).toMatchObject({ kvCacheMemoryBytes: 3 * 1024 ** 3, quantization: "int8", maxNumSeqs: 32 });
+    expect(config.routes[0]).toMatchObject({ name: "chat", burst: { to: "gpt-4o-mini", waitingOver: 8, ttftOverMs: 2500 } });
+  });
+});
