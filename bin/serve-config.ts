@@ -45,8 +45,8 @@ const localModel = z.object({
   model: z.string().min(1).optional(),
   aliases: z.array(name).default([]),
   "kv-cache-share": z.number().gt(0).max(1).optional(),
-  "max-queued-requests": z.number().int().nonnegative().default(1024),
-  "tool-call-parser": z.enum(["auto", "hermes", "none"]).default("auto"),
+  "max-queued-requests": z.number().int().nonnegative().optional(),
+  "tool-call-parser": z.enum(["auto", "hermes", "none"]).optional(),
   price: price.optional(),
 }).catchall(flagScalar).superRefine((entry, ctx) => {
   const own = new Set(["name", "model", "aliases", "kv-cache-share", "max-queued-requests", "tool-call-parser", "price", ...ENGINE_KEYS]);
@@ -98,8 +98,16 @@ const configFile = z.strictObject({
 
 type ConfigFile = z.infer<typeof configFile>;
 
-/** Reads and checks the file; `cli` are the command line's engine flags (every model's defaults). */
-export function readServeConfig(path: string, cli: EngineFlagValues, env: NodeJS.ProcessEnv = process.env): ServeConfig {
+/** The command line's per-model server flags, every local model's defaults. */
+export interface ModelDefaults {
+  maxQueuedRequests: number;
+  toolCallParser: "auto" | "hermes" | "none";
+}
+
+const MODEL_DEFAULTS: ModelDefaults = { maxQueuedRequests: 1024, toolCallParser: "auto" };
+
+/** Reads and checks the file; `cli` are the command line's engine flags, and `defaults` its other per-model flags (every model's defaults). */
+export function readServeConfig(path: string, cli: EngineFlagValues, env: NodeJS.ProcessEnv = process.env, defaults: ModelDefaults = MODEL_DEFAULTS): ServeConfig {
   let raw: unknown;
   try {
     raw = parseYaml(readFileSync(path, "utf8"));
@@ -137,7 +145,8 @@ export function readServeConfig(path: string, cli: EngineFlagValues, env: NodeJS
     const checkpoint = readCheckpoint(modelDirFrom({ model: entry.model }));
     return {
       name: entry.name, aliases: entry.aliases, engineOptions: engineOptionsFrom(flags, checkpoint), defaults: checkpoint.generationDefaults,
-      maxQueuedRequests: entry["max-queued-requests"], toolCallParser: toolCallParserFor(entry["tool-call-parser"], checkpoint.chatTemplate),
+      maxQueuedRequests: entry["max-queued-requests"] ?? defaults.maxQueuedRequests,
+      toolCallParser: toolCallParserFor(entry["tool-call-parser"] ?? defaults.toolCallParser, checkpoint.chatTemplate),
     };
   });
   const providers = file.providers.map((p): ProviderSpec => {

@@ -3,7 +3,7 @@ import { parseArgs } from "node:util";
 import { readCheckpoint } from "../models/checkpoint.ts";
 import { startServer } from "../server/serve.ts";
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags, type EngineFlagValues, type EngineFlags } from "./engine-flags.ts";
-import { readServeConfig, toolCallParserFor, type ServeConfig } from "./serve-config.ts";
+import { readServeConfig, toolCallParserFor, type ModelDefaults, type ServeConfig } from "./serve-config.ts";
 import { microUsdPerMtok, type Price } from "../service/prices.ts";
 import { defaultDbUrl } from "../service/store/open-store.ts";
 import type { AuthMode } from "../server/http/auth.ts";
@@ -108,7 +108,7 @@ export async function serveCommand(args: string[]): Promise<void> {
       },
     },
   };
-  const served = values.config === undefined ? singleModel(values, engineFlags, server) : configured(values);
+  const served = values.config === undefined ? singleModel(values, engineFlags, server) : configured(values, server);
   if (server.db && served.prices.length > 0) server.db.prices = [...served.prices, ...server.db.prices];
   const running = await startServer({
     models: served.models,
@@ -173,9 +173,9 @@ function singleModel(
 }
 
 /** --config: the file's models; the flags that name one model conflict with it. */
-function configured(values: EngineFlagValues & { config?: string; "served-model-name"?: string }): ServeConfig {
+function configured(values: EngineFlagValues & { config?: string; "served-model-name"?: string }, server: ModelDefaults): ServeConfig {
   for (const flag of ["model", "served-model-name"] as const) {
     if (values[flag] !== undefined) throw new FlagError(`--${flag} names one model; with --config, give each model in the file`);
   }
-  return readServeConfig(values.config!, values);
+  return readServeConfig(values.config!, values, process.env, server);
 }

@@ -17,6 +17,7 @@ import { LocalBackend, UpstreamBackend } from "./backends/model-backend.ts";
 import { ModelRegistry } from "./backends/model-registry.ts";
 import type { FallbackReason } from "./http/api-error.ts";
 import { UpstreamProvider, type ProviderOptions } from "./upstream/upstream-provider.ts";
+import type { BreakerState } from "./upstream/circuit-breaker.ts";
 import { ServerMetrics } from "./metrics.ts";
 import type { GenerationDefaults, ServerContext } from "./server-context.ts";
 
@@ -124,7 +125,10 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     };
   }
   ctx.settleListeners.push((settlement) => ctx.metrics.observeBilled(settlement.model, settlement.usage));
-  const locals = registerModels(models, options, ctx);
+  const locals = registerModels(models, options, ctx, (provider, state) => {
+    if (state === "open") log?.warn({ provider }, `the upstream provider ${provider} keeps failing: its circuit breaker is open; its models' routes fall back`);
+    else log?.info({ provider }, `the upstream provider ${provider} answers again: its circuit breaker is closed`);
+  });
   let app: FastifyInstance;
   try {
     app = buildApp(ctx, {
@@ -182,7 +186,9 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
 const unlimited = (caller: { keyId: string; admin: boolean }) => caller.admin || caller.keyId === "anonymous";
 
 /** Registers every local model, upstream model, alias and route; returns the local models to load. */
-function registerModels(models: ModelRegistry, options: ServeOptions, ctx: ServerContext): { backend: LocalBackend; spec: LocalModelSpec }[] {
+function registerModels(
+  models: ModelRegistry, options: ServeOptions, ctx: ServerContext, onBreaker: (provider: string, state: BreakerState) => void,
+): { backend: LocalBackend; spec: LocalModelSpec }[] {
   if (options.models.length === 0 && (options.providers ?? []).every((p) => p.models.length === 0)) throw new Error("nothing to serve: no local model and no upstream model");
   const locals = options.models.map((spec) => {
     const backend = new LocalBackend(spec.name, {
@@ -197,7 +203,10 @@ function registerModels(models: ModelRegistry, options: ServeOptions, ctx: Serve
     const provider = new UpstreamProvider({
       ...spec,
       onTry: (result) => ctx.metrics.upstreamTries.inc({ provider: spec.name, result }),
-      onBreaker: (state) => ctx.metrics.upstreamBreaker.set({ provider: spec.name }, state === "closed" ? 0 : 1),
+      onBreaker: (state) => {
+        ctx.metrics.upstreamBreaker.set({ provider: spec.name }, state === "closed" ? 0 : 1);
+        onBreaker(spec.name, state);
+      },
     });
     ctx.metrics.upstreamBreaker.set({ provider: spec.name }, 0);
     for (const model of spec.models) models.register(new UpstreamBackend(model.name, provider, model));

@@ -132,6 +132,11 @@ describe("several models behind one server", () => {
       expect(beta.model).toBe("beta");
       expect(textOf(beta)).toBe(textOf(aloneInt8));
     }
+    const [localText, remoteText] = await Promise.all(["alpha", "remote"].map((model) =>
+      client.completions.create({ model, prompt: "Once upon a time", max_tokens: 10, temperature: 0 })));
+    expect(remoteText.model).toBe("remote");
+    expect(remoteText.choices[0].text).toBe(localText.choices[0].text);
+    expect(remoteText.usage).toMatchObject({ prompt_tokens: localText.usage!.prompt_tokens, completion_tokens: 10 });
     const health = await (await fetch(`${router.url}/health`)).json() as { status: string; models: Record<string, { backend: string; state: string }> };
     expect(health.status).toBe("ok");
     expect(health.models.alpha).toEqual({ backend: "local:alpha", state: "running" });

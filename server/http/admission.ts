@@ -18,7 +18,7 @@ import { NO_USAGE, addUsage, type Admission, type Outcome, type Settlement, type
 import type { LocalBackend, ModelBackend, UpstreamBackend } from "../backends/model-backend.ts";
 import { EngineError, type EngineOutput, type EngineRequest, type Priority, type PromptTokenizer, type RequestUsage, type ServingEngine } from "../backends/engine-api.ts";
 import type { ServerContext } from "../server-context.ts";
-import { ApiError, clientClosedRequest, engineDead, engineRestarting, invalidRequest, modelLoading, overloaded, requestAborted, toApiError } from "./api-error.ts";
+import { ApiError, BackendUnavailable, clientClosedRequest, engineDead, engineRestarting, modelLoading, overloaded, requestAborted, toApiError } from "./api-error.ts";
 
 /** What a route sees of a request admitted to a local model. */
 export interface Admitted {
@@ -127,11 +127,11 @@ export class RequestScope {
     const { engine, tokenizer, limits } = backend;
     const capacity = limits.maxNumSeqs + limits.maxQueuedRequests;
     if (numSequences > capacity) {
-      throw invalidRequest(
+      // NOTE: a 400 for this model alone: a route may still have a target that holds it (hence "overloaded").
+      throw new BackendUnavailable("overloaded", 400,
         `This request needs ${numSequences} sequences at once, but the server holds at most ${capacity} ` +
           `(${limits.maxNumSeqs} running plus ${limits.maxQueuedRequests} queued); send fewer prompts or a smaller n.`,
-        this.options.param ?? "n", "too_many_sequences",
-      );
+        "too_many_sequences", undefined, {}, this.options.param ?? "n");
     }
     if (!engine || !tokenizer) throw modelLoading();
     if (engine.state === "restarting") throw engineRestarting();

@@ -36,9 +36,9 @@ export type FallbackReason = (typeof FALLBACK_REASONS)[number];
 /** A backend's refusal or failure that another backend of the route may make good (see backends/route.ts). */
 export class BackendUnavailable extends ApiError {
   constructor(
-    readonly reason: FallbackReason, status: number, message: string, code: string, retryAfterSeconds?: number, headers: Record<string, string> = {},
+    readonly reason: FallbackReason, status: number, message: string, code: string, retryAfterSeconds?: number, headers: Record<string, string> = {}, param: string | null = null,
   ) {
-    super(status, message, status === 429 ? "requests" : "server_error", null, code, retryAfterSeconds, headers);
+    super(status, message, status === 429 ? "requests" : status < 500 ? "invalid_request_error" : "server_error", param, code, retryAfterSeconds, headers);
   }
 }
 
