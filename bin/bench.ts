@@ -184,7 +184,7 @@ function tokenizerDir(values: EngineFlagValues & { tokenizer?: string; "base-url
   return modelDirFrom({});
 }
 
-function benchTokenizer(checkpoint: Checkpoint): BenchTokenizer {
+export function benchTokenizer(checkpoint: Checkpoint): BenchTokenizer {
   const tokenizer = ModelTokenizer.load(checkpoint);
   return {
     vocabSize: checkpoint.config.vocabSize,

@@ -279,25 +279,49 @@ export function openRequest(ctx: ServerContext, options: AdmitOptions): RequestS
   return new RequestScope(ctx, options);
 }
 
-/** One local model's share of a request: its engine requests and their usage. */
-class LocalAttempt implements Admitted, Attempt {
-  private readonly controller = new AbortController();
+/** What both kinds of attempt share: their scope, their own abort, their usage, and the scope's settlement. */
+abstract class AttemptBase<B extends ModelBackend> {
+  protected readonly controller = new AbortController();
   readonly signal: AbortSignal;
-  private readonly runs: EngineRun[] = [];
-  private used = NO_USAGE;
-  /** Tokens in the outputs the route read (and so sent on): what a client that left was given. */
-  private numTokensRead = 0;
-  private closed: Promise<void> | null = null;
+  protected used = NO_USAGE;
 
-  constructor(
-    private readonly scope: RequestScope, readonly backend: LocalBackend, readonly engine: ServingEngine, readonly tokenizer: PromptTokenizer,
-    private readonly numSequences: number,
-  ) {
+  constructor(protected readonly scope: RequestScope, readonly backend: B) {
     this.signal = AbortSignal.any([scope.signal, this.controller.signal]);
   }
 
   get usage(): Usage {
     return this.used;
+  }
+
+  cost(): Promise<number | null> {
+    return this.scope.costOf(this.backend, this.used);
+  }
+
+  fail(err: unknown): void {
+    this.scope.fail(err);
+  }
+
+  commit(): void {
+    this.scope.commit();
+  }
+
+  settle(): Promise<void> {
+    return this.scope.settle();
+  }
+}
+
+/** One local model's share of a request: its engine requests and their usage. */
+class LocalAttempt extends AttemptBase<LocalBackend> implements Admitted, Attempt {
+  private readonly runs: EngineRun[] = [];
+  /** Tokens in the outputs the route read (and so sent on): what a client that left was given. */
+  private numTokensRead = 0;
+  private closed: Promise<void> | null = null;
+
+  constructor(
+    scope: RequestScope, backend: LocalBackend, readonly engine: ServingEngine, readonly tokenizer: PromptTokenizer,
+    private readonly numSequences: number,
+  ) {
+    super(scope, backend);
   }
 
   generate(request: EngineRequest): AsyncIterator<EngineOutput> {
@@ -315,22 +339,6 @@ class LocalAttempt implements Admitted, Attempt {
     const run = new EngineRun(start, (used, output, byRoute) => this.count(used, output, byRoute));
     this.runs.push(run);
     return run.reader(this.signal, (err) => this.fail(err));
-  }
-
-  cost(): Promise<number | null> {
-    return this.scope.costOf(this.backend, this.used);
-  }
-
-  fail(err: unknown): void {
-    this.scope.fail(err);
-  }
-
-  commit(): void {
-    this.scope.commit();
-  }
-
-  settle(): Promise<void> {
-    return this.scope.settle();
   }
 
   release(): void {
@@ -357,21 +365,10 @@ class LocalAttempt implements Admitted, Attempt {
 }
 
 /** One upstream model's share of a request: the usage it reported. */
-class UpstreamAttempt implements UpstreamAdmitted, Attempt {
-  private readonly controller = new AbortController();
-  readonly signal: AbortSignal;
-  private used = NO_USAGE;
+class UpstreamAttempt extends AttemptBase<UpstreamBackend> implements UpstreamAdmitted, Attempt {
   private reported = false;
   private numChunksSent = 0;
   private closed = false;
-
-  constructor(private readonly scope: RequestScope, readonly backend: UpstreamBackend) {
-    this.signal = AbortSignal.any([scope.signal, this.controller.signal]);
-  }
-
-  get usage(): Usage {
-    return this.used;
-  }
 
   async reserve(promptTokens: number, maxTokens: number | null): Promise<void> {
     await this.scope.reserveRun(this.backend, promptTokens, maxTokens ?? this.backend.maxOutputTokens, maxTokens ?? 0);
@@ -385,22 +382,6 @@ class UpstreamAttempt implements UpstreamAdmitted, Attempt {
   sent(numChunks: number): void {
     if (numChunks > 0) this.scope.firstToken();
     this.numChunksSent += numChunks;
-  }
-
-  cost(): Promise<number | null> {
-    return this.scope.costOf(this.backend, this.used);
-  }
-
-  fail(err: unknown): void {
-    this.scope.fail(err);
-  }
-
-  commit(): void {
-    this.scope.commit();
-  }
-
-  settle(): Promise<void> {
-    return this.scope.settle();
   }
 
   /**

@@ -15,6 +15,22 @@ export class SseStream {
     });
   }
 
+  /**
+   * Runs a stream's body; however it ends, the request is settled (its ledger row committed)
+   * before the last bytes: the error event when the body threw, `[DONE]` otherwise.
+   */
+  async settledRun(request: { fail(err: unknown): void; settle(): Promise<void> }, body: () => Promise<void>): Promise<void> {
+    try {
+      await body();
+    } catch (err) {
+      request.fail(err);
+      await request.settle();
+      return this.fail(err);
+    }
+    await request.settle();
+    this.end();
+  }
+
   get closed(): boolean {
     return this.ended || this.res.destroyed;
   }

@@ -119,7 +119,7 @@ async function streamChat(reply: FastifyReply, body: ChatCompletionRequest, head
   });
   const choices = new Choices(body.n);
   const toolStreams = new Map<number, ToolCallStream>();
-  try {
+  await sse.settledRun(admitted, async () => {
     for (let next = first; !next.done && !sse.closed; next = await outputs.next()) {
       const output = next.value;
       const index = output.index;
@@ -145,13 +145,7 @@ async function streamChat(reply: FastifyReply, body: ChatCompletionRequest, head
       }
     }
     if (includeUsage) await sse.send({ ...head, object: "chat.completion.chunk", choices: [], usage: openAiUsage(admitted.usage, await admitted.cost()) });
-  } catch (err) {
-    admitted.fail(err);
-    await admitted.settle();
-    return sse.fail(err);
-  }
-  await admitted.settle();
-  sse.end();
+  });
 }
 
 function appendFinished(text: string, held: { content: string; toolCalls: ToolCall[] }): { content: string; toolCalls: ToolCall[] } {

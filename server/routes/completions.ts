@@ -109,7 +109,7 @@ async function streamCompletions(reply: FastifyReply, body: CompletionRequest, h
   const sse = new SseStream(reply.raw);
   const includeUsage = body.stream_options?.include_usage === true;
   const chunk = (choices: unknown[], usage?: unknown) => ({ ...head, object: "text_completion", choices, ...(includeUsage ? { usage: usage ?? null } : {}) });
-  try {
+  await sse.settledRun(admitted, async () => {
     await Promise.all(runs.map(async (run) => {
       const offsets = new Map<number, number>();
       for (let next = run.first; !next.done && !sse.closed; next = await run.outputs.next()) {
@@ -129,11 +129,5 @@ async function streamCompletions(reply: FastifyReply, body: CompletionRequest, h
       }
     }));
     if (includeUsage) await sse.send(chunk([], openAiUsage(admitted.usage, await admitted.cost())));
-  } catch (err) {
-    admitted.fail(err);
-    await admitted.settle();
-    return sse.fail(err);
-  }
-  await admitted.settle();
-  sse.end();
+  });
 }

@@ -62,7 +62,7 @@ async function streamThrough(admitted: UpstreamAdmitted, reply: FastifyReply, by
   reply.hijack();
   const sse = new SseStream(reply.raw);
   let done = false;
-  try {
+  await sse.settledRun(admitted, async () => {
     for await (const chunk of bytes) {
       parser.feed(decoder.decode(chunk, { stream: true }));
       for (const event of events.splice(0)) {
@@ -87,13 +87,7 @@ async function streamThrough(admitted: UpstreamAdmitted, reply: FastifyReply, by
       if (done || sse.closed) break;
     }
     if (!done && !sse.closed) throw badResponse(backend.provider.name, "the stream ended before [DONE]");
-  } catch (err) {
-    admitted.fail(err);
-    await admitted.settle();
-    return sse.fail(err);
-  }
-  await admitted.settle();
-  sse.end();
+  });
 }
 
 /** Whether a chunk's choice carries output: text, a tool call, or reasoning. */
