@@ -10,6 +10,7 @@ import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { readCheckpoint } from "../models/checkpoint.ts";
 import { FALLBACK_REASONS } from "../server/http/api-error.ts";
+import { REASONING_PARSERS, type ReasoningParser } from "../server/openai/reasoning.ts";
 import type { LocalModelSpec, ProviderSpec, RouteSpec } from "../server/serve.ts";
 import { microUsdPerMtok, type Price } from "../service/prices.ts";
 import { parseBytes } from "../engine/index.ts";
@@ -47,11 +48,12 @@ const localModel = z.object({
   "kv-cache-share": z.number().gt(0).max(1).optional(),
   "max-queued-requests": z.number().int().nonnegative().optional(),
   "tool-call-parser": z.enum(["auto", "hermes", "none"]).optional(),
+  "reasoning-parser": z.enum([...REASONING_PARSERS, "none"]).optional(),
   price: price.optional(),
 }).catchall(flagScalar).superRefine((entry, ctx) => {
-  const own = new Set(["name", "model", "aliases", "kv-cache-share", "max-queued-requests", "tool-call-parser", "price", ...ENGINE_KEYS]);
+  const own = new Set(["name", "model", "aliases", "kv-cache-share", "max-queued-requests", "tool-call-parser", "reasoning-parser", "price", ...ENGINE_KEYS]);
   for (const key of Object.keys(entry)) {
-    if (!own.has(key)) ctx.addIssue({ code: "custom", path: [key], message: `unknown key; a model takes name, model, aliases, kv-cache-share, max-queued-requests, tool-call-parser, price and the engine flags (${ENGINE_KEYS.join(", ")})` });
+    if (!own.has(key)) ctx.addIssue({ code: "custom", path: [key], message: `unknown key; a model takes name, model, aliases, kv-cache-share, max-queued-requests, tool-call-parser, reasoning-parser, price and the engine flags (${ENGINE_KEYS.join(", ")})` });
   }
   if (entry["kv-cache-share"] !== undefined && entry["kv-cache-memory"] !== undefined) {
     ctx.addIssue({ code: "custom", path: ["kv-cache-share"], message: "give kv-cache-share or kv-cache-memory, not both" });
@@ -102,9 +104,10 @@ type ConfigFile = z.infer<typeof configFile>;
 export interface ModelDefaults {
   maxQueuedRequests: number;
   toolCallParser: "auto" | "hermes" | "none";
+  reasoningParser: ReasoningParser | "none";
 }
 
-const MODEL_DEFAULTS: ModelDefaults = { maxQueuedRequests: 1024, toolCallParser: "auto" };
+const MODEL_DEFAULTS: ModelDefaults = { maxQueuedRequests: 1024, toolCallParser: "auto", reasoningParser: "none" };
 
 /** Reads and checks the file; `cli` are the command line's engine flags, and `defaults` its other per-model flags (every model's defaults). */
 export function readServeConfig(path: string, cli: EngineFlagValues, env: NodeJS.ProcessEnv = process.env, defaults: ModelDefaults = MODEL_DEFAULTS): ServeConfig {
@@ -147,6 +150,7 @@ export function readServeConfig(path: string, cli: EngineFlagValues, env: NodeJS
       name: entry.name, aliases: entry.aliases, engineOptions: engineOptionsFrom(flags, checkpoint), defaults: checkpoint.generationDefaults,
       maxQueuedRequests: entry["max-queued-requests"] ?? defaults.maxQueuedRequests,
       toolCallParser: toolCallParserFor(entry["tool-call-parser"] ?? defaults.toolCallParser, checkpoint.chatTemplate),
+      reasoningParser: reasoningParserOf(entry["reasoning-parser"] ?? defaults.reasoningParser),
     };
   });
   const providers = file.providers.map((p): ProviderSpec => {
@@ -196,6 +200,8 @@ function checkNames(file: ConfigFile, fail: (message: string) => FlagError): voi
   }
   if (seen.size === 0) throw fail("it serves nothing: give at least one model");
 }
+
+export const reasoningParserOf = (choice: ReasoningParser | "none"): ReasoningParser | undefined => (choice === "none" ? undefined : choice);
 
 export function toolCallParserFor(choice: "auto" | "hermes" | "none", chatTemplate: string | null): "hermes" | undefined {
   if (choice === "hermes") return "hermes";

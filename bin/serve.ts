@@ -3,7 +3,8 @@ import { parseArgs } from "node:util";
 import { readCheckpoint } from "../models/checkpoint.ts";
 import { startServer } from "../server/serve.ts";
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags, type EngineFlagValues, type EngineFlags } from "./engine-flags.ts";
-import { readServeConfig, toolCallParserFor, type ModelDefaults, type ServeConfig } from "./serve-config.ts";
+import { readServeConfig, reasoningParserOf, toolCallParserFor, type ModelDefaults, type ServeConfig } from "./serve-config.ts";
+import { REASONING_PARSERS } from "../server/openai/reasoning.ts";
 import { microUsdPerMtok, type Price } from "../service/prices.ts";
 import { defaultDbUrl } from "../service/store/open-store.ts";
 import type { AuthMode } from "../server/http/auth.ts";
@@ -27,6 +28,8 @@ Server:
   --tokenizer-threads N         tokenizer worker threads (default: spare cores, at most 4)
   --tool-call-parser P          auto, hermes or none: parse tool calls out of the output
                                 (auto: hermes when the chat template writes <tool_call>, as Qwen's do)
+  --reasoning-parser P          qwen3, deepseek_r1 or none (default): split <think>...</think> out of the answer
+                                into reasoning_content
   --api-key KEY                 a static key the API accepts as Authorization: Bearer KEY (repeatable; env TOKENMILL_API_KEY)
   --db URL|none                 keys and usage ledger: sqlite:PATH (default: $TOKENMILL_DATA_DIR/tokenmill.db,
                                 data dir .data/) or postgres://... (shared by replicas); none: neither
@@ -60,6 +63,7 @@ export async function serveCommand(args: string[]): Promise<void> {
       "max-body-size": { type: "string", default: "8MiB" },
       "tokenizer-threads": { type: "string" },
       "tool-call-parser": { type: "string", default: "auto" },
+      "reasoning-parser": { type: "string", default: "none" },
       "log-level": { type: "string", default: "info" },
       "api-key": { type: "string", multiple: true },
       db: { type: "string", default: defaultDbUrl() },
@@ -90,6 +94,7 @@ export async function serveCommand(args: string[]): Promise<void> {
     bodyLimitBytes: flagValue("max-body-size", values["max-body-size"], bytesFlag),
     tokenizerThreads: optionalFlagValue("tokenizer-threads", values["tokenizer-threads"], intFlag(1, 64)),
     toolCallParser: flagValue("tool-call-parser", values["tool-call-parser"], enumFlag("auto", "hermes", "none")),
+    reasoningParser: flagValue("reasoning-parser", values["reasoning-parser"], enumFlag(...REASONING_PARSERS, "none")),
     logLevel: flagValue("log-level", values["log-level"], enumFlag("fatal", "error", "warn", "info", "debug", "trace", "silent")),
     apiKeys: (values["api-key"] ?? (process.env.TOKENMILL_API_KEY ? [process.env.TOKENMILL_API_KEY] : [])).map((key) => flagValue("api-key", key, nonEmptyFlag)),
     adminKeys: (values["admin-key"] ?? (process.env.TOKENMILL_ADMIN_KEY ? [process.env.TOKENMILL_ADMIN_KEY] : [])).map((key) => flagValue("admin-key", key, nonEmptyFlag)),
@@ -160,13 +165,14 @@ function authModeOf(requireAuth: boolean, noAuth: boolean): AuthMode {
 
 /** Without --config: the one model of --model, as today. */
 function singleModel(
-  values: EngineFlagValues, engineFlags: EngineFlags, server: { servedModelName?: string; maxQueuedRequests: number; toolCallParser: "auto" | "hermes" | "none" },
+  values: EngineFlagValues, engineFlags: EngineFlags, server: { servedModelName?: string } & ModelDefaults,
 ): ServeConfig {
   const checkpoint = readCheckpoint(modelDirFrom(values));
   return {
     models: [{
       name: server.servedModelName ?? checkpoint.name, engineOptions: engineOptionsFrom(engineFlags, checkpoint), defaults: checkpoint.generationDefaults,
       maxQueuedRequests: server.maxQueuedRequests, toolCallParser: toolCallParserFor(server.toolCallParser, checkpoint.chatTemplate),
+      reasoningParser: reasoningParserOf(server.reasoningParser),
     }],
     providers: [], routes: [], prices: [],
   };

@@ -18,6 +18,7 @@ import { ModelRegistry } from "./backends/model-registry.ts";
 import type { FallbackReason } from "./http/api-error.ts";
 import { UpstreamProvider, type ProviderOptions } from "./upstream/upstream-provider.ts";
 import type { BreakerState } from "./upstream/circuit-breaker.ts";
+import type { ReasoningParser } from "./openai/reasoning.ts";
 import { ServerMetrics } from "./metrics.ts";
 import type { GenerationDefaults, ServerContext } from "./server-context.ts";
 
@@ -33,6 +34,8 @@ export interface LocalModelSpec {
   maxQueuedRequests: number;
   /** How this model writes tool calls, for parsing them out of its output; undefined: not parsed. */
   toolCallParser?: "hermes";
+  /** How this model marks its reasoning (--reasoning-parser); undefined: left in the content. */
+  reasoningParser?: ReasoningParser;
 }
 
 /** An OpenAI-compatible provider, and the models of it that are served (each under its own name). */
@@ -195,6 +198,7 @@ function registerModels(
       limits: { maxNumSeqs: spec.engineOptions.maxNumSeqs, maxQueuedRequests: spec.maxQueuedRequests },
       defaults: spec.defaults,
       toolCallParser: spec.toolCallParser,
+      reasoningParser: spec.reasoningParser,
     });
     models.register(backend);
     return { backend, spec };

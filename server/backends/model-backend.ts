@@ -4,6 +4,7 @@
  * Both sit in one registry, under the same keys, limits and ledger.
  */
 import type { GenerationDefaults } from "../../models/index.ts";
+import type { ReasoningParser } from "../openai/reasoning.ts";
 import type { UpstreamProvider } from "../upstream/upstream-provider.ts";
 import type { PromptTokenizer, ServingEngine } from "./engine-api.ts";
 
@@ -20,6 +21,8 @@ export interface LocalBackendOptions {
   defaults: GenerationDefaults;
   /** How tool calls in this model's output are written; undefined: they are not parsed. */
   toolCallParser?: "hermes";
+  /** How reasoning in this model's output is marked (--reasoning-parser); undefined: it is left in the content. */
+  reasoningParser?: ReasoningParser;
 }
 
 /** Weight of the newest request in a backend's running TTFT average. */
@@ -37,6 +40,7 @@ export class LocalBackend {
   limits: ServerLimits;
   readonly defaults: GenerationDefaults;
   readonly toolCallParser?: "hermes";
+  readonly reasoningParser?: ReasoningParser;
   /** A running average of the TTFT of this model's last requests, in ms; null before the first. */
   private ttftEwmaMs: number | null = null;
 
@@ -44,6 +48,7 @@ export class LocalBackend {
     this.limits = options.limits;
     this.defaults = options.defaults;
     this.toolCallParser = options.toolCallParser;
+    this.reasoningParser = options.reasoningParser;
   }
 
   /** What the ledger's backend column says. */

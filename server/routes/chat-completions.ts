@@ -15,6 +15,7 @@ import type { LocalBackend } from "../backends/model-backend.ts";
 import type { ServerContext } from "../server-context.ts";
 import { SseStream } from "../http/sse.ts";
 import { ToolCallStream, parseToolCalls, type ToolCall } from "../openai/tool-calls.ts";
+import { ReasoningStream, splitReasoning } from "../openai/reasoning.ts";
 import { grammarOf, grammarWritesToolCalls } from "../openai/structured-outputs.ts";
 
 export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext): void {
@@ -70,10 +71,13 @@ async function serveLocal(reply: FastifyReply, body: ChatCompletionRequest, gram
     const response = {
       ...head,
       choices: choices.choices.map((c) => {
-        const { content, toolCalls } = parseTools ? parseToolCalls(c.text) : { content: c.text, toolCalls: [] };
+        const parser = backend.reasoningParser;
+        const split = parser ? splitReasoning(parser, c.text) : { reasoning: "", content: c.text };
+        const { content, toolCalls } = parseTools ? parseToolCalls(split.content) : { content: split.content, toolCalls: [] };
+        const reasoning = parser ? { reasoning_content: split.reasoning || null } : {};
         return {
           index: c.index,
-          message: toolCalls.length > 0 ? { role: "assistant", content: content || null, tool_calls: toolCalls } : { role: "assistant", content },
+          message: toolCalls.length > 0 ? { role: "assistant", content: content || null, ...reasoning, tool_calls: toolCalls } : { role: "assistant", content, ...reasoning },
           logprobs: body.logprobs ? { content: c.logprobs.map(chatLogprob) } : null,
           finish_reason: toolCalls.length > 0 && c.finishReason === "stop" ? "tool_calls" : c.finishReason,
           stop_reason: c.stopReason,
@@ -119,6 +123,8 @@ async function streamChat(reply: FastifyReply, body: ChatCompletionRequest, head
   });
   const choices = new Choices(body.n);
   const toolStreams = new Map<number, ToolCallStream>();
+  const parser = admitted.backend.reasoningParser;
+  const reasoningStreams = new Map<number, ReasoningStream>();
   await sse.settledRun(admitted, async () => {
     for (let next = first; !next.done && !sse.closed; next = await outputs.next()) {
       const output = next.value;
@@ -129,12 +135,23 @@ async function streamChat(reply: FastifyReply, body: ChatCompletionRequest, head
         await sse.send(chunk({ index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }));
       }
       const toolStream = toolStreams.get(index)!;
-      let text = parseTools ? toolStream.push(output.text) : output.text;
+      let reasoning = "";
+      let answer = output.text;
+      if (parser) {
+        const reasoningStream = reasoningStreams.get(index) ?? new ReasoningStream(parser);
+        reasoningStreams.set(index, reasoningStream);
+        const split = reasoningStream.push(output.text);
+        const rest = output.finishReason ? reasoningStream.finish() : { reasoning: "", content: "" };
+        reasoning = split.reasoning + rest.reasoning;
+        answer = split.content + rest.content;
+      }
+      let text = parseTools ? toolStream.push(answer) : answer;
       let toolCalls: ToolCall[] = [];
       if (output.finishReason && parseTools) ({ content: text, toolCalls } = appendFinished(text, toolStream.finish()));
-      if (output.newTokenIds.length > 0 || text) {
+      if (output.newTokenIds.length > 0 || text || reasoning) {
         const logprobs = body.logprobs && output.logprobs ? { content: output.logprobs.map(chatLogprob) } : null;
-        await sse.send(chunk({ index, delta: text ? { content: text } : {}, logprobs, finish_reason: null }));
+        const delta = { ...(reasoning ? { reasoning_content: reasoning } : {}), ...(text ? { content: text } : {}) };
+        await sse.send(chunk({ index, delta, logprobs, finish_reason: null }));
       }
       if (toolCalls.length > 0) {
         await sse.send(chunk({ index, delta: { tool_calls: toolCalls.map((call, i) => ({ index: i, ...call })) }, logprobs: null, finish_reason: null }));

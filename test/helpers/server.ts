@@ -19,6 +19,7 @@ export interface TestServerOverrides {
   apiKeys?: string[];
   logger?: Parameters<typeof startServer>[0]["logger"];
   limits?: Parameters<typeof startServer>[0]["limits"];
+  reasoningParser?: "qwen3" | "deepseek_r1";
 }
 
 export async function startTestServer(overrides: TestServerOverrides = {}): Promise<RunningServer> {
@@ -33,6 +34,7 @@ export async function startTestServer(overrides: TestServerOverrides = {}): Prom
       defaults: checkpoint.generationDefaults,
       maxQueuedRequests: overrides.maxQueuedRequests ?? 256,
       toolCallParser: "hermes",
+      reasoningParser: overrides.reasoningParser,
     }],
     host: "127.0.0.1",
     port: 0,
