@@ -10,6 +10,8 @@ import { handleClientError } from "./http/client-error.ts";
 import { registerJsonBody } from "./http/json-body.ts";
 import { registerChatCompletions } from "./routes/chat-completions.ts";
 import { registerCompletions } from "./routes/completions.ts";
+import { registerMessages } from "./routes/messages.ts";
+import { anthropicErrorBody, isAnthropicRoute } from "./anthropic/anthropic-errors.ts";
 import type { Ledger } from "../service/ledger.ts";
 import type { PriceBook } from "../service/prices.ts";
 import type { Store } from "../service/store/open-store.ts";
@@ -91,6 +93,7 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
   });
   registerChatCompletions(app, ctx);
   registerCompletions(app, ctx);
+  registerMessages(app, ctx);
   registerModelRoutes(app, ctx);
   registerProbeRoutes(app, ctx);
   registerTokenizeRoutes(app, ctx);
@@ -106,5 +109,6 @@ function sendError(err: unknown, request: FastifyRequest, reply: FastifyReply): 
   if (apiError.status === 500) request.log.error({ err }, "request failed");
   if (apiError.retryAfterSeconds !== undefined) reply.header("retry-after", String(apiError.retryAfterSeconds));
   for (const [name, value] of Object.entries(apiError.headers)) reply.header(name, value);
-  return reply.status(apiError.status).send(apiError.body);
+  // NOTE: Anthropic's routes answer in Anthropic's error shape, whatever refused the request (auth, JSON, schema).
+  return reply.status(apiError.status).send(isAnthropicRoute(request.url) ? anthropicErrorBody(apiError) : apiError.body);
 }

@@ -38,17 +38,32 @@ export class SseStream {
   /** Writes one event; waits while the socket's buffer is full, so a slow client slows only itself. */
   async send(data: unknown): Promise<void> {
     if (this.closed) return;
-    if (!this.res.write(`data: ${JSON.stringify(data)}\n\n`)) {
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          this.res.off("drain", done);
-          this.res.off("close", done);
-          resolve();
-        };
-        this.res.on("drain", done);
-        this.res.on("close", done);
-      });
-    }
+    if (!this.res.write(`data: ${JSON.stringify(data)}\n\n`)) await this.drained();
+  }
+
+  private drained(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        this.res.off("drain", done);
+        this.res.off("close", done);
+        resolve();
+      };
+      this.res.on("drain", done);
+      this.res.on("close", done);
+    });
+  }
+
+  /** Writes one named event (`event: NAME`), as Anthropic's and the Responses API's streams are. */
+  async event(name: string, data: unknown): Promise<void> {
+    if (this.closed) return;
+    if (!this.res.write(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`)) await this.drained();
+  }
+
+  /** Ends a stream whose protocol has no `[DONE]`. */
+  close(): void {
+    if (this.closed) return;
+    this.ended = true;
+    this.res.end();
   }
 
   /**

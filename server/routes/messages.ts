@@ -1,0 +1,201 @@
+/**
+ * Anthropic's Messages API: POST /v1/messages (whole, or streamed as Anthropic's typed SSE
+ * events) and POST /v1/messages/count_tokens. A request runs as the chat request it translates
+ * to (see anthropic/messages-schema.ts), through the same admission, engine, limits and ledger.
+ * Errors on these routes are in Anthropic's shape (see app.ts).
+ */
+import { randomUUID } from "node:crypto";
+import type { FastifyInstance, FastifyReply } from "fastify";
+import type { Usage } from "../../service/settlement.ts";
+import { anthropicErrorBody } from "../anthropic/anthropic-errors.ts";
+import { countTokensRequest, messagesRequest, toChatRequest, toolsOf, chatMessagesOf } from "../anthropic/messages-schema.ts";
+import type { EngineOutput } from "../backends/engine-api.ts";
+import type { LocalBackend } from "../backends/model-backend.ts";
+import { openRequest, type Admitted } from "../http/admission.ts";
+import { invalidRequest, modelLoading, toApiError } from "../http/api-error.ts";
+import { checkModelAccess } from "../http/auth.ts";
+import { onClientGone, parseBody, setRawHeaders } from "../http/http-helpers.ts";
+import { serveRoute } from "../http/serve-route.ts";
+import { SseStream } from "../http/sse.ts";
+import { toChatMessage } from "../openai/chat-messages.ts";
+import { OutputSplitter, splitOutput, startChat, toolParsingFor, type SplitOutput } from "../openai/chat-run.ts";
+import type { ChatCompletionRequest } from "../openai/schemas.ts";
+import { grammarOf } from "../openai/structured-outputs.ts";
+import type { ToolCall } from "../openai/tool-calls.ts";
+import { inMessages } from "../openai/to-engine-request.ts";
+import type { ServerContext } from "../server-context.ts";
+
+export function registerMessages(app: FastifyInstance, ctx: ServerContext): void {
+  app.post("/v1/messages", async (request, reply) => {
+    const anthropic = parseBody(messagesRequest, request.body);
+    const body = toChatRequest(anthropic);
+    const route = ctx.models.resolve(body.model);
+    checkModelAccess(request.caller, route.name);
+    const grammar = grammarOf(body);
+    const scope = openRequest(ctx, {
+      requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key?.priority, endpoint: "/v1/messages",
+      numSequences: 1, onClientGone: (abort) => onClientGone(reply, abort), route: route.name,
+    });
+    try {
+      return await serveRoute(ctx, route, scope, {
+        local: (admitted) => serveLocal(reply, body, admitted, grammar),
+        upstream: async (_admitted, backend) => {
+          throw invalidRequest(`The model \`${backend.id}\` is an upstream provider's; tokenmill serves the Messages API from local models only.`, "model", "model_not_local");
+        },
+      });
+    } catch (err) {
+      scope.fail(err);
+      throw err;
+    } finally {
+      scope.release();
+    }
+  });
+
+  app.post("/v1/messages/count_tokens", async (request) => {
+    const body = parseBody(countTokensRequest, request.body);
+    const route = ctx.models.resolve(body.model);
+    checkModelAccess(request.caller, route.name);
+    const backend = route.targets.find((target): target is LocalBackend => target.kind === "local");
+    if (!backend) throw invalidRequest(`The model \`${body.model}\` is served by an upstream provider, whose tokenizer tokenmill does not have.`, "model", "model_not_local");
+    if (!backend.tokenizer) throw modelLoading();
+    const { promptTokenIds } = await backend.tokenizer.applyChatTemplate(chatMessagesOf(body).map(toChatMessage), {
+      addGenerationPrompt: true, tools: toolsOf(body) ?? undefined,
+      ...(body.thinking ? { kwargs: { enable_thinking: body.thinking.type === "enabled" } } : {}),
+    });
+    return { input_tokens: promptTokenIds.length };
+  });
+}
+
+/** Anthropic's usage: input_tokens excludes what was read from the cache. */
+function anthropicUsage(usage: Usage) {
+  return {
+    input_tokens: usage.promptTokens - usage.cachedPromptTokens, output_tokens: usage.completionTokens,
+    cache_read_input_tokens: usage.cachedPromptTokens, cache_creation_input_tokens: 0,
+  };
+}
+
+type Block = { type: "thinking"; thinking: string; signature: string } | { type: "text"; text: string } | { type: "tool_use"; id: string; name: string; input: unknown };
+
+const toolUseOf = (call: ToolCall): Block => ({ type: "tool_use", id: `toolu_${call.id.replace(/^call_/, "")}`, name: call.function.name, input: parseInput(call.function.arguments) });
+
+function parseInput(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return {};
+  }
+}
+
+/** stop_reason and stop_sequence, from how the sequence finished. */
+function stopOf(finishReason: string | null | undefined, stopReason: string | number | null | undefined, toolCalls: number) {
+  if (toolCalls > 0) return { stop_reason: "tool_use", stop_sequence: null };
+  if (finishReason === "length") return { stop_reason: "max_tokens", stop_sequence: null };
+  if (typeof stopReason === "string") return { stop_reason: "stop_sequence", stop_sequence: stopReason };
+  return { stop_reason: "end_turn", stop_sequence: null };
+}
+
+async function serveLocal(reply: FastifyReply, body: ChatCompletionRequest, admitted: Admitted, grammar: ReturnType<typeof grammarOf>): Promise<unknown> {
+  const { backend } = admitted;
+  let run;
+  try {
+    run = await startChat(admitted, body, grammar);
+  } catch (err) {
+    throw inMessages(err);
+  }
+  const parseTools = toolParsingFor(backend, body);
+  const id = `msg_${randomUUID().replaceAll("-", "")}`;
+  if (body.stream) return streamMessage(reply, admitted, run, { id, parseTools });
+  let text = "";
+  let last: EngineOutput | undefined;
+  for (let next = run.first; !next.done; next = await run.outputs.next()) {
+    text += next.value.text;
+    last = next.value;
+  }
+  const split = splitOutput(text, backend.reasoningParser, parseTools);
+  const response = {
+    id, type: "message", role: "assistant", model: backend.id, content: blocksOf(split),
+    ...stopOf(last?.finishReason, last?.stopReason, split.toolCalls.length), usage: anthropicUsage(admitted.usage),
+  };
+  await admitted.settle();
+  return response;
+}
+
+function blocksOf(split: SplitOutput): Block[] {
+  const blocks: Block[] = [];
+  if (split.reasoning) blocks.push({ type: "thinking", thinking: split.reasoning, signature: "" });
+  if (split.content || split.toolCalls.length === 0) blocks.push({ type: "text", text: split.content });
+  blocks.push(...split.toolCalls.map(toolUseOf));
+  return blocks;
+}
+
+/**
+ * Anthropic's stream: message_start, ping, then each content block (thinking, text, tool_use)
+ * as content_block_start, its deltas and content_block_stop, then message_delta (stop reason and
+ * usage) and message_stop. A failure mid-stream is an `error` event.
+ */
+async function streamMessage(reply: FastifyReply, admitted: Admitted, run: Awaited<ReturnType<typeof startChat>>, { id, parseTools }: { id: string; parseTools: boolean }): Promise<void> {
+  admitted.commit();
+  reply.hijack();
+  const sse = new SseStream(reply.raw);
+  const splitter = new OutputSplitter(admitted.backend.reasoningParser, parseTools);
+  let index = -1;
+  let open: "thinking" | "text" | null = null;
+  const start = async (type: "thinking" | "text") => {
+    if (open === type) return;
+    if (open) await sse.event("content_block_stop", { type: "content_block_stop", index });
+    index++;
+    open = type;
+    await sse.event("content_block_start", { type: "content_block_start", index, content_block: type === "text" ? { type: "text", text: "" } : { type: "thinking", thinking: "", signature: "" } });
+  };
+  const close = async () => {
+    if (open) await sse.event("content_block_stop", { type: "content_block_stop", index });
+    open = null;
+  };
+  try {
+    await sse.event("message_start", {
+      type: "message_start",
+      message: {
+        id, type: "message", role: "assistant", model: admitted.backend.id, content: [], stop_reason: null, stop_sequence: null,
+        usage: { input_tokens: run.numPromptTokens, output_tokens: 0, cache_read_input_tokens: 0, cache_creation_input_tokens: 0 },
+      },
+    });
+    await sse.event("ping", { type: "ping" });
+    let last: EngineOutput | undefined;
+    let toolCalls: ToolCall[] = [];
+    for (let next = run.first; !next.done && !sse.closed; next = await run.outputs.next()) {
+      last = next.value;
+      const split = splitter.push(next.value.text, Boolean(next.value.finishReason));
+      if (split.reasoning) {
+        await start("thinking");
+        await sse.event("content_block_delta", { type: "content_block_delta", index, delta: { type: "thinking_delta", thinking: split.reasoning } });
+      }
+      if (split.content) {
+        await start("text");
+        await sse.event("content_block_delta", { type: "content_block_delta", index, delta: { type: "text_delta", text: split.content } });
+      }
+      toolCalls = split.toolCalls;
+    }
+    if (sse.closed) return;
+    if (open === null && toolCalls.length === 0) await start("text");
+    if (open === "thinking" && toolCalls.length === 0) await start("text");
+    await close();
+    for (const call of toolCalls) {
+      const block = toolUseOf(call) as Extract<Block, { type: "tool_use" }>;
+      index++;
+      await sse.event("content_block_start", { type: "content_block_start", index, content_block: { ...block, input: {} } });
+      await sse.event("content_block_delta", { type: "content_block_delta", index, delta: { type: "input_json_delta", partial_json: JSON.stringify(block.input) } });
+      await sse.event("content_block_stop", { type: "content_block_stop", index });
+    }
+    await admitted.settle();
+    await sse.event("message_delta", { type: "message_delta", delta: stopOf(last?.finishReason, last?.stopReason, toolCalls.length), usage: anthropicUsage(admitted.usage) });
+    await sse.event("message_stop", { type: "message_stop" });
+    sse.close();
+  } catch (err) {
+    admitted.fail(err);
+    await admitted.settle();
+    if (!sse.closed) {
+      await sse.event("error", anthropicErrorBody(toApiError(err)));
+      sse.close();
+    }
+  }
+}
