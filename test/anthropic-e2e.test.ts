@@ -31,15 +31,21 @@ beforeAll(async () => {
 }, 120_000);
 afterAll(() => server?.close());
 
+/**
+ * Greedy, so that streamed equals whole. NOTE: @anthropic-ai/sdk 1.x dropped `temperature` from its
+ * types (it still sends any field given); tokenmill takes it, as older clients send it.
+ */
+const GREEDY = { temperature: 0 } as object;
+
 async function create(params: Anthropic.MessageCreateParamsNonStreaming): Promise<Anthropic.Message> {
-  const { data, response } = await client.messages.create(params).withResponse();
+  const { data, response } = await client.messages.create({ ...params, ...GREEDY }).withResponse();
   told.set(response.headers.get("x-request-id")!, data.usage);
   return data;
 }
 
 describe("Anthropic Messages API", () => {
   it("answers messages.create with text blocks, a stop reason and usage", async () => {
-    const message = await create({ model: MODEL, max_tokens: 12, temperature: 0, system: "Be brief.", messages: [{ role: "user", content: "Hello there" }] });
+    const message = await create({ model: MODEL, max_tokens: 12, system: "Be brief.", messages: [{ role: "user", content: "Hello there" }] });
     expect(message).toMatchObject({ type: "message", role: "assistant", model: MODEL, stop_sequence: null });
     expect(message.id).toMatch(/^msg_/);
     expect(message.content[0].type).toBe("text");
@@ -50,7 +56,7 @@ describe("Anthropic Messages API", () => {
   });
 
   it("streams with Anthropic's events in order, and the final message equals the whole one", async () => {
-    const params = { model: MODEL, max_tokens: 16, temperature: 0, messages: [{ role: "user" as const, content: "Stream a short story." }] };
+    const params = { model: MODEL, max_tokens: 16, messages: [{ role: "user" as const, content: "Stream a short story." }], ...GREEDY };
     const whole = await create(params);
     const stream = client.messages.stream(params);
     const types: string[] = [];
@@ -69,7 +75,7 @@ describe("Anthropic Messages API", () => {
 
   it("does a tool_use round trip: a forced call, then its tool_result answered", async () => {
     const first = await create({
-      model: MODEL, max_tokens: 60, temperature: 0, tools: [WEATHER], tool_choice: { type: "tool", name: "get_weather" },
+      model: MODEL, max_tokens: 60, tools: [WEATHER], tool_choice: { type: "tool", name: "get_weather" },
       messages: [{ role: "user", content: "What's the weather in Paris?" }],
     });
     expect(first.stop_reason).toBe("tool_use");
@@ -77,7 +83,7 @@ describe("Anthropic Messages API", () => {
     expect(use).toMatchObject({ type: "tool_use", name: "get_weather", input: { city: expect.any(String) } });
     expect(use.id).toMatch(/^toolu_/);
     const second = await create({
-      model: MODEL, max_tokens: 10, temperature: 0, tools: [WEATHER],
+      model: MODEL, max_tokens: 10, tools: [WEATHER],
       messages: [
         { role: "user", content: "What's the weather in Paris?" },
         { role: "assistant", content: first.content },
@@ -88,7 +94,7 @@ describe("Anthropic Messages API", () => {
     expect(second.content.length).toBeGreaterThan(0);
 
     const stream = client.messages.stream({
-      model: MODEL, max_tokens: 60, temperature: 0, tools: [WEATHER], tool_choice: { type: "any" },
+      model: MODEL, max_tokens: 60, tools: [WEATHER], tool_choice: { type: "any" }, ...GREEDY,
       messages: [{ role: "user", content: "Weather in Oslo?" }],
     });
     const final = await stream.finalMessage();

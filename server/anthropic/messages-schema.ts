@@ -36,7 +36,8 @@ export const messagesRequest = z.object({
     z.object({ type: z.literal("tool"), name: z.string().min(1), disable_parallel_tool_use: z.boolean().optional() }).loose(),
     z.object({ type: z.literal("none") }).loose(),
   ]).optional(),
-  thinking: z.object({ type: z.enum(["enabled", "disabled"]), budget_tokens: z.number().int().optional() }).loose().optional(),
+  // NOTE: any kind (enabled, adaptive, ...) but disabled turns the template's thinking on.
+  thinking: z.object({ type: z.string().min(1), budget_tokens: z.number().int().optional() }).loose().optional(),
   metadata: z.object({ user_id: z.string().nullish() }).loose().optional(),
 }).loose();
 
@@ -90,7 +91,7 @@ export function toChatRequest(body: MessagesRequest): ChatCompletionRequest {
     ...(body.top_k !== undefined ? { top_k: body.top_k } : {}),
     ...(body.tools ? { tools: toolsOf(body) } : {}),
     ...(choice ? { tool_choice: choice.type === "any" ? "required" : choice.type === "tool" ? { type: "function", function: { name: choice.name } } : choice.type, ...parallel } : {}),
-    ...(body.thinking ? { chat_template_kwargs: { enable_thinking: body.thinking.type === "enabled" } } : {}),
+    ...(body.thinking ? { chat_template_kwargs: { enable_thinking: body.thinking.type !== "disabled" } } : {}),
     stream: body.stream ?? false,
   });
 }

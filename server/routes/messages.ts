@@ -60,7 +60,7 @@ export function registerMessages(app: FastifyInstance, ctx: ServerContext): void
     if (!backend.tokenizer) throw modelLoading();
     const { promptTokenIds } = await backend.tokenizer.applyChatTemplate(chatMessagesOf(body).map(toChatMessage), {
       addGenerationPrompt: true, tools: toolsOf(body) ?? undefined,
-      ...(body.thinking ? { kwargs: { enable_thinking: body.thinking.type === "enabled" } } : {}),
+      ...(body.thinking ? { kwargs: { enable_thinking: body.thinking.type !== "disabled" } } : {}),
     });
     return { input_tokens: promptTokenIds.length };
   });
