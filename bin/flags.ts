@@ -69,3 +69,11 @@ export const dbUrlFlag: Flag<string> = {
   schema: z.string().trim().refine((url) => /^sqlite:.+/.test(url) || /^postgres(ql)?:\/\/.+/.test(url), "not a database URL"),
   accepts: "sqlite:PATH, postgres://USER@HOST:PORT/DB or none",
 };
+
+const DURATION_UNITS: Record<string, number> = { "": 1000, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** A duration as milliseconds: seconds, or a number with s, m, h or d. */
+export const durationFlag: Flag<number> = {
+  schema: z.string().trim().regex(/^\d+(\.\d+)?[smhd]?$/).transform((text) => Math.round(Number(text.replace(/[smhd]$/, "")) * DURATION_UNITS[/[smhd]$/.exec(text)?.[0] ?? ""])).pipe(z.number().positive()),
+  accepts: "a duration such as 30d, 12h, 15m or a number of seconds",
+};

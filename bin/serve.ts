@@ -11,7 +11,7 @@ import type { AuthMode } from "../server/http/auth.ts";
 import { DEFAULT_ALERT_THRESHOLDS } from "../service/limits/alerts.ts";
 import { NO_LIMITS } from "../service/limits/key-limits.ts";
 import { limitFlagOptions, limitFlagsHelp, readLimitFlags } from "./limit-flags.ts";
-import { FlagError, bytesFlag, listFlag, dbUrlFlag, enumFlag, flagValue, intFlag, nonEmptyFlag, numberFlag, optionalFlagValue } from "./flags.ts";
+import { FlagError, bytesFlag, durationFlag, listFlag, dbUrlFlag, enumFlag, flagValue, intFlag, nonEmptyFlag, numberFlag, optionalFlagValue } from "./flags.ts";
 
 export const SERVE_HELP = `tokenmill serve [options]
 Server:
@@ -25,6 +25,7 @@ Server:
   --shutdown-timeout SECONDS    on SIGTERM, how long in-flight requests may finish (default 30)
   --request-timeout SECONDS     how long a client may take to send a whole request before a 408 (default 60)
   --max-body-size SIZE          largest request body (default 8MiB)
+  --responses-retention T       how long /v1/responses keeps a stored response, e.g. 30d, 12h, 3600 (seconds) (default 30d)
   --tokenizer-threads N         tokenizer worker threads (default: spare cores, at most 4)
   --tool-call-parser P          auto, hermes or none: parse tool calls out of the output
                                 (auto: hermes when the chat template writes <tool_call>, as Qwen's do)
@@ -61,6 +62,7 @@ export async function serveCommand(args: string[]): Promise<void> {
       "shutdown-timeout": { type: "string", default: "30" },
       "request-timeout": { type: "string", default: "60" },
       "max-body-size": { type: "string", default: "8MiB" },
+      "responses-retention": { type: "string", default: "30d" },
       "tokenizer-threads": { type: "string" },
       "tool-call-parser": { type: "string", default: "auto" },
       "reasoning-parser": { type: "string", default: "none" },
@@ -92,6 +94,7 @@ export async function serveCommand(args: string[]): Promise<void> {
     shutdownTimeoutMs: flagValue("shutdown-timeout", values["shutdown-timeout"], numberFlag(0)) * 1000,
     requestTimeoutMs: flagValue("request-timeout", values["request-timeout"], numberFlag(0, 86_400, { minExclusive: true })) * 1000,
     bodyLimitBytes: flagValue("max-body-size", values["max-body-size"], bytesFlag),
+    responsesRetentionMs: flagValue("responses-retention", values["responses-retention"], durationFlag),
     tokenizerThreads: optionalFlagValue("tokenizer-threads", values["tokenizer-threads"], intFlag(1, 64)),
     toolCallParser: flagValue("tool-call-parser", values["tool-call-parser"], enumFlag("auto", "hermes", "none")),
     reasoningParser: flagValue("reasoning-parser", values["reasoning-parser"], enumFlag(...REASONING_PARSERS, "none")),
@@ -123,6 +126,7 @@ export async function serveCommand(args: string[]): Promise<void> {
     port: server.port,
     shutdownTimeoutMs: server.shutdownTimeoutMs,
     requestTimeoutMs: server.requestTimeoutMs,
+    responsesRetentionMs: server.responsesRetentionMs,
     bodyLimitBytes: server.bodyLimitBytes,
     tokenizerThreads: server.tokenizerThreads,
     apiKeys: server.apiKeys,

@@ -11,6 +11,8 @@ import { registerJsonBody } from "./http/json-body.ts";
 import { registerChatCompletions } from "./routes/chat-completions.ts";
 import { registerCompletions } from "./routes/completions.ts";
 import { registerMessages } from "./routes/messages.ts";
+import { registerResponses } from "./routes/responses.ts";
+import { MemoryResponseStore, type ResponseStore } from "../service/response-store.ts";
 import { anthropicErrorBody, isAnthropicRoute } from "./anthropic/anthropic-errors.ts";
 import type { Ledger } from "../service/ledger.ts";
 import type { PriceBook } from "../service/prices.ts";
@@ -35,11 +37,15 @@ export interface AppOptions {
   store?: Store | null;
   ledger?: Ledger | null;
   logger?: FastifyServerOptions["logger"];
+  /** The Responses API's store (default: in memory) and how long it keeps a response (default 30 days). */
+  responses?: { store?: ResponseStore; retentionMs?: number };
   /** How long a client may take to send a whole request (headers and body) before a 408; default 60 s. */
   requestTimeoutMs?: number;
 }
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
+/** OpenAI keeps stored responses 30 days. */
+export const DEFAULT_RESPONSES_RETENTION_MS = 30 * 86_400_000;
 
 declare module "fastify" {
   interface FastifyRequest {
@@ -94,6 +100,7 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
   registerChatCompletions(app, ctx);
   registerCompletions(app, ctx);
   registerMessages(app, ctx);
+  registerResponses(app, ctx, { store: options.responses?.store ?? new MemoryResponseStore(), retentionMs: options.responses?.retentionMs ?? DEFAULT_RESPONSES_RETENTION_MS });
   registerModelRoutes(app, ctx);
   registerProbeRoutes(app, ctx);
   registerTokenizeRoutes(app, ctx);

@@ -8,6 +8,7 @@ import type { AlertOptions } from "../service/limits/alerts.ts";
 import type { KeyLimits } from "../service/limits/key-limits.ts";
 import { costMicroUsd, type Price } from "../service/prices.ts";
 import { startService } from "../service/service.ts";
+import { MemoryResponseStore, SqlResponseStore } from "../service/response-store.ts";
 import { serverShuttingDown } from "./http/api-error.ts";
 import { ANONYMOUS_WARNING } from "./routes/probes.ts";
 import type { AuthMode } from "./http/auth.ts";
@@ -62,6 +63,8 @@ export interface ServeOptions {
   bodyLimitBytes: number;
   /** How long a client may take to send a whole request; default 60 s. */
   requestTimeoutMs?: number;
+  /** How long the Responses API keeps a stored response (--responses-retention; default 30 days). */
+  responsesRetentionMs?: number;
   /** The service layer's database (--db): keys and the ledger; null: none (no keys but --api-key, no metering). */
   db?: { url: string; sync?: "normal" | "full"; ledger?: boolean; replica?: string; prices?: Omit<Price, "effectiveMs">[] } | null;
   /** Limits for keys that set none (--default-rpm, ...), and budget alerts (--alert-*); they need the db. */
@@ -140,6 +143,8 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
       prices: service?.prices ?? null,
       store: service?.store ?? null,
       ledger: service?.ledger ?? null,
+      // NOTE: stored responses live in the service's database (shared by replicas); without one, in memory.
+      responses: { store: service ? new SqlResponseStore(service.store.db) : new MemoryResponseStore(), retentionMs: options.responsesRetentionMs },
     });
     log = app.log;
     if (service?.numReleased) app.log.warn({ holds: service.numReleased }, "limit reservations held by requests a crash cut off are given back");

@@ -111,6 +111,26 @@ export interface PriceTable {
   output_micro_usd_per_mtok: number;
 }
 
+/** A Responses API response kept for GET and previous_response_id (store: true), until expires_ms. */
+export interface StoredResponseTable {
+  id: string;
+  key_id: string;
+  created_ms: number;
+  expires_ms: number;
+  /** The response object, JSON. */
+  response: string;
+  /** The conversation up to and including this response's output, as JSON: what a continuation starts from. */
+  conversation: string;
+}
+
+/** Each output item of a stored response, for item_reference. */
+export interface StoredResponseItemTable {
+  id: string;
+  response_id: string;
+  key_id: string;
+  item: string;
+}
+
 export interface Database {
   api_keys: ApiKeyTable;
   usage_ledger: UsageLedgerTable;
@@ -119,4 +139,6 @@ export interface Database {
   limit_reservations: LimitReservationTable;
   rate_buckets: RateBucketTable;
   budget_alerts: BudgetAlertTable;
+  stored_responses: StoredResponseTable;
+  stored_response_items: StoredResponseItemTable;
 }

@@ -106,6 +106,26 @@ const MIGRATIONS: Record<string, Migration> = {
       await db.schema.alterTable("usage_ledger").addColumn("route", "text").execute();
     },
   },
+  "006_responses": {
+    async up(db: Kysely<unknown>) {
+      await db.schema.createTable("stored_responses")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("key_id", "text", (c) => c.notNull())
+        .addColumn("created_ms", "bigint", (c) => c.notNull())
+        .addColumn("expires_ms", "bigint", (c) => c.notNull())
+        .addColumn("response", "text", (c) => c.notNull())
+        .addColumn("conversation", "text", (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex("stored_responses_expiry").on("stored_responses").column("expires_ms").execute();
+      await db.schema.createTable("stored_response_items")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("response_id", "text", (c) => c.notNull())
+        .addColumn("key_id", "text", (c) => c.notNull())
+        .addColumn("item", "text", (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex("stored_response_items_response").on("stored_response_items").column("response_id").execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = { getMigrations: async () => MIGRATIONS };
