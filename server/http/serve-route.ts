@@ -4,10 +4,14 @@
  * failure, nothing of the response has reached the client, and the client is still there;
  * otherwise the error goes to the client as it is (the last target's, when every one failed).
  */
+import type { FastifyReply, FastifyRequest } from "fastify";
 import type { LocalBackend, UpstreamBackend } from "../backends/model-backend.ts";
 import { fallbackReasonOf, type Route } from "../backends/route.ts";
 import type { ServerContext } from "../server-context.ts";
-import type { Admitted, RequestScope, UpstreamAdmitted } from "./admission.ts";
+import { openRequest, type Admitted, type RequestScope, type UpstreamAdmitted } from "./admission.ts";
+import { invalidRequest } from "./api-error.ts";
+import { checkModelAccess } from "./auth.ts";
+import { onClientGone, setRawHeaders } from "./http-helpers.ts";
 
 export interface TargetHandlers<T> {
   local(admitted: Admitted, backend: LocalBackend): Promise<T>;
@@ -29,5 +33,35 @@ export async function serveRoute<T>(ctx: ServerContext, route: Route, scope: Req
       ctx.metrics.fallbacks.inc({ route: route.name, from: target.id, to: next.id, reason });
       await scope.abandon();
     }
+  }
+}
+
+/**
+ * One request of an API that local models serve and upstream ones do not (yet): Responses,
+ * Messages. The caller's access to `model` is checked, the request is admitted and settled
+ * under its scope, and an upstream target answers 400 model_not_local.
+ */
+export async function serveLocalOnly<T>(
+  ctx: ServerContext, request: FastifyRequest, reply: FastifyReply, what: { model: string; endpoint: string; api: string },
+  local: (admitted: Admitted) => Promise<T>,
+): Promise<T> {
+  const route = ctx.models.resolve(what.model);
+  checkModelAccess(request.caller, route.name);
+  const scope = openRequest(ctx, {
+    requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key?.priority, endpoint: what.endpoint,
+    numSequences: 1, onClientGone: (abort) => onClientGone(reply, abort), route: route.name,
+  });
+  try {
+    return await serveRoute(ctx, route, scope, {
+      local,
+      upstream: async (_admitted, backend) => {
+        throw invalidRequest(`The model \`${backend.id}\` is an upstream provider's; tokenmill serves the ${what.api} from local models only.`, "model", "model_not_local");
+      },
+    });
+  } catch (err) {
+    scope.fail(err);
+    throw err;
+  } finally {
+    scope.release();
   }
 }

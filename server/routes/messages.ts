@@ -11,11 +11,11 @@ import { anthropicErrorBody } from "../anthropic/anthropic-errors.ts";
 import { countTokensRequest, messagesRequest, toChatRequest, toolsOf, chatMessagesOf } from "../anthropic/messages-schema.ts";
 import type { EngineOutput } from "../backends/engine-api.ts";
 import type { LocalBackend } from "../backends/model-backend.ts";
-import { openRequest, type Admitted } from "../http/admission.ts";
+import type { Admitted } from "../http/admission.ts";
 import { invalidRequest, modelLoading, toApiError } from "../http/api-error.ts";
 import { checkModelAccess } from "../http/auth.ts";
-import { onClientGone, parseBody, setRawHeaders } from "../http/http-helpers.ts";
-import { serveRoute } from "../http/serve-route.ts";
+import { parseBody } from "../http/http-helpers.ts";
+import { serveLocalOnly } from "../http/serve-route.ts";
 import { SseStream } from "../http/sse.ts";
 import { toChatMessage } from "../openai/chat-messages.ts";
 import { OutputSplitter, splitOutput, startChat, toolParsingFor, type SplitOutput } from "../openai/chat-run.ts";
@@ -29,26 +29,8 @@ export function registerMessages(app: FastifyInstance, ctx: ServerContext): void
   app.post("/v1/messages", async (request, reply) => {
     const anthropic = parseBody(messagesRequest, request.body);
     const body = toChatRequest(anthropic);
-    const route = ctx.models.resolve(body.model);
-    checkModelAccess(request.caller, route.name);
     const grammar = grammarOf(body);
-    const scope = openRequest(ctx, {
-      requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key?.priority, endpoint: "/v1/messages",
-      numSequences: 1, onClientGone: (abort) => onClientGone(reply, abort), route: route.name,
-    });
-    try {
-      return await serveRoute(ctx, route, scope, {
-        local: (admitted) => serveLocal(reply, body, admitted, grammar),
-        upstream: async (_admitted, backend) => {
-          throw invalidRequest(`The model \`${backend.id}\` is an upstream provider's; tokenmill serves the Messages API from local models only.`, "model", "model_not_local");
-        },
-      });
-    } catch (err) {
-      scope.fail(err);
-      throw err;
-    } finally {
-      scope.release();
-    }
+    return serveLocalOnly(ctx, request, reply, { model: body.model, endpoint: "/v1/messages", api: "Messages API" }, (admitted) => serveLocal(reply, body, admitted, grammar));
   });
 
   app.post("/v1/messages/count_tokens", async (request) => {

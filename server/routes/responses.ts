@@ -10,11 +10,11 @@ import type { FastifyInstance, FastifyReply } from "fastify";
 import type { ResponseStore } from "../../service/response-store.ts";
 import type { Usage } from "../../service/settlement.ts";
 import type { LocalBackend } from "../backends/model-backend.ts";
-import { openRequest, type Admitted } from "../http/admission.ts";
-import { ApiError, invalidRequest, toApiError } from "../http/api-error.ts";
-import { checkModelAccess, type Caller } from "../http/auth.ts";
-import { onClientGone, parseBody, setRawHeaders } from "../http/http-helpers.ts";
-import { serveRoute } from "../http/serve-route.ts";
+import type { Admitted } from "../http/admission.ts";
+import { ApiError, toApiError } from "../http/api-error.ts";
+import type { Caller } from "../http/auth.ts";
+import { parseBody } from "../http/http-helpers.ts";
+import { serveLocalOnly } from "../http/serve-route.ts";
 import { SseStream } from "../http/sse.ts";
 import { OutputSplitter, startChat, toolParsingFor, type ChatRun } from "../openai/chat-run.ts";
 import type { ChatCompletionRequest } from "../openai/schemas.ts";
@@ -54,41 +54,22 @@ export function registerResponses(app: FastifyInstance, ctx: ServerContext, opti
     const input = await inputMessages(body.input, (id) => store.item(id, keyId));
     const conversation = [...(previous?.conversation ?? []), ...input] as Record<string, unknown>[];
     const chat = toChatRequest(body, conversation);
-    const route = ctx.models.resolve(chat.model);
-    checkModelAccess(request.caller, route.name);
     const grammar = grammarOf(chat);
-    const scope = openRequest(ctx, {
-      requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key?.priority, endpoint: "/v1/responses",
-      numSequences: 1, onClientGone: (abort) => onClientGone(reply, abort), route: route.name,
+    return serveLocalOnly(ctx, request, reply, { model: chat.model, endpoint: "/v1/responses", api: "Responses API" }, async (admitted) => {
+      let run: ChatRun;
+      try {
+        run = await startChat(admitted, chat, grammar);
+      } catch (err) {
+        throw inInput(err);
+      }
+      const response = new ResponseBuilder(body, admitted.backend, previous?.id ?? null);
+      const finished = body.stream ? await streamResponse(reply, admitted, run, chat, response) : await collectResponse(admitted, run, chat, response);
+      if (finished && body.store !== false) {
+        const items = response.items.map((item) => ({ id: item.id, item }));
+        await keep({ id: response.id, keyId, createdMs: response.createdMs, response: finished, conversation: [...conversation, ...response.outputMessages()], items });
+      }
+      return body.stream ? undefined : finished;
     });
-    try {
-      return await serveRoute(ctx, route, scope, {
-        local: async (admitted) => {
-          let run: ChatRun;
-          try {
-            run = await startChat(admitted, chat, grammar);
-          } catch (err) {
-            throw inInput(err);
-          }
-          const response = new ResponseBuilder(body, admitted.backend, previous?.id ?? null);
-          const finished = body.stream
-            ? await streamResponse(reply, admitted, run, chat, response)
-            : await collectResponse(admitted, run, chat, response);
-          if (finished && body.store !== false) {
-            await keep({ id: response.id, keyId, createdMs: response.createdMs, response: finished, conversation: [...conversation, ...response.outputMessages()], items: response.items.map((item) => ({ id: item.id as string, item })) });
-          }
-          return body.stream ? undefined : finished;
-        },
-        upstream: async (_admitted, backend) => {
-          throw invalidRequest(`The model \`${backend.id}\` is an upstream provider's; tokenmill serves the Responses API from local models only.`, "model", "model_not_local");
-        },
-      });
-    } catch (err) {
-      scope.fail(err);
-      throw err;
-    } finally {
-      scope.release();
-    }
   });
 
   app.get<{ Params: { id: string } }>("/v1/responses/:id", async (request) => {
