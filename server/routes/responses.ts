@@ -66,7 +66,9 @@ export function registerResponses(app: FastifyInstance, ctx: ServerContext, opti
       const finished = body.stream ? await streamResponse(reply, admitted, run, chat, response) : await collectResponse(admitted, run, chat, response);
       if (finished && body.store !== false) {
         const items = response.items.map((item) => ({ id: item.id, item }));
-        await keep({ id: response.id, keyId, createdMs: response.createdMs, response: finished, conversation: [...conversation, ...response.outputMessages()], items });
+        // NOTE: the client has its answer and the ledger its row: a store that fails now loses only the continuation.
+        await keep({ id: response.id, keyId, createdMs: response.createdMs, response: finished, conversation: [...conversation, ...response.outputMessages()], items })
+          .catch((err: unknown) => request.log.error({ err, responseId: response.id }, "storing a response failed; it cannot be retrieved or continued"));
       }
       return body.stream ? undefined : finished;
     });
