@@ -125,7 +125,7 @@ export function readServeConfig(path: string, cli: EngineFlagValues, env: NodeJS
   const file = parsed.data;
   const fail = (message: string) => new FlagError(`--config ${path}: ${message}`);
   checkNames(file, fail);
-  const kvTotal = file["kv-cache-memory"] ?? Number(parseBytes(String(cli["kv-cache-memory"] ?? "2GiB")));
+  const kvTotal = file["kv-cache-memory"] ?? parseBytes(String(cli["kv-cache-memory"] ?? "2GiB"));
   const fixed = file.models.reduce((sum, m) => sum + (m["kv-cache-share"] ?? 0), 0);
   if (fixed > 1) throw fail(`the models' kv-cache-share add up to ${fixed}, more than 1`);
   const unshared = file.models.filter((m) => m["kv-cache-share"] === undefined && m["kv-cache-memory"] === undefined).length;

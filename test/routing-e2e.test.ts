@@ -80,7 +80,8 @@ beforeAll(async () => {
   router = await startServer({
     models: [
       { name: "alpha", engineOptions: { ...engineOptions, maxNumSeqs: 8, faultInjection: true }, defaults: checkpoint.generationDefaults, maxQueuedRequests: 64 },
-      { name: "beta", engineOptions: { ...engineOptions, quantization: "int8", maxNumSeqs: 2 }, defaults: checkpoint.generationDefaults, maxQueuedRequests: 1 },
+      // NOTE: float32, as alpha: int8 greedy output is not shown to be batch-invariant (README: Quantized weights), and the flood below compares texts across batches.
+      { name: "beta", engineOptions: { ...engineOptions, maxNumSeqs: 2 }, defaults: checkpoint.generationDefaults, maxQueuedRequests: 1 },
     ],
     providers: [
       {
@@ -93,7 +94,7 @@ beforeAll(async () => {
     ],
     routes: [
       { name: "chat", targets: ["alpha", "remote"] },
-      { name: "flood", targets: ["beta"], burst: { to: "remote-int8", waitingOver: 0 } },
+      { name: "flood", targets: ["beta"], burst: { to: "remote", waitingOver: 0 } },
       { name: "fragile", targets: ["flaky-a", "flaky-b"] },
       { name: "sturdy", targets: ["flaky-a", "alpha"] },
     ],
@@ -125,12 +126,14 @@ describe("several models behind one server", () => {
       expect(textOf(alpha)).toBe(textOf(alone));
       expect(textOf(remote)).toBe(textOf(alone));
       expect(remote.usage).toMatchObject({ prompt_tokens: alpha.usage!.prompt_tokens, completion_tokens: alpha.usage!.completion_tokens });
-      const [beta, aloneInt8] = await Promise.all([
-        chat("beta", prompt),
+      const [beta, remoteInt8, aloneInt8] = await Promise.all([
+        chat("beta", prompt), chat("remote-int8", prompt),
         peerClient.chat.completions.create({ model: "tiny-int8", messages: [{ role: "user", content: prompt }], max_tokens: 12, temperature: 0 }),
       ]);
       expect(beta.model).toBe("beta");
-      expect(textOf(beta)).toBe(textOf(aloneInt8));
+      expect(textOf(beta)).toBe(textOf(alone));
+      expect(remoteInt8.model).toBe("remote-int8");
+      expect(textOf(remoteInt8)).toBe(textOf(aloneInt8));
     }
     const [localText, remoteText] = await Promise.all(["alpha", "remote"].map((model) =>
       client.completions.create({ model, prompt: "Once upon a time", max_tokens: 10, temperature: 0 })));
@@ -232,11 +235,11 @@ describe("several models behind one server", () => {
     const byModel = new Map<string, number>();
     for (const r of responses) byModel.set(r.model, (byModel.get(r.model) ?? 0) + 1);
     expect(byModel.get("beta")).toBeGreaterThanOrEqual(3);
-    expect(byModel.get("remote-int8")).toBeGreaterThanOrEqual(1);
-    expect((byModel.get("beta") ?? 0) + (byModel.get("remote-int8") ?? 0)).toBe(12);
-    // The same int8 model, local and upstream: greedy answers agree.
+    expect(byModel.get("remote")).toBeGreaterThanOrEqual(1);
+    expect((byModel.get("beta") ?? 0) + (byModel.get("remote") ?? 0)).toBe(12);
+    // The same float32 model, local and upstream: greedy answers agree.
     expect(new Set(responses.map(textOf)).size).toBe(1);
-    expect(await metricValue(/^tokenmill_route_bursts_total\{route="flood",to="remote-int8"\}/)).toBe(byModel.get("remote-int8"));
+    expect(await metricValue(/^tokenmill_route_bursts_total\{route="flood",to="remote"\}/)).toBe(byModel.get("remote"));
   });
 
   it("aborts the upstream request when its client leaves mid-stream", async () => {

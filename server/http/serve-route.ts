@@ -5,7 +5,7 @@
  * otherwise the error goes to the client as it is (the last target's, when every one failed).
  */
 import type { FastifyReply, FastifyRequest } from "fastify";
-import type { LocalBackend, UpstreamBackend } from "../backends/model-backend.ts";
+import type { UpstreamBackend } from "../backends/model-backend.ts";
 import { fallbackReasonOf, type Route } from "../backends/route.ts";
 import type { ServerContext } from "../server-context.ts";
 import { openRequest, type Admitted, type RequestScope, type UpstreamAdmitted } from "./admission.ts";
@@ -14,7 +14,7 @@ import { checkModelAccess } from "./auth.ts";
 import { onClientGone, setRawHeaders } from "./http-helpers.ts";
 
 export interface TargetHandlers<T> {
-  local(admitted: Admitted, backend: LocalBackend): Promise<T>;
+  local(admitted: Admitted): Promise<T>;
   upstream(admitted: UpstreamAdmitted, backend: UpstreamBackend): Promise<T>;
 }
 
@@ -24,7 +24,7 @@ export async function serveRoute<T>(ctx: ServerContext, route: Route, scope: Req
   for (let i = 0; ; i++) {
     const target = targets[i];
     try {
-      if (target.kind === "local") return await handlers.local(await scope.local(target), target);
+      if (target.kind === "local") return await handlers.local(await scope.local(target));
       return await handlers.upstream(await scope.upstream(target), target);
     } catch (err) {
       const reason = fallbackReasonOf(err);

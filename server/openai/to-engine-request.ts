@@ -49,8 +49,8 @@ export function toEngineRequest(body: SamplingBody, promptTokenIds: number[], de
   };
 }
 
-/** The engine calls a chat request's prompt "prompt"; the chat API calls it "messages". */
-export function inMessages(err: unknown): unknown {
+/** The engine calls a chat request's prompt "prompt"; the chat API calls it "messages" (the Responses API "input"). */
+export function inMessages(err: unknown, param: "messages" | "input" = "messages"): unknown {
   if (!(err instanceof EngineError) || err.param !== "prompt") return err;
-  return new EngineError(err.code, err.message.replace(/\bthe prompt\b/g, "the messages"), "messages", err.usage);
+  return new EngineError(err.code, err.message.replace(/\bthe prompt\b/g, `the ${param}`), param, err.usage);
 }

@@ -60,7 +60,7 @@ export function registerResponses(app: FastifyInstance, ctx: ServerContext, opti
       try {
         run = await startChat(admitted, chat, grammar);
       } catch (err) {
-        throw inInput(err);
+        throw inMessages(err, "input");
       }
       const response = new ResponseBuilder(body, admitted.backend, previous?.id ?? null);
       const finished = body.stream ? await streamResponse(reply, admitted, run, chat, response) : await collectResponse(admitted, run, chat, response);
@@ -84,12 +84,6 @@ export function registerResponses(app: FastifyInstance, ctx: ServerContext, opti
     if (!(await store.delete(request.params.id, keyOf(request.caller)))) throw responseNotFound(request.params.id);
     return { id: request.params.id, object: "response", deleted: true };
   });
-}
-
-/** The Responses API calls the prompt "input". */
-function inInput(err: unknown): unknown {
-  const mapped = inMessages(err);
-  return mapped instanceof Error && "param" in mapped && mapped.param === "messages" ? Object.assign(mapped, { param: "input" }) : mapped;
 }
 
 type Item = Record<string, unknown> & { id: string; type: string };
