@@ -29,6 +29,7 @@ export function checkRequest(request: EngineRequest, limits: RequestLimits): Che
   if (badBias !== undefined) throw new EngineError("INVALID_REQUEST", `logit_bias names token id ${badBias}, ${vocabulary}`, "logit_bias");
   const badStop = request.stopTokenIds?.find(outside);
   if (badStop !== undefined) throw new EngineError("INVALID_REQUEST", `stop_token_ids names token id ${badStop}, ${vocabulary}`, "stop_token_ids");
+  if (request.pooling) return checkPooling(request, limits);
   if (numPrompt >= maxModelLen) {
     throw new EngineError("PROMPT_TOO_LONG",
       `This model's maximum context length is ${maxModelLen} tokens, but the prompt has ${numPrompt}, leaving no room to generate. Please shorten the prompt.`, "prompt");
@@ -45,4 +46,21 @@ export function checkRequest(request: EngineRequest, limits: RequestLimits): Che
       `the prompt (${numPrompt} tokens) plus max_tokens (${maxTokens}) needs ${numBlocksNeeded} KV blocks but the cache holds ${numBlocks - 1}; raise --kv-cache-memory`, "max_tokens");
   }
   return { ...request, maxTokens };
+}
+
+/** A pooling (embedding) request computes its prompt and nothing more: it may fill the context. */
+function checkPooling(request: EngineRequest, limits: RequestLimits): CheckedRequest {
+  const { maxModelLen, blockSize, numBlocks } = limits;
+  const numPrompt = request.promptTokenIds.length;
+  if (numPrompt > maxModelLen) {
+    throw new EngineError("PROMPT_TOO_LONG",
+      `This model's maximum context length is ${maxModelLen} tokens, but the input has ${numPrompt}. Please shorten the input.`, "input");
+  }
+  if (request.grammar) throw new EngineError("INVALID_REQUEST", "an embedding request can't carry a grammar", "response_format");
+  const numBlocksNeeded = Math.ceil(numPrompt / blockSize);
+  if (numBlocksNeeded > numBlocks - 1) {
+    throw new EngineError("PROMPT_TOO_LONG",
+      `the input (${numPrompt} tokens) needs ${numBlocksNeeded} KV blocks but the cache holds ${numBlocks - 1}; raise --kv-cache-memory`, "input");
+  }
+  return { ...request, maxTokens: 0, n: 1 };
 }

@@ -141,7 +141,8 @@ export class EngineCore {
         : this.options.grammar!.advance(constrained.map(({ seq }) => ({ seqKey: seq.grammarKey!, tokens: seq.grammarTokens.splice(0) })))
           .finally(() => (maskEnd = performance.now()));
       masking?.catch(() => undefined);
-      const logits = await this.runner.step(scheduled.map(toStepSequence), { fullLogits: needs.includes("logits"), probs: needs.includes("probs") })
+      const hidden = scheduled.some(({ seq }) => seq.pooling !== null);
+      const logits = await this.runner.step(scheduled.map(toStepSequence), { fullLogits: needs.includes("logits"), probs: needs.includes("probs"), hidden })
         .catch((err: unknown) => this.failStep(scheduled, err, outputs));
       const masks = new Map<Sequence, Int32Array>();
       if (masking) {
@@ -238,6 +239,7 @@ export class EngineCore {
     const start = seq.numComputedTokens;
     seq.numComputedTokens += numNewTokens;
     this.kv.cacheFullBlocks(seq);
+    if (seq.pooling) return this.pool(seq, numNewTokens, rows);
     if (seq.promptLogprobs && start < seq.numPromptTokens) {
       const found = promptLogprobsFromRows(rows.full!, this.runner.vocabSize, start, seq.promptTokenIds, seq.sampling.logprobs ?? 0);
       for (const [position, entry] of found) seq.promptLogprobs.set(position, entry);
@@ -271,6 +273,24 @@ export class EngineCore {
       ...(isFirst ? { numCachedTokens: seq.numCachedTokens ?? 0, numPromptTokens: seq.numPromptTokens } : {}),
       ...(isFirst && seq.promptLogprobs ? { promptLogprobs: this.promptLogprobsOf(seq) } : {}),
       ...(usage ? { usage } : {}),
+    };
+  }
+
+  /** Adds the step's hidden rows to an embedding sequence; once its prompt is computed, it finishes with the pooled embedding. */
+  private pool(seq: Sequence, numNewTokens: number, rows: StepLogits): EngineOutput | null {
+    const size = this.runner.hiddenSize;
+    const hidden = rows.hidden;
+    const numRows = seq.pooling === "mean" ? numNewTokens : seq.numComputedTokens >= seq.numPromptTokens ? 1 : 0;
+    if (!hidden || hidden.length !== numRows * size) throw new Error(`an embedding step returned ${hidden?.length ?? 0} hidden values, not ${numRows} rows of ${size}`);
+    const sum = (seq.pooled ??= new Float64Array(size));
+    for (let r = 0; r < numRows; r++) for (let i = 0; i < size; i++) sum[i] += hidden[r * size + i];
+    if (seq.numComputedTokens < seq.numPromptTokens) return null;
+    const embedding = l2Normalized(sum);
+    this.stats.observePooled(seq);
+    const usage = this.finish(seq)!;
+    return {
+      requestId: seq.requestId, index: 0, newTokenIds: [], text: "", finishReason: "stop",
+      numCachedTokens: 0, numPromptTokens: seq.numPromptTokens, embedding, usage,
     };
   }
 
@@ -322,6 +342,14 @@ function closeGrammarsOf(grammar: GrammarSession | null | undefined, seqs: reado
   }
 }
 
+/** The vector scaled to unit length (a zero vector stays zero); the mean's 1/n cancels here. */
+function l2Normalized(v: Float64Array): Float32Array {
+  let norm = 0;
+  for (const x of v) norm += x * x;
+  const scale = norm > 0 ? 1 / Math.sqrt(norm) : 0;
+  return Float32Array.from(v, (x) => x * scale);
+}
+
 /** What a request used, from its sequences: the prompt once, and every sequence's tokens. */
 function usageOf(seqs: readonly Sequence[]): RequestUsage {
   return {
@@ -338,6 +366,7 @@ function usageOf(seqs: readonly Sequence[]): RequestUsage {
  * sampling params say.
  */
 function stepNeedOf(seq: Sequence): LogitsNeed {
+  if (seq.pooling) return "top";
   return seq.promptLogprobs && seq.numComputedTokens < seq.numPromptTokens ? "logits" : logitsNeedOf(seq.sampling, seq.grammarKey !== null);
 }
 
@@ -345,6 +374,11 @@ function toStepSequence({ seq, numNewTokens }: ScheduledSequence): StepSequence 
   const start = seq.numComputedTokens;
   const reachesEnd = start + numNewTokens === seq.numTokens;
   const invTemperature = seq.sampling.temperature > 0 ? 1 / seq.sampling.temperature : 1;
+  if (seq.pooling) {
+    // No logits rows: mean pooling reads every row's hidden state, last pooling the prompt's last one.
+    const hiddenFrom = seq.pooling === "mean" ? 0 : reachesEnd ? numNewTokens - 1 : numNewTokens;
+    return { tokenIds: seq.tokensIn(start, start + numNewTokens), numPastTokens: start, blockTable: seq.blockIds, logitsFrom: numNewTokens, hiddenFrom };
+  }
   if (seq.promptLogprobs && start < seq.numPromptTokens) {
     return { tokenIds: seq.tokensIn(start, start + numNewTokens), numPastTokens: start, blockTable: seq.blockIds, logitsFrom: 0, invTemperature };
   }

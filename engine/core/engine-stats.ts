@@ -60,6 +60,11 @@ export class EngineStats {
     }
   }
 
+  /** An embedding sequence's prompt, counted once it is computed (it has no tokens to count). */
+  observePooled(seq: Sequence): void {
+    this.numPromptTokens += seq.numPromptTokens;
+  }
+
   observeFinish(seq: Sequence): void {
     this.e2eSeconds.push((performance.now() - seq.arrivalMs) / 1000);
   }

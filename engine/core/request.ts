@@ -31,6 +31,9 @@ export const GREEDY: SamplingParams = {
  */
 export type Priority = "interactive" | "standard" | "batch";
 
+/** How an embedding pools the prompt's final hidden states: the last token's row, or the mean of all rows. */
+export type Pooling = "last" | "mean";
+
 export interface EngineRequest {
   requestId: string;
   /** Default "standard". */
@@ -53,6 +56,13 @@ export interface EngineRequest {
   promptLogprobs?: number;
   /** The output must match this grammar: tokens it disallows are never sampled, and it ends with stop when the grammar does. */
   grammar?: GrammarSpec;
+  /**
+   * An embedding request: the prompt is run prefill-only, through the same scheduler and
+   * batches, and its final hidden states, pooled and L2-normalized, come back on its one
+   * output as `embedding`. Nothing is generated: max_tokens, n, sampling and stops don't apply,
+   * and the prefix cache is not read (every row is computed, so usage is all uncached input).
+   */
+  pooling?: Pooling;
 }
 
 export type FinishReason = "stop" | "length" | "abort";
@@ -104,6 +114,8 @@ export interface EngineOutput {
   numPromptTokens?: number;
   /** On the first output of a request with promptLogprobs: one per prompt token; the first has none. */
   promptLogprobs?: PromptLogprob[];
+  /** On the one output of a pooling request: the pooled, L2-normalized hidden state. */
+  embedding?: Float32Array;
   /**
    * On the request's last output, however it ended (finished, stopped or aborted): what it
    * used. A request that fails instead carries it on its EngineError.

@@ -116,8 +116,8 @@ export class Scheduler {
       let numCachedTokens = 0;
       let admitted = false;
       for (;;) {
-        // A sequence that already holds blocks (a forked copy) or needs every prompt position's logits skips the cache.
-        const cached = seq.numComputedTokens > 0 || seq.promptLogprobs ? { blockIds: [], hashes: [] } : this.kv.findCachedBlocks(seq);
+        // A sequence that already holds blocks (a forked copy) or reads every prompt row skips the cache.
+        const cached = seq.numComputedTokens > 0 || seq.skipsPrefixCache ? { blockIds: [], hashes: [] } : this.kv.findCachedBlocks(seq);
         numCachedTokens = cached.blockIds.length * this.kv.blockSize;
         numNewTokens = Math.min(seq.numUncomputedTokens - numCachedTokens, budget);
         if (this.kv.allocateSlots(seq, numNewTokens, cached)) {

@@ -4,7 +4,7 @@
  */
 import { Prng } from "../../models/prng.ts";
 import type { IncrementalDetokenizer } from "../text/detokenizer.ts";
-import type { EngineRequest, PositionLogprob, Priority, SamplingParams } from "./request.ts";
+import type { EngineRequest, Pooling, PositionLogprob, Priority, SamplingParams } from "./request.ts";
 
 export type SequenceStatus = "waiting" | "running" | "finished";
 
@@ -28,6 +28,9 @@ export class Sequence {
   /** The grammar matcher's key, when the output is constrained; the tokens it has yet to accept. */
   grammarKey: string | null = null;
   readonly grammarTokens: number[] = [];
+  /** Set on an embedding sequence: how its hidden states pool, and their running sum (float64) so far. */
+  pooling: Pooling | null = null;
+  pooled: Float64Array | null = null;
   firstTokenMs: number | null = null;
   lastTokenMs: number | null = null;
   previousTokenMs: number | null = null;
@@ -47,11 +50,17 @@ export class Sequence {
   static fromRequest(request: EngineRequest & { maxTokens: number }, index: number, stopTokenIds: ReadonlySet<number>): Sequence {
     const seq = new Sequence(request.requestId, index, request.promptTokenIds, request.maxTokens, request.sampling, stopTokenIds);
     seq.priority = request.priority ?? "standard";
+    seq.pooling = request.pooling ?? null;
     return seq;
   }
 
   get numPromptTokens(): number {
     return this.promptTokenIds.length;
+  }
+
+  /** A sequence that reads every prompt row (prompt logprobs, mean pooling) computes them all: it takes no prefix-cache hits. */
+  get skipsPrefixCache(): boolean {
+    return this.promptLogprobs !== null || this.pooling !== null;
   }
 
   get numTokens(): number {
@@ -86,6 +95,7 @@ export class Sequence {
     this.numComputedTokens = 0;
     this.blockIds = [];
     this.blockHashes = [];
+    this.pooled = null;
     this.numPreemptions++;
   }
 }

@@ -53,6 +53,8 @@ export interface EngineInfo {
   modelDir: string;
   architecture: string;
   vocabSize: number;
+  /** The width of the model's hidden state: an embedding's length. */
+  hiddenSize: number;
   maxModelLen: number;
   /** Set when the KV pool holds fewer tokens than the context asked for, which was capped to fit. */
   maxModelLenCappedFrom?: number;

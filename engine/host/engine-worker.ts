@@ -34,7 +34,7 @@ async function main(options: EngineOptions): Promise<void> {
   const grammar = new LazyGrammar({ tokenizerJson: checkpoint.tokenizerJson, vocabSize: runner.vocabSize, stopTokenIds: eosTokenIds });
   const core = new EngineCore(runner, { ...options, numBlocks, maxModelLen, eosTokenIds, grammar }, codec);
   const info: EngineInfo = {
-    modelDir: options.modelDir, architecture: config.architecture, vocabSize: config.vocabSize, maxModelLen, numBlocks,
+    modelDir: options.modelDir, architecture: config.architecture, vocabSize: config.vocabSize, hiddenSize: config.hiddenSize, maxModelLen, numBlocks,
     blockSize: options.blockSize, kvCache: runner.kvCache, graphBuilt: graph.built, graphBuildMs: graph.buildMs, weightsBytes: graph.weightsBytes, loadMs: performance.now() - started,
     ...(context.cappedFrom !== undefined ? { maxModelLenCappedFrom: context.cappedFrom } : {}),
   };

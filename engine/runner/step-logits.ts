@@ -21,25 +21,36 @@ export interface StepLogits {
   full: Float32Array | null;
   /** [numRows, vocab] softmax(logits / T), or null when the step did not fetch them. */
   probs: Float32Array | null;
+  /** [rows from hiddenFrom on, hiddenSize] final hidden states, or null when the step did not fetch them. */
+  hidden?: Float32Array | null;
 }
 
 /** A step's logits rows for all its sequences, in order: what a runner fetched. */
 export type StepRows = Omit<StepLogits, "numRows">;
 
-/** Splits a step's rows back into one StepLogits per sequence, each from its logitsFrom on. */
-export function splitStepRows(seqs: readonly { tokenIds: readonly number[]; logitsFrom: number }[], rows: StepRows, vocabSize: number): StepLogits[] {
-  const { topN, topIds, topLogprobs, full, probs } = rows;
+/** How many hidden-state rows a sequence asked for. */
+export function numHiddenRowsOf(s: { tokenIds: readonly number[]; hiddenFrom?: number }): number {
+  return s.hiddenFrom === undefined ? 0 : Math.max(0, s.tokenIds.length - s.hiddenFrom);
+}
+
+/** Splits a step's rows back into one StepLogits per sequence, each from its logitsFrom (and hiddenFrom) on. */
+export function splitStepRows(seqs: readonly { tokenIds: readonly number[]; logitsFrom: number; hiddenFrom?: number }[], rows: StepRows, vocabSize: number, hiddenSize = 0): StepLogits[] {
+  const { topN, topIds, topLogprobs, full, probs, hidden } = rows;
   let row = 0;
+  let hiddenRow = 0;
   return seqs.map((s) => {
     const numRows = Math.max(0, s.tokenIds.length - s.logitsFrom);
+    const numHidden = numHiddenRowsOf(s);
     const slice: StepLogits = {
       numRows, topN,
       topIds: topIds.subarray(row * topN, (row + numRows) * topN),
       topLogprobs: topLogprobs.subarray(row * topN, (row + numRows) * topN),
       full: full ? full.subarray(row * vocabSize, (row + numRows) * vocabSize) : null,
       probs: probs ? probs.subarray(row * vocabSize, (row + numRows) * vocabSize) : null,
+      hidden: hidden ? hidden.subarray(hiddenRow * hiddenSize, (hiddenRow + numHidden) * hiddenSize) : null,
     };
     row += numRows;
+    hiddenRow += numHidden;
     return slice;
   });
 }

@@ -15,6 +15,8 @@ export interface StepSequence {
   logitsFrom: number;
   /** 1 / temperature for this sequence's probs rows (default 1). */
   invTemperature?: number;
+  /** Final hidden states are returned for new tokens from this index on (embeddings); undefined: none. */
+  hiddenFrom?: number;
 }
 
 export interface StepOptions {
@@ -22,6 +24,8 @@ export interface StepOptions {
   fullLogits: boolean;
   /** Fetch softmax(logits / T) rows too (temperature sampling). Otherwise only the top-N. */
   probs?: boolean;
+  /** Fetch the hidden-state rows that sequences asked for with hiddenFrom. */
+  hidden?: boolean;
 }
 
 /** A runner's KV cache: blocks for the scheduler, tokens and bytes for people. */
@@ -35,8 +39,10 @@ export interface KvCacheInfo {
 
 export interface StepRunner {
   readonly vocabSize: number;
+  /** The width of a hidden-state row. */
+  readonly hiddenSize: number;
   readonly kvCache: KvCacheInfo;
-  /** For each sequence, its logits rows from logitsFrom on. */
+  /** For each sequence, its logits rows from logitsFrom on, and its hidden rows from hiddenFrom on. */
   step(seqs: readonly StepSequence[], options: StepOptions): Promise<StepLogits[]>;
   release(): Promise<void>;
 }

@@ -35,6 +35,7 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
   const positionIds = attention.ropeInside ? null : g.input(GRAPH_INPUTS.positionIds, DataType.INT64, tokenDims);
   const logitsIndices = g.input(GRAPH_INPUTS.logitsIndices, DataType.INT64, ["num_logits"]);
   const invTemperature = g.input(GRAPH_INPUTS.invTemperature, DataType.FLOAT, ["num_logits"]);
+  const hiddenIndices = g.input(GRAPH_INPUTS.hiddenIndices, DataType.INT64, ["num_hidden"]);
 
   const embed = g.scoped("embed", () => embeddingTable(g, weights, linears));
   let x = g.scoped("embed", () => typeof embed === "string"
@@ -59,8 +60,12 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
     onLayer?.(layer);
   }
 
-  const last = g.scoped("norm", () => g.op("Gather", [x, logitsIndices], { axis: 0 }));
-  const normed = g.scoped("norm", () => rmsNorm(g, weights, last, "model.norm.weight", config));
+  // The final norm's rows: those the logits are taken of, and those returned as hidden states (embeddings).
+  const finalNorm = g.scoped("norm", () => addWeight(g, weights, "model.norm.weight"));
+  const normedRows = (indices: string) => g.scoped("norm", () =>
+    g.op("RMSNormalization", [g.op("Gather", [x, indices], { axis: 0 }), finalNorm], { axis: -1, epsilon: { f: config.rmsNormEps } }));
+  const normed = normedRows(logitsIndices);
+  g.output(GRAPH_OUTPUTS.hidden, g.toFloat32(normedRows(hiddenIndices)), DataType.FLOAT, ["num_hidden", hiddenSize]);
   const logits = g.scoped("lm_head", () => g.toFloat32(lmHeadLogits(g, weights, config, normed, embed, linears)));
   logitsTail(g, config, logits, invTemperature, options.attention.kind === "device-pool");
 }

@@ -10,9 +10,10 @@
  *   logits_indices           [K]          flat rows (b*S + s) whose logits to return
  *   inv_temperature          [K]          1 / temperature of each of those rows, for probs
  *   want_probs               []           whether to compute probs at all (else they are [0, 1])
+ *   hidden_indices           [H]          flat rows whose final hidden state (after the last norm) to return
  *   pool.L.key/value         [kv_heads, slots, head_dim]
  *   ──▶ logits [K, V], probs [K, V] = softmax(logits / T), top_logprobs / top_ids [K, 20]
- *       (the top of each row's log-softmax),
+ *       (the top of each row's log-softmax), hidden [H, hidden_size] float32 (embeddings),
  *       present.L.key/value [B, S, kv_heads*head_dim]
  *
  * The device-pool graph (WebGPU runner; com.microsoft PagedAttention writes the step's K/V
@@ -23,10 +24,10 @@
  *   past_seqlens                [B] int32  tokens already in the pool, per sequence
  *   block_table                 [B, M] int32  each sequence's blocks, padded with the null block 0
  *   attention_metadata          [2] int32, host  [longest query, longest past + query] of the step
- *   logits_indices, inv_temperature  as above, with rows counted in the packing (no want_probs:
+ *   logits_indices, inv_temperature, hidden_indices  as above, with rows counted in the packing (no want_probs:
  *                               probs are computed every step, on the device, and fetched on request)
  *   pool.L.key/value            [blocks, block_size, kv_heads, head_dim] float16, on the device
- *   ──▶ logits, probs, top_logprobs, top_ids as above (float32)
+ *   ──▶ logits, probs, top_logprobs, top_ids, hidden as above (float32)
  */
 
 export const GRAPH_INPUTS = {
@@ -41,6 +42,7 @@ export const GRAPH_INPUTS = {
   pastSeqlens: "past_seqlens",
   blockTable: "block_table",
   attentionMetadata: "attention_metadata",
+  hiddenIndices: "hidden_indices",
 } as const;
 
 export const GRAPH_OUTPUTS = {
@@ -48,6 +50,7 @@ export const GRAPH_OUTPUTS = {
   probs: "probs",
   topLogprobs: "top_logprobs",
   topIds: "top_ids",
+  hidden: "hidden",
 } as const;
 
 /** How many log-softmax entries per row the graph returns besides the full logits. */

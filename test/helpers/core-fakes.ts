@@ -53,8 +53,14 @@ export function logitsPeakingAt(target: number, vocab = VOCAB): Float32Array {
   return row;
 }
 
+/** The fake's hidden-state row for the token at `position` after `context`: distinct, deterministic, not normalized. */
+export function fakeHiddenRow(context: readonly number[], position: number): number[] {
+  return [context[position] + 1, position + 1, context.slice(0, position + 1).reduce((a, b) => a + b, 0) % 7, 1];
+}
+
 export class FakeRunner implements StepRunner {
   readonly vocabSize = VOCAB;
+  readonly hiddenSize = 4;
   /** A pretend pool: the engine core sizes its block pool from its own options. */
   readonly kvCache: KvCacheInfo = { numBlocks: 1024, blockSize: BLOCK_SIZE, numTokens: 1023 * BLOCK_SIZE, numBytes: 0 };
   /** Every execute() call, deep-copied at call time. */
@@ -66,8 +72,9 @@ export class FakeRunner implements StepRunner {
   async step(seqs: readonly StepSequence[], options: StepOptions): Promise<StepLogits[]> {
     this.calls.push(seqs.map((s) => ({ ...s, tokenIds: [...s.tokenIds], blockTable: [...s.blockTable] })));
     return seqs.map((s) => {
-      const logits = stepLogitsFromFull(this.run(s), this.vocabSize, s.invTemperature ?? 1);
-      return { ...logits, full: options.fullLogits ? logits.full : null, probs: options.probs ? logits.probs : null };
+      const { logits, hidden } = this.run(s);
+      const rows = stepLogitsFromFull(logits, this.vocabSize, s.invTemperature ?? 1);
+      return { ...rows, full: options.fullLogits ? rows.full : null, probs: options.probs ? rows.probs : null, hidden: options.hidden ? hidden : null };
     });
   }
 
@@ -78,7 +85,7 @@ export class FakeRunner implements StepRunner {
     return this.calls.flat();
   }
 
-  private run(s: StepSequence): Float32Array {
+  private run(s: StepSequence): { logits: Float32Array; hidden: Float32Array } {
     if (s.blockTable.includes(NULL_BLOCK_ID)) throw new Error(`block table ${s.blockTable} holds the null block`);
     const end = s.numPastTokens + s.tokenIds.length;
     if (s.blockTable.length * this.blockSize < end) throw new Error(`block table ${s.blockTable} can't hold ${end} tokens`);
@@ -97,7 +104,10 @@ export class FakeRunner implements StepRunner {
     for (let i = s.logitsFrom; i < s.tokenIds.length; i++) {
       out.set(logitsPeakingAt(this.next(context.slice(0, s.numPastTokens + i + 1))), (i - s.logitsFrom) * this.vocabSize);
     }
-    return out;
+    const hiddenFrom = s.hiddenFrom ?? s.tokenIds.length;
+    const hidden = new Float32Array(Math.max(0, s.tokenIds.length - hiddenFrom) * this.hiddenSize);
+    for (let i = hiddenFrom; i < s.tokenIds.length; i++) hidden.set(fakeHiddenRow(context, s.numPastTokens + i), (i - hiddenFrom) * this.hiddenSize);
+    return { logits: out, hidden };
   }
 
   private slotOf(blockTable: readonly number[], position: number): number {

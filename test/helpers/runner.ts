@@ -6,7 +6,7 @@ import { openWeights } from "../../models/weights/safetensors.ts";
 import { KvBuffers } from "../../engine/runner/onnx-host/kv-buffers.ts";
 import { OnnxRunner } from "../../engine/runner/onnx-host/onnx-runner.ts";
 import type { StepSequence } from "../../engine/runner/step-runner.ts";
-import { referenceLogits } from "../reference/forward.ts";
+import { referenceHiddenStates, referenceLogits } from "../reference/forward.ts";
 
 /** A real runner whose KV cache holds exactly `numBlocks` blocks. */
 export async function loadRunner(dir: string, blockSize = 4, numBlocks = 64, paddingSlack?: number, build?: GraphBuildOptions): Promise<OnnxRunner> {
@@ -32,7 +32,18 @@ export function referenceFor(dir: string, tokenIds: number[]): Float32Array[] {
   }
 }
 
-export function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+/** Final hidden states of the independent TypeScript forward pass at every position. */
+export function referenceHiddenFor(dir: string, tokenIds: number[]): Float64Array[] {
+  const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
+  const weights = openWeights(dir);
+  try {
+    return referenceHiddenStates(config, (name) => ({ shape: weights.info(name).shape, data: weights.readFloat32(name) }), tokenIds);
+  } finally {
+    weights.close();
+  }
+}
+
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   if (a.length !== b.length) throw new Error(`length ${a.length} != ${b.length}`);
   let max = 0;
   for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));

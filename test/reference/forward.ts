@@ -211,13 +211,16 @@ function addInPlace(a: Vec, b: Vec): void {
   for (let i = 0; i < a.length; i++) a[i] += b[i];
 }
 
-/** Logits (one Float32Array of vocab size per input position) under full causal attention, no cache. */
-export function referenceLogits(
+/**
+ * The final hidden states (after the last norm, one Float64Array of hidden size per input
+ * position) under full causal attention, no cache: what embeddings pool.
+ */
+export function referenceHiddenStates(
   config: Record<string, unknown>,
   getTensor: (name: string) => RefTensor,
   tokenIds: number[],
   positions: number[] = tokenIds.map((_, i) => i),
-): Float32Array[] {
+): Vec[] {
   if (positions.length !== tokenIds.length) throw new Error("reference: positions and tokenIds differ in length");
   const cfg = parseConfig(config);
   const embed = getTensor("model.embed_tokens.weight");
@@ -239,7 +242,29 @@ export function referenceLogits(
   }
 
   const finalNorm = getTensor("model.norm.weight").data;
+  return hs.map((h) => rmsNorm(h, finalNorm, cfg.eps));
+}
+
+/** Logits (one Float32Array of vocab size per input position) under full causal attention, no cache. */
+export function referenceLogits(
+  config: Record<string, unknown>,
+  getTensor: (name: string) => RefTensor,
+  tokenIds: number[],
+  positions: number[] = tokenIds.map((_, i) => i),
+): Float32Array[] {
+  const cfg = parseConfig(config);
+  const embed = getTensor("model.embed_tokens.weight");
   const head = cfg.tied ? embed : getTensor("lm_head.weight");
   expectShape("lm_head.weight", head, [head.shape[0], cfg.hidden]);
-  return hs.map((h) => Float32Array.from(linear(rmsNorm(h, finalNorm, cfg.eps), head)));
+  return referenceHiddenStates(config, getTensor, tokenIds, positions).map((h) => Float32Array.from(linear(h, head)));
+}
+
+/** An embedding from hidden states: the last row or the mean of all rows, scaled to unit length. */
+export function referenceEmbedding(hidden: readonly ArrayLike<number>[], pooling: "last" | "mean"): Float64Array {
+  const width = hidden[0].length;
+  const pooled = new Float64Array(width);
+  if (pooling === "last") pooled.set(hidden[hidden.length - 1]);
+  else for (const row of hidden) for (let i = 0; i < width; i++) pooled[i] += row[i] / hidden.length;
+  const norm = Math.sqrt(pooled.reduce((sum, x) => sum + x * x, 0));
+  return pooled.map((x) => x / norm);
 }

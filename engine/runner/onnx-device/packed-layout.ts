@@ -33,6 +33,8 @@ export interface PackedLayout {
   blockTable: Int32Array;
   logitsIndices: BigInt64Array;
   invTemperature: Float32Array;
+  /** Packed rows whose final hidden state the step returns (at least one, as with logits). */
+  hiddenIndices: BigInt64Array;
   /** The longest row's past plus itself: the bound PagedAttention's attention_metadata takes. */
   maxKvLength: number;
 }
@@ -48,6 +50,7 @@ export function layoutPacked(seqs: readonly StepSequence[], blockSize: number): 
   const blockTable = new Int32Array(numTokens * maxBlocks).fill(NULL_BLOCK);
   const logitsIndices: bigint[] = [];
   const invTemperature: number[] = [];
+  const hiddenIndices: bigint[] = [];
   let offset = 0;
   seqs.forEach((s, b) => {
     const needed = Math.ceil((s.numPastTokens + s.tokenIds.length) / blockSize);
@@ -63,6 +66,7 @@ export function layoutPacked(seqs: readonly StepSequence[], blockSize: number): 
       logitsIndices.push(BigInt(offset + i));
       invTemperature.push(s.invTemperature ?? 1);
     }
+    if (s.hiddenFrom !== undefined) for (let i = s.hiddenFrom; i < s.tokenIds.length; i++) hiddenIndices.push(BigInt(offset + i));
     offset += s.tokenIds.length;
   });
   // NOTE: as in step-layout.ts, a step that needs no logits asks for one it ignores (TopK on zero rows crashes).
@@ -70,8 +74,9 @@ export function layoutPacked(seqs: readonly StepSequence[], blockSize: number): 
     logitsIndices.push(0n);
     invTemperature.push(1);
   }
+  if (hiddenIndices.length === 0) hiddenIndices.push(0n);
   return {
     numTokens, maxBlocks, maxKvLength, inputIds, positionIds, cumulativeSequenceLength, pastSeqlens, blockTable,
-    logitsIndices: BigInt64Array.from(logitsIndices), invTemperature: Float32Array.from(invTemperature),
+    logitsIndices: BigInt64Array.from(logitsIndices), invTemperature: Float32Array.from(invTemperature), hiddenIndices: BigInt64Array.from(hiddenIndices),
   };
 }

@@ -25,10 +25,12 @@ export interface WebGpuRunnerOptions {
 
 export class WebGpuRunner implements StepRunner {
   readonly vocabSize: number;
+  readonly hiddenSize: number;
   readonly kvCache: KvCacheInfo;
 
   private constructor(private readonly session: ort.InferenceSession, readonly pool: DevicePool, config: ModelConfig) {
     this.vocabSize = config.vocabSize;
+    this.hiddenSize = config.hiddenSize;
     const { numBlocks, blockSize } = pool.shape;
     this.kvCache = { numBlocks, blockSize, numTokens: (numBlocks - 1) * blockSize, numBytes: pool.numBytes };
   }
@@ -59,7 +61,7 @@ export class WebGpuRunner implements StepRunner {
 
   async step(seqs: readonly StepSequence[], options: StepOptions): Promise<StepLogits[]> {
     const out = await runPacked(this.session, this.pool, seqs, options);
-    return splitStepRows(seqs, withTiesById(rowsOf(out, options)), this.vocabSize);
+    return splitStepRows(seqs, withTiesById(rowsOf(out, options)), this.vocabSize, this.hiddenSize);
   }
 
   async release(): Promise<void> {
@@ -94,9 +96,11 @@ function runPacked(session: ort.InferenceSession, pool: DevicePool, seqs: readon
     [GRAPH_INPUTS.attentionMetadata]: int32(Int32Array.from([1, layout.maxKvLength]), [2]),
     [GRAPH_INPUTS.logitsIndices]: int64Tensor(layout.logitsIndices, [layout.logitsIndices.length]),
     [GRAPH_INPUTS.invTemperature]: floatTensor(layout.invTemperature, [layout.invTemperature.length]),
+    [GRAPH_INPUTS.hiddenIndices]: int64Tensor(layout.hiddenIndices, [layout.hiddenIndices.length]),
   };
   if (session.inputNames.includes(GRAPH_INPUTS.positionIds)) feeds[GRAPH_INPUTS.positionIds] = int64Tensor(layout.positionIds, [layout.numTokens]);
-  const fetches = [GRAPH_OUTPUTS.topLogprobs, GRAPH_OUTPUTS.topIds, ...(options.fullLogits ? [GRAPH_OUTPUTS.logits] : []), ...(options.probs ? [GRAPH_OUTPUTS.probs] : [])];
+  const fetches = [GRAPH_OUTPUTS.topLogprobs, GRAPH_OUTPUTS.topIds, ...(options.fullLogits ? [GRAPH_OUTPUTS.logits] : []), ...(options.probs ? [GRAPH_OUTPUTS.probs] : []),
+    ...(options.hidden ? [GRAPH_OUTPUTS.hidden] : [])];
   return session.run(feeds, fetches);
 }
 

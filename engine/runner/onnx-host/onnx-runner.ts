@@ -27,6 +27,7 @@ export interface OnnxRunnerOptions {
 
 export class OnnxRunner implements StepRunner {
   readonly vocabSize: number;
+  readonly hiddenSize: number;
   readonly kvCache: KvCacheInfo;
   private readonly poolFeeds: Record<string, ort.Tensor> = {};
   private readonly fetches: string[];
@@ -38,6 +39,7 @@ export class OnnxRunner implements StepRunner {
     private readonly paddingSlack: number,
   ) {
     this.vocabSize = config.vocabSize;
+    this.hiddenSize = config.hiddenSize;
     const { numBlocks, blockSize } = buffers.shape;
     this.kvCache = { numBlocks, blockSize, numTokens: (numBlocks - 1) * blockSize, numBytes: buffers.numBytes };
     const presents = Array.from({ length: config.numLayers }, (_, layer) => Object.values(presentOutputNames(layer))).flat();
@@ -93,8 +95,10 @@ export class OnnxRunner implements StepRunner {
       [GRAPH_INPUTS.logitsIndices]: int64Tensor(layout.logitsIndices, [layout.logitsIndices.length]),
       [GRAPH_INPUTS.invTemperature]: floatTensor(layout.invTemperature, [layout.invTemperature.length]),
       [GRAPH_INPUTS.wantProbs]: new ort.Tensor("bool", [options.probs === true], []),
+      [GRAPH_INPUTS.hiddenIndices]: int64Tensor(layout.hiddenIndices, [layout.hiddenIndices.length]),
     };
-    const fetches = [...this.fetches, ...(options.fullLogits ? [GRAPH_OUTPUTS.logits] : []), ...(options.probs ? [GRAPH_OUTPUTS.probs] : [])];
+    const fetches = [...this.fetches, ...(options.fullLogits ? [GRAPH_OUTPUTS.logits] : []), ...(options.probs ? [GRAPH_OUTPUTS.probs] : []),
+      ...(options.hidden ? [GRAPH_OUTPUTS.hidden] : [])];
     const out = await this.session.run(feeds, fetches);
     for (let layer = 0; layer < this.config.numLayers; layer++) {
       const present = presentOutputNames(layer);
@@ -102,6 +106,6 @@ export class OnnxRunner implements StepRunner {
       const values = out[present.value].data as Float32Array;
       layout.newSlots.forEach((slots, b) => this.buffers.write(layer, slots, keys, values, b * seq));
     }
-    return splitStepRows(seqs, rowsOf(out, options), this.vocabSize);
+    return splitStepRows(seqs, rowsOf(out, options), this.vocabSize, this.hiddenSize);
   }
 }

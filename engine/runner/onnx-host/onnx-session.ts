@@ -97,12 +97,13 @@ export function floatTensor(values: Float32Array, dims: number[]): ort.Tensor {
 }
 
 /** The logits rows a step fetched (graph-io.ts names them), as host arrays. */
-export function rowsOf(out: ort.InferenceSession.OnnxValueMapType, options: { fullLogits: boolean; probs?: boolean }): StepRows {
+export function rowsOf(out: ort.InferenceSession.OnnxValueMapType, options: { fullLogits: boolean; probs?: boolean; hidden?: boolean }): StepRows {
   return {
     topN: out[GRAPH_OUTPUTS.topIds].dims[1] ?? 0,
     topIds: Int32Array.from(out[GRAPH_OUTPUTS.topIds].data as BigInt64Array, Number),
     topLogprobs: out[GRAPH_OUTPUTS.topLogprobs].data as Float32Array,
     full: options.fullLogits ? (out[GRAPH_OUTPUTS.logits].data as Float32Array) : null,
     probs: options.probs ? (out[GRAPH_OUTPUTS.probs].data as Float32Array) : null,
+    hidden: options.hidden ? (out[GRAPH_OUTPUTS.hidden].data as Float32Array) : null,
   };
 }

@@ -23,6 +23,8 @@ export interface StepLayout {
   mask: Float32Array;
   logitsIndices: BigInt64Array;
   invTemperature: Float32Array;
+  /** Flat rows whose final hidden state the step returns (at least one, which a step that asked for none ignores). */
+  hiddenIndices: BigInt64Array;
   /** For each sequence, the pool slots its new tokens go to. */
   newSlots: Int32Array[];
 }
@@ -39,6 +41,7 @@ export function layoutStep(seqs: readonly StepSequence[], pool: KvBuffers, slidi
   const mask = new Float32Array(batch * seq * total).fill(MASKED);
   const logitsIndices: bigint[] = [];
   const invTemperature: number[] = [];
+  const hiddenIndices: bigint[] = [];
   const newSlots: Int32Array[] = [];
   seqs.forEach((s, b) => {
     for (let j = 0; j < s.numPastTokens; j++) pastSlots[b * past + j] = BigInt(pool.slotOf(s.blockTable, j));
@@ -58,6 +61,7 @@ export function layoutStep(seqs: readonly StepSequence[], pool: KvBuffers, slidi
           logitsIndices.push(BigInt(row));
           invTemperature.push(s.invTemperature ?? 1);
         }
+        if (s.hiddenFrom !== undefined && i >= s.hiddenFrom) hiddenIndices.push(BigInt(row));
       } else {
         maskRow[past + i] = 0;
       }
@@ -69,9 +73,10 @@ export function layoutStep(seqs: readonly StepSequence[], pool: KvBuffers, slidi
     logitsIndices.push(0n);
     invTemperature.push(1);
   }
+  if (hiddenIndices.length === 0) hiddenIndices.push(0n);
   return {
     batch, seq, past, inputIds, positionIds, pastSlots, mask, newSlots,
-    logitsIndices: BigInt64Array.from(logitsIndices), invTemperature: Float32Array.from(invTemperature),
+    logitsIndices: BigInt64Array.from(logitsIndices), invTemperature: Float32Array.from(invTemperature), hiddenIndices: BigInt64Array.from(hiddenIndices),
   };
 }
 
