@@ -13,7 +13,8 @@ import { FALLBACK_REASONS } from "../server/http/api-error.ts";
 import { REASONING_PARSERS, type ReasoningParser } from "../server/openai/reasoning.ts";
 import type { LocalModelSpec, ProviderSpec, RouteSpec } from "../server/serve.ts";
 import { microUsdPerMtok, type Price } from "../service/prices.ts";
-import { parseBytes } from "../engine/index.ts";
+import { POOLINGS, parseBytes, type Pooling } from "../engine/index.ts";
+import { MODEL_TASKS, type ModelTask } from "../server/backends/model-backend.ts";
 import { ENGINE_FLAGS, engineOptionsFrom, modelDirFrom, readEngineFlags, type EngineFlagValues } from "./engine-flags.ts";
 import { FlagError } from "./flags.ts";
 
@@ -49,11 +50,13 @@ const localModel = z.object({
   "max-queued-requests": z.number().int().nonnegative().optional(),
   "tool-call-parser": z.enum(["auto", "hermes", "none"]).optional(),
   "reasoning-parser": z.enum([...REASONING_PARSERS, "none"]).optional(),
+  pooling: z.enum(POOLINGS).optional(),
+  task: z.enum(MODEL_TASKS).optional(),
   price: price.optional(),
 }).catchall(flagScalar).superRefine((entry, ctx) => {
-  const own = new Set(["name", "model", "aliases", "kv-cache-share", "max-queued-requests", "tool-call-parser", "reasoning-parser", "price", ...ENGINE_KEYS]);
+  const own = new Set(["name", "model", "aliases", "kv-cache-share", "max-queued-requests", "tool-call-parser", "reasoning-parser", "pooling", "task", "price", ...ENGINE_KEYS]);
   for (const key of Object.keys(entry)) {
-    if (!own.has(key)) ctx.addIssue({ code: "custom", path: [key], message: `unknown key; a model takes name, model, aliases, kv-cache-share, max-queued-requests, tool-call-parser, reasoning-parser, price and the engine flags (${ENGINE_KEYS.join(", ")})` });
+    if (!own.has(key)) ctx.addIssue({ code: "custom", path: [key], message: `unknown key; a model takes name, model, aliases, kv-cache-share, max-queued-requests, tool-call-parser, reasoning-parser, pooling, task, price and the engine flags (${ENGINE_KEYS.join(", ")})` });
   }
   if (entry["kv-cache-share"] !== undefined && entry["kv-cache-memory"] !== undefined) {
     ctx.addIssue({ code: "custom", path: ["kv-cache-share"], message: "give kv-cache-share or kv-cache-memory, not both" });
@@ -105,9 +108,11 @@ export interface ModelDefaults {
   maxQueuedRequests: number;
   toolCallParser: "auto" | "hermes" | "none";
   reasoningParser: ReasoningParser | "none";
+  pooling: Pooling;
+  task: ModelTask;
 }
 
-const MODEL_DEFAULTS: ModelDefaults = { maxQueuedRequests: 1024, toolCallParser: "auto", reasoningParser: "none" };
+const MODEL_DEFAULTS: ModelDefaults = { maxQueuedRequests: 1024, toolCallParser: "auto", reasoningParser: "none", pooling: "last", task: "both" };
 
 /** Reads and checks the file; `cli` are the command line's engine flags, and `defaults` its other per-model flags (every model's defaults). */
 export function readServeConfig(path: string, cli: EngineFlagValues, env: NodeJS.ProcessEnv = process.env, defaults: ModelDefaults = MODEL_DEFAULTS): ServeConfig {
@@ -151,6 +156,7 @@ export function readServeConfig(path: string, cli: EngineFlagValues, env: NodeJS
       maxQueuedRequests: entry["max-queued-requests"] ?? defaults.maxQueuedRequests,
       toolCallParser: toolCallParserFor(entry["tool-call-parser"] ?? defaults.toolCallParser, checkpoint.chatTemplate),
       reasoningParser: reasoningParserOf(entry["reasoning-parser"] ?? defaults.reasoningParser),
+      pooling: entry.pooling ?? defaults.pooling, task: entry.task ?? defaults.task,
     };
   });
   const providers = file.providers.map((p): ProviderSpec => {

@@ -5,6 +5,8 @@ import { startServer } from "../server/serve.ts";
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags, type EngineFlagValues, type EngineFlags } from "./engine-flags.ts";
 import { readServeConfig, reasoningParserOf, toolCallParserFor, type ModelDefaults, type ServeConfig } from "./serve-config.ts";
 import { REASONING_PARSERS } from "../server/openai/reasoning.ts";
+import { POOLINGS } from "../engine/index.ts";
+import { MODEL_TASKS } from "../server/backends/model-backend.ts";
 import { microUsdPerMtok, type Price } from "../service/prices.ts";
 import { defaultDbUrl } from "../service/store/open-store.ts";
 import type { AuthMode } from "../server/http/auth.ts";
@@ -31,6 +33,9 @@ Server:
                                 (auto: hermes when the chat template writes <tool_call>, as Qwen's do)
   --reasoning-parser P          qwen3, deepseek_r1 or none (default): split <think>...</think> out of the answer
                                 into reasoning_content
+  --pooling last|mean           how /v1/embeddings pools the final hidden states, then L2-normalizes them
+                                (default last: the last token's, as Qwen3-Embedding does)
+  --task both|generate|embed    what the model serves: generation and embeddings (default), or one of them
   --api-key KEY                 a static key the API accepts as Authorization: Bearer KEY (repeatable; env TOKENMILL_API_KEY)
   --db URL|none                 keys and usage ledger: sqlite:PATH (default: $TOKENMILL_DATA_DIR/tokenmill.db,
                                 data dir .data/) or postgres://... (shared by replicas); none: neither
@@ -66,6 +71,8 @@ export async function serveCommand(args: string[]): Promise<void> {
       "tokenizer-threads": { type: "string" },
       "tool-call-parser": { type: "string", default: "auto" },
       "reasoning-parser": { type: "string", default: "none" },
+      pooling: { type: "string", default: "last" },
+      task: { type: "string", default: "both" },
       "log-level": { type: "string", default: "info" },
       "api-key": { type: "string", multiple: true },
       db: { type: "string", default: defaultDbUrl() },
@@ -98,6 +105,8 @@ export async function serveCommand(args: string[]): Promise<void> {
     tokenizerThreads: optionalFlagValue("tokenizer-threads", values["tokenizer-threads"], intFlag(1, 64)),
     toolCallParser: flagValue("tool-call-parser", values["tool-call-parser"], enumFlag("auto", "hermes", "none")),
     reasoningParser: flagValue("reasoning-parser", values["reasoning-parser"], enumFlag(...REASONING_PARSERS, "none")),
+    pooling: flagValue("pooling", values.pooling, enumFlag(...POOLINGS)),
+    task: flagValue("task", values.task, enumFlag(...MODEL_TASKS)),
     logLevel: flagValue("log-level", values["log-level"], enumFlag("fatal", "error", "warn", "info", "debug", "trace", "silent")),
     apiKeys: (values["api-key"] ?? (process.env.TOKENMILL_API_KEY ? [process.env.TOKENMILL_API_KEY] : [])).map((key) => flagValue("api-key", key, nonEmptyFlag)),
     adminKeys: (values["admin-key"] ?? (process.env.TOKENMILL_ADMIN_KEY ? [process.env.TOKENMILL_ADMIN_KEY] : [])).map((key) => flagValue("admin-key", key, nonEmptyFlag)),
@@ -176,7 +185,7 @@ function singleModel(
     models: [{
       name: server.servedModelName ?? checkpoint.name, engineOptions: engineOptionsFrom(engineFlags, checkpoint), defaults: checkpoint.generationDefaults,
       maxQueuedRequests: server.maxQueuedRequests, toolCallParser: toolCallParserFor(server.toolCallParser, checkpoint.chatTemplate),
-      reasoningParser: reasoningParserOf(server.reasoningParser),
+      reasoningParser: reasoningParserOf(server.reasoningParser), pooling: server.pooling, task: server.task,
     }],
     providers: [], routes: [], prices: [],
   };

@@ -4,7 +4,7 @@ export { EngineError, type EngineErrorCode } from "./core/engine-error.ts";
 export { DEFAULT_ENGINE_OPTIONS, parseBytes, type EngineInfo, type EngineOptions } from "./host/engine-options.ts";
 export type { EngineStatsSnapshot } from "./core/engine-stats.ts";
 export {
-  GREEDY, type EngineOutput, type EngineRequest, type FinishReason, type PositionLogprob, type Priority, type PromptLogprob, type RequestUsage, type SamplingParams,
+  GREEDY, POOLINGS, type EngineOutput, type EngineRequest, type FinishReason, type Pooling, type PositionLogprob, type Priority, type PromptLogprob, type RequestUsage, type SamplingParams,
   type TokenLogprob,
 } from "./core/request.ts";
 export { checkRequest, type RequestLimits } from "./core/check-request.ts";

@@ -10,6 +10,7 @@ import { handleClientError } from "./http/client-error.ts";
 import { registerJsonBody } from "./http/json-body.ts";
 import { registerChatCompletions } from "./routes/chat-completions.ts";
 import { registerCompletions } from "./routes/completions.ts";
+import { registerEmbeddings } from "./routes/embeddings.ts";
 import { registerMessages } from "./routes/messages.ts";
 import { registerResponses } from "./routes/responses.ts";
 import { MemoryResponseStore, type ResponseStore } from "../service/response-store.ts";
@@ -100,6 +101,7 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
   registerChatCompletions(app, ctx);
   registerCompletions(app, ctx);
   registerMessages(app, ctx);
+  registerEmbeddings(app, ctx);
   registerResponses(app, ctx, { store: options.responses?.store ?? new MemoryResponseStore(), retentionMs: options.responses?.retentionMs ?? DEFAULT_RESPONSES_RETENTION_MS });
   registerModelRoutes(app, ctx);
   registerProbeRoutes(app, ctx);

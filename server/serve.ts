@@ -13,8 +13,8 @@ import { serverShuttingDown } from "./http/api-error.ts";
 import { ANONYMOUS_WARNING } from "./routes/probes.ts";
 import type { AuthMode } from "./http/auth.ts";
 import { buildApp } from "./app.ts";
-import { Engine, TokenizerPool, type EngineOptions } from "./backends/engine-api.ts";
-import { LocalBackend, UpstreamBackend } from "./backends/model-backend.ts";
+import { Engine, TokenizerPool, type EngineOptions, type Pooling } from "./backends/engine-api.ts";
+import { LocalBackend, UpstreamBackend, type ModelTask } from "./backends/model-backend.ts";
 import { ModelRegistry } from "./backends/model-registry.ts";
 import type { FallbackReason } from "./http/api-error.ts";
 import { UpstreamProvider, type ProviderOptions } from "./upstream/upstream-provider.ts";
@@ -37,6 +37,10 @@ export interface LocalModelSpec {
   toolCallParser?: "hermes";
   /** How this model marks its reasoning (--reasoning-parser); undefined: left in the content. */
   reasoningParser?: ReasoningParser;
+  /** How its embeddings pool the hidden states (--pooling; default last). */
+  pooling?: Pooling;
+  /** What it serves (--task; default both). */
+  task?: ModelTask;
 }
 
 /** An OpenAI-compatible provider, and the models of it that are served (each under its own name). */
@@ -204,6 +208,8 @@ function registerModels(
       defaults: spec.defaults,
       toolCallParser: spec.toolCallParser,
       reasoningParser: spec.reasoningParser,
+      pooling: spec.pooling,
+      task: spec.task,
     });
     models.register(backend);
     return { backend, spec };

@@ -147,6 +147,22 @@ describe("several models behind one server", () => {
     expect(await metricValue(/^tokenmill_prompt_tokens_total\{model="beta"\}/)).toBeGreaterThan(0);
   });
 
+  it("serves embeddings by a local model and through an upstream one, under the same key and ledger", async () => {
+    const input = ["A river runs.", "Hills stand still."];
+    const [local, remote, alone] = await Promise.all(["alpha", "remote"].map(async (model) => {
+      const id = `routing-${numRequests++}`;
+      const response = await client.embeddings.create({ model, input, encoding_format: "float" }, { headers: { "x-request-id": id } });
+      seen.set(id, { model, usage: { ...response.usage, completion_tokens: 0 } as OpenAI.CompletionUsage & { cost?: number } });
+      return response;
+    }).concat(peerClient.embeddings.create({ model: "tiny", input, encoding_format: "float" })));
+    expect(remote.model).toBe("remote");
+    expect(remote.usage).toMatchObject({ prompt_tokens: local.usage.prompt_tokens, cost: expect.any(Number) });
+    for (const [i, d] of remote.data.entries()) {
+      expect(d.embedding).toEqual(alone.data[i].embedding);
+      expect(d.embedding).toEqual(local.data[i].embedding);
+    }
+  });
+
   it("streams an upstream through as it comes, with the upstream's exact usage only when asked", async () => {
     const prompt = "Stream me something.";
     const whole = await chat("remote", prompt, { max_tokens: 16 });

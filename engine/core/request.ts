@@ -33,6 +33,7 @@ export type Priority = "interactive" | "standard" | "batch";
 
 /** How an embedding pools the prompt's final hidden states: the last token's row, or the mean of all rows. */
 export type Pooling = "last" | "mean";
+export const POOLINGS = ["last", "mean"] as const satisfies readonly Pooling[];
 
 export interface EngineRequest {
   requestId: string;

@@ -76,6 +76,11 @@ export class Engine {
    * Submits a request. A request the engine can never run (see checkRequest) throws here at
    * once. The iterable ends after every sequence has finished; aborting the signal aborts the request.
    */
+  /** Throws what add() would for a request the engine can never run (see checkRequest), and runs nothing. */
+  check(unchecked: EngineRequest): void {
+    checkRequest(unchecked, this.info);
+  }
+
   add(unchecked: EngineRequest, signal?: AbortSignal): AsyncIterable<EngineOutput> {
     if (this.currentState === "restarting") throw new EngineError("ENGINE_RESTARTING", "the engine thread is restarting after a fault; retry shortly");
     if (this.currentState === "stopped") throw new EngineError("ENGINE_DEAD", "the engine has stopped");

@@ -5,9 +5,9 @@
 import type { ChatMessage, ChatTemplateOptions, EngineOutput, EngineRequest, EngineState, EngineStatsSnapshot } from "../../engine/index.ts";
 
 export {
-  Engine, EngineError, TokenizerPool,
+  Engine, EngineError, GREEDY, POOLINGS, TokenizerPool,
   type ChatMessage, type EngineEvent, type EngineOptions, type EngineState, type EngineOutput, type EngineRequest, type EngineStatsSnapshot,
-  type GrammarSpec, type Priority, type RequestUsage, type ToolSpec,
+  type GrammarSpec, type Pooling, type Priority, type RequestUsage, type ToolSpec,
 } from "../../engine/index.ts";
 export { ModelError } from "../../models/index.ts";
 
@@ -16,9 +16,11 @@ export interface ServingEngine {
   /** running, restarting (after its thread died), or stopped. */
   readonly state: EngineState;
   /** The engine's own limits, decided once by the engine: the server reads them, never re-derives them. */
-  readonly info: { maxModelLen: number; vocabSize: number };
+  readonly info: { maxModelLen: number; vocabSize: number; hiddenSize: number };
   /** Throws EngineError at once for a request the engine can never run (context, vocabulary); the server maps it. */
   add(request: EngineRequest, signal?: AbortSignal): AsyncIterable<EngineOutput>;
+  /** Throws the EngineError add() would throw for a request the engine can never run; runs nothing. */
+  check(request: EngineRequest): void;
   onStats(listener: (stats: EngineStatsSnapshot) => void): void;
 }
 

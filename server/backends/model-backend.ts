@@ -6,7 +6,11 @@
 import type { GenerationDefaults } from "../../models/index.ts";
 import type { ReasoningParser } from "../openai/reasoning.ts";
 import type { UpstreamProvider } from "../upstream/upstream-provider.ts";
-import type { PromptTokenizer, ServingEngine } from "./engine-api.ts";
+import type { Pooling, PromptTokenizer, ServingEngine } from "./engine-api.ts";
+
+/** What a local model serves (--task): generation (chat, completions, Responses, Messages), embeddings, or both. */
+export type ModelTask = "generate" | "embed" | "both";
+export const MODEL_TASKS = ["generate", "embed", "both"] as const satisfies readonly ModelTask[];
 
 export interface ServerLimits {
   /** Sequences the engine runs at once (--max-num-seqs). */
@@ -23,6 +27,10 @@ export interface LocalBackendOptions {
   toolCallParser?: "hermes";
   /** How reasoning in this model's output is marked (--reasoning-parser); undefined: it is left in the content. */
   reasoningParser?: ReasoningParser;
+  /** How embeddings pool the final hidden states (--pooling; default last). */
+  pooling?: Pooling;
+  /** What it serves (--task; default both). */
+  task?: ModelTask;
 }
 
 /** Weight of the newest request in a backend's running TTFT average. */
@@ -41,6 +49,8 @@ export class LocalBackend {
   readonly defaults: GenerationDefaults;
   readonly toolCallParser?: "hermes";
   readonly reasoningParser?: ReasoningParser;
+  readonly pooling: Pooling;
+  readonly task: ModelTask;
   /** A running average of the TTFT of this model's last requests, in ms; null before the first. */
   private ttftEwmaMs: number | null = null;
 
@@ -49,6 +59,13 @@ export class LocalBackend {
     this.defaults = options.defaults;
     this.toolCallParser = options.toolCallParser;
     this.reasoningParser = options.reasoningParser;
+    this.pooling = options.pooling ?? "last";
+    this.task = options.task ?? "both";
+  }
+
+  /** Whether it serves generation, or embeddings (--task). */
+  serves(kind: "generate" | "embed"): boolean {
+    return this.task === "both" || this.task === kind;
   }
 
   /** What the ledger's backend column says. */

@@ -12,13 +12,14 @@
  * attempt reads each unfinished engine request to its end, after aborting it, before settling.
  */
 import { randomUUID } from "node:crypto";
+import { setMaxListeners } from "node:events";
 import type { ApiKey } from "../../service/keys.ts";
 import { LimitExceeded, type LimitTicket } from "../../service/limits/limiter.ts";
 import { NO_USAGE, addUsage, type Admission, type Outcome, type Settlement, type Usage } from "../../service/settlement.ts";
 import type { LocalBackend, ModelBackend, UpstreamBackend } from "../backends/model-backend.ts";
 import { EngineError, type EngineOutput, type EngineRequest, type Priority, type PromptTokenizer, type RequestUsage, type ServingEngine } from "../backends/engine-api.ts";
 import type { ServerContext } from "../server-context.ts";
-import { ApiError, BackendUnavailable, clientClosedRequest, engineDead, engineRestarting, modelLoading, overloaded, requestAborted, toApiError } from "./api-error.ts";
+import { ApiError, BackendUnavailable, clientClosedRequest, invalidRequest, engineDead, engineRestarting, modelLoading, overloaded, requestAborted, toApiError } from "./api-error.ts";
 
 /** What a route sees of a request admitted to a local model. */
 export interface Admitted {
@@ -79,8 +80,10 @@ export interface AdmitOptions {
   /** Its scheduling tier (standard by default). */
   priority?: Priority;
   endpoint: string;
-  /** What the request runs at once: n, times the prompts of a completions request. */
-  numSequences: number;
+  /** What the request runs at once: n, times the prompts of a completions request; for embeddings, what the model takes at once. */
+  numSequences: number | ((backend: LocalBackend) => number);
+  /** What it asks of a local model: generation (default) or embeddings; a model whose --task excludes it answers 400. */
+  task?: "generate" | "embed";
   /** The field that multiplies them, named in the 400 when they could never all fit. */
   param?: string;
   /** Calls `abort` when the client goes away. */
@@ -123,7 +126,13 @@ export class RequestScope {
 
   /** Admits the request to a local model, or throws the ApiError that refuses it (a 400 it could never fit, a 503 while the model can't take it, a 429 from its key's limits). */
   async local(backend: LocalBackend): Promise<Admitted> {
-    const { numSequences } = this.options;
+    const task = this.options.task ?? "generate";
+    if (!backend.serves(task)) {
+      throw invalidRequest(task === "embed"
+        ? `The model \`${backend.id}\` serves generation only (--task generate); it makes no embeddings.`
+        : `The model \`${backend.id}\` serves embeddings only (--task embed); use /v1/embeddings.`, "model", "model_not_supported");
+    }
+    const numSequences = typeof this.options.numSequences === "function" ? this.options.numSequences(backend) : this.options.numSequences;
     const { engine, tokenizer, limits } = backend;
     const capacity = limits.maxNumSeqs + limits.maxQueuedRequests;
     if (numSequences > capacity) {
@@ -287,6 +296,8 @@ abstract class AttemptBase<B extends ModelBackend> {
 
   constructor(protected readonly scope: RequestScope, readonly backend: B) {
     this.signal = AbortSignal.any([scope.signal, this.controller.signal]);
+    // NOTE: each engine request listens on it, and a request may run many (an embeddings batch of 2048): no leak, one request's.
+    setMaxListeners(0, this.signal);
   }
 
   get usage(): Usage {

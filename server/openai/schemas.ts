@@ -6,7 +6,7 @@
  */
 import { z } from "zod";
 
-const tokenId = z.number().int().nonnegative();
+export const tokenId = z.number().int().nonnegative();
 
 /** Sampling fields shared by both endpoints, including vLLM's extensions. */
 const sampling = {

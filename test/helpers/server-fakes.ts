@@ -38,10 +38,19 @@ export const tokenTextOf = (i: number) => (i === 0 ? "t0" : ` t${i}`);
 /** The text of a sequence of `numTokens` generated tokens. */
 export const generatedText = (numTokens: number) => Array.from({ length: numTokens }, (_, i) => tokenTextOf(i)).join("");
 
+export const FAKE_HIDDEN_SIZE = 8;
+
+/** The fake engine's embedding of a prompt: unit length, and different for different prompts. */
+export function fakeEmbedding(promptTokenIds: readonly number[]): Float32Array {
+  const v = Array.from({ length: FAKE_HIDDEN_SIZE }, (_, i) => promptTokenIds.reduce((sum, t, p) => sum + Math.sin(t * (i + 1) + p), 0) + 0.1);
+  const norm = Math.hypot(...v);
+  return Float32Array.from(v, (x) => x / norm);
+}
+
 export class FakeEngine implements ServingEngine {
   state: EngineState = "running";
   /** The engine's limits, checked by the engine's own checkRequest, as the real engine checks them. */
-  readonly info = { maxModelLen: MAX_MODEL_LEN, vocabSize: VOCAB_SIZE, blockSize: 16, numBlocks: 1 << 20 };
+  readonly info = { maxModelLen: MAX_MODEL_LEN, vocabSize: VOCAB_SIZE, hiddenSize: FAKE_HIDDEN_SIZE, blockSize: 16, numBlocks: 1 << 20 };
   /** Every request add() received, in order, and the signal it came with. */
   readonly requests: EngineRequest[] = [];
   readonly signals: (AbortSignal | undefined)[] = [];
@@ -56,11 +65,15 @@ export class FakeEngine implements ServingEngine {
     return this;
   }
 
+  check(unchecked: EngineRequest): void {
+    checkRequest(unchecked, this.info);
+  }
+
   add(unchecked: EngineRequest, signal?: AbortSignal): AsyncIterable<EngineOutput> {
     const request = checkRequest(unchecked, this.info);
     this.requests.push(request);
     this.signals.push(signal);
-    return withUsage(request, this.numCachedTokens, this.run(request, this.scripts.shift() ?? { kind: "generate" }, signal));
+    return withUsage(request, request.pooling ? 0 : this.numCachedTokens, this.run(request, this.scripts.shift() ?? { kind: "generate" }, signal));
   }
 
   onStats(listener: (stats: EngineStatsSnapshot) => void): void {
@@ -79,6 +92,10 @@ export class FakeEngine implements ServingEngine {
       ...(index === 0 && request.promptLogprobs !== undefined ? { promptLogprobs: promptLogprobsOf(request) } : {}),
     });
     if (script.kind === "fail") throw new EngineError(script.code, script.message ?? `fake ${script.code}`);
+    if (request.pooling && script.kind !== "hang") {
+      yield { requestId: request.requestId, index: 0, newTokenIds: [], text: "", finishReason: "stop", numPromptTokens: request.promptTokenIds.length, numCachedTokens: 0, embedding: fakeEmbedding(request.promptTokenIds) };
+      return;
+    }
     if (script.kind === "say") {
       for (const [i, text] of script.pieces.entries()) {
         const last = i === script.pieces.length - 1;
@@ -195,12 +212,15 @@ export interface BackendOverrides {
   limits?: ServerLimits;
   defaults?: GenerationDefaults;
   toolCallParser?: "hermes";
+  pooling?: "last" | "mean";
+  task?: "generate" | "embed" | "both";
 }
 
 /** A ready server context serving MODEL_ID on a FakeEngine and a FakeTokenizer, unless overridden. */
 export function makeContext(overrides: BackendOverrides = {}): ServerContext {
   const backend = new LocalBackend(MODEL_ID, {
     limits: overrides.limits ?? { maxNumSeqs: 8, maxQueuedRequests: 8 }, defaults: overrides.defaults ?? {}, toolCallParser: overrides.toolCallParser,
+    pooling: overrides.pooling, task: overrides.task,
   });
   backend.engine = overrides.engine === undefined ? new FakeEngine() : overrides.engine;
   backend.tokenizer = overrides.tokenizer === undefined ? new FakeTokenizer() : overrides.tokenizer;
