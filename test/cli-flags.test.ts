@@ -40,6 +40,8 @@ describe("the command line", () => {
     [["serve", "--max-queued-requests", "abc"], /--max-queued-requests takes an integer ≥ 0; got "abc"/],
     [["serve", "--shutdown-timeout", "abc"], /--shutdown-timeout takes a number ≥ 0; got "abc"/],
     [["serve", "--request-timeout", "0"], /--request-timeout takes a number > 0/],
+    [["serve", "--pooling", "cls"], /--pooling takes one of last, mean; got "cls"/],
+    [["serve", "--task", "chat"], /--task takes one of generate, embed, both; got "chat"/],
     [["generate", "--prompt", "hi", "--top-p", "0"], /--top-p takes a number > 0 and ≤ 1; got "0"/],
     [["bench", "--rounds", "none"], /--rounds takes an integer ≥ 1; got "none"/],
     [["serve", "--default-rpm", "0"], /--default-rpm takes an integer ≥ 1; got "0"/],

@@ -26,6 +26,8 @@ models:
   - name: tiny-int8
     quantization: int8
     threads: 1
+    pooling: mean
+    task: embed
 providers:
   - name: cloud
     base-url: http://127.0.0.1:9/v1
@@ -55,6 +57,7 @@ describe("serve config", () => {
     // The rest of the memory goes to the models that set none: here, one.
     expect(int8.engineOptions).toMatchObject({ maxNumSeqs: 128, kvCacheMemoryBytes: 768 * 1024 ** 2, quantization: "int8", intraOpThreads: 1 });
     expect(tiny.toolCallParser).toBe("hermes");
+    expect([tiny.pooling, tiny.task, int8.pooling, int8.task]).toEqual(["last", "both", "mean", "embed"]);
     expect(config.providers).toEqual([expect.objectContaining({
       name: "cloud", baseUrl: "http://127.0.0.1:9/v1", apiKey: "sk-cloud", timeoutMs: 5000, maxConcurrency: 3,
       models: [{ name: "cloud-model", upstreamModel: "gpt-x", maxOutputTokens: undefined, aliases: [] }],
@@ -74,6 +77,7 @@ describe("serve config", () => {
   it.each([
     ["an unknown key", "models:\n  - name: a\n    max-num-seq: 4\n", /models\[0\]\.max-num-seq: unknown key/],
     ["a bad engine flag", "models:\n  - name: a\n    device: tpu\n", /models\[0\] \(a\): device takes one of cpu, cuda, webgpu/],
+    ["a bad pooling", "models:\n  - name: a\n    pooling: cls\n", /models\[0\]\.pooling: /],
     ["a name served twice", "models:\n  - name: a\n  - name: b\n    aliases: [a]\n", /the name a \(an alias of b\) is served twice/],
     ["a route to nothing", "models:\n  - name: a\nroutes:\n  - name: r\n    targets: [a, ghost]\n", /route r: its target ghost is not a model/],
     ["a burst with no local first", "models:\n  - name: a\nproviders:\n  - name: p\n    base-url: http://x/v1\n    models: [{ name: u }]\nroutes:\n  - name: r\n    targets: [u]\n    burst: { to: a, waiting-over: 1 }\n", /a burst rule needs a local model as the first target/],
