@@ -11,8 +11,21 @@ const LATENCIES = [
   ["e2el", "E2EL (end-to-end latency)"],
 ] as const;
 
-export function toMarkdown(metrics: BenchMetrics, title: string): string {
-  const rows: [string, string][] = [
+/** What an embeddings run measures, as vLLM reports it: no generated tokens, and one latency (E2EL). */
+function embeddingsRows(metrics: BenchMetrics): [string, string][] {
+  return [
+    ["Successful requests", String(metrics.completed)],
+    ["Failed requests", String(metrics.failed)],
+    ["Benchmark duration (s)", fixed(metrics.durationS)],
+    ["Total input tokens", String(metrics.totalInputTokens)],
+    ["Request throughput (req/s)", fixed(metrics.requestThroughput)],
+    ["Total token throughput (tok/s)", fixed(metrics.totalTokenThroughput)],
+  ];
+}
+
+export function toMarkdown(metrics: BenchMetrics, title: string, endpoint = "completions"): string {
+  const embeddings = endpoint === "embeddings";
+  const rows: [string, string][] = embeddings ? embeddingsRows(metrics) : [
     ["Successful requests", String(metrics.completed)],
     ["Failed requests", String(metrics.failed)],
     ["Benchmark duration (s)", fixed(metrics.durationS)],
@@ -26,7 +39,7 @@ export function toMarkdown(metrics: BenchMetrics, title: string): string {
   // The median is its own column, so a requested p50 would only repeat it.
   const tails = metrics.percentiles.filter((p) => p !== 50);
   const latencyHeader = ["Latency (ms)", "Mean", "Median", ...tails.map((p) => `P${p}`)];
-  const latencyRows = LATENCIES.map(([key, label]) => {
+  const latencyRows = LATENCIES.filter(([key]) => !embeddings || key === "e2el").map(([key, label]) => {
     const stats: LatencyStats = metrics[key];
     return [label, fixed(stats.meanMs), fixed(stats.medianMs), ...tails.map((p) => fixed(stats.percentilesMs[p]))];
   });

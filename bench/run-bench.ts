@@ -54,7 +54,15 @@ export interface BenchPlan {
 
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)];
 
+/** What a run is compared by: output tokens a second, or for embeddings (which generate none) input tokens a second. */
+export function throughputOf(metrics: BenchMetrics, endpoint: string | undefined): number {
+  return endpoint === "embeddings" ? metrics.totalTokenThroughput : metrics.outputThroughput;
+}
+
 export async function runBench(target: BenchTarget, plan: BenchPlan): Promise<Record<string, unknown>> {
+  const tput = (m: BenchMetrics) => throughputOf(m, plan.load.endpoint);
+  const embeddings = plan.load.endpoint === "embeddings";
+  if (embeddings && (plan.compareLimit || plan.plot)) throw new Error("--compare-limit and --plot measure generation; an embeddings run has neither");
   const workloads = new Map<number, BenchRequest[]>([[0, plan.workload]]);
   const workloadOf = (round: number) => {
     if (!workloads.has(round)) workloads.set(round, plan.workloadOfRound?.(round) ?? plan.workload);
@@ -91,8 +99,11 @@ export async function runBench(target: BenchTarget, plan: BenchPlan): Promise<Re
     await sequential?.close();
     await quantized?.close();
   }
-  const serverTput = median(serverRounds.map((m) => m.outputThroughput));
-  result.server_rounds = serverRounds.map((m) => m.outputThroughput);
+  const serverTput = median(serverRounds.map((m) => tput(m)));
+  result.server_rounds = serverRounds.map((m) => tput(m));
+  // NOTE: an embeddings run generates nothing: its rounds and ratios compare input tokens a second, and say so.
+  result.throughput_measure = embeddings ? "total_token_throughput" : "output_throughput";
+  const unit = embeddings ? "input tok/s" : "tok/s";
   if (limits.length > 0) {
     const limitTput = median(limits.map((l) => l.outputThroughput));
     Object.assign(result, {
@@ -117,43 +128,43 @@ export async function runBench(target: BenchTarget, plan: BenchPlan): Promise<Re
       `decode_gemm_share = ${(achieved / gemm.cachedGflops).toFixed(3)} (${(achieved / gemm.dramGflops).toFixed(3)} of the streaming rate)`);
   }
   if (seqRounds.length > 0) {
-    const seqTput = median(seqRounds.map((m) => m.outputThroughput));
+    const seqTput = median(seqRounds.map((m) => tput(m)));
     Object.assign(result, {
       sequential_output_throughput: seqTput,
-      sequential_rounds: seqRounds.map((m) => m.outputThroughput),
+      sequential_rounds: seqRounds.map((m) => tput(m)),
       server_to_sequential_ratio: serverTput / seqTput,
     });
-    log(`Sequential (--max-num-seqs 1): ${seqTput.toFixed(1)} tok/s; server / sequential = ${(serverTput / seqTput).toFixed(3)}`);
+    log(`Sequential (--max-num-seqs 1): ${seqTput.toFixed(1)} ${unit}; server / sequential = ${(serverTput / seqTput).toFixed(3)}`);
   }
 
   if (quantRounds.length > 0) {
-    const otherTput = median(quantRounds.map((m) => m.outputThroughput));
+    const otherTput = median(quantRounds.map((m) => tput(m)));
     const [ttft, otherTtft] = [median(serverRounds.map((m) => m.ttft.meanMs)), median(quantRounds.map((m) => m.ttft.meanMs))];
     Object.assign(result, {
       compare_quantization: plan.compareQuantization, compare_quantization_output_throughput: otherTput,
-      compare_quantization_rounds: quantRounds.map((m) => m.outputThroughput), quantization_speedup: serverTput / otherTput,
+      compare_quantization_rounds: quantRounds.map((m) => tput(m)), quantization_speedup: serverTput / otherTput,
       compare_quantization_mean_ttft_ms: otherTtft, quantization_ttft_speedup: otherTtft / ttft,
     });
-    log(`At --quantization ${plan.compareQuantization}: ${otherTput.toFixed(1)} tok/s; this server: ${serverTput.toFixed(1)} tok/s; ` +
+    log(`At --quantization ${plan.compareQuantization}: ${otherTput.toFixed(1)} ${unit}; this server: ${serverTput.toFixed(1)} ${unit}; ` +
       `quantization_speedup = ${(serverTput / otherTput).toFixed(3)}; mean TTFT ${otherTtft.toFixed(0)} ms there, ${ttft.toFixed(0)} ms here: ` +
       `quantization_ttft_speedup = ${(otherTtft / ttft).toFixed(3)} (medians of ${rounds} alternating rounds)`);
   }
 
   // The reported run is the round whose throughput is the median one.
-  const reported = [...serverRounds].sort((a, b) => a.outputThroughput - b.outputThroughput)[Math.floor((serverRounds.length - 1) / 2)];
-  log(toMarkdown(reported, `tokenmill bench: ${target.model}, concurrency ${plan.maxConcurrency}`));
+  const reported = [...serverRounds].sort((a, b) => tput(a) - tput(b))[Math.floor((serverRounds.length - 1) / 2)];
+  log(toMarkdown(reported, `tokenmill bench: ${target.model}, concurrency ${plan.maxConcurrency}`, plan.load.endpoint));
   Object.assign(result, toJson(reported, { ...plan.config, max_concurrency: plan.maxConcurrency }));
   if (plan.gpuHourPriceUsd !== undefined) {
     const usdPerMtok = breakEvenUsdPerMtok(plan.gpuHourPriceUsd, serverTput);
-    result.usd_per_mtok_output = usdPerMtok;
-    log(`Break-even: $${usdPerMtok.toFixed(4)} per million output tokens at ${serverTput.toFixed(1)} tok/s and $${plan.gpuHourPriceUsd}/hour`);
+    result[embeddings ? "usd_per_mtok_input" : "usd_per_mtok_output"] = usdPerMtok;
+    log(`Break-even: $${usdPerMtok.toFixed(4)} per million ${embeddings ? "input" : "output"} tokens at ${serverTput.toFixed(1)} ${unit} and $${plan.gpuHourPriceUsd}/hour`);
   }
 
   if (plan.sweepConcurrency?.length) {
     const points: (SweepPoint & { metrics: Record<string, unknown> })[] = [];
     for (const [i, concurrency] of plan.sweepConcurrency.entries()) {
       const metrics = await serve(concurrency, rounds + i);
-      log(toMarkdown(metrics, `sweep: concurrency ${concurrency}`));
+      log(toMarkdown(metrics, `sweep: concurrency ${concurrency}`, plan.load.endpoint));
       points.push({
         concurrency, outputThroughput: metrics.outputThroughput, meanTtftMs: metrics.ttft.meanMs, meanTpotMs: metrics.tpot.meanMs,
         p99E2elMs: metrics.e2el.percentilesMs[99], metrics: toJson(metrics, { max_concurrency: concurrency }),

@@ -21,7 +21,8 @@ Target:
                                 tokenmill is started in this process with the engine flags below
   --model NAME|DIR              the model name to send (with --base-url), or the model to serve
   --tokenizer DIR               checkpoint folder whose tokenizer makes the prompts (default: the model's)
-  --endpoint completions|chat   which API to load (default completions)
+  --endpoint completions|chat|embeddings   which API to load (default completions); embeddings sends each
+                                prompt as one input and reports input tokens a second and E2EL
 Workload:
   --num-prompts N (64)  --input-len N (128)  --output-len N (64)  --range-ratio R (0)
   --prefix-len N (0)    shared prefix tokens    --prompt-format ids|text (ids; text for chat)
@@ -79,7 +80,12 @@ export async function benchCommand(args: string[]): Promise<void> {
       `${result.requestsPerSecond.toFixed(0)} requests/s, ${result.rowsWrittenPerSecond.toFixed(0)} writes/s, ${result.numBatches} transactions`);
   }
   const engineFlags = readEngineFlags(values);
-  const endpoint = flagValue("endpoint", values.endpoint, enumFlag("completions", "chat"));
+  const endpoint = flagValue("endpoint", values.endpoint, enumFlag("completions", "chat", "embeddings"));
+  if (endpoint === "embeddings") {
+    for (const flag of ["json-schema", "compare-limit", "plot", "priority-flood"] as const) {
+      if (values[flag]) throw new FlagError(`--${flag} measures generation; leave it out with --endpoint embeddings`);
+    }
+  }
   const remote = optionalFlagValue("base-url", values["base-url"], urlFlag);
   const maxConcurrency = flagValue("max-concurrency", values["max-concurrency"], intFlag(1));
   const inputLen = flagValue("input-len", values["input-len"], intFlag(1));
@@ -153,7 +159,7 @@ export async function benchCommand(args: string[]): Promise<void> {
 }
 
 /** --json-schema FILE as the request field each endpoint takes. */
-function schemaExtras(path: string | undefined, endpoint: "completions" | "chat"): Record<string, unknown> {
+function schemaExtras(path: string | undefined, endpoint: "completions" | "chat" | "embeddings"): Record<string, unknown> {
   if (path === undefined) return {};
   let schema: unknown;
   try {

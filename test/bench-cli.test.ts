@@ -53,4 +53,20 @@ describe("tokenmill bench", () => {
     expect(result).toMatchObject({ completed: 4, failed: 0, total_output_tokens: 32, endpoint: "chat" });
     expect(result.request_goodput).toBeGreaterThan(0);
   });
+
+  it("benchmarks embeddings: input tokens a second and E2EL, batched against one at a time", () => {
+    const dir = mkdtempSync(join(tmpdir(), "tokenmill-bench-"));
+    const { status, stdout, stderr } = runCli([
+      "bench", ...SMALL, "--endpoint", "embeddings", "--max-concurrency", "4", "--compare-sequential", "--rounds", "1", "--save-result", join(dir, "embed.json"),
+    ]);
+    expect(status, stderr).toBe(0);
+    expect(stdout).toContain("Total token throughput (tok/s)");
+    expect(stdout).not.toContain("TTFT");
+    const result = JSON.parse(readFileSync(join(dir, "embed.json"), "utf8"));
+    expect(result).toMatchObject({ completed: 4, failed: 0, total_input_tokens: 64, total_output_tokens: 0, endpoint: "embeddings", throughput_measure: "total_token_throughput" });
+    expect(result.total_token_throughput).toBeGreaterThan(0);
+    expect(result.p99_e2el_ms).toBeGreaterThan(0);
+    expect(result.server_to_sequential_ratio).toBeGreaterThan(0);
+    expect(runCli(["bench", "--endpoint", "embeddings", "--compare-limit"]).stderr).toMatch(/--compare-limit measures generation/);
+  });
 });

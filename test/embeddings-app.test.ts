@@ -111,7 +111,8 @@ describe("/v1/embeddings over a fake engine", () => {
     engine.script({ kind: "hang" }, { kind: "hang" });
     const controller = new AbortController();
     const pending = fetchLeaving(controller);
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    // NOTE: it leaves once both of its first inputs are in the engine, not after a fixed time (CI is slow).
+    await until(() => engine.requests.length === 2);
     controller.abort();
     await pending;
     await settled(settlements);
@@ -122,9 +123,13 @@ describe("/v1/embeddings over a fake engine", () => {
   });
 });
 
+async function until(condition: () => boolean, timeoutMs = 20_000): Promise<void> {
+  for (const started = Date.now(); !condition() && Date.now() - started < timeoutMs;) await new Promise((resolve) => setTimeout(resolve, 10));
+}
+
 /** Waits for the one settlement (an error's comes after its response). */
 async function settled(settlements: Settlement[]): Promise<void> {
-  for (let i = 0; i < 100 && settlements.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  await until(() => settlements.length > 0);
   expect(settlements).toHaveLength(1);
 }
 
