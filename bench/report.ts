@@ -11,29 +11,18 @@ const LATENCIES = [
   ["e2el", "E2EL (end-to-end latency)"],
 ] as const;
 
-/** What an embeddings run measures, as vLLM reports it: no generated tokens, and one latency (E2EL). */
-function embeddingsRows(metrics: BenchMetrics): [string, string][] {
-  return [
-    ["Successful requests", String(metrics.completed)],
-    ["Failed requests", String(metrics.failed)],
-    ["Benchmark duration (s)", fixed(metrics.durationS)],
-    ["Total input tokens", String(metrics.totalInputTokens)],
-    ["Request throughput (req/s)", fixed(metrics.requestThroughput)],
-    ["Total token throughput (tok/s)", fixed(metrics.totalTokenThroughput)],
-  ];
-}
-
 export function toMarkdown(metrics: BenchMetrics, title: string, endpoint = "completions"): string {
+  // NOTE: an embeddings run, as vLLM reports one, has no generated tokens and one latency (E2EL).
   const embeddings = endpoint === "embeddings";
-  const rows: [string, string][] = embeddings ? embeddingsRows(metrics) : [
+  const rows: [string, string][] = [
     ["Successful requests", String(metrics.completed)],
     ["Failed requests", String(metrics.failed)],
     ["Benchmark duration (s)", fixed(metrics.durationS)],
     ["Total input tokens", String(metrics.totalInputTokens)],
-    ["Total generated tokens", String(metrics.totalOutputTokens)],
+    ...(embeddings ? [] : [["Total generated tokens", String(metrics.totalOutputTokens)] as [string, string]]),
     ["Request throughput (req/s)", fixed(metrics.requestThroughput)],
     ...(metrics.requestGoodput === null ? [] : [["Request goodput (req/s)", fixed(metrics.requestGoodput)] as [string, string]]),
-    ["Output token throughput (tok/s)", fixed(metrics.outputThroughput)],
+    ...(embeddings ? [] : [["Output token throughput (tok/s)", fixed(metrics.outputThroughput)] as [string, string]]),
     ["Total token throughput (tok/s)", fixed(metrics.totalTokenThroughput)],
   ];
   // The median is its own column, so a requested p50 would only repeat it.

@@ -21,26 +21,25 @@ export async function fullLogits(runner: OnnxRunner, seqs: readonly StepSequence
   return (await runner.step(seqs, { fullLogits: true })).map((l) => l.full!);
 }
 
-/** Logits of the independent TypeScript forward pass at every position. */
-export function referenceFor(dir: string, tokenIds: number[]): Float32Array[] {
+/** Runs the independent TypeScript forward pass on a checkpoint's config and weights. */
+function withReference<T>(dir: string, run: (config: Record<string, unknown>, get: (name: string) => { shape: number[]; data: Float32Array }) => T): T {
   const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
   const weights = openWeights(dir);
   try {
-    return referenceLogits(config, (name) => ({ shape: weights.info(name).shape, data: weights.readFloat32(name) }), tokenIds);
+    return run(config, (name) => ({ shape: weights.info(name).shape, data: weights.readFloat32(name) }));
   } finally {
     weights.close();
   }
 }
 
+/** Logits of the independent TypeScript forward pass at every position. */
+export function referenceFor(dir: string, tokenIds: number[]): Float32Array[] {
+  return withReference(dir, (config, get) => referenceLogits(config, get, tokenIds));
+}
+
 /** Final hidden states of the independent TypeScript forward pass at every position. */
 export function referenceHiddenFor(dir: string, tokenIds: number[]): Float64Array[] {
-  const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
-  const weights = openWeights(dir);
-  try {
-    return referenceHiddenStates(config, (name) => ({ shape: weights.info(name).shape, data: weights.readFloat32(name) }), tokenIds);
-  } finally {
-    weights.close();
-  }
+  return withReference(dir, (config, get) => referenceHiddenStates(config, get, tokenIds));
 }
 
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
