@@ -9,7 +9,6 @@ import type { UpstreamBackend } from "../backends/model-backend.ts";
 import { fallbackReasonOf, type Route } from "../backends/route.ts";
 import type { ServerContext } from "../server-context.ts";
 import { openRequest, type Admitted, type RequestScope, type UpstreamAdmitted } from "./admission.ts";
-import { invalidRequest } from "./api-error.ts";
 import { checkModelAccess } from "./auth.ts";
 import { onClientGone, setRawHeaders } from "./http-helpers.ts";
 
@@ -37,13 +36,12 @@ export async function serveRoute<T>(ctx: ServerContext, route: Route, scope: Req
 }
 
 /**
- * One request of an API that local models serve and upstream ones do not (yet): Responses,
- * Messages. The caller's access to `model` is checked, the request is admitted and settled
- * under its scope, and an upstream target answers 400 model_not_local.
+ * One request of a translating API (Responses, Messages): the caller's access to `model` is
+ * checked, the request is admitted and settled under its scope, and each target of its route
+ * serves it by its handler (an upstream one as the chat completion it translates to).
  */
-export async function serveLocalOnly<T>(
-  ctx: ServerContext, request: FastifyRequest, reply: FastifyReply, what: { model: string; endpoint: string; api: string },
-  local: (admitted: Admitted) => Promise<T>,
+export async function serveChatRoute<T>(
+  ctx: ServerContext, request: FastifyRequest, reply: FastifyReply, what: { model: string; endpoint: string }, handlers: TargetHandlers<T>,
 ): Promise<T> {
   const route = ctx.models.resolve(what.model);
   checkModelAccess(request.caller, route.name);
@@ -52,12 +50,7 @@ export async function serveLocalOnly<T>(
     numSequences: 1, onClientGone: (abort) => onClientGone(reply, abort), route: route.name,
   });
   try {
-    return await serveRoute(ctx, route, scope, {
-      local,
-      upstream: async (_admitted, backend) => {
-        throw invalidRequest(`The model \`${backend.id}\` is an upstream provider's; tokenmill serves the ${what.api} from local models only.`, "model", "model_not_local");
-      },
-    });
+    return await serveRoute(ctx, route, scope, handlers);
   } catch (err) {
     scope.fail(err);
     throw err;

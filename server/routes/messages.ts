@@ -1,7 +1,8 @@
 /**
  * Anthropic's Messages API: POST /v1/messages (whole, or streamed as Anthropic's typed SSE
  * events) and POST /v1/messages/count_tokens. A request runs as the chat request it translates
- * to (see anthropic/messages-schema.ts), through the same admission, engine, limits and ledger.
+ * to (see anthropic/messages-schema.ts), on a local model or an upstream one (as a chat
+ * completion), through the same admission, limits and ledger.
  * Errors on these routes are in Anthropic's shape (see app.ts).
  */
 import { randomUUID } from "node:crypto";
@@ -9,28 +10,31 @@ import type { FastifyInstance, FastifyReply } from "fastify";
 import type { Usage } from "../../service/settlement.ts";
 import { anthropicErrorBody } from "../anthropic/anthropic-errors.ts";
 import { countTokensRequest, messagesRequest, toChatRequest, toolsOf, chatMessagesOf } from "../anthropic/messages-schema.ts";
-import type { EngineOutput } from "../backends/engine-api.ts";
 import type { LocalBackend } from "../backends/model-backend.ts";
-import type { Admitted } from "../http/admission.ts";
 import { invalidRequest, modelLoading, toApiError } from "../http/api-error.ts";
 import { checkModelAccess } from "../http/auth.ts";
 import { parseBody } from "../http/http-helpers.ts";
-import { serveLocalOnly } from "../http/serve-route.ts";
+import { serveChatRoute } from "../http/serve-route.ts";
 import { SseStream } from "../http/sse.ts";
 import { toChatMessage } from "../openai/chat-messages.ts";
-import { OutputSplitter, splitOutput, startChat, toolParsingFor, type SplitOutput } from "../openai/chat-run.ts";
+import { endPieces, startLocalPieces, type ChatAttempt, type ChatPiece, type PieceRun } from "../openai/chat-pieces.ts";
+import type { SplitOutput } from "../openai/chat-run.ts";
 import type { ChatCompletionRequest } from "../openai/schemas.ts";
 import { grammarOf } from "../openai/structured-outputs.ts";
 import type { ToolCall } from "../openai/tool-calls.ts";
-import { inMessages } from "../openai/to-engine-request.ts";
 import type { ServerContext } from "../server-context.ts";
+import { startUpstreamChat } from "../upstream/upstream-chat.ts";
 
 export function registerMessages(app: FastifyInstance, ctx: ServerContext): void {
   app.post("/v1/messages", async (request, reply) => {
     const anthropic = parseBody(messagesRequest, request.body);
     const body = toChatRequest(anthropic);
     const grammar = grammarOf(body);
-    return serveLocalOnly(ctx, request, reply, { model: body.model, endpoint: "/v1/messages", api: "Messages API" }, (admitted) => serveLocal(reply, body, admitted, grammar));
+    const respond = (attempt: ChatAttempt, run: PieceRun) => endPieces(run, () => serveMessage(reply, body, attempt, run));
+    return serveChatRoute(ctx, request, reply, { model: body.model, endpoint: "/v1/messages" }, {
+      local: async (admitted) => respond(admitted, await startLocalPieces(admitted, body, grammar, "messages")),
+      upstream: async (admitted) => respond(admitted, await startUpstreamChat(admitted, body)),
+    });
   });
 
   app.post("/v1/messages/count_tokens", async (request) => {
@@ -76,30 +80,22 @@ function stopOf(finishReason: string | null | undefined, stopReason: string | nu
   return { stop_reason: "end_turn", stop_sequence: null };
 }
 
-async function serveLocal(reply: FastifyReply, body: ChatCompletionRequest, admitted: Admitted, grammar: ReturnType<typeof grammarOf>): Promise<unknown> {
-  const { backend } = admitted;
-  let run;
-  try {
-    run = await startChat(admitted, body, grammar);
-  } catch (err) {
-    throw inMessages(err);
-  }
-  const parseTools = toolParsingFor(backend, body);
+async function serveMessage(reply: FastifyReply, body: ChatCompletionRequest, attempt: ChatAttempt, run: PieceRun): Promise<unknown> {
   const id = `msg_${randomUUID().replaceAll("-", "")}`;
-  if (body.stream) return streamMessage(reply, admitted, run, { id, parseTools });
-  let text = "";
-  let last: EngineOutput | undefined;
-  for (let next = run.first; !next.done; next = await run.outputs.next()) {
-    text += next.value.text;
+  if (body.stream) return streamMessage(reply, attempt, run, id);
+  const split: SplitOutput = { reasoning: "", content: "", toolCalls: [] };
+  let last: ChatPiece | undefined;
+  for (let next = run.first; !next.done; next = await run.pieces.next()) {
     last = next.value;
+    split.reasoning += last.reasoning;
+    split.content += last.content;
+    split.toolCalls = last.toolCalls;
   }
-  const split = splitOutput(text, backend.reasoningParser, parseTools);
-  const response = {
-    id, type: "message", role: "assistant", model: backend.id, content: blocksOf(split),
-    ...stopOf(last?.finishReason, last?.stopReason, split.toolCalls.length), usage: anthropicUsage(admitted.usage),
+  await attempt.settle();
+  return {
+    id, type: "message", role: "assistant", model: attempt.backend.id, content: blocksOf(split),
+    ...stopOf(last?.finishReason, last?.stopReason, split.toolCalls.length), usage: anthropicUsage(attempt.usage),
   };
-  await admitted.settle();
-  return response;
 }
 
 function blocksOf(split: SplitOutput): Block[] {
@@ -115,11 +111,10 @@ function blocksOf(split: SplitOutput): Block[] {
  * as content_block_start, its deltas and content_block_stop, then message_delta (stop reason and
  * usage) and message_stop. A failure mid-stream is an `error` event.
  */
-async function streamMessage(reply: FastifyReply, admitted: Admitted, run: Awaited<ReturnType<typeof startChat>>, { id, parseTools }: { id: string; parseTools: boolean }): Promise<void> {
+async function streamMessage(reply: FastifyReply, admitted: ChatAttempt, run: PieceRun, id: string): Promise<void> {
   admitted.commit();
   reply.hijack();
   const sse = new SseStream(reply.raw);
-  const splitter = new OutputSplitter(admitted.backend.reasoningParser, parseTools);
   let index = -1;
   let open: "thinking" | "text" | null = null;
   const start = async (type: "thinking" | "text") => {
@@ -138,15 +133,15 @@ async function streamMessage(reply: FastifyReply, admitted: Admitted, run: Await
       type: "message_start",
       message: {
         id, type: "message", role: "assistant", model: admitted.backend.id, content: [], stop_reason: null, stop_sequence: null,
-        usage: { input_tokens: run.numPromptTokens, output_tokens: 0, cache_read_input_tokens: 0, cache_creation_input_tokens: 0 },
+        usage: { input_tokens: run.numPromptTokens ?? 0, output_tokens: 0, cache_read_input_tokens: 0, cache_creation_input_tokens: 0 },
       },
     });
     await sse.event("ping", { type: "ping" });
-    let last: EngineOutput | undefined;
+    let last: ChatPiece | undefined;
     let toolCalls: ToolCall[] = [];
-    for (let next = run.first; !next.done && !sse.closed; next = await run.outputs.next()) {
+    for (let next = run.first; !next.done && !sse.closed; next = await run.pieces.next()) {
       last = next.value;
-      const split = splitter.push(next.value.text, Boolean(next.value.finishReason));
+      const split = next.value;
       if (split.reasoning) {
         await start("thinking");
         await sse.event("content_block_delta", { type: "content_block_delta", index, delta: { type: "thinking_delta", thinking: split.reasoning } });

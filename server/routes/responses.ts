@@ -1,7 +1,8 @@
 /**
  * OpenAI's Responses API: POST /v1/responses (whole, or streamed as its typed SSE events),
  * GET and DELETE /v1/responses/{id}. A request runs as the chat request it translates to (see
- * responses/responses-schema.ts), through the same admission, engine, limits and ledger. With
+ * responses/responses-schema.ts), on a local model or an upstream one (as a chat completion), through
+ * the same admission, limits and ledger. With
  * store (OpenAI's default), the response is kept for its key for the retention, for GET,
  * previous_response_id and item_reference.
  */
@@ -9,20 +10,17 @@ import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import type { ResponseStore } from "../../service/response-store.ts";
 import type { Usage } from "../../service/settlement.ts";
-import type { LocalBackend } from "../backends/model-backend.ts";
-import type { Admitted } from "../http/admission.ts";
 import { ApiError, toApiError } from "../http/api-error.ts";
 import type { Caller } from "../http/auth.ts";
 import { parseBody } from "../http/http-helpers.ts";
-import { serveLocalOnly } from "../http/serve-route.ts";
+import { serveChatRoute } from "../http/serve-route.ts";
 import { SseStream } from "../http/sse.ts";
-import { OutputSplitter, startChat, toolParsingFor, type ChatRun } from "../openai/chat-run.ts";
-import type { ChatCompletionRequest } from "../openai/schemas.ts";
+import { endPieces, startLocalPieces, type ChatAttempt, type PieceRun } from "../openai/chat-pieces.ts";
 import { grammarOf } from "../openai/structured-outputs.ts";
-import { inMessages } from "../openai/to-engine-request.ts";
 import type { ToolCall } from "../openai/tool-calls.ts";
 import { inputMessages, responsesRequest, toChatRequest, type ResponsesRequest } from "../responses/responses-schema.ts";
 import type { ServerContext } from "../server-context.ts";
+import { startUpstreamChat } from "../upstream/upstream-chat.ts";
 
 export interface ResponsesOptions {
   store: ResponseStore;
@@ -55,15 +53,9 @@ export function registerResponses(app: FastifyInstance, ctx: ServerContext, opti
     const conversation = [...(previous?.conversation ?? []), ...input] as Record<string, unknown>[];
     const chat = toChatRequest(body, conversation);
     const grammar = grammarOf(chat);
-    return serveLocalOnly(ctx, request, reply, { model: chat.model, endpoint: "/v1/responses", api: "Responses API" }, async (admitted) => {
-      let run: ChatRun;
-      try {
-        run = await startChat(admitted, chat, grammar);
-      } catch (err) {
-        throw inMessages(err, "input");
-      }
-      const response = new ResponseBuilder(body, admitted.backend, previous?.id ?? null);
-      const finished = body.stream ? await streamResponse(reply, admitted, run, chat, response) : await collectResponse(admitted, run, chat, response);
+    const respond = async (attempt: ChatAttempt, run: PieceRun) => {
+      const response = new ResponseBuilder(body, attempt.backend.id, previous?.id ?? null);
+      const finished = await endPieces(run, () => (body.stream ? streamResponse(reply, attempt, run, response) : collectResponse(attempt, run, response)));
       if (finished && body.store !== false) {
         const items = response.items.map((item) => ({ id: item.id, item }));
         // NOTE: the client has its answer and the ledger its row: a store that fails now loses only the continuation.
@@ -71,6 +63,10 @@ export function registerResponses(app: FastifyInstance, ctx: ServerContext, opti
           .catch((err: unknown) => request.log.error({ err, responseId: response.id }, "storing a response failed; it cannot be retrieved or continued"));
       }
       return body.stream ? undefined : finished;
+    };
+    return serveChatRoute(ctx, request, reply, { model: chat.model, endpoint: "/v1/responses" }, {
+      local: async (admitted) => respond(admitted, await startLocalPieces(admitted, chat, grammar, "input")),
+      upstream: async (admitted) => respond(admitted, await startUpstreamChat(admitted, chat)),
     });
   });
 
@@ -95,7 +91,7 @@ class ResponseBuilder {
   readonly items: Item[] = [];
   numReasoningTokens = 0;
 
-  constructor(private readonly body: ResponsesRequest, private readonly backend: LocalBackend, private readonly previousId: string | null) {}
+  constructor(private readonly body: ResponsesRequest, private readonly model: string, private readonly previousId: string | null) {}
 
   /** The response object in a status, with the items and usage so far. */
   object(status: "in_progress" | "completed" | "incomplete", usage: Usage | null): Record<string, unknown> {
@@ -103,7 +99,7 @@ class ResponseBuilder {
     return {
       id: this.id, object: "response", created_at: Math.floor(this.createdMs / 1000), status, error: null,
       incomplete_details: status === "incomplete" ? { reason: "max_output_tokens" } : null,
-      instructions: body.instructions ?? null, max_output_tokens: body.max_output_tokens ?? null, model: this.backend.id,
+      instructions: body.instructions ?? null, max_output_tokens: body.max_output_tokens ?? null, model: this.model,
       output: status === "in_progress" ? [] : this.items, parallel_tool_calls: body.parallel_tool_calls ?? true,
       previous_response_id: this.previousId, reasoning: { effort: body.reasoning?.effort ?? null, summary: null }, store: body.store !== false,
       temperature: body.temperature ?? null, text: { format: body.text?.format ?? { type: "text" } }, tool_choice: body.tool_choice ?? "auto",
@@ -139,19 +135,18 @@ class ResponseBuilder {
 
 const outputText = (text: string) => ({ type: "output_text", text, annotations: [], logprobs: [] });
 
-async function collectResponse(admitted: Admitted, run: ChatRun, chat: ChatCompletionRequest, response: ResponseBuilder): Promise<Record<string, unknown>> {
-  const splitter = new OutputSplitter(admitted.backend.reasoningParser, toolParsingFor(admitted.backend, chat));
+async function collectResponse(admitted: ChatAttempt, run: PieceRun, response: ResponseBuilder): Promise<Record<string, unknown>> {
   let reasoning = "";
   let content = "";
   let toolCalls: ToolCall[] = [];
   let finishReason: string | null | undefined;
-  for (let next = run.first; !next.done; next = await run.outputs.next()) {
-    if (splitter.inReasoning) response.numReasoningTokens += next.value.newTokenIds.length;
-    const split = splitter.push(next.value.text, Boolean(next.value.finishReason));
-    reasoning += split.reasoning;
-    content += split.content;
-    toolCalls = split.toolCalls;
-    finishReason = next.value.finishReason;
+  for (let next = run.first; !next.done; next = await run.pieces.next()) {
+    const piece = next.value;
+    response.numReasoningTokens += piece.reasoningTokens;
+    reasoning += piece.reasoning;
+    content += piece.content;
+    toolCalls = piece.toolCalls;
+    finishReason = piece.finishReason;
   }
   if (reasoning) response.items.push(response.reasoningItem(reasoning));
   if (content || toolCalls.length === 0) response.items.push(response.messageItem(content));
@@ -166,13 +161,12 @@ async function collectResponse(admitted: Admitted, run: ChatRun, chat: ChatCompl
  * then response.completed (or response.incomplete). A failure mid-stream is an `error` event.
  * Returns the final response object, or null when the stream did not finish.
  */
-async function streamResponse(reply: FastifyReply, admitted: Admitted, run: ChatRun, chat: ChatCompletionRequest, response: ResponseBuilder): Promise<Record<string, unknown> | null> {
+async function streamResponse(reply: FastifyReply, admitted: ChatAttempt, run: PieceRun, response: ResponseBuilder): Promise<Record<string, unknown> | null> {
   admitted.commit();
   reply.hijack();
   const sse = new SseStream(reply.raw);
   let sequence = 0;
   const emit = (type: string, data: Record<string, unknown>) => sse.event(type, { type, sequence_number: sequence++, ...data });
-  const splitter = new OutputSplitter(admitted.backend.reasoningParser, toolParsingFor(admitted.backend, chat));
   let open: { item: Item; kind: "reasoning" | "message"; text: string } | null = null;
   const index = () => response.items.length;
   const begin = async (kind: "reasoning" | "message") => {
@@ -201,9 +195,9 @@ async function streamResponse(reply: FastifyReply, admitted: Admitted, run: Chat
     await emit("response.in_progress", { response: response.object("in_progress", null) });
     let toolCalls: ToolCall[] = [];
     let finishReason: string | null | undefined;
-    for (let next = run.first; !next.done && !sse.closed; next = await run.outputs.next()) {
-      if (splitter.inReasoning) response.numReasoningTokens += next.value.newTokenIds.length;
-      const split = splitter.push(next.value.text, Boolean(next.value.finishReason));
+    for (let next = run.first; !next.done && !sse.closed; next = await run.pieces.next()) {
+      const split = next.value;
+      response.numReasoningTokens += split.reasoningTokens;
       if (split.reasoning) {
         await begin("reasoning");
         open!.text += split.reasoning;
@@ -215,7 +209,7 @@ async function streamResponse(reply: FastifyReply, admitted: Admitted, run: Chat
         await emit("response.output_text.delta", { item_id: open!.item.id, output_index: index(), content_index: 0, delta: split.content, logprobs: [] });
       }
       toolCalls = split.toolCalls;
-      finishReason = next.value.finishReason;
+      finishReason = split.finishReason;
     }
     if (sse.closed) return null;
     if (toolCalls.length === 0 && (open === null || (open as { kind: string }).kind === "reasoning")) await begin("message");

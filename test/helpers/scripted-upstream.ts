@@ -1,6 +1,7 @@
 /**
  * A small real OpenAI-compatible server on loopback, whose answers a test scripts: a status
- * (500, 429 with Retry-After), a hang, or a chat completion (whole, or streamed slowly). It
+ * (500, 429 with Retry-After), a hang, or a chat completion (whole, streamed slowly, or streamed
+ * with reasoning and a tool call in parts). It
  * counts every call, and notices a caller that goes away mid-stream.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
@@ -10,7 +11,9 @@ export type Script =
   | { kind: "ok"; text?: string }
   | { kind: "status"; status: number; retryAfter?: string }
   | { kind: "hang" }
-  | { kind: "slow-stream"; intervalMs: number };
+  | { kind: "slow-stream"; intervalMs: number }
+  /** A streamed answer with reasoning, text and one tool call whose arguments come in parts, as OpenAI streams them. */
+  | { kind: "tool-stream" };
 
 export interface ScriptedUpstream {
   url: string;
@@ -58,6 +61,19 @@ async function handle(state: ScriptedUpstream, req: IncomingMessage, res: Server
       await new Promise((r) => setTimeout(r, script.intervalMs));
     }
     return void res.end();
+  }
+  if (script.kind === "tool-stream") {
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    const chunk = (delta: unknown, finish: string | null = null) => `data: ${JSON.stringify({ ...head, object: "chat.completion.chunk", choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
+    res.write(chunk({ role: "assistant", content: "" }));
+    res.write(chunk({ reasoning_content: "Thinking " }));
+    res.write(chunk({ reasoning_content: "it over." }));
+    res.write(chunk({ content: "Let me check." }));
+    res.write(chunk({ tool_calls: [{ index: 0, id: "call_scripted", type: "function", function: { name: "get_weather", arguments: "" } }] }));
+    for (const part of ['{"city"', ': "Os', 'lo"}']) res.write(chunk({ tool_calls: [{ index: 0, function: { arguments: part } }] }));
+    res.write(chunk({}, "tool_calls"));
+    res.write(`data: ${JSON.stringify({ ...head, object: "chat.completion.chunk", choices: [], usage: { ...USAGE, completion_tokens_details: { reasoning_tokens: 2 } } })}\n\n`);
+    return void res.end("data: [DONE]\n\n");
   }
   const content = script.text ?? "scripted answer";
   if (body.stream) {

@@ -1,0 +1,71 @@
+/**
+ * What the translating endpoints (Responses, Messages) build their answers from, whichever
+ * backend serves: a chat run's output as pieces of reasoning, answer and, at the end, tool
+ * calls. A local model's pieces come from its engine outputs through the OutputSplitter; an
+ * upstream model's from its chat-completion chunks (server/upstream/upstream-chat.ts).
+ */
+import type { Usage } from "../../service/settlement.ts";
+import type { Admitted } from "../http/admission.ts";
+import { OutputSplitter, startChat, toolParsingFor, type ChatRun, type SplitOutput } from "./chat-run.ts";
+import type { ChatCompletionRequest } from "./schemas.ts";
+import type { GrammarSpec } from "../backends/engine-api.ts";
+import { inMessages } from "./to-engine-request.ts";
+
+export interface ChatPiece extends SplitOutput {
+  /** Set on the last piece: length, stop or tool_calls. */
+  finishReason?: string | null;
+  /** What stopped it, when the backend says: the stop string, or a stop token id. */
+  stopReason?: string | number | null;
+  /** Output tokens of this piece that were reasoning. */
+  reasoningTokens: number;
+}
+
+export interface PieceRun {
+  pieces: AsyncIterator<ChatPiece>;
+  /** Awaited before any byte is sent, so that a rejection still gets its HTTP status. */
+  first: IteratorResult<ChatPiece>;
+  /** The prompt's tokens, when known before the output (a local model); null otherwise. */
+  numPromptTokens: number | null;
+}
+
+/** What a translating endpoint needs of its attempt, local or upstream. */
+export interface ChatAttempt {
+  backend: { id: string };
+  readonly usage: Usage;
+  commit(): void;
+  fail(err: unknown): void;
+  settle(): Promise<void>;
+}
+
+/** Starts the chat run on a local model; a prompt the engine refuses names `param` (messages or input). */
+export async function startLocalPieces(admitted: Admitted, chat: ChatCompletionRequest, grammar: GrammarSpec | undefined, param: "messages" | "input"): Promise<PieceRun> {
+  let run: ChatRun;
+  try {
+    run = await startChat(admitted, chat, grammar);
+  } catch (err) {
+    throw inMessages(err, param);
+  }
+  const pieces = localPieces(run, new OutputSplitter(admitted.backend.reasoningParser, toolParsingFor(admitted.backend, chat)));
+  return { pieces, first: await pieces.next(), numPromptTokens: run.numPromptTokens };
+}
+
+async function* localPieces(run: ChatRun, splitter: OutputSplitter): AsyncGenerator<ChatPiece> {
+  for (let next = run.first; !next.done; next = await run.outputs.next()) {
+    const output = next.value;
+    const reasoningTokens = splitter.inReasoning ? output.newTokenIds.length : 0;
+    const split = splitter.push(output.text, Boolean(output.finishReason));
+    yield { ...split, finishReason: output.finishReason, stopReason: output.stopReason, reasoningTokens };
+  }
+}
+
+/**
+ * Builds an answer from the run's pieces, then lets the run go, however the build ended (an
+ * upstream run frees its provider's slot; a local one is drained by its admission).
+ */
+export async function endPieces<T>(run: PieceRun, build: () => Promise<T>): Promise<T> {
+  try {
+    return await build();
+  } finally {
+    await run.pieces.return?.(undefined);
+  }
+}

@@ -1,0 +1,119 @@
+/**
+ * A translating endpoint's request (Responses, Messages) served by an upstream model: the chat
+ * request it translates to goes up as a streamed chat completion (with include_usage, so the
+ * usage is the upstream's own count), and its chunks come back as the pieces a local run gives.
+ * Fields only tokenmill and vLLM know (top_k, chat_template_kwargs) are left out, since
+ * OpenAI refuses what it doesn't know.
+ */
+import { createParser, type EventSourceMessage } from "eventsource-parser";
+import type { UpstreamAdmitted } from "../http/admission.ts";
+import { ApiError, BackendUnavailable } from "../http/api-error.ts";
+import type { ChatPiece, PieceRun } from "../openai/chat-pieces.ts";
+import type { ChatCompletionRequest } from "../openai/schemas.ts";
+import type { ToolCall } from "../openai/tool-calls.ts";
+
+/** The chat request's fields that OpenAI's chat API takes. */
+const OPENAI_FIELDS = [
+  "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty",
+  "logit_bias", "tools", "tool_choice", "parallel_tool_calls", "response_format", "user", "n",
+] as const;
+
+interface Chunk {
+  choices?: {
+    delta?: { content?: string | null; reasoning_content?: string | null; reasoning?: string | null; tool_calls?: ToolCallDelta[] };
+    finish_reason?: string | null;
+    stop_reason?: string | number | null;
+  }[];
+  usage?: { prompt_tokens?: number; completion_tokens?: number; prompt_tokens_details?: { cached_tokens?: number } | null; completion_tokens_details?: { reasoning_tokens?: number } | null } | null;
+  error?: { message?: string };
+}
+
+interface ToolCallDelta {
+  index?: number;
+  id?: string;
+  function?: { name?: string; arguments?: string };
+}
+
+export async function startUpstreamChat(admitted: UpstreamAdmitted, chat: ChatCompletionRequest): Promise<PieceRun> {
+  const { backend } = admitted;
+  const maxTokens = chat.max_completion_tokens ?? chat.max_tokens ?? null;
+  // NOTE: a byte-level BPE token is at least one byte, so the messages' bytes bound the prompt's tokens (as the chat proxy holds them).
+  await admitted.reserve(Buffer.byteLength(JSON.stringify(chat.messages)), maxTokens);
+  const body: Record<string, unknown> = { model: backend.upstreamModel, stream: true, stream_options: { include_usage: true } };
+  for (const field of OPENAI_FIELDS) if (chat[field] !== undefined && chat[field] !== null) body[field] = chat[field];
+  const call = await backend.provider.send("/chat/completions", body, admitted.signal);
+  const pieces = upstreamPieces(admitted, call.body(), call.release);
+  return { pieces, first: await pieces.next(), numPromptTokens: null };
+}
+
+async function* upstreamPieces(admitted: UpstreamAdmitted, bytes: AsyncIterable<Uint8Array>, release: () => void): AsyncGenerator<ChatPiece> {
+  const provider = admitted.backend.provider.name;
+  const events: EventSourceMessage[] = [];
+  const parser = createParser({ onEvent: (event) => void events.push(event) });
+  const decoder = new TextDecoder();
+  const calls: ToolCall[] = [];
+  let finishReason: string | null = null;
+  let stopReason: string | number | null = null;
+  let reasoningTokens = 0;
+  let done = false;
+  try {
+    for await (const chunk of bytes) {
+      parser.feed(decoder.decode(chunk, { stream: true }));
+      for (const event of events.splice(0)) {
+        if (event.data.trim() === "[DONE]") {
+          done = true;
+          break;
+        }
+        const data = parseChunk(event.data, provider);
+        if (data.error) throw new ApiError(502, `The upstream provider ${provider} failed mid-stream: ${data.error.message ?? "unknown error"}`, "server_error", null, "upstream_error");
+        if (data.usage) {
+          const promptTokens = data.usage.prompt_tokens ?? 0;
+          admitted.setUsage({
+            promptTokens, completionTokens: data.usage.completion_tokens ?? 0,
+            cachedPromptTokens: Math.min(promptTokens, data.usage.prompt_tokens_details?.cached_tokens ?? 0),
+          });
+          reasoningTokens = data.usage.completion_tokens_details?.reasoning_tokens ?? 0;
+        }
+        const choice = data.choices?.[0];
+        if (!choice) continue;
+        const delta = choice.delta ?? {};
+        for (const d of delta.tool_calls ?? []) addToolCallDelta(calls, d);
+        finishReason = choice.finish_reason ?? finishReason;
+        stopReason = choice.stop_reason ?? stopReason;
+        const reasoning = delta.reasoning_content ?? delta.reasoning ?? "";
+        const content = delta.content ?? "";
+        if (reasoning || content) {
+          admitted.sent(1);
+          yield { reasoning, content, toolCalls: [], reasoningTokens: 0 };
+        }
+      }
+      if (done) break;
+    }
+    if (!done) throw badStream(provider, "the stream ended before [DONE]");
+    if (calls.length > 0) admitted.sent(1);
+    yield { reasoning: "", content: "", toolCalls: calls, finishReason: finishReason ?? "stop", stopReason, reasoningTokens };
+  } finally {
+    release();
+  }
+}
+
+/** Streamed tool calls arrive in pieces by index: the id and name first, the arguments in parts. */
+function addToolCallDelta(calls: ToolCall[], delta: ToolCallDelta): void {
+  const index = delta.index ?? calls.length;
+  calls[index] ??= { id: delta.id ?? `call_${index}`, type: "function", function: { name: "", arguments: "" } };
+  const call = calls[index];
+  if (delta.id) call.id = delta.id;
+  if (delta.function?.name) call.function.name += delta.function.name;
+  if (delta.function?.arguments) call.function.arguments += delta.function.arguments;
+}
+
+function parseChunk(text: string, provider: string): Chunk {
+  try {
+    return JSON.parse(text) as Chunk;
+  } catch {
+    throw badStream(provider, "a chunk is not JSON");
+  }
+}
+
+const badStream = (provider: string, why: string) =>
+  new BackendUnavailable("upstream_5xx", 502, `The upstream provider ${provider} sent a response tokenmill cannot read: ${why}.`, "upstream_error");
