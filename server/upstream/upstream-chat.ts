@@ -5,12 +5,11 @@
  * Fields only tokenmill and vLLM know (top_k, chat_template_kwargs) are left out, since
  * OpenAI refuses what it doesn't know.
  */
-import { createParser, type EventSourceMessage } from "eventsource-parser";
 import type { UpstreamAdmitted } from "../http/admission.ts";
-import { ApiError, BackendUnavailable } from "../http/api-error.ts";
 import type { ChatPiece, PieceRun } from "../openai/chat-pieces.ts";
 import type { ChatCompletionRequest } from "../openai/schemas.ts";
 import type { ToolCall } from "../openai/tool-calls.ts";
+import { upstreamChunks, usageOf, type UpstreamChunk, type UpstreamUsage } from "./upstream-stream.ts";
 
 /** The chat request's fields that OpenAI's chat API takes. */
 const OPENAI_FIELDS = [
@@ -18,14 +17,13 @@ const OPENAI_FIELDS = [
   "logit_bias", "tools", "tool_choice", "parallel_tool_calls", "response_format", "user", "n",
 ] as const;
 
-interface Chunk {
+interface Chunk extends UpstreamChunk {
   choices?: {
     delta?: { content?: string | null; reasoning_content?: string | null; reasoning?: string | null; tool_calls?: ToolCallDelta[] };
     finish_reason?: string | null;
     stop_reason?: string | number | null;
   }[];
-  usage?: { prompt_tokens?: number; completion_tokens?: number; prompt_tokens_details?: { cached_tokens?: number } | null; completion_tokens_details?: { reasoning_tokens?: number } | null } | null;
-  error?: { message?: string };
+  usage?: UpstreamUsage | null;
 }
 
 interface ToolCallDelta {
@@ -47,49 +45,29 @@ export async function startUpstreamChat(admitted: UpstreamAdmitted, chat: ChatCo
 }
 
 async function* upstreamPieces(admitted: UpstreamAdmitted, bytes: AsyncIterable<Uint8Array>, release: () => void): AsyncGenerator<ChatPiece> {
-  const provider = admitted.backend.provider.name;
-  const events: EventSourceMessage[] = [];
-  const parser = createParser({ onEvent: (event) => void events.push(event) });
-  const decoder = new TextDecoder();
   const calls: ToolCall[] = [];
   let finishReason: string | null = null;
   let stopReason: string | number | null = null;
   let reasoningTokens = 0;
-  let done = false;
   try {
-    for await (const chunk of bytes) {
-      parser.feed(decoder.decode(chunk, { stream: true }));
-      for (const event of events.splice(0)) {
-        if (event.data.trim() === "[DONE]") {
-          done = true;
-          break;
-        }
-        const data = parseChunk(event.data, provider);
-        if (data.error) throw new ApiError(502, `The upstream provider ${provider} failed mid-stream: ${data.error.message ?? "unknown error"}`, "server_error", null, "upstream_error");
-        if (data.usage) {
-          const promptTokens = data.usage.prompt_tokens ?? 0;
-          admitted.setUsage({
-            promptTokens, completionTokens: data.usage.completion_tokens ?? 0,
-            cachedPromptTokens: Math.min(promptTokens, data.usage.prompt_tokens_details?.cached_tokens ?? 0),
-          });
-          reasoningTokens = data.usage.completion_tokens_details?.reasoning_tokens ?? 0;
-        }
-        const choice = data.choices?.[0];
-        if (!choice) continue;
-        const delta = choice.delta ?? {};
-        for (const d of delta.tool_calls ?? []) addToolCallDelta(calls, d);
-        finishReason = choice.finish_reason ?? finishReason;
-        stopReason = choice.stop_reason ?? stopReason;
-        const reasoning = delta.reasoning_content ?? delta.reasoning ?? "";
-        const content = delta.content ?? "";
-        if (reasoning || content) {
-          admitted.sent(1);
-          yield { reasoning, content, toolCalls: [], reasoningTokens: 0 };
-        }
+    for await (const data of upstreamChunks(bytes, admitted.backend.provider.name) as AsyncGenerator<Chunk>) {
+      if (data.usage) {
+        admitted.setUsage(usageOf(data.usage));
+        reasoningTokens = data.usage.completion_tokens_details?.reasoning_tokens ?? 0;
       }
-      if (done) break;
+      const choice = data.choices?.[0];
+      if (!choice) continue;
+      const delta = choice.delta ?? {};
+      for (const d of delta.tool_calls ?? []) addToolCallDelta(calls, d);
+      finishReason = choice.finish_reason ?? finishReason;
+      stopReason = choice.stop_reason ?? stopReason;
+      const reasoning = delta.reasoning_content ?? delta.reasoning ?? "";
+      const content = delta.content ?? "";
+      if (reasoning || content) {
+        admitted.sent(1);
+        yield { reasoning, content, toolCalls: [], reasoningTokens: 0 };
+      }
     }
-    if (!done) throw badStream(provider, "the stream ended before [DONE]");
     if (calls.length > 0) admitted.sent(1);
     yield { reasoning: "", content: "", toolCalls: calls, finishReason: finishReason ?? "stop", stopReason, reasoningTokens };
   } finally {
@@ -106,14 +84,3 @@ function addToolCallDelta(calls: ToolCall[], delta: ToolCallDelta): void {
   if (delta.function?.name) call.function.name += delta.function.name;
   if (delta.function?.arguments) call.function.arguments += delta.function.arguments;
 }
-
-function parseChunk(text: string, provider: string): Chunk {
-  try {
-    return JSON.parse(text) as Chunk;
-  } catch {
-    throw badStream(provider, "a chunk is not JSON");
-  }
-}
-
-const badStream = (provider: string, why: string) =>
-  new BackendUnavailable("upstream_5xx", 502, `The upstream provider ${provider} sent a response tokenmill cannot read: ${why}.`, "upstream_error");

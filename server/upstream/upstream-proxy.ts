@@ -5,11 +5,9 @@
  * without buffering. The response names the served model and carries the cost, as local ones do.
  */
 import type { FastifyReply } from "fastify";
-import { createParser, type EventSourceMessage } from "eventsource-parser";
-import type { Usage } from "../../service/settlement.ts";
 import type { UpstreamAdmitted } from "../http/admission.ts";
-import { ApiError, BackendUnavailable } from "../http/api-error.ts";
 import { SseStream } from "../http/sse.ts";
+import { badResponse, parseJson, upstreamChunks, usageOf, type UpstreamUsage } from "./upstream-stream.ts";
 
 export interface ProxyRequest {
   /** /chat/completions or /completions, under the provider's base URL. */
@@ -21,12 +19,6 @@ export interface ProxyRequest {
   /** The text the prompt is made of, for the budget's hold: its UTF-8 bytes bound its tokens. */
   promptText: string;
   maxTokens: number | null;
-}
-
-interface UpstreamUsage {
-  prompt_tokens?: number;
-  completion_tokens?: number;
-  prompt_tokens_details?: { cached_tokens?: number } | null;
 }
 
 export async function proxyToUpstream(admitted: UpstreamAdmitted, reply: FastifyReply, request: ProxyRequest): Promise<unknown> {
@@ -55,38 +47,24 @@ export async function proxyToUpstream(admitted: UpstreamAdmitted, reply: Fastify
 
 async function streamThrough(admitted: UpstreamAdmitted, reply: FastifyReply, bytes: AsyncIterable<Uint8Array>, includeUsage: boolean): Promise<void> {
   const { backend } = admitted;
-  const events: EventSourceMessage[] = [];
-  const parser = createParser({ onEvent: (event) => void events.push(event) });
-  const decoder = new TextDecoder();
   admitted.commit();
   reply.hijack();
   const sse = new SseStream(reply.raw);
-  let done = false;
   await sse.settledRun(admitted, async () => {
-    for await (const chunk of bytes) {
-      parser.feed(decoder.decode(chunk, { stream: true }));
-      for (const event of events.splice(0)) {
-        if (event.data.trim() === "[DONE]") {
-          done = true;
-          break;
-        }
-        const data = parseJson(event.data, backend.provider.name) as Record<string, unknown> & { choices?: unknown[]; usage?: UpstreamUsage | null; error?: { message?: string; type?: string; code?: string } };
-        if (data.error) throw new ApiError(502, `The upstream provider ${backend.provider.name} failed mid-stream: ${data.error.message ?? "unknown error"}`, "server_error", null, "upstream_error");
-        if (data.usage) admitted.setUsage(usageOf(data.usage));
-        const choices = data.choices ?? [];
-        if (choices.length === 0 && data.usage) {
-          if (!includeUsage) continue;
-          const cost = await admitted.cost();
-          await sse.send({ ...data, model: backend.id, usage: { ...data.usage, ...(cost !== null ? { cost: cost / 1_000_000 } : {}) } });
-          continue;
-        }
-        admitted.sent(choices.filter(hasContent).length);
-        const { usage: _usage, ...rest } = data;
-        await sse.send({ ...(includeUsage ? data : rest), model: backend.id });
+    for await (const data of upstreamChunks(bytes, backend.provider.name)) {
+      if (data.usage) admitted.setUsage(usageOf(data.usage));
+      const choices = data.choices ?? [];
+      if (choices.length === 0 && data.usage) {
+        if (!includeUsage) continue;
+        const cost = await admitted.cost();
+        await sse.send({ ...data, model: backend.id, usage: { ...data.usage, ...(cost !== null ? { cost: cost / 1_000_000 } : {}) } });
+        continue;
       }
-      if (done || sse.closed) break;
+      admitted.sent(choices.filter(hasContent).length);
+      const { usage: _usage, ...rest } = data;
+      await sse.send({ ...(includeUsage ? data : rest), model: backend.id });
+      if (sse.closed) break;
     }
-    if (!done && !sse.closed) throw badResponse(backend.provider.name, "the stream ended before [DONE]");
   });
 }
 
@@ -96,27 +74,8 @@ function hasContent(choice: unknown): boolean {
   return Boolean(c.text || c.delta?.content || c.delta?.tool_calls?.length || c.delta?.reasoning_content);
 }
 
-function usageOf(usage: UpstreamUsage): Usage {
-  const promptTokens = usage.prompt_tokens ?? 0;
-  return {
-    promptTokens, completionTokens: usage.completion_tokens ?? 0,
-    cachedPromptTokens: Math.min(promptTokens, usage.prompt_tokens_details?.cached_tokens ?? 0),
-  };
-}
-
 async function collect(bytes: AsyncIterable<Uint8Array>): Promise<Uint8Array[]> {
   const chunks: Uint8Array[] = [];
   for await (const chunk of bytes) chunks.push(chunk);
   return chunks;
 }
-
-function parseJson(text: string, provider: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch {
-    throw badResponse(provider, "it is not JSON");
-  }
-}
-
-const badResponse = (provider: string, why: string) =>
-  new BackendUnavailable("upstream_5xx", 502, `The upstream provider ${provider} sent a response tokenmill cannot read: ${why}.`, "upstream_error");
