@@ -315,9 +315,6 @@ describe("several models behind one server", () => {
 
     const rescued = await chat("sturdy", "Rescue me.");
     expect(rescued.model).toBe("alpha");
-    // The Responses API falls back the same way: its upstream target fails fast on the open breaker.
-    const rescuedResponse = await client.responses.create({ model: "sturdy", input: "Rescue me.", max_output_tokens: 4, store: false });
-    expect(rescuedResponse.model).toBe("alpha");
     expect(failing500.calls).toHaveLength(3);
     expect(await metricValue(/^tokenmill_upstream_tries_total\{provider="flaky500",result="500"\}/)).toBe(3);
     expect(await metricValue(/^tokenmill_upstream_breaker_open\{provider="flaky500"\}/)).toBe(1);
@@ -332,6 +329,12 @@ describe("several models behind one server", () => {
     expect(textOf(healed)).toBe("healthy again");
     expect(flaky.provider.breaker.state).toBe("closed");
     expect(failing500.calls.at(-1)!.body).toMatchObject({ model: "flaky-a", max_tokens: 12 });
+
+    // The Responses API falls back the same way, while nothing has reached its client.
+    failing500.script = { kind: "status", status: 500 };
+    const rescuedResponse = await client.responses.create({ model: "sturdy", input: "Rescue me.", max_output_tokens: 4, store: false });
+    expect(rescuedResponse.model).toBe("alpha");
+    expect(failing500.calls.at(-1)!.body).toMatchObject({ model: "flaky-a", stream: true });
   });
 
   it("bursts a flood over a small local model to the upstream, refusing nothing either could serve", async () => {
