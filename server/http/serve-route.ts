@@ -8,7 +8,7 @@ import type { FastifyReply, FastifyRequest } from "fastify";
 import type { UpstreamBackend } from "../backends/model-backend.ts";
 import { fallbackReasonOf, type Route } from "../backends/route.ts";
 import type { ServerContext } from "../server-context.ts";
-import { openRequest, type Admitted, type RequestScope, type UpstreamAdmitted } from "./admission.ts";
+import { openRequest, type AdmitOptions, type Admitted, type RequestScope, type UpstreamAdmitted } from "./admission.ts";
 import { checkModelAccess } from "./auth.ts";
 import { onClientGone, setRawHeaders } from "./http-helpers.ts";
 
@@ -35,19 +35,20 @@ export async function serveRoute<T>(ctx: ServerContext, route: Route, scope: Req
   }
 }
 
+/** What a route's request runs at once and asks of a local model (see AdmitOptions); one sequence of generation by default. */
+export type RouteRequest = { model: string; endpoint: string } & Partial<Pick<AdmitOptions, "numSequences" | "param" | "task">>;
+
 /**
- * One request of a translating API (Responses, Messages): the caller's access to `model` is
- * checked, the request is admitted and settled under its scope, and each target of its route
- * serves it by its handler (an upstream one as the chat completion it translates to).
+ * One request to a served name: the caller's access to `model` is checked, the request is
+ * admitted and settled under its scope (once, however it ends), and the route's targets serve
+ * it by their handlers in turn.
  */
-export async function serveChatRoute<T>(
-  ctx: ServerContext, request: FastifyRequest, reply: FastifyReply, what: { model: string; endpoint: string }, handlers: TargetHandlers<T>,
-): Promise<T> {
+export async function serveOnRoute<T>(ctx: ServerContext, request: FastifyRequest, reply: FastifyReply, what: RouteRequest, handlers: TargetHandlers<T>): Promise<T> {
   const route = ctx.models.resolve(what.model);
   checkModelAccess(request.caller, route.name);
   const scope = openRequest(ctx, {
     requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key?.priority, endpoint: what.endpoint,
-    numSequences: 1, onClientGone: (abort) => onClientGone(reply, abort), route: route.name,
+    numSequences: what.numSequences ?? 1, param: what.param, task: what.task, onClientGone: (abort) => onClientGone(reply, abort), route: route.name,
   });
   try {
     return await serveRoute(ctx, route, scope, handlers);

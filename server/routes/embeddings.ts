@@ -9,11 +9,10 @@ import { randomUUID } from "node:crypto";
 import type { FastifyInstance } from "fastify";
 import { GREEDY, type EngineRequest } from "../backends/engine-api.ts";
 import type { LocalBackend } from "../backends/model-backend.ts";
-import { openRequest, type Admitted } from "../http/admission.ts";
+import type { Admitted } from "../http/admission.ts";
 import { invalidRequest, requestAborted } from "../http/api-error.ts";
-import { checkModelAccess } from "../http/auth.ts";
-import { onClientGone, parseBody, setRawHeaders } from "../http/http-helpers.ts";
-import { serveRoute } from "../http/serve-route.ts";
+import { parseBody } from "../http/http-helpers.ts";
+import { serveOnRoute } from "../http/serve-route.ts";
 import { embeddingInputs, embeddingRequest, encoded, truncated, type EmbeddingRequest } from "../openai/embeddings-schema.ts";
 import { inMessages } from "../openai/to-engine-request.ts";
 import { proxyToUpstream } from "../upstream/upstream-proxy.ts";
@@ -25,26 +24,14 @@ const windowOf = (backend: LocalBackend, numInputs: number) => Math.max(1, Math.
 export function registerEmbeddings(app: FastifyInstance, ctx: ServerContext): void {
   app.post("/v1/embeddings", async (request, reply) => {
     const body = parseBody(embeddingRequest, request.body);
-    const route = ctx.models.resolve(body.model);
-    checkModelAccess(request.caller, route.name);
     const inputs = embeddingInputs(body.input);
-    const scope = openRequest(ctx, {
-      requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key?.priority, endpoint: "/v1/embeddings",
-      task: "embed", numSequences: (backend) => windowOf(backend, inputs.length), param: "input", onClientGone: (abort) => onClientGone(reply, abort), route: route.name,
+    const what = { model: body.model, endpoint: "/v1/embeddings", task: "embed" as const, numSequences: (backend: LocalBackend) => windowOf(backend, inputs.length), param: "input" };
+    return serveOnRoute(ctx, request, reply, what, {
+      local: (admitted) => embedLocally(admitted, body, inputs),
+      upstream: (admitted) => proxyToUpstream(admitted, reply, {
+        path: "/embeddings", body: request.body as Record<string, unknown>, stream: false, includeUsage: false, promptText: JSON.stringify(body.input), maxTokens: 0,
+      }),
     });
-    try {
-      return await serveRoute(ctx, route, scope, {
-        local: (admitted) => embedLocally(admitted, body, inputs),
-        upstream: (admitted) => proxyToUpstream(admitted, reply, {
-          path: "/embeddings", body: request.body as Record<string, unknown>, stream: false, includeUsage: false, promptText: JSON.stringify(body.input), maxTokens: 0,
-        }),
-      });
-    } catch (err) {
-      scope.fail(err);
-      throw err;
-    } finally {
-      scope.release();
-    }
   });
 }
 

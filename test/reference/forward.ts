@@ -221,9 +221,26 @@ export function referenceHiddenStates(
   tokenIds: number[],
   positions: number[] = tokenIds.map((_, i) => i),
 ): Vec[] {
-  if (positions.length !== tokenIds.length) throw new Error("reference: positions and tokenIds differ in length");
+  return hiddenStates(parseConfig(config), getTensor, getTensor("model.embed_tokens.weight"), tokenIds, positions);
+}
+
+/** Logits (one Float32Array of vocab size per input position) under full causal attention, no cache. */
+export function referenceLogits(
+  config: Record<string, unknown>,
+  getTensor: (name: string) => RefTensor,
+  tokenIds: number[],
+  positions: number[] = tokenIds.map((_, i) => i),
+): Float32Array[] {
   const cfg = parseConfig(config);
   const embed = getTensor("model.embed_tokens.weight");
+  const head = cfg.tied ? embed : getTensor("lm_head.weight");
+  expectShape("lm_head.weight", head, [head.shape[0], cfg.hidden]);
+  return hiddenStates(cfg, getTensor, embed, tokenIds, positions).map((h) => Float32Array.from(linear(h, head)));
+}
+
+/** The layers and the final norm, from the embedding table (read once by the caller, which may need it as the LM head too). */
+function hiddenStates(cfg: RefConfig, getTensor: (name: string) => RefTensor, embed: RefTensor, tokenIds: number[], positions: number[]): Vec[] {
+  if (positions.length !== tokenIds.length) throw new Error("reference: positions and tokenIds differ in length");
   const [vocab, hidden] = embed.shape;
   if (hidden !== cfg.hidden) throw new Error(`reference: embed_tokens width ${hidden} != hidden_size ${cfg.hidden}`);
 
@@ -243,20 +260,6 @@ export function referenceHiddenStates(
 
   const finalNorm = getTensor("model.norm.weight").data;
   return hs.map((h) => rmsNorm(h, finalNorm, cfg.eps));
-}
-
-/** Logits (one Float32Array of vocab size per input position) under full causal attention, no cache. */
-export function referenceLogits(
-  config: Record<string, unknown>,
-  getTensor: (name: string) => RefTensor,
-  tokenIds: number[],
-  positions: number[] = tokenIds.map((_, i) => i),
-): Float32Array[] {
-  const cfg = parseConfig(config);
-  const embed = getTensor("model.embed_tokens.weight");
-  const head = cfg.tied ? embed : getTensor("lm_head.weight");
-  expectShape("lm_head.weight", head, [head.shape[0], cfg.hidden]);
-  return referenceHiddenStates(config, getTensor, tokenIds, positions).map((h) => Float32Array.from(linear(h, head)));
 }
 
 /** An embedding from hidden states: the last row or the mean of all rows, scaled to unit length. */
