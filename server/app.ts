@@ -87,7 +87,7 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
     reply.raw.once("close", () => {
       if (!reply.raw.writableFinished) ctx.metrics.requests.inc({ route: request.routeOptions.url ?? "unknown", status: "499" });
     });
-    request.caller = await authenticate(request.url, request.headers);
+    request.caller = await authenticate(request.routeOptions.url, request.headers);
   });
   app.addHook("onResponse", async (request, reply) => {
     ctx.metrics.requests.inc({ route: request.routeOptions.url ?? "unknown", status: String(reply.statusCode) });
@@ -119,5 +119,5 @@ function sendError(err: unknown, request: FastifyRequest, reply: FastifyReply): 
   if (apiError.retryAfterSeconds !== undefined) reply.header("retry-after", String(apiError.retryAfterSeconds));
   for (const [name, value] of Object.entries(apiError.headers)) reply.header(name, value);
   // NOTE: Anthropic's routes answer in Anthropic's error shape, whatever refused the request (auth, JSON, schema).
-  return reply.status(apiError.status).send(isAnthropicRoute(request.url) ? anthropicErrorBody(apiError) : apiError.body);
+  return reply.status(apiError.status).send(isAnthropicRoute(request.routeOptions.url ?? request.url) ? anthropicErrorBody(apiError) : apiError.body);
 }

@@ -8,6 +8,9 @@
  * one exists, every API request needs one. `--require-auth` and `--no-auth` fix either way.
  * /health, /metrics and /version stay open for probes and scrapers.
  *
+ * NOTE: access is decided on the route the router matched (its pattern), never on the raw URL:
+ * the router decodes the path before matching, so `/v1/%61dmin/keys` reaches `/v1/admin/keys`.
+ *
  * NOTE: static and admin keys are compared as SHA-256 digests with timingSafeEqual; stored keys
  * are found by the hash of what was sent. Secrets are never logged.
  */
@@ -38,21 +41,32 @@ export const ANONYMOUS: Caller = { keyId: "anonymous", key: null, admin: false }
 
 const OPEN_ROUTES = new Set(["/health", "/metrics", "/version"]);
 
-export function authenticator(options: AuthOptions): (url: string, headers: IncomingHttpHeaders) => Promise<Caller> {
+/** Who may use a route, from the pattern the router matched (undefined: no route matched). */
+export type RouteAccess = "open" | "admin" | "api";
+
+export function routeAccess(routePattern: string | undefined): RouteAccess {
+  if (routePattern === undefined) return "api";
+  if (OPEN_ROUTES.has(routePattern)) return "open";
+  if (routePattern.startsWith("/v1/admin/") || routePattern.startsWith("/v1/organization/")) return "admin";
+  return "api";
+}
+
+/** Authenticates a request to the route the router matched (`request.routeOptions.url`). */
+export function authenticator(options: AuthOptions): (routePattern: string | undefined, headers: IncomingHttpHeaders) => Promise<Caller> {
   const staticDigests = (options.staticKeys ?? []).map(digest);
   const adminDigests = (options.adminKeys ?? []).map(digest);
   const mode = options.mode ?? "auto";
   const store = options.keys ?? null;
-  return async (url, headers) => {
-    const path = url.split("?")[0];
-    if (OPEN_ROUTES.has(path)) return ANONYMOUS;
+  return async (routePattern, headers) => {
+    const access = routeAccess(routePattern);
+    if (access === "open") return ANONYMOUS;
     const secret = presentedKey(headers);
     const presented = secret ? digest(secret) : null;
     const isAdmin = presented !== null && adminDigests.some((d) => timingSafeEqual(d, presented));
-    if (path.startsWith("/v1/admin/") || path.startsWith("/v1/organization/")) {
+    if (access === "admin") {
       if (adminDigests.length === 0) throw new ApiError(404, "The admin API is off: start the server with --admin-key (or TOKENMILL_ADMIN_KEY).", "invalid_request_error", null, "not_found");
       if (isAdmin) return { keyId: "admin", key: null, admin: true };
-      throw secret ? notAdmin() : invalidKey(null);
+      throw secret ? notAdmin() : invalidKey(null, routePattern);
     }
     if (isAdmin) return { keyId: "admin", key: null, admin: true };
     if (mode === "none") return ANONYMOUS;
@@ -61,7 +75,7 @@ export function authenticator(options: AuthOptions): (url: string, headers: Inco
     if (key) return { keyId: key.id, key, admin: false };
     const anyKeys = staticDigests.length > 0 || (store !== null && (await store.hasAny()));
     if (mode === "auto" && !anyKeys) return ANONYMOUS;
-    throw invalidKey(secret);
+    throw invalidKey(secret, routePattern);
   };
 }
 
@@ -78,8 +92,10 @@ function presentedKey(headers: IncomingHttpHeaders): string | null {
   return value?.trim() || null;
 }
 
-function invalidKey(secret: string | null): ApiError {
-  return new ApiError(401, secret ? "Incorrect API key provided." : "Missing API key: send Authorization: Bearer YOUR_KEY.",
+function invalidKey(secret: string | null, routePattern: string | undefined): ApiError {
+  // NOTE: Anthropic's clients send their key as x-api-key; OpenAI's as a bearer token.
+  const how = routePattern?.startsWith("/v1/messages") ? "x-api-key: YOUR_KEY" : "Authorization: Bearer YOUR_KEY";
+  return new ApiError(401, secret ? "Incorrect API key provided." : `Missing API key: send ${how}.`,
     "invalid_request_error", null, "invalid_api_key");
 }
 
