@@ -22,6 +22,7 @@ export const ENGINE_FLAGS = {
   "batch-max-wait": { type: "string" },
   "batch-step-seqs": { type: "string" },
   "grammar-compile-timeout": { type: "string" },
+  "grammar-threads": { type: "string" },
   quantization: { type: "string" },
   "quant-block-size": { type: "string" },
   dtype: { type: "string" },
@@ -49,7 +50,10 @@ export const ENGINE_FLAGS_HELP = `Model and engine:
                                 int8 activations, and the embedding and LM head as int8 (default none); the graph
                                 is built once per setting
   --quant-block-size N          inputs per quantization block (default 32)
-  --grammar-compile-timeout S   a structured-output request whose grammar takes longer to compile fails with a 400 (default 10)
+  --grammar-compile-timeout S   a structured-output request whose grammar takes longer to compile fails with a 400, and
+                                the thread compiling it is replaced (default 10)
+  --grammar-threads N           grammar threads: a new grammar compiles on one that holds no running sequence, so
+                                compiles never stall other requests' masks (default 2)
   --batch-step-seqs N           at most N batch-tier sequences per step (taking turns) while interactive or
                                 standard requests are about: shorter steps, sooner first tokens (default: no cap)`;
 
@@ -91,6 +95,7 @@ export function readEngineFlags(values: EngineFlagValues): EngineFlags {
     quantization: optionalFlagValue("quantization", values.quantization, enumFlag(...QUANTIZATIONS)) ?? "none",
     quantBlockSize: optionalFlagValue("quant-block-size", values["quant-block-size"], blockSizeFlag),
     grammarCompileTimeoutMs: (optionalFlagValue("grammar-compile-timeout", values["grammar-compile-timeout"], numberFlag(0, 3600, { minExclusive: true })) ?? 10) * 1000,
+    grammarThreads: optionalFlagValue("grammar-threads", values["grammar-threads"], intFlag(1, 64)),
     batchStepSeqs: optionalFlagValue("batch-step-seqs", values["batch-step-seqs"], intFlag(1)),
     batchMaxWaitMs: (optionalFlagValue("batch-max-wait", values["batch-max-wait"], numberFlag(0)) ?? DEFAULT_BATCH_MAX_WAIT_MS / 1000) * 1000,
     progress: process.stderr.isTTY,

@@ -7,6 +7,7 @@ import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RunningServer } from "../server/serve.ts";
 import { startTestServer } from "./helpers/server.ts";
+import { refChain } from "./helpers/hostile-schemas.ts";
 
 /** Served under a name with a slash, as Hub models are. */
 const MODEL = "tokenmill/tiny-qwen3";
@@ -125,6 +126,9 @@ const CASES: Case[] = [
   { name: "a json_schema without a name", send: () => chat({ response_format: { type: "json_schema", json_schema: { schema: {} } } }), status: 400, param: /^response_format/ },
   { name: "a schema with allOf (refused by the grammar thread)", send: () => chat({ response_format: { type: "json_schema", json_schema: { name: "x", schema: { allOf: [{ type: "object" }] } } } }), status: 400, param: "response_format.json_schema.schema" },
   { name: "a maxLength beyond what compiles quickly", send: () => chat({ response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "string", maxLength: 500 } } } }), status: 400, param: "response_format.json_schema.schema" },
+  { name: "a $ref chain 45 deep (hung xgrammar's compile)", send: () => chat({ response_format: { type: "json_schema", json_schema: { name: "x", schema: refChain(45) } } }), status: 400, param: "response_format" },
+  { name: "a $ref chain 300 deep (trapped xgrammar's WASM)", send: () => chat({ response_format: { type: "json_schema", json_schema: { name: "x", schema: refChain(300) } } }), status: 400, param: "response_format" },
+  { name: "an enum of 100,000 values (10 s to compile)", send: () => chat({ response_format: { type: "json_schema", json_schema: { name: "x", schema: { enum: Array.from({ length: 100_000 }, (_, i) => `v${i}`) } } } }), status: 400, param: "response_format" },
   { name: "a regex that does not parse", send: () => complete({ guided_regex: "(unclosed", max_tokens: 2 }), status: 400, param: "guided_regex" },
   { name: "guided_json that is not JSON", send: () => chat({ guided_json: "{not json" }), status: 400, param: "guided_json" },
   { name: "two output constraints at once", send: () => chat({ guided_regex: "a+", response_format: { type: "json_object" } }), status: 400, param: "guided_regex" },
@@ -186,5 +190,24 @@ describe("bad and hostile input against the real server", () => {
     console.log(`a 2-token chat answered in ${smallMs.toFixed(0)} ms while four ${(huge(0).length / 1e6).toFixed(1)} MB prompts were tokenized`);
     expect(small.choices[0].finish_reason).toBe("length");
     expect(events[0]).toBe("small");
+  });
+});
+
+describe("hostile grammars beside running constrained requests", () => {
+  it("a constrained stream in flight finishes while hostile schemas get their 400s, and structured outputs keep working after", async () => {
+    const stream = await client.chat.completions.create({
+      model: MODEL, messages: [{ role: "user", content: "json please" }], max_tokens: 40, stream: true, response_format: { type: "json_object" },
+    });
+    const hostile = await Promise.all([refChain(45), refChain(300), { enum: Array.from({ length: 100_000 }, (_, i) => `v${i}`) }].map((schema) =>
+      chat({ response_format: { type: "json_schema", json_schema: { name: "x", schema } } })));
+    expect(hostile.map((r) => r.status)).toEqual([400, 400, 400]);
+    for (const reply of hostile) expect(JSON.parse(reply.body).error.message).toMatch(/invalid grammar: the JSON schema (nests|has|is)|characters long/);
+    let finish: string | null = null;
+    for await (const chunk of stream) finish = chunk.choices[0]?.finish_reason ?? finish;
+    expect(["stop", "length"]).toContain(finish);
+    const choice = await client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "pick" }], max_tokens: 5, guided_choice: ["north", "south"] } as never) as OpenAI.ChatCompletion;
+    expect(["north", "south"]).toContain(choice.choices[0].message.content);
+    const health = await (await fetch(`${server.url}/health`)).json() as { models: Record<string, { grammar?: { threads: number; restarts: number } }> };
+    expect(health.models[MODEL].grammar).toMatchObject({ threads: expect.any(Number), restarts: expect.any(Number) });
   });
 });

@@ -6,6 +6,8 @@
  */
 import { EngineError } from "./engine-error.ts";
 import type { EngineRequest } from "./request.ts";
+import { checkGrammarBounds } from "../grammar/grammar-bounds.ts";
+import { GrammarError } from "../grammar/grammar-spec.ts";
 
 export interface RequestLimits {
   maxModelLen: number;
@@ -30,6 +32,7 @@ export function checkRequest(request: EngineRequest, limits: RequestLimits): Che
   const badStop = request.stopTokenIds?.find(outside);
   if (badStop !== undefined) throw new EngineError("INVALID_REQUEST", `stop_token_ids names token id ${badStop}, ${vocabulary}`, "stop_token_ids");
   if (request.pooling) return checkPooling(request, limits);
+  if (request.grammar) checkGrammar(request.grammar);
   if (numPrompt >= maxModelLen) {
     throw new EngineError("PROMPT_TOO_LONG",
       `This model's maximum context length is ${maxModelLen} tokens, but the prompt has ${numPrompt}, leaving no room to generate. Please shorten the prompt.`, "prompt");
@@ -63,4 +66,14 @@ function checkPooling(request: EngineRequest, limits: RequestLimits): CheckedReq
       `the input (${numPrompt} tokens) needs ${numBlocksNeeded} KV blocks but the cache holds ${numBlocks - 1}; raise --kv-cache-memory`, "input");
   }
   return { ...request, maxTokens: 0, n: 1 };
+}
+
+/** A grammar too big or too deep to compile in time is refused here, before any thread tries. */
+function checkGrammar(grammar: NonNullable<EngineRequest["grammar"]>): void {
+  try {
+    checkGrammarBounds(grammar);
+  } catch (err) {
+    if (err instanceof GrammarError) throw new EngineError("INVALID_REQUEST", `invalid grammar: ${err.message}`, err.param);
+    throw err;
+  }
 }

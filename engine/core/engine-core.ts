@@ -20,9 +20,6 @@ import { GrammarError } from "../grammar/grammar-spec.ts";
 import type { GrammarSession } from "./grammar-session.ts";
 import { Utf8Guard } from "../grammar/utf8-guard.ts";
 
-/** How long a grammar may take to compile before its request fails (--grammar-compile-timeout). */
-export const DEFAULT_GRAMMAR_COMPILE_TIMEOUT_MS = 10_000;
-
 export interface EngineCoreOptions {
   blockSize: number;
   numBlocks: number;
@@ -37,7 +34,6 @@ export interface EngineCoreOptions {
   enablePrefixCaching?: boolean;
   /** Constrains outputs to requests' grammars; none: such requests are refused. */
   grammar?: GrammarSession | null;
-  grammarCompileTimeoutMs?: number;
 }
 
 export class EngineCore {
@@ -58,6 +54,8 @@ export class EngineCore {
   constructor(private readonly runner: StepRunner, private readonly options: EngineCoreOptions, private readonly codec: TextCodec | null = null) {
     this.kv = new KvCacheManager(new BlockPool(options.numBlocks), options.blockSize, options.enablePrefixCaching ?? true);
     this.scheduler = new Scheduler(this.kv, options);
+    const grammar = options.grammar;
+    if (grammar?.state) this.stats.grammarState = () => grammar.state!();
   }
 
   /** Queues a request for the next step; throws EngineError for requests that can never run. */
@@ -79,20 +77,14 @@ export class EngineCore {
   private openGrammar(requestId: string, spec: NonNullable<EngineRequest["grammar"]>, seqs: Sequence[]): void {
     const grammar = this.options.grammar!;
     for (const seq of seqs) seq.grammarKey = `${requestId}#${seq.index}`;
-    const timeoutMs = this.options.grammarCompileTimeoutMs ?? DEFAULT_GRAMMAR_COMPILE_TIMEOUT_MS;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new EngineError("INVALID_REQUEST",
-        `compiling the request's grammar took longer than ${timeoutMs / 1000} s (--grammar-compile-timeout); simplify the schema`, "response_format")), timeoutMs);
-    });
     const settled = (failure: EngineError | null) => {
-      clearTimeout(timer);
       if (this.sequences.get(requestId) !== seqs) return; // aborted meanwhile
       if (failure) this.grammarFailures.set(requestId, failure);
       else this.pendingAdds.push(seqs[0]);
       this.onWake?.();
     };
-    Promise.race([Promise.all(seqs.map((seq) => grammar.open(seq.grammarKey!, spec))), timeout]).then(() => settled(null), (err: unknown) => settled(
+    // NOTE: the grammar session bounds each compile (--grammar-compile-timeout) and says so in its GrammarError.
+    Promise.all(seqs.map((seq) => grammar.open(seq.grammarKey!, spec))).then(() => settled(null), (err: unknown) => settled(
       err instanceof EngineError ? err : err instanceof GrammarError ? new EngineError("INVALID_REQUEST", `invalid grammar: ${err.message}`, err.param)
         : new EngineError("RUNTIME_FAILED", `the grammar engine failed: ${err instanceof Error ? err.message : String(err)}`),
     ));
@@ -140,22 +132,27 @@ export class EngineCore {
       const masking = constrained.length === 0 ? null
         : this.options.grammar!.advance(constrained.map(({ seq }) => ({ seqKey: seq.grammarKey!, tokens: seq.grammarTokens.splice(0) })))
           .finally(() => (maskEnd = performance.now()));
-      masking?.catch(() => undefined);
       const hidden = scheduled.some(({ seq }) => seq.pooling !== null);
       const logits = await this.runner.step(scheduled.map(toStepSequence), { fullLogits: needs.includes("logits"), probs: needs.includes("probs"), hidden })
         .catch((err: unknown) => this.failStep(scheduled, err, outputs));
       const masks = new Map<Sequence, Int32Array>();
+      /** Requests that fail alone in this step, with why. */
+      const failed = new Map<string, unknown>();
       if (masking) {
         const ranMs = performance.now();
-        const advanced = await masking.catch((err: unknown) => this.failStep(constrained, err, outputs));
+        // NOTE: the session answers every row within its deadline; a row without a mask fails its own request, not the step.
+        const rows = await masking;
         this.stats.numGrammarSteps++;
         this.stats.grammarMaskSeconds += (maskEnd - maskStart) / 1000;
         this.stats.grammarWaitSeconds += Math.max(0, maskEnd - ranMs) / 1000;
-        const rejected = constrained.filter((_, i) => advanced.rejected[i]);
-        if (rejected.length > 0) this.failStep(rejected, new Error("the grammar refused a token sampled under its own mask"), outputs);
-        constrained.forEach(({ seq }, i) => masks.set(seq, advanced.masks[i]));
+        constrained.forEach(({ seq }, i) => {
+          const row = rows[i];
+          if ("error" in row) failed.set(seq.requestId, row.error);
+          else if (row.rejected) failed.set(seq.requestId, new Error("the grammar refused a token sampled under its own mask"));
+          else masks.set(seq, row.mask);
+        });
       }
-      this.updateAll(scheduled, logits, needs, outputs, masks);
+      this.updateAll(scheduled, logits, needs, outputs, masks, failed);
     }
     // NOTE: also after a step that only aborted, so the gauges don't keep a freed request.
     this.stats.observeStep(this.scheduler, this.kv);
@@ -166,8 +163,7 @@ export class EngineCore {
    * Applies the step's rows to each sequence. A request whose update throws (a fault in
    * sampling or text, never the user's input) fails alone: the others keep their outputs.
    */
-  private updateAll(scheduled: ScheduledSequence[], logits: StepLogits[], needs: LogitsNeed[], outputs: EngineOutput[], masks: ReadonlyMap<Sequence, Int32Array>): void {
-    const failed = new Map<string, unknown>();
+  private updateAll(scheduled: ScheduledSequence[], logits: StepLogits[], needs: LogitsNeed[], outputs: EngineOutput[], masks: ReadonlyMap<Sequence, Int32Array>, failed: Map<string, unknown>): void {
     scheduled.forEach((entry, i) => {
       if (failed.has(entry.seq.requestId)) return;
       try {
@@ -179,7 +175,7 @@ export class EngineCore {
     });
     if (failed.size === 0) return;
     const delivered = outputs.filter((output) => !failed.has(output.requestId));
-    this.failRequests([...failed.keys()], [...failed.values()][0], delivered);
+    this.failRequests([...failed.keys()], [...failed.values()][0], delivered, failed);
   }
 
   /** Ends every request with a sequence in the failed step, frees their blocks, and says which. */
@@ -187,7 +183,7 @@ export class EngineCore {
     this.failRequests([...new Set(scheduled.map(({ seq }) => seq.requestId))], cause, outputs);
   }
 
-  private failRequests(requestIds: string[], cause: unknown, outputs: EngineOutput[]): never {
+  private failRequests(requestIds: string[], cause: unknown, outputs: EngineOutput[], causes: ReadonlyMap<string, unknown> = new Map()): never {
     const usages = new Map<string, RequestUsage>();
     for (const requestId of requestIds) {
       this.pendingForks.delete(requestId);
@@ -198,7 +194,7 @@ export class EngineCore {
       this.sequences.delete(requestId);
     }
     this.stats.observeStep(this.scheduler, this.kv);
-    throw new StepFailure(requestIds, cause, outputs, usages);
+    throw new StepFailure(requestIds, cause, outputs, usages, causes);
   }
 
   private guard: Utf8Guard | null = null;

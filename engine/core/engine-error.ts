@@ -11,7 +11,9 @@ export type EngineErrorCode =
   /** The engine thread died while holding the request; a new thread is starting. */
   | "ENGINE_FAILED"
   /** The engine thread is restarting after a fault: retry shortly. */
-  | "ENGINE_RESTARTING";
+  | "ENGINE_RESTARTING"
+  /** Every grammar thread is busy with other grammars, or the request's grammar thread was restarted: retry shortly. */
+  | "GRAMMAR_BUSY";
 
 export class EngineError extends Error {
   /**
@@ -33,10 +35,25 @@ export class StepFailure extends EngineError {
    * @param outputs what the step had already produced for other requests (aborts), still to be delivered.
    * @param usages what each failed request had used.
    */
-  constructor(readonly requestIds: string[], cause: unknown, readonly outputs: EngineOutput[] = [], readonly usages: ReadonlyMap<string, RequestUsage> = new Map()) {
-    // NOTE: a request's own fault (an EngineError, such as a grammar that doesn't compile) keeps its code and message.
-    const own = cause instanceof EngineError && !(cause instanceof StepFailure) ? cause : null;
-    super(own?.code ?? "RUNTIME_FAILED", own ? own.message : `the model step failed: ${cause instanceof Error ? cause.message : String(cause)}`, own?.param);
+  constructor(
+    readonly requestIds: string[], cause: unknown, readonly outputs: EngineOutput[] = [], readonly usages: ReadonlyMap<string, RequestUsage> = new Map(),
+    /** Requests that failed for a cause of their own (a late grammar mask), not the step's. */
+    private readonly causes: ReadonlyMap<string, unknown> = new Map(),
+  ) {
+    const { code, message, param } = errorOf(cause);
+    super(code, message, param);
     this.name = "StepFailure";
   }
+
+  /** What one failed request is told. */
+  errorFor(requestId: string): { code: EngineErrorCode; message: string; param?: string } {
+    const cause = this.causes.get(requestId);
+    return cause === undefined ? { code: this.code, message: this.message, param: this.param } : errorOf(cause);
+  }
+}
+
+/** NOTE: a request's own fault (an EngineError, such as a grammar that doesn't compile) keeps its code and message. */
+function errorOf(cause: unknown): { code: EngineErrorCode; message: string; param?: string } {
+  const own = cause instanceof EngineError && !(cause instanceof StepFailure) ? cause : null;
+  return { code: own?.code ?? "RUNTIME_FAILED", message: own ? own.message : `the model step failed: ${cause instanceof Error ? cause.message : String(cause)}`, param: own?.param };
 }

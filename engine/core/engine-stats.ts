@@ -5,6 +5,7 @@
 import type { KvCacheManager } from "../kv-cache/kv-cache-manager.ts";
 import type { Scheduler } from "./scheduler.ts";
 import type { Sequence } from "./sequence.ts";
+import type { GrammarState } from "./grammar-session.ts";
 
 export interface EngineStatsSnapshot {
   numRunning: number;
@@ -19,6 +20,8 @@ export interface EngineStatsSnapshot {
   numGrammarSteps: number;
   grammarMaskSeconds: number;
   grammarWaitSeconds: number;
+  /** The grammar threads (null: none started, or no grammar engine). */
+  grammar: GrammarState | null;
   /** Latency samples since the last snapshot, in seconds. */
   ttftSeconds: number[];
   interTokenSeconds: number[];
@@ -30,6 +33,8 @@ export class EngineStats {
   numGrammarSteps = 0;
   grammarMaskSeconds = 0;
   grammarWaitSeconds = 0;
+  /** Reads the grammar threads' state at each snapshot. */
+  grammarState: (() => GrammarState) | null = null;
   private numRunning = 0;
   private numWaiting = 0;
   private kvCacheUsage = 0;
@@ -76,6 +81,7 @@ export class EngineStats {
       numPrefixQueryTokens: this.numPrefixQueryTokens, numPrefixHitTokens: this.numPrefixHitTokens,
       numPreemptions: this.numPreemptions, numPromptTokens: this.numPromptTokens, numGenerationTokens: this.numGenerationTokens,
       numGrammarSteps: this.numGrammarSteps, grammarMaskSeconds: this.grammarMaskSeconds, grammarWaitSeconds: this.grammarWaitSeconds,
+      grammar: this.grammarState?.() ?? null,
       ttftSeconds: this.ttftSeconds, interTokenSeconds: this.interTokenSeconds, e2eSeconds: this.e2eSeconds,
     };
     this.ttftSeconds = [];

@@ -18,4 +18,5 @@ export type FromGrammar =
   | { op: "fatal"; message: string }
   | { op: "opened"; id: number; compileMs: number; cached: boolean }
   | { op: "advanced"; id: number; masks: Int32Array[]; rejected: boolean[] }
-  | { op: "failed"; id: number; message: string; param: string | null; grammar: boolean };
+  /** poisoned: xgrammar trapped; the thread must be replaced. */
+  | { op: "failed"; id: number; message: string; param: string | null; grammar: boolean; poisoned: boolean };

@@ -8,7 +8,7 @@
  * Features xgrammar can't honour are refused by name, never dropped.
  */
 import type { CompiledGrammar, GrammarCompiler } from "@mlc-ai/web-xgrammar";
-import { GrammarError, type GrammarSpec } from "./grammar-spec.ts";
+import { GrammarError, isWasmTrap, paramOf, type GrammarSpec } from "./grammar-spec.ts";
 import type { XgrammarModule } from "./xgrammar.ts";
 
 /** Beyond this, a maxLength (or minLength) string's compile time explodes (1.6 s at 40). */
@@ -23,7 +23,37 @@ const JSON_CHAR = '([^"\\\\\\0-\\x1f] | "\\\\" ["\\\\/bfnrt])';
 const BOUNDED_STRING = /\[\^"\\\\\\r\\n\]\{(\d+),(\d+)\}/g;
 
 export async function compileSpec(xg: XgrammarModule, compiler: GrammarCompiler, spec: GrammarSpec): Promise<CompiledGrammar> {
+  const said: string[] = [];
   try {
+    return await withStderr((text) => said.push(text), () => compileUnchecked(xg, compiler, spec));
+  } catch (err) {
+    if (err instanceof GrammarError) throw err;
+    // NOTE: xgrammar reports a parse error by printing it and aborting; the abort's own message is its internals ("Aborted(). Build with -sASSERTIONS…").
+    const reason = said.join("").match(/\[FATAL\][^\n]*?:\d+: ([^\n]+)/)?.[1]?.trim();
+    if (isWasmTrap(err)) {
+      throw new GrammarError(reason ? `the grammar does not compile: ${reason}` : "the grammar engine failed while compiling this grammar: it is too large or too deeply nested; simplify it", paramOf(spec), true);
+    }
+    throw new GrammarError(`the grammar does not compile: ${reason ?? (err instanceof Error ? err.message : String(err))}`, paramOf(spec));
+  }
+}
+
+/** Runs `run` with this thread's stderr going to `sink` (the grammar thread runs one compile at a time). */
+async function withStderr<T>(sink: (text: string) => void, run: () => Promise<T>): Promise<T> {
+  const stderr = process.stderr as { write: (...args: unknown[]) => boolean };
+  const write = stderr.write;
+  stderr.write = (chunk: unknown) => {
+    sink(String(chunk));
+    return true;
+  };
+  try {
+    return await run();
+  } finally {
+    stderr.write = write;
+  }
+}
+
+async function compileUnchecked(xg: XgrammarModule, compiler: GrammarCompiler, spec: GrammarSpec): Promise<CompiledGrammar> {
+  {
     switch (spec.type) {
       case "json_schema":
         return await compiler.compileGrammar(await schemaEbnf(xg, spec.schema, "response_format.json_schema.schema"));
@@ -49,9 +79,6 @@ export async function compileSpec(xg: XgrammarModule, compiler: GrammarCompiler,
         return await compiler.compileStructuralTag({ type: "structural_tag", format });
       }
     }
-  } catch (err) {
-    if (err instanceof GrammarError) throw err;
-    throw new GrammarError(`the grammar does not compile: ${err instanceof Error ? err.message : String(err)}`, paramOf(spec));
   }
 }
 
@@ -88,10 +115,6 @@ export function checkSchema(schema: unknown, param: string, path = "#"): void {
     if (key === "enum" || key === "const" || key === "default" || key === "examples") continue;
     checkSchema(value, param, `${path}/${key}`);
   }
-}
-
-function paramOf(spec: GrammarSpec): string {
-  return spec.type === "tool_calls" ? "tools" : spec.type === "json_schema" || spec.type === "json_object" ? "response_format" : `guided_${spec.type === "ebnf" ? "grammar" : spec.type}`;
 }
 
 /** A string as an EBNF literal. */

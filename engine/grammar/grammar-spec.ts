@@ -31,8 +31,19 @@ export function grammarKey(spec: GrammarSpec): string {
 
 /** A grammar the engine can't honour: a 400 naming what is wrong. */
 export class GrammarError extends Error {
-  constructor(message: string, readonly param: string = "response_format") {
+  /** @param poisoned xgrammar trapped on it: its thread's WASM heap can't be trusted after. */
+  constructor(message: string, readonly param: string = "response_format", readonly poisoned = false) {
     super(message);
     this.name = "GrammarError";
   }
+}
+
+/** The request field a grammar came from, for its 400's param. */
+export function paramOf(spec: GrammarSpec): string {
+  return spec.type === "tool_calls" ? "tools" : spec.type === "json_schema" || spec.type === "json_object" ? "response_format" : `guided_${spec.type === "ebnf" ? "grammar" : spec.type}`;
+}
+
+/** A trap inside xgrammar's WASM (an abort, an out-of-bounds access, a stack overflow), as opposed to an error it reports. */
+export function isWasmTrap(err: unknown): boolean {
+  return err instanceof Error && (err.name === "RuntimeError" || /Aborted\(|memory access out of bounds|unreachable|call stack/i.test(err.message));
 }

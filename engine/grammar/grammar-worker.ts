@@ -2,7 +2,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { GrammarCore } from "./grammar-core.ts";
 import type { FromGrammar, GrammarWorkerData, ToGrammar } from "./grammar-protocol.ts";
-import { GrammarError } from "./grammar-spec.ts";
+import { GrammarError, isWasmTrap } from "./grammar-spec.ts";
 
 const port = parentPort!;
 const post = (message: FromGrammar, transfer: ArrayBuffer[] = []) => port.postMessage(message, transfer);
@@ -29,7 +29,8 @@ async function handle(core: GrammarCore, message: ToGrammar): Promise<void> {
     }
   } catch (err) {
     const grammar = err instanceof GrammarError;
-    post({ op: "failed", id: message.id, message: err instanceof Error ? err.message : String(err), param: grammar ? err.param : null, grammar });
+    const poisoned = grammar ? err.poisoned : isWasmTrap(err);
+    post({ op: "failed", id: message.id, message: err instanceof Error ? err.message : String(err), param: grammar ? err.param : null, grammar, poisoned });
   }
 }
 

@@ -31,6 +31,8 @@ export interface EngineOptions {
   quantBlockSize?: number;
   /** How long a request's grammar may take to compile before the request fails (default 10 s). */
   grammarCompileTimeoutMs?: number;
+  /** At most this many grammar threads, each compiling or matching its own grammars (--grammar-threads, default 2). */
+  grammarThreads?: number;
   /** At most this many batch-tier sequences per step while higher tiers are about (see Scheduler). */
   batchStepSeqs?: number;
   /** Show a progress bar while the graph builds. */

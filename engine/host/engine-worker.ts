@@ -12,7 +12,7 @@ import type { EngineInfo, EngineOptions } from "./engine-options.ts";
 import type { FromEngine, ToEngine } from "./engine-protocol.ts";
 import { contextLengthOf } from "../core/context-length.ts";
 import { createRunner } from "../runner/runner-registry.ts";
-import { LazyGrammar } from "../grammar/lazy-grammar.ts";
+import { DEFAULT_GRAMMAR_COMPILE_TIMEOUT_MS, DEFAULT_GRAMMAR_MASK_TIMEOUT_MS, DEFAULT_GRAMMAR_THREADS, GrammarPool } from "../grammar/grammar-pool.ts";
 
 const port = parentPort!;
 const post = (message: FromEngine) => port.postMessage(message);
@@ -31,7 +31,11 @@ async function main(options: EngineOptions): Promise<void> {
   const checkpoint = readCheckpoint(options.modelDir);
   const codec = ModelTokenizer.load(checkpoint);
   const eosTokenIds = options.eosTokenIds ?? [...new Set([...checkpoint.eosTokenIds, ...(codec.eosTokenId === null ? [] : [codec.eosTokenId])])];
-  const grammar = new LazyGrammar({ tokenizerJson: checkpoint.tokenizerJson, vocabSize: runner.vocabSize, stopTokenIds: eosTokenIds });
+  const grammar = new GrammarPool({ tokenizerJson: checkpoint.tokenizerJson, vocabSize: runner.vocabSize, stopTokenIds: eosTokenIds }, {
+    maxThreads: options.grammarThreads ?? DEFAULT_GRAMMAR_THREADS,
+    compileTimeoutMs: options.grammarCompileTimeoutMs ?? DEFAULT_GRAMMAR_COMPILE_TIMEOUT_MS,
+    maskTimeoutMs: DEFAULT_GRAMMAR_MASK_TIMEOUT_MS,
+  });
   const core = new EngineCore(runner, { ...options, numBlocks, maxModelLen, eosTokenIds, grammar }, codec);
   const info: EngineInfo = {
     modelDir: options.modelDir, architecture: config.architecture, vocabSize: config.vocabSize, hiddenSize: config.hiddenSize, maxModelLen, numBlocks,
@@ -77,7 +81,7 @@ async function main(options: EngineOptions): Promise<void> {
       if (!(err instanceof StepFailure)) throw err;
       // NOTE: one failed step fails only its own requests; the engine keeps serving the rest.
       post({ type: "outputs", outputs: err.outputs, stats: core.stats.snapshot() });
-      for (const requestId of err.requestIds) post({ type: "rejected", requestId, code: err.code, message: err.message, param: err.param, usage: err.usages.get(requestId) });
+      for (const requestId of err.requestIds) post({ type: "rejected", requestId, ...err.errorFor(requestId), usage: err.usages.get(requestId) });
     }
     // NOTE: session.run blocks this thread; yielding here lets new requests and aborts in between steps.
     await new Promise((resolve) => setImmediate(resolve));

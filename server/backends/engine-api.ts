@@ -22,6 +22,8 @@ export interface ServingEngine {
   /** Throws the EngineError add() would throw for a request the engine can never run; runs nothing. */
   check(request: EngineRequest): void;
   onStats(listener: (stats: EngineStatsSnapshot) => void): void;
+  /** The latest stats snapshot (null before the first). */
+  readonly stats: EngineStatsSnapshot | null;
 }
 
 /** Prompt building, which runs off the HTTP thread. */

@@ -112,6 +112,8 @@ function fromEngineError(err: EngineError): ApiError {
       return new BackendUnavailable("engine_down", 500, err.message, "engine_failed");
     case "ENGINE_RESTARTING":
       return engineRestarting(err.message);
+    case "GRAMMAR_BUSY":
+      return new ApiError(503, err.message, "server_error", null, "grammar_busy", 1);
     default:
       return new ApiError(500, err.message, "server_error", null, err.code.toLowerCase());
   }

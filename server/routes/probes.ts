@@ -34,7 +34,7 @@ function healthOf(backend: ModelBackend): BackendHealth {
 export function registerProbeRoutes(app: FastifyInstance, ctx: ServerContext): void {
   app.get("/health", async (_request, reply) => {
     const health = new Map(ctx.models.list().map((backend) => [backend, healthOf(backend)]));
-    const models = Object.fromEntries([...health].map(([backend, h]) => [backend.id, { backend: h.backend, state: h.state }]));
+    const models = Object.fromEntries([...health].map(([backend, h]) => [backend.id, { backend: h.backend, state: h.state, ...grammarOf(backend) }]));
     const names = ctx.models.names();
     const unavailable = names.filter((route) => route.targets.every((target) => health.get(target)!.down !== null));
     if (unavailable.length === names.length) {
@@ -53,4 +53,15 @@ export function registerProbeRoutes(app: FastifyInstance, ctx: ServerContext): v
     reply.header("content-type", ctx.metrics.registry.contentType);
     return ctx.metrics.registry.metrics();
   });
+}
+
+/** A local model's grammar threads, once any has started: how many, what they hold, how often one was replaced and why. */
+function grammarOf(backend: ModelBackend): { grammar?: Record<string, unknown> } {
+  const grammar = backend.kind === "local" ? backend.engine?.stats?.grammar : null;
+  if (!grammar || (grammar.numThreads === 0 && grammar.numRestarts === 0)) return {};
+  return {
+    grammar: {
+      threads: grammar.numThreads, compiling: grammar.numCompiling, matchers: grammar.numMatchers, restarts: grammar.numRestarts, last_failure: grammar.lastFailure,
+    },
+  };
 }

@@ -80,7 +80,10 @@ export class FakeEngine implements ServingEngine {
     this.statsListeners.push(listener);
   }
 
+  stats: EngineStatsSnapshot | null = null;
+
   emitStats(stats: EngineStatsSnapshot): void {
+    this.stats = stats;
     for (const listener of this.statsListeners) listener(stats);
   }
 
@@ -235,7 +238,7 @@ export const backendOf = (ctx: ServerContext): LocalBackend => ctx.models.local(
 export function makeStats(overrides: Partial<EngineStatsSnapshot> = {}): EngineStatsSnapshot {
   return {
     numRunning: 0, numWaiting: 0, kvCacheUsage: 0,
-    numPrefixQueryTokens: 0, numPrefixHitTokens: 0, numPreemptions: 0, numPromptTokens: 0, numGenerationTokens: 0, numGrammarSteps: 0, grammarMaskSeconds: 0, grammarWaitSeconds: 0,
+    numPrefixQueryTokens: 0, numPrefixHitTokens: 0, numPreemptions: 0, numPromptTokens: 0, numGenerationTokens: 0, numGrammarSteps: 0, grammarMaskSeconds: 0, grammarWaitSeconds: 0, grammar: null,
     ttftSeconds: [], interTokenSeconds: [], e2eSeconds: [],
     ...overrides,
   };
