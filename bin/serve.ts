@@ -26,6 +26,8 @@ Server:
   --max-queued-requests N       sequences that may wait beyond --max-num-seqs before 503 (default 1024)
   --shutdown-timeout SECONDS    on SIGTERM, how long in-flight requests may finish (default 30)
   --request-timeout SECONDS     how long a client may take to send a whole request before a 408 (default 60)
+  --keep-alive-timeout SECONDS  how long an idle keep-alive connection stays open; keep it above the idle timeout
+                                of any proxy or load balancer in front (default 75)
   --max-body-size SIZE          largest request body (default 8MiB)
   --responses-retention T       how long /v1/responses keeps a stored response, e.g. 30d, 12h, 3600 (seconds) (default 30d)
   --tokenizer-threads N         tokenizer worker threads (default: spare cores, at most 4)
@@ -66,6 +68,7 @@ export async function serveCommand(args: string[]): Promise<void> {
       "max-queued-requests": { type: "string", default: "1024" },
       "shutdown-timeout": { type: "string", default: "30" },
       "request-timeout": { type: "string", default: "60" },
+      "keep-alive-timeout": { type: "string", default: "75" },
       "max-body-size": { type: "string", default: "8MiB" },
       "responses-retention": { type: "string", default: "30d" },
       "tokenizer-threads": { type: "string" },
@@ -100,6 +103,7 @@ export async function serveCommand(args: string[]): Promise<void> {
     maxQueuedRequests: flagValue("max-queued-requests", values["max-queued-requests"], intFlag(0)),
     shutdownTimeoutMs: flagValue("shutdown-timeout", values["shutdown-timeout"], numberFlag(0)) * 1000,
     requestTimeoutMs: flagValue("request-timeout", values["request-timeout"], numberFlag(0, 86_400, { minExclusive: true })) * 1000,
+    keepAliveTimeoutMs: flagValue("keep-alive-timeout", values["keep-alive-timeout"], numberFlag(0, 86_400, { minExclusive: true })) * 1000,
     bodyLimitBytes: flagValue("max-body-size", values["max-body-size"], bytesFlag),
     responsesRetentionMs: flagValue("responses-retention", values["responses-retention"], durationFlag),
     tokenizerThreads: optionalFlagValue("tokenizer-threads", values["tokenizer-threads"], intFlag(1, 64)),
@@ -135,6 +139,7 @@ export async function serveCommand(args: string[]): Promise<void> {
     port: server.port,
     shutdownTimeoutMs: server.shutdownTimeoutMs,
     requestTimeoutMs: server.requestTimeoutMs,
+    keepAliveTimeoutMs: server.keepAliveTimeoutMs,
     responsesRetentionMs: server.responsesRetentionMs,
     bodyLimitBytes: server.bodyLimitBytes,
     tokenizerThreads: server.tokenizerThreads,

@@ -2,11 +2,11 @@
  * Builds the fastify app without listening, so tests use app.inject().
  * Every error leaves through one handler, in OpenAI's shape.
  */
-import { createServer } from "node:http";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from "fastify";
 import { routeNotFound, toApiError } from "./http/api-error.ts";
 import { authenticator, type AuthOptions, type Caller } from "./http/auth.ts";
 import { handleClientError } from "./http/client-error.ts";
+import { createHttpServer, DEFAULT_KEEP_ALIVE_TIMEOUT_MS, keepOpenForBodyError, registerDrain } from "./http/connections.ts";
 import { registerJsonBody } from "./http/json-body.ts";
 import { registerChatCompletions } from "./routes/chat-completions.ts";
 import { registerCompletions } from "./routes/completions.ts";
@@ -42,6 +42,8 @@ export interface AppOptions {
   responses?: { store?: ResponseStore; retentionMs?: number };
   /** How long a client may take to send a whole request (headers and body) before a 408; default 60 s. */
   requestTimeoutMs?: number;
+  /** How long an idle keep-alive socket stays open (--keep-alive-timeout); default 75 s. */
+  keepAliveTimeoutMs?: number;
 }
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
@@ -60,12 +62,10 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
   const app = Fastify({
     bodyLimit: options.bodyLimitBytes ?? 8 * 1024 * 1024,
     logger: options.logger ?? false,
-    // NOTE: Node checks request timeouts only every connectionsCheckingInterval (30 s by default), so it is tied to the timeout here.
-    serverFactory: (handler) => createServer({
-      requestTimeout: requestTimeoutMs,
-      headersTimeout: requestTimeoutMs,
-      connectionsCheckingInterval: Math.max(50, Math.min(1000, requestTimeoutMs / 4)),
-    }, handler),
+    serverFactory: (handler) => createHttpServer(handler, { requestTimeoutMs, keepAliveTimeoutMs: options.keepAliveTimeoutMs ?? DEFAULT_KEEP_ALIVE_TIMEOUT_MS }),
+    // NOTE: the drain (http/connections.ts) closes idle sockets itself, once no request runs, and answers late requests itself.
+    forceCloseConnections: false,
+    return503OnClosing: false,
     clientErrorHandler: handleClientError,
     // NOTE: fastify's request logs carry method, URL, status and timing, never bodies: prompts and outputs stay out of logs.
     genReqId: (req) => (typeof req.headers["x-request-id"] === "string" ? req.headers["x-request-id"] : crypto.randomUUID()),
@@ -77,6 +77,7 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
     },
   });
   registerJsonBody(app);
+  registerDrain(app);
   const authenticate = authenticator({ ...options.auth, staticKeys: options.apiKeys ?? [] });
   // NOTE: fastify refuses object defaults for request decorators; onRequest sets it before any route runs.
   app.decorateRequest("caller", null as unknown as Caller);
@@ -117,6 +118,7 @@ function sendError(err: unknown, request: FastifyRequest, reply: FastifyReply): 
   // NOTE: a 503 is a state the server is in (loading, full, restarting, draining), not a fault: the request log line has its status.
   if (apiError.status === 500) request.log.error({ err }, "request failed");
   if (apiError.retryAfterSeconds !== undefined) reply.header("retry-after", String(apiError.retryAfterSeconds));
+  keepOpenForBodyError(request, reply);
   for (const [name, value] of Object.entries(apiError.headers)) reply.header(name, value);
   // NOTE: Anthropic's routes answer in Anthropic's error shape, whatever refused the request (auth, JSON, schema).
   return reply.status(apiError.status).send(isAnthropicRoute(request.routeOptions.url ?? request.url) ? anthropicErrorBody(apiError) : apiError.body);

@@ -67,6 +67,8 @@ export interface ServeOptions {
   bodyLimitBytes: number;
   /** How long a client may take to send a whole request; default 60 s. */
   requestTimeoutMs?: number;
+  /** How long an idle keep-alive socket stays open (default 75 s). */
+  keepAliveTimeoutMs?: number;
   /** How long the Responses API keeps a stored response (--responses-retention; default 30 days). */
   responsesRetentionMs?: number;
   /** The service layer's database (--db): keys and the ledger; null: none (no keys but --api-key, no metering). */
@@ -142,7 +144,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   let app: FastifyInstance;
   try {
     app = buildApp(ctx, {
-      bodyLimitBytes: options.bodyLimitBytes, logger: options.logger, apiKeys: options.apiKeys, requestTimeoutMs: options.requestTimeoutMs,
+      bodyLimitBytes: options.bodyLimitBytes, logger: options.logger, apiKeys: options.apiKeys, requestTimeoutMs: options.requestTimeoutMs, keepAliveTimeoutMs: options.keepAliveTimeoutMs,
       auth: { keys: service?.keys ?? null, adminKeys: options.adminKeys, mode: options.authMode },
       prices: service?.prices ?? null,
       store: service?.store ?? null,

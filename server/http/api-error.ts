@@ -53,6 +53,8 @@ export const overloaded = (message: string, retryAfterSeconds = 1) =>
 export const modelLoading = () => new BackendUnavailable("engine_down", 503, "The model is still loading; try again shortly.", "overloaded", 5);
 export const serverShuttingDown = () =>
   new ApiError(503, "The server is shutting down; this request was cut off before it finished.", "server_error", null, "server_shutting_down", 5);
+export const serverDraining = () =>
+  new ApiError(503, "The server is shutting down and takes no new requests; retry (another replica will answer).", "server_error", null, "server_shutting_down", 1);
 /** nginx's 499: nobody reads it, but the request log and metrics then say the client left. */
 export const clientClosedRequest = () =>
   new ApiError(499, "The client closed the connection before the response was complete.", "invalid_request_error", null, "client_closed_request");
