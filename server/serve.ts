@@ -102,7 +102,15 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const service = options.db
     ? await startService({
       dbUrl: options.db.url, sync: options.db.sync, ledger: options.db.ledger, replica: options.db.replica, prices: options.db.prices,
-      onLedgerError: () => void ledgerErrors++,
+      onLedgerError: (err) => {
+        ledgerErrors++;
+        log?.error({ err }, "a ledger write failed and was dropped");
+      },
+      onLedgerHealth: (health) => {
+        ctx.metrics.ledgerAvailable.set(health.available ? 1 : 0);
+        if (!health.available) log?.error({ reason: health.reason, waitingRows: health.numWaiting }, "the ledger cannot commit: new requests get 503 until it can; its rows are kept and retried");
+        else log?.info("the ledger commits again: serving new requests");
+      },
       limitDefaults: options.limits?.defaults,
       alerts: {
         ...options.limits?.alerts,
@@ -117,7 +125,11 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     })
     : null;
   const ledger = service?.ledger;
-  if (ledger) ctx.admitListeners.push((admission) => ledger.admit(admission));
+  if (ledger) {
+    ctx.admitListeners.push((admission) => ledger.admit(admission));
+    ctx.ledgerHealth = () => ledger.health;
+    ctx.metrics.ledgerAvailable.set(1);
+  }
   if (service) {
     const { limiter, limitsOf } = service;
     ctx.settleListeners.push((settlement) => service.settle(settlement));
@@ -190,7 +202,8 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     }));
     // NOTE: the last settlements follow the engine's final outputs by a turn of the event loop; then the ledger flushes them.
     await new Promise((resolve) => setImmediate(resolve));
-    await service?.close();
+    const lost = (await service?.close(options.shutdownTimeoutMs)) ?? 0;
+    if (lost > 0) app.log.error({ rows: lost }, "the ledger could not be written before the shutdown timeout: these requests' rows are lost");
     if (ledgerErrors > 0) app.log.error({ failedBatches: ledgerErrors }, "some ledger writes failed");
   })());
   return { app, ctx, url, ready, close };

@@ -3,6 +3,7 @@ import type { ApiKey } from "../service/keys.ts";
 import type { KeyLimits } from "../service/limits/key-limits.ts";
 import type { LimitName, LimitStatus, LimitTicket } from "../service/limits/limiter.ts";
 import type { AdmitListener, SettleListener, Usage } from "../service/settlement.ts";
+import type { LedgerHealth } from "../service/ledger.ts";
 import type { ModelRegistry } from "./backends/model-registry.ts";
 import type { ServerMetrics } from "./metrics.ts";
 
@@ -22,6 +23,8 @@ export interface ServerContext {
     /** The caller's effective limits and where it stands on each, for GET /v1/key. */
     status(caller: LimitCaller): Promise<{ limits: KeyLimits; status: Partial<Record<LimitName, LimitStatus>> } | null>;
   };
+  /** Whether the ledger commits now: while it can't, new requests are refused (503), so none is served unbilled. */
+  ledgerHealth?: () => LedgerHealth;
   models: ModelRegistry;
   metrics: ServerMetrics;
   /** Called as each request is admitted. */

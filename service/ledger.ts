@@ -6,15 +6,33 @@
  * Writes stay off the request path: they are queued and flushed together in one transaction
  * every FLUSH_MS (or at MAX_BATCH rows), and close() flushes what is left, so a SIGTERM loses
  * nothing. The final write is an upsert, so settling twice leaves one row.
+ *
+ * A batch that fails because the store can't be reached or written (PostgreSQL restarting, a
+ * full disk: see store/store-errors.ts) is kept, in order, and retried with backoff; the ledger
+ * is then `unavailable` until a batch commits again, and a settle resolves only once its row is
+ * committed. The server refuses new requests meanwhile, so nothing is served unbilled.
  */
 import type { Kysely, Transaction } from "kysely";
 import { applyMeterChanges, type MeterChange } from "./limits/meters.ts";
 import { costMicroUsd, type Price } from "./prices.ts";
 import type { Admission, Outcome, Settlement } from "./settlement.ts";
 import type { Database, LedgerStatus, UsageLedgerTable } from "./store/database.ts";
+import { isStoreUnavailable } from "./store/store-errors.ts";
 
 export const FLUSH_MS = 10;
 export const MAX_BATCH = 256;
+/** Retries of a batch the store could not take: from the first delay, doubling up to the last. */
+export const RETRY_MS = [50, 2000] as const;
+
+/** Whether the ledger commits now; while it can't, since when and why. */
+export type LedgerHealth = { available: true } | { available: false; sinceMs: number; reason: string; numWaiting: number };
+
+export interface LedgerEvents {
+  /** A write that failed for a reason of its own (not the store's availability) and was dropped. */
+  onError?: (err: unknown) => void;
+  /** The store stopped taking writes (first failure) or took them again. */
+  onHealth?: (health: LedgerHealth) => void;
+}
 
 const STATUS_OF: Record<Outcome, LedgerStatus> = {
   finished: "completed", disconnected: "stopped", aborted: "aborted", errored: "error", rejected: "error",
@@ -58,10 +76,24 @@ export class Ledger {
    * @param replica this process's name in a fleet sharing the database (its in-flight rows are its own).
    * @param priceAt the price in effect for a model at a time, for each row's cost; none: cost 0.
    */
+  private unavailable: { sinceMs: number; reason: string } | null = null;
+  private retryMs: number = RETRY_MS[0];
+  private readonly onError: (err: unknown) => void;
+
   constructor(
-    private readonly db: Kysely<Database>, readonly replica: string, private readonly onError: (err: unknown) => void = () => {},
+    private readonly db: Kysely<Database>, readonly replica: string, events: LedgerEvents | ((err: unknown) => void) = {},
     private readonly priceAt: (model: string, atMs: number) => Promise<Price | null> = async () => null,
-  ) {}
+  ) {
+    const { onError, onHealth } = typeof events === "function" ? { onError: events, onHealth: undefined } : events;
+    this.onError = onError ?? (() => {});
+    this.onHealth = onHealth ?? (() => {});
+  }
+
+  private readonly onHealth: (health: LedgerHealth) => void;
+
+  get health(): LedgerHealth {
+    return this.unavailable ? { available: false, ...this.unavailable, numWaiting: this.queue.length } : { available: true };
+  }
 
   /** At start: the rows this replica left in flight (a crash) become interrupted. Returns how many. */
   async markInterrupted(nowMs = Date.now()): Promise<number> {
@@ -103,7 +135,7 @@ export class Ledger {
     });
   }
 
-  /** Writes everything queued so far. */
+  /** Writes everything queued so far (a batch the store can't take yet goes back to the queue's front, and is retried). */
   flush(): Promise<void> {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
@@ -111,26 +143,65 @@ export class Ledger {
     this.queue = [];
     if (batch.length === 0) return this.flushing;
     this.flushing = this.flushing.then(async () => {
-      const prepared: Prepared[] = [];
-      for (const { write } of batch) prepared.push(await write());
-      const settles = prepared.flatMap((p) => (p.settles ? [p.settles] : []));
-      await this.db.transaction().execute(async (trx) => {
-        for (const { run } of prepared) await run(trx);
-        if (settles.length > 0) await applyMeterChanges(trx, settles.map((s) => s.requestId), settles.flatMap((s) => s.changes));
-      });
-    }).then(() => {
+      try {
+        await this.commit(batch);
+      } catch (err) {
+        if (!isStoreUnavailable(err)) {
+          this.onError(err);
+          for (const { done } of batch) done();
+          return;
+        }
+        this.queue = [...batch, ...this.queue];
+        this.markUnavailable(err);
+        this.timer ??= setTimeout(() => void this.flush(), this.retryMs);
+        this.retryMs = Math.min(RETRY_MS[1], this.retryMs * 2);
+        return;
+      }
       this.numWritten += batch.length;
       this.numBatches++;
-    }, (err: unknown) => this.onError(err)).finally(() => {
       for (const { done } of batch) done();
+      if (this.unavailable) {
+        this.unavailable = null;
+        this.retryMs = RETRY_MS[0];
+        this.onHealth(this.health);
+      }
     });
     return this.flushing;
   }
 
-  /** Flushes what is queued; later writes are refused. */
-  async close(): Promise<void> {
+  private async commit(batch: readonly Queued[]): Promise<void> {
+    const prepared: Prepared[] = [];
+    for (const { write } of batch) prepared.push(await write());
+    const settles = prepared.flatMap((p) => (p.settles ? [p.settles] : []));
+    await this.db.transaction().execute(async (trx) => {
+      for (const { run } of prepared) await run(trx);
+      if (settles.length > 0) await applyMeterChanges(trx, settles.map((s) => s.requestId), settles.flatMap((s) => s.changes));
+    });
+  }
+
+  private markUnavailable(err: unknown): void {
+    if (this.unavailable) return;
+    this.unavailable = { sinceMs: Date.now(), reason: err instanceof Error ? err.message : String(err) };
+    this.onHealth(this.health);
+  }
+
+  /**
+   * Flushes what is queued, retrying while the store is unavailable for at most `timeoutMs`;
+   * later writes are refused. Returns how many rows could not be written.
+   */
+  async close(timeoutMs = 10_000): Promise<number> {
     this.closed = true;
+    const deadline = Date.now() + timeoutMs;
     await this.flush();
+    while (this.queue.length > 0 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, Math.min(this.retryMs, Math.max(0, deadline - Date.now()))));
+      await this.flush();
+    }
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    const lost = this.queue.splice(0);
+    for (const { done } of lost) done();
+    return lost.length;
   }
 
   /** Sums over the rows, for one key or all, of requests started at or after sinceMs. */

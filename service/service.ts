@@ -4,7 +4,7 @@
  */
 import { hostname } from "node:os";
 import { KeyStore, type ApiKey } from "./keys.ts";
-import { Ledger } from "./ledger.ts";
+import { Ledger, type LedgerHealth } from "./ledger.ts";
 import { Alerts, type AlertOptions } from "./limits/alerts.ts";
 import { NO_LIMITS, effectiveLimits, type KeyLimits } from "./limits/key-limits.ts";
 import { Limiter, type LimitName, type LimitedKey } from "./limits/limiter.ts";
@@ -22,6 +22,8 @@ export interface ServiceOptions extends StoreOptions {
   /** This replica's name in a fleet sharing one database (default: the host name). */
   replica?: string;
   onLedgerError?: (err: unknown) => void;
+  /** Hears the ledger stop committing (its store unreachable or full) and start again. */
+  onLedgerHealth?: (health: LedgerHealth) => void;
   /** --price: prices to put in effect now (unless the same price already is). */
   prices?: Omit<Price, "effectiveMs">[];
   /** --default-rpm and the rest: the limits of keys that set none of their own. */
@@ -48,7 +50,8 @@ export interface Service {
   limitsOf(keyId: string, key: ApiKey | null): LimitedKey;
   /** Settles a request: its ledger row and its reservations, in one transaction; resolves once committed. */
   settle(settlement: Settlement): Promise<void>;
-  close(): Promise<void>;
+  /** Flushes the ledger (retrying an unavailable store for at most `ledgerTimeoutMs`) and closes the store; returns the ledger rows that could not be written. */
+  close(ledgerTimeoutMs?: number): Promise<number>;
 }
 
 export async function startService(options: ServiceOptions): Promise<Service> {
@@ -57,7 +60,7 @@ export async function startService(options: ServiceOptions): Promise<Service> {
   const prices = new PriceBook(store.db);
   for (const price of options.prices ?? []) await prices.set(price);
   const replica = options.replica ?? hostname();
-  const ledger = options.ledger === false ? null : new Ledger(store.db, replica, options.onLedgerError, (model, atMs) => prices.priceAt(model, atMs));
+  const ledger = options.ledger === false ? null : new Ledger(store.db, replica, { onError: options.onLedgerError, onHealth: options.onLedgerHealth }, (model, atMs) => prices.priceAt(model, atMs));
   const numInterrupted = ledger ? await ledger.markInterrupted() : 0;
   const meters = new Meters(store.db, replica);
   const numReleased = await meters.releaseCrashed();
@@ -81,10 +84,11 @@ export async function startService(options: ServiceOptions): Promise<Service> {
       // NOTE: off the request path: the response's last bytes need not wait for buckets and alerts.
       if (reservations) void reservations.settled(settlement).catch(onLimitError);
     },
-    async close() {
+    async close(ledgerTimeoutMs) {
       alerts.close();
-      await ledger?.close();
+      const lost = (await ledger?.close(ledgerTimeoutMs)) ?? 0;
       await store.close();
+      return lost;
     },
   };
 }

@@ -19,7 +19,7 @@ import { NO_USAGE, addUsage, type Admission, type Outcome, type Settlement, type
 import type { LocalBackend, ModelBackend, UpstreamBackend } from "../backends/model-backend.ts";
 import { EngineError, type EngineOutput, type EngineRequest, type Priority, type PromptTokenizer, type RequestUsage, type ServingEngine } from "../backends/engine-api.ts";
 import type { ServerContext } from "../server-context.ts";
-import { ApiError, BackendUnavailable, clientClosedRequest, invalidRequest, engineDead, engineRestarting, modelLoading, overloaded, requestAborted, toApiError } from "./api-error.ts";
+import { ApiError, BackendUnavailable, clientClosedRequest, invalidRequest, engineDead, engineRestarting, modelLoading, overloaded, requestAborted, storeUnavailable, toApiError } from "./api-error.ts";
 
 /** What a route sees of a request admitted to a local model. */
 export interface Admitted {
@@ -266,6 +266,8 @@ export class RequestScope {
       ...(this.options.route && this.options.route !== backend.id ? { route: this.options.route } : {}),
       endpoint: this.options.endpoint, startedMs: Date.now(),
     };
+    // NOTE: while the ledger can't commit, nothing new runs: it would be served unbilled.
+    if (this.ctx.ledgerHealth?.().available === false) throw storeUnavailable();
     try {
       this.ticket = (await this.ctx.limits?.admit(this.options.caller, admission.id, admission.startedMs)) ?? null;
     } catch (err) {

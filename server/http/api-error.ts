@@ -3,6 +3,7 @@
  * Engine and model errors are mapped here, and only here, to HTTP statuses.
  */
 import { LimitExceeded } from "../../service/limits/limiter.ts";
+import { isStoreUnavailable } from "../../service/store/store-errors.ts";
 import { EngineError, ModelError } from "../backends/engine-api.ts";
 
 export class ApiError extends Error {
@@ -55,6 +56,9 @@ export const serverShuttingDown = () =>
   new ApiError(503, "The server is shutting down; this request was cut off before it finished.", "server_error", null, "server_shutting_down", 5);
 export const serverDraining = () =>
   new ApiError(503, "The server is shutting down and takes no new requests; retry (another replica will answer).", "server_error", null, "server_shutting_down", 1);
+/** The ledger (or the key store) can't be written or reached now: nothing may run unbilled, so nothing runs. */
+export const storeUnavailable = () =>
+  new ApiError(503, "The server's database cannot be reached or written right now, so it can't record usage; retry shortly.", "server_error", null, "ledger_unavailable", 2);
 /** nginx's 499: nobody reads it, but the request log and metrics then say the client left. */
 export const clientClosedRequest = () =>
   new ApiError(499, "The client closed the connection before the response was complete.", "invalid_request_error", null, "client_closed_request");
@@ -99,6 +103,7 @@ export function toApiError(err: unknown): ApiError {
   if (typeof fastifyError.statusCode === "number" && fastifyError.statusCode >= 400 && fastifyError.statusCode < 500) {
     return invalidRequest(fastifyError.message ?? "bad request", null, fastifyError.code ?? null);
   }
+  if (isStoreUnavailable(err)) return storeUnavailable();
   return new ApiError(500, "The server had an error while processing your request.", "server_error", null, "internal_error");
 }
 

@@ -2,10 +2,11 @@
  * GET /health and GET /metrics (Prometheus). /health reports each model (a local engine's
  * state, an upstream's breaker): 200 "ok" while every model is up; 200 "degraded" while some
  * model is down, with the served names nothing can serve now in `unavailable` (a route whose
- * targets are all down; a model with no fallback); 503 when no served name can be served.
+ * targets are all down; a model with no fallback); 503 when no served name can be served, or
+ * while the ledger cannot commit (nothing may be served unbilled).
  */
 import type { FastifyInstance } from "fastify";
-import { ApiError, engineRestarting } from "../http/api-error.ts";
+import { ApiError, engineRestarting, storeUnavailable } from "../http/api-error.ts";
 import type { ModelBackend } from "../backends/model-backend.ts";
 import type { ServerContext } from "../server-context.ts";
 
@@ -35,6 +36,13 @@ export function registerProbeRoutes(app: FastifyInstance, ctx: ServerContext): v
   app.get("/health", async (_request, reply) => {
     const health = new Map(ctx.models.list().map((backend) => [backend, healthOf(backend)]));
     const models = Object.fromEntries([...health].map(([backend, h]) => [backend.id, { backend: h.backend, state: h.state, ...grammarOf(backend) }]));
+    const ledger = ctx.ledgerHealth?.();
+    if (ledger && !ledger.available) {
+      // NOTE: the reason (a database error) goes to the log, not to whoever asks /health.
+      const down = storeUnavailable();
+      reply.header("retry-after", String(down.retryAfterSeconds));
+      return reply.status(503).send({ ...down.body, models, ledger: { available: false, since: new Date(ledger.sinceMs).toISOString(), waiting_rows: ledger.numWaiting } });
+    }
     const names = ctx.models.names();
     const unavailable = names.filter((route) => route.targets.every((target) => health.get(target)!.down !== null));
     if (unavailable.length === names.length) {

@@ -57,8 +57,10 @@ function openPostgres(url: string): Store {
   // NOTE: pg returns BIGINT as a string by default; every BIGINT here (tokens, micro-USD, epoch ms) fits a double exactly.
   const types = { getTypeParser: (oid: number, format?: string) => (oid === 20 ? Number : pg.types.getTypeParser(oid, format as "text")) };
   const pool = new pg.Pool({ connectionString: url, max: 10, types: types as unknown as pg.CustomTypesConfig });
-  // NOTE: an idle client whose server went away emits "error" on the pool; unheard, it would crash the process. The next query reconnects.
+  // NOTE: a client whose server went away emits "error": an idle one on the pool, a checked-out one (pg-pool takes its
+  // listener off at checkout) on itself. Unheard, either crashes the process. Its query fails; the pool discards it on release.
   pool.on("error", () => {});
+  pool.on("connect", (client) => client.on("error", () => {}));
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   return { db, kind: "postgres", close: () => db.destroy() };
 }
