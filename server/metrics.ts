@@ -36,6 +36,10 @@ export class ServerMetrics {
   readonly rateLimited = new Counter({
     name: "tokenmill_rate_limited_requests_total", help: "Requests refused by a key's limit, by limit (rpm, tpm, max_parallel, budget, token_quota).", labelNames: ["limit"], registers: [this.registry],
   });
+  readonly upstreamFaults = new Counter({
+    name: "tokenmill_upstream_faults_total", help: "Upstream answers served despite a fault (a usage that was missing or not believable, replaced by what was seen), by provider.",
+    labelNames: ["provider"], registers: [this.registry],
+  });
   readonly ledgerAvailable = new Gauge({
     name: "tokenmill_ledger_available", help: "1 while the usage ledger commits; 0 while its database can't be reached or written (new requests get 503).", registers: [this.registry],
   });

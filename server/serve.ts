@@ -165,6 +165,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
       responses: { store: service ? new SqlResponseStore(service.store.db) : new MemoryResponseStore(), retentionMs: options.responsesRetentionMs },
     });
     log = app.log;
+    ctx.log = app.log;
     if (service?.numReleased) app.log.warn({ holds: service.numReleased }, "limit reservations held by requests a crash cut off are given back");
     if (service?.numInterrupted) app.log.warn({ rows: service.numInterrupted }, "the ledger had requests in flight from a crash; they are marked interrupted");
     const keys = service?.keys;

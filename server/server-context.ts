@@ -27,6 +27,8 @@ export interface ServerContext {
   ledgerHealth?: () => LedgerHealth;
   models: ModelRegistry;
   metrics: ServerMetrics;
+  /** The server's log, for faults that don't fail a request (an upstream's unbelievable usage). */
+  log?: { warn(details: object, message: string): void };
   /** Called as each request is admitted. */
   readonly admitListeners: AdmitListener[];
   /** Called once per admitted request, however it ended (see admission). */

@@ -19,6 +19,7 @@ import { NO_USAGE, addUsage, type Admission, type Outcome, type Settlement, type
 import type { LocalBackend, ModelBackend, UpstreamBackend } from "../backends/model-backend.ts";
 import { EngineError, type EngineOutput, type EngineRequest, type Priority, type PromptTokenizer, type RequestUsage, type ServingEngine } from "../backends/engine-api.ts";
 import type { ServerContext } from "../server-context.ts";
+import { checkUsage, type CheckedUpstreamUsage } from "../upstream/upstream-stream.ts";
 import { ApiError, BackendUnavailable, clientClosedRequest, invalidRequest, engineDead, engineRestarting, modelLoading, overloaded, requestAborted, storeUnavailable, toApiError } from "./api-error.ts";
 
 /** What a route sees of a request admitted to a local model. */
@@ -57,13 +58,20 @@ export interface Admitted {
 export interface UpstreamAdmitted {
   backend: UpstreamBackend;
   signal: AbortSignal;
-  /** Holds the key's budget and tokens for the worst case before the call (a 429 when they have no room). */
-  reserve(promptTokens: number, maxTokens: number | null): Promise<void>;
-  /** The usage the upstream reported (exact), or what was seen of it. */
-  setUsage(usage: Usage): void;
-  /** Counts content sent on to the client (the first one is the request's first token). */
-  sent(numChunks: number): void;
+  /**
+   * Holds the key's budget and tokens for the worst case before the call (a 429 when they have no room).
+   * @param promptBytes the prompt's UTF-8 bytes: they bound its tokens (a byte-level BPE token is at least a byte).
+   */
+  reserve(promptBytes: number, maxTokens: number | null): Promise<void>;
+  /** The usage object the upstream reported (undefined: none), checked field by field; a fault is logged. */
+  report(usage: unknown, generates?: boolean): void;
+  /** Counts content sent on to the client (the first one is the request's first token), and its text. */
+  sent(numChunks: number, text?: string): void;
+  /** What the client is told and billed: the upstream's count where it is sound, else what was seen (see UpstreamAttempt). */
   readonly usage: Usage;
+  readonly reasoningTokens: number;
+  /** Whether the upstream has reported a usage (sound or not). */
+  readonly reported: boolean;
   cost(): Promise<number | null>;
   fail(err: unknown): void;
   commit(): void;
@@ -250,6 +258,12 @@ export class RequestScope {
     this.options.setHeaders?.(this.ticket.headers());
   }
 
+  /** An upstream's fault that did not fail the request (a usage not believable): logged and counted. */
+  upstreamFault(backend: UpstreamBackend, what: string): void {
+    this.ctx.metrics.upstreamFaults.inc({ provider: backend.provider.name });
+    this.ctx.log?.warn({ provider: backend.provider.name, model: backend.id, requestId: this.options.requestId }, `the upstream provider ${backend.provider.name} misbehaved: ${what}`);
+  }
+
   get priority(): Priority | undefined {
     return this.options.priority;
   }
@@ -307,7 +321,7 @@ abstract class AttemptBase<B extends ModelBackend> {
   }
 
   cost(): Promise<number | null> {
-    return this.scope.costOf(this.backend, this.used);
+    return this.scope.costOf(this.backend, this.usage);
   }
 
   fail(err: unknown): void {
@@ -377,33 +391,54 @@ class LocalAttempt extends AttemptBase<LocalBackend> implements Admitted, Attemp
   }
 }
 
-/** One upstream model's share of a request: the usage it reported. */
+/**
+ * One upstream model's share of a request: the usage it reported, checked. A count that is
+ * missing or not believable (negative, fractional, not a number, beyond any request) is the
+ * upstream's fault, logged, and replaced by what was seen: the output chunks sent (one token
+ * each from OpenAI-compatible servers, or the text's bytes / 4 for a whole body, whichever is
+ * more) and the prompt's bytes / 4. The client is told the same usage the ledger holds.
+ */
 class UpstreamAttempt extends AttemptBase<UpstreamBackend> implements UpstreamAdmitted, Attempt {
-  private reported = false;
+  private checked: CheckedUpstreamUsage | null = null;
   private numChunksSent = 0;
+  private numTextBytes = 0;
+  private promptBytes = 0;
   private closed = false;
 
-  async reserve(promptTokens: number, maxTokens: number | null): Promise<void> {
-    await this.scope.reserveRun(this.backend, promptTokens, maxTokens ?? this.backend.maxOutputTokens, maxTokens ?? 0);
+  async reserve(promptBytes: number, maxTokens: number | null): Promise<void> {
+    this.promptBytes = promptBytes;
+    await this.scope.reserveRun(this.backend, promptBytes, maxTokens ?? this.backend.maxOutputTokens, maxTokens ?? 0);
   }
 
-  setUsage(usage: Usage): void {
-    this.used = usage;
-    this.reported = true;
+  report(usage: unknown, generates = true): void {
+    this.checked = checkUsage(usage, generates);
+    if (this.checked.fault) this.scope.upstreamFault(this.backend, `its usage is not believable (${this.checked.fault}); billing what was seen instead`);
   }
 
-  sent(numChunks: number): void {
+  get reported(): boolean {
+    return this.checked !== null;
+  }
+
+  sent(numChunks: number, text = ""): void {
     if (numChunks > 0) this.scope.firstToken();
     this.numChunksSent += numChunks;
+    this.numTextBytes += Buffer.byteLength(text);
   }
 
-  /**
-   * The upstream's own count when it reported one. A stream cut off before its usage chunk
-   * (the client left) never learns the upstream's count: it is billed the content chunks it
-   * was sent as output tokens (one token each from OpenAI-compatible servers) and no input.
-   */
-  billable(): Usage {
-    return this.reported ? this.used : { ...NO_USAGE, completionTokens: this.numChunksSent };
+  override get usage(): Usage {
+    const checked = this.checked;
+    const promptTokens = checked?.promptTokens ?? Math.ceil(this.promptBytes / 4);
+    const completionTokens = checked?.completionTokens ?? Math.max(this.numChunksSent, Math.ceil(this.numTextBytes / 4));
+    return { promptTokens, completionTokens, cachedPromptTokens: Math.min(checked?.cachedPromptTokens ?? 0, promptTokens) };
+  }
+
+  get reasoningTokens(): number {
+    return Math.min(this.checked?.reasoningTokens ?? 0, this.usage.completionTokens);
+  }
+
+  /** A stream cut off before the upstream's count (the client left) is billed the chunks it was sent, and no input. */
+  billable(outcome: Outcome): Usage {
+    return this.checked || outcome !== "disconnected" ? this.usage : { ...NO_USAGE, completionTokens: this.numChunksSent };
   }
 
   close(): Promise<void> {

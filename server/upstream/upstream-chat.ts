@@ -9,7 +9,7 @@ import type { UpstreamAdmitted } from "../http/admission.ts";
 import type { ChatPiece, PieceRun } from "../openai/chat-pieces.ts";
 import type { ChatCompletionRequest } from "../openai/schemas.ts";
 import type { ToolCall } from "../openai/tool-calls.ts";
-import { upstreamChunks, usageOf, type UpstreamChunk, type UpstreamUsage } from "./upstream-stream.ts";
+import { upstreamChunks, type UpstreamChunk, type UpstreamUsage } from "./upstream-stream.ts";
 
 /** The chat request's fields that OpenAI's chat API takes. */
 const OPENAI_FIELDS = [
@@ -48,13 +48,9 @@ async function* upstreamPieces(admitted: UpstreamAdmitted, bytes: AsyncIterable<
   const calls: ToolCall[] = [];
   let finishReason: string | null = null;
   let stopReason: string | number | null = null;
-  let reasoningTokens = 0;
   try {
     for await (const data of upstreamChunks(bytes, admitted.backend.provider.name) as AsyncGenerator<Chunk>) {
-      if (data.usage) {
-        admitted.setUsage(usageOf(data.usage));
-        reasoningTokens = data.usage.completion_tokens_details?.reasoning_tokens ?? 0;
-      }
+      if (data.usage) admitted.report(data.usage);
       const choice = data.choices?.[0];
       if (!choice) continue;
       const delta = choice.delta ?? {};
@@ -68,8 +64,10 @@ async function* upstreamPieces(admitted: UpstreamAdmitted, bytes: AsyncIterable<
         yield { reasoning, content, toolCalls: [], reasoningTokens: 0 };
       }
     }
-    if (calls.length > 0) admitted.sent(1);
-    yield { reasoning: "", content: "", toolCalls: calls, finishReason: finishReason ?? "stop", stopReason, reasoningTokens };
+    if (calls.length > 0) admitted.sent(1, calls.map((c) => c.function.name + c.function.arguments).join(""));
+    // NOTE: no usage from the upstream: the pieces' reader tells the client the usage that was seen, which is what the ledger holds.
+    if (!admitted.reported) admitted.report(undefined);
+    yield { reasoning: "", content: "", toolCalls: calls, finishReason: finishReason ?? "stop", stopReason, reasoningTokens: admitted.reasoningTokens };
   } finally {
     release();
   }

@@ -7,7 +7,7 @@
 import type { FastifyReply } from "fastify";
 import type { UpstreamAdmitted } from "../http/admission.ts";
 import { SseStream } from "../http/sse.ts";
-import { badResponse, parseJson, upstreamChunks, usageOf, type UpstreamUsage } from "./upstream-stream.ts";
+import { badResponse, openaiUsage, parseJson, upstreamChunks } from "./upstream-stream.ts";
 
 export interface ProxyRequest {
   /** /chat/completions or /completions, under the provider's base URL. */
@@ -33,13 +33,14 @@ export async function proxyToUpstream(admitted: UpstreamAdmitted, reply: Fastify
   try {
     if (request.stream) return await streamThrough(admitted, reply, call.body(), request.includeUsage);
     const text = Buffer.concat(await collect(call.body())).toString("utf8");
-    const json = parseJson(text, backend.provider.name) as { model?: string; usage?: UpstreamUsage | null };
-    if (!json.usage) throw badResponse(backend.provider.name, "it has no usage");
-    admitted.setUsage(usageOf(json.usage));
-    admitted.sent(1);
+    const json = parseJson(text, backend.provider.name) as { model?: string; usage?: unknown; choices?: unknown[] };
+    if (!json || typeof json !== "object") throw badResponse(backend.provider.name, "it is not a JSON object");
+    const generates = request.maxTokens !== 0;
+    admitted.sent(1, generates ? JSON.stringify(json.choices ?? []) : "");
+    admitted.report(json.usage, generates);
     const cost = await admitted.cost();
     await admitted.settle();
-    return { ...json, model: backend.id, usage: { ...json.usage, ...(cost !== null ? { cost: cost / 1_000_000 } : {}) } };
+    return { ...json, model: backend.id, usage: { ...usageBody(admitted, generates), ...(cost !== null ? { cost: cost / 1_000_000 } : {}) } };
   } finally {
     call.release();
   }
@@ -50,22 +51,39 @@ async function streamThrough(admitted: UpstreamAdmitted, reply: FastifyReply, by
   admitted.commit();
   reply.hijack();
   const sse = new SseStream(reply.raw);
+  const usageChunk = async (data: Record<string, unknown>) => {
+    const cost = await admitted.cost();
+    await sse.send({ ...data, model: backend.id, usage: { ...usageBody(admitted, true), ...(cost !== null ? { cost: cost / 1_000_000 } : {}) } });
+  };
   await sse.settledRun(admitted, async () => {
+    let last: Record<string, unknown> | null = null;
     for await (const data of upstreamChunks(bytes, backend.provider.name)) {
-      if (data.usage) admitted.setUsage(usageOf(data.usage));
+      last = data;
+      if (data.usage) admitted.report(data.usage);
       const choices = data.choices ?? [];
       if (choices.length === 0 && data.usage) {
-        if (!includeUsage) continue;
-        const cost = await admitted.cost();
-        await sse.send({ ...data, model: backend.id, usage: { ...data.usage, ...(cost !== null ? { cost: cost / 1_000_000 } : {}) } });
+        if (includeUsage) await usageChunk(data);
         continue;
       }
       admitted.sent(choices.filter(hasContent).length);
       const { usage: _usage, ...rest } = data;
-      await sse.send({ ...(includeUsage ? data : rest), model: backend.id });
+      // NOTE: a usage on a content chunk is the checked one too: the client is told what the ledger holds.
+      await sse.send({ ...rest, ...(includeUsage && data.usage ? { usage: usageBody(admitted, true) } : {}), model: backend.id });
       if (sse.closed) break;
     }
+    if (sse.closed || admitted.reported) return;
+    // The upstream sent no usage: the client is told (and billed) what was seen.
+    admitted.report(undefined);
+    if (includeUsage) await usageChunk({ id: last?.id, object: last?.object ?? "chat.completion.chunk", created: last?.created, choices: [] });
   });
+}
+
+/** The usage the client is told: what the ledger holds, in OpenAI's shape. */
+function usageBody(admitted: UpstreamAdmitted, generates: boolean): Record<string, unknown> {
+  const body = openaiUsage(admitted.usage, admitted.reasoningTokens);
+  if (generates) return body;
+  const { promptTokens } = admitted.usage;
+  return { prompt_tokens: promptTokens, total_tokens: promptTokens };
 }
 
 /** Whether a chunk's choice carries output: text, a tool call, or reasoning. */

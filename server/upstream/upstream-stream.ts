@@ -33,12 +33,50 @@ export async function* upstreamChunks(bytes: AsyncIterable<Uint8Array>, provider
   throw badResponse(provider, "the stream ended before [DONE]");
 }
 
-/** The upstream's own count, as the ledger holds it. */
-export function usageOf(usage: UpstreamUsage): Usage {
-  const promptTokens = usage.prompt_tokens ?? 0;
+/** More tokens than any one request has: a count beyond it is the upstream's fault. */
+export const MAX_UPSTREAM_TOKENS = 100_000_000;
+
+/** The upstream's count, each field checked: a non-negative integer up to MAX_UPSTREAM_TOKENS, or null (absent or not believable). */
+export interface CheckedUpstreamUsage {
+  promptTokens: number | null;
+  completionTokens: number | null;
+  cachedPromptTokens: number;
+  reasoningTokens: number;
+  /** What was wrong with it, for the log; null when every field was sound. */
+  fault: string | null;
+}
+
+/** @param generates whether the call generates (an embeddings answer has no completion_tokens). */
+export function checkUsage(usage: unknown, generates = true): CheckedUpstreamUsage {
+  if (!usage || typeof usage !== "object") {
+    return { promptTokens: null, completionTokens: generates ? null : 0, cachedPromptTokens: 0, reasoningTokens: 0, fault: "no usage" };
+  }
+  const raw = usage as Record<string, unknown>;
+  const faults: string[] = [];
+  const count = (name: string, value: unknown, max = MAX_UPSTREAM_TOKENS): number | null => {
+    if (Number.isSafeInteger(value) && (value as number) >= 0 && (value as number) <= max) return value as number;
+    faults.push(`${name} ${JSON.stringify(value) ?? "missing"}`);
+    return null;
+  };
+  const promptTokens = count("prompt_tokens", raw.prompt_tokens);
+  const completionTokens = !generates && raw.completion_tokens === undefined ? 0 : count("completion_tokens", raw.completion_tokens);
+  const details = (key: string, field: string) => ((raw[key] && typeof raw[key] === "object") ? (raw[key] as Record<string, unknown>)[field] : undefined);
+  const cached = details("prompt_tokens_details", "cached_tokens");
+  const reasoning = details("completion_tokens_details", "reasoning_tokens");
   return {
-    promptTokens, completionTokens: usage.completion_tokens ?? 0,
-    cachedPromptTokens: Math.min(promptTokens, usage.prompt_tokens_details?.cached_tokens ?? 0),
+    promptTokens, completionTokens,
+    cachedPromptTokens: cached === undefined || cached === null ? 0 : (count("cached_tokens", cached, promptTokens ?? 0) ?? 0),
+    reasoningTokens: reasoning === undefined || reasoning === null ? 0 : (count("reasoning_tokens", reasoning, completionTokens ?? 0) ?? 0),
+    fault: faults.length > 0 ? faults.join(", ") : null,
+  };
+}
+
+/** The usage as OpenAI's APIs report it, from what the ledger holds. */
+export function openaiUsage(usage: Usage, reasoningTokens = 0): Record<string, unknown> {
+  return {
+    prompt_tokens: usage.promptTokens, completion_tokens: usage.completionTokens, total_tokens: usage.promptTokens + usage.completionTokens,
+    prompt_tokens_details: { cached_tokens: usage.cachedPromptTokens },
+    ...(reasoningTokens > 0 ? { completion_tokens_details: { reasoning_tokens: reasoningTokens } } : {}),
   };
 }
 

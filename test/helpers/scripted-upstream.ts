@@ -8,7 +8,8 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 
 export type Script =
-  | { kind: "ok"; text?: string }
+  /** usage: what to report instead of SCRIPTED_USAGE (anything, however wrong); null: report none. */
+  | { kind: "ok"; text?: string; usage?: unknown }
   | { kind: "status"; status: number; retryAfter?: string }
   | { kind: "hang" }
   | { kind: "slow-stream"; intervalMs: number }
@@ -76,17 +77,18 @@ async function handle(state: ScriptedUpstream, req: IncomingMessage, res: Server
     return void res.end("data: [DONE]\n\n");
   }
   const content = script.text ?? "scripted answer";
+  const usage = script.usage === undefined ? USAGE : script.usage;
   if (body.stream) {
     res.writeHead(200, { "content-type": "text/event-stream" });
     const chunk = (choices: unknown[], usage: unknown = null) => `data: ${JSON.stringify({ ...head, object: "chat.completion.chunk", choices, usage })}\n\n`;
     res.write(chunk([{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null }]));
     for (const word of content.split(" ")) res.write(chunk([{ index: 0, delta: { content: word }, finish_reason: null }]));
     res.write(chunk([{ index: 0, delta: {}, finish_reason: "stop" }]));
-    res.write(chunk([], USAGE));
+    if (usage !== null) res.write(chunk([], usage));
     return void res.end("data: [DONE]\n\n");
   }
   res.writeHead(200, { "content-type": "application/json" });
-  res.end(JSON.stringify({ ...head, object: "chat.completion", choices: [{ index: 0, message: { role: "assistant", content }, finish_reason: "stop" }], usage: USAGE }));
+  res.end(JSON.stringify({ ...head, object: "chat.completion", choices: [{ index: 0, message: { role: "assistant", content }, finish_reason: "stop" }], ...(usage !== null ? { usage } : {}) }));
 }
 
 export const SCRIPTED_USAGE = USAGE;
