@@ -102,6 +102,21 @@ for (const kind of ["sqlite", "postgres"] as const) {
       expect(streamed!.prompt_tokens_details!.cached_tokens).toBeGreaterThan(0);
     });
 
+    it("bills nothing for a request its client was told failed: a grammar that does not compile, a dangling $ref", async () => {
+      const created = (await (await admin("POST", "/keys", { name: "refused" })).json()) as { id: string; secret: string };
+      const send = (extra: Record<string, unknown>) => fetch(`${server.url}/v1/chat/completions`, {
+        method: "POST", headers: { authorization: `Bearer ${created.secret}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "answer in the format asked" }], max_tokens: 5, ...extra }),
+      });
+      const refusals = [
+        await send({ guided_regex: "(unclosed" }),
+        await send({ response_format: { type: "json_schema", json_schema: { name: "x", schema: { $ref: "#/$defs/missing" } } } }),
+      ];
+      expect(refusals.map((r) => r.status)).toEqual([400, 400]);
+      const mine = (await ledgerRows()).filter((r) => r.key_id === created.id);
+      expect(mine.map((r) => [r.status, r.uncached_input_tokens, r.cached_input_tokens, r.output_tokens, r.cost_micro_usd])).toEqual([["error", 0, 0, 0, 0], ["error", 0, 0, 0, 0]]);
+    });
+
     it("refuses a model the key may not use with 404, and a revoked key within a second", async () => {
       const created = (await (await admin("POST", "/keys", { name: "limited", models: ["some-other-model"] })).json()) as { id: string; secret: string };
       const limited = client(created.secret);

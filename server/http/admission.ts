@@ -223,7 +223,8 @@ export class RequestScope {
         ...admission, model: attempt.backend.id, backend: attempt.backend.label, finishedMs: Date.now(), ttftMs, outcome,
         // NOTE: a client that left is billed the tokens it was sent (text held back for a stop string included),
         // not those the backend made before it noticed: what the ledger holds is what the client was told.
-        usage: attempt.billable(outcome), ...(error ? { error: { status: error.status, code: error.code } } : {}),
+        // A client told its request failed (an error status, nothing of a response sent) is billed nothing.
+        usage: error && !this.committed ? NO_USAGE : attempt.billable(outcome), ...(error ? { error: { status: error.status, code: error.code } } : {}),
         ...(ticket ? { reservations: ticket } : {}),
       };
       // NOTE: a listener's fault must not crash the process or keep the others from hearing.
