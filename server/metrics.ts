@@ -58,7 +58,7 @@ export class ServerMetrics {
     labelNames: ["provider", "result"], registers: [this.registry],
   });
   readonly upstreamBreaker = new Gauge({
-    name: "tokenmill_upstream_breaker_open", help: "1 while an upstream provider's circuit breaker is open or half-open, else 0.", labelNames: ["provider"], registers: [this.registry],
+    name: "tokenmill_upstream_breaker_open", help: "1 while the circuit breaker of an upstream provider's model (by its upstream name) is open or half-open, else 0.", labelNames: ["provider", "model"], registers: [this.registry],
   });
   /** Each model's last snapshot: counters advance by the difference from it. */
   private readonly last = new Map<string, EngineStatsSnapshot>();

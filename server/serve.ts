@@ -149,9 +149,9 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     };
   }
   ctx.settleListeners.push((settlement) => ctx.metrics.observeBilled(settlement.model, settlement.usage));
-  const locals = registerModels(models, options, ctx, (provider, state) => {
-    if (state === "open") log?.warn({ provider }, `the upstream provider ${provider} keeps failing: its circuit breaker is open; its models' routes fall back`);
-    else log?.info({ provider }, `the upstream provider ${provider} answers again: its circuit breaker is closed`);
+  const locals = registerModels(models, options, ctx, (provider, model, state) => {
+    if (state === "open") log?.warn({ provider, model }, `the upstream provider ${provider} keeps failing for ${model}: its circuit breaker is open; routes to it fall back`);
+    else log?.info({ provider, model }, `the upstream provider ${provider} answers again for ${model}: its circuit breaker is closed`);
   });
   let app: FastifyInstance;
   try {
@@ -215,7 +215,7 @@ const unlimited = (caller: { keyId: string; admin: boolean }) => caller.admin ||
 
 /** Registers every local model, upstream model, alias and route; returns the local models to load. */
 function registerModels(
-  models: ModelRegistry, options: ServeOptions, ctx: ServerContext, onBreaker: (provider: string, state: BreakerState) => void,
+  models: ModelRegistry, options: ServeOptions, ctx: ServerContext, onBreaker: (provider: string, model: string, state: BreakerState) => void,
 ): { backend: LocalBackend; spec: LocalModelSpec }[] {
   if (options.models.length === 0 && (options.providers ?? []).every((p) => p.models.length === 0)) throw new Error("nothing to serve: no local model and no upstream model");
   const locals = options.models.map((spec) => {
@@ -234,12 +234,12 @@ function registerModels(
     const provider = new UpstreamProvider({
       ...spec,
       onTry: (result) => ctx.metrics.upstreamTries.inc({ provider: spec.name, result }),
-      onBreaker: (state) => {
-        ctx.metrics.upstreamBreaker.set({ provider: spec.name }, state === "closed" ? 0 : 1);
-        onBreaker(spec.name, state);
+      onBreaker: (state, model) => {
+        ctx.metrics.upstreamBreaker.set({ provider: spec.name, model }, state === "closed" ? 0 : 1);
+        onBreaker(spec.name, model, state);
       },
     });
-    ctx.metrics.upstreamBreaker.set({ provider: spec.name }, 0);
+    for (const model of spec.models) ctx.metrics.upstreamBreaker.set({ provider: spec.name, model: model.upstreamModel ?? model.name }, 0);
     for (const model of spec.models) models.register(new UpstreamBackend(model.name, provider, model));
   }
   for (const route of options.routes ?? []) {

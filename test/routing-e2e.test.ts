@@ -311,13 +311,13 @@ describe("several models behind one server", () => {
     expect(failing500.calls).toHaveLength(3);
     expect(failing429.calls).toHaveLength(3);
     const flaky = router.ctx.models.backend("flaky-a") as UpstreamBackend;
-    expect(flaky.provider.breaker.state).toBe("open");
+    expect(flaky.provider.breakerFor(flaky.upstreamModel).state).toBe("open");
 
     const rescued = await chat("sturdy", "Rescue me.");
     expect(rescued.model).toBe("alpha");
     expect(failing500.calls).toHaveLength(3);
     expect(await metricValue(/^tokenmill_upstream_tries_total\{provider="flaky500",result="500"\}/)).toBe(3);
-    expect(await metricValue(/^tokenmill_upstream_breaker_open\{provider="flaky500"\}/)).toBe(1);
+    expect(await metricValue(/^tokenmill_upstream_breaker_open\{(?=[^}]*provider="flaky500")(?=[^}]*model="flaky-a")[^}]*\}/)).toBe(1);
     const health = await (await fetch(`${router.url}/health`)).json() as { status: string; models: Record<string, { state: string }>; unavailable: string[] };
     expect(health).toMatchObject({ status: "degraded", models: { "flaky-a": { state: "breaker_open" }, "flaky-b": { state: "breaker_open" } } });
     expect(health.unavailable.sort()).toEqual(["flaky-a", "flaky-b", "fragile"]);
@@ -327,7 +327,7 @@ describe("several models behind one server", () => {
     const healed = await chat("fragile", "Are you back?");
     expect(healed.model).toBe("flaky-a");
     expect(textOf(healed)).toBe("healthy again");
-    expect(flaky.provider.breaker.state).toBe("closed");
+    expect(flaky.provider.breakerFor(flaky.upstreamModel).state).toBe("closed");
     expect(failing500.calls.at(-1)!.body).toMatchObject({ model: "flaky-a", max_tokens: 12 });
 
     // The Responses API falls back the same way, while nothing has reached its client.

@@ -1,8 +1,13 @@
 /**
- * Upstream providers that misbehave, against a real tokenmill process routing to a scripted
- * OpenAI-compatible server on loopback: a usage that is negative, fractional, absurd, not a
- * number or missing is the upstream's fault, logged, and replaced by what was seen; every
- * client (chat whole and streamed, Responses, Messages) is told exactly what the ledger holds.
+ * Upstream providers that misbehave, against a real tokenmill server routing to scripted
+ * OpenAI-compatible servers on loopback:
+ * - a usage that is negative, fractional, absurd, not a number or missing is the upstream's
+ *   fault, logged, and replaced by what was seen; every client (chat whole and streamed,
+ *   Responses, Messages) is told exactly what the ledger holds;
+ * - an upstream that answers 200 and then stalls, sends garbage or drops the connection fails
+ *   like one that answers 500: its model's breaker opens, a stream not yet begun falls back,
+ *   and a client told its request failed is billed nothing;
+ * - one failing model opens only its own breaker, not its provider's other models'.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -17,6 +22,8 @@ const MODEL = "remote";
 let dir: string;
 let db: string;
 let upstream: ScriptedUpstream;
+/** A second provider, with two models: "flaky" (scripted to fail in each test) and "steady". */
+let faulty: ScriptedUpstream;
 let router: RunningServer;
 let client: OpenAI;
 const logs: string[] = [];
@@ -26,12 +33,22 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "tokenmill-upstream-faults-"));
   db = `sqlite:${join(dir, "router.db")}`;
   upstream = await startScriptedUpstream({ kind: "ok" });
+  faulty = await startScriptedUpstream({ kind: "ok" });
+  const noRetries = { maxRetries: 0, baseDelayMs: 10, maxDelayMs: 50, maxRetryAfterMs: 1000 };
   router = await startServer({
     models: [],
     providers: [{
       name: "scripted", baseUrl: upstream.url, apiKey: null, timeoutMs: 10_000, maxConcurrency: 8,
-      retry: { maxRetries: 0, baseDelayMs: 10, maxDelayMs: 50, maxRetryAfterMs: 1000 }, breaker: { failureThreshold: 50, cooldownMs: 500 }, models: [{ name: MODEL }],
+      retry: noRetries, breaker: { failureThreshold: 50, cooldownMs: 500 }, models: [{ name: MODEL }],
+    }, {
+      name: "faulty", baseUrl: faulty.url, apiKey: null, timeoutMs: 400, maxConcurrency: 8,
+      retry: noRetries, breaker: { failureThreshold: 2, cooldownMs: 60_000 }, models: [{ name: "flaky-stall" }, { name: "flaky-garbage" }, { name: "flaky-close" }, { name: "steady" }],
     }],
+    routes: [
+      { name: "safe-stall", targets: ["flaky-stall", MODEL] },
+      { name: "safe-garbage", targets: ["flaky-garbage", MODEL] },
+      { name: "safe-close", targets: ["flaky-close", MODEL] },
+    ],
     host: "127.0.0.1", port: 0, shutdownTimeoutMs: 5000, bodyLimitBytes: 1024 * 1024,
     logger: { level: "warn", stream: { write: (line: string) => void logs.push(line) } },
     db: { url: db, replica: "router", prices: [{ model: MODEL, inputPerMtok: 1_000_000, cachedInputPerMtok: 500_000, outputPerMtok: 2_000_000 }] },
@@ -43,6 +60,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await router?.close();
   await upstream?.close();
+  await faulty?.close();
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -130,4 +148,63 @@ describe("an upstream's usage", () => {
       expect(logs.slice(before).join("")).toMatch(/upstream provider scripted misbehaved: its usage is not believable/);
     });
   }
+});
+
+describe("an upstream that fails after its 200", () => {
+  const FAULTS = [["stall", "stall-after-headers", 504, "upstream_timeout"], ["garbage", "garbage-after-headers", 502, "upstream_error"], ["close", "close-mid-body", 502, "upstream_error"]] as const;
+
+  it.each(FAULTS)("%s: a whole answer gets its own 5xx (never a 500), the stream falls back before its first byte, and two failures open the model's breaker", async (name, kind, status, code) => {
+    faulty.byModel[`flaky-${name}`] = { kind };
+    upstream.script = { kind: "ok", text: "the fallback answers" };
+    const whole = await fetch(`${router.url}/v1/chat/completions`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: `flaky-${name}`, messages: [{ role: "user", content: "hi" }], max_tokens: 5 }),
+    });
+    expect(whole.status).toBe(status);
+    expect(((await whole.json()) as { error: { code: string } }).error.code).toBe(code);
+    // Through a route, a stream falls back: the upstream failed before anything reached the client (a dropped stream had sent one chunk: it can't).
+    const stream = await client.chat.completions.create({ model: `safe-${name}`, messages: [{ role: "user", content: "hi" }], max_tokens: 5, stream: true });
+    let text = "";
+    try {
+      for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? "";
+    } catch {
+      // a stream cut after its first chunk: the client sees an error event
+    }
+    if (name === "close") expect(text).toBe("half");
+    else expect(text).toBe("thefallbackanswers");
+    // Two failures: the breaker of flaky-NAME is open, and the next call fails fast without reaching the upstream.
+    const calls = faulty.calls.length;
+    const fast = await fetch(`${router.url}/v1/chat/completions`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: `flaky-${name}`, messages: [{ role: "user", content: "hi" }], max_tokens: 5 }),
+    });
+    expect(fast.status).toBe(503);
+    expect(((await fast.json()) as { error: { code: string } }).error.code).toBe("upstream_unavailable");
+    expect(faulty.calls.length).toBe(calls);
+    // The provider's other model is untouched.
+    const steady = await client.chat.completions.create({ model: "steady", messages: [{ role: "user", content: "hi" }], max_tokens: 5 });
+    expect(steady.choices[0].message.content).toBe("scripted answer");
+    const health = (await (await fetch(`${router.url}/health`)).json()) as { models: Record<string, { state: string }> };
+    expect(health.models[`flaky-${name}`].state).toBe("breaker_open");
+    expect(health.models.steady.state).toBe("running");
+  });
+
+  it("Responses and Messages whose upstream drops the connection: the client gets a 502, and the ledger bills nothing", async () => {
+    faulty.byModel["flaky-drop"] = { kind: "garbage-after-headers" };
+    const id = `faults-${numRequests++}`;
+    const responses = await fetch(`${router.url}/v1/responses`, {
+      method: "POST", headers: { "content-type": "application/json", "x-request-id": id }, body: JSON.stringify({ model: "steady", input: "hi", store: false }),
+    });
+    expect(responses.status).toBe(200);
+    faulty.byModel.steady = { kind: "close-mid-body" };
+    try {
+      for (const [path, body] of [["/v1/responses", { model: "steady", input: "hi", store: false }], ["/v1/messages", { model: "steady", max_tokens: 5, messages: [{ role: "user", content: "hi" }] }]] as const) {
+        const failedId = `faults-${numRequests++}`;
+        const reply = await fetch(`${router.url}${path}`, { method: "POST", headers: { "content-type": "application/json", "x-request-id": failedId }, body: JSON.stringify(body) });
+        expect(reply.status).toBe(502);
+        const row = await rowOf(failedId);
+        expect([row.status, row.uncached_input_tokens, row.output_tokens, row.cost_micro_usd]).toEqual(["error", 0, 0, 0]);
+      }
+    } finally {
+      delete faulty.byModel.steady;
+    }
+  });
 });

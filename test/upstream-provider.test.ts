@@ -72,7 +72,7 @@ describe("upstream provider", () => {
       expect(err).toMatchObject({ status: 400, message: "scripted 400" });
     }
     expect(upstream.calls).toHaveLength(4);
-    expect(p.breaker.state).toBe("closed");
+    expect(p.breakerFor("m").state).toBe("closed");
   });
 
   it("times out a hung upstream", async () => {
@@ -87,20 +87,24 @@ describe("upstream provider", () => {
     const states: string[] = [];
     const p = provider({ retry: { ...DEFAULT_RETRY_POLICY, maxRetries: 0 }, onBreaker: (s) => states.push(s) });
     for (let i = 0; i < 3; i++) await failure(p);
-    expect(p.breaker.state).toBe("open");
+    expect(p.breakerFor("m").state).toBe("open");
     expect(states).toEqual(["open"]);
     const fast = await failure(p);
     expect(fast).toMatchObject({ reason: "upstream_5xx", status: 503, code: "upstream_unavailable" });
     expect(upstream.calls).toHaveLength(3);
-    expect(p.refusal()).not.toBeNull();
+    expect(p.refusal("m")).not.toBeNull();
     await new Promise((r) => setTimeout(r, 350));
-    expect(p.breaker.state).toBe("half_open");
+    expect(p.breakerFor("m").state).toBe("half_open");
     await failure(p);
-    expect(p.breaker.state).toBe("open");
+    expect(p.breakerFor("m").state).toBe("open");
     await new Promise((r) => setTimeout(r, 350));
     upstream.script = { kind: "ok" };
-    (await send(p)).release();
-    expect(p.breaker.state).toBe("closed");
+    // A half-open trial succeeds only once its body has been read to the end: a 200 alone is not enough.
+    const trial = await send(p);
+    expect(p.breakerFor("m").state).toBe("half_open");
+    for await (const _ of trial.body());
+    trial.release();
+    expect(p.breakerFor("m").state).toBe("closed");
     expect(states).toEqual(["open", "open", "closed"]);
   });
 
@@ -108,13 +112,13 @@ describe("upstream provider", () => {
     upstream.script = { kind: "hang" };
     const p = provider({ maxConcurrency: 1 });
     const controller = new AbortController();
-    const pending = p.send("/chat/completions", {}, controller.signal).catch((err: unknown) => err);
+    const pending = p.send("/chat/completions", { model: "m" }, controller.signal).catch((err: unknown) => err);
     await new Promise((r) => setTimeout(r, 50));
-    expect(p.refusal()).toMatchObject({ reason: "overloaded", code: "overloaded" });
+    expect(p.refusal("m")).toMatchObject({ reason: "overloaded", code: "overloaded" });
     controller.abort(new Error("client left"));
     expect(await pending).toMatchObject({ message: "client left" });
     expect(p.numInFlight).toBe(0);
-    expect(p.breaker.state).toBe("closed");
+    expect(p.breakerFor("m").state).toBe("closed");
   });
 });
 

@@ -170,7 +170,7 @@ export class RequestScope {
 
   /** Admits the request to an upstream model, or throws (its breaker open or cap reached: a 503; a 429 from the key's limits). */
   async upstream(backend: UpstreamBackend): Promise<UpstreamAdmitted> {
-    const refused = backend.provider.refusal();
+    const refused = backend.provider.refusal(backend.upstreamModel);
     if (refused) throw refused;
     backend.numInFlight++;
     try {

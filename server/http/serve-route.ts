@@ -54,6 +54,8 @@ export async function serveOnRoute<T>(ctx: ServerContext, request: FastifyReques
     return await serveRoute(ctx, route, scope, handlers);
   } catch (err) {
     scope.fail(err);
+    // NOTE: an error's response, too, goes out only once its ledger row is committed.
+    await scope.settle();
     throw err;
   } finally {
     scope.release();

@@ -1,14 +1,13 @@
 /** POST /v1/chat/completions: OpenAI's chat API, streamed over SSE or returned whole. */
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
-import { checkModelAccess } from "../http/auth.ts";
-import { openRequest, type Admitted } from "../http/admission.ts";
-import { serveRoute } from "../http/serve-route.ts";
+import type { Admitted } from "../http/admission.ts";
+import { serveOnRoute } from "../http/serve-route.ts";
 import { proxyToUpstream } from "../upstream/upstream-proxy.ts";
 import { Choices, openAiUsage } from "../openai/choices.ts";
 import type { EngineOutput, GrammarSpec } from "../backends/engine-api.ts";
 import { inMessages } from "../openai/to-engine-request.ts";
-import { nowSeconds, onClientGone, parseBody, setRawHeaders } from "../http/http-helpers.ts";
+import { nowSeconds, parseBody } from "../http/http-helpers.ts";
 import { chatCompletionRequest, type ChatCompletionRequest } from "../openai/schemas.ts";
 import type { ServerContext } from "../server-context.ts";
 import { SseStream } from "../http/sse.ts";
@@ -18,28 +17,15 @@ import { grammarOf } from "../openai/structured-outputs.ts";
 export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext): void {
   app.post("/v1/chat/completions", async (request, reply) => {
     const body = parseBody(chatCompletionRequest, request.body);
-    const route = ctx.models.resolve(body.model);
-    checkModelAccess(request.caller, route.name);
     const grammar = grammarOf(body);
-    const scope = openRequest(ctx, {
-      requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key?.priority, endpoint: request.routeOptions.url ?? request.url,
-      numSequences: body.n, onClientGone: (abort) => onClientGone(reply, abort), route: route.name,
+    return serveOnRoute(ctx, request, reply, { model: body.model, endpoint: "/v1/chat/completions", numSequences: body.n }, {
+      local: (admitted) => serveLocal(reply, body, grammar, admitted),
+      upstream: (admitted) => proxyToUpstream(admitted, reply, {
+        path: "/chat/completions", body: request.body as Record<string, unknown>, stream: body.stream === true,
+        includeUsage: body.stream_options?.include_usage === true, promptText: JSON.stringify(body.messages),
+        maxTokens: body.max_completion_tokens ?? body.max_tokens ?? null,
+      }),
     });
-    try {
-      return await serveRoute(ctx, route, scope, {
-        local: (admitted) => serveLocal(reply, body, grammar, admitted),
-        upstream: (admitted) => proxyToUpstream(admitted, reply, {
-          path: "/chat/completions", body: request.body as Record<string, unknown>, stream: body.stream === true,
-          includeUsage: body.stream_options?.include_usage === true, promptText: JSON.stringify(body.messages),
-          maxTokens: body.max_completion_tokens ?? body.max_tokens ?? null,
-        }),
-      });
-    } catch (err) {
-      scope.fail(err);
-      throw err;
-    } finally {
-      scope.release();
-    }
   });
 }
 

@@ -1,16 +1,15 @@
 /** POST /v1/completions: the legacy completions API, with token-id prompts, echo and legacy logprobs. */
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
-import { checkModelAccess } from "../http/auth.ts";
-import { openRequest, type Admitted } from "../http/admission.ts";
-import { serveRoute } from "../http/serve-route.ts";
+import type { Admitted } from "../http/admission.ts";
+import { serveOnRoute } from "../http/serve-route.ts";
 import { proxyToUpstream } from "../upstream/upstream-proxy.ts";
 import type { GrammarSpec } from "../backends/engine-api.ts";
 import { grammarOf } from "../openai/structured-outputs.ts";
 import { Choices, openAiUsage, type ChoiceState } from "../openai/choices.ts";
 import type { EngineOutput } from "../backends/engine-api.ts";
 import { toEngineRequest } from "../openai/to-engine-request.ts";
-import { nowSeconds, onClientGone, parseBody, setRawHeaders } from "../http/http-helpers.ts";
+import { nowSeconds, parseBody } from "../http/http-helpers.ts";
 import { legacyLogprobs } from "../openai/legacy-logprobs.ts";
 import { completionRequest, type CompletionRequest } from "../openai/schemas.ts";
 import type { ServerContext } from "../server-context.ts";
@@ -29,29 +28,17 @@ interface PromptRun {
 export function registerCompletions(app: FastifyInstance, ctx: ServerContext): void {
   app.post("/v1/completions", async (request, reply) => {
     const body = parseBody(completionRequest, request.body);
-    const route = ctx.models.resolve(body.model);
-    checkModelAccess(request.caller, route.name);
     const prompts = promptsOf(body.prompt);
     const grammar = grammarOf(body);
-    const scope = openRequest(ctx, {
-      requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key?.priority, endpoint: request.routeOptions.url ?? request.url,
-      numSequences: body.n * prompts.length, param: prompts.length > 1 ? "prompt" : "n", onClientGone: (abort) => onClientGone(reply, abort), route: route.name,
+    const what = { model: body.model, endpoint: "/v1/completions", numSequences: body.n * prompts.length, param: prompts.length > 1 ? "prompt" : "n" };
+    return serveOnRoute(ctx, request, reply, what, {
+      local: (admitted) => serveLocal(reply, body, prompts, grammar, admitted),
+      upstream: (admitted) => proxyToUpstream(admitted, reply, {
+        path: "/completions", body: request.body as Record<string, unknown>, stream: body.stream === true,
+        includeUsage: body.stream_options?.include_usage === true, promptText: JSON.stringify(body.prompt),
+        maxTokens: (body.max_tokens ?? DEFAULT_MAX_TOKENS) * body.n * prompts.length,
+      }),
     });
-    try {
-      return await serveRoute(ctx, route, scope, {
-        local: (admitted) => serveLocal(reply, body, prompts, grammar, admitted),
-        upstream: (admitted) => proxyToUpstream(admitted, reply, {
-          path: "/completions", body: request.body as Record<string, unknown>, stream: body.stream === true,
-          includeUsage: body.stream_options?.include_usage === true, promptText: JSON.stringify(body.prompt),
-          maxTokens: (body.max_tokens ?? DEFAULT_MAX_TOKENS) * body.n * prompts.length,
-        }),
-      });
-    } catch (err) {
-      scope.fail(err);
-      throw err;
-    } finally {
-      scope.release();
-    }
   });
 }
 

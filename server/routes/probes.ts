@@ -21,7 +21,7 @@ interface BackendHealth {
 
 function healthOf(backend: ModelBackend): BackendHealth {
   if (backend.kind === "upstream") {
-    const state = backend.provider.breaker.state;
+    const state = backend.provider.breakerFor(backend.upstreamModel).state;
     const down = state === "open" ? new ApiError(503, `The upstream provider of ${backend.id} is failing (circuit breaker open).`, "server_error", null, "upstream_unavailable") : null;
     return { backend: backend.label, state: state === "closed" ? "running" : `breaker_${state}`, down };
   }

@@ -37,14 +37,15 @@ export async function startUpstreamChat(admitted: UpstreamAdmitted, chat: ChatCo
   const maxTokens = chat.max_completion_tokens ?? chat.max_tokens ?? null;
   // NOTE: a byte-level BPE token is at least one byte, so the messages' bytes bound the prompt's tokens (as the chat proxy holds them).
   await admitted.reserve(Buffer.byteLength(JSON.stringify(chat.messages)), maxTokens);
-  const body: Record<string, unknown> = { model: backend.upstreamModel, stream: true, stream_options: { include_usage: true } };
+  const body: { model: string } & Record<string, unknown> = { model: backend.upstreamModel, stream: true, stream_options: { include_usage: true } };
   for (const field of OPENAI_FIELDS) if (chat[field] !== undefined && chat[field] !== null) body[field] = chat[field];
   const call = await backend.provider.send("/chat/completions", body, admitted.signal);
-  const pieces = upstreamPieces(admitted, call.body(), call.release);
+  const pieces = upstreamPieces(admitted, call.body(), (failure) => call.release(failure));
   return { pieces, first: await pieces.next(), numPromptTokens: null };
 }
 
-async function* upstreamPieces(admitted: UpstreamAdmitted, bytes: AsyncIterable<Uint8Array>, release: () => void): AsyncGenerator<ChatPiece> {
+async function* upstreamPieces(admitted: UpstreamAdmitted, bytes: AsyncIterable<Uint8Array>, release: (failure?: unknown) => void): AsyncGenerator<ChatPiece> {
+  let failure: unknown;
   const calls: ToolCall[] = [];
   let finishReason: string | null = null;
   let stopReason: string | number | null = null;
@@ -68,8 +69,11 @@ async function* upstreamPieces(admitted: UpstreamAdmitted, bytes: AsyncIterable<
     // NOTE: no usage from the upstream: the pieces' reader tells the client the usage that was seen, which is what the ledger holds.
     if (!admitted.reported) admitted.report(undefined);
     yield { reasoning: "", content: "", toolCalls: calls, finishReason: finishReason ?? "stop", stopReason, reasoningTokens: admitted.reasoningTokens };
+  } catch (err) {
+    failure = err;
+    throw err;
   } finally {
-    release();
+    release(failure);
   }
 }
 

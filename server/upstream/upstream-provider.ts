@@ -7,6 +7,12 @@
  * - ApiError, the upstream's own 4xx as it gave it (the request is at fault; no other backend
  *   would do better).
  * Retries happen here, before anything reaches the client, and never after the response has begun.
+ *
+ * Each upstream model has its own circuit breaker: one model failing at a provider (a bad
+ * deployment, a model taken down) takes none of the provider's other models with it. A call
+ * counts for its breaker only once its body has been read to the end (a success) or has failed
+ * (a stall, a dropped connection, an answer that can't be read): an upstream that answers 200
+ * and then hangs or sends garbage opens it like one that answers 500.
  */
 import { ApiError, BackendUnavailable } from "../http/api-error.ts";
 import { CircuitBreaker, type BreakerState } from "./circuit-breaker.ts";
@@ -24,41 +30,55 @@ export interface ProviderOptions {
   maxConcurrency: number;
   retry?: RetryPolicy;
   breaker?: { failureThreshold: number; cooldownMs: number };
-  /** Hears each try's result (a status, "timeout" or "error") and each breaker change. */
+  /** Hears each try's result (a status, "timeout" or "error") and each change of a model's breaker. */
   onTry?: (result: string) => void;
-  onBreaker?: (state: BreakerState) => void;
+  onBreaker?: (state: BreakerState, model: string) => void;
 }
 
 /** A 2xx response, with its body, and the slot it holds until release(). */
 export interface UpstreamCall {
   response: Response;
-  /** The body's bytes, as they come; a gap longer than the timeout fails it with a timeout. */
+  /** The body's bytes, as they come; a gap longer than the timeout fails it with a timeout, a dropped connection with a 502. */
   body(): AsyncIterable<Uint8Array>;
-  /** Frees the concurrency slot (once). */
-  release(): void;
+  /**
+   * Frees the concurrency slot (once), and tells the model's breaker how the call went: `failure`
+   * when reading or parsing its body failed; else a success if the body was read to its end, and
+   * nothing if the client left first.
+   */
+  release(failure?: unknown): void;
 }
 
 export class UpstreamProvider {
   readonly name: string;
-  readonly breaker: CircuitBreaker;
   numInFlight = 0;
   private readonly retry: RetryPolicy;
+  private readonly breakers = new Map<string, CircuitBreaker>();
 
   constructor(private readonly options: ProviderOptions) {
     this.name = options.name;
     this.retry = options.retry ?? DEFAULT_RETRY_POLICY;
-    this.breaker = new CircuitBreaker({ ...(options.breaker ?? { failureThreshold: 5, cooldownMs: 30_000 }), onChange: options.onBreaker });
   }
 
   get maxConcurrency(): number {
     return this.options.maxConcurrency;
   }
 
-  /** The refusal a call would get now (breaker open, cap reached), or null: it may go out. */
-  refusal(): BackendUnavailable | null {
-    if (this.breaker.state === "open") {
-      return new BackendUnavailable("upstream_5xx", 503, `The upstream provider ${this.name} is failing; its circuit breaker is open.`, "upstream_unavailable",
-        Math.max(1, Math.ceil(this.breaker.retryAfterMs / 1000)));
+  /** The circuit breaker of one of this provider's models (by its upstream name). */
+  breakerFor(model: string): CircuitBreaker {
+    let breaker = this.breakers.get(model);
+    if (!breaker) {
+      breaker = new CircuitBreaker({ ...(this.options.breaker ?? { failureThreshold: 5, cooldownMs: 30_000 }), onChange: (state) => this.options.onBreaker?.(state, model) });
+      this.breakers.set(model, breaker);
+    }
+    return breaker;
+  }
+
+  /** The refusal a call for `model` would get now (its breaker open, the provider's cap reached), or null: it may go out. */
+  refusal(model: string): BackendUnavailable | null {
+    const breaker = this.breakerFor(model);
+    if (breaker.state === "open") {
+      return new BackendUnavailable("upstream_5xx", 503, `The upstream provider ${this.name} is failing for ${model}; its circuit breaker is open.`, "upstream_unavailable",
+        Math.max(1, Math.ceil(breaker.retryAfterMs / 1000)));
     }
     if (this.numInFlight >= this.options.maxConcurrency) {
       return new BackendUnavailable("overloaded", 503, `The upstream provider ${this.name} is at its concurrency cap (${this.options.maxConcurrency}).`, "overloaded", 1);
@@ -66,45 +86,50 @@ export class UpstreamProvider {
     return null;
   }
 
-  /** POSTs `body` as JSON to baseUrl + path, with retries; `signal` (the client gone) aborts it. */
-  async send(path: string, body: unknown, signal: AbortSignal): Promise<UpstreamCall> {
-    const refused = this.refusal();
+  /** POSTs `body` (with its upstream `model`) as JSON to baseUrl + path, with retries; `signal` (the client gone) aborts it. */
+  async send(path: string, body: { model: string } & Record<string, unknown>, signal: AbortSignal): Promise<UpstreamCall> {
+    const breaker = this.breakerFor(body.model);
+    const refused = this.refusal(body.model);
     if (refused) throw refused;
     this.numInFlight++;
     let released = false;
-    const release = () => {
-      if (!released) this.numInFlight--;
+    let bodyEnded = false;
+    const release = (failure?: unknown) => {
+      if (released) return;
       released = true;
+      this.numInFlight--;
+      if (failure !== undefined && !signal.aborted) breaker.failed();
+      else if (bodyEnded) breaker.succeeded();
+      else breaker.released();
     };
     try {
-      const response = await this.withRetries(path, JSON.stringify(body), signal);
-      return { response, body: () => this.readBody(response, signal), release };
+      const response = await this.withRetries(path, JSON.stringify(body), breaker, body.model, signal);
+      return { response, body: () => this.readBody(response, signal, () => (bodyEnded = true)), release };
     } catch (err) {
-      release();
+      released = true;
+      this.numInFlight--;
       throw err;
     }
   }
 
-  private async withRetries(path: string, body: string, signal: AbortSignal): Promise<Response> {
+  /** The 2xx response, its breaker's trial still held (release() settles it), or the failure after retries. */
+  private async withRetries(path: string, body: string, breaker: CircuitBreaker, model: string, signal: AbortSignal): Promise<Response> {
     const url = this.options.baseUrl.replace(/\/+$/, "") + path;
     for (let retry = 0; ; retry++) {
       signal.throwIfAborted();
-      if (!this.breaker.tryAcquire()) throw this.refusal() ?? new BackendUnavailable("upstream_5xx", 503, `The upstream provider ${this.name} is being probed; retry shortly.`, "upstream_unavailable", 1);
+      if (!breaker.tryAcquire()) throw this.refusal(model) ?? new BackendUnavailable("upstream_5xx", 503, `The upstream provider ${this.name} is being probed for ${model}; retry shortly.`, "upstream_unavailable", 1);
       const outcome = await this.tryOnce(url, body, signal);
-      if (outcome instanceof Response) {
-        this.breaker.succeeded();
-        return outcome;
-      }
+      if (outcome instanceof Response) return outcome;
       if (signal.aborted) {
-        this.breaker.released();
+        breaker.released();
         throw signal.reason;
       }
       // NOTE: a 4xx other than 429 is the request's fault, not the upstream's: it goes back to the client as given.
       if (outcome instanceof ApiError) {
-        this.breaker.succeeded();
+        breaker.succeeded();
         throw outcome;
       }
-      this.breaker.failed();
+      breaker.failed();
       const failure = outcome.error;
       const delay = retry < this.retry.maxRetries && outcome.retryable !== false ? retryDelayMs(this.retry, retry, outcome.retryAfterMs) : null;
       if (delay === null) throw failure;
@@ -152,8 +177,8 @@ export class UpstreamProvider {
     }
   }
 
-  private async *readBody(response: Response, signal: AbortSignal): AsyncIterable<Uint8Array> {
-    if (!response.body) return;
+  private async *readBody(response: Response, signal: AbortSignal, onEnd: () => void): AsyncIterable<Uint8Array> {
+    if (!response.body) return onEnd();
     const reader = response.body.getReader();
     const onAbort = () => void reader.cancel().catch(() => undefined);
     signal.addEventListener("abort", onAbort, { once: true });
@@ -164,8 +189,12 @@ export class UpstreamProvider {
           timer = setTimeout(() => reject(upstreamTimeout(this.name, this.options.timeoutMs)), this.options.timeoutMs);
         });
         try {
-          const { done, value } = await Promise.race([reader.read(), idle]);
-          if (done) return;
+          const { done, value } = await Promise.race([reader.read(), idle]).catch((err: unknown) => {
+            if (signal.aborted || err instanceof BackendUnavailable) throw err;
+            // NOTE: a connection dropped mid-body is the upstream's failure (a 502 a route may fall back on), not tokenmill's 500.
+            throw new BackendUnavailable("upstream_5xx", 502, `The upstream provider ${this.name} closed the connection before its response was complete.`, "upstream_error");
+          });
+          if (done) return onEnd();
           yield value;
         } finally {
           clearTimeout(timer);

@@ -7,6 +7,7 @@
 import type { FastifyReply } from "fastify";
 import type { UpstreamAdmitted } from "../http/admission.ts";
 import { SseStream } from "../http/sse.ts";
+import type { UpstreamCall } from "./upstream-provider.ts";
 import { badResponse, openaiUsage, parseJson, upstreamChunks } from "./upstream-stream.ts";
 
 export interface ProxyRequest {
@@ -25,13 +26,14 @@ export async function proxyToUpstream(admitted: UpstreamAdmitted, reply: Fastify
   const { backend } = admitted;
   // NOTE: a byte-level BPE token is at least one byte, so the prompt's bytes (with its JSON framing, for the chat template's tokens) bound its tokens.
   await admitted.reserve(Buffer.byteLength(request.promptText), request.maxTokens);
-  const body = {
+  const body: { model: string } & Record<string, unknown> = {
     ...request.body, model: backend.upstreamModel,
     ...(request.stream ? { stream_options: { ...(request.body.stream_options as object | undefined), include_usage: true } } : {}),
   };
   const call = await backend.provider.send(request.path, body, admitted.signal);
+  let failure: unknown;
   try {
-    if (request.stream) return await streamThrough(admitted, reply, call.body(), request.includeUsage);
+    if (request.stream) return await streamThrough(admitted, reply, call, request.includeUsage);
     const text = Buffer.concat(await collect(call.body())).toString("utf8");
     const json = parseJson(text, backend.provider.name) as { model?: string; usage?: unknown; choices?: unknown[] };
     if (!json || typeof json !== "object") throw badResponse(backend.provider.name, "it is not a JSON object");
@@ -41,13 +43,23 @@ export async function proxyToUpstream(admitted: UpstreamAdmitted, reply: Fastify
     const cost = await admitted.cost();
     await admitted.settle();
     return { ...json, model: backend.id, usage: { ...usageBody(admitted, generates), ...(cost !== null ? { cost: cost / 1_000_000 } : {}) } };
+  } catch (err) {
+    failure = err;
+    throw err;
   } finally {
-    call.release();
+    call.release(failure);
   }
 }
 
-async function streamThrough(admitted: UpstreamAdmitted, reply: FastifyReply, bytes: AsyncIterable<Uint8Array>, includeUsage: boolean): Promise<void> {
+/**
+ * NOTE: the response begins (200, SSE) only once the upstream's first chunk has been read: an
+ * upstream that answers 200 and then stalls, closes or sends garbage fails before anything
+ * reaches the client, so the route can still fall back.
+ */
+async function streamThrough(admitted: UpstreamAdmitted, reply: FastifyReply, call: UpstreamCall, includeUsage: boolean): Promise<void> {
   const { backend } = admitted;
+  const chunks = upstreamChunks(call.body(), backend.provider.name);
+  const first = await chunks.next();
   admitted.commit();
   reply.hijack();
   const sse = new SseStream(reply.raw);
@@ -55,9 +67,16 @@ async function streamThrough(admitted: UpstreamAdmitted, reply: FastifyReply, by
     const cost = await admitted.cost();
     await sse.send({ ...data, model: backend.id, usage: { ...usageBody(admitted, true), ...(cost !== null ? { cost: cost / 1_000_000 } : {}) } });
   };
-  await sse.settledRun(admitted, async () => {
+  // NOTE: the stream's error goes to the client as an SSE error event; its breaker hears of it here.
+  await sse.settledRun(admitted, () => streamChunks().catch((err: unknown) => {
+    call.release(err);
+    throw err;
+  }));
+
+  async function streamChunks(): Promise<void> {
     let last: Record<string, unknown> | null = null;
-    for await (const data of upstreamChunks(bytes, backend.provider.name)) {
+    for (let next = first; !next.done; next = await chunks.next()) {
+      const data = next.value;
       last = data;
       if (data.usage) admitted.report(data.usage);
       const choices = data.choices ?? [];
@@ -75,7 +94,7 @@ async function streamThrough(admitted: UpstreamAdmitted, reply: FastifyReply, by
     // The upstream sent no usage: the client is told (and billed) what was seen.
     admitted.report(undefined);
     if (includeUsage) await usageChunk({ id: last?.id, object: last?.object ?? "chat.completion.chunk", created: last?.created, choices: [] });
-  });
+  }
 }
 
 /** The usage the client is told: what the ledger holds, in OpenAI's shape. */

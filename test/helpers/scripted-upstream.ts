@@ -14,7 +14,13 @@ export type Script =
   | { kind: "hang" }
   | { kind: "slow-stream"; intervalMs: number }
   /** A streamed answer with reasoning, text and one tool call whose arguments come in parts, as OpenAI streams them. */
-  | { kind: "tool-stream" };
+  | { kind: "tool-stream" }
+  /** A 200's headers, then nothing more. */
+  | { kind: "stall-after-headers" }
+  /** A 200, then a body that is not JSON (an SSE event that is not, when streamed). */
+  | { kind: "garbage-after-headers" }
+  /** A 200 and half a body, then the connection dropped. */
+  | { kind: "close-mid-body" };
 
 export interface ScriptedUpstream {
   url: string;
@@ -23,13 +29,15 @@ export interface ScriptedUpstream {
   /** Streams whose caller left before the end. */
   numAbandoned: number;
   script: Script;
+  /** Scripts for some upstream model names, over `script`. */
+  byModel: Record<string, Script>;
   close(): Promise<void>;
 }
 
 const USAGE = { prompt_tokens: 11, completion_tokens: 3, total_tokens: 14, prompt_tokens_details: { cached_tokens: 4 } };
 
 export async function startScriptedUpstream(script: Script = { kind: "ok" }): Promise<ScriptedUpstream> {
-  const state: ScriptedUpstream = { url: "", calls: [], numAbandoned: 0, script, close: async () => undefined };
+  const state: ScriptedUpstream = { url: "", calls: [], numAbandoned: 0, script, byModel: {}, close: async () => undefined };
   const server = createServer((req, res) => void handle(state, req, res));
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   state.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`;
@@ -45,7 +53,20 @@ async function handle(state: ScriptedUpstream, req: IncomingMessage, res: Server
   for await (const chunk of req) text += chunk;
   const body = JSON.parse(text || "{}") as Record<string, unknown>;
   state.calls.push({ path: req.url ?? "", body, authorization: req.headers.authorization });
-  const { script } = state;
+  const script = state.byModel[String(body.model)] ?? state.script;
+  if (script.kind === "stall-after-headers") {
+    res.writeHead(200, { "content-type": body.stream ? "text/event-stream" : "application/json" });
+    return void res.flushHeaders();
+  }
+  if (script.kind === "garbage-after-headers") {
+    res.writeHead(200, { "content-type": body.stream ? "text/event-stream" : "application/json" });
+    return void res.end(body.stream ? "data: {this is not json\n\ndata: [DONE]\n\n" : "{this is not json");
+  }
+  if (script.kind === "close-mid-body") {
+    res.writeHead(200, { "content-type": body.stream ? "text/event-stream" : "application/json" });
+    res.write(body.stream ? `data: ${JSON.stringify({ id: "x", object: "chat.completion.chunk", choices: [{ index: 0, delta: { content: "half" } }] })}\n\n` : '{"id": "x", "choices": [');
+    return void setTimeout(() => res.destroy(), 20);
+  }
   if (script.kind === "status") {
     res.writeHead(script.status, { "content-type": "application/json", ...(script.retryAfter !== undefined ? { "retry-after": script.retryAfter } : {}) });
     return void res.end(JSON.stringify({ error: { message: `scripted ${script.status}`, type: "server_error", param: null, code: null } }));
