@@ -121,6 +121,40 @@ describe("admin routes with an admin key configured", () => {
   });
 });
 
+describe("the price admin API's bad values", () => {
+  let server: RunningServer;
+  let dir: string;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "tokenmill-prices-"));
+    server = await startTestServer({ db: { url: `sqlite:${join(dir, "t.db")}`, replica: "test" }, adminKeys: [ADMIN] });
+  }, 120_000);
+  afterAll(async () => {
+    await server?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const post = (body: Record<string, unknown>) => raw(server.url, "POST", "/v1/admin/prices", ADMIN, { model: MODEL, input: 0.15, cached_input: "0.075", output: 0.6, ...body });
+
+  it.each([
+    ["a price below a micro-dollar per million (never stored as 0)", { input: 1e-7 }, /input/],
+    ["a negative price", { output: -1 }, /output/],
+    ["a model name of 100,000 characters", { model: "m".repeat(100_000) }, /model/],
+    ["effective_at in 1970", { effective_at: 1 }, /effective_at is in the past/],
+    ["an unknown field", { currency: "eur" }, /currency|unrecognized/i],
+  ])("refuses %s with a 400 naming it", async (_name, body, message) => {
+    const reply = await post(body);
+    expect(reply.status).toBe(400);
+    expect(reply.text).toMatch(message);
+  });
+
+  it("takes a price now and one from a future time, exactly", async () => {
+    expect((await post({})).status).toBe(201);
+    const later = Math.floor(Date.now() / 1000) + 3600;
+    const future = await post({ input: "0.2", effective_at: later });
+    expect(future.status).toBe(201);
+    expect(JSON.parse(future.text)).toMatchObject({ model: MODEL, input: 0.2, cached_input: 0.075, output: 0.6, effective_at: later });
+  });
+});
+
 describe("admin routes on a server with no admin key (plain npm start)", () => {
   let server: RunningServer;
   let dir: string;

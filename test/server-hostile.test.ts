@@ -88,6 +88,8 @@ const CASES: Case[] = [
   { name: "a body with no content type", send: () => http("/v1/chat/completions", { body: new Blob([JSON.stringify(chatBody())]) }), status: 415, code: "unsupported_media_type" },
   { name: "a form body (curl -d without -H)", send: () => http("/v1/completions", { body: "model=x&prompt=hi", headers: { "content-type": "application/x-www-form-urlencoded" } }), status: 415, code: "unsupported_media_type" },
   { name: "a body over --max-body-size", send: () => http("/v1/completions", { json: { model: MODEL, prompt: "a".repeat(9 * 1024 * 1024) } }), status: 413, code: "payload_too_large" },
+  { name: "a body that is not valid UTF-8", send: () => http("/v1/chat/completions", { body: Buffer.concat([Buffer.from(`{"model":"${MODEL}","messages":[{"role":"user","content":"`), Buffer.from([0xc3, 0x28, 0xff]), Buffer.from('"}]}')]), headers: { "content-type": "application/json" } }), status: 400, code: "invalid_encoding" },
+  { name: "a lone surrogate escaped in a message", send: () => http("/v1/chat/completions", { body: `{"model":"${MODEL}","messages":[{"role":"user","content":"a\\ud800b"}],"max_tokens":2}`, headers: { "content-type": "application/json" } }), status: 400, code: "invalid_encoding", param: "messages.0.content" },
   { name: "a JSON array body", send: () => http("/v1/chat/completions", { json: [chatBody()] }), status: 400 },
   { name: "a JSON string body", send: () => http("/v1/chat/completions", { json: "hello" }), status: 400 },
   { name: "prototype poisoning", send: () => http("/v1/chat/completions", { body: '{"model":"x","__proto__":{"polluted":1}}', headers: { "content-type": "application/json" } }), status: 400 },
@@ -137,6 +139,11 @@ const CASES: Case[] = [
   { name: "more sequences than the server can ever hold", send: () => complete({ n: 16, prompt: ["a", "b", "c"] }), status: 400, code: "too_many_sequences", param: "prompt" },
   { name: "a bad field on a streamed request", send: () => chat({ stream: true, temperature: -1 }), status: 400, param: "temperature" },
   { name: "/detokenize ids outside the vocabulary", send: () => http("/detokenize", { json: { model: MODEL, tokens: [9707, VOCAB] } }), status: 400, param: "tokens" },
+  { name: "Responses: reasoning.effort maximum", send: () => http("/v1/responses", { json: { model: MODEL, input: "hi", reasoning: { effort: "maximum" } } }), status: 400, param: /^reasoning\.effort/ },
+  { name: "Responses: truncation sideways", send: () => http("/v1/responses", { json: { model: MODEL, input: "hi", truncation: "sideways" } }), status: 400, param: /^truncation/ },
+  { name: "Responses: background true", send: () => http("/v1/responses", { json: { model: MODEL, input: "hi", background: true } }), status: 400, param: /^background/ },
+  { name: "Responses: 17 metadata keys", send: () => http("/v1/responses", { json: { model: MODEL, input: "hi", metadata: Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, "v"])) } }), status: 400, param: /^metadata/ },
+  { name: "Responses: a metadata value of 513 characters", send: () => http("/v1/responses", { json: { model: MODEL, input: "hi", metadata: { k: "v".repeat(513) } } }), status: 400, param: /^metadata/ },
   { name: "an unknown route", send: () => http("/v1/engines", { method: "GET" }), status: 404, code: "not_found" },
   { name: "the wrong method", send: () => http("/v1/chat/completions", { method: "GET" }), status: 404 },
   { name: "a model id with a slash that isn't served", send: () => http("/v1/models/Qwen/Qwen3-0.6B", { method: "GET" }), status: 404, code: "model_not_found" },
@@ -209,5 +216,17 @@ describe("hostile grammars beside running constrained requests", () => {
     expect(["north", "south"]).toContain(choice.choices[0].message.content);
     const health = await (await fetch(`${server.url}/health`)).json() as { models: Record<string, { grammar?: { threads: number; restarts: number } }> };
     expect(health.models[MODEL].grammar).toMatchObject({ threads: expect.any(Number), restarts: expect.any(Number) });
+  });
+});
+
+describe("bad Messages fields, in Anthropic's error shape", () => {
+  it.each([
+    ["thinking.type weird", { thinking: { type: "weird" } }],
+    ["thinking.budget_tokens -1", { thinking: { type: "enabled", budget_tokens: -1 } }],
+    ["thinking enabled without a budget", { thinking: { type: "enabled" } }],
+  ])("%s: a 400 invalid_request_error", async (_name, extra) => {
+    const reply = await http("/v1/messages", { json: { model: MODEL, max_tokens: 5, messages: [{ role: "user", content: "hi" }], ...extra } });
+    expect(reply.status).toBe(400);
+    expect(JSON.parse(reply.body)).toMatchObject({ type: "error", error: { type: "invalid_request_error", message: expect.stringMatching(/thinking/) } });
   });
 });

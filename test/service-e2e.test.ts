@@ -73,6 +73,10 @@ for (const kind of ["sqlite", "postgres"] as const) {
       const refused = await client("unused").chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 2 }).catch((e: unknown) => e);
       expect(refused).toBeInstanceOf(OpenAI.AuthenticationError);
       expect((refused as InstanceType<typeof OpenAI.APIError>).code).toBe("invalid_api_key");
+      // Anthropic's clients are told to send x-api-key, in Anthropic's error shape.
+      const anthropic = await fetch(`${server.url}/v1/messages`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: MODEL, max_tokens: 2, messages: [{ role: "user", content: "hi" }] }) });
+      expect(anthropic.status).toBe(401);
+      expect(await anthropic.json()).toMatchObject({ type: "error", error: { type: "authentication_error", message: expect.stringContaining("x-api-key") } });
 
       const sdk = client(key.secret);
       const system = { role: "system" as const, content: "You are a careful assistant. ".repeat(8) };

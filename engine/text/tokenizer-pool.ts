@@ -27,6 +27,8 @@ export const LARGE_TASK_CHARS = 32 * 1024;
 /** Stop tokenizing once a prompt certainly has maxTokens tokens or more; it then fails with PROMPT_TOO_LONG. */
 export interface EncodeLimit {
   maxTokens?: number;
+  /** The context length the error names (default maxTokens: a prompt that fills the context leaves no room to generate). */
+  contextLength?: number;
 }
 
 export interface ChatPrompt {
@@ -61,7 +63,7 @@ export class TokenizerPool {
 
   /** Encodes a raw prompt; with a limit, a longer one fails fast with PROMPT_TOO_LONG (param "prompt"). */
   async encode(text: string, addSpecialTokens = true, limit: EncodeLimit = {}): Promise<number[]> {
-    const result = await this.run({ kind: "encode", text, addSpecialTokens, maxTokens: limit.maxTokens }, text.length);
+    const result = await this.run({ kind: "encode", text, addSpecialTokens, maxTokens: limit.maxTokens, contextLength: limit.contextLength }, text.length);
     return unwrap(result, "tokenIds", "prompt").tokenIds;
   }
 
@@ -72,7 +74,7 @@ export class TokenizerPool {
   async applyChatTemplate(messages: ChatMessage[], options: ChatTemplateOptions & EncodeLimit = {}): Promise<ChatPrompt> {
     const task: TokenizerTask = {
       kind: "chat", messages, addGenerationPrompt: options.addGenerationPrompt ?? true, tools: options.tools, kwargs: options.kwargs,
-      maxTokens: options.maxTokens,
+      maxTokens: options.maxTokens, contextLength: options.contextLength,
     };
     const { prompt, tokenIds } = unwrap(await this.run(task, textSizeOf(messages) + textSizeOf(options.tools) + textSizeOf(options.kwargs)), "prompt", "messages");
     return { prompt, promptTokenIds: tokenIds };

@@ -15,8 +15,8 @@ export interface TokenizerWorkerData {
 /** maxTokens: stop tokenizing (and fail with "too-long") once the prompt certainly has this many tokens or more. */
 export type TokenizerTask =
   | { kind: "info" }
-  | { kind: "encode"; text: string; addSpecialTokens: boolean; maxTokens?: number }
-  | { kind: "chat"; messages: ChatMessage[]; addGenerationPrompt: boolean; tools?: unknown[]; kwargs?: Record<string, unknown>; maxTokens?: number }
+  | { kind: "encode"; text: string; addSpecialTokens: boolean; maxTokens?: number; contextLength?: number }
+  | { kind: "chat"; messages: ChatMessage[]; addGenerationPrompt: boolean; tools?: unknown[]; kwargs?: Record<string, unknown>; maxTokens?: number; contextLength?: number }
   | { kind: "decode"; tokenIds: readonly number[]; skipSpecialTokens: boolean };
 
 export interface TokenizerInfo {
@@ -52,10 +52,10 @@ export default function runTokenizerTask(task: TokenizerTask): TokenizerTaskResu
       case "info":
         return { ok: true, info: { hasChatTemplate: tokenizer.hasChatTemplate, eosTokenId: tokenizer.eosTokenId } };
       case "encode":
-        return encodeWithin(tokenizer, task.text, task.addSpecialTokens, task.maxTokens);
+        return encodeWithin(tokenizer, task.text, task.addSpecialTokens, task.maxTokens, task.contextLength);
       case "chat": {
         const prompt = renderChat(tokenizer, task);
-        const encoded = encodeWithin(tokenizer, prompt, false, task.maxTokens);
+        const encoded = encodeWithin(tokenizer, prompt, false, task.maxTokens, task.contextLength);
         return encoded.ok ? { ok: true, prompt, tokenIds: encoded.tokenIds } : encoded;
       }
       case "decode": {
@@ -69,11 +69,13 @@ export default function runTokenizerTask(task: TokenizerTask): TokenizerTaskResu
   }
 }
 
-function encodeWithin(tokenizer: ModelTokenizer, text: string, addSpecialTokens: boolean, maxTokens: number | undefined): Extract<TokenizerTaskResult, { tokenIds: number[] }> | Extract<TokenizerTaskResult, { ok: false }> {
+function encodeWithin(
+  tokenizer: ModelTokenizer, text: string, addSpecialTokens: boolean, maxTokens: number | undefined, contextLength = maxTokens,
+): Extract<TokenizerTaskResult, { tokenIds: number[] }> | Extract<TokenizerTaskResult, { ok: false }> {
   if (maxTokens === undefined) return { ok: true, tokenIds: tokenizer.encode(text, addSpecialTokens) };
   const encoded = tokenizer.encodeWithin(text, addSpecialTokens, maxTokens);
   if ("tokenIds" in encoded) return { ok: true, tokenIds: encoded.tokenIds };
-  const message = `This model's maximum context length is ${maxTokens} tokens. However, the prompt has at least ${encoded.numTokensAtLeast} tokens ` +
+  const message = `This model's maximum context length is ${contextLength} tokens. However, the prompt has at least ${encoded.numTokensAtLeast} tokens ` +
     "(tokenizing stopped there). Please reduce its length.";
   return { ok: false, error: { source: "too-long", message, numTokensAtLeast: encoded.numTokensAtLeast } };
 }

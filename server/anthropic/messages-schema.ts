@@ -36,8 +36,10 @@ export const messagesRequest = z.object({
     z.object({ type: z.literal("tool"), name: z.string().min(1), disable_parallel_tool_use: z.boolean().optional() }).loose(),
     z.object({ type: z.literal("none") }).loose(),
   ]).optional(),
-  // NOTE: any kind (enabled, adaptive, ...) but disabled turns the template's thinking on.
-  thinking: z.object({ type: z.string().min(1), budget_tokens: z.number().int().optional() }).loose().optional(),
+  // NOTE: enabled or adaptive turns the template's thinking on; as Anthropic, enabled takes a budget of at least 1,024 tokens.
+  thinking: z.object({ type: z.enum(["enabled", "disabled", "adaptive"]), budget_tokens: z.number().int().min(1024).optional() }).loose()
+    .refine((t) => t.type !== "enabled" || t.budget_tokens !== undefined, { message: "thinking.type enabled needs budget_tokens (at least 1024)", path: ["budget_tokens"] })
+    .optional(),
   metadata: z.object({ user_id: z.string().nullish() }).loose().optional(),
 }).loose();
 

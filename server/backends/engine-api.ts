@@ -29,7 +29,7 @@ export interface ServingEngine {
 /** Prompt building, which runs off the HTTP thread. */
 export interface PromptTokenizer {
   /** With maxTokens, a prompt of that many tokens or more fails fast with PROMPT_TOO_LONG. */
-  encode(text: string, addSpecialTokens?: boolean, limit?: { maxTokens?: number }): Promise<number[]>;
+  encode(text: string, addSpecialTokens?: boolean, limit?: { maxTokens?: number; contextLength?: number }): Promise<number[]>;
   applyChatTemplate(messages: ChatMessage[], options?: ChatTemplateOptions & { maxTokens?: number }): Promise<{ prompt: string; promptTokenIds: number[] }>;
   decode(tokenIds: readonly number[], skipSpecialTokens?: boolean): Promise<string>;
 }

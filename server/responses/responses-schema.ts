@@ -35,9 +35,12 @@ export const responsesRequest = z.object({
   stream: z.boolean().nullish(),
   store: z.boolean().nullish(),
   previous_response_id: z.string().min(1).nullish(),
-  metadata: z.record(z.string(), z.string()).nullish(),
+  // NOTE: OpenAI's bounds: 16 pairs, keys of 64 characters, values of 512. Stored responses keep their metadata.
+  metadata: z.record(z.string().max(64), z.string().max(512)).refine((m) => Object.keys(m).length <= 16, { message: "metadata has at most 16 keys" }).nullish(),
   user: z.string().nullish(),
-  reasoning: z.object({ effort: z.string().nullish() }).loose().nullish(),
+  reasoning: z.object({ effort: z.enum(["none", "minimal", "low", "medium", "high", "xhigh"]).nullish(), summary: z.enum(["auto", "concise", "detailed"]).nullish() }).loose().nullish(),
+  truncation: z.enum(["auto", "disabled"]).nullish(),
+  background: z.boolean().nullish().refine((b) => b !== true, { message: "background responses are not served: tokenmill answers in the foreground (stream: true streams it)" }),
 }).loose();
 
 export type ResponsesRequest = z.infer<typeof responsesRequest>;

@@ -9,19 +9,25 @@ import { microUsdPerMtok, type Price, type PriceBook } from "../../service/price
 import { ApiError } from "../http/api-error.ts";
 import { parseBody } from "../http/http-helpers.ts";
 
-/** USD per million tokens, as a JSON number or a decimal string, up to 6 decimals. */
+/** USD per million tokens, as a JSON number or a decimal string, up to 6 decimals (1e-7 is refused, never rounded to 0). */
 const usd = z.union([z.number().nonnegative(), z.string()]).transform((value, ctx) => {
   try {
-    return microUsdPerMtok(typeof value === "number" ? value.toFixed(6) : value);
+    return microUsdPerMtok(String(value));
   } catch (err) {
     ctx.addIssue({ code: "custom", message: (err as Error).message });
     return z.NEVER;
   }
 });
 
+/** How far back effective_at may be (a clock a little behind): a price can't be put in effect for requests already billed. */
+const EFFECTIVE_AT_SLACK_MS = 5 * 60_000;
+
 const setPrice = z.object({
-  model: z.string().min(1), input: usd, cached_input: usd, output: usd,
-  effective_at: z.number().int().positive().optional(),
+  model: z.string().min(1).max(256), input: usd, cached_input: usd, output: usd,
+  effective_at: z.number().int().positive().max(253_402_300_799).optional()
+    .refine((at) => at === undefined || at * 1000 >= Date.now() - EFFECTIVE_AT_SLACK_MS, {
+      message: "effective_at is in the past: a new price takes effect now or later (past requests keep the price they were billed at)",
+    }),
 }).strict();
 
 const perMtok = (micro: number) => micro / 1_000_000;

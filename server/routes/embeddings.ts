@@ -43,7 +43,7 @@ async function embedLocally(admitted: Admitted, body: EmbeddingRequest, inputs: 
   }
   // NOTE: every input is tokenized and checked before any runs, so a bad one costs nothing and fails the request whole.
   const requests = await Promise.all(inputs.map(async (input): Promise<EngineRequest> => {
-    const promptTokenIds = typeof input === "string" ? await tokenizer.encode(input, true, { maxTokens: maxModelLen + 1 }).catch((err: unknown) => Promise.reject(inMessages(err, "input"))) : input;
+    const promptTokenIds = typeof input === "string" ? await tokenizer.encode(input, true, { maxTokens: maxModelLen + 1, contextLength: maxModelLen }).catch((err: unknown) => Promise.reject(inMessages(err, "input"))) : input;
     return { requestId: randomUUID(), promptTokenIds, maxTokens: 0, sampling: GREEDY, pooling: backend.pooling };
   }));
   try {
