@@ -53,6 +53,7 @@ ${limitFlagsHelp("default-", "default")}
   --alert-thresholds P,P,...    percent of a key's budget or quota at which an alert fires (default ${DEFAULT_ALERT_THRESHOLDS.join(",")})
   --alert-webhook URL           POST each alert as JSON here (retried with backoff)
   --alert-webhook-secret S      sign it: x-tokenmill-signature: t=UNIX,v1=HMAC-SHA256(S, "UNIX.BODY") in hex
+                                (env TOKENMILL_ALERT_WEBHOOK_SECRET; secrets in flags show in npm's banner and ps)
   --log-level LEVEL             fatal, error, warn, info, debug, trace or silent (default info)
 ${ENGINE_FLAGS_HELP}`;
 
@@ -125,7 +126,7 @@ export async function serveCommand(args: string[]): Promise<void> {
       alerts: {
         thresholds: optionalFlagValue("alert-thresholds", values["alert-thresholds"], listFlag(intFlag(1, 1000))),
         webhookUrl: optionalFlagValue("alert-webhook", values["alert-webhook"], urlFlag),
-        webhookSecret: optionalFlagValue("alert-webhook-secret", values["alert-webhook-secret"], nonEmptyFlag),
+        webhookSecret: optionalFlagValue("alert-webhook-secret", values["alert-webhook-secret"] ?? process.env.TOKENMILL_ALERT_WEBHOOK_SECRET, nonEmptyFlag),
       },
     },
   };
@@ -150,6 +151,7 @@ export async function serveCommand(args: string[]): Promise<void> {
     authMode: server.authMode,
     logger: { level: server.logLevel },
   });
+  for (const warning of secretFlagWarnings(values)) running.app.log.warn(warning);
   const names = running.ctx.models.names().map((route) => route.name);
   running.app.log.info(`serving ${names.map((n) => `"${n}"`).join(", ")} at ${running.url}/v1 (loading ${served.models.length === 1 ? "the model" : `${served.models.length} local models`}...)`);
   running.ready.catch(() => process.exit(1));
@@ -174,6 +176,13 @@ function priceOf(text: string): Omit<Price, "effectiveMs"> {
   } catch (err) {
     throw new FlagError(`--price: ${(err as Error).message}`);
   }
+}
+
+/** Secrets given as flags: npm's start banner prints the command line, and `ps` shows it to every user of the host. */
+export function secretFlagWarnings(values: { "admin-key"?: string[]; "api-key"?: string[]; "alert-webhook-secret"?: string }): string[] {
+  const env: Record<string, string> = { "admin-key": "TOKENMILL_ADMIN_KEY", "api-key": "TOKENMILL_API_KEY", "alert-webhook-secret": "TOKENMILL_ALERT_WEBHOOK_SECRET" };
+  return Object.keys(env).filter((flag) => values[flag as keyof typeof values] !== undefined)
+    .map((flag) => `--${flag} puts a secret on the command line, where npm's start banner and \`ps\` show it; set ${env[flag]} instead`);
 }
 
 function authModeOf(requireAuth: boolean, noAuth: boolean): AuthMode {

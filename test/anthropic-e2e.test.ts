@@ -56,14 +56,21 @@ describe("Anthropic Messages API", () => {
   });
 
   it("streams with Anthropic's events in order, and the final message equals the whole one", async () => {
-    const params = { model: MODEL, max_tokens: 16, messages: [{ role: "user" as const, content: "Stream a short story." }], ...GREEDY };
+    const params = { model: MODEL, max_tokens: 16, system: "You tell careful, short stories. ".repeat(8), messages: [{ role: "user" as const, content: "Stream a short story." }], ...GREEDY };
     const whole = await create(params);
     const stream = client.messages.stream(params);
     const types: string[] = [];
-    stream.on("streamEvent", (event) => types.push(event.type));
+    let started: Anthropic.Usage | null = null;
+    stream.on("streamEvent", (event) => {
+      types.push(event.type);
+      if (event.type === "message_start") started = { ...event.message.usage };
+    });
     const final = await stream.finalMessage();
     const { response } = await stream.withResponse();
     told.set(response.headers.get("x-request-id")!, final.usage);
+    // message_start already splits the prompt as the final usage does (the second run of this prompt reads the prefix cache).
+    expect(final.usage.cache_read_input_tokens).toBeGreaterThan(0);
+    expect({ input: started!.input_tokens, cached: started!.cache_read_input_tokens }).toEqual({ input: final.usage.input_tokens, cached: final.usage.cache_read_input_tokens });
     expect(final.content).toEqual(whole.content);
     expect(final.stop_reason).toBe(whole.stop_reason);
     expect(final.usage.output_tokens).toBe(whole.usage.output_tokens);

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { bytesFlag, enumFlag, flagValue, intFlag, listFlag, numberFlag } from "../bin/flags.ts";
 import { readEngineFlags } from "../bin/engine-flags.ts";
+import { secretFlagWarnings } from "../bin/serve.ts";
 import { runCli, runCliAsync } from "./helpers/cli.ts";
 import { freePort } from "./helpers/free-port.ts";
 
@@ -70,5 +71,18 @@ describe("the command line", () => {
     expect(status).toBe(1);
     expect(stderr).toMatch(/3 of 3 requests to http:\/\/127\.0\.0\.1:\d+ failed:\n {2}3 × .*(ECONNREFUSED|fetch failed)/);
     expect(stderr).toMatch(/every request to .* failed/);
+  });
+});
+
+describe("secrets on the command line", () => {
+  it("are warned about, naming the environment variable to use instead; secrets from the environment are not", () => {
+    expect(secretFlagWarnings({ "admin-key": ["s3cret"], "alert-webhook-secret": "x" })).toEqual([
+      expect.stringMatching(/^--admin-key puts a secret on the command line.*set TOKENMILL_ADMIN_KEY instead$/),
+      expect.stringMatching(/^--alert-webhook-secret .*set TOKENMILL_ALERT_WEBHOOK_SECRET instead$/),
+    ]);
+    expect(secretFlagWarnings({ "api-key": ["k"] })[0]).toMatch(/TOKENMILL_API_KEY/);
+    expect(secretFlagWarnings({})).toEqual([]);
+    // The warning never carries the secret itself.
+    expect(secretFlagWarnings({ "admin-key": ["s3cret"] }).join("")).not.toContain("s3cret");
   });
 });

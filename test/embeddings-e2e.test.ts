@@ -120,7 +120,7 @@ describe("embeddings, openai SDK", () => {
         .toEqual({ body: JSON.stringify(body).slice(0, 80), status: 400, type: "invalid_request_error", param, code });
     }
     // The early cutoff names the context length itself, as the engine's check does.
-    expect((await post({ model: MODEL, input: " word".repeat(maxModelLen + 1) })).json.error.message).toMatch(new RegExp(`maximum context length is ${maxModelLen} tokens`));
+    expect((await post({ model: MODEL, input: " word".repeat(maxModelLen + 1) })).json.error?.message).toMatch(new RegExp(`maximum context length is ${maxModelLen} tokens`));
     expect((await post({ model: "no-such-model", input: "x" })).status).toBe(404);
     // A prompt that fills the whole context is an embedding's to take (it generates nothing).
     expect((await embed({ model: MODEL, input: seededTokens(maxModelLen, VOCAB, 2), encoding_format: "float" })).usage.prompt_tokens).toBe(maxModelLen);

@@ -24,8 +24,9 @@ export interface PieceRun {
   pieces: AsyncIterator<ChatPiece>;
   /** Awaited before any byte is sent, so that a rejection still gets its HTTP status. */
   first: IteratorResult<ChatPiece>;
-  /** The prompt's tokens, when known before the output (a local model); null otherwise. */
+  /** The prompt's tokens, and how many of them the prefix cache served, when known before the output (a local model); null otherwise. */
   numPromptTokens: number | null;
+  numCachedPromptTokens: number | null;
 }
 
 /** What a translating endpoint needs of its attempt, local or upstream. */
@@ -46,7 +47,9 @@ export async function startLocalPieces(admitted: Admitted, chat: ChatCompletionR
     throw inMessages(err, param);
   }
   const pieces = localPieces(run, new OutputSplitter(admitted.backend.reasoningParser, toolParsingFor(admitted.backend, chat)));
-  return { pieces, first: await pieces.next(), numPromptTokens: run.numPromptTokens };
+  // NOTE: the engine's first output says how much of the prompt the prefix cache served.
+  const numCachedPromptTokens = run.first.done ? 0 : (run.first.value.numCachedTokens ?? 0);
+  return { pieces, first: await pieces.next(), numPromptTokens: run.numPromptTokens, numCachedPromptTokens };
 }
 
 async function* localPieces(run: ChatRun, splitter: OutputSplitter): AsyncGenerator<ChatPiece> {

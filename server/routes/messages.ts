@@ -133,7 +133,11 @@ async function streamMessage(reply: FastifyReply, admitted: ChatAttempt, run: Pi
       type: "message_start",
       message: {
         id, type: "message", role: "assistant", model: admitted.backend.id, content: [], stop_reason: null, stop_sequence: null,
-        usage: { input_tokens: run.numPromptTokens ?? 0, output_tokens: 0, cache_read_input_tokens: 0, cache_creation_input_tokens: 0 },
+        // NOTE: as Anthropic's, input_tokens are the uncached ones; message_delta's final usage says the same.
+        usage: {
+          input_tokens: (run.numPromptTokens ?? 0) - (run.numCachedPromptTokens ?? 0), output_tokens: 0,
+          cache_read_input_tokens: run.numCachedPromptTokens ?? 0, cache_creation_input_tokens: 0,
+        },
       },
     });
     await sse.event("ping", { type: "ping" });

@@ -41,7 +41,7 @@ export async function startUpstreamChat(admitted: UpstreamAdmitted, chat: ChatCo
   for (const field of OPENAI_FIELDS) if (chat[field] !== undefined && chat[field] !== null) body[field] = chat[field];
   const call = await backend.provider.send("/chat/completions", body, admitted.signal);
   const pieces = upstreamPieces(admitted, call.body(), (failure) => call.release(failure));
-  return { pieces, first: await pieces.next(), numPromptTokens: null };
+  return { pieces, first: await pieces.next(), numPromptTokens: null, numCachedPromptTokens: null };
 }
 
 async function* upstreamPieces(admitted: UpstreamAdmitted, bytes: AsyncIterable<Uint8Array>, release: (failure?: unknown) => void): AsyncGenerator<ChatPiece> {
