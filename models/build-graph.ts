@@ -21,7 +21,7 @@ import type { AttentionKind } from "./graph/step-attention.ts";
 import { openWeights } from "./weights/safetensors.ts";
 
 /** Bump when the graph's inputs, outputs or numerics change. */
-const BUILDER_VERSION = 4;
+const BUILDER_VERSION = 5;
 /** NOTE: the builder's own source is part of the key too, so editing it can never serve a stale graph. */
 const BUILDER_SOURCES = [
   "graph/decoder-graph.ts", "graph/gathered-attention.ts", "graph/step-attention.ts", "graph/layers.ts", "graph/onnx-graph.ts", "graph/quantize.ts",

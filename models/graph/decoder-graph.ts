@@ -37,7 +37,7 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
   const invTemperature = g.input(GRAPH_INPUTS.invTemperature, DataType.FLOAT, ["num_logits"]);
   const hiddenIndices = g.input(GRAPH_INPUTS.hiddenIndices, DataType.INT64, ["num_hidden"]);
 
-  const embed = g.scoped("embed", () => embeddingTable(g, weights, linears));
+  const embed = g.scoped("embed", () => embeddingTable(g, weights, config, linears));
   let x = g.scoped("embed", () => typeof embed === "string"
     ? g.op("Reshape", [g.op("Gather", [embed, inputIds], { axis: 0 }), g.constInt64([-1, hiddenSize])])
     : gatherQuantizedRows(g, embed, inputIds));
@@ -143,11 +143,11 @@ export function chunkedTopK(g: OnnxGraph, x: string, width: number, n: number): 
  * The token embedding: the float table, or in quantized graphs int8 blocks whatever the
  * layers' bits (GatherBlockQuantized dequantizes just the rows it gathers).
  */
-function embeddingTable(g: OnnxGraph, weights: WeightSource, linears: LinearOptions): string | QuantizedInitializer {
+function embeddingTable(g: OnnxGraph, weights: WeightSource, config: ModelConfig, linears: LinearOptions): string | QuantizedInitializer {
   const name = "model.embed_tokens.weight";
   if (linears.quantization === "none") return addWeight(g, weights, name);
   const { data, shape: [n, k] } = weights.read(name);
-  return addQuantizedWeight(g, name, data, n, k, 8, linears.blockSize);
+  return addQuantizedWeight(g, name, data, n, k, 8, linears.blockSize, config.tieWordEmbeddings);
 }
 
 /**

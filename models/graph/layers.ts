@@ -84,8 +84,8 @@ function concatFloats(arrays: Float32Array[]): Float32Array {
 export interface QuantizedInitializer {
   /** uint8 [n, blocks, blobSize]. */
   packed: string;
-  /** float [n·blocks]. */
-  scales: string;
+  /** float [n·blocks], MatMulNBits' layout; null when only gathered rows are read (an untied embedding). */
+  scales: string | null;
   n: number;
   k: number;
   bits: 4 | 8;
@@ -94,15 +94,22 @@ export interface QuantizedInitializer {
   values: QuantizedWeight;
 }
 
-export function addQuantizedWeight(g: OnnxGraph, name: string, weight: Float32Array, n: number, k: number, bits: 4 | 8, blockSize: number): QuantizedInitializer {
+/**
+ * @param matMul whether MatMulNBits reads it (its scales are then written in that layout); an
+ * untied embedding is only gathered from, and an initializer no node reads makes ORT warn at every load.
+ */
+export function addQuantizedWeight(
+  g: OnnxGraph, name: string, weight: Float32Array, n: number, k: number, bits: 4 | 8, blockSize: number, matMul = true,
+): QuantizedInitializer {
   const values = quantizeBlockwise(weight, n, k, bits, blockSize);
   const packed = g.weight(`${name}.q${bits}`, values.packed, [n, values.numBlocks, values.blobSize], DataType.UINT8);
-  const scales = g.weight(`${name}.scales`, values.scales, [n * values.numBlocks]);
+  const scales = matMul ? g.weight(`${name}.scales`, values.scales, [n * values.numBlocks]) : null;
   return { packed, scales, n, k, bits, blockSize, values };
 }
 
 /** x Wᵀ through MatMulNBits, with accuracy_level 4: int8 activations, so ORT runs its integer (VNNI) kernels. */
 export function matMulNBits(g: OnnxGraph, x: string, w: QuantizedInitializer): string {
+  if (w.scales === null) throw new Error(`${w.packed} was written without MatMulNBits' scales`);
   return g.microsoftOp("MatMulNBits", [x, w.packed, w.scales], { K: w.k, N: w.n, bits: w.bits, block_size: w.blockSize, accuracy_level: 4 });
 }
 
@@ -119,7 +126,7 @@ export function quantizedMatMul(g: OnnxGraph, x: string, name: string, weight: F
 export function gatherQuantizedRows(g: OnnxGraph, w: QuantizedInitializer, indices: string): string {
   if (w.bits !== 8) throw new Error("gatherQuantizedRows reads int8 tables only");
   const { numBlocks, scales } = w.values;
-  const blockScales = g.weight(`${w.scales}.gather`, scales, [w.n, numBlocks, 1]);
+  const blockScales = g.weight(`${w.packed}.scales.gather`, scales, [w.n, numBlocks, 1]);
   const rows = g.microsoftOp("GatherBlockQuantized", [w.packed, indices, blockScales], { gather_axis: 0, quantize_axis: 2, block_size: w.blockSize, bits: 8 });
   // [...indices, blocks, blockSize] → [...indices, k], dropping the last block's padding.
   const flat = g.op("Reshape", [rows, g.constInt64([-1, numBlocks * w.blockSize])]);
