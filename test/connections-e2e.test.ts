@@ -90,10 +90,10 @@ describe("oversized bodies under load", () => {
 });
 
 describe("drain on pooled sockets", () => {
-  it("3 drains with 20 requests in flight: each completes; each request sent as the drain begins or during it gets an answer (200 or 503) or a refused connection, never a reset", async () => {
-    for (let run = 0; run < 3; run++) {
+  it("3 drains with 20 requests in flight, and one with none: each in flight completes; each request sent as the drain begins or during it gets an answer (200 or 503) or a refused connection, never a reset", async () => {
+    for (const inFlight of [20, 20, 20, 0]) {
       const server = await startTestServer({ maxNumSeqs: 64, shutdownTimeoutMs: 30_000 });
-      const result = await drainRound(server.url, MODEL, { inFlight: 20, maxTokens: 80, closeAfterMs: 400, justSent: 10, lateRequests: 10, close: () => server.close() });
+      const result = await drainRound(server.url, MODEL, { inFlight, maxTokens: 80, closeAfterMs: 400, justSent: 10, lateRequests: 10, close: () => server.close() });
       expect(result.inFlight.filter((s) => s !== 200), result.errors.join("\n")).toEqual([]);
       expect(result.justSent.filter((s) => s !== 200 && s !== 503), result.errors.join("\n")).toEqual([]);
       expect(result.late.filter((s) => s !== 503 && s !== "refused"), result.errors.join("\n")).toEqual([]);

@@ -111,9 +111,12 @@ describe("PostgreSQL stopped under traffic, then started again", () => {
       await new Promise((resolve) => setTimeout(resolve, 1500));
       pg.pause();
       const during: { status: number; code?: string }[] = [];
+      // NOTE: the workers' requests admitted before the stop wait for their rows; these probes are sent while it lasts.
+      const probes: Promise<Outcome>[] = [];
       for (let i = 0; i < 8; i++) {
         await new Promise((resolve) => setTimeout(resolve, 500));
         during.push(await healthOf(server.url));
+        probes.push(chat(server.url, i % 2 === 0));
       }
       pg.resume();
       let healthy = false;
@@ -122,13 +125,15 @@ describe("PostgreSQL stopped under traffic, then started again", () => {
         if (!healthy) await new Promise((resolve) => setTimeout(resolve, 100));
       }
       await new Promise((resolve) => setTimeout(resolve, 2000));
-      const outcomes = await load.stop();
+      const probed = await Promise.all(probes);
+      const worked = await load.stop();
+      const outcomes = [...worked, ...probed];
       expect(exitedEarly).toBe(false);
       expect(healthy).toBe(true);
       expect(during).toContainEqual({ status: 503, code: "ledger_unavailable" });
-      expect(outcomes.some((o) => o.status === 503)).toBe(true);
+      expect(probed.filter((o) => o.status === 503).length).toBeGreaterThan(0);
       // Requests after the database came back are served.
-      expect(outcomes.slice(-8).filter((o) => o.status === 200).length).toBeGreaterThan(0);
+      expect(worked.slice(-4).filter((o) => o.status === 200).length).toBeGreaterThan(0);
       await server.stop();
       expectLedgerMatches(outcomes, await ledgerRows(pg.url));
     } finally {

@@ -9,8 +9,8 @@
  *   while any request runs: a request a client has just written to an idle pooled socket may
  *   sit unread in the kernel while the event loop is busy, and closing that "idle" socket
  *   resets it. Requests that arrive on open sockets during the drain get a 503 with
- *   `Connection: close`; every response then closes its socket; once no request runs, the
- *   sockets still idle are closed and the server's close completes.
+ *   `Connection: close`; every response then closes its socket; once no request has run for
+ *   DRAIN_LINGER_MS, the sockets still idle are closed and the server's close completes.
  * - A body the server refuses (413, 415, malformed JSON) is read to its end and discarded, up
  *   to MAX_DISCARDED_BODY_BYTES, so the client finishes sending and reads its error; closing
  *   while it still writes would reset it (nginx's lingering close does the same).
@@ -47,12 +47,20 @@ export function createHttpServer(handler: Parameters<typeof createServer>[1], op
   return server;
 }
 
+/** How long a drain with nothing running waits before closing idle sockets: a request written just before it is read, and answered. */
+export const DRAIN_LINGER_MS = 200;
+
 /** Counts running requests, answers new ones with a 503 once closing, and closes idle sockets when the last running one ends. */
 export function registerDrain(app: FastifyInstance): void {
   let numRunning = 0;
   let draining = false;
+  let lingering: NodeJS.Timeout | null = null;
   const closeIdleWhenDone = () => {
-    if (draining && numRunning === 0) app.server.closeIdleConnections();
+    if (!draining || numRunning > 0 || lingering) return;
+    lingering = setTimeout(() => {
+      lingering = null;
+      if (numRunning === 0) app.server.closeIdleConnections();
+    }, DRAIN_LINGER_MS);
   };
   app.addHook("onRequest", async (request, reply) => {
     numRunning++;
