@@ -87,7 +87,7 @@ beforeAll(async () => {
   router = await startServer({
     models: [
       { name: "alpha", engineOptions: { ...engineOptions, maxNumSeqs: 8, faultInjection: true }, defaults: checkpoint.generationDefaults, maxQueuedRequests: 64 },
-      // NOTE: float32, as alpha: int8 greedy output is not shown to be batch-invariant (README: Quantized weights), and the flood below compares texts across batches.
+      // NOTE: float32, as alpha: int8 greedy output is not shown to be batch-invariant (docs/performance.md: Quantized weights), and the flood below compares texts across batches.
       { name: "beta", engineOptions: { ...engineOptions, maxNumSeqs: 2 }, defaults: checkpoint.generationDefaults, maxQueuedRequests: 1 },
     ],
     providers: [

@@ -92,10 +92,10 @@ describe("serve config", () => {
   });
 });
 
-describe("the README's example config", () => {
+describe("the example config in docs/routing.md", () => {
   it("is a config tokenmill reads", async () => {
     const { readFileSync } = await import("node:fs");
-    const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
+    const readme = readFileSync(new URL("../docs/routing.md", import.meta.url), "utf8");
     const section = readme.slice(readme.indexOf("## Models, providers and routing"));
     const yaml = /```yaml\n([\s\S]*?)```/.exec(section)![1].replace("/models/Qwen3-8B", ensureDefaultModel());
     const config = readServeConfig(write(yaml), CLI, { OPENAI_API_KEY: "sk-example" });
