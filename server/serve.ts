@@ -6,7 +6,7 @@
 import type { FastifyBaseLogger, FastifyInstance, FastifyServerOptions } from "fastify";
 import type { AlertOptions } from "../service/limits/alerts.ts";
 import type { KeyLimits } from "../service/limits/key-limits.ts";
-import { costMicroUsd, type Price } from "../service/prices.ts";
+import type { Price } from "../service/prices.ts";
 import { startService } from "../service/service.ts";
 import { MemoryResponseStore, SqlResponseStore } from "../service/response-store.ts";
 import { serverShuttingDown } from "./http/api-error.ts";
@@ -143,10 +143,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
       },
     };
     const prices = service.prices;
-    ctx.costOf = async (model, usage, atMs) => {
-      const price = await prices.priceAt(model, atMs);
-      return price ? costMicroUsd(usage, price) : null;
-    };
+    ctx.costOf = (model, usage, atMs) => prices.costAt(model, usage, atMs);
   }
   ctx.settleListeners.push((settlement) => ctx.metrics.observeBilled(settlement.model, settlement.usage));
   const locals = registerModels(models, options, ctx, (provider, model, state) => {

@@ -14,8 +14,7 @@
  */
 import type { Kysely, Transaction } from "kysely";
 import { applyMeterChanges, type MeterChange } from "./limits/meters.ts";
-import { costMicroUsd, type Price } from "./prices.ts";
-import type { Admission, Outcome, Settlement } from "./settlement.ts";
+import type { Admission, Outcome, Settlement, Usage } from "./settlement.ts";
 import type { Database, LedgerStatus, UsageLedgerTable } from "./store/database.ts";
 import { isStoreUnavailable } from "./store/store-errors.ts";
 
@@ -74,7 +73,7 @@ export class Ledger {
 
   /**
    * @param replica this process's name in a fleet sharing the database (its in-flight rows are its own).
-   * @param priceAt the price in effect for a model at a time, for each row's cost; none: cost 0.
+   * @param costAt a usage's cost at a model's price at a time (PriceBook.costAt), for each row; null or none: cost 0.
    */
   private unavailable: { sinceMs: number; reason: string } | null = null;
   private retryMs: number = RETRY_MS[0];
@@ -82,7 +81,7 @@ export class Ledger {
 
   constructor(
     private readonly db: Kysely<Database>, readonly replica: string, events: LedgerEvents | ((err: unknown) => void) = {},
-    private readonly priceAt: (model: string, atMs: number) => Promise<Price | null> = async () => null,
+    private readonly costAt: (model: string, usage: Usage, atMs: number) => Promise<number | null> = async () => null,
   ) {
     const { onError, onHealth } = typeof events === "function" ? { onError: events, onHealth: undefined } : events;
     this.onError = onError ?? (() => {});
@@ -124,8 +123,7 @@ export class Ledger {
     };
     return this.enqueue(async () => {
       // NOTE: looked up before the batch's transaction: SQLite has one connection, which the transaction holds.
-      const price = await this.priceAt(settlement.model, settlement.startedMs);
-      const priced = { ...row, cost_micro_usd: price ? costMicroUsd(usage, price) : 0 };
+      const priced = { ...row, cost_micro_usd: (await this.costAt(settlement.model, usage, settlement.startedMs)) ?? 0 };
       const { request_id: _id, ...final } = priced;
       const reservations = settlement.reservations;
       return {

@@ -5,7 +5,9 @@
  * The one rounding rule: a request's cost is
  *   (uncached × input + cached × cached_input + output × output_price) / 1,000,000
  * with prices in micro-USD per million tokens, computed exactly in integers and rounded half
- * up, once, on the total.
+ * up, once, on the total. A worst-case hold (a budget's reservation before a request runs)
+ * prices every prompt token at the dearer input tier and rounds up, so that it is never below
+ * the cost the request settles at. Both are computed here, and nowhere else.
  */
 import type { Kysely } from "kysely";
 import type { Usage } from "./settlement.ts";
@@ -29,6 +31,12 @@ export function costMicroUsd(usage: Usage, price: Price): number {
   const numerator = uncached * BigInt(price.inputPerMtok) + BigInt(usage.cachedPromptTokens) * BigInt(price.cachedInputPerMtok)
     + BigInt(usage.completionTokens) * BigInt(price.outputPerMtok);
   return Number((numerator + 500_000n) / 1_000_000n);
+}
+
+/** The most a request of `promptTokens` and at most `outputTokens` can cost: every prompt token at the dearer input tier, rounded up. */
+export function worstCaseMicroUsd(promptTokens: number, outputTokens: number, price: Price): number {
+  const numerator = BigInt(promptTokens) * BigInt(Math.max(price.inputPerMtok, price.cachedInputPerMtok)) + BigInt(outputTokens) * BigInt(price.outputPerMtok);
+  return Number((numerator + 999_999n) / 1_000_000n);
 }
 
 /** "0.15" USD per million tokens as micro-USD per million tokens (150000), exactly: no binary fractions on the way. */
@@ -59,6 +67,18 @@ export class PriceBook {
 
   async list(): Promise<Price[]> {
     return (await this.db.selectFrom("prices").selectAll().orderBy("model").orderBy("effective_ms").execute()).map(toPrice);
+  }
+
+  /** What `usage` costs at `model`'s price in effect at `atMs` (a request's start), in micro-USD; null when the model has no price. */
+  async costAt(model: string, usage: Usage, atMs: number): Promise<number | null> {
+    const price = await this.priceAt(model, atMs);
+    return price ? costMicroUsd(usage, price) : null;
+  }
+
+  /** The worst-case hold for a request on `model` at `atMs` (see worstCaseMicroUsd); null when the model has no price. */
+  async worstCaseAt(model: string, promptTokens: number, outputTokens: number, atMs: number): Promise<number | null> {
+    const price = await this.priceAt(model, atMs);
+    return price ? worstCaseMicroUsd(promptTokens, outputTokens, price) : null;
   }
 
   /** The price in effect for `model` at `atMs`, or null when none is set. */

@@ -10,7 +10,7 @@ import { NO_LIMITS, effectiveLimits, type KeyLimits } from "./limits/key-limits.
 import { Limiter, type LimitName, type LimitedKey } from "./limits/limiter.ts";
 import { Meters } from "./limits/meters.ts";
 import { MemoryBuckets, PostgresBuckets } from "./limits/rate-buckets.ts";
-import { PriceBook, costMicroUsd, type Price } from "./prices.ts";
+import { PriceBook, type Price } from "./prices.ts";
 import type { Settlement } from "./settlement.ts";
 import { openStore, type Store, type StoreOptions } from "./store/open-store.ts";
 
@@ -60,14 +60,14 @@ export async function startService(options: ServiceOptions): Promise<Service> {
   const prices = new PriceBook(store.db);
   for (const price of options.prices ?? []) await prices.set(price);
   const replica = options.replica ?? hostname();
-  const ledger = options.ledger === false ? null : new Ledger(store.db, replica, { onError: options.onLedgerError, onHealth: options.onLedgerHealth }, (model, atMs) => prices.priceAt(model, atMs));
+  const ledger = options.ledger === false ? null : new Ledger(store.db, replica, { onError: options.onLedgerError, onHealth: options.onLedgerHealth }, (model, usage, atMs) => prices.costAt(model, usage, atMs));
   const numInterrupted = ledger ? await ledger.markInterrupted() : 0;
   const meters = new Meters(store.db, replica);
   const numReleased = await meters.releaseCrashed();
   const alerts = new Alerts(store.db, replica, options.alerts);
   await alerts.resumeDeliveries();
-  const priceAt = (model: string, atMs: number) => prices.priceAt(model, atMs);
-  const limiter = new Limiter({ buckets: store.kind === "postgres" ? new PostgresBuckets(store.db) : new MemoryBuckets(), meters, alerts, priceAt, onRefused: options.onLimitRefused });
+  const worstCaseAt = (model: string, promptTokens: number, outputTokens: number, atMs: number) => prices.worstCaseAt(model, promptTokens, outputTokens, atMs);
+  const limiter = new Limiter({ buckets: store.kind === "postgres" ? new PostgresBuckets(store.db) : new MemoryBuckets(), meters, alerts, worstCaseAt, onRefused: options.onLimitRefused });
   const defaults = options.limitDefaults ?? NO_LIMITS;
   const onLimitError = options.onLimitError ?? (() => {});
   return {
@@ -78,8 +78,8 @@ export async function startService(options: ServiceOptions): Promise<Service> {
       if (ledger) {
         await ledger.settle(settlement);
       } else if (reservations?.holdsAny) {
-        const price = await priceAt(settlement.model, settlement.startedMs);
-        await meters.settle([settlement.id], reservations.changes(settlement.usage, price ? costMicroUsd(settlement.usage, price) : 0));
+        const cost = await prices.costAt(settlement.model, settlement.usage, settlement.startedMs);
+        await meters.settle([settlement.id], reservations.changes(settlement.usage, cost ?? 0));
       }
       // NOTE: off the request path: the response's last bytes need not wait for buckets and alerts.
       if (reservations) void reservations.settled(settlement).catch(onLimitError);

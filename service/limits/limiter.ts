@@ -9,7 +9,6 @@
  * - at settlement the reservations become what was used, in the ledger's transaction.
  * A refusal gives back what the request had taken, so a refused request costs nothing.
  */
-import type { Price } from "../prices.ts";
 import type { Settlement, Usage } from "../settlement.ts";
 import type { Alerts } from "./alerts.ts";
 import { hasAnyLimit, usdText, type KeyLimits } from "./key-limits.ts";
@@ -38,7 +37,8 @@ export interface LimiterOptions {
   buckets: RateBuckets;
   meters: Meters;
   alerts?: Alerts | null;
-  priceAt: (model: string, atMs: number) => Promise<Price | null>;
+  /** The worst-case hold for a request (PriceBook.worstCaseAt); null when the model has no price. */
+  worstCaseAt: (model: string, promptTokens: number, outputTokens: number, atMs: number) => Promise<number | null>;
   /** Hears each refusal (for metrics). */
   onRefused?: (limit: LimitName) => void;
 }
@@ -161,12 +161,8 @@ export class LimitTicket {
     }
     const holds: Hold[] = [];
     if (limits.budgetMicroUsd !== null && limits.budgetPeriod !== null) {
-      const price = await this.options.priceAt(model, this.startedMs);
-      if (price) {
-        // NOTE: rounded up, so that the sum of a request's reservations is never below the cost it settles at.
-        const worst = (BigInt(promptTokens) * BigInt(Math.max(price.inputPerMtok, price.cachedInputPerMtok)) + BigInt(worstOutputTokens) * BigInt(price.outputPerMtok) + 999_999n) / 1_000_000n;
-        holds.push({ keyId, meter: "usd", periodStartMs: periodStartMs(limits.budgetPeriod, this.startedMs), amount: Number(worst), limit: limits.budgetMicroUsd });
-      }
+      const worst = await this.options.worstCaseAt(model, promptTokens, worstOutputTokens, this.startedMs);
+      if (worst !== null) holds.push({ keyId, meter: "usd", periodStartMs: periodStartMs(limits.budgetPeriod, this.startedMs), amount: worst, limit: limits.budgetMicroUsd });
     }
     if (limits.tokenQuota !== null && limits.quotaPeriod !== null) {
       holds.push({ keyId, meter: "tokens", periodStartMs: periodStartMs(limits.quotaPeriod, this.startedMs), amount: promptTokens + worstOutputTokens, limit: limits.tokenQuota });
