@@ -42,6 +42,29 @@ export interface SchedulerOutput {
   preempted: Sequence[];
 }
 
+/** One step's grants as they are made: the token budget left, who was granted what, who was preempted, how many batch-tier sequences run. */
+class StepGrants {
+  readonly scheduled: ScheduledSequence[] = [];
+  readonly preempted: Sequence[] = [];
+  numBatch = 0;
+
+  constructor(public budget: number) {}
+
+  grant(seq: Sequence, numNewTokens: number): void {
+    this.scheduled.push({ seq, numNewTokens });
+    this.budget -= numNewTokens;
+    if (seq.priority === "batch") this.numBatch++;
+  }
+
+  /** A victim already granted tokens this step gives them back, and its batch-tier slot. */
+  revoke(seq: Sequence): void {
+    const granted = this.scheduled.findIndex((s) => s.seq === seq);
+    if (granted < 0) return;
+    this.budget += this.scheduled.splice(granted, 1)[0].numNewTokens;
+    if (seq.priority === "batch") this.numBatch--;
+  }
+}
+
 export class Scheduler {
   /** Ordered by arrival; preempted sequences go back to the front. */
   readonly waiting: Sequence[] = [];
@@ -71,47 +94,38 @@ export class Scheduler {
   }
 
   schedule(nowMs = performance.now()): SchedulerOutput {
-    let budget = this.limits.maxNumBatchedTokens;
-    const scheduled: ScheduledSequence[] = [];
-    const preempted: Sequence[] = [];
+    const step = new StepGrants(this.limits.maxNumBatchedTokens);
     const displaced = this.makeRoomForHigherTiers(nowMs);
     const deferBelow = this.firstPrefillRank(nowMs);
     const { order, batchCap } = this.runningOrder(nowMs);
     const rankOf = this.rankAt(nowMs);
-    let numBatch = 0;
 
     for (const seq of order) {
-      if (budget <= 0) break;
+      if (step.budget <= 0) break;
       if (seq.status !== "running") continue;
       if (rankOf(seq) > deferBelow) continue;
-      if (seq.priority === "batch" && numBatch >= batchCap) continue;
-      const numNewTokens = Math.min(seq.numUncomputedTokens, budget);
+      if (seq.priority === "batch" && step.numBatch >= batchCap) continue;
+      const numNewTokens = Math.min(seq.numUncomputedTokens, step.budget);
       if (numNewTokens <= 0) continue;
       while (!this.kv.allocateSlots(seq, numNewTokens)) {
         const victim = this.victim();
-        // A victim already granted tokens this step gives them back.
-        const granted = scheduled.findIndex((s) => s.seq === victim);
-        if (granted >= 0) budget += scheduled.splice(granted, 1)[0].numNewTokens;
-        this.preempt(victim);
-        preempted.push(victim);
+        this.preemptIn(step, victim);
         if (victim === seq) break;
       }
       if (seq.status !== "running") continue;
-      scheduled.push({ seq, numNewTokens });
-      budget -= numNewTokens;
-      if (seq.priority === "batch") numBatch++;
+      step.grant(seq, numNewTokens);
     }
 
     // The next step's batch turn starts after the sequences that had this one.
-    this.batchTurn += numBatch;
+    this.batchTurn += step.numBatch;
 
     // NOTE: after a preemption the pool is short and admitting new work would only thrash, unless the
     // sequence outranks the lowest running one: then it takes that one's blocks, as it would take its slot.
-    while (budget > 0 && this.waiting.length > 0 && this.running.length < this.limits.maxNumSeqs) {
+    while (step.budget > 0 && this.waiting.length > 0 && this.running.length < this.limits.maxNumSeqs) {
       const seq = this.waiting[this.nextWaiting(nowMs)];
-      if (seq.priority === "batch" && numBatch >= batchCap) break;
+      if (seq.priority === "batch" && step.numBatch >= batchCap) break;
       const outranks = () => this.running.length > 0 && rankOf(seq) < rankOf(this.victim());
-      if (preempted.length > 0 && !outranks()) break;
+      if (step.preempted.length > 0 && !outranks()) break;
       let numNewTokens = 0;
       let numCachedTokens = 0;
       let admitted = false;
@@ -119,31 +133,29 @@ export class Scheduler {
         // A sequence that already holds blocks (a forked copy) or reads every prompt row skips the cache.
         const cached = seq.numComputedTokens > 0 || seq.skipsPrefixCache ? { blockIds: [], hashes: [] } : this.kv.findCachedBlocks(seq);
         numCachedTokens = cached.blockIds.length * this.kv.blockSize;
-        numNewTokens = Math.min(seq.numUncomputedTokens - numCachedTokens, budget);
+        numNewTokens = Math.min(seq.numUncomputedTokens - numCachedTokens, step.budget);
         if (this.kv.allocateSlots(seq, numNewTokens, cached)) {
           admitted = true;
           break;
         }
         if (!outranks()) break;
-        const victim = this.victim();
-        const granted = scheduled.findIndex((s) => s.seq === victim);
-        if (granted >= 0) {
-          budget += scheduled.splice(granted, 1)[0].numNewTokens;
-          if (victim.priority === "batch") numBatch--;
-        }
-        this.preempt(victim);
-        preempted.push(victim);
+        this.preemptIn(step, this.victim());
       }
       if (!admitted) break;
       removeFrom(this.waiting, seq);
       seq.status = "running";
       seq.numCachedTokens ??= numCachedTokens;
       this.running.push(seq);
-      scheduled.push({ seq, numNewTokens });
-      budget -= numNewTokens;
-      if (seq.priority === "batch") numBatch++;
+      step.grant(seq, numNewTokens);
     }
-    return { scheduled, preempted: [...displaced, ...preempted] };
+    return { scheduled: step.scheduled, preempted: [...displaced, ...step.preempted] };
+  }
+
+  /** Preempts `victim` to free blocks this step: the one place a preemption is made while granting. */
+  private preemptIn(step: StepGrants, victim: Sequence): void {
+    step.revoke(victim);
+    this.preempt(victim);
+    step.preempted.push(victim);
   }
 
   /**
