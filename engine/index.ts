@@ -8,6 +8,7 @@ export {
   type TokenLogprob,
 } from "./core/request.ts";
 export { checkRequest, type RequestLimits } from "./core/check-request.ts";
+export { defaultMaxTokens } from "./core/context-length.ts";
 export { DEFAULT_BATCH_MAX_WAIT_MS } from "./core/scheduler.ts";
 export { DEVICES, type Device } from "./runner/runner-registry.ts";
 export type { GrammarSpec, ToolSpec } from "./grammar/grammar-spec.ts";

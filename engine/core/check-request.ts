@@ -6,6 +6,7 @@
  */
 import { EngineError } from "./engine-error.ts";
 import type { EngineRequest } from "./request.ts";
+import { defaultMaxTokens } from "./context-length.ts";
 import { checkGrammarBounds } from "../grammar/grammar-bounds.ts";
 import { GrammarError } from "../grammar/grammar-spec.ts";
 
@@ -37,7 +38,7 @@ export function checkRequest(request: EngineRequest, limits: RequestLimits): Che
     throw new EngineError("PROMPT_TOO_LONG",
       `This model's maximum context length is ${maxModelLen} tokens, but the prompt has ${numPrompt}, leaving no room to generate. Please shorten the prompt.`, "prompt");
   }
-  const maxTokens = request.maxTokens ?? maxModelLen - numPrompt;
+  const maxTokens = request.maxTokens ?? defaultMaxTokens(numPrompt, maxModelLen);
   if (numPrompt + maxTokens > maxModelLen) {
     throw new EngineError("PROMPT_TOO_LONG",
       `This model's maximum context length is ${maxModelLen} tokens. However, you requested ${numPrompt + maxTokens} tokens ` +

@@ -9,6 +9,11 @@ export interface ContextLength {
   cappedFrom?: number;
 }
 
+/** What a request without max_tokens may generate: what the context leaves after its prompt (decided here, for the engine's check and the server's budget hold alike). */
+export function defaultMaxTokens(numPromptTokens: number, maxModelLen: number): number {
+  return Math.max(0, maxModelLen - numPromptTokens);
+}
+
 export function contextLengthOf(limits: { maxPositionEmbeddings: number; requested?: number; kvCacheTokens: number }): ContextLength {
   const wanted = Math.min(limits.requested ?? limits.maxPositionEmbeddings, limits.maxPositionEmbeddings);
   const maxModelLen = Math.min(wanted, limits.kvCacheTokens);

@@ -17,7 +17,7 @@ import type { ApiKey } from "../../service/keys.ts";
 import { LimitExceeded, type LimitTicket } from "../../service/limits/limiter.ts";
 import { NO_USAGE, addUsage, type Admission, type Outcome, type Settlement, type Usage } from "../../service/settlement.ts";
 import type { LocalBackend, ModelBackend, UpstreamBackend } from "../backends/model-backend.ts";
-import { EngineError, type EngineOutput, type EngineRequest, type Priority, type PromptTokenizer, type RequestUsage, type ServingEngine } from "../backends/engine-api.ts";
+import { EngineError, defaultMaxTokens, type EngineOutput, type EngineRequest, type Priority, type PromptTokenizer, type RequestUsage, type ServingEngine } from "../backends/engine-api.ts";
 import type { ServerContext } from "../server-context.ts";
 import { checkUsage, type CheckedUpstreamUsage } from "../upstream/upstream-stream.ts";
 import { ApiError, BackendUnavailable, clientClosedRequest, invalidRequest, engineDead, engineRestarting, modelLoading, overloaded, requestAborted, storeUnavailable, toApiError } from "./api-error.ts";
@@ -359,7 +359,7 @@ class LocalAttempt extends AttemptBase<LocalBackend> implements Admitted, Attemp
     const start = async () => {
       const n = request.n ?? 1;
       const promptTokens = request.promptTokenIds.length;
-      const remainder = Math.max(0, engine.info.maxModelLen - promptTokens);
+      const remainder = defaultMaxTokens(promptTokens, engine.info.maxModelLen);
       const worstPerSequence = Math.min(request.maxTokens ?? remainder, remainder);
       await scope.reserveRun(backend, promptTokens, worstPerSequence * n, (request.maxTokens ?? 0) * n);
       return engine.add(engineRequest, this.signal)[Symbol.asyncIterator]();
