@@ -9,6 +9,16 @@ const ortModules = ["onnxruntime-node", "onnxruntime-common"];
 const noOrt = ortModules.map((name) => ({ name, message: "only engine/runner/** imports ONNX Runtime" }));
 const noHttp = (who) => httpModules.map((name) => ({ name, message: `${who} never imports HTTP code` }));
 
+/** no-restricted-imports for engine files: no HTTP, server/ or service/, ONNX Runtime only in runner/, and nothing from the floors above. */
+function engineFloor(files, above) {
+  const floors = above.length > 0 ? [{ group: above.flatMap((dir) => [`../${dir}/*`, `../../${dir}/*`, `../${dir}/**`, `../../${dir}/**`]), message: `an import may only point down a floor: this file sits below ${above.join(", ")}/` }] : [];
+  const base = [{ group: ["fastify*", "@fastify/*", "**/server/**", "**/service/**"], message: "engine/ never imports HTTP code, server/ or service/" }];
+  return [
+    { files, ignores: ["engine/runner/**"], rules: { "no-restricted-imports": ["error", { paths: [...noHttp("engine/"), ...noOrt], patterns: [...base, ...floors] }] } },
+    { files: files.filter((f) => f.startsWith("engine/runner/")), rules: { "no-restricted-imports": ["error", { paths: noHttp("engine/"), patterns: [...base, ...floors] }] } },
+  ].filter((block) => block.files.length > 0);
+}
+
 export default tseslint.config(
   { ignores: ["node_modules/**", ".cache/**", "results/**"] },
   ...tseslint.configs.recommended,
@@ -23,22 +33,19 @@ export default tseslint.config(
     ignores: ["engine/runner/**"],
     rules: { "no-restricted-imports": ["error", { paths: noOrt }] },
   },
+  // The engine's floors, lowest first: common/ (the shared types, errors and interfaces); the
+  // parts (kv-cache/, sampling/, text/, grammar/, runner/); core/ (scheduler and engine core);
+  // host/ (the thread and its facade). An import may only point down a floor.
+  ...engineFloor(["engine/common/**/*.ts"], ["kv-cache", "sampling", "text", "grammar", "runner", "core", "host"]),
+  ...engineFloor(["engine/kv-cache/**/*.ts", "engine/sampling/**/*.ts", "engine/text/**/*.ts", "engine/grammar/**/*.ts", "engine/runner/**/*.ts"], ["core", "host"]),
+  ...engineFloor(["engine/core/**/*.ts"], ["host"]),
+  ...engineFloor(["engine/host/**/*.ts", "engine/*.ts"], []),
   {
-    files: ["engine/**/*.ts"],
-    ignores: ["engine/runner/**"],
+    files: ["bench/**/*.ts"],
     rules: {
       "no-restricted-imports": ["error", {
-        paths: [...noHttp("engine/"), ...noOrt],
-        patterns: [{ group: ["fastify*", "@fastify/*", "**/server/**", "**/service/**"], message: "engine/ never imports HTTP code, server/ or service/" }],
-      }],
-    },
-  },
-  {
-    files: ["engine/runner/**/*.ts"],
-    rules: {
-      "no-restricted-imports": ["error", {
-        paths: noHttp("engine/"),
-        patterns: [{ group: ["fastify*", "@fastify/*", "**/server/**", "**/service/**"], message: "engine/ never imports HTTP code, server/ or service/" }],
+        paths: noOrt,
+        patterns: [{ group: ["../bin/*", "../bin/**"], message: "bench/ sits below the command line: bin/ imports bench/, never the other way" }],
       }],
     },
   },

@@ -4,7 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import { GrammarCore } from "../engine/grammar/grammar-core.ts";
-import type { GrammarSpec } from "../engine/grammar/grammar-spec.ts";
+import type { GrammarSpec } from "../engine/common/grammar-spec.ts";
 import { readCheckpoint } from "../models/checkpoint.ts";
 import { ensureDefaultModel } from "../models/synthetic/default-model.ts";
 

@@ -15,10 +15,9 @@ import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { readCheckpoint } from "../models/checkpoint.ts";
 import { ensureDefaultModel } from "../models/synthetic/default-model.ts";
-import { benchTokenizer } from "../bin/bench.ts";
 import { runLoad } from "./load-generator.ts";
 import { computeMetrics } from "./metrics.ts";
-import { buildWorkload } from "./workload.ts";
+import { benchTokenizer, buildWorkload } from "./workload.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 

@@ -4,6 +4,8 @@
  * (exact lengths, for /v1/completions) or decoded to text (for any endpoint).
  */
 import { Prng, deriveSeed } from "../models/prng.ts";
+import type { Checkpoint } from "../models/checkpoint.ts";
+import { ModelTokenizer } from "../models/tokenizer.ts";
 
 /** What the workload needs from a tokenizer. `encode` must not add special tokens (BOS). */
 export interface BenchTokenizer {
@@ -40,6 +42,17 @@ export interface BenchRequest {
 const MAX_FIT_ATTEMPTS = 32;
 
 /** `numPrompts` requests, the same for the same options and seed. */
+/** The model's own tokenizer, as the workload needs it. */
+export function benchTokenizer(checkpoint: Checkpoint): BenchTokenizer {
+  const tokenizer = ModelTokenizer.load(checkpoint);
+  return {
+    vocabSize: checkpoint.config.vocabSize,
+    firstSpecialId: tokenizer.firstSpecialTokenId ?? undefined,
+    decode: (ids) => tokenizer.decode(ids),
+    encode: (text) => tokenizer.encode(text, false),
+  };
+}
+
 export function buildWorkload(opts: WorkloadOptions, tokenizer: BenchTokenizer): BenchRequest[] {
   const { numPrompts, inputLen, outputLen, rangeRatio = 0, prefixLen = 0, seed = 0, promptFormat = "ids" } = opts;
   if (!(rangeRatio >= 0 && rangeRatio < 1)) throw new RangeError(`rangeRatio must be in [0, 1), got ${rangeRatio}`);

@@ -3,10 +3,9 @@ import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { parseArgs } from "node:util";
 import { runBench, type BenchTarget } from "../bench/run-bench.ts";
-import { buildWorkload, type BenchTokenizer } from "../bench/workload.ts";
+import { benchTokenizer, buildWorkload } from "../bench/workload.ts";
 import { readCheckpoint, type Checkpoint } from "../models/checkpoint.ts";
 import { SYNTHETIC_MODELS } from "../models/synthetic/default-model.ts";
-import { ModelTokenizer } from "../models/tokenizer.ts";
 import { QUANTIZATIONS, type Quantization } from "../models/index.ts";
 import { startServer } from "../server/serve.ts";
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags, type EngineFlags, type EngineFlagValues } from "./engine-flags.ts";
@@ -188,16 +187,6 @@ function tokenizerDir(values: EngineFlagValues & { tokenizer?: string; "base-url
   if (!values["base-url"] || (typeof model === "string" && (existsSync(model) || model in SYNTHETIC_MODELS))) return modelDirFrom(values);
   console.error("tokenmill bench: no --tokenizer given; making prompts with the default model's (Qwen3) tokenizer");
   return modelDirFrom({});
-}
-
-export function benchTokenizer(checkpoint: Checkpoint): BenchTokenizer {
-  const tokenizer = ModelTokenizer.load(checkpoint);
-  return {
-    vocabSize: checkpoint.config.vocabSize,
-    firstSpecialId: tokenizer.firstSpecialTokenId ?? undefined,
-    decode: (ids) => tokenizer.decode(ids),
-    encode: (text) => tokenizer.encode(text, false),
-  };
 }
 
 const urlFlag = {

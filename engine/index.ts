@@ -1,16 +1,16 @@
 /** The public entry point of engine/. */
 export { Engine, RESTART_BACKOFF, type EngineEvent, type EngineState } from "./host/engine.ts";
-export { EngineError, type EngineErrorCode } from "./core/engine-error.ts";
+export { EngineError, type EngineErrorCode } from "./common/engine-error.ts";
 export { DEFAULT_ENGINE_OPTIONS, parseBytes, type EngineInfo, type EngineOptions } from "./host/engine-options.ts";
 export type { EngineStatsSnapshot } from "./core/engine-stats.ts";
 export {
   GREEDY, POOLINGS, type EngineOutput, type EngineRequest, type FinishReason, type Pooling, type PositionLogprob, type Priority, type PromptLogprob, type RequestUsage, type SamplingParams,
   type TokenLogprob,
-} from "./core/request.ts";
+} from "./common/request.ts";
 export { checkRequest, type RequestLimits } from "./core/check-request.ts";
 export { defaultMaxTokens } from "./core/context-length.ts";
 export { DEFAULT_BATCH_MAX_WAIT_MS } from "./core/scheduler.ts";
 export { DEVICES, type Device } from "./runner/runner-registry.ts";
-export type { GrammarSpec, ToolSpec } from "./grammar/grammar-spec.ts";
+export type { GrammarSpec, ToolSpec } from "./common/grammar-spec.ts";
 export { TokenizerPool } from "./text/tokenizer-pool.ts";
 export type { ChatMessage, ChatTemplateOptions } from "../models/tokenizer.ts";

@@ -4,11 +4,11 @@
  * what the context and the KV cache leave. A request without max_tokens gets what the context
  * leaves. The server maps the errors to HTTP and checks none of this itself.
  */
-import { EngineError } from "./engine-error.ts";
-import type { EngineRequest } from "./request.ts";
+import { EngineError } from "../common/engine-error.ts";
+import type { EngineRequest } from "../common/request.ts";
 import { defaultMaxTokens } from "./context-length.ts";
 import { checkGrammarBounds } from "../grammar/grammar-bounds.ts";
-import { GrammarError } from "../grammar/grammar-spec.ts";
+import { GrammarError } from "../common/grammar-spec.ts";
 
 export interface RequestLimits {
   maxModelLen: number;

@@ -3,11 +3,11 @@
  * The engine thread owns one EngineCore; tests drive it directly with a fake runner.
  */
 import { IncrementalDetokenizer } from "../text/detokenizer.ts";
-import { EngineError, StepFailure } from "./engine-error.ts";
+import { EngineError, StepFailure } from "../common/engine-error.ts";
 import { BlockPool } from "../kv-cache/block-pool.ts";
 import { KvCacheManager } from "../kv-cache/kv-cache-manager.ts";
 import { checkRequest, type CheckedRequest } from "./check-request.ts";
-import type { EngineOutput, EngineRequest, FinishReason, PromptLogprob, RequestUsage } from "./request.ts";
+import type { EngineOutput, EngineRequest, FinishReason, PromptLogprob, RequestUsage } from "../common/request.ts";
 import type { StepRunner, StepSequence } from "../runner/step-runner.ts";
 import { promptLogprobsFromRows, withTokenStrings } from "../sampling/logprobs.ts";
 import { logitsNeedOf, sampleRow, type LogitsNeed } from "../sampling/sampler.ts";
@@ -16,8 +16,8 @@ import { type ScheduledSequence, Scheduler } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import { EngineStats } from "./engine-stats.ts";
 import type { TextCodec } from "../text/text-codec.ts";
-import { GrammarError } from "../grammar/grammar-spec.ts";
-import type { GrammarSession } from "./grammar-session.ts";
+import { GrammarError } from "../common/grammar-spec.ts";
+import type { GrammarSession } from "../common/grammar-session.ts";
 import { Utf8Guard } from "../grammar/utf8-guard.ts";
 
 export interface EngineCoreOptions {

@@ -5,7 +5,7 @@
 import type { KvCacheManager } from "../kv-cache/kv-cache-manager.ts";
 import type { Scheduler } from "./scheduler.ts";
 import type { Sequence } from "./sequence.ts";
-import type { GrammarState } from "./grammar-session.ts";
+import type { GrammarState } from "../common/grammar-session.ts";
 
 export interface EngineStatsSnapshot {
   numRunning: number;

@@ -10,7 +10,7 @@
  * that a chat request never waits for a bulk job's long generation to end.
  */
 import type { KvCacheManager } from "../kv-cache/kv-cache-manager.ts";
-import type { Priority } from "./request.ts";
+import type { Priority } from "../common/request.ts";
 import type { Sequence } from "./sequence.ts";
 
 export interface SchedulerLimits {

@@ -4,7 +4,7 @@
  */
 import { Prng } from "../../models/prng.ts";
 import type { IncrementalDetokenizer } from "../text/detokenizer.ts";
-import type { EngineRequest, Pooling, PositionLogprob, Priority, SamplingParams } from "./request.ts";
+import type { EngineRequest, Pooling, PositionLogprob, Priority, SamplingParams } from "../common/request.ts";
 
 export type SequenceStatus = "waiting" | "running" | "finished";
 

@@ -8,7 +8,7 @@
  * NOTE: OpenAI's structured outputs allow 10 levels of nesting and 1,000 enum values; these
  * bounds are looser, at what compiles in well under a second here (bench/grammar-compile-times.ts).
  */
-import { GrammarError, paramOf, type GrammarSpec } from "./grammar-spec.ts";
+import { GrammarError, paramOf, type GrammarSpec } from "../common/grammar-spec.ts";
 
 /** The spec as JSON: a schema, a regex, a grammar or the choices. */
 export const MAX_GRAMMAR_CHARS = 128 * 1024;

@@ -6,7 +6,7 @@
 import { readFileSync } from "node:fs";
 import type { CompiledGrammar, GrammarCompiler, GrammarMatcher, TokenizerInfo } from "@mlc-ai/web-xgrammar";
 import { compileSpec } from "./grammar-source.ts";
-import { grammarKey, type GrammarSpec } from "./grammar-spec.ts";
+import { grammarKey, type GrammarSpec } from "../common/grammar-spec.ts";
 import { loadXgrammar, type XgrammarModule } from "./xgrammar.ts";
 
 /** Compiled grammars kept for reuse. */

@@ -5,9 +5,9 @@
  * be trusted or stopped any other way. The pool (grammar-pool.ts) then starts another.
  */
 import type { Worker } from "node:worker_threads";
-import { startWorker } from "../host/ts-worker.ts";
+import { startWorker } from "../common/ts-worker.ts";
 import type { FromGrammar, GrammarWorkerData, ToGrammar } from "./grammar-protocol.ts";
-import { GrammarError, paramOf, type GrammarSpec } from "./grammar-spec.ts";
+import { GrammarError, paramOf, type GrammarSpec } from "../common/grammar-spec.ts";
 
 interface Pending {
   resolve: (message: FromGrammar) => void;

@@ -10,11 +10,11 @@
  * - a compile past its deadline, a mask past its deadline, or a trap terminates the thread:
  *   only its own sequences fail, and the next compile starts a fresh one.
  */
-import { EngineError } from "../core/engine-error.ts";
-import type { GrammarSession, GrammarState, MaskRow } from "../core/grammar-session.ts";
+import { EngineError } from "../common/engine-error.ts";
+import type { GrammarSession, GrammarState, MaskRow } from "../common/grammar-session.ts";
 import { GrammarHost } from "./grammar-host.ts";
 import type { GrammarWorkerData } from "./grammar-protocol.ts";
-import { grammarKey, type GrammarSpec } from "./grammar-spec.ts";
+import { grammarKey, type GrammarSpec } from "../common/grammar-spec.ts";
 
 export interface GrammarPoolOptions {
   /** --grammar-threads. */

@@ -1,6 +1,6 @@
 /** Messages between the engine thread and the grammar thread. */
 import type { AdvanceRow } from "./grammar-core.ts";
-import type { GrammarSpec } from "./grammar-spec.ts";
+import type { GrammarSpec } from "../common/grammar-spec.ts";
 
 export interface GrammarWorkerData {
   tokenizerJson: string;

@@ -8,7 +8,7 @@
  * Features xgrammar can't honour are refused by name, never dropped.
  */
 import type { CompiledGrammar, GrammarCompiler } from "@mlc-ai/web-xgrammar";
-import { GrammarError, isWasmTrap, paramOf, type GrammarSpec } from "./grammar-spec.ts";
+import { GrammarError, isWasmTrap, paramOf, type GrammarSpec } from "../common/grammar-spec.ts";
 import type { XgrammarModule } from "./xgrammar.ts";
 
 /** Beyond this, a maxLength (or minLength) string's compile time explodes (1.6 s at 40). */

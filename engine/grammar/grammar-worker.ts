@@ -2,7 +2,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { GrammarCore } from "./grammar-core.ts";
 import type { FromGrammar, GrammarWorkerData, ToGrammar } from "./grammar-protocol.ts";
-import { GrammarError, isWasmTrap } from "./grammar-spec.ts";
+import { GrammarError, isWasmTrap } from "../common/grammar-spec.ts";
 
 const port = parentPort!;
 const post = (message: FromGrammar, transfer: ArrayBuffer[] = []) => port.postMessage(message, transfer);

@@ -1,8 +1,8 @@
 /** Messages between the engine facade (any thread) and the engine thread. */
-import type { EngineErrorCode } from "../core/engine-error.ts";
+import type { EngineErrorCode } from "../common/engine-error.ts";
 import type { EngineInfo } from "./engine-options.ts";
 import type { EngineStatsSnapshot } from "../core/engine-stats.ts";
-import type { EngineOutput, EngineRequest, RequestUsage } from "../core/request.ts";
+import type { EngineOutput, EngineRequest, RequestUsage } from "../common/request.ts";
 
 export type ToEngine =
   | { type: "add"; request: EngineRequest }

@@ -7,7 +7,7 @@ import { readCheckpoint } from "../../models/checkpoint.ts";
 import { ensureGraph } from "../../models/index.ts";
 import { ModelTokenizer } from "../../models/tokenizer.ts";
 import { EngineCore } from "../core/engine-core.ts";
-import { EngineError, StepFailure } from "../core/engine-error.ts";
+import { EngineError, StepFailure } from "../common/engine-error.ts";
 import type { EngineInfo, EngineOptions } from "./engine-options.ts";
 import type { FromEngine, ToEngine } from "./engine-protocol.ts";
 import { contextLengthOf } from "../core/context-length.ts";

@@ -8,13 +8,13 @@
  */
 import type { Worker } from "node:worker_threads";
 import { checkRequest } from "../core/check-request.ts";
-import { EngineError } from "../core/engine-error.ts";
+import { EngineError } from "../common/engine-error.ts";
 import type { EngineInfo, EngineOptions } from "./engine-options.ts";
 import type { FromEngine, ToEngine } from "./engine-protocol.ts";
 import type { EngineStatsSnapshot } from "../core/engine-stats.ts";
 import { OutputStream } from "./output-stream.ts";
-import type { EngineOutput, EngineRequest } from "../core/request.ts";
-import { startWorker } from "./ts-worker.ts";
+import type { EngineOutput, EngineRequest } from "../common/request.ts";
+import { startWorker } from "../common/ts-worker.ts";
 
 /** running: serving; restarting: the thread died and a new one is on its way; stopped: shut down. */
 export type EngineState = "running" | "restarting" | "stopped";

@@ -1,6 +1,6 @@
 /** A request's outputs as an async iterable: pushed by the engine, pulled by the caller. */
-import type { EngineError } from "../core/engine-error.ts";
-import type { EngineOutput, RequestUsage } from "../core/request.ts";
+import type { EngineError } from "../common/engine-error.ts";
+import type { EngineOutput, RequestUsage } from "../common/request.ts";
 
 export class OutputStream implements AsyncIterable<EngineOutput> {
   private readonly buffered: EngineOutput[] = [];

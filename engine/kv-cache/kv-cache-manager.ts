@@ -2,9 +2,19 @@
  * Sequences' block tables on top of the block pool, with automatic prefix caching keyed by
  * chained block hashes (block-hash.ts).
  */
-import type { Sequence } from "../core/sequence.ts";
 import { blockHash } from "./block-hash.ts";
 import type { BlockPool } from "./block-pool.ts";
+
+/** What the KV-cache manager sees of a sequence: its tokens, its progress and its block table (the core's Sequence is one). */
+export interface KvSequence {
+  readonly numTokens: number;
+  readonly numPromptTokens: number;
+  /** The manager adds a cached prefix to it at admission, and sets a forked copy's. */
+  numComputedTokens: number;
+  blockIds: number[];
+  blockHashes: string[];
+  tokensIn(start: number, end: number): readonly number[];
+}
 
 export class KvCacheManager {
   numPrefixQueries = 0;
@@ -16,7 +26,7 @@ export class KvCacheManager {
    * The cached blocks that cover the longest prefix of a sequence's tokens.
    * NOTE: the last token is always recomputed, since its logits are needed.
    */
-  findCachedBlocks(seq: Sequence): { blockIds: number[]; hashes: string[] } {
+  findCachedBlocks(seq: KvSequence): { blockIds: number[]; hashes: string[] } {
     const blockIds: number[] = [];
     const hashes: string[] = [];
     if (!this.enablePrefixCaching) return { blockIds, hashes };
@@ -41,7 +51,7 @@ export class KvCacheManager {
    * NOTE: prefix-cache stats count here, on admission, not in findCachedBlocks: a sequence
    * that waits for blocks looks its prefix up again every step.
    */
-  allocateSlots(seq: Sequence, numNewTokens: number, cached?: { blockIds: number[]; hashes: string[] }): boolean {
+  allocateSlots(seq: KvSequence, numNewTokens: number, cached?: { blockIds: number[]; hashes: string[] }): boolean {
     const cachedIds = cached?.blockIds ?? [];
     const numCachedTokens = cachedIds.length * this.blockSize;
     const numBlocksNeeded = Math.ceil((seq.numComputedTokens + numCachedTokens + numNewTokens) / this.blockSize);
@@ -61,7 +71,7 @@ export class KvCacheManager {
   }
 
   /** Registers the sequence's newly full, computed blocks in the prefix cache. */
-  cacheFullBlocks(seq: Sequence): void {
+  cacheFullBlocks(seq: KvSequence): void {
     if (!this.enablePrefixCaching) return;
     const numFull = Math.floor(seq.numComputedTokens / this.blockSize);
     for (let i = seq.blockHashes.length; i < numFull; i++) {
@@ -76,7 +86,7 @@ export class KvCacheManager {
    * Gives `child` the parent's full prompt blocks (one more reference each), so the n copies
    * of a request share them. The child recomputes only the partial last block.
    */
-  fork(parent: Sequence, child: Sequence): void {
+  fork(parent: KvSequence, child: KvSequence): void {
     const numShared = Math.floor((parent.numPromptTokens - 1) / this.blockSize);
     child.blockIds = parent.blockIds.slice(0, numShared);
     child.blockHashes = parent.blockHashes.slice(0, numShared);
@@ -85,7 +95,7 @@ export class KvCacheManager {
   }
 
   /** Releases a sequence's blocks, tail first so that its tail is evicted first. */
-  free(seq: Sequence): void {
+  free(seq: KvSequence): void {
     this.pool.free([...seq.blockIds].reverse());
     seq.blockIds = [];
     seq.blockHashes = [];

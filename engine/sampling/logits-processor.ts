@@ -3,7 +3,7 @@
  * processors; a grammar's token mask is the next. A step fetches the raw logits rows only
  * for sequences some processor applies to.
  */
-import type { SamplingParams } from "../core/request.ts";
+import type { SamplingParams } from "../common/request.ts";
 
 /** The tokens a sequence has seen, for penalties. */
 export interface TokenHistory {

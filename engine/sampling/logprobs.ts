@@ -1,6 +1,6 @@
 /** Logprob records: the prompt's (for echo) and token strings for both kinds. */
 import { logSumExpOf, topLogprobs } from "./sampler.ts";
-import type { PositionLogprob, TokenLogprob } from "../core/request.ts";
+import type { PositionLogprob, TokenLogprob } from "../common/request.ts";
 import type { TextCodec } from "../text/text-codec.ts";
 
 /**

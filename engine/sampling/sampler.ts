@@ -4,7 +4,7 @@
  * fetched. Logprobs are the model's own (raw log-softmax).
  */
 import type { Prng } from "../../models/prng.ts";
-import type { SamplingParams, TokenLogprob } from "../core/request.ts";
+import type { SamplingParams, TokenLogprob } from "../common/request.ts";
 import type { LogitsRow } from "../runner/step-logits.ts";
 import { TOP_N } from "../runner/step-logits.ts";
 import { KeptTokens, drawWeighted, type KeepParams } from "./kept-tokens.ts";

@@ -11,7 +11,7 @@ import { fileURLToPath } from "node:url";
 import { Piscina } from "piscina";
 import { ModelError, type ModelErrorCode } from "../../models/model-error.ts";
 import type { ChatMessage, ChatTemplateOptions } from "../../models/tokenizer.ts";
-import { EngineError } from "../core/engine-error.ts";
+import { EngineError } from "../common/engine-error.ts";
 import type { TokenizerInfo, TokenizerTask, TokenizerTaskError, TokenizerTaskResult, TokenizerWorkerData } from "./tokenizer-worker.ts";
 
 export interface TokenizerPoolOptions {

@@ -5,8 +5,8 @@
  */
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { EngineError, StepFailure } from "../../engine/core/engine-error.ts";
-import type { EngineOutput, EngineRequest } from "../../engine/core/request.ts";
+import { EngineError, StepFailure } from "../../engine/common/engine-error.ts";
+import type { EngineOutput, EngineRequest } from "../../engine/common/request.ts";
 import {
   BLOCK_SIZE, EOS, FakeRunner, byLastTokenAndPosition, byWholeContext, collect, drain, expectedGreedy, makeCore, makeRequest, makeSampling, tokens,
 } from "../helpers/core-fakes.ts";

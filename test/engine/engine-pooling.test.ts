@@ -4,8 +4,8 @@
  * scheduler as generation: chunked, batched, preempted and aborted, with exact usage.
  */
 import { describe, expect, it } from "vitest";
-import { EngineError } from "../../engine/core/engine-error.ts";
-import type { EngineOutput, Pooling } from "../../engine/core/request.ts";
+import { EngineError } from "../../engine/common/engine-error.ts";
+import type { EngineOutput, Pooling } from "../../engine/common/request.ts";
 import { FakeRunner, byWholeContext, drain, fakeHiddenRow, makeCore, makeRequest, tokens } from "../helpers/core-fakes.ts";
 
 /** What the engine should return: the fake's rows for the prompt, pooled and normalized in float64. */

@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { DEFAULT_ENGINE_OPTIONS, Engine, GREEDY, RESTART_BACKOFF, type EngineEvent } from "../../engine/index.ts";
-import { EngineError } from "../../engine/core/engine-error.ts";
+import { EngineError } from "../../engine/common/engine-error.ts";
 import { ensureDefaultModel } from "../../models/synthetic/default-model.ts";
 
 const root = mkdtempSync(join(tmpdir(), "tokenmill-restart-"));

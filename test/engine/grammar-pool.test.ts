@@ -8,7 +8,7 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { checkGrammarBounds, MAX_ENUM_VALUES, MAX_GRAMMAR_CHARS, MAX_SCHEMA_DEPTH } from "../../engine/grammar/grammar-bounds.ts";
 import { GrammarPool } from "../../engine/grammar/grammar-pool.ts";
-import { GrammarError, type GrammarSpec } from "../../engine/grammar/grammar-spec.ts";
+import { GrammarError, type GrammarSpec } from "../../engine/common/grammar-spec.ts";
 import { readCheckpoint } from "../../models/checkpoint.ts";
 import { ensureDefaultModel } from "../../models/synthetic/default-model.ts";
 import { refChain } from "../helpers/hostile-schemas.ts";

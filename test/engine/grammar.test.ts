@@ -7,7 +7,7 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { GrammarCore } from "../../engine/grammar/grammar-core.ts";
 import { MAX_STRING_LENGTH_BOUND, checkSchema, fixBoundedStrings } from "../../engine/grammar/grammar-source.ts";
-import { GrammarError, grammarKey } from "../../engine/grammar/grammar-spec.ts";
+import { GrammarError, grammarKey } from "../../engine/common/grammar-spec.ts";
 import { Utf8Guard } from "../../engine/grammar/utf8-guard.ts";
 import { sampleToken } from "../../engine/sampling/sampler.ts";
 import { Prng } from "../../models/prng.ts";

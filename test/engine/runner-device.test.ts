@@ -4,7 +4,7 @@ import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { EngineError } from "../../engine/core/engine-error.ts";
+import { EngineError } from "../../engine/common/engine-error.ts";
 import { KvBuffers } from "../../engine/runner/onnx-host/kv-buffers.ts";
 import { createSession } from "../../engine/runner/onnx-host/onnx-session.ts";
 import { DEVICES, createRunner } from "../../engine/runner/runner-registry.ts";
@@ -25,11 +25,11 @@ describe("--device", () => {
 
   it("webgpu without any Vulkan driver says so and what to install", () => {
     // NOTE: in a child process, pointed at no Vulkan driver: Dawn's adapter lookup is once per process.
-    const script = `import { createSession } from "../engine/runner/onnx-host/onnx-session.ts";
-import { float16ZerosGraph } from "../models/index.ts";
+    const script = `import { createSession } from "./engine/runner/onnx-host/onnx-session.ts";
+import { float16ZerosGraph } from "./models/index.ts";
 createSession(float16ZerosGraph(), { device: "webgpu" }).then(() => console.log("opened"), (err) => console.log(JSON.stringify({ code: err.code, message: err.message })));`;
     const child = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
-      cwd: join(import.meta.dirname, ".."), encoding: "utf8", env: { ...process.env, VK_ICD_FILENAMES: "/nonexistent/icd.json", VK_DRIVER_FILES: "/nonexistent/icd.json" }, timeout: 60_000,
+      cwd: join(import.meta.dirname, "..", ".."), encoding: "utf8", env: { ...process.env, VK_ICD_FILENAMES: "/nonexistent/icd.json", VK_DRIVER_FILES: "/nonexistent/icd.json" }, timeout: 60_000,
     });
     const line = child.stdout.trim().split("\n").at(-1)!;
     const error = JSON.parse(line);

@@ -4,9 +4,9 @@
  * and penalties and logit bias move the choice as OpenAI and vLLM define them.
  */
 import { describe, expect, it } from "vitest";
-import type { SamplingParams } from "../../engine/core/request.ts";
+import type { SamplingParams } from "../../engine/common/request.ts";
 import fc from "fast-check";
-import { GREEDY } from "../../engine/core/request.ts";
+import { GREEDY } from "../../engine/common/request.ts";
 import { rowOf, stepLogitsFromFull } from "../../engine/runner/step-logits.ts";
 import {
   type TokenHistory, keptDistribution, keptDistributionFromProbs, keptDistributionFromTop, logSumExpOf, logitsNeedOf, sampleFromProbs,

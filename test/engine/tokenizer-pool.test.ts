@@ -3,7 +3,7 @@
  * after a request the chat template rejects, and leaves the main thread free.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { EngineError } from "../../engine/core/engine-error.ts";
+import { EngineError } from "../../engine/common/engine-error.ts";
 import { TokenizerPool } from "../../engine/text/tokenizer-pool.ts";
 import { readCheckpoint } from "../../models/checkpoint.ts";
 import { ensureDefaultModel } from "../../models/synthetic/default-model.ts";

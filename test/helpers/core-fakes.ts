@@ -9,8 +9,8 @@
 import { EngineCore, type EngineCoreOptions } from "../../engine/core/engine-core.ts";
 import { BlockPool, NULL_BLOCK_ID } from "../../engine/kv-cache/block-pool.ts";
 import { KvCacheManager } from "../../engine/kv-cache/kv-cache-manager.ts";
-import type { EngineOutput, EngineRequest, SamplingParams } from "../../engine/core/request.ts";
-import { GREEDY } from "../../engine/core/request.ts";
+import type { EngineOutput, EngineRequest, SamplingParams } from "../../engine/common/request.ts";
+import { GREEDY } from "../../engine/common/request.ts";
 import type { KvCacheInfo, StepOptions, StepRunner, StepSequence } from "../../engine/runner/step-runner.ts";
 import { stepLogitsFromFull, type StepLogits } from "../../engine/runner/step-logits.ts";
 import { Sequence } from "../../engine/core/sequence.ts";

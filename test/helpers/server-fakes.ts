@@ -7,10 +7,10 @@
  * reads "t0 t1 ... t(k-1)".
  */
 import { checkRequest, type CheckedRequest } from "../../engine/core/check-request.ts";
-import { EngineError, type EngineErrorCode } from "../../engine/core/engine-error.ts";
+import { EngineError, type EngineErrorCode } from "../../engine/common/engine-error.ts";
 import type { EngineStatsSnapshot } from "../../engine/core/engine-stats.ts";
 import type { EngineState } from "../../engine/host/engine.ts";
-import type { EngineOutput, EngineRequest, PositionLogprob, PromptLogprob, TokenLogprob } from "../../engine/core/request.ts";
+import type { EngineOutput, EngineRequest, PositionLogprob, PromptLogprob, TokenLogprob } from "../../engine/common/request.ts";
 import type { ChatMessage, ChatTemplateOptions } from "../../models/tokenizer.ts";
 import type { PromptTokenizer, ServingEngine } from "../../server/backends/engine-api.ts";
 import { LocalBackend, type ServerLimits } from "../../server/backends/model-backend.ts";

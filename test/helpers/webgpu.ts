@@ -1,5 +1,5 @@
 /** Whether this machine has a WebGPU adapter (a Vulkan GPU, or Mesa's lavapipe), decided once per test file. */
-import { EngineError } from "../../engine/core/engine-error.ts";
+import { EngineError } from "../../engine/common/engine-error.ts";
 import { createSession } from "../../engine/runner/onnx-host/onnx-session.ts";
 import { float16ZerosGraph } from "../../models/index.ts";
 

@@ -5,7 +5,7 @@
  */
 import { afterAll, describe, expect, it } from "vitest";
 import { EngineCore } from "../../engine/core/engine-core.ts";
-import { GREEDY, type EngineOutput, type EngineRequest } from "../../engine/core/request.ts";
+import { GREEDY, type EngineOutput, type EngineRequest } from "../../engine/common/request.ts";
 import type { OnnxRunner } from "../../engine/runner/onnx-host/onnx-runner.ts";
 import { referenceEmbedding } from "../reference/forward.ts";
 import { loadRunner, maxAbsDiff, referenceHiddenFor, rows, seededTokens } from "../helpers/runner.ts";

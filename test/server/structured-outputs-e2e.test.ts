@@ -13,7 +13,7 @@ import { zodResponseFormat } from "openai/helpers/zod";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { GrammarCore } from "../../engine/grammar/grammar-core.ts";
-import type { GrammarSpec } from "../../engine/grammar/grammar-spec.ts";
+import type { GrammarSpec } from "../../engine/common/grammar-spec.ts";
 import { readCheckpoint } from "../../models/checkpoint.ts";
 import { ensureDefaultModel } from "../../models/synthetic/default-model.ts";
 import type { RunningServer } from "../../server/serve.ts";

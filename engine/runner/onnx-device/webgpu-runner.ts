@@ -8,7 +8,7 @@
  * tables drive both.
  */
 import { GRAPH_INPUTS, GRAPH_OUTPUTS, type ModelConfig } from "../../../models/index.ts";
-import { EngineError } from "../../core/engine-error.ts";
+import { EngineError } from "../../common/engine-error.ts";
 import type { KvCacheInfo, StepOptions, StepRunner, StepSequence } from "../step-runner.ts";
 import { splitStepRows, type StepLogits, type StepRows } from "../step-logits.ts";
 import { createSession, floatTensor, int64Tensor, ort, rowsOf } from "../onnx-host/onnx-session.ts";

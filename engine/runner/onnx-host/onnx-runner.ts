@@ -4,7 +4,7 @@
  * the requested logits.
  */
 import { GRAPH_INPUTS, GRAPH_OUTPUTS, poolInputNames, presentOutputNames, type ModelConfig } from "../../../models/index.ts";
-import { EngineError } from "../../core/engine-error.ts";
+import { EngineError } from "../../common/engine-error.ts";
 import type { KvCacheInfo, StepOptions, StepRunner, StepSequence } from "../step-runner.ts";
 import { splitStepRows, type StepLogits } from "../step-logits.ts";
 import { KvBuffers } from "./kv-buffers.ts";

@@ -6,7 +6,7 @@ import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import * as ort from "onnxruntime-node";
 import { GRAPH_OUTPUTS } from "../../../models/index.ts";
-import { EngineError } from "../../core/engine-error.ts";
+import { EngineError } from "../../common/engine-error.ts";
 import type { StepRows } from "../step-logits.ts";
 
 export { ort };

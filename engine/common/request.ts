@@ -2,7 +2,7 @@
  * What the engine is asked to do (EngineRequest, built once by the caller from a
  * validated API request) and what it says back (EngineOutput).
  */
-import type { GrammarSpec } from "../grammar/grammar-spec.ts";
+import type { GrammarSpec } from "./grammar-spec.ts";
 
 export interface SamplingParams {
   /** 0 means greedy. */

@@ -3,7 +3,7 @@
  * each step, the tokens it generated accepted and the next token's mask. The grammar pool
  * implements it (engine/grammar/grammar-pool.ts); tests use a fake.
  */
-import type { GrammarSpec } from "../grammar/grammar-spec.ts";
+import type { GrammarSpec } from "./grammar-spec.ts";
 
 /** One row's answer: its next-token bitmask (bit i of word i >> 5: token i allowed), or why it has none. */
 export type MaskRow = { mask: Int32Array; rejected: boolean } | { error: Error };
