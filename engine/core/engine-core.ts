@@ -1,24 +1,26 @@
 /**
- * The engine loop's body, free of threads: step() = schedule → run → sample → update.
- * The engine thread owns one EngineCore; tests drive it directly with a fake runner.
+ * The engine loop's body, free of threads. A step is three named parts: the scheduler's
+ * schedule() → the runner's execute (step(), with the grammar masks computed beside it) → the
+ * output processor (output-processor.ts). The core owns the requests: admission, aborts,
+ * failures, the n copies and finishing. The engine thread owns one EngineCore; tests drive it
+ * directly with a fake runner.
  */
 import { IncrementalDetokenizer } from "../text/detokenizer.ts";
 import { EngineError, StepFailure } from "../common/engine-error.ts";
 import { BlockPool } from "../kv-cache/block-pool.ts";
 import { KvCacheManager } from "../kv-cache/kv-cache-manager.ts";
 import { checkRequest, type CheckedRequest } from "./check-request.ts";
-import type { EngineOutput, EngineRequest, FinishReason, PromptLogprob, RequestUsage } from "../common/request.ts";
+import type { EngineOutput, EngineRequest, RequestUsage } from "../common/request.ts";
 import type { StepRunner, StepSequence } from "../runner/step-runner.ts";
-import { promptLogprobsFromRows, withTokenStrings } from "../sampling/logprobs.ts";
-import { logitsNeedOf, sampleRow, type LogitsNeed } from "../sampling/sampler.ts";
-import { rowOf, type StepLogits } from "../runner/step-logits.ts";
+import { logitsNeedOf, type LogitsNeed } from "../sampling/sampler.ts";
+import type { StepLogits } from "../runner/step-logits.ts";
+import { OutputProcessor } from "./output-processor.ts";
 import { type ScheduledSequence, Scheduler } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import { EngineStats } from "./engine-stats.ts";
 import type { TextCodec } from "../text/text-codec.ts";
 import { GrammarError } from "../common/grammar-spec.ts";
 import type { GrammarSession } from "../common/grammar-session.ts";
-import { Utf8Guard } from "../grammar/utf8-guard.ts";
 
 export interface EngineCoreOptions {
   blockSize: number;
@@ -49,11 +51,15 @@ export class EngineCore {
   private readonly grammarFailures = new Map<string, EngineError>();
   /** Called when a request becomes ready outside a step (its grammar compiled), so an idle loop runs again. */
   onWake: (() => void) | null = null;
+  private readonly outputs: OutputProcessor;
 
   /** @param codec turns tokens into text; without one, outputs carry token ids only. */
   constructor(private readonly runner: StepRunner, private readonly options: EngineCoreOptions, private readonly codec: TextCodec | null = null) {
     this.kv = new KvCacheManager(new BlockPool(options.numBlocks), options.blockSize, options.enablePrefixCaching ?? true);
     this.scheduler = new Scheduler(this.kv, options);
+    this.outputs = new OutputProcessor(this.kv, this.stats, { promptComputed: (seq) => this.forkCopies(seq), finish: (seq) => this.finish(seq) }, {
+      vocabSize: runner.vocabSize, hiddenSize: runner.hiddenSize, maxModelLen: options.maxModelLen, eosTokenIds: options.eosTokenIds,
+    }, codec);
     const grammar = options.grammar;
     if (grammar?.state) this.stats.grammarState = () => grammar.state!();
   }
@@ -125,34 +131,13 @@ export class EngineCore {
     this.stats.numPreemptions += preempted.length;
     if (scheduled.length > 0) {
       const needs = scheduled.map(({ seq }) => stepNeedOf(seq));
-      // NOTE: the grammar thread accepts the last tokens and computes the next masks while the model runs.
-      const constrained = scheduled.filter(({ seq, numNewTokens }) => seq.grammarKey !== null && seq.numComputedTokens + numNewTokens >= seq.numTokens);
-      const maskStart = performance.now();
-      let maskEnd = maskStart;
-      const masking = constrained.length === 0 ? null
-        : this.options.grammar!.advance(constrained.map(({ seq }) => ({ seqKey: seq.grammarKey!, tokens: seq.grammarTokens.splice(0) })))
-          .finally(() => (maskEnd = performance.now()));
+      // NOTE: the grammar threads accept the last tokens and compute the next masks while the model runs.
+      const masking = this.startMasks(scheduled);
       const hidden = scheduled.some(({ seq }) => seq.pooling !== null);
       const logits = await this.runner.step(scheduled.map(toStepSequence), { fullLogits: needs.includes("logits"), probs: needs.includes("probs"), hidden })
         .catch((err: unknown) => this.failStep(scheduled, err, outputs));
-      const masks = new Map<Sequence, Int32Array>();
-      /** Requests that fail alone in this step, with why. */
-      const failed = new Map<string, unknown>();
-      if (masking) {
-        const ranMs = performance.now();
-        // NOTE: the session answers every row within its deadline; a row without a mask fails its own request, not the step.
-        const rows = await masking;
-        this.stats.numGrammarSteps++;
-        this.stats.grammarMaskSeconds += (maskEnd - maskStart) / 1000;
-        this.stats.grammarWaitSeconds += Math.max(0, maskEnd - ranMs) / 1000;
-        constrained.forEach(({ seq }, i) => {
-          const row = rows[i];
-          if ("error" in row) failed.set(seq.requestId, row.error);
-          else if (row.rejected) failed.set(seq.requestId, new Error("the grammar refused a token sampled under its own mask"));
-          else masks.set(seq, row.mask);
-        });
-      }
-      this.updateAll(scheduled, logits, needs, outputs, masks, failed);
+      const { masks, failed: failedAlone } = await masking();
+      this.processAll(scheduled, logits, needs, outputs, masks, failedAlone);
     }
     // NOTE: also after a step that only aborted, so the gauges don't keep a freed request.
     this.stats.observeStep(this.scheduler, this.kv);
@@ -160,14 +145,45 @@ export class EngineCore {
   }
 
   /**
-   * Applies the step's rows to each sequence. A request whose update throws (a fault in
-   * sampling or text, never the user's input) fails alone: the others keep their outputs.
+   * Asks the grammar session for the masks of the constrained sequences that sample this step;
+   * the returned function waits for them. NOTE: the session answers every row within its
+   * deadline; a row without a mask fails its own request (`failed`), never the step.
    */
-  private updateAll(scheduled: ScheduledSequence[], logits: StepLogits[], needs: LogitsNeed[], outputs: EngineOutput[], masks: ReadonlyMap<Sequence, Int32Array>, failed: Map<string, unknown>): void {
+  private startMasks(scheduled: ScheduledSequence[]): () => Promise<{ masks: Map<Sequence, Int32Array>; failed: Map<string, unknown> }> {
+    const masks = new Map<Sequence, Int32Array>();
+    const failed = new Map<string, unknown>();
+    const constrained = scheduled.filter(({ seq, numNewTokens }) => seq.grammarKey !== null && seq.numComputedTokens + numNewTokens >= seq.numTokens);
+    if (constrained.length === 0) return async () => ({ masks, failed });
+    const maskStart = performance.now();
+    let maskEnd = maskStart;
+    const masking = this.options.grammar!.advance(constrained.map(({ seq }) => ({ seqKey: seq.grammarKey!, tokens: seq.grammarTokens.splice(0) })))
+      .finally(() => (maskEnd = performance.now()));
+    return async () => {
+      const ranMs = performance.now();
+      const rows = await masking;
+      this.stats.numGrammarSteps++;
+      this.stats.grammarMaskSeconds += (maskEnd - maskStart) / 1000;
+      this.stats.grammarWaitSeconds += Math.max(0, maskEnd - ranMs) / 1000;
+      constrained.forEach(({ seq }, i) => {
+        const row = rows[i];
+        if ("error" in row) failed.set(seq.requestId, row.error);
+        else if (row.rejected) failed.set(seq.requestId, new Error("the grammar refused a token sampled under its own mask"));
+        else masks.set(seq, row.mask);
+      });
+      return { masks, failed };
+    };
+  }
+
+  /**
+   * Applies the step's rows to each sequence through the output processor. A request whose
+   * processing throws (a fault in sampling or text, never the user's input) fails alone: the
+   * others keep their outputs.
+   */
+  private processAll(scheduled: ScheduledSequence[], logits: StepLogits[], needs: LogitsNeed[], outputs: EngineOutput[], masks: ReadonlyMap<Sequence, Int32Array>, failed: Map<string, unknown>): void {
     scheduled.forEach((entry, i) => {
       if (failed.has(entry.seq.requestId)) return;
       try {
-        const output = this.update(entry, logits[i], needs[i], masks.get(entry.seq) ?? null);
+        const output = this.outputs.process(entry, logits[i], needs[i], masks.get(entry.seq) ?? null);
         if (output) outputs.push(output);
       } catch (err) {
         failed.set(entry.seq.requestId, err);
@@ -197,13 +213,6 @@ export class EngineCore {
     throw new StepFailure(requestIds, cause, outputs, usages, causes);
   }
 
-  private guard: Utf8Guard | null = null;
-
-  /** Built on the first constrained sample (a pass over the vocabulary's bytes). */
-  private utf8Guard(): Utf8Guard {
-    return (this.guard ??= new Utf8Guard(this.codec!, this.runner.vocabSize));
-  }
-
   private closeGrammars(seqs: readonly Sequence[]): void {
     closeGrammarsOf(this.options.grammar, seqs);
   }
@@ -231,65 +240,6 @@ export class EngineCore {
     return outputs;
   }
 
-  private update({ seq, numNewTokens }: ScheduledSequence, rows: StepLogits, need: LogitsNeed, mask: Int32Array | null): EngineOutput | null {
-    const start = seq.numComputedTokens;
-    seq.numComputedTokens += numNewTokens;
-    this.kv.cacheFullBlocks(seq);
-    if (seq.pooling) return this.pool(seq, numNewTokens, rows);
-    if (seq.promptLogprobs && start < seq.numPromptTokens) {
-      const found = promptLogprobsFromRows(rows.full!, this.runner.vocabSize, start, seq.promptTokenIds, seq.sampling.logprobs ?? 0);
-      for (const [position, entry] of found) seq.promptLogprobs.set(position, entry);
-    }
-    if (seq.numComputedTokens >= seq.numPromptTokens) this.forkCopies(seq);
-    if (seq.numComputedTokens < seq.numTokens) return null;
-
-    const isFirst = seq.outputTokenIds.length === 0;
-    if (seq.grammarKey !== null && !mask) throw new Error("a constrained sequence reached sampling without its grammar's mask");
-    const allowedMask = mask && this.codec ? this.utf8Guard().restrict(mask, seq.outputTokenIds.at(-1)) : mask;
-    const history = { promptTokenIds: seq.promptTokenIds, outputTokenIds: seq.outputTokenIds, allowedMask };
-    const sample = sampleRow(rowOf(rows, rows.numRows - 1, this.runner.vocabSize), need, seq.sampling, history, seq.rng);
-    seq.appendToken(sample.tokenId);
-    if (seq.grammarKey !== null) seq.grammarTokens.push(sample.tokenId);
-    this.stats.observeToken(seq, isFirst);
-    const delta = seq.detokenizer?.push([sample.tokenId]) ?? { text: "", stopped: false, stopReason: undefined };
-    const stop = delta.stopped ? { finishReason: "stop" as const, stopReason: delta.stopReason } : this.stopOf(seq, sample.tokenId);
-    let text = delta.text;
-    let usage: RequestUsage | null = null;
-    if (stop) {
-      if (!delta.stopped) text += seq.detokenizer?.flush() ?? "";
-      usage = this.finish(seq);
-    }
-    return {
-      requestId: seq.requestId,
-      index: seq.index,
-      newTokenIds: [sample.tokenId],
-      text,
-      ...(seq.sampling.logprobs !== undefined ? { logprobs: [withTokenStrings(sample, this.codec)] } : {}),
-      ...(stop ?? {}),
-      ...(isFirst ? { numCachedTokens: seq.numCachedTokens ?? 0, numPromptTokens: seq.numPromptTokens } : {}),
-      ...(isFirst && seq.promptLogprobs ? { promptLogprobs: this.promptLogprobsOf(seq) } : {}),
-      ...(usage ? { usage } : {}),
-    };
-  }
-
-  /** Adds the step's hidden rows to an embedding sequence; once its prompt is computed, it finishes with the pooled embedding. */
-  private pool(seq: Sequence, numNewTokens: number, rows: StepLogits): EngineOutput | null {
-    const size = this.runner.hiddenSize;
-    const hidden = rows.hidden;
-    const numRows = seq.pooling === "mean" ? numNewTokens : seq.numComputedTokens >= seq.numPromptTokens ? 1 : 0;
-    if (!hidden || hidden.length !== numRows * size) throw new Error(`an embedding step returned ${hidden?.length ?? 0} hidden values, not ${numRows} rows of ${size}`);
-    const sum = (seq.pooled ??= new Float64Array(size));
-    for (let r = 0; r < numRows; r++) for (let i = 0; i < size; i++) sum[i] += hidden[r * size + i];
-    if (seq.numComputedTokens < seq.numPromptTokens) return null;
-    const embedding = l2Normalized(sum);
-    this.stats.observePooled(seq);
-    const usage = this.finish(seq)!;
-    return {
-      requestId: seq.requestId, index: 0, newTokenIds: [], text: "", finishReason: "stop",
-      numCachedTokens: 0, numPromptTokens: seq.numPromptTokens, embedding, usage,
-    };
-  }
-
   /** Once copy 0 of an n > 1 request has its prompt computed, the other copies share its full blocks. */
   private forkCopies(parent: Sequence): void {
     const copies = this.pendingForks.get(parent.requestId);
@@ -300,21 +250,6 @@ export class EngineCore {
       copy.numCachedTokens = parent.numCachedTokens;
     }
     this.scheduler.addFirst(copies);
-  }
-
-  private promptLogprobsOf(seq: Sequence): PromptLogprob[] {
-    return seq.promptTokenIds.map((tokenId, position) => {
-      const entry = seq.promptLogprobs!.get(position);
-      if (entry) return withTokenStrings(entry, this.codec);
-      const strings = this.codec ? { token: this.codec.tokenText(tokenId), bytes: [...this.codec.tokenBytes(tokenId)] } : {};
-      return { tokenId, ...strings, logprob: null, top: null };
-    });
-  }
-
-  private stopOf(seq: Sequence, tokenId: number): { finishReason: FinishReason; stopReason?: number } | null {
-    if (seq.stopTokenIds.has(tokenId)) return { finishReason: "stop", ...(this.options.eosTokenIds.includes(tokenId) ? {} : { stopReason: tokenId }) };
-    if (seq.outputTokenIds.length >= seq.maxTokens || seq.numTokens >= this.options.maxModelLen) return { finishReason: "length" };
-    return null;
   }
 
   /** Finishes one sequence; once its request has no sequence left, returns the request's usage. */
@@ -336,14 +271,6 @@ function closeGrammarsOf(grammar: GrammarSession | null | undefined, seqs: reado
     grammar.close(seq.grammarKey);
     seq.grammarKey = null;
   }
-}
-
-/** The vector scaled to unit length (a zero vector stays zero); the mean's 1/n cancels here. */
-function l2Normalized(v: Float64Array): Float32Array {
-  let norm = 0;
-  for (const x of v) norm += x * x;
-  const scale = norm > 0 ? 1 / Math.sqrt(norm) : 0;
-  return Float32Array.from(v, (x) => x * scale);
 }
 
 /** What a request used, from its sequences: the prompt once, and every sequence's tokens. */
