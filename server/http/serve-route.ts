@@ -8,7 +8,7 @@ import type { FastifyReply, FastifyRequest } from "fastify";
 import type { UpstreamBackend } from "../backends/model-backend.ts";
 import { fallbackReasonOf, type Route } from "../backends/route.ts";
 import type { ServerContext } from "../server-context.ts";
-import { openRequest, type AdmitOptions, type Admitted, type RequestScope, type UpstreamAdmitted } from "./admission.ts";
+import { openRequest, type AdmitOptions, type Admitted, type RequestScope, type UpstreamAdmitted } from "./request-scope.ts";
 import { checkModelAccess } from "./auth.ts";
 import { onClientGone, setRawHeaders } from "./http-helpers.ts";
 

@@ -5,7 +5,7 @@
  * upstream model's from its chat-completion chunks (server/upstream/upstream-chat.ts).
  */
 import type { Usage } from "../../service/settlement.ts";
-import type { Admitted } from "../http/admission.ts";
+import type { Admitted } from "../http/request-scope.ts";
 import { OutputSplitter, startChat, toolParsingFor, type ChatRun, type SplitOutput } from "./chat-run.ts";
 import type { ChatCompletionRequest } from "./schemas.ts";
 import type { GrammarSpec } from "../backends/engine-api.ts";

@@ -5,7 +5,7 @@
  */
 import type { EngineOutput, GrammarSpec } from "../backends/engine-api.ts";
 import type { LocalBackend } from "../backends/model-backend.ts";
-import type { Admitted } from "../http/admission.ts";
+import type { Admitted } from "../http/request-scope.ts";
 import { toChatMessage } from "./chat-messages.ts";
 import { ReasoningStream, splitReasoning, type ReasoningParser } from "./reasoning.ts";
 import type { ChatCompletionRequest } from "./schemas.ts";

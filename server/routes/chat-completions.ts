@@ -1,7 +1,7 @@
 /** POST /v1/chat/completions: OpenAI's chat API, streamed over SSE or returned whole. */
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
-import type { Admitted } from "../http/admission.ts";
+import type { Admitted } from "../http/request-scope.ts";
 import { serveOnRoute } from "../http/serve-route.ts";
 import { proxyToUpstream } from "../upstream/upstream-proxy.ts";
 import { Choices, openAiUsage } from "../openai/choices.ts";

@@ -1,7 +1,7 @@
 /** POST /v1/completions: the legacy completions API, with token-id prompts, echo and legacy logprobs. */
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
-import type { Admitted } from "../http/admission.ts";
+import type { Admitted } from "../http/request-scope.ts";
 import { serveOnRoute } from "../http/serve-route.ts";
 import { proxyToUpstream } from "../upstream/upstream-proxy.ts";
 import type { GrammarSpec } from "../backends/engine-api.ts";

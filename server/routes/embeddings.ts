@@ -9,7 +9,7 @@ import { randomUUID } from "node:crypto";
 import type { FastifyInstance } from "fastify";
 import { GREEDY, type EngineRequest } from "../backends/engine-api.ts";
 import type { LocalBackend } from "../backends/model-backend.ts";
-import type { Admitted } from "../http/admission.ts";
+import type { Admitted } from "../http/request-scope.ts";
 import { invalidRequest, requestAborted } from "../http/api-error.ts";
 import { parseBody } from "../http/http-helpers.ts";
 import { serveOnRoute } from "../http/serve-route.ts";

@@ -5,7 +5,7 @@
  * Fields only tokenmill and vLLM know (top_k, chat_template_kwargs) are left out, since
  * OpenAI refuses what it doesn't know.
  */
-import type { UpstreamAdmitted } from "../http/admission.ts";
+import type { UpstreamAdmitted } from "../http/request-scope.ts";
 import type { ChatPiece, PieceRun } from "../openai/chat-pieces.ts";
 import type { ChatCompletionRequest } from "../openai/schemas.ts";
 import type { ToolCall } from "../openai/tool-calls.ts";

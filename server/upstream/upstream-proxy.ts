@@ -5,7 +5,7 @@
  * without buffering. The response names the served model and carries the cost, as local ones do.
  */
 import type { FastifyReply } from "fastify";
-import type { UpstreamAdmitted } from "../http/admission.ts";
+import type { UpstreamAdmitted } from "../http/request-scope.ts";
 import { SseStream } from "../http/sse.ts";
 import type { UpstreamCall } from "./upstream-provider.ts";
 import { badResponse, openaiUsage, parseJson, upstreamChunks } from "./upstream-stream.ts";
