@@ -41,6 +41,17 @@ export default tseslint.config(
   ...engineFloor(["engine/core/**/*.ts"], ["host"]),
   ...engineFloor(["engine/host/**/*.ts", "engine/*.ts"], []),
   {
+    // Every HTTP error comes from the one catalog, server/http/api-error.ts.
+    files: ["server/**/*.ts"],
+    ignores: ["server/http/api-error.ts"],
+    rules: {
+      "no-restricted-syntax": ["error", {
+        selector: "NewExpression[callee.name=/^(ApiError|BackendUnavailable)$/]",
+        message: "make HTTP errors in the catalog (server/http/api-error.ts) and call them by name",
+      }],
+    },
+  },
+  {
     files: ["bench/**/*.ts"],
     rules: {
       "no-restricted-imports": ["error", {

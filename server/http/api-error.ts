@@ -56,6 +56,47 @@ export const serverShuttingDown = () =>
   new ApiError(503, "The server is shutting down; this request was cut off before it finished.", "server_error", null, "server_shutting_down", 5);
 export const serverDraining = () =>
   new ApiError(503, "The server is shutting down and takes no new requests; retry (another replica will answer).", "server_error", null, "server_shutting_down", 1);
+// Transport and bodies.
+export const requestTimedOut = () =>
+  new ApiError(408, "The request was not received in full within the server's request timeout.", "invalid_request_error", null, "request_timeout");
+export const headersTooLarge = () => new ApiError(431, "The request's headers are larger than the server accepts.", "invalid_request_error", null, "headers_too_large");
+export const badHttp = (code: string | undefined) => new ApiError(400, `The request is not valid HTTP (${code ?? "parse error"}).`, "invalid_request_error", null, "bad_request");
+export const unsupportedMediaType = (type: string | undefined) =>
+  new ApiError(415, `Content-Type must be application/json (${type ? `got ${type}` : "none was sent"}).`, "invalid_request_error", null, "unsupported_media_type");
+
+// Keys and the admin API.
+export const adminApiOff = () =>
+  new ApiError(404, "The admin API is off: start the server with --admin-key (or TOKENMILL_ADMIN_KEY).", "invalid_request_error", null, "not_found");
+export const invalidApiKey = (message: string) => new ApiError(401, message, "invalid_request_error", null, "invalid_api_key");
+export const notAdmin = () => new ApiError(403, "This route needs the admin key.", "invalid_request_error", null, "insufficient_permissions");
+export const keyNotFound = (id: string) => new ApiError(404, `No API key with id ${id}.`, "invalid_request_error", "id", "not_found");
+export const responseNotFound = (id: string) => new ApiError(404, `No response with id '${id}' found.`, "invalid_request_error", "response_id", "not_found");
+/** A route that needs the database on a server started without one (`what`: "key store", "price store", "ledger"). */
+export const noStore = (what: string) => new ApiError(503, `The server has no ${what} (--db none).`, "server_error", null, "no_store");
+export const noLedger = () => new ApiError(503, "The server meters nothing (--no-ledger or --db none).", "server_error", null, "no_ledger");
+
+// Models: /health's view of one that can't serve now, and a request too big for one.
+export const modelDown = (message: string, code: "loading" | "engine_dead" | "upstream_unavailable", retryAfterSeconds?: number) =>
+  new ApiError(503, message, "server_error", null, code, retryAfterSeconds);
+export const tooManySequences = (message: string, param: string) => new BackendUnavailable("overloaded", 400, message, "too_many_sequences", undefined, {}, param);
+
+// Upstream providers: each a BackendUnavailable a route may fall back on, but the last two (the upstream's own answer).
+export const upstreamBreakerOpen = (provider: string, model: string, retryAfterSeconds: number) =>
+  new BackendUnavailable("upstream_5xx", 503, `The upstream provider ${provider} is failing for ${model}; its circuit breaker is open.`, "upstream_unavailable", retryAfterSeconds);
+export const upstreamProbing = (provider: string, model: string) =>
+  new BackendUnavailable("upstream_5xx", 503, `The upstream provider ${provider} is being probed for ${model}; retry shortly.`, "upstream_unavailable", 1);
+export const upstreamAtCap = (provider: string, cap: number) =>
+  new BackendUnavailable("overloaded", 503, `The upstream provider ${provider} is at its concurrency cap (${cap}).`, "overloaded", 1);
+export const upstreamKeyRefused = (provider: string, status: number, detail: string) =>
+  new BackendUnavailable("upstream_5xx", 502, `The upstream provider ${provider} refused tokenmill's key for it (${status}): ${detail}`, "upstream_auth_failed");
+export const upstreamRateLimited = (message: string, retryAfterSeconds?: number) => new BackendUnavailable("upstream_429", 429, message, "rate_limit_exceeded", retryAfterSeconds);
+export const upstreamFailed = (message: string) => new BackendUnavailable("upstream_5xx", 502, message, "upstream_error");
+export const upstreamTimeout = (provider: string, timeoutMs: number) =>
+  new BackendUnavailable("timeout", 504, `The upstream provider ${provider} did not answer within ${timeoutMs / 1000} s.`, "upstream_timeout");
+export const upstreamFailedMidStream = (provider: string, detail: string) =>
+  new ApiError(502, `The upstream provider ${provider} failed mid-stream: ${detail}`, "server_error", null, "upstream_error");
+/** The upstream's own 4xx, as it gave it (the request is at fault). */
+export const upstreamRefused = (status: number, message: string, type: string, param: string | null, code: string | null) => new ApiError(status, message, type, param, code);
 /** The ledger (or the key store) can't be written or reached now: nothing may run unbilled, so nothing runs. */
 export const storeUnavailable = () =>
   new ApiError(503, "The server's database cannot be reached or written right now, so it can't record usage; retry shortly.", "server_error", null, "ledger_unavailable", 2);

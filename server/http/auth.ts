@@ -17,7 +17,7 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { IncomingHttpHeaders } from "node:http";
 import { mayUse, type ApiKey, type KeyStore } from "../../service/keys.ts";
-import { ApiError, modelNotFound } from "./api-error.ts";
+import { adminApiOff, invalidApiKey, modelNotFound, notAdmin, type ApiError } from "./api-error.ts";
 
 export type AuthMode = "auto" | "required" | "none";
 
@@ -64,7 +64,7 @@ export function authenticator(options: AuthOptions): (routePattern: string | und
     const presented = secret ? digest(secret) : null;
     const isAdmin = presented !== null && adminDigests.some((d) => timingSafeEqual(d, presented));
     if (access === "admin") {
-      if (adminDigests.length === 0) throw new ApiError(404, "The admin API is off: start the server with --admin-key (or TOKENMILL_ADMIN_KEY).", "invalid_request_error", null, "not_found");
+      if (adminDigests.length === 0) throw adminApiOff();
       if (isAdmin) return { keyId: "admin", key: null, admin: true };
       throw secret ? notAdmin() : invalidKey(null, routePattern);
     }
@@ -95,12 +95,7 @@ function presentedKey(headers: IncomingHttpHeaders): string | null {
 function invalidKey(secret: string | null, routePattern: string | undefined): ApiError {
   // NOTE: Anthropic's clients send their key as x-api-key; OpenAI's as a bearer token.
   const how = routePattern?.startsWith("/v1/messages") ? "x-api-key: YOUR_KEY" : "Authorization: Bearer YOUR_KEY";
-  return new ApiError(401, secret ? "Incorrect API key provided." : `Missing API key: send ${how}.`,
-    "invalid_request_error", null, "invalid_api_key");
-}
-
-function notAdmin(): ApiError {
-  return new ApiError(403, "This route needs the admin key.", "invalid_request_error", null, "insufficient_permissions");
+  return invalidApiKey(secret ? "Incorrect API key provided." : `Missing API key: send ${how}.`);
 }
 
 function digest(key: string): Buffer {

@@ -4,18 +4,18 @@
  * the limit, a body slower than --request-timeout) are answered in OpenAI's error shape.
  */
 import type { Socket } from "node:net";
-import { ApiError } from "./api-error.ts";
+import { badHttp, headersTooLarge, requestTimedOut, type ApiError } from "./api-error.ts";
 
 const REASONS: Record<number, string> = { 400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large" };
 
 export function clientErrorOf(err: NodeJS.ErrnoException): ApiError {
   if (err.code === "ERR_HTTP_REQUEST_TIMEOUT") {
-    return new ApiError(408, "The request was not received in full within the server's request timeout.", "invalid_request_error", null, "request_timeout");
+    return requestTimedOut();
   }
   if (err.code === "HPE_HEADER_OVERFLOW") {
-    return new ApiError(431, "The request's headers are larger than the server accepts.", "invalid_request_error", null, "headers_too_large");
+    return headersTooLarge();
   }
-  return new ApiError(400, `The request is not valid HTTP (${err.code ?? "parse error"}).`, "invalid_request_error", null, "bad_request");
+  return badHttp(err.code);
 }
 
 /** fastify's clientErrorHandler: write the error and close, unless the client is already gone. */

@@ -10,7 +10,7 @@
  */
 import type { FastifyInstance } from "fastify";
 import { isUtf8 } from "node:buffer";
-import { ApiError, invalidRequest } from "./api-error.ts";
+import { invalidRequest, unsupportedMediaType } from "./api-error.ts";
 
 /** NOTE: String.prototype.isWellFormed is in Node 20, not yet in TypeScript's ES2023 lib. */
 const isWellFormed = (text: string) => (text as string & { isWellFormed(): boolean }).isWellFormed();
@@ -40,10 +40,6 @@ export function registerJsonBody(app: FastifyInstance): void {
   });
 }
 
-export function unsupportedMediaType(type: string | undefined): ApiError {
-  const got = type ? `got ${type}` : "none was sent";
-  return new ApiError(415, `Content-Type must be application/json (${got}).`, "invalid_request_error", null, "unsupported_media_type");
-}
 
 /** The first value nested deeper than maxDepth, or string (a key or a value) with a lone surrogate; null when there is none. Iterative, so any depth is safe. */
 function firstProblem(value: unknown, maxDepth: number): { kind: "depth" | "surrogate"; path: (string | number)[] } | null {

@@ -14,7 +14,7 @@ import { NO_USAGE, type Admission, type Outcome, type Settlement, type Usage } f
 import type { LocalBackend, ModelBackend, UpstreamBackend } from "../backends/model-backend.ts";
 import type { Priority } from "../backends/engine-api.ts";
 import type { ServerContext } from "../server-context.ts";
-import { ApiError, BackendUnavailable, clientClosedRequest, invalidRequest, engineDead, engineRestarting, modelLoading, overloaded, storeUnavailable, toApiError } from "./api-error.ts";
+import { ApiError, clientClosedRequest, tooManySequences, invalidRequest, engineDead, engineRestarting, modelLoading, overloaded, storeUnavailable, toApiError } from "./api-error.ts";
 import { LocalAttempt, UpstreamAttempt, type Admitted, type Attempt, type UpstreamAdmitted } from "./attempts.ts";
 
 export type { Admitted, UpstreamAdmitted } from "./attempts.ts";
@@ -78,10 +78,9 @@ export class RequestScope {
     const capacity = limits.maxNumSeqs + limits.maxQueuedRequests;
     if (numSequences > capacity) {
       // NOTE: a 400 for this model alone: a route may still have a target that holds it (hence "overloaded").
-      throw new BackendUnavailable("overloaded", 400,
+      throw tooManySequences(
         `This request needs ${numSequences} sequences at once, but the server holds at most ${capacity} ` +
-          `(${limits.maxNumSeqs} running plus ${limits.maxQueuedRequests} queued); send fewer prompts or a smaller n.`,
-        "too_many_sequences", undefined, {}, this.options.param ?? "n");
+          `(${limits.maxNumSeqs} running plus ${limits.maxQueuedRequests} queued); send fewer prompts or a smaller n.`, this.options.param ?? "n");
     }
     if (!engine || !tokenizer) throw modelLoading();
     if (engine.state === "restarting") throw engineRestarting();

@@ -8,7 +8,7 @@ import { KEY_PRIORITIES, type ApiKey, type KeyPriority, type KeyStore } from "..
 import type { KeyLimits } from "../../service/limits/key-limits.ts";
 import { PERIODS, type Period } from "../../service/limits/periods.ts";
 import { microUsdPerMtok } from "../../service/prices.ts";
-import { ApiError, invalidRequest } from "../http/api-error.ts";
+import { invalidRequest, keyNotFound, noStore } from "../http/api-error.ts";
 import { limitFields as limitBody } from "./key-fields.ts";
 import { parseBody } from "../http/http-helpers.ts";
 
@@ -49,9 +49,9 @@ export function keyBody(key: ApiKey) {
 }
 
 export function registerAdminKeyRoutes(app: FastifyInstance, keys: KeyStore | null): void {
-  const store = () => keys ?? (() => { throw new ApiError(503, "The server has no key store (--db none).", "server_error", null, "no_store"); })();
+  const store = () => keys ?? (() => { throw noStore("key store"); })();
   const found = (key: ApiKey | null, id: string) => {
-    if (!key) throw new ApiError(404, `No API key with id ${id}.`, "invalid_request_error", "id", "not_found");
+    if (!key) throw keyNotFound(id);
     return keyBody(key);
   };
 

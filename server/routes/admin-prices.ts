@@ -6,7 +6,7 @@
 import type { FastifyInstance } from "fastify";
 import { z } from "zod";
 import { microUsdPerMtok, type Price, type PriceBook } from "../../service/prices.ts";
-import { ApiError } from "../http/api-error.ts";
+import { noStore } from "../http/api-error.ts";
 import { parseBody } from "../http/http-helpers.ts";
 
 /** USD per million tokens, as a JSON number or a decimal string, up to 6 decimals (1e-7 is refused, never rounded to 0). */
@@ -40,7 +40,7 @@ export function priceBody(price: Price) {
 }
 
 export function registerAdminPriceRoutes(app: FastifyInstance, prices: PriceBook | null): void {
-  const book = () => prices ?? (() => { throw new ApiError(503, "The server has no price store (--db none).", "server_error", null, "no_store"); })();
+  const book = () => prices ?? (() => { throw noStore("price store"); })();
 
   app.get("/v1/admin/prices", async () => ({ object: "list", data: (await book().list()).map(priceBody) }));
 

@@ -6,7 +6,7 @@
  * while the ledger cannot commit (nothing may be served unbilled).
  */
 import type { FastifyInstance } from "fastify";
-import { ApiError, engineRestarting, storeUnavailable } from "../http/api-error.ts";
+import { ApiError, engineRestarting, modelDown, storeUnavailable } from "../http/api-error.ts";
 import type { ModelBackend } from "../backends/model-backend.ts";
 import type { ServerContext } from "../server-context.ts";
 
@@ -22,13 +22,13 @@ interface BackendHealth {
 function healthOf(backend: ModelBackend): BackendHealth {
   if (backend.kind === "upstream") {
     const state = backend.provider.breakerFor(backend.upstreamModel).state;
-    const down = state === "open" ? new ApiError(503, `The upstream provider of ${backend.id} is failing (circuit breaker open).`, "server_error", null, "upstream_unavailable") : null;
+    const down = state === "open" ? modelDown(`The upstream provider of ${backend.id} is failing (circuit breaker open).`, "upstream_unavailable") : null;
     return { backend: backend.label, state: state === "closed" ? "running" : `breaker_${state}`, down };
   }
   const { engine } = backend;
-  if (!engine) return { backend: backend.label, state: "loading", down: new ApiError(503, `The model ${backend.id} is loading.`, "server_error", null, "loading", 5) };
+  if (!engine) return { backend: backend.label, state: "loading", down: modelDown(`The model ${backend.id} is loading.`, "loading", 5) };
   if (engine.state === "restarting") return { backend: backend.label, state: "restarting", down: engineRestarting(`The engine of ${backend.id} is restarting after a fault; retry shortly.`) };
-  if (engine.state === "stopped") return { backend: backend.label, state: "stopped", down: new ApiError(503, `The engine thread of ${backend.id} has stopped.`, "server_error", null, "engine_dead") };
+  if (engine.state === "stopped") return { backend: backend.label, state: "stopped", down: modelDown(`The engine thread of ${backend.id} has stopped.`, "engine_dead") };
   return { backend: backend.label, state: "running", down: null };
 }
 

@@ -10,7 +10,7 @@ import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import type { ResponseStore } from "../../service/response-store.ts";
 import type { Usage } from "../../service/settlement.ts";
-import { ApiError, toApiError } from "../http/api-error.ts";
+import { responseNotFound, toApiError } from "../http/api-error.ts";
 import type { Caller } from "../http/auth.ts";
 import { parseBody } from "../http/http-helpers.ts";
 import { serveOnRoute } from "../http/serve-route.ts";
@@ -28,7 +28,6 @@ export interface ResponsesOptions {
   retentionMs: number;
 }
 
-const responseNotFound = (id: string) => new ApiError(404, `No response with id '${id}' found.`, "invalid_request_error", "response_id", "not_found");
 const newId = (prefix: string) => `${prefix}_${randomUUID().replaceAll("-", "")}`;
 /** Anonymous callers share one key id; their stored responses are theirs alike. */
 const keyOf = (caller: Caller) => caller.keyId;

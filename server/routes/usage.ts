@@ -12,7 +12,7 @@ import { NO_LIMITS } from "../../service/limits/key-limits.ts";
 import { limitFields } from "./key-fields.ts";
 import type { LimitName, LimitStatus } from "../../service/limits/limiter.ts";
 import { durationText } from "../../service/limits/periods.ts";
-import { ApiError } from "../http/api-error.ts";
+import { invalidRequest, noLedger, noStore } from "../http/api-error.ts";
 import type { ServerContext } from "../server-context.ts";
 import { parseBody } from "../http/http-helpers.ts";
 
@@ -50,7 +50,7 @@ async function paged<T>(
   const limit = Math.min(query.limit ?? limits.default, limits.max);
   const startMs = (query.page ?? query.start_time) * 1000;
   const endMs = (query.end_time ?? Math.ceil(Date.now() / 1000)) * 1000;
-  if (endMs <= startMs) throw new ApiError(400, "end_time must be after start_time.", "invalid_request_error", "end_time", null);
+  if (endMs <= startMs) throw invalidRequest("end_time must be after start_time.", "end_time");
   const pageEndMs = Math.min(endMs, startMs + limit * width);
   const groups = await usageByBucket(store.db, { startMs, endMs: pageEndMs, bucketWidth: query.bucket_width, groupBy });
   const data: Page<T>["data"] = [];
@@ -74,7 +74,7 @@ function limitsBody(status: Partial<Record<LimitName, LimitStatus>>) {
 }
 
 export function registerUsageRoutes(app: FastifyInstance, store: Store | null, ledger: Ledger | null, ctx: ServerContext): void {
-  const need = () => store ?? (() => { throw new ApiError(503, "The server has no ledger (--db none).", "server_error", null, "no_store"); })();
+  const need = () => store ?? (() => { throw noStore("ledger"); })();
 
   app.get("/v1/organization/usage/completions", async (request) => {
     const query = parseBody(usageQuery, request.query);
@@ -98,7 +98,7 @@ export function registerUsageRoutes(app: FastifyInstance, store: Store | null, l
   });
 
   app.get("/v1/key", async (request) => {
-    if (!ledger) throw new ApiError(503, "The server meters nothing (--no-ledger or --db none).", "server_error", null, "no_ledger");
+    if (!ledger) throw noLedger();
     const { caller } = request;
     const now = new Date();
     const periodStartMs = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1);

@@ -14,7 +14,9 @@
  * (a stall, a dropped connection, an answer that can't be read): an upstream that answers 200
  * and then hangs or sends garbage opens it like one that answers 500.
  */
-import { ApiError, BackendUnavailable } from "../http/api-error.ts";
+import {
+  ApiError, BackendUnavailable, upstreamAtCap, upstreamBreakerOpen, upstreamFailed, upstreamKeyRefused, upstreamProbing, upstreamRateLimited, upstreamRefused, upstreamTimeout,
+} from "../http/api-error.ts";
 import { CircuitBreaker, type BreakerState } from "./circuit-breaker.ts";
 import { DEFAULT_RETRY_POLICY, isRetryableStatus, retryAfterMsOf, retryDelayMs, type RetryPolicy } from "./retry-policy.ts";
 
@@ -77,11 +79,10 @@ export class UpstreamProvider {
   refusal(model: string): BackendUnavailable | null {
     const breaker = this.breakerFor(model);
     if (breaker.state === "open") {
-      return new BackendUnavailable("upstream_5xx", 503, `The upstream provider ${this.name} is failing for ${model}; its circuit breaker is open.`, "upstream_unavailable",
-        Math.max(1, Math.ceil(breaker.retryAfterMs / 1000)));
+      return upstreamBreakerOpen(this.name, model, Math.max(1, Math.ceil(breaker.retryAfterMs / 1000)));
     }
     if (this.numInFlight >= this.options.maxConcurrency) {
-      return new BackendUnavailable("overloaded", 503, `The upstream provider ${this.name} is at its concurrency cap (${this.options.maxConcurrency}).`, "overloaded", 1);
+      return upstreamAtCap(this.name, this.options.maxConcurrency);
     }
     return null;
   }
@@ -117,7 +118,7 @@ export class UpstreamProvider {
     const url = this.options.baseUrl.replace(/\/+$/, "") + path;
     for (let retry = 0; ; retry++) {
       signal.throwIfAborted();
-      if (!breaker.tryAcquire()) throw this.refusal(model) ?? new BackendUnavailable("upstream_5xx", 503, `The upstream provider ${this.name} is being probed for ${model}; retry shortly.`, "upstream_unavailable", 1);
+      if (!breaker.tryAcquire()) throw this.refusal(model) ?? upstreamProbing(this.name, model);
       const outcome = await this.tryOnce(url, body, signal);
       if (outcome instanceof Response) return outcome;
       if (signal.aborted) {
@@ -154,24 +155,24 @@ export class UpstreamProvider {
       const retryAfterMs = retryAfterMsOf(response.headers);
       // NOTE: the upstream refusing tokenmill's own key is the operator's fault, not the client's: never the client's 401.
       if (response.status === 401 || response.status === 403) {
-        const error = new BackendUnavailable("upstream_5xx", 502, `The upstream provider ${this.name} refused tokenmill's key for it (${response.status}): ${upstreamMessage(text) ?? ""}`, "upstream_auth_failed");
+        const error = upstreamKeyRefused(this.name, response.status, upstreamMessage(text) ?? "");
         return { error, retryAfterMs: null, retryable: false };
       }
       if (!isRetryableStatus(response.status)) return upstreamClientError(this.name, response.status, text);
       const message = `The upstream provider ${this.name} answered ${response.status}: ${upstreamMessage(text) ?? response.statusText}`;
       const error = response.status === 429
-        ? new BackendUnavailable("upstream_429", 429, message, "rate_limit_exceeded", retryAfterMs === null ? undefined : Math.max(1, Math.ceil(retryAfterMs / 1000)))
-        : new BackendUnavailable("upstream_5xx", 502, message, "upstream_error");
+        ? upstreamRateLimited(message, retryAfterMs === null ? undefined : Math.max(1, Math.ceil(retryAfterMs / 1000)))
+        : upstreamFailed(message);
       return { error, retryAfterMs };
     } catch (err) {
-      if (signal.aborted) return { error: new BackendUnavailable("upstream_5xx", 502, "aborted", "upstream_error"), retryAfterMs: null };
+      if (signal.aborted) return { error: upstreamFailed("aborted"), retryAfterMs: null };
       if (timeout.signal.aborted) {
         this.options.onTry?.("timeout");
         return { error: upstreamTimeout(this.name, this.options.timeoutMs), retryAfterMs: null };
       }
       this.options.onTry?.("error");
       const reason = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
-      return { error: new BackendUnavailable("upstream_5xx", 502, `The upstream provider ${this.name} could not be reached (${reason}).`, "upstream_error"), retryAfterMs: null };
+      return { error: upstreamFailed(`The upstream provider ${this.name} could not be reached (${reason}).`), retryAfterMs: null };
     } finally {
       clearTimeout(timer);
     }
@@ -192,7 +193,7 @@ export class UpstreamProvider {
           const { done, value } = await Promise.race([reader.read(), idle]).catch((err: unknown) => {
             if (signal.aborted || err instanceof BackendUnavailable) throw err;
             // NOTE: a connection dropped mid-body is the upstream's failure (a 502 a route may fall back on), not tokenmill's 500.
-            throw new BackendUnavailable("upstream_5xx", 502, `The upstream provider ${this.name} closed the connection before its response was complete.`, "upstream_error");
+            throw upstreamFailed(`The upstream provider ${this.name} closed the connection before its response was complete.`);
           });
           if (done) return onEnd();
           yield value;
@@ -207,13 +208,10 @@ export class UpstreamProvider {
   }
 }
 
-const upstreamTimeout = (name: string, timeoutMs: number) =>
-  new BackendUnavailable("timeout", 504, `The upstream provider ${name} did not answer within ${timeoutMs / 1000} s.`, "upstream_timeout");
-
 /** The upstream's 4xx as the client should see it: its own OpenAI-shaped error when it gave one. */
 function upstreamClientError(name: string, status: number, text: string): ApiError {
   const error = parseError(text);
-  return new ApiError(status, error?.message ?? `The upstream provider ${name} refused the request (${status}).`, error?.type ?? "invalid_request_error",
+  return upstreamRefused(status, error?.message ?? `The upstream provider ${name} refused the request (${status}).`, error?.type ?? "invalid_request_error",
     error?.param ?? null, error?.code ?? null);
 }
 

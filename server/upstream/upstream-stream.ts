@@ -5,7 +5,7 @@
  */
 import { createParser, type EventSourceMessage } from "eventsource-parser";
 import type { Usage } from "../../service/settlement.ts";
-import { ApiError, BackendUnavailable } from "../http/api-error.ts";
+import { upstreamFailed, upstreamFailedMidStream } from "../http/api-error.ts";
 
 export interface UpstreamUsage {
   prompt_tokens?: number;
@@ -26,7 +26,7 @@ export async function* upstreamChunks(bytes: AsyncIterable<Uint8Array>, provider
     for (const event of events.splice(0)) {
       if (event.data.trim() === "[DONE]") return;
       const chunk = parseJson(event.data, provider) as UpstreamChunk;
-      if (chunk.error) throw new ApiError(502, `The upstream provider ${provider} failed mid-stream: ${chunk.error.message ?? "unknown error"}`, "server_error", null, "upstream_error");
+      if (chunk.error) throw upstreamFailedMidStream(provider, chunk.error.message ?? "unknown error");
       yield chunk;
     }
   }
@@ -89,4 +89,4 @@ export function parseJson(text: string, provider: string): unknown {
 }
 
 export const badResponse = (provider: string, why: string) =>
-  new BackendUnavailable("upstream_5xx", 502, `The upstream provider ${provider} sent a response tokenmill cannot read: ${why}.`, "upstream_error");
+  upstreamFailed(`The upstream provider ${provider} sent a response tokenmill cannot read: ${why}.`);
