@@ -48,7 +48,7 @@ export interface ProviderSpec extends Omit<ProviderOptions, "onTry" | "onBreaker
   models: { name: string; upstreamModel?: string; maxOutputTokens?: number; aliases?: string[] }[];
 }
 
-/** A served name whose requests go to its targets in order (see backends/route.ts). */
+/** A served name whose requests go to its targets in order (see backends/serving-plan.ts). */
 export interface RouteSpec {
   name: string;
   targets: string[];

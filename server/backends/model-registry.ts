@@ -6,17 +6,17 @@
  */
 import { modelNotFound } from "../http/api-error.ts";
 import type { LocalBackend, ModelBackend } from "./model-backend.ts";
-import { Route, type RouteRules } from "./route.ts";
+import { ServingPlan, type PlanRules } from "./serving-plan.ts";
 
 export class ModelRegistry {
   private readonly backends = new Map<string, ModelBackend>();
-  private readonly routes = new Map<string, Route>();
+  private readonly routes = new Map<string, ServingPlan>();
 
   /** Serves a model under its own name, as a route of one. */
   register(backend: ModelBackend): void {
     this.claim(backend.id);
     this.backends.set(backend.id, backend);
-    this.routes.set(backend.id, new Route(backend.id, [backend]));
+    this.routes.set(backend.id, new ServingPlan(backend.id, [backend]));
   }
 
   /** Serves `name` as another name of a model or route already registered. */
@@ -24,11 +24,11 @@ export class ModelRegistry {
     const route = this.routes.get(target);
     if (!route) throw new Error(`the alias ${name} names ${target}, which is not served`);
     this.claim(name);
-    this.routes.set(name, new Route(name, route.targets, route.rules));
+    this.routes.set(name, new ServingPlan(name, route.targets, route.rules));
   }
 
   /** Serves `name` by its targets, in order, under the rules. */
-  route(name: string, targets: string[], rules: Partial<RouteRules> = {}): void {
+  route(name: string, targets: string[], rules: Partial<PlanRules> = {}): void {
     const backends = targets.map((target) => {
       const backend = this.backends.get(target);
       if (!backend) throw new Error(`the route ${name} names ${target}, which is not a served model`);
@@ -36,11 +36,11 @@ export class ModelRegistry {
     });
     if (rules.burst && this.backends.get(rules.burst.to.id) !== rules.burst.to) throw new Error(`the route ${name} bursts to ${rules.burst.to.id}, which is not a served model`);
     this.claim(name);
-    this.routes.set(name, new Route(name, backends, rules));
+    this.routes.set(name, new ServingPlan(name, backends, rules));
   }
 
   /** The route serving `model`; a 404 model_not_found for any other name. */
-  resolve(model: string): Route {
+  resolve(model: string): ServingPlan {
     const route = this.routes.get(model);
     if (!route) throw modelNotFound(model);
     return route;
@@ -66,7 +66,7 @@ export class ModelRegistry {
   }
 
   /** Every served name: models, aliases and routes. */
-  names(): Route[] {
+  names(): ServingPlan[] {
     return [...this.routes.values()];
   }
 

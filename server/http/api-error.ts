@@ -34,7 +34,7 @@ export class ApiError extends Error {
 export const FALLBACK_REASONS = ["engine_down", "overloaded", "upstream_5xx", "upstream_429", "timeout"] as const;
 export type FallbackReason = (typeof FALLBACK_REASONS)[number];
 
-/** A backend's refusal or failure that another backend of the route may make good (see backends/route.ts). */
+/** A backend's refusal or failure that another backend of the route may make good (see backends/serving-plan.ts). */
 export class BackendUnavailable extends ApiError {
   constructor(
     readonly reason: FallbackReason, status: number, message: string, code: string, retryAfterSeconds?: number, headers: Record<string, string> = {}, param: string | null = null,

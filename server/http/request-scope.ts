@@ -2,7 +2,7 @@
  * A request's scope: admission and settlement. A request opens one RequestScope: it is admitted
  * under its key's limits once, and settled exactly once, however it ends, with the exact usage of
  * the backend that served it. Within the scope it makes attempts (attempts.ts), one backend at a
- * time (see backends/route.ts): a local attempt may start only while its model's engine is ready
+ * time (see backends/serving-plan.ts): a local attempt may start only while its model's engine is ready
  * and its queue has room; an upstream attempt only while its model's breaker and its provider's
  * cap allow. An attempt given up for the next target (a fallback) is abandoned: its engine work
  * is stopped and its usage is not billed, since none of it reached the client.

@@ -2,7 +2,7 @@
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import type { Admitted } from "../http/request-scope.ts";
-import { serveOnRoute } from "../http/serve-route.ts";
+import { serveRequest } from "../http/serve-request.ts";
 import { proxyToUpstream } from "../upstream/upstream-proxy.ts";
 import { Choices, openAiUsage } from "../openai/choices.ts";
 import type { EngineOutput, GrammarSpec } from "../backends/engine-api.ts";
@@ -18,7 +18,7 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext
   app.post("/v1/chat/completions", async (request, reply) => {
     const body = parseBody(chatCompletionRequest, request.body);
     const grammar = grammarOf(body);
-    return serveOnRoute(ctx, request, reply, { model: body.model, endpoint: "/v1/chat/completions", numSequences: body.n }, {
+    return serveRequest(ctx, request, reply, { model: body.model, endpoint: "/v1/chat/completions", numSequences: body.n }, {
       local: (admitted) => serveLocal(reply, body, grammar, admitted),
       upstream: (admitted) => proxyToUpstream(admitted, reply, {
         path: "/chat/completions", body: request.body as Record<string, unknown>, stream: body.stream === true,

@@ -2,7 +2,7 @@
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import type { Admitted } from "../http/request-scope.ts";
-import { serveOnRoute } from "../http/serve-route.ts";
+import { serveRequest } from "../http/serve-request.ts";
 import { proxyToUpstream } from "../upstream/upstream-proxy.ts";
 import type { GrammarSpec } from "../backends/engine-api.ts";
 import { grammarOf } from "../openai/structured-outputs.ts";
@@ -31,7 +31,7 @@ export function registerCompletions(app: FastifyInstance, ctx: ServerContext): v
     const prompts = promptsOf(body.prompt);
     const grammar = grammarOf(body);
     const what = { model: body.model, endpoint: "/v1/completions", numSequences: body.n * prompts.length, param: prompts.length > 1 ? "prompt" : "n" };
-    return serveOnRoute(ctx, request, reply, what, {
+    return serveRequest(ctx, request, reply, what, {
       local: (admitted) => serveLocal(reply, body, prompts, grammar, admitted),
       upstream: (admitted) => proxyToUpstream(admitted, reply, {
         path: "/completions", body: request.body as Record<string, unknown>, stream: body.stream === true,

@@ -12,7 +12,7 @@ import type { LocalBackend } from "../backends/model-backend.ts";
 import type { Admitted } from "../http/request-scope.ts";
 import { invalidRequest, requestAborted } from "../http/api-error.ts";
 import { parseBody } from "../http/http-helpers.ts";
-import { serveOnRoute } from "../http/serve-route.ts";
+import { serveRequest } from "../http/serve-request.ts";
 import { embeddingInputs, embeddingRequest, encoded, truncated, type EmbeddingRequest } from "../openai/embeddings-schema.ts";
 import { inMessages } from "../openai/to-engine-request.ts";
 import { proxyToUpstream } from "../upstream/upstream-proxy.ts";
@@ -26,7 +26,7 @@ export function registerEmbeddings(app: FastifyInstance, ctx: ServerContext): vo
     const body = parseBody(embeddingRequest, request.body);
     const inputs = embeddingInputs(body.input);
     const what = { model: body.model, endpoint: "/v1/embeddings", task: "embed" as const, numSequences: (backend: LocalBackend) => windowOf(backend, inputs.length), param: "input" };
-    return serveOnRoute(ctx, request, reply, what, {
+    return serveRequest(ctx, request, reply, what, {
       local: (admitted) => embedLocally(admitted, body, inputs),
       upstream: (admitted) => proxyToUpstream(admitted, reply, {
         path: "/embeddings", body: request.body as Record<string, unknown>, stream: false, includeUsage: false, promptText: JSON.stringify(body.input), maxTokens: 0,

@@ -14,7 +14,7 @@ import type { LocalBackend } from "../backends/model-backend.ts";
 import { invalidRequest, modelLoading, toApiError } from "../http/api-error.ts";
 import { checkModelAccess } from "../http/auth.ts";
 import { parseBody } from "../http/http-helpers.ts";
-import { serveOnRoute } from "../http/serve-route.ts";
+import { serveRequest } from "../http/serve-request.ts";
 import { SseStream } from "../http/sse.ts";
 import { toChatMessage } from "../openai/chat-messages.ts";
 import { endPieces, startLocalPieces, type ChatAttempt, type ChatPiece, type PieceRun } from "../openai/chat-pieces.ts";
@@ -31,7 +31,7 @@ export function registerMessages(app: FastifyInstance, ctx: ServerContext): void
     const body = toChatRequest(anthropic);
     const grammar = grammarOf(body);
     const respond = (attempt: ChatAttempt, run: PieceRun) => endPieces(run, () => serveMessage(reply, body, attempt, run));
-    return serveOnRoute(ctx, request, reply, { model: body.model, endpoint: "/v1/messages" }, {
+    return serveRequest(ctx, request, reply, { model: body.model, endpoint: "/v1/messages" }, {
       local: async (admitted) => respond(admitted, await startLocalPieces(admitted, body, grammar, "messages")),
       upstream: async (admitted) => respond(admitted, await startUpstreamChat(admitted, body)),
     });

@@ -1,7 +1,7 @@
 /** GET /v1/models and /v1/models/{id}: every model in the registry. */
 import type { FastifyInstance } from "fastify";
 import { mayUse } from "../../service/keys.ts";
-import type { Route } from "../backends/route.ts";
+import type { ServingPlan } from "../backends/serving-plan.ts";
 import { checkModelAccess } from "../http/auth.ts";
 import type { ServerContext } from "../server-context.ts";
 
@@ -11,7 +11,7 @@ const startedSeconds = Math.floor(Date.now() / 1000);
  * OpenAI's model object for each served name (model, alias or route), with vLLM's
  * max_model_len once a local engine has decided it, and where it is served (tokenmill's own).
  */
-function modelCard(route: Route) {
+function modelCard(route: ServingPlan) {
   const [first] = route.targets;
   const maxModelLen = first.kind === "local" ? first.maxModelLen : null;
   const isModel = route.targets.length === 1 && first.id === route.name;

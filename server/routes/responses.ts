@@ -13,7 +13,7 @@ import type { Usage } from "../../service/settlement.ts";
 import { responseNotFound, toApiError } from "../http/api-error.ts";
 import type { Caller } from "../http/auth.ts";
 import { parseBody } from "../http/http-helpers.ts";
-import { serveOnRoute } from "../http/serve-route.ts";
+import { serveRequest } from "../http/serve-request.ts";
 import { SseStream } from "../http/sse.ts";
 import { endPieces, startLocalPieces, type ChatAttempt, type PieceRun } from "../openai/chat-pieces.ts";
 import { grammarOf } from "../openai/structured-outputs.ts";
@@ -63,7 +63,7 @@ export function registerResponses(app: FastifyInstance, ctx: ServerContext, opti
       }
       return body.stream ? undefined : finished;
     };
-    return serveOnRoute(ctx, request, reply, { model: chat.model, endpoint: "/v1/responses" }, {
+    return serveRequest(ctx, request, reply, { model: chat.model, endpoint: "/v1/responses" }, {
       local: async (admitted) => respond(admitted, await startLocalPieces(admitted, chat, grammar, "input")),
       upstream: async (admitted) => respond(admitted, await startUpstreamChat(admitted, chat)),
     });

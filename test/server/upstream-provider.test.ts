@@ -2,7 +2,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackendUnavailable, ApiError } from "../../server/http/api-error.ts";
 import { LocalBackend, UpstreamBackend } from "../../server/backends/model-backend.ts";
-import { Route, fallbackReasonOf } from "../../server/backends/route.ts";
+import { ServingPlan, fallbackReasonOf } from "../../server/backends/serving-plan.ts";
 import { EngineError } from "../../server/backends/engine-api.ts";
 import { CircuitBreaker } from "../../server/upstream/circuit-breaker.ts";
 import { retryAfterMsOf, retryDelayMs, DEFAULT_RETRY_POLICY } from "../../server/upstream/retry-policy.ts";
@@ -158,7 +158,7 @@ describe("route plan", () => {
 
   it("tries the burst target last while the local model keeps up, and first once it is busy", () => {
     const busy = local();
-    const route = new Route("r", [busy], { burst: { to: remote, waitingOver: 1 } });
+    const route = new ServingPlan("r", [busy], { burst: { to: remote, waitingOver: 1 } });
     expect(route.plan().targets.map((t) => t.id)).toEqual(["local", "remote"]);
     busy.numInFlight = 3;
     expect(route.plan()).toMatchObject({ burst: false });
@@ -169,7 +169,7 @@ describe("route plan", () => {
 
   it("bursts on the estimated TTFT only while the local model is busy", () => {
     const slow = local();
-    const route = new Route("r", [slow, remote], { burst: { to: remote, ttftOverMs: 500 } });
+    const route = new ServingPlan("r", [slow, remote], { burst: { to: remote, ttftOverMs: 500 } });
     slow.observeTtft(2000);
     expect(route.plan().burst).toBe(false);
     slow.numInFlight = 1;

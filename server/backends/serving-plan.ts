@@ -1,7 +1,9 @@
 /**
- * A served name and how it is served: its targets in order, the failures that move a request
- * on to the next target (fallback), and when a request skips a busy local model for another
- * target (burst). A request moves on only while nothing of its response has reached the client.
+ * A serving plan: a served name and how it is served (what the config file calls a route; the
+ * code says "plan", so that "route" means an HTTP route): its targets in order, the failures
+ * that move a request on to the next target (fallback), and when a request skips a busy local
+ * model for another target (burst). A request moves on only while nothing of its response has
+ * reached the client.
  */
 import { BackendUnavailable, FALLBACK_REASONS, type FallbackReason } from "../http/api-error.ts";
 import { EngineError } from "./engine-api.ts";
@@ -16,16 +18,16 @@ export interface BurstRule {
   ttftOverMs?: number;
 }
 
-export interface RouteRules {
+export interface PlanRules {
   /** The failures that move a request on to the next target (default: all of them). */
   fallbackOn: ReadonlySet<FallbackReason>;
   burst: BurstRule | null;
 }
 
-export class Route {
-  readonly rules: RouteRules;
+export class ServingPlan {
+  readonly rules: PlanRules;
 
-  constructor(readonly name: string, readonly targets: readonly ModelBackend[], rules: Partial<RouteRules> = {}) {
+  constructor(readonly name: string, readonly targets: readonly ModelBackend[], rules: Partial<PlanRules> = {}) {
     if (targets.length === 0) throw new Error(`the route ${name} has no targets`);
     this.rules = { fallbackOn: rules.fallbackOn ?? new Set(FALLBACK_REASONS), burst: rules.burst ?? null };
   }
