@@ -35,11 +35,11 @@ export default tseslint.config(
   },
   // The engine's floors, lowest first: common/ (the shared types, errors and interfaces); the
   // parts (kv-cache/, sampling/, text/, grammar/, runner/); core/ (scheduler and engine core);
-  // host/ (the thread and its facade). An import may only point down a floor.
-  ...engineFloor(["engine/common/**/*.ts"], ["kv-cache", "sampling", "text", "grammar", "runner", "core", "host"]),
-  ...engineFloor(["engine/kv-cache/**/*.ts", "engine/sampling/**/*.ts", "engine/text/**/*.ts", "engine/grammar/**/*.ts", "engine/runner/**/*.ts"], ["core", "host"]),
-  ...engineFloor(["engine/core/**/*.ts"], ["host"]),
-  ...engineFloor(["engine/host/**/*.ts", "engine/*.ts"], []),
+  // thread/ (the engine thread and its facade). An import may only point down a floor.
+  ...engineFloor(["engine/common/**/*.ts"], ["kv-cache", "sampling", "text", "grammar", "runner", "core", "thread"]),
+  ...engineFloor(["engine/kv-cache/**/*.ts", "engine/sampling/**/*.ts", "engine/text/**/*.ts", "engine/grammar/**/*.ts", "engine/runner/**/*.ts"], ["core", "thread"]),
+  ...engineFloor(["engine/core/**/*.ts"], ["thread"]),
+  ...engineFloor(["engine/thread/**/*.ts", "engine/*.ts"], []),
   {
     // Every HTTP error comes from the one catalog, server/http/api-error.ts.
     files: ["server/**/*.ts"],

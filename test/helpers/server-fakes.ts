@@ -9,7 +9,7 @@
 import { checkRequest, type CheckedRequest } from "../../engine/core/check-request.ts";
 import { EngineError, type EngineErrorCode } from "../../engine/common/engine-error.ts";
 import type { EngineStatsSnapshot } from "../../engine/core/engine-stats.ts";
-import type { EngineState } from "../../engine/host/engine.ts";
+import type { EngineState } from "../../engine/thread/engine.ts";
 import type { EngineOutput, EngineRequest, PositionLogprob, PromptLogprob, TokenLogprob } from "../../engine/common/request.ts";
 import type { ChatMessage, ChatTemplateOptions } from "../../models/tokenizer.ts";
 import type { PromptTokenizer, ServingEngine } from "../../server/backends/engine-api.ts";
