@@ -2,16 +2,19 @@
  * Iteration-level scheduling. One rule, no phases: every step each running sequence's
  * numComputedTokens catches up with its numTokens, within a token budget and a cap on
  * running sequences. Decode is a grant of 1 token; prefill is chunked against what
- * remains of the budget. Waiting sequences are admitted by priority tier (interactive,
- * standard, batch), first-come, first-served within a tier; a batch sequence that has waited
- * batchMaxWaitMs counts as standard, so it never starves. When blocks run out, the newest
+ * remains of the budget. Waiting sequences are admitted in the order of the WaitingQueue
+ * (waiting-queue.ts): by priority tier (interactive, standard, batch), first-come, first-served
+ * within a tier; a batch sequence that has waited batchMaxWaitMs counts as standard, so it
+ * never starves. When blocks run out, the newest
  * running sequence of the lowest tier is preempted and recomputed later; so is one when every
  * slot is taken and a sequence of a higher tier waits (as vLLM's priority policy does), so
  * that a chat request never waits for a bulk job's long generation to end.
  */
 import type { KvCacheManager } from "../kv-cache/kv-cache-manager.ts";
-import type { Priority } from "../common/request.ts";
 import type { Sequence } from "./sequence.ts";
+import { RANK, TieredQueue, type WaitingQueue } from "./waiting-queue.ts";
+
+export { DEFAULT_BATCH_MAX_WAIT_MS } from "./waiting-queue.ts";
 
 export interface SchedulerLimits {
   maxNumSeqs: number;
@@ -29,8 +32,6 @@ export interface SchedulerLimits {
 /** How long after the last interactive or standard sequence the batch tier stays capped by batchStepSeqs. */
 export const HIGHER_TIER_WINDOW_MS = 30_000;
 
-const RANK: Record<Priority, number> = { interactive: 0, standard: 1, batch: 2 };
-export const DEFAULT_BATCH_MAX_WAIT_MS = 30_000;
 
 export interface ScheduledSequence {
   seq: Sequence;
@@ -66,27 +67,34 @@ class StepGrants {
 }
 
 export class Scheduler {
-  /** Ordered by arrival; preempted sequences go back to the front. */
-  readonly waiting: Sequence[] = [];
   readonly running: Sequence[] = [];
+  /** Who is admitted next (waiting-queue.ts): tiers, first come first served within one, ageing. */
+  private readonly queue: WaitingQueue;
 
   /** When a sequence of a tier above batch last arrived or ran. */
   private higherTierSeenMs = -Infinity;
   /** Where the batch tier's turn starts, when batchStepSeqs caps it. */
   private batchTurn = 0;
 
-  constructor(private readonly kv: KvCacheManager, private readonly limits: SchedulerLimits) {}
+  constructor(private readonly kv: KvCacheManager, private readonly limits: SchedulerLimits, queue?: WaitingQueue) {
+    this.queue = queue ?? new TieredQueue(limits.batchMaxWaitMs);
+  }
+
+  /** The waiting sequences, in queue order. */
+  get waiting(): readonly Sequence[] {
+    return this.queue.sequences;
+  }
 
   add(seq: Sequence): void {
     if (seq.priority !== "batch") this.higherTierSeenMs = Math.max(this.higherTierSeenMs, seq.arrivalMs);
     seq.status = "waiting";
-    this.waiting.push(seq);
+    this.queue.push(seq);
   }
 
   /** Queues sequences ahead of everyone waiting: the copies of a request already admitted. */
   addFirst(seqs: Sequence[]): void {
     for (const seq of seqs) seq.status = "waiting";
-    this.waiting.unshift(...seqs);
+    this.queue.pushFront(seqs);
   }
 
   get hasWork(): boolean {
@@ -122,7 +130,7 @@ export class Scheduler {
     // NOTE: after a preemption the pool is short and admitting new work would only thrash, unless the
     // sequence outranks the lowest running one: then it takes that one's blocks, as it would take its slot.
     while (step.budget > 0 && this.waiting.length > 0 && this.running.length < this.limits.maxNumSeqs) {
-      const seq = this.waiting[this.nextWaiting(nowMs)];
+      const seq = this.queue.next(nowMs)!;
       if (seq.priority === "batch" && step.numBatch >= batchCap) break;
       const outranks = () => this.running.length > 0 && rankOf(seq) < rankOf(this.victim());
       if (step.preempted.length > 0 && !outranks()) break;
@@ -142,7 +150,7 @@ export class Scheduler {
         this.preemptIn(step, this.victim());
       }
       if (!admitted) break;
-      removeFrom(this.waiting, seq);
+      this.queue.remove(seq);
       seq.status = "running";
       seq.numCachedTokens ??= numCachedTokens;
       this.running.push(seq);
@@ -186,7 +194,7 @@ export class Scheduler {
   private firstPrefillRank(nowMs: number): number {
     if (this.waiting.length === 0 || this.running.length === 0 || this.running.length >= this.limits.maxNumSeqs) return Infinity;
     const rankOf = this.rankAt(nowMs);
-    const next = this.waiting[this.nextWaiting(nowMs)];
+    const next = this.queue.next(nowMs)!;
     const rank = rankOf(next);
     if (next.numComputedTokens > 0 || rank === RANK.batch) return Infinity;
     return this.running.some((seq) => rankOf(seq) > rank) ? rank : Infinity;
@@ -209,23 +217,14 @@ export class Scheduler {
   }
 
   private rankAt(nowMs: number): (seq: Sequence) => number {
-    const maxWaitMs = this.limits.batchMaxWaitMs ?? DEFAULT_BATCH_MAX_WAIT_MS;
-    return (seq) => (seq.priority === "batch" && nowMs - seq.arrivalMs >= maxWaitMs ? RANK.standard : RANK[seq.priority]);
+    return (seq) => this.queue.rankOf(seq, nowMs);
   }
 
   /** Removes a sequence wherever it is and frees its blocks. */
   finish(seq: Sequence): void {
     seq.status = "finished";
-    if (!removeFrom(this.running, seq)) removeFrom(this.waiting, seq);
+    if (!removeFrom(this.running, seq)) this.queue.remove(seq);
     this.kv.free(seq);
-  }
-
-  /** The waiting sequence to admit next: the best tier (a long-waiting batch one counts as standard), first in the queue within it. */
-  private nextWaiting(nowMs: number): number {
-    const rankOf = this.rankAt(nowMs);
-    let best = 0;
-    for (let i = 1; i < this.waiting.length; i++) if (rankOf(this.waiting[i]) < rankOf(this.waiting[best])) best = i;
-    return best;
   }
 
   /** Whom to preempt: the lowest tier, and within it the newest running (the last admitted). */
@@ -239,7 +238,7 @@ export class Scheduler {
     removeFrom(this.running, seq);
     this.kv.free(seq);
     seq.preempt();
-    this.waiting.unshift(seq);
+    this.queue.pushFront([seq]);
   }
 }
 
