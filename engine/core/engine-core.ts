@@ -64,9 +64,17 @@ export class EngineCore {
     if (grammar?.state) this.stats.grammarState = () => grammar.state!();
   }
 
-  /** Queues a request for the next step; throws EngineError for requests that can never run. */
+  /** Checks a request (checkRequest) and queues it for the next step; throws EngineError for requests that can never run. */
   add(unchecked: EngineRequest): void {
-    const request = checkRequest(unchecked, { ...this.options, vocabSize: this.runner.vocabSize });
+    this.admit(checkRequest(unchecked, { ...this.options, vocabSize: this.runner.vocabSize }));
+  }
+
+  /**
+   * Queues a request already checked against this engine's limits. NOTE: the engine thread's
+   * path: the facade checks each request once, in its caller's thread, so that a request that
+   * can never run is refused at once; the thread takes it as checked.
+   */
+  admit(request: CheckedRequest): void {
     if (this.sequences.has(request.requestId)) throw new EngineError("INVALID_REQUEST", `request id ${request.requestId} is already in use`);
     if (request.grammar && !this.options.grammar) throw new EngineError("INVALID_REQUEST", "this engine has no grammar engine, so it can't constrain outputs", "response_format");
     // NOTE: a grammar ends with a stop token, ignore_eos or not.

@@ -2,10 +2,12 @@
 import type { EngineErrorCode } from "../common/engine-error.ts";
 import type { EngineInfo } from "./engine-options.ts";
 import type { EngineStatsSnapshot } from "../core/engine-stats.ts";
-import type { EngineOutput, EngineRequest, RequestUsage } from "../common/request.ts";
+import type { EngineOutput, RequestUsage } from "../common/request.ts";
+import type { CheckedRequest } from "../core/check-request.ts";
 
 export type ToEngine =
-  | { type: "add"; request: EngineRequest }
+  /** Checked by the facade (checkRequest) before it is posted: the thread takes it as is. */
+  | { type: "add"; request: CheckedRequest }
   | { type: "abort"; requestId: string }
   | { type: "shutdown" }
   /** Only honoured when the engine was started with faultInjection (tests). */

@@ -49,7 +49,7 @@ async function main(options: EngineOptions): Promise<void> {
   port.on("message", (message: ToEngine) => {
     if (message.type === "add") {
       try {
-        core.add(message.request);
+        core.admit(message.request);
       } catch (err) {
         const { code, message: text, param } = err instanceof EngineError ? err : new EngineError("INVALID_REQUEST", String(err));
         post({ type: "rejected", requestId: message.request.requestId, code, message: text, param });
