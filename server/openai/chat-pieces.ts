@@ -1,17 +1,26 @@
 /**
- * What the translating endpoints (Responses, Messages) build their answers from, whichever
- * backend serves: a chat run's output as pieces of reasoning, answer and, at the end, tool
- * calls. A local model's pieces come from its engine outputs through the OutputSplitter; an
- * upstream model's from its chat-completion chunks (server/upstream/upstream-chat.ts).
+ * The one piece stream every chat-shaped endpoint (chat completions, Responses, Messages)
+ * builds its answer from, whichever backend serves: a chat run's output as pieces of
+ * reasoning, answer and, at the end, tool calls, per choice. A local model's pieces come from
+ * its engine outputs through an OutputSplitter per choice; an upstream model's from its
+ * chat-completion chunks (server/upstream/upstream-chat.ts).
  */
 import type { Usage } from "../../service/settlement.ts";
 import type { Admitted } from "../http/request-scope.ts";
 import { OutputSplitter, startChat, toolParsingFor, type ChatRun, type SplitOutput } from "./chat-run.ts";
 import type { ChatCompletionRequest } from "./schemas.ts";
-import type { GrammarSpec } from "../backends/engine-api.ts";
+import type { EngineOutput, GrammarSpec } from "../backends/engine-api.ts";
 import { inMessages } from "./to-engine-request.ts";
 
 export interface ChatPiece extends SplitOutput {
+  /** Which of the request's n choices it belongs to (0 for Responses and Messages, which take n = 1). */
+  index: number;
+  /** The piece's raw text, before the split (what a whole answer is split from, at its end). */
+  text: string;
+  /** Tokens the piece carries (an upstream chunk counts as one). */
+  numTokens: number;
+  /** Their logprobs, when the request asked for them (local models). */
+  logprobs?: PieceLogprob[];
   /** Set on the last piece: length, stop or tool_calls. */
   finishReason?: string | null;
   /** What stopped it, when the backend says: the stop string, or a stop token id. */
@@ -28,6 +37,8 @@ export interface PieceRun {
   numPromptTokens: number | null;
   numCachedPromptTokens: number | null;
 }
+
+export type PieceLogprob = NonNullable<EngineOutput["logprobs"]>[number];
 
 /** What a translating endpoint needs of its attempt, local or upstream. */
 export interface ChatAttempt {
@@ -46,18 +57,25 @@ export async function startLocalPieces(admitted: Admitted, chat: ChatCompletionR
   } catch (err) {
     throw inMessages(err, param);
   }
-  const pieces = localPieces(run, new OutputSplitter(admitted.backend.reasoningParser, toolParsingFor(admitted.backend, chat)));
+  const parseTools = toolParsingFor(admitted.backend, chat);
+  const pieces = localPieces(run, () => new OutputSplitter(admitted.backend.reasoningParser, parseTools));
   // NOTE: the engine's first output says how much of the prompt the prefix cache served.
   const numCachedPromptTokens = run.first.done ? 0 : (run.first.value.numCachedTokens ?? 0);
   return { pieces, first: await pieces.next(), numPromptTokens: run.numPromptTokens, numCachedPromptTokens };
 }
 
-async function* localPieces(run: ChatRun, splitter: OutputSplitter): AsyncGenerator<ChatPiece> {
+async function* localPieces(run: ChatRun, newSplitter: () => OutputSplitter): AsyncGenerator<ChatPiece> {
+  const splitters = new Map<number, OutputSplitter>();
   for (let next = run.first; !next.done; next = await run.outputs.next()) {
     const output = next.value;
+    let splitter = splitters.get(output.index);
+    if (!splitter) splitters.set(output.index, (splitter = newSplitter()));
     const reasoningTokens = splitter.inReasoning ? output.newTokenIds.length : 0;
     const split = splitter.push(output.text, Boolean(output.finishReason));
-    yield { ...split, finishReason: output.finishReason, stopReason: output.stopReason, reasoningTokens };
+    yield {
+      ...split, index: output.index, text: output.text, numTokens: output.newTokenIds.length, ...(output.logprobs ? { logprobs: output.logprobs } : {}),
+      finishReason: output.finishReason, stopReason: output.stopReason, reasoningTokens,
+    };
   }
 }
 

@@ -4,14 +4,15 @@ import type { FastifyInstance, FastifyReply } from "fastify";
 import type { Admitted } from "../http/request-scope.ts";
 import { serveRequest } from "../http/serve-request.ts";
 import { proxyToUpstream } from "../upstream/upstream-proxy.ts";
-import { Choices, openAiUsage } from "../openai/choices.ts";
-import type { EngineOutput, GrammarSpec } from "../backends/engine-api.ts";
+import { openAiUsage } from "../openai/choices.ts";
+import type { GrammarSpec } from "../backends/engine-api.ts";
+import { endPieces, startLocalPieces, type PieceLogprob, type PieceRun } from "../openai/chat-pieces.ts";
 import { inMessages } from "../openai/to-engine-request.ts";
 import { nowSeconds, parseBody } from "../http/http-helpers.ts";
 import { chatCompletionRequest, type ChatCompletionRequest } from "../openai/schemas.ts";
 import type { ServerContext } from "../server-context.ts";
 import { SseStream } from "../http/sse.ts";
-import { OutputSplitter, splitOutput, startChat, toolParsingFor } from "../openai/chat-run.ts";
+import { splitOutput, toolParsingFor } from "../openai/chat-run.ts";
 import { grammarOf } from "../openai/structured-outputs.ts";
 
 export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext): void {
@@ -32,15 +33,25 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext
 async function serveLocal(reply: FastifyReply, body: ChatCompletionRequest, grammar: GrammarSpec | undefined, admitted: Admitted): Promise<unknown> {
   const { backend } = admitted;
   try {
-    const { first, outputs } = await startChat(admitted, body, grammar);
+    const run = await startLocalPieces(admitted, body, grammar, "messages");
     const head = { id: `chatcmpl-${randomUUID()}`, object: "chat.completion", created: nowSeconds(), model: backend.id };
     const parseTools = toolParsingFor(backend, body);
-    if (body.stream) return await streamChat(reply, body, head, { first, outputs, admitted }, parseTools);
-    const choices = new Choices(body.n);
-    for (let next = first; !next.done; next = await outputs.next()) choices.add(next.value);
+    if (body.stream) return await streamChat(reply, body, head, run, admitted);
+    const choices = Array.from({ length: body.n }, (_, index) => ({ index, text: "", logprobs: [] as Logprob[], finishReason: null as string | null, stopReason: null as string | number | null }));
+    await endPieces(run, async () => {
+      for (let next = run.first; !next.done; next = await run.pieces.next()) {
+        const piece = next.value;
+        const choice = choices[piece.index];
+        choice.text += piece.text;
+        choice.logprobs.push(...(piece.logprobs ?? []));
+        if (piece.finishReason) choice.finishReason = piece.finishReason;
+        if (piece.stopReason !== undefined) choice.stopReason = piece.stopReason;
+      }
+    });
     const response = {
       ...head,
-      choices: choices.choices.map((c) => {
+      choices: choices.map((c) => {
+        // NOTE: a whole answer is split once, from its whole text.
         const { reasoning, content, toolCalls } = splitOutput(c.text, backend.reasoningParser, parseTools);
         const withReasoning = backend.reasoningParser ? { reasoning_content: reasoning || null } : {};
         return {
@@ -64,17 +75,11 @@ async function serveLocal(reply: FastifyReply, body: ChatCompletionRequest, gram
 
 type Head = { id: string; object: string; created: number; model: string };
 
-interface Run {
-  first: IteratorResult<EngineOutput>;
-  outputs: AsyncIterator<EngineOutput>;
-  admitted: Admitted;
-}
-
 /**
- * Each engine output becomes one chunk (a delta, possibly empty, per generated token);
- * a finished choice then gets its tool calls, if any, and a chunk with its finish_reason.
+ * Each piece becomes one chunk (a delta, possibly empty, per generated token); a finished
+ * choice then gets its tool calls, if any, and a chunk with its finish_reason.
  */
-async function streamChat(reply: FastifyReply, body: ChatCompletionRequest, head: Head, { first, outputs, admitted }: Run, parseTools: boolean): Promise<void> {
+async function streamChat(reply: FastifyReply, body: ChatCompletionRequest, head: Head, run: PieceRun, admitted: Admitted): Promise<void> {
   admitted.commit();
   reply.hijack();
   const sse = new SseStream(reply.raw);
@@ -82,36 +87,34 @@ async function streamChat(reply: FastifyReply, body: ChatCompletionRequest, head
   const chunk = (choice: unknown) => ({
     ...head, object: "chat.completion.chunk", choices: [choice], ...(includeUsage ? { usage: null } : {}),
   });
-  const choices = new Choices(body.n);
-  const splitters = new Map<number, OutputSplitter>();
-  await sse.settledRun(admitted, async () => {
-    for (let next = first; !next.done && !sse.closed; next = await outputs.next()) {
-      const output = next.value;
-      const index = output.index;
-      const choice = choices.add(output);
-      if (!splitters.has(index)) {
-        splitters.set(index, new OutputSplitter(admitted.backend.reasoningParser, parseTools));
+  const started = new Set<number>();
+  const stopReasons = new Map<number, string | number | null>();
+  await sse.settledRun(admitted, () => endPieces(run, async () => {
+    for (let next = run.first; !next.done && !sse.closed; next = await run.pieces.next()) {
+      const { index, reasoning, content, toolCalls, numTokens, logprobs, finishReason, stopReason } = next.value;
+      if (!started.has(index)) {
+        started.add(index);
         await sse.send(chunk({ index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }));
       }
-      const { reasoning, content: text, toolCalls } = splitters.get(index)!.push(output.text, Boolean(output.finishReason));
-      if (output.newTokenIds.length > 0 || text || reasoning) {
-        const logprobs = body.logprobs && output.logprobs ? { content: output.logprobs.map(chatLogprob) } : null;
-        const delta = { ...(reasoning ? { reasoning_content: reasoning } : {}), ...(text ? { content: text } : {}) };
-        await sse.send(chunk({ index, delta, logprobs, finish_reason: null }));
+      if (stopReason !== undefined) stopReasons.set(index, stopReason);
+      if (numTokens > 0 || content || reasoning) {
+        const chunkLogprobs = body.logprobs && logprobs ? { content: logprobs.map(chatLogprob) } : null;
+        const delta = { ...(reasoning ? { reasoning_content: reasoning } : {}), ...(content ? { content } : {}) };
+        await sse.send(chunk({ index, delta, logprobs: chunkLogprobs, finish_reason: null }));
       }
       if (toolCalls.length > 0) {
         await sse.send(chunk({ index, delta: { tool_calls: toolCalls.map((call, i) => ({ index: i, ...call })) }, logprobs: null, finish_reason: null }));
       }
-      if (output.finishReason) {
-        const finishReason = toolCalls.length > 0 && choice.finishReason === "stop" ? "tool_calls" : choice.finishReason;
-        await sse.send(chunk({ index, delta: {}, logprobs: null, finish_reason: finishReason, stop_reason: choice.stopReason }));
+      if (finishReason) {
+        const finish = toolCalls.length > 0 && finishReason === "stop" ? "tool_calls" : finishReason;
+        await sse.send(chunk({ index, delta: {}, logprobs: null, finish_reason: finish, stop_reason: stopReasons.get(index) ?? null }));
       }
     }
     if (includeUsage) await sse.send({ ...head, object: "chat.completion.chunk", choices: [], usage: openAiUsage(admitted.usage, await admitted.cost()) });
-  });
+  }));
 }
 
-type Logprob = NonNullable<EngineOutput["logprobs"]>[number];
+type Logprob = PieceLogprob;
 
 function chatLogprob(entry: Logprob) {
   return {

@@ -62,13 +62,13 @@ async function* upstreamPieces(admitted: UpstreamAdmitted, bytes: AsyncIterable<
       const content = delta.content ?? "";
       if (reasoning || content) {
         admitted.sent(1);
-        yield { reasoning, content, toolCalls: [], reasoningTokens: 0 };
+        yield { index: 0, text: reasoning + content, numTokens: 1, reasoning, content, toolCalls: [], reasoningTokens: 0 };
       }
     }
     if (calls.length > 0) admitted.sent(1, calls.map((c) => c.function.name + c.function.arguments).join(""));
     // NOTE: no usage from the upstream: the pieces' reader tells the client the usage that was seen, which is what the ledger holds.
     if (!admitted.reported) admitted.report(undefined);
-    yield { reasoning: "", content: "", toolCalls: calls, finishReason: finishReason ?? "stop", stopReason, reasoningTokens: admitted.reasoningTokens };
+    yield { index: 0, text: "", numTokens: 0, reasoning: "", content: "", toolCalls: calls, finishReason: finishReason ?? "stop", stopReason, reasoningTokens: admitted.reasoningTokens };
   } catch (err) {
     failure = err;
     throw err;
