@@ -13,7 +13,7 @@ import { checkRequest, type CheckedRequest } from "./check-request.ts";
 import type { EngineOutput, EngineRequest, RequestUsage } from "../common/request.ts";
 import type { StepRunner, StepSequence } from "../runner/step-runner.ts";
 import { logitsNeedOf, type LogitsNeed } from "../sampling/sampler.ts";
-import type { StepLogits } from "../runner/step-logits.ts";
+import type { SequenceRows } from "../runner/step-rows.ts";
 import { OutputProcessor } from "./output-processor.ts";
 import { type ScheduledSequence, Scheduler } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
@@ -187,7 +187,7 @@ export class EngineCore {
    * processing throws (a fault in sampling or text, never the user's input) fails alone: the
    * others keep their outputs.
    */
-  private processAll(scheduled: ScheduledSequence[], logits: StepLogits[], needs: LogitsNeed[], outputs: EngineOutput[], masks: ReadonlyMap<Sequence, Int32Array>, failed: Map<string, unknown>): void {
+  private processAll(scheduled: ScheduledSequence[], logits: SequenceRows[], needs: LogitsNeed[], outputs: EngineOutput[], masks: ReadonlyMap<Sequence, Int32Array>, failed: Map<string, unknown>): void {
     scheduled.forEach((entry, i) => {
       if (failed.has(entry.seq.requestId)) return;
       try {

@@ -10,7 +10,7 @@
 import type { EngineOutput, FinishReason, PromptLogprob, RequestUsage } from "../common/request.ts";
 import { Utf8Guard } from "../grammar/utf8-guard.ts";
 import type { KvCacheManager } from "../kv-cache/kv-cache-manager.ts";
-import { rowOf, type StepLogits } from "../runner/step-logits.ts";
+import { rowOf, type SequenceRows } from "../runner/step-rows.ts";
 import { promptLogprobsFromRows, withTokenStrings } from "../sampling/logprobs.ts";
 import { sampleRow, type LogitsNeed } from "../sampling/sampler.ts";
 import type { TextCodec } from "../text/text-codec.ts";
@@ -43,7 +43,7 @@ export class OutputProcessor {
   ) {}
 
   /** Applies one sequence's rows; returns its output for this step, if it has one. */
-  process({ seq, numNewTokens }: ScheduledSequence, rows: StepLogits, need: LogitsNeed, mask: Int32Array | null): EngineOutput | null {
+  process({ seq, numNewTokens }: ScheduledSequence, rows: SequenceRows, need: LogitsNeed, mask: Int32Array | null): EngineOutput | null {
     const start = seq.numComputedTokens;
     seq.numComputedTokens += numNewTokens;
     this.kv.cacheFullBlocks(seq);
@@ -57,7 +57,7 @@ export class OutputProcessor {
     return this.sampled(seq, rows, need, mask);
   }
 
-  private sampled(seq: Sequence, rows: StepLogits, need: LogitsNeed, mask: Int32Array | null): EngineOutput {
+  private sampled(seq: Sequence, rows: SequenceRows, need: LogitsNeed, mask: Int32Array | null): EngineOutput {
     const isFirst = seq.outputTokenIds.length === 0;
     if (seq.grammarKey !== null && !mask) throw new Error("a constrained sequence reached sampling without its grammar's mask");
     const allowedMask = mask && this.codec ? this.utf8Guard().restrict(mask, seq.outputTokenIds.at(-1)) : mask;
@@ -88,7 +88,7 @@ export class OutputProcessor {
   }
 
   /** An embedding sequence: once its prompt is computed, it finishes with the pooled embedding. */
-  private pooled(seq: Sequence, numNewTokens: number, rows: StepLogits): EngineOutput | null {
+  private pooled(seq: Sequence, numNewTokens: number, rows: SequenceRows): EngineOutput | null {
     const embedding = poolStep(seq, numNewTokens, rows, this.options.hiddenSize);
     if (!embedding) return null;
     this.stats.observePooled(seq);

@@ -3,11 +3,11 @@
  * row for mean pooling, the prompt's last for last pooling), and once the prompt is computed
  * the sum is L2-normalized into the request's one output. The mean's 1/n cancels in the norm.
  */
-import type { StepLogits } from "../runner/step-logits.ts";
+import type { SequenceRows } from "../runner/step-rows.ts";
 import type { Sequence } from "./sequence.ts";
 
 /** Adds the step's hidden rows to the sequence's sum; returns the embedding once its prompt is computed, else null. */
-export function poolStep(seq: Sequence, numNewTokens: number, rows: StepLogits, hiddenSize: number): Float32Array | null {
+export function poolStep(seq: Sequence, numNewTokens: number, rows: SequenceRows, hiddenSize: number): Float32Array | null {
   const hidden = rows.hidden;
   const numRows = seq.pooling === "mean" ? numNewTokens : seq.numComputedTokens >= seq.numPromptTokens ? 1 : 0;
   if (!hidden || hidden.length !== numRows * hiddenSize) throw new Error(`an embedding step returned ${hidden?.length ?? 0} hidden values, not ${numRows} rows of ${hiddenSize}`);

@@ -3,7 +3,7 @@
  * (sized from bytes by the runner itself) and reports it; the scheduler and block pool see
  * only block counts.
  */
-import type { StepLogits } from "./step-logits.ts";
+import type { SequenceRows } from "./step-rows.ts";
 
 export interface StepSequence {
   /** The tokens this step computes. */
@@ -43,6 +43,6 @@ export interface StepRunner {
   readonly hiddenSize: number;
   readonly kvCache: KvCacheInfo;
   /** For each sequence, its logits rows from logitsFrom on, and its hidden rows from hiddenFrom on. */
-  step(seqs: readonly StepSequence[], options: StepOptions): Promise<StepLogits[]>;
+  step(seqs: readonly StepSequence[], options: StepOptions): Promise<SequenceRows[]>;
   release(): Promise<void>;
 }

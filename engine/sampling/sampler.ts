@@ -5,9 +5,9 @@
  */
 import type { Prng } from "../../models/prng.ts";
 import type { SamplingParams, TokenLogprob } from "../common/request.ts";
-import type { LogitsRow } from "../runner/step-logits.ts";
-import { TOP_N } from "../runner/step-logits.ts";
-import { KeptTokens, drawWeighted, type KeepParams } from "./kept-tokens.ts";
+import type { LogitsRow } from "../runner/step-rows.ts";
+import { TOP_N } from "../runner/step-rows.ts";
+import { TokenFilter, drawWeighted, type KeepParams } from "./token-filter.ts";
 import { LOGITS_PROCESSORS, processLogits, type TokenHistory } from "./logits-processor.ts";
 
 export type { TokenHistory } from "./logits-processor.ts";
@@ -109,12 +109,12 @@ function sampleAmong(ids: Int32Array, adjusted: Float32Array, params: SamplingPa
   const values = Float32Array.from(ids, (id) => adjusted[id]);
   if (isGreedy(params)) return ids[argmax(values)];
   const weights = softmaxWeights(values, params.temperature);
-  return ids[isFiltered(params) ? new KeptTokens(weights, values, params).draw(rng) : drawWeighted(weights, rng)];
+  return ids[isFiltered(params) ? new TokenFilter(weights, values, params).draw(rng) : drawWeighted(weights, rng)];
 }
 
 /** Temperature sampling from the graph's softmax(logits / T) row. */
 export function sampleFromProbs(probs: Float32Array, params: SamplingParams, rng: Prng): number {
-  return isFiltered(params) ? new KeptTokens(probs, probs, params).draw(rng) : drawWeighted(probs, rng);
+  return isFiltered(params) ? new TokenFilter(probs, probs, params).draw(rng) : drawWeighted(probs, rng);
 }
 
 function isFiltered(params: KeepParams): boolean {
@@ -123,7 +123,7 @@ function isFiltered(params: KeepParams): boolean {
 
 function drawFromLogits(logits: Float32Array, params: SamplingParams, rng: Prng): number {
   const weights = softmaxWeights(logits, params.temperature);
-  return isFiltered(params) ? new KeptTokens(weights, logits, params).draw(rng) : drawWeighted(weights, rng);
+  return isFiltered(params) ? new TokenFilter(weights, logits, params).draw(rng) : drawWeighted(weights, rng);
 }
 
 /** Draws a rank of the row's top-N. */
@@ -132,20 +132,20 @@ function drawFromTop(row: LogitsRow, params: SamplingParams, rng: Prng): number 
 }
 
 /** The row's top-k of N entries as weights relative to the first (which gets 1), filtered by min-p and top-p. */
-function keptOfTop(row: LogitsRow, params: SamplingParams): KeptTokens {
+function keptOfTop(row: LogitsRow, params: SamplingParams): TokenFilter {
   const ranked = row.topLogprobs.subarray(0, Math.min(params.topK, row.topIds.length));
   const weights = Float32Array.from(ranked, (lp) => Math.exp((lp - ranked[0]) / params.temperature));
-  return new KeptTokens(weights, ranked, { ...params, topK: 0 });
+  return new TokenFilter(weights, ranked, { ...params, topK: 0 });
 }
 
 /** The distribution a sampled draw picks from over the full logits: token id → probability. */
 export function keptDistribution(logits: Float32Array, params: SamplingParams): Map<number, number> {
-  return new KeptTokens(softmaxWeights(logits, params.temperature), logits, params).probabilities();
+  return new TokenFilter(softmaxWeights(logits, params.temperature), logits, params).probabilities();
 }
 
 /** The same from a softmax(logits / T) row. */
 export function keptDistributionFromProbs(probs: Float32Array, params: SamplingParams): Map<number, number> {
-  return new KeptTokens(probs, probs, params).probabilities();
+  return new TokenFilter(probs, probs, params).probabilities();
 }
 
 /** The same from the graph's top-N entries of a row: token id → probability. */

@@ -7,7 +7,7 @@ import { describe, expect, it } from "vitest";
 import type { SamplingParams } from "../../engine/common/request.ts";
 import fc from "fast-check";
 import { GREEDY } from "../../engine/common/request.ts";
-import { rowOf, stepLogitsFromFull } from "../../engine/runner/step-logits.ts";
+import { rowOf, sequenceRowsFromFull } from "../../engine/runner/step-rows.ts";
 import {
   type TokenHistory, keptDistribution, keptDistributionFromProbs, keptDistributionFromTop, logSumExpOf, logitsNeedOf, sampleFromProbs,
   sampleRow, sampleToken,
@@ -242,7 +242,7 @@ describe("sampling from the graph's top-N", () => {
       const sampling = { ...GREEDY, ...p };
       expect(logitsNeedOf(sampling)).toBe("top");
       const full = keptDistribution(logits, sampling);
-      const row = rowOf(stepLogitsFromFull(logits, 40), 0, 40);
+      const row = rowOf(sequenceRowsFromFull(logits, 40), 0, 40);
       const fromTop = keptDistributionFromTop(row, sampling);
       expect([...fromTop.keys()].sort((a, b) => a - b)).toEqual([...full.keys()].sort((a, b) => a - b));
       for (const [id, prob] of full) expect(fromTop.get(id)!).toBeCloseTo(prob, 5);
@@ -251,7 +251,7 @@ describe("sampling from the graph's top-N", () => {
 
   it("draws reproducibly from the top-N with a seed, and only from kept tokens", () => {
     const logits = Float32Array.from({ length: 40 }, (_, i) => Math.sin(i) * 3);
-    const row = rowOf(stepLogitsFromFull(logits, 40), 0, 40);
+    const row = rowOf(sequenceRowsFromFull(logits, 40), 0, 40);
     const sampling = { ...GREEDY, temperature: 0.7, topK: 5, topP: 0.9 };
     const kept = new Set(keptDistribution(logits, sampling).keys());
     const draw = (seed: number) => {
@@ -279,7 +279,7 @@ describe("temperature sampling from the graph's softmax(logits / T)", () => {
       const logits = Float32Array.from(values, (v) => v / 10);
       const sampling = { ...GREEDY, ...p };
       expect(logitsNeedOf(sampling)).toBe("probs");
-      const row = rowOf(stepLogitsFromFull(logits, 40, 1 / sampling.temperature), 0, 40);
+      const row = rowOf(sequenceRowsFromFull(logits, 40, 1 / sampling.temperature), 0, 40);
       const fromLogits = keptDistribution(logits, sampling);
       const fromProbs = keptDistributionFromProbs(row.probs!, sampling);
       // float32 rounds sums and underflows below 1e-45: tokens this unlikely may fall either side of a cut.

@@ -15,7 +15,7 @@ import { describe, expect, it } from "vitest";
 import { DevicePool } from "../../engine/runner/onnx-device/device-pool.ts";
 import { WebGpuRunner } from "../../engine/runner/onnx-device/webgpu-runner.ts";
 import type { StepSequence } from "../../engine/runner/step-runner.ts";
-import type { StepLogits } from "../../engine/runner/step-logits.ts";
+import type { SequenceRows } from "../../engine/runner/step-rows.ts";
 import { ensureGraph, type GraphBuildOptions } from "../../models/build-graph.ts";
 import { ensureDefaultModel } from "../../models/synthetic/default-model.ts";
 import { loadRunner, maxAbsDiff, seededTokens } from "../helpers/runner.ts";
@@ -47,7 +47,7 @@ async function divergence(dir: string, dtype: "float16" | "float32"): Promise<Di
   const cpu = await loadRunner(dir, BLOCK, 64);
   const gpu = await loadWebGpu(dir, 64, { dtype });
   const result: Divergence = { maxLogit: 0, maxTop1Logprob: 0, clearMismatches: 0 };
-  const compare = (a: StepLogits, b: StepLogits) => {
+  const compare = (a: SequenceRows, b: SequenceRows) => {
     result.maxLogit = Math.max(result.maxLogit, maxAbsDiff(a.full!, b.full!));
     for (let r = 0; r < a.numRows; r++) {
       const [top, second] = [a.topLogprobs[r * a.topN], a.topLogprobs[r * a.topN + 1]];

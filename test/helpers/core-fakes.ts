@@ -12,7 +12,7 @@ import { KvCacheManager } from "../../engine/kv-cache/kv-cache-manager.ts";
 import type { EngineOutput, EngineRequest, SamplingParams } from "../../engine/common/request.ts";
 import { GREEDY } from "../../engine/common/request.ts";
 import type { KvCacheInfo, StepOptions, StepRunner, StepSequence } from "../../engine/runner/step-runner.ts";
-import { stepLogitsFromFull, type StepLogits } from "../../engine/runner/step-logits.ts";
+import { sequenceRowsFromFull, type SequenceRows } from "../../engine/runner/step-rows.ts";
 import { Sequence } from "../../engine/core/sequence.ts";
 
 export const BLOCK_SIZE = 4;
@@ -69,11 +69,11 @@ export class FakeRunner implements StepRunner {
 
   constructor(private readonly next: NextToken = byLastTokenAndPosition, private readonly blockSize = BLOCK_SIZE) {}
 
-  async step(seqs: readonly StepSequence[], options: StepOptions): Promise<StepLogits[]> {
+  async step(seqs: readonly StepSequence[], options: StepOptions): Promise<SequenceRows[]> {
     this.calls.push(seqs.map((s) => ({ ...s, tokenIds: [...s.tokenIds], blockTable: [...s.blockTable] })));
     return seqs.map((s) => {
       const { logits, hidden } = this.run(s);
-      const rows = stepLogitsFromFull(logits, this.vocabSize, s.invTemperature ?? 1);
+      const rows = sequenceRowsFromFull(logits, this.vocabSize, s.invTemperature ?? 1);
       return { ...rows, full: options.fullLogits ? rows.full : null, probs: options.probs ? rows.probs : null, hidden: options.hidden ? hidden : null };
     });
   }

@@ -10,7 +10,7 @@
 import { GRAPH_INPUTS, GRAPH_OUTPUTS, type ModelConfig } from "../../../models/index.ts";
 import { EngineError } from "../../common/engine-error.ts";
 import type { KvCacheInfo, StepOptions, StepRunner, StepSequence } from "../step-runner.ts";
-import { splitStepRows, type StepLogits, type StepRows } from "../step-logits.ts";
+import { splitStepRows, type SequenceRows, type BatchRows } from "../step-rows.ts";
 import { createSession, floatTensor, int64Tensor, ort, rowsOf } from "../onnx-host/onnx-session.ts";
 import { DevicePool, type DevicePoolShape } from "./device-pool.ts";
 import { NULL_BLOCK, layoutPacked } from "./packed-layout.ts";
@@ -59,7 +59,7 @@ export class WebGpuRunner implements StepRunner {
     }
   }
 
-  async step(seqs: readonly StepSequence[], options: StepOptions): Promise<StepLogits[]> {
+  async step(seqs: readonly StepSequence[], options: StepOptions): Promise<SequenceRows[]> {
     const out = await runPacked(this.session, this.pool, seqs, options);
     return splitStepRows(seqs, withTiesById(rowsOf(out, options)), this.vocabSize, this.hiddenSize);
   }
@@ -71,7 +71,7 @@ export class WebGpuRunner implements StepRunner {
 }
 
 /** Each row's top entries most likely first, ties lower id first, as the CPU graph's TopK orders them (see chunkedTopK). */
-function withTiesById(rows: StepRows): StepRows {
+function withTiesById(rows: BatchRows): BatchRows {
   const { topN, topIds, topLogprobs } = rows;
   for (let start = 0; start < topIds.length; start += topN) {
     const order = Array.from({ length: topN }, (_, i) => start + i).sort((a, b) => topLogprobs[b] - topLogprobs[a] || topIds[a] - topIds[b]);

@@ -6,7 +6,7 @@
 import { GRAPH_INPUTS, GRAPH_OUTPUTS, poolInputNames, presentOutputNames, type ModelConfig } from "../../../models/index.ts";
 import { EngineError } from "../../common/engine-error.ts";
 import type { KvCacheInfo, StepOptions, StepRunner, StepSequence } from "../step-runner.ts";
-import { splitStepRows, type StepLogits } from "../step-logits.ts";
+import { splitStepRows, type SequenceRows } from "../step-rows.ts";
 import { KvBuffers } from "./kv-buffers.ts";
 import { type OnnxDevice, createSession, floatTensor, int64Tensor, ort, rowsOf } from "./onnx-session.ts";
 import { groupForPadding, layoutStep } from "./step-layout.ts";
@@ -65,8 +65,8 @@ export class OnnxRunner implements StepRunner {
     return new OnnxRunner(session, new KvBuffers({ ...shape, numBlocks }), config, options.paddingSlack ?? 1.25);
   }
 
-  async step(seqs: readonly StepSequence[], options: StepOptions): Promise<StepLogits[]> {
-    const logits: StepLogits[] = new Array(seqs.length);
+  async step(seqs: readonly StepSequence[], options: StepOptions): Promise<SequenceRows[]> {
+    const logits: SequenceRows[] = new Array(seqs.length);
     for (const group of groupForPadding(seqs, this.paddingSlack)) {
       const rows = await this.runGroup(group.map((i) => seqs[i]), options);
       group.forEach((seqIndex, k) => (logits[seqIndex] = rows[k]));
@@ -83,7 +83,7 @@ export class OnnxRunner implements StepRunner {
     await this.session.release();
   }
 
-  private async runGroup(seqs: readonly StepSequence[], options: StepOptions): Promise<StepLogits[]> {
+  private async runGroup(seqs: readonly StepSequence[], options: StepOptions): Promise<SequenceRows[]> {
     const layout = layoutStep(seqs, this.buffers, this.config.slidingWindow);
     const { batch, seq, past } = layout;
     const feeds: Record<string, ort.Tensor> = {

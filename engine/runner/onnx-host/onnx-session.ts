@@ -7,7 +7,7 @@ import { dirname, join } from "node:path";
 import * as ort from "onnxruntime-node";
 import { GRAPH_OUTPUTS } from "../../../models/index.ts";
 import { EngineError } from "../../common/engine-error.ts";
-import type { StepRows } from "../step-logits.ts";
+import type { BatchRows } from "../step-rows.ts";
 
 export { ort };
 /** The execution providers the runners use: cpu and cuda with the host pool, webgpu with the device pool. */
@@ -97,7 +97,7 @@ export function floatTensor(values: Float32Array, dims: number[]): ort.Tensor {
 }
 
 /** The logits rows a step fetched (graph-io.ts names them), as host arrays. */
-export function rowsOf(out: ort.InferenceSession.OnnxValueMapType, options: { fullLogits: boolean; probs?: boolean; hidden?: boolean }): StepRows {
+export function rowsOf(out: ort.InferenceSession.OnnxValueMapType, options: { fullLogits: boolean; probs?: boolean; hidden?: boolean }): BatchRows {
   return {
     topN: out[GRAPH_OUTPUTS.topIds].dims[1] ?? 0,
     topIds: Int32Array.from(out[GRAPH_OUTPUTS.topIds].data as BigInt64Array, Number),

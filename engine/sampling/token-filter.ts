@@ -1,5 +1,5 @@
 /**
- * The one implementation of min-p, top-k and top-p (applied in vLLM's order), for any row of
+ * TokenFilter: the one implementation of min-p, top-k and top-p (applied in vLLM's order), for any row of
  * weights: a full softmax row, the graph's softmax(logits / T), or the graph's top-N entries.
  * Nothing sorts the vocabulary.
  *
@@ -29,7 +29,7 @@ const bucketMass = new Float64Array(NUM_BUCKETS);
  * a threshold plus the few entries kept at its boundary, so nothing is allocated per token and
  * top-p alone costs three passes over the row (bucket, crossing, draw).
  */
-export class KeptTokens {
+export class TokenFilter {
   /** min-p: weights below this are dropped. */
   private floor = 0;
   /** top-k: rankBy above kth is kept, and of those equal to it, these. */

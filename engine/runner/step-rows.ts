@@ -1,6 +1,7 @@
 /**
- * What a step returns for one sequence: the graph's top-N log-softmax entries for every row,
- * and the full logits rows only when the step asked for them.
+ * What a step returns for one sequence (SequenceRows; BatchRows for the whole batch): the
+ * graph's top-N log-softmax entries for every row, the full logits rows or probabilities only
+ * when the step asked for them, and the final hidden states for embeddings.
  *
  * NOTE: copying [rows, vocab] floats out of ONNX Runtime and scanning them in JavaScript costs
  * more than the decode step itself for a small model and a large vocabulary, so greedy
@@ -11,7 +12,7 @@ import { TOP_LOGPROBS } from "../../models/index.ts";
 /** How many log-softmax entries per row the graph returns. */
 export const TOP_N = TOP_LOGPROBS;
 
-export interface StepLogits {
+export interface SequenceRows {
   numRows: number;
   /** [numRows, topN] token ids and log-softmax values, most likely first (ties: lower id first). */
   topIds: Int32Array;
@@ -26,22 +27,22 @@ export interface StepLogits {
 }
 
 /** A step's logits rows for all its sequences, in order: what a runner fetched. */
-export type StepRows = Omit<StepLogits, "numRows">;
+export type BatchRows = Omit<SequenceRows, "numRows">;
 
 /** How many hidden-state rows a sequence asked for. */
 export function numHiddenRowsOf(s: { tokenIds: readonly number[]; hiddenFrom?: number }): number {
   return s.hiddenFrom === undefined ? 0 : Math.max(0, s.tokenIds.length - s.hiddenFrom);
 }
 
-/** Splits a step's rows back into one StepLogits per sequence, each from its logitsFrom (and hiddenFrom) on. */
-export function splitStepRows(seqs: readonly { tokenIds: readonly number[]; logitsFrom: number; hiddenFrom?: number }[], rows: StepRows, vocabSize: number, hiddenSize = 0): StepLogits[] {
+/** Splits a step's rows back into one SequenceRows per sequence, each from its logitsFrom (and hiddenFrom) on. */
+export function splitStepRows(seqs: readonly { tokenIds: readonly number[]; logitsFrom: number; hiddenFrom?: number }[], rows: BatchRows, vocabSize: number, hiddenSize = 0): SequenceRows[] {
   const { topN, topIds, topLogprobs, full, probs, hidden } = rows;
   let row = 0;
   let hiddenRow = 0;
   return seqs.map((s) => {
     const numRows = Math.max(0, s.tokenIds.length - s.logitsFrom);
     const numHidden = numHiddenRowsOf(s);
-    const slice: StepLogits = {
+    const slice: SequenceRows = {
       numRows, topN,
       topIds: topIds.subarray(row * topN, (row + numRows) * topN),
       topLogprobs: topLogprobs.subarray(row * topN, (row + numRows) * topN),
@@ -55,7 +56,7 @@ export function splitStepRows(seqs: readonly { tokenIds: readonly number[]; logi
   });
 }
 
-/** One row of a StepLogits: what the sampler reads. */
+/** One row of a SequenceRows: what the sampler reads. */
 export interface LogitsRow {
   topIds: Int32Array;
   topLogprobs: Float32Array;
@@ -63,7 +64,7 @@ export interface LogitsRow {
   probs: Float32Array | null;
 }
 
-export function rowOf(logits: StepLogits, row: number, vocabSize: number): LogitsRow {
+export function rowOf(logits: SequenceRows, row: number, vocabSize: number): LogitsRow {
   const { topN } = logits;
   return {
     topIds: logits.topIds.subarray(row * topN, (row + 1) * topN),
@@ -74,7 +75,7 @@ export function rowOf(logits: StepLogits, row: number, vocabSize: number): Logit
 }
 
 /** The same record computed in JavaScript from full logits (for fake runners in tests). */
-export function stepLogitsFromFull(full: Float32Array, vocabSize: number, invTemperature = 1, topN = Math.min(TOP_N, vocabSize)): StepLogits {
+export function sequenceRowsFromFull(full: Float32Array, vocabSize: number, invTemperature = 1, topN = Math.min(TOP_N, vocabSize)): SequenceRows {
   const numRows = full.length / vocabSize;
   const topIds = new Int32Array(numRows * topN);
   const topLogprobs = new Float32Array(numRows * topN);
