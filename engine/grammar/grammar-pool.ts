@@ -45,6 +45,7 @@ export class GrammarPool implements GrammarSession {
   private idleWaiters: (() => void)[] = [];
   private numRestarts = 0;
   private lastFailure: string | null = null;
+  private stopping = false;
 
   constructor(private readonly data: GrammarWorkerData, private readonly options: GrammarPoolOptions) {}
 
@@ -104,7 +105,8 @@ export class GrammarPool implements GrammarSession {
   }
 
   async terminate(): Promise<void> {
-    await Promise.all(this.slots.map((slot) => slot.host.then((host) => host.terminate(), () => undefined)));
+    this.stopping = true;
+    await Promise.all([...this.slots].map((slot) => slot.host.then((host) => host.terminate(), () => undefined)));
   }
 
   private live(): Slot[] {
@@ -150,6 +152,8 @@ export class GrammarPool implements GrammarSession {
       if (slot.dead) return;
       slot.dead = true;
       this.slots.splice(this.slots.indexOf(slot), 1);
+      // NOTE: threads stopped with the engine were not restarted for a fault.
+      if (this.stopping) return;
       this.numRestarts++;
       this.lastFailure = reason.message;
       for (const wake of this.idleWaiters.splice(0)) wake();

@@ -8,8 +8,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openStore } from "../../service/store/open-store.ts";
 import { startPostgres, type TestPostgres } from "../helpers/postgres.ts";
+import { ledgerRows } from "../helpers/ledger-rows.ts";
 import { serveProcess } from "../helpers/serve-process.ts";
 
 const MODEL = "tokenmill-tiny-qwen3";
@@ -43,15 +43,6 @@ async function openStream(url: string): Promise<void> {
   })();
 }
 
-async function rows(db: string) {
-  const store = await openStore(db);
-  try {
-    return await store.db.selectFrom("usage_ledger").selectAll().execute();
-  } finally {
-    await store.close();
-  }
-}
-
 for (const kind of ["sqlite", "postgres"] as const) {
   describe(`the ledger survives kill -9 on ${kind}`, () => {
     let pg: TestPostgres | null = null;
@@ -77,7 +68,7 @@ for (const kind of ["sqlite", "postgres"] as const) {
         first.child.kill("SIGKILL");
         await first.exited;
       }
-      const before = await rows(db);
+      const before = await ledgerRows(db);
       const completed = before.filter((r) => r.status === "completed");
       expect(completed).toHaveLength(5);
       expect(completed.reduce((s, r) => s + r.output_tokens, 0)).toBe(seen.reduce((s, u) => s + u.completion_tokens, 0));
@@ -87,7 +78,7 @@ for (const kind of ["sqlite", "postgres"] as const) {
       const second = await serve(db, "r1", dir);
       second.child.kill("SIGTERM");
       await second.exited;
-      const after = await rows(db);
+      const after = await ledgerRows(db);
       expect(after.filter((r) => r.status === "interrupted")).toHaveLength(20);
       expect(after.filter((r) => r.status === "completed")).toHaveLength(5);
       expect(after).toHaveLength(25);
@@ -117,7 +108,7 @@ describe("SIGTERM", () => {
       server.child.kill("SIGTERM");
       const received = await Promise.all(streams);
       await server.exited;
-      const ledger = await rows(db);
+      const ledger = await ledgerRows(db);
       expect(ledger.map((r) => r.status)).toEqual(["completed", "completed", "completed"]);
       expect(ledger.map((r) => r.output_tokens).sort()).toEqual(received.sort());
       expect(received).toEqual([60, 60, 60]);
@@ -149,7 +140,7 @@ describe("two replicas on one PostgreSQL", () => {
       for (const replica of [a, b]) replica.child.kill("SIGTERM");
       await Promise.all([a.exited, b.exited]);
     }
-    const ledger = await rows(pg.url);
+    const ledger = await ledgerRows(pg.url);
     expect(ledger).toHaveLength(12);
     expect(ledger.every((r) => r.status === "completed")).toBe(true);
     expect(new Set(ledger.map((r) => r.replica))).toEqual(new Set(["a", "b"]));

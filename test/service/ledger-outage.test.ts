@@ -12,8 +12,8 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openStore } from "../../service/store/open-store.ts";
 import { startPostgres, type TestPostgres } from "../helpers/postgres.ts";
+import { ledgerRows } from "../helpers/ledger-rows.ts";
 import { serveProcess, type Serving } from "../helpers/serve-process.ts";
 
 const MODEL = "tokenmill-tiny-qwen3";
@@ -57,15 +57,6 @@ function traffic(url: string, workers: number): { stop: () => Promise<Outcome[]>
     for (let i = 0; running; i++) outcomes.push(await chat(url, (w + i) % 2 === 0));
   });
   return { stop: async () => ((running = false), await Promise.all(loops), outcomes) };
-}
-
-async function ledgerRows(db: string) {
-  const store = await openStore(db);
-  try {
-    return await store.db.selectFrom("usage_ledger").selectAll().execute();
-  } finally {
-    await store.close();
-  }
 }
 
 async function healthOf(url: string): Promise<{ status: number; code?: string }> {
