@@ -67,6 +67,8 @@ async function streamCompletion(maxTokens: number, stopAfter?: number, onEvents?
       events.push(...frames.map((f) => f.slice("data: ".length)));
       onEvents?.(events.length);
       if (stopAfter !== undefined && events.length >= stopAfter) {
+        // NOTE: one read may bring several events under load; the client reads exactly stopAfter of them.
+        events.length = stopAfter;
         controller.abort();
         break;
       }
