@@ -19,6 +19,30 @@ function engineFloor(files, above) {
   ].filter((block) => block.files.length > 0);
 }
 
+/**
+ * no-restricted-imports for server files: no tensors, only the engine's and models' entry points,
+ * and nothing from the floors above. The server's floors, lowest first: common/ (the error
+ * catalog, the engine's entry, body parsing); the wire formats (openai/, anthropic/, responses/);
+ * the backends (backends/, upstream/); chat/ (a chat run as pieces, local or upstream); http/
+ * (the request path); routes/; then app.ts and serve.ts, which nothing imports.
+ */
+function serverFloor(files, above) {
+  const top = files.some((f) => f.startsWith("server/*")) ? [] : ["../app.ts", "../serve.ts", "../../app.ts", "../../serve.ts"];
+  const floors = above.length + top.length === 0 ? [] : [{ group: [...above.flatMap((dir) => [`../${dir}/*`, `../${dir}/**`]), ...top], message: `an import may only point down a floor: this file sits below ${[...above.map((d) => `${d}/`), "app.ts", "serve.ts"].join(", ")}` }];
+  return [{
+    files,
+    rules: {
+      "no-restricted-imports": ["error", {
+        paths: [...ortModules, "onnx-proto"].map((name) => ({ name, message: "server/ never touches tensors" })),
+        patterns: [{
+          group: ["**/engine/**", "!**/engine/index.ts", "**/models/**", "!**/models/index.ts"],
+          message: "server/ imports only the engine's and models' public entry points (engine/index.ts, models/index.ts)",
+        }, ...floors],
+      }],
+    },
+  }];
+}
+
 export default tseslint.config(
   { ignores: ["node_modules/**", ".cache/**", "results/**"] },
   ...tseslint.configs.recommended,
@@ -41,13 +65,13 @@ export default tseslint.config(
   ...engineFloor(["engine/core/**/*.ts"], ["thread"]),
   ...engineFloor(["engine/thread/**/*.ts", "engine/*.ts"], []),
   {
-    // Every HTTP error comes from the one catalog, server/http/api-error.ts.
+    // Every HTTP error comes from the one catalog, server/common/api-error.ts.
     files: ["server/**/*.ts"],
-    ignores: ["server/http/api-error.ts"],
+    ignores: ["server/common/api-error.ts"],
     rules: {
       "no-restricted-syntax": ["error", {
         selector: "NewExpression[callee.name=/^(ApiError|BackendUnavailable)$/]",
-        message: "make HTTP errors in the catalog (server/http/api-error.ts) and call them by name",
+        message: "make HTTP errors in the catalog (server/common/api-error.ts) and call them by name",
       }],
     },
   },
@@ -60,18 +84,14 @@ export default tseslint.config(
       }],
     },
   },
-  {
-    files: ["server/**/*.ts"],
-    rules: {
-      "no-restricted-imports": ["error", {
-        paths: [...ortModules, "onnx-proto"].map((name) => ({ name, message: "server/ never touches tensors" })),
-        patterns: [{
-          group: ["**/engine/**", "!**/engine/index.ts", "**/models/**", "!**/models/index.ts"],
-          message: "server/ imports only the engine's and models' public entry points (engine/index.ts, models/index.ts)",
-        }],
-      }],
-    },
-  },
+  // The server's floors, lowest first (see serverFloor).
+  ...serverFloor(["server/common/**/*.ts"], ["openai", "anthropic", "responses", "backends", "upstream", "chat", "http", "routes"]),
+  ...serverFloor(["server/openai/**/*.ts", "server/anthropic/**/*.ts", "server/responses/**/*.ts"], ["backends", "upstream", "chat", "http", "routes"]),
+  ...serverFloor(["server/backends/**/*.ts", "server/upstream/**/*.ts"], ["chat", "http", "routes"]),
+  ...serverFloor(["server/chat/**/*.ts"], ["http", "routes"]),
+  ...serverFloor(["server/http/**/*.ts"], ["routes"]),
+  ...serverFloor(["server/routes/**/*.ts"], []),
+  ...serverFloor(["server/*.ts"], []),
   {
     files: ["service/**/*.ts"],
     rules: {

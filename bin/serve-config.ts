@@ -9,7 +9,7 @@ import { availableParallelism } from "node:os";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { readCheckpoint } from "../models/checkpoint.ts";
-import { FALLBACK_REASONS } from "../server/http/api-error.ts";
+import { FALLBACK_REASONS } from "../server/common/api-error.ts";
 import { REASONING_PARSERS, type ReasoningParser } from "../server/openai/reasoning.ts";
 import type { LocalModelSpec, ProviderSpec, RouteSpec } from "../server/serve.ts";
 import { microUsdPerMtok, type Price } from "../service/prices.ts";

@@ -3,7 +3,7 @@
  * Every error leaves through one handler, in OpenAI's shape.
  */
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from "fastify";
-import { routeNotFound, toApiError } from "./http/api-error.ts";
+import { routeNotFound, toApiError } from "./common/api-error.ts";
 import { authenticator, type AuthOptions, type Caller } from "./http/auth.ts";
 import { handleClientError } from "./http/client-error.ts";
 import { createHttpServer, DEFAULT_KEEP_ALIVE_TIMEOUT_MS, keepOpenForBodyError, registerDrain } from "./http/connections.ts";
@@ -24,7 +24,7 @@ import { registerModelRoutes } from "./routes/models.ts";
 import { registerUsageRoutes } from "./routes/usage.ts";
 import { registerProbeRoutes } from "./routes/probes.ts";
 import { registerTokenizeRoutes } from "./routes/tokenize.ts";
-import type { ServerContext } from "./server-context.ts";
+import type { ServerContext } from "./http/server-context.ts";
 
 export interface AppOptions {
   bodyLimitBytes?: number;

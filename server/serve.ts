@@ -9,19 +9,19 @@ import type { KeyLimits } from "../service/limits/key-limits.ts";
 import type { Price } from "../service/prices.ts";
 import { startService } from "../service/service.ts";
 import { MemoryResponseStore, SqlResponseStore } from "../service/response-store.ts";
-import { serverShuttingDown } from "./http/api-error.ts";
+import { serverShuttingDown } from "./common/api-error.ts";
 import { ANONYMOUS_WARNING } from "./routes/probes.ts";
 import type { AuthMode } from "./http/auth.ts";
 import { buildApp } from "./app.ts";
-import { Engine, TokenizerPool, type EngineOptions, type Pooling } from "./backends/engine-api.ts";
+import { Engine, TokenizerPool, type EngineOptions, type Pooling } from "./common/engine-api.ts";
 import { LocalBackend, UpstreamBackend, type ModelTask } from "./backends/model-backend.ts";
 import { ModelRegistry } from "./backends/model-registry.ts";
-import type { FallbackReason } from "./http/api-error.ts";
+import type { FallbackReason } from "./common/api-error.ts";
 import { UpstreamProvider, type ProviderOptions } from "./upstream/upstream-provider.ts";
 import type { BreakerState } from "./upstream/circuit-breaker.ts";
 import type { ReasoningParser } from "./openai/reasoning.ts";
-import { ServerMetrics } from "./metrics.ts";
-import type { GenerationDefaults, ServerContext } from "./server-context.ts";
+import { ServerMetrics } from "./http/metrics.ts";
+import type { GenerationDefaults, ServerContext } from "./http/server-context.ts";
 
 /** A model served by an engine thread of this process. */
 export interface LocalModelSpec {

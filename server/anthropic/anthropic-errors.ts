@@ -1,5 +1,5 @@
 /** Errors on Anthropic's routes, in Anthropic's shape: {"type": "error", "error": {"type", "message"}}. */
-import type { ApiError } from "../http/api-error.ts";
+import type { ApiError } from "../common/api-error.ts";
 
 /** Anthropic's error type for an HTTP status. */
 export function anthropicErrorType(status: number): string {

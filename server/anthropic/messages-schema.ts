@@ -5,8 +5,8 @@
  * OpenAI forms, thinking the template's enable_thinking.
  */
 import { z } from "zod";
-import { invalidRequest } from "../http/api-error.ts";
-import { parseBody } from "../http/http-helpers.ts";
+import { invalidRequest } from "../common/api-error.ts";
+import { parseBody } from "../common/parse-body.ts";
 import { chatCompletionRequest, type ChatCompletionRequest } from "../openai/schemas.ts";
 
 const textBlock = z.object({ type: z.literal("text"), text: z.string() }).loose();

@@ -6,7 +6,7 @@
 import type { GenerationDefaults } from "../../models/index.ts";
 import type { ReasoningParser } from "../openai/reasoning.ts";
 import type { UpstreamProvider } from "../upstream/upstream-provider.ts";
-import type { Pooling, PromptTokenizer, ServingEngine } from "./engine-api.ts";
+import type { Pooling, PromptTokenizer, ServingEngine } from "../common/engine-api.ts";
 
 /** What a local model serves (--task): generation (chat, completions, Responses, Messages), embeddings, or both. */
 export type ModelTask = "generate" | "embed" | "both";

@@ -4,7 +4,7 @@
  * rules). Every route resolves `body.model` here, /v1/models lists it, and nothing else
  * assumes there is only one model.
  */
-import { modelNotFound } from "../http/api-error.ts";
+import { modelNotFound } from "../common/api-error.ts";
 import type { LocalBackend, ModelBackend } from "./model-backend.ts";
 import { ServingPlan, type PlanRules } from "./serving-plan.ts";
 

@@ -5,8 +5,8 @@
  * model for another target (burst). A request moves on only while nothing of its response has
  * reached the client.
  */
-import { BackendUnavailable, FALLBACK_REASONS, type FallbackReason } from "../http/api-error.ts";
-import { EngineError } from "./engine-api.ts";
+import { BackendUnavailable, FALLBACK_REASONS, type FallbackReason } from "../common/api-error.ts";
+import { EngineError } from "../common/engine-api.ts";
 import type { ModelBackend } from "./model-backend.ts";
 
 export interface BurstRule {

@@ -17,7 +17,7 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { IncomingHttpHeaders } from "node:http";
 import { mayUse, type ApiKey, type KeyStore } from "../../service/keys.ts";
-import { adminApiOff, invalidApiKey, modelNotFound, notAdmin, type ApiError } from "./api-error.ts";
+import { adminApiOff, invalidApiKey, modelNotFound, notAdmin, type ApiError } from "../common/api-error.ts";
 
 export type AuthMode = "auto" | "required" | "none";
 

@@ -4,7 +4,7 @@
  * the limit, a body slower than --request-timeout) are answered in OpenAI's error shape.
  */
 import type { Socket } from "node:net";
-import { badHttp, headersTooLarge, requestTimedOut, type ApiError } from "./api-error.ts";
+import { badHttp, headersTooLarge, requestTimedOut, type ApiError } from "../common/api-error.ts";
 
 const REASONS: Record<number, string> = { 400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large" };
 

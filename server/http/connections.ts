@@ -18,7 +18,7 @@
 import { createServer, type Server } from "node:http";
 import { Server as NetServer } from "node:net";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import { serverDraining } from "./api-error.ts";
+import { serverDraining } from "../common/api-error.ts";
 
 export const DEFAULT_KEEP_ALIVE_TIMEOUT_MS = 75_000;
 /** A refused body larger than this is not read: the connection closes (and its client may see a reset). */

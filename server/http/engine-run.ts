@@ -1,5 +1,5 @@
-import { EngineError, type EngineOutput, type RequestUsage } from "../backends/engine-api.ts";
-import { ApiError, requestAborted } from "./api-error.ts";
+import { EngineError, type EngineOutput, type RequestUsage } from "../common/engine-api.ts";
+import { ApiError, requestAborted } from "../common/api-error.ts";
 
 /** One engine request's outputs, counted exactly once whoever reads them: the route, or release() draining what is left. */
 export class EngineRun {

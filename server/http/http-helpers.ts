@@ -1,20 +1,5 @@
-/** Small pieces every route uses: body parsing, noticing a client leave. */
+/** Small pieces every route uses: noticing a client leave, raw headers, the clock in seconds. */
 import type { FastifyReply } from "fastify";
-import type { z } from "zod";
-import { invalidRequest } from "./api-error.ts";
-import { describeIssue } from "../openai/schemas.ts";
-
-export function parseBody<T extends z.ZodType>(schema: T, body: unknown): z.infer<T> {
-  if (body === undefined || body === null || typeof body !== "object") {
-    throw invalidRequest("The request body must be a JSON object.");
-  }
-  const parsed = schema.safeParse(body);
-  if (!parsed.success) {
-    const { message, param } = describeIssue(parsed.error);
-    throw invalidRequest(message, param);
-  }
-  return parsed.data;
-}
 
 /** Calls `abort` if the connection closes before the response has been sent in full. */
 export function onClientGone(reply: FastifyReply, abort: () => void): void {

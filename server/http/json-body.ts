@@ -10,7 +10,7 @@
  */
 import type { FastifyInstance } from "fastify";
 import { isUtf8 } from "node:buffer";
-import { invalidRequest, unsupportedMediaType } from "./api-error.ts";
+import { invalidRequest, unsupportedMediaType } from "../common/api-error.ts";
 
 /** NOTE: String.prototype.isWellFormed is in Node 20, not yet in TypeScript's ES2023 lib. */
 const isWellFormed = (text: string) => (text as string & { isWellFormed(): boolean }).isWellFormed();

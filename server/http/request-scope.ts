@@ -12,12 +12,12 @@ import type { ApiKey } from "../../service/keys.ts";
 import { LimitExceeded, type LimitTicket } from "../../service/limits/limiter.ts";
 import { NO_USAGE, type Admission, type Outcome, type Settlement, type Usage } from "../../service/settlement.ts";
 import type { LocalBackend, ModelBackend, UpstreamBackend } from "../backends/model-backend.ts";
-import type { Priority } from "../backends/engine-api.ts";
-import type { ServerContext } from "../server-context.ts";
-import { ApiError, clientClosedRequest, tooManySequences, invalidRequest, engineDead, engineRestarting, modelLoading, overloaded, storeUnavailable, toApiError } from "./api-error.ts";
-import { LocalAttempt, UpstreamAttempt, type Admitted, type Attempt, type UpstreamAdmitted } from "./attempts.ts";
+import type { Priority } from "../common/engine-api.ts";
+import type { ServerContext } from "./server-context.ts";
+import { ApiError, clientClosedRequest, tooManySequences, invalidRequest, engineDead, engineRestarting, modelLoading, overloaded, storeUnavailable, toApiError } from "../common/api-error.ts";
+import type { Admitted, UpstreamAdmitted } from "../backends/admitted.ts";
+import { LocalAttempt, UpstreamAttempt, type Attempt } from "./attempts.ts";
 
-export type { Admitted, UpstreamAdmitted } from "./attempts.ts";
 
 export interface AdmitOptions {
   /** The HTTP request id, for the settlement. */

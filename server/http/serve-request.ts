@@ -9,8 +9,9 @@
 import type { FastifyReply, FastifyRequest } from "fastify";
 import type { UpstreamBackend } from "../backends/model-backend.ts";
 import { fallbackReasonOf, type ServingPlan } from "../backends/serving-plan.ts";
-import type { ServerContext } from "../server-context.ts";
-import { openRequest, type AdmitOptions, type Admitted, type RequestScope, type UpstreamAdmitted } from "./request-scope.ts";
+import type { ServerContext } from "./server-context.ts";
+import type { Admitted, UpstreamAdmitted } from "../backends/admitted.ts";
+import { openRequest, type AdmitOptions, type RequestScope } from "./request-scope.ts";
 import { checkModelAccess } from "./auth.ts";
 import { onClientGone, setRawHeaders } from "./http-helpers.ts";
 

@@ -1,6 +1,6 @@
 /** Server-sent events on a hijacked reply: `data: {json}` frames, then `data: [DONE]`. */
 import type { ServerResponse } from "node:http";
-import { toApiError } from "./api-error.ts";
+import { toApiError } from "../common/api-error.ts";
 
 export class SseStream {
   private ended = false;

@@ -1,5 +1,5 @@
 /** API chat messages as the chat template reads them. */
-import type { ChatMessage } from "../backends/engine-api.ts";
+import type { ChatMessage } from "../common/engine-api.ts";
 import type { ChatMessageInput } from "./schemas.ts";
 
 export function toChatMessage(message: ChatMessageInput): ChatMessage {

@@ -1,6 +1,6 @@
 /** Folds engine outputs into per-choice results, and usage into OpenAI's shape: shared by both endpoints. */
 import type { Usage } from "../../service/settlement.ts";
-import type { EngineOutput } from "../backends/engine-api.ts";
+import type { EngineOutput } from "../common/engine-api.ts";
 
 type Logprob = NonNullable<EngineOutput["logprobs"]>[number];
 

@@ -3,7 +3,7 @@
  * { tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset }.
  * With echo, the prompt's tokens come first; the first prompt token has no logprob.
  */
-import type { EngineOutput } from "../backends/engine-api.ts";
+import type { EngineOutput } from "../common/engine-api.ts";
 
 type Logprob = NonNullable<EngineOutput["logprobs"]>[number];
 type PromptLogprobs = EngineOutput["promptLogprobs"] | null;

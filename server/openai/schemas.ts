@@ -111,10 +111,3 @@ export const completionRequest = z.object({
 export type ChatCompletionRequest = z.infer<typeof chatCompletionRequest>;
 export type CompletionRequest = z.infer<typeof completionRequest>;
 export type ChatMessageInput = ChatCompletionRequest["messages"][number];
-
-/** The first issue zod found, as OpenAI names it: a message and the offending parameter. */
-export function describeIssue(error: z.ZodError): { message: string; param: string | null } {
-  const issue = error.issues[0];
-  const param = issue.path.length > 0 ? issue.path.join(".") : null;
-  return { message: param ? `${param}: ${issue.message}` : issue.message, param };
-}

@@ -4,8 +4,8 @@
  * structured_outputs, or a tool_choice that forces a call ("required", or a named function).
  * At most one may be given; a forced call needs the tools it names.
  */
-import type { GrammarSpec, ToolSpec } from "../backends/engine-api.ts";
-import { invalidRequest } from "../http/api-error.ts";
+import type { GrammarSpec, ToolSpec } from "../common/engine-api.ts";
+import { invalidRequest } from "../common/api-error.ts";
 import type { ChatCompletionRequest, CompletionRequest } from "./schemas.ts";
 
 type Body = Pick<CompletionRequest, "response_format" | "guided_json" | "guided_regex" | "guided_choice" | "guided_grammar" | "structured_outputs">;

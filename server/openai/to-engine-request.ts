@@ -3,9 +3,7 @@
  * extensions. The engine checks the result against its own limits (context, vocabulary).
  */
 import { randomUUID } from "node:crypto";
-import { EngineError, type EngineRequest } from "../backends/engine-api.ts";
-import type { GrammarSpec } from "../backends/engine-api.ts";
-import type { GenerationDefaults } from "../server-context.ts";
+import { EngineError, type EngineRequest, type GenerationDefaults, type GrammarSpec } from "../common/engine-api.ts";
 import type { ChatCompletionRequest, CompletionRequest } from "./schemas.ts";
 
 type SamplingBody = ChatCompletionRequest | CompletionRequest;

@@ -5,8 +5,8 @@
  * chat messages; tools, tool_choice and text.format their chat forms.
  */
 import { z } from "zod";
-import { invalidRequest } from "../http/api-error.ts";
-import { parseBody } from "../http/http-helpers.ts";
+import { invalidRequest } from "../common/api-error.ts";
+import { parseBody } from "../common/parse-body.ts";
 import { chatCompletionRequest, type ChatCompletionRequest } from "../openai/schemas.ts";
 
 const part = z.object({ type: z.string(), text: z.string().optional() }).loose();

@@ -8,9 +8,9 @@ import { KEY_PRIORITIES, type ApiKey, type KeyPriority, type KeyStore } from "..
 import type { KeyLimits } from "../../service/limits/key-limits.ts";
 import { PERIODS, type Period } from "../../service/limits/periods.ts";
 import { microUsdPerMtok } from "../../service/prices.ts";
-import { invalidRequest, keyNotFound, noStore } from "../http/api-error.ts";
+import { invalidRequest, keyNotFound, noStore } from "../common/api-error.ts";
 import { limitFields as limitBody } from "./key-fields.ts";
-import { parseBody } from "../http/http-helpers.ts";
+import { parseBody } from "../common/parse-body.ts";
 
 /** An expiry as an ISO date or epoch seconds, or null for none. */
 const expiry = z.union([z.string().refine((s) => !Number.isNaN(Date.parse(s)), "expires_at must be an ISO date"), z.number().int().positive()]).nullish();

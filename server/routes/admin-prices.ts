@@ -6,8 +6,8 @@
 import type { FastifyInstance } from "fastify";
 import { z } from "zod";
 import { microUsdPerMtok, type Price, type PriceBook } from "../../service/prices.ts";
-import { noStore } from "../http/api-error.ts";
-import { parseBody } from "../http/http-helpers.ts";
+import { noStore } from "../common/api-error.ts";
+import { parseBody } from "../common/parse-body.ts";
 
 /** USD per million tokens, as a JSON number or a decimal string, up to 6 decimals (1e-7 is refused, never rounded to 0). */
 const usd = z.union([z.number().nonnegative(), z.string()]).transform((value, ctx) => {

@@ -1,18 +1,19 @@
 /** POST /v1/chat/completions: OpenAI's chat API, streamed over SSE or returned whole. */
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
-import type { Admitted } from "../http/request-scope.ts";
+import type { Admitted } from "../backends/admitted.ts";
 import { serveRequest } from "../http/serve-request.ts";
-import { proxyToUpstream } from "../upstream/upstream-proxy.ts";
+import { proxyToUpstream } from "../http/upstream-proxy.ts";
 import { openAiUsage } from "../openai/choices.ts";
-import type { GrammarSpec } from "../backends/engine-api.ts";
-import { endPieces, startLocalPieces, type PieceLogprob, type PieceRun } from "../openai/chat-pieces.ts";
+import type { GrammarSpec } from "../common/engine-api.ts";
+import { endPieces, startLocalPieces, type PieceLogprob, type PieceRun } from "../chat/chat-pieces.ts";
 import { inMessages } from "../openai/to-engine-request.ts";
-import { nowSeconds, parseBody } from "../http/http-helpers.ts";
+import { nowSeconds } from "../http/http-helpers.ts";
+import { parseBody } from "../common/parse-body.ts";
 import { chatCompletionRequest, type ChatCompletionRequest } from "../openai/schemas.ts";
-import type { ServerContext } from "../server-context.ts";
+import type { ServerContext } from "../http/server-context.ts";
 import { SseStream } from "../http/sse.ts";
-import { splitOutput, toolParsingFor } from "../openai/chat-run.ts";
+import { splitOutput, toolParsingFor } from "../chat/chat-run.ts";
 import { grammarOf } from "../openai/structured-outputs.ts";
 
 export function registerChatCompletions(app: FastifyInstance, ctx: ServerContext): void {

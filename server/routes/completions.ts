@@ -1,18 +1,19 @@
 /** POST /v1/completions: the legacy completions API, with token-id prompts, echo and legacy logprobs. */
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
-import type { Admitted } from "../http/request-scope.ts";
+import type { Admitted } from "../backends/admitted.ts";
 import { serveRequest } from "../http/serve-request.ts";
-import { proxyToUpstream } from "../upstream/upstream-proxy.ts";
-import type { GrammarSpec } from "../backends/engine-api.ts";
+import { proxyToUpstream } from "../http/upstream-proxy.ts";
+import type { GrammarSpec } from "../common/engine-api.ts";
 import { grammarOf } from "../openai/structured-outputs.ts";
 import { Choices, openAiUsage, type ChoiceState } from "../openai/choices.ts";
-import type { EngineOutput } from "../backends/engine-api.ts";
+import type { EngineOutput } from "../common/engine-api.ts";
 import { toEngineRequest } from "../openai/to-engine-request.ts";
-import { nowSeconds, parseBody } from "../http/http-helpers.ts";
+import { nowSeconds } from "../http/http-helpers.ts";
+import { parseBody } from "../common/parse-body.ts";
 import { legacyLogprobs } from "../openai/legacy-logprobs.ts";
 import { completionRequest, type CompletionRequest } from "../openai/schemas.ts";
-import type { ServerContext } from "../server-context.ts";
+import type { ServerContext } from "../http/server-context.ts";
 import { SseStream } from "../http/sse.ts";
 
 /** NOTE: as in OpenAI's and vLLM's completions API, max_tokens defaults to 16. */

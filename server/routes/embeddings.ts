@@ -7,16 +7,16 @@
  */
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance } from "fastify";
-import { GREEDY, type EngineRequest } from "../backends/engine-api.ts";
+import { GREEDY, type EngineRequest } from "../common/engine-api.ts";
 import type { LocalBackend } from "../backends/model-backend.ts";
-import type { Admitted } from "../http/request-scope.ts";
-import { invalidRequest, requestAborted } from "../http/api-error.ts";
-import { parseBody } from "../http/http-helpers.ts";
+import type { Admitted } from "../backends/admitted.ts";
+import { invalidRequest, requestAborted } from "../common/api-error.ts";
+import { parseBody } from "../common/parse-body.ts";
 import { serveRequest } from "../http/serve-request.ts";
 import { embeddingInputs, embeddingRequest, encoded, truncated, type EmbeddingRequest } from "../openai/embeddings-schema.ts";
 import { inMessages } from "../openai/to-engine-request.ts";
-import { proxyToUpstream } from "../upstream/upstream-proxy.ts";
-import type { ServerContext } from "../server-context.ts";
+import { proxyToUpstream } from "../http/upstream-proxy.ts";
+import type { ServerContext } from "../http/server-context.ts";
 
 /** How many of a request's inputs run at once on a model: no more than it runs sequences. */
 const windowOf = (backend: LocalBackend, numInputs: number) => Math.max(1, Math.min(numInputs, backend.limits.maxNumSeqs));

@@ -11,19 +11,19 @@ import type { Usage } from "../../service/settlement.ts";
 import { anthropicErrorBody } from "../anthropic/anthropic-errors.ts";
 import { countTokensRequest, messagesRequest, toChatRequest, toolsOf, chatMessagesOf } from "../anthropic/messages-schema.ts";
 import type { LocalBackend } from "../backends/model-backend.ts";
-import { invalidRequest, modelLoading, toApiError } from "../http/api-error.ts";
+import { invalidRequest, modelLoading, toApiError } from "../common/api-error.ts";
 import { checkModelAccess } from "../http/auth.ts";
-import { parseBody } from "../http/http-helpers.ts";
+import { parseBody } from "../common/parse-body.ts";
 import { serveRequest } from "../http/serve-request.ts";
 import { SseStream } from "../http/sse.ts";
 import { toChatMessage } from "../openai/chat-messages.ts";
-import { endPieces, startLocalPieces, type ChatAttempt, type ChatPiece, type PieceRun } from "../openai/chat-pieces.ts";
-import type { SplitOutput } from "../openai/chat-run.ts";
+import { endPieces, startLocalPieces, type ChatAttempt, type ChatPiece, type PieceRun } from "../chat/chat-pieces.ts";
+import type { SplitOutput } from "../chat/chat-run.ts";
 import type { ChatCompletionRequest } from "../openai/schemas.ts";
 import { grammarOf } from "../openai/structured-outputs.ts";
 import type { ToolCall } from "../openai/tool-calls.ts";
-import type { ServerContext } from "../server-context.ts";
-import { startUpstreamChat } from "../upstream/upstream-chat.ts";
+import type { ServerContext } from "../http/server-context.ts";
+import { startUpstreamChat } from "../chat/upstream-chat.ts";
 
 export function registerMessages(app: FastifyInstance, ctx: ServerContext): void {
   app.post("/v1/messages", async (request, reply) => {

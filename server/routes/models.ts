@@ -3,7 +3,7 @@ import type { FastifyInstance } from "fastify";
 import { mayUse } from "../../service/keys.ts";
 import type { ServingPlan } from "../backends/serving-plan.ts";
 import { checkModelAccess } from "../http/auth.ts";
-import type { ServerContext } from "../server-context.ts";
+import type { ServerContext } from "../http/server-context.ts";
 
 const startedSeconds = Math.floor(Date.now() / 1000);
 

@@ -6,9 +6,9 @@
  * while the ledger cannot commit (nothing may be served unbilled).
  */
 import type { FastifyInstance } from "fastify";
-import { ApiError, engineRestarting, modelDown, storeUnavailable } from "../http/api-error.ts";
+import { ApiError, engineRestarting, modelDown, storeUnavailable } from "../common/api-error.ts";
 import type { ModelBackend } from "../backends/model-backend.ts";
-import type { ServerContext } from "../server-context.ts";
+import type { ServerContext } from "../http/server-context.ts";
 
 export const ANONYMOUS_WARNING = "serving anonymously: no API key exists yet (create one with `tokenmill keys create --name NAME`, or pass --require-auth)";
 

@@ -10,17 +10,17 @@ import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import type { ResponseStore } from "../../service/response-store.ts";
 import type { Usage } from "../../service/settlement.ts";
-import { responseNotFound, toApiError } from "../http/api-error.ts";
+import { responseNotFound, toApiError } from "../common/api-error.ts";
 import type { Caller } from "../http/auth.ts";
-import { parseBody } from "../http/http-helpers.ts";
+import { parseBody } from "../common/parse-body.ts";
 import { serveRequest } from "../http/serve-request.ts";
 import { SseStream } from "../http/sse.ts";
-import { endPieces, startLocalPieces, type ChatAttempt, type PieceRun } from "../openai/chat-pieces.ts";
+import { endPieces, startLocalPieces, type ChatAttempt, type PieceRun } from "../chat/chat-pieces.ts";
 import { grammarOf } from "../openai/structured-outputs.ts";
 import type { ToolCall } from "../openai/tool-calls.ts";
 import { inputMessages, responsesRequest, toChatRequest, type ResponsesRequest } from "../responses/responses-schema.ts";
-import type { ServerContext } from "../server-context.ts";
-import { startUpstreamChat } from "../upstream/upstream-chat.ts";
+import type { ServerContext } from "../http/server-context.ts";
+import { startUpstreamChat } from "../chat/upstream-chat.ts";
 
 export interface ResponsesOptions {
   store: ResponseStore;

@@ -2,14 +2,14 @@
 import { createRequire } from "node:module";
 import type { FastifyInstance } from "fastify";
 import { z } from "zod";
-import { invalidRequest, modelLoading } from "../http/api-error.ts";
+import { invalidRequest, modelLoading } from "../common/api-error.ts";
 import { toChatMessage } from "../openai/chat-messages.ts";
-import type { PromptTokenizer } from "../backends/engine-api.ts";
+import type { PromptTokenizer } from "../common/engine-api.ts";
 import type { LocalBackend } from "../backends/model-backend.ts";
 import { checkModelAccess, type Caller } from "../http/auth.ts";
-import { parseBody } from "../http/http-helpers.ts";
+import { parseBody } from "../common/parse-body.ts";
 import { chatCompletionRequest } from "../openai/schemas.ts";
-import type { ServerContext } from "../server-context.ts";
+import type { ServerContext } from "../http/server-context.ts";
 
 const tokenizePrompt = z.object({ model: z.string().min(1), prompt: z.string(), add_special_tokens: z.boolean().nullish() }).loose();
 const tokenizeChat = z.object({

@@ -12,9 +12,9 @@ import { NO_LIMITS } from "../../service/limits/key-limits.ts";
 import { limitFields } from "./key-fields.ts";
 import type { LimitName, LimitStatus } from "../../service/limits/limiter.ts";
 import { durationText } from "../../service/limits/periods.ts";
-import { invalidRequest, noLedger, noStore } from "../http/api-error.ts";
-import type { ServerContext } from "../server-context.ts";
-import { parseBody } from "../http/http-helpers.ts";
+import { invalidRequest, noLedger, noStore } from "../common/api-error.ts";
+import type { ServerContext } from "../http/server-context.ts";
+import { parseBody } from "../common/parse-body.ts";
 
 /** Buckets a page holds by default and at most, per width, as OpenAI's API. */
 const PAGE_LIMITS: Record<BucketWidth, { default: number; max: number }> = { "1m": { default: 60, max: 1440 }, "1h": { default: 24, max: 168 }, "1d": { default: 7, max: 31 } };

@@ -16,7 +16,7 @@
  */
 import {
   ApiError, BackendUnavailable, upstreamAtCap, upstreamBreakerOpen, upstreamFailed, upstreamKeyRefused, upstreamProbing, upstreamRateLimited, upstreamRefused, upstreamTimeout,
-} from "../http/api-error.ts";
+} from "../common/api-error.ts";
 import { CircuitBreaker, type BreakerState } from "./circuit-breaker.ts";
 import { DEFAULT_RETRY_POLICY, isRetryableStatus, retryAfterMsOf, retryDelayMs, type RetryPolicy } from "./retry-policy.ts";
 

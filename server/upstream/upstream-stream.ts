@@ -5,7 +5,7 @@
  */
 import { createParser, type EventSourceMessage } from "eventsource-parser";
 import type { Usage } from "../../service/settlement.ts";
-import { upstreamFailed, upstreamFailedMidStream } from "../http/api-error.ts";
+import { upstreamFailed, upstreamFailedMidStream } from "../common/api-error.ts";
 
 export interface UpstreamUsage {
   prompt_tokens?: number;

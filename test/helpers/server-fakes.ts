@@ -12,11 +12,11 @@ import type { EngineStatsSnapshot } from "../../engine/core/engine-stats.ts";
 import type { EngineState } from "../../engine/thread/engine.ts";
 import type { EngineOutput, EngineRequest, PositionLogprob, PromptLogprob, TokenLogprob } from "../../engine/common/request.ts";
 import type { ChatMessage, ChatTemplateOptions } from "../../models/tokenizer.ts";
-import type { PromptTokenizer, ServingEngine } from "../../server/backends/engine-api.ts";
+import type { PromptTokenizer, ServingEngine } from "../../server/common/engine-api.ts";
 import { LocalBackend, type ServerLimits } from "../../server/backends/model-backend.ts";
 import { ModelRegistry } from "../../server/backends/model-registry.ts";
-import { ServerMetrics } from "../../server/metrics.ts";
-import type { GenerationDefaults, ServerContext } from "../../server/server-context.ts";
+import { ServerMetrics } from "../../server/http/metrics.ts";
+import type { GenerationDefaults, ServerContext } from "../../server/http/server-context.ts";
 
 export const MODEL_ID = "tiny";
 export const MAX_MODEL_LEN = 64;

@@ -5,7 +5,7 @@
  */
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it } from "vitest";
-import type { EngineOutput, EngineRequest } from "../../server/backends/engine-api.ts";
+import type { EngineOutput, EngineRequest } from "../../server/common/engine-api.ts";
 import { buildApp } from "../../server/app.ts";
 import type { Settlement } from "../../service/settlement.ts";
 import { FakeEngine, FakeTokenizer, MODEL_ID, backendOf, fakeEmbedding, makeContext, type BackendOverrides } from "../helpers/server-fakes.ts";

@@ -7,9 +7,9 @@
 import type { FastifyInstance, LightMyRequestResponse } from "fastify";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { Settlement } from "../../service/settlement.ts";
-import { serverShuttingDown } from "../../server/http/api-error.ts";
+import { serverShuttingDown } from "../../server/common/api-error.ts";
 import { buildApp } from "../../server/app.ts";
-import type { ServerContext } from "../../server/server-context.ts";
+import type { ServerContext } from "../../server/http/server-context.ts";
 import type { LocalBackend } from "../../server/backends/model-backend.ts";
 import {
   FakeEngine, FakeTokenizer, MAX_MODEL_LEN, MODEL_ID, backendOf, chatPromptOf, generatedText, makeContext, makeStats, type BackendOverrides,

@@ -6,7 +6,7 @@
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Settlement } from "../../service/settlement.ts";
-import { serverShuttingDown } from "../../server/http/api-error.ts";
+import { serverShuttingDown } from "../../server/common/api-error.ts";
 import type { RunningServer } from "../../server/serve.ts";
 import { startTestServer } from "../helpers/server.ts";
 

@@ -1,9 +1,9 @@
 /** The upstream provider's retries, timeout and circuit breaker, against a real scripted server on loopback; the route's plan. */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BackendUnavailable, ApiError } from "../../server/http/api-error.ts";
+import { BackendUnavailable, ApiError } from "../../server/common/api-error.ts";
 import { LocalBackend, UpstreamBackend } from "../../server/backends/model-backend.ts";
 import { ServingPlan, fallbackReasonOf } from "../../server/backends/serving-plan.ts";
-import { EngineError } from "../../server/backends/engine-api.ts";
+import { EngineError } from "../../server/common/engine-api.ts";
 import { CircuitBreaker } from "../../server/upstream/circuit-breaker.ts";
 import { retryAfterMsOf, retryDelayMs, DEFAULT_RETRY_POLICY } from "../../server/upstream/retry-policy.ts";
 import { UpstreamProvider, type ProviderOptions } from "../../server/upstream/upstream-provider.ts";

@@ -9,7 +9,7 @@ export {
   type ChatMessage, type EngineEvent, type EngineOptions, type EngineState, type EngineOutput, type EngineRequest, type EngineStatsSnapshot,
   type GrammarSpec, type Pooling, type Priority, type RequestUsage, type ToolSpec,
 } from "../../engine/index.ts";
-export { ModelError } from "../../models/index.ts";
+export { ModelError, type GenerationDefaults } from "../../models/index.ts";
 
 /** The engine as the HTTP layer sees it. */
 export interface ServingEngine {

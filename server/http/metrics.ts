@@ -3,8 +3,8 @@
  * DESIGN.md: Prometheus style, units in the name; every engine metric has a `model` label.
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
-import type { Usage } from "../service/settlement.ts";
-import type { EngineStatsSnapshot } from "./backends/engine-api.ts";
+import type { Usage } from "../../service/settlement.ts";
+import type { EngineStatsSnapshot } from "../common/engine-api.ts";
 
 const LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80];
 

@@ -5,11 +5,11 @@
  * Fields only tokenmill and vLLM know (top_k, chat_template_kwargs) are left out, since
  * OpenAI refuses what it doesn't know.
  */
-import type { UpstreamAdmitted } from "../http/request-scope.ts";
-import type { ChatPiece, PieceRun } from "../openai/chat-pieces.ts";
+import type { UpstreamAdmitted } from "../backends/admitted.ts";
+import type { ChatPiece, PieceRun } from "./chat-pieces.ts";
 import type { ChatCompletionRequest } from "../openai/schemas.ts";
 import type { ToolCall } from "../openai/tool-calls.ts";
-import { upstreamChunks, type UpstreamChunk, type UpstreamUsage } from "./upstream-stream.ts";
+import { upstreamChunks, type UpstreamChunk, type UpstreamUsage } from "../upstream/upstream-stream.ts";
 
 /** The chat request's fields that OpenAI's chat API takes. */
 const OPENAI_FIELDS = [

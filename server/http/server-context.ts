@@ -1,14 +1,14 @@
 /** What every route shares: the model registry, the metrics, and who hears each request's settlement. */
-import type { ApiKey } from "../service/keys.ts";
-import type { KeyLimits } from "../service/limits/key-limits.ts";
-import type { LimitName, LimitStatus, LimitTicket } from "../service/limits/limiter.ts";
-import type { AdmitListener, SettleListener, Usage } from "../service/settlement.ts";
-import type { LedgerHealth } from "../service/ledger.ts";
-import type { ModelRegistry } from "./backends/model-registry.ts";
+import type { ApiKey } from "../../service/keys.ts";
+import type { KeyLimits } from "../../service/limits/key-limits.ts";
+import type { LimitName, LimitStatus, LimitTicket } from "../../service/limits/limiter.ts";
+import type { AdmitListener, SettleListener, Usage } from "../../service/settlement.ts";
+import type { LedgerHealth } from "../../service/ledger.ts";
+import type { ModelRegistry } from "../backends/model-registry.ts";
 import type { ServerMetrics } from "./metrics.ts";
 
-export type { GenerationDefaults } from "../models/index.ts";
-export type { ServerLimits } from "./backends/model-backend.ts";
+export type { GenerationDefaults } from "../common/engine-api.ts";
+export type { ServerLimits } from "../backends/model-backend.ts";
 
 type LimitCaller = { keyId: string; key: ApiKey | null; admin: boolean };
 

@@ -3,15 +3,15 @@
  * model: the prompt from the chat template, the engine request, and the output split into
  * reasoning, answer and tool calls, streamed or whole.
  */
-import type { EngineOutput, GrammarSpec } from "../backends/engine-api.ts";
+import type { EngineOutput, GrammarSpec } from "../common/engine-api.ts";
 import type { LocalBackend } from "../backends/model-backend.ts";
-import type { Admitted } from "../http/request-scope.ts";
-import { toChatMessage } from "./chat-messages.ts";
-import { ReasoningStream, splitReasoning, type ReasoningParser } from "./reasoning.ts";
-import type { ChatCompletionRequest } from "./schemas.ts";
-import { grammarWritesToolCalls } from "./structured-outputs.ts";
-import { toEngineRequest } from "./to-engine-request.ts";
-import { ToolCallStream, parseToolCalls, type ToolCall } from "./tool-calls.ts";
+import type { Admitted } from "../backends/admitted.ts";
+import { toChatMessage } from "../openai/chat-messages.ts";
+import { ReasoningStream, splitReasoning, type ReasoningParser } from "../openai/reasoning.ts";
+import type { ChatCompletionRequest } from "../openai/schemas.ts";
+import { grammarWritesToolCalls } from "../openai/structured-outputs.ts";
+import { toEngineRequest } from "../openai/to-engine-request.ts";
+import { ToolCallStream, parseToolCalls, type ToolCall } from "../openai/tool-calls.ts";
 
 export interface ChatRun {
   outputs: AsyncIterator<EngineOutput>;

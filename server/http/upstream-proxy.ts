@@ -5,10 +5,10 @@
  * without buffering. The response names the served model and carries the cost, as local ones do.
  */
 import type { FastifyReply } from "fastify";
-import type { UpstreamAdmitted } from "../http/request-scope.ts";
-import { SseStream } from "../http/sse.ts";
-import type { UpstreamCall } from "./upstream-provider.ts";
-import { badResponse, openaiUsage, parseJson, upstreamChunks } from "./upstream-stream.ts";
+import type { UpstreamAdmitted } from "../backends/admitted.ts";
+import { SseStream } from "./sse.ts";
+import type { UpstreamCall } from "../upstream/upstream-provider.ts";
+import { badResponse, openaiUsage, parseJson, upstreamChunks } from "../upstream/upstream-stream.ts";
 
 export interface ProxyRequest {
   /** /chat/completions or /completions, under the provider's base URL. */

@@ -3,14 +3,14 @@
  * builds its answer from, whichever backend serves: a chat run's output as pieces of
  * reasoning, answer and, at the end, tool calls, per choice. A local model's pieces come from
  * its engine outputs through an OutputSplitter per choice; an upstream model's from its
- * chat-completion chunks (server/upstream/upstream-chat.ts).
+ * chat-completion chunks (upstream-chat.ts).
  */
 import type { Usage } from "../../service/settlement.ts";
-import type { Admitted } from "../http/request-scope.ts";
+import type { Admitted } from "../backends/admitted.ts";
 import { OutputSplitter, startChat, toolParsingFor, type ChatRun, type SplitOutput } from "./chat-run.ts";
-import type { ChatCompletionRequest } from "./schemas.ts";
-import type { EngineOutput, GrammarSpec } from "../backends/engine-api.ts";
-import { inMessages } from "./to-engine-request.ts";
+import type { ChatCompletionRequest } from "../openai/schemas.ts";
+import type { EngineOutput, GrammarSpec } from "../common/engine-api.ts";
+import { inMessages } from "../openai/to-engine-request.ts";
 
 export interface ChatPiece extends SplitOutput {
   /** Which of the request's n choices it belongs to (0 for Responses and Messages, which take n = 1). */

@@ -4,7 +4,7 @@
  */
 import { LimitExceeded } from "../../service/limits/limiter.ts";
 import { isStoreUnavailable } from "../../service/store/store-errors.ts";
-import { EngineError, ModelError } from "../backends/engine-api.ts";
+import { EngineError, ModelError } from "./engine-api.ts";
 
 export class ApiError extends Error {
   constructor(
