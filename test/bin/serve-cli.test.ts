@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { freePort } from "../helpers/free-port.ts";
+import { until } from "../helpers/until.ts";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 
@@ -68,9 +69,9 @@ describe("tokenmill serve", () => {
     try {
       const stream = await openStream(url, 150);
       child.kill("SIGTERM");
-      await new Promise((r) => setTimeout(r, 300));
-      const refused = await fetch(`${url}/health`).then((r) => r.status, () => "refused");
-      expect([503, "refused"]).toContain(refused);
+      const health = () => fetch(`${url}/health`).then((r) => r.status, () => "refused");
+      await until(async () => (await health()) !== 200, { everyMs: 25, what: "the server to stop answering /health with 200" });
+      expect([503, "refused"]).toContain(await health());
       const body = await stream.rest();
       expect(body.trimEnd().endsWith("data: [DONE]")).toBe(true);
       expect(body).toContain('"finish_reason":"length"');

@@ -9,6 +9,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { DEFAULT_ENGINE_OPTIONS, Engine, GREEDY, RESTART_BACKOFF, type EngineEvent } from "../../engine/index.ts";
 import { EngineError } from "../../engine/common/engine-error.ts";
 import { ensureDefaultModel } from "../../models/synthetic/default-model.ts";
+import { until } from "../helpers/until.ts";
 
 const root = mkdtempSync(join(tmpdir(), "tokenmill-restart-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -37,10 +38,9 @@ describe("engine restarts", () => {
       expect(engine.state).toBe("restarting");
       expect(() => engine.add({ requestId: "new", promptTokenIds: [1], maxTokens: 1, sampling: GREEDY })).toThrow(/restarting/);
 
-      for (let i = 0; i < 200 && events.filter((e) => e.type === "restart-failed").length < 2; i++) await new Promise((r) => setTimeout(r, 25));
+      await until(() => events.filter((e) => e.type === "restart-failed").length >= 2, { what: "two failed restarts" });
       renameSync(`${modelDir}.away`, modelDir);
-      for (let i = 0; i < 400 && engine.state !== "running"; i++) await new Promise((r) => setTimeout(r, 25));
-      expect(engine.state).toBe("running");
+      await until(() => engine.state === "running", { what: "the engine to run again" });
       expect(engine.numRestarts).toBe(1);
       const died = events[0] as Extract<EngineEvent, { type: "died" }>;
       expect(died).toMatchObject({ type: "died", numFailedRequests: 1, restartInMs: 20 });

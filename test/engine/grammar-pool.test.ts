@@ -12,6 +12,7 @@ import { GrammarError, type GrammarSpec } from "../../engine/common/grammar-spec
 import { readCheckpoint } from "../../models/checkpoint.ts";
 import { ensureDefaultModel } from "../../models/synthetic/default-model.ts";
 import { refChain } from "../helpers/hostile-schemas.ts";
+import { until } from "../helpers/until.ts";
 
 const YES_NO: GrammarSpec = { type: "choice", choices: ["yes", "no"] };
 
@@ -88,8 +89,7 @@ describe("the grammar pool", () => {
     expect(error).toBeInstanceOf(GrammarError);
     expect((error as GrammarError).message).toMatch(/too large or too deeply nested/);
     expect((error as GrammarError).message).not.toMatch(/Aborted|ASSERTIONS|out of bounds/);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    expect(grammars.state().numRestarts).toBe(1);
+    await until(() => grammars.state().numRestarts === 1, { what: "the trapped thread's replacement" });
     await grammars.open("next", YES_NO);
     const [row] = await grammars.advance([{ seqKey: "next", tokens: [] }]);
     expect("mask" in row).toBe(true);

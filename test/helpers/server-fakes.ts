@@ -54,6 +54,8 @@ export class FakeEngine implements ServingEngine {
   /** Every request add() received, in order, and the signal it came with. */
   readonly requests: EngineRequest[] = [];
   readonly signals: (AbortSignal | undefined)[] = [];
+  /** How many "hang" requests have had all their pieces read by the route and now wait for their abort. */
+  numHanging = 0;
   /** Reported as numCachedTokens on each request's first output. */
   numCachedTokens = 0;
   private readonly scripts: FakeScript[] = [];
@@ -113,6 +115,7 @@ export class FakeEngine implements ServingEngine {
       for (const [i, text] of (script.pieces ?? []).entries()) {
         yield { ...(i === 0 ? first(0) : {}), requestId: request.requestId, index: 0, newTokenIds: [GENERATED_TOKEN_ID + i], text };
       }
+      this.numHanging++;
       await abortOf(signal);
       for (let index = 0; index < n; index++) yield { ...aborted(request, index), ...first(index) };
       return;

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RunningServer } from "../../server/serve.ts";
 import { startTestServer } from "../helpers/server.ts";
 import { drainRound, idleRound, oversizedRound, PooledClient } from "../../bench/connection-checks.ts";
+import { until } from "../helpers/until.ts";
 
 const MODEL = "tokenmill-tiny-qwen3";
 
@@ -66,10 +67,6 @@ describe("oversized bodies under load", () => {
     let received = "";
     socket.setEncoding("utf8").on("data", (chunk: string) => (received += chunk));
     const failed = new Promise<Error>((resolve) => socket.on("error", resolve));
-    const until = async (done: () => boolean) => {
-      for (let i = 0; i < 200 && !done(); i++) await new Promise((resolve) => setTimeout(resolve, 25));
-      expect(done()).toBe(true);
-    };
     const total = 8 * 1024 * 1024;
     socket.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${total}\r\n\r\n`);
     const chunk = Buffer.alloc(256 * 1024, 0x61);

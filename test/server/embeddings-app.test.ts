@@ -9,6 +9,7 @@ import type { EngineOutput, EngineRequest } from "../../server/common/engine-api
 import { buildApp } from "../../server/app.ts";
 import type { Settlement } from "../../service/settlement.ts";
 import { FakeEngine, FakeTokenizer, MODEL_ID, backendOf, fakeEmbedding, makeContext, type BackendOverrides } from "../helpers/server-fakes.ts";
+import { until } from "../helpers/until.ts";
 
 /** A fake engine that counts how many requests it runs at once. */
 class CountingEngine extends FakeEngine {
@@ -122,10 +123,6 @@ describe("/v1/embeddings over a fake engine", () => {
     expect(backendOf(ctx).numInFlight).toBe(0);
   });
 });
-
-async function until(condition: () => boolean, timeoutMs = 20_000): Promise<void> {
-  for (const started = Date.now(); !condition() && Date.now() - started < timeoutMs;) await new Promise((resolve) => setTimeout(resolve, 10));
-}
 
 /** Waits for the one settlement (an error's comes after its response). */
 async function settled(settlements: Settlement[]): Promise<void> {

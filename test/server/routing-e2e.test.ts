@@ -20,6 +20,7 @@ import { openStore } from "../../service/store/open-store.ts";
 import { serveProcess, type Serving } from "../helpers/serve-process.ts";
 import { startScriptedUpstream, type ScriptedUpstream } from "../helpers/scripted-upstream.ts";
 import { ADMIN, createKey } from "../helpers/limits.ts";
+import { until } from "../helpers/until.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "tokenmill-routing-"));
 const DB = `sqlite:${join(dir, "router.db")}`;
@@ -58,14 +59,6 @@ const greedy = (params: Omit<Anthropic.MessageCreateParamsNonStreaming, "tempera
 async function metricValue(line: RegExp): Promise<number> {
   const text = await (await fetch(`${router.url}/metrics`)).text();
   return text.split("\n").filter((l) => line.test(l)).reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
-}
-
-async function waitFor(check: () => boolean | Promise<boolean>, ms = 60_000): Promise<void> {
-  for (const started = Date.now(); Date.now() - started < ms;) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error("timed out waiting");
 }
 
 beforeAll(async () => {
@@ -277,11 +270,13 @@ describe("several models behind one server", () => {
   it("falls back while a local engine is down, even for a request it held, and comes back when it recovers", async () => {
     const alpha = router.ctx.models.local("alpha");
     const engine = alpha.engine as Engine;
+    const generated = () => engine.stats?.numGenerationTokens ?? 0;
+    const before = generated();
     const held = chat("chat", "A long answer, please.", { max_tokens: 300, ignore_eos: true });
-    await waitFor(() => alpha.numInFlight > 0);
-    await new Promise((r) => setTimeout(r, 200));
+    await until(() => alpha.numInFlight > 0, { timeoutMs: 60_000 });
+    await until(() => generated() > before, { timeoutMs: 60_000, what: "the held request to be generating" });
     engine.injectFault();
-    await waitFor(() => engine.state === "restarting", 10_000);
+    await until(() => engine.state === "restarting", { timeoutMs: 10_000 });
     // NOTE: sent at once: the thread is back within a second or two.
     const [during, refused, health] = await Promise.all([
       chat("chat", "During the restart."),
@@ -297,7 +292,7 @@ describe("several models behind one server", () => {
     expect(rescued.usage!.completion_tokens).toBe(300);
     expect(rescued.choices[0].finish_reason).toBe("length");
 
-    await waitFor(() => engine.state === "running");
+    await until(() => engine.state === "running", { timeoutMs: 60_000 });
     expect((await chat("chat", "After the restart.")).model).toBe("alpha");
     expect(await metricValue(/^tokenmill_route_fallbacks_total\{route="chat",from="alpha",to="remote",reason="engine_down"\}/)).toBeGreaterThanOrEqual(2);
     expect((await (await fetch(`${router.url}/health`)).json() as { status: string }).status).toBe("ok");
@@ -323,7 +318,7 @@ describe("several models behind one server", () => {
     expect(health.unavailable.sort()).toEqual(["flaky-a", "flaky-b", "fragile"]);
 
     failing500.script = { kind: "ok", text: "healthy again" };
-    await new Promise((r) => setTimeout(r, 550));
+    await until(() => flaky.provider.breakerFor(flaky.upstreamModel).state === "half_open", { what: "the breaker's cool-down" });
     const healed = await chat("fragile", "Are you back?");
     expect(healed.model).toBe("flaky-a");
     expect(textOf(healed)).toBe("healthy again");
@@ -362,9 +357,9 @@ describe("several models behind one server", () => {
     } catch {
       // the abort
     }
-    await waitFor(() => slow.numAbandoned === 1, 5000);
+    await until(() => slow.numAbandoned === 1, { timeoutMs: 5000 });
     const backend = router.ctx.models.backend("slow-remote") as UpstreamBackend;
-    await waitFor(() => backend.provider.numInFlight === 0 && backend.numInFlight === 0, 5000);
+    await until(() => backend.provider.numInFlight === 0 && backend.numInFlight === 0, { timeoutMs: 5000 });
   });
 
   // NOTE: the first key ends anonymous serving, so this runs after every anonymous test.

@@ -14,6 +14,7 @@ import type { LocalBackend } from "../../server/backends/model-backend.ts";
 import {
   FakeEngine, FakeTokenizer, MAX_MODEL_LEN, MODEL_ID, backendOf, chatPromptOf, generatedText, makeContext, makeStats, type BackendOverrides,
 } from "../helpers/server-fakes.ts";
+import { until } from "../helpers/until.ts";
 
 let engine: FakeEngine;
 let tokenizer: FakeTokenizer;
@@ -77,11 +78,6 @@ function sseEvents(res: LightMyRequestResponse): { events: Json[]; done: boolean
   const done = data.at(-1) === "[DONE]";
   expect(data.filter((d) => d === "[DONE]")).toHaveLength(done ? 1 : 0);
   return { events: data.filter((d) => d !== "[DONE]").map((d) => JSON.parse(d) as Json), done };
-}
-
-async function until(condition: () => boolean): Promise<void> {
-  for (let i = 0; i < 1000 && !condition(); i++) await new Promise((resolve) => setImmediate(resolve));
-  expect(condition()).toBe(true);
 }
 
 describe("request validation", () => {
@@ -515,7 +511,7 @@ describe("a request the server cuts off (shutdown past its timeout)", () => {
       engine.script({ kind: "hang", pieces: ["t0", " t1"] });
       const response = send();
       await until(() => model.inFlightControllers.size === 1 && engine.signals.length === 1);
-      await new Promise((resolve) => setTimeout(resolve, 20));
+      await until(() => engine.numHanging === 1, { what: "the route to read the pieces before the hang" });
       cutOff();
       const { events, done } = sseEvents(await response);
       expect(done).toBe(false);
@@ -544,7 +540,6 @@ describe("settlement", () => {
     ctx.settleListeners.push((s) => void seen.push(s));
     return seen;
   };
-  const afterSettling = () => new Promise((resolve) => setTimeout(resolve, 20));
 
   it("settles each admitted request exactly once, with the engine's usage and how it ended", async () => {
     const seen = settled();
@@ -552,7 +547,7 @@ describe("settlement", () => {
     engine.script({ kind: "fail", code: "RUNTIME_FAILED" });
     const errored = await chat();
     const rejected = await chat({ max_tokens: MAX_MODEL_LEN });
-    await afterSettling();
+    // A response ends only once its request is settled: no wait needed.
     expect(seen.map((s) => [s.requestId, s.outcome])).toEqual([
       [finished.headers["x-request-id"], "finished"], [errored.headers["x-request-id"], "errored"], [rejected.headers["x-request-id"], "rejected"],
     ]);
@@ -569,7 +564,6 @@ describe("settlement", () => {
   it("settles a completions request over several prompts once, with their usage summed", async () => {
     const seen = settled();
     const res = await complete({ prompt: ["ab", "cde"], n: 2 });
-    await afterSettling();
     expect(seen).toHaveLength(1);
     const promptTokens = "ab".length + "cde".length;
     expect(seen[0].usage).toEqual({ promptTokens, cachedPromptTokens: 0, completionTokens: 12 });
@@ -586,9 +580,8 @@ describe("settlement", () => {
     process.on("warning", onWarning);
     try {
       expect((await chat()).statusCode).toBe(200);
-      await afterSettling();
       expect(seen).toHaveLength(1);
-      expect(warnings.some((w) => w.includes("ledger offline"))).toBe(true);
+      await until(() => warnings.some((w) => w.includes("ledger offline")), { what: "the listener's failure as a process warning" });
       expect((await chat()).statusCode).toBe(200);
     } finally {
       process.off("warning", onWarning);

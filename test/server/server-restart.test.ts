@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Engine } from "../../engine/index.ts";
 import type { RunningServer } from "../../server/serve.ts";
 import { startTestServer } from "../helpers/server.ts";
+import { until } from "../helpers/until.ts";
 
 const MODEL = "tokenmill-tiny-qwen3";
 let server: RunningServer;
@@ -60,12 +61,7 @@ describe("an engine thread that dies", () => {
     expect(refused.status).toBe(503);
     expect(refused.headers.get("retry-after")).toBe("2");
 
-    let status = 0;
-    for (let i = 0; i < 300 && status !== 200; i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      status = (await fetch(`${server.url}/health`)).status;
-    }
-    expect(status).toBe(200);
+    await until(async () => (await fetch(`${server.url}/health`)).status === 200, { timeoutMs: 30_000, everyMs: 100, what: "/health to answer 200 again" });
     expect(engine.state).toBe("running");
     expect(await metric("tokenmill_engine_restarts_total")).toBe(1);
 

@@ -9,6 +9,7 @@ import type { Settlement } from "../../service/settlement.ts";
 import { serverShuttingDown } from "../../server/common/api-error.ts";
 import type { RunningServer } from "../../server/serve.ts";
 import { startTestServer } from "../helpers/server.ts";
+import { until } from "../helpers/until.ts";
 
 const MODEL = "tokenmill-tiny-qwen3";
 let server: RunningServer;
@@ -25,16 +26,12 @@ afterAll(async () => server.close());
 const backend = () => server.ctx.models.local(MODEL);
 
 async function settlementOf(requestId: string): Promise<Settlement> {
-  for (let i = 0; i < 200; i++) {
-    const found = settlements.filter((s) => s.requestId === requestId);
-    if (found.length > 0) {
-      await new Promise((r) => setTimeout(r, 50));
-      expect(settlements.filter((s) => s.requestId === requestId)).toHaveLength(1);
-      return found[0];
-    }
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  throw new Error(`request ${requestId} was never settled`);
+  const mine = () => settlements.filter((s) => s.requestId === requestId);
+  await until(() => mine().length > 0, { what: `request ${requestId}'s settlement` });
+  // NOTE: a fixed wait on purpose: it looks for a second settlement that must never come.
+  await new Promise((r) => setTimeout(r, 50));
+  expect(mine()).toHaveLength(1);
+  return mine()[0];
 }
 
 async function generated(): Promise<number> {

@@ -8,6 +8,7 @@ import { CircuitBreaker } from "../../server/upstream/circuit-breaker.ts";
 import { retryAfterMsOf, retryDelayMs, DEFAULT_RETRY_POLICY } from "../../server/upstream/retry-policy.ts";
 import { UpstreamProvider, type ProviderOptions } from "../../server/upstream/upstream-provider.ts";
 import { startScriptedUpstream, type ScriptedUpstream } from "../helpers/scripted-upstream.ts";
+import { until } from "../helpers/until.ts";
 
 let upstream: ScriptedUpstream;
 beforeAll(async () => {
@@ -93,11 +94,10 @@ describe("upstream provider", () => {
     expect(fast).toMatchObject({ reason: "upstream_5xx", status: 503, code: "upstream_unavailable" });
     expect(upstream.calls).toHaveLength(3);
     expect(p.refusal("m")).not.toBeNull();
-    await new Promise((r) => setTimeout(r, 350));
-    expect(p.breakerFor("m").state).toBe("half_open");
+    await until(() => p.breakerFor("m").state === "half_open", { what: "the breaker's cool-down" });
     await failure(p);
     expect(p.breakerFor("m").state).toBe("open");
-    await new Promise((r) => setTimeout(r, 350));
+    await until(() => p.breakerFor("m").state === "half_open", { what: "the breaker's cool-down" });
     upstream.script = { kind: "ok" };
     // A half-open trial succeeds only once its body has been read to the end: a 200 alone is not enough.
     const trial = await send(p);
@@ -112,8 +112,9 @@ describe("upstream provider", () => {
     upstream.script = { kind: "hang" };
     const p = provider({ maxConcurrency: 1 });
     const controller = new AbortController();
+    const before = upstream.calls.length;
     const pending = p.send("/chat/completions", { model: "m" }, controller.signal).catch((err: unknown) => err);
-    await new Promise((r) => setTimeout(r, 50));
+    await until(() => upstream.calls.length > before, { what: "the call to reach the upstream" });
     expect(p.refusal("m")).toMatchObject({ reason: "overloaded", code: "overloaded" });
     controller.abort(new Error("client left"));
     expect(await pending).toMatchObject({ message: "client left" });

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startPostgres, type TestPostgres } from "../helpers/postgres.ts";
 import { ledgerRows } from "../helpers/ledger-rows.ts";
 import { serveProcess } from "../helpers/serve-process.ts";
+import { until } from "../helpers/until.ts";
 
 const MODEL = "tokenmill-tiny-qwen3";
 
@@ -97,14 +98,16 @@ describe("SIGTERM", () => {
     const db = `sqlite:${join(dir, "tokenmill.db")}`;
     try {
       const server = await serve(db, "t", dir);
+      let started = 0;
       const streams = Array.from({ length: 3 }, async () => {
         const response = await fetch(`${server.url}/v1/completions`, {
           method: "POST", headers: { "content-type": "application/json" },
           body: JSON.stringify({ model: MODEL, prompt: [9707, 11, 1879], max_tokens: 60, ignore_eos: true, stream: true }),
         });
+        started++;
         return (await response.text()).split("\n\n").filter((e) => e.startsWith("data: {") && JSON.parse(e.slice(6)).choices.length > 0).length;
       });
-      await new Promise((r) => setTimeout(r, 300));
+      await until(() => started === 3, { what: "the three streams to start" });
       server.child.kill("SIGTERM");
       const received = await Promise.all(streams);
       await server.exited;

@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startPostgres, type TestPostgres } from "../helpers/postgres.ts";
 import { ledgerRows } from "../helpers/ledger-rows.ts";
 import { serveProcess, type Serving } from "../helpers/serve-process.ts";
+import { until } from "../helpers/until.ts";
 
 const MODEL = "tokenmill-tiny-qwen3";
 
@@ -161,7 +162,7 @@ describe("SQLite on a disk that fills up", () => {
       }
       // The first request after the disk filled can't commit: its response waits for its row; the next ones are refused.
       const first = chat(server.url, true);
-      await new Promise((resolve) => setTimeout(resolve, 500));
+      await until(async () => (await healthOf(server.url)).code === "ledger_unavailable", { everyMs: 50, what: "the server to see the ledger can't commit" });
       const refused: Outcome[] = [];
       for (let i = 0; i < 11; i++) refused.push(await chat(server.url, i % 2 === 0));
       expect((await healthOf(server.url)).code).toBe("ledger_unavailable");

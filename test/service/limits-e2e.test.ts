@@ -208,7 +208,7 @@ describe("limits as a client meets them (SQLite)", () => {
     expect(ok.status).toBe(200);
     const usage = ok.body.usage as { prompt_tokens: number; total_tokens: number };
     expect(Number(ok.headers.get("x-ratelimit-remaining-tokens"))).toBe(600 - usage.prompt_tokens - 100);
-    await new Promise((r) => setTimeout(r, 100));
+    // A response ends only once its request is settled (its reservation replaced by its usage): no wait needed.
     const status = await (await fetch(`${server.url}/v1/key`, { headers: { authorization: `Bearer ${key.secret}` } })).json() as { limits: { tpm: { remaining: number } } };
     // What it reserved was replaced by what it used (plus a few tokens of refill since).
     expect(status.limits.tpm.remaining).toBeGreaterThanOrEqual(600 - usage.total_tokens);
@@ -219,7 +219,6 @@ describe("limits as a client meets them (SQLite)", () => {
     const key = await createKey(server.url, { name: "standing", rpm: 100, max_parallel: 3, budget_usd: 1, budget_period: "week", token_quota: 100_000, priority: "interactive" });
     const answer = await chat(server.url, key.secret, { max_tokens: 6, ignore_eos: true });
     const usage = answer.body.usage as { total_tokens: number };
-    await new Promise((r) => setTimeout(r, 100));
     const body = await (await fetch(`${server.url}/v1/key`, { headers: { authorization: `Bearer ${key.secret}` } })).json() as Record<string, unknown>;
     expect(body).toMatchObject({
       id: key.id, priority: "interactive", rpm: 100, tpm: null, max_parallel: 3, budget_usd: 1, budget_period: "week", token_quota: 100_000, quota_period: "month",

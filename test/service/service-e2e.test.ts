@@ -13,6 +13,7 @@ import { openStore } from "../../service/store/open-store.ts";
 import type { RunningServer } from "../../server/serve.ts";
 import { startPostgres, type TestPostgres } from "../helpers/postgres.ts";
 import { startTestServer } from "../helpers/server.ts";
+import { until } from "../helpers/until.ts";
 
 const MODEL = "tokenmill-tiny-qwen3";
 const ADMIN = "admin-secret-for-tests";
@@ -68,8 +69,8 @@ for (const kind of ["sqlite", "postgres"] as const) {
       expect(created.status).toBe(201);
       const key = (await created.json()) as { id: string; secret: string; prefix: string };
       expect(key.secret).toMatch(/^tm-/);
-      await new Promise((r) => setTimeout(r, 1100));
-      expect(((await (await fetch(`${server.url}/health`)).json()) as { warning?: string }).warning).toBeUndefined();
+      // /health re-reads whether any key exists at most once a second.
+      await until(async () => ((await (await fetch(`${server.url}/health`)).json()) as { warning?: string }).warning === undefined, { everyMs: 100, what: "/health to drop its no-keys warning" });
       const refused = await client("unused").chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 2 }).catch((e: unknown) => e);
       expect(refused).toBeInstanceOf(OpenAI.AuthenticationError);
       expect((refused as InstanceType<typeof OpenAI.APIError>).code).toBe("invalid_api_key");
