@@ -44,7 +44,7 @@ function serverFloor(files, above) {
 }
 
 export default tseslint.config(
-  { ignores: ["node_modules/**", ".cache/**", "results/**"] },
+  { ignores: ["node_modules/**", ".cache/**", "results/**", "dist/**"] },
   ...tseslint.configs.recommended,
   {
     rules: {

@@ -1,10 +1,12 @@
 #!/usr/bin/env -S node --import tsx
-/** The tokenmill command line: serve, generate, bench. */
+/** The tokenmill command line: serve, generate, bench, keys, usage, device-check, bundle. */
 import { GENERATE_HELP, generateCommand } from "./generate.ts";
 import { SERVE_HELP, serveCommand } from "./serve.ts";
 import { BENCH_HELP, benchCommand } from "./bench.ts";
 import { KEYS_HELP, keysCommand } from "./keys.ts";
 import { USAGE_HELP, usageCommand } from "./usage.ts";
+import { BUNDLE_HELP, bundleCommand } from "./bundle.ts";
+import { DEVICE_CHECK_HELP, deviceCheckCommand } from "./device-check.ts";
 
 const HELP = `tokenmill: a self-hosted, OpenAI-compatible model server
 
@@ -13,6 +15,8 @@ const HELP = `tokenmill: a self-hosted, OpenAI-compatible model server
   tokenmill bench [options]                  benchmark a server
   tokenmill keys create|list|update|revoke   manage API keys
   tokenmill usage [--since DATE]              usage and cost by key and model, from the ledger
+  tokenmill device-check [--profile quick]   what this machine's GPU runs: text, and a JSON report
+  tokenmill bundle [--with-vulkan-loader]    build the self-contained archive for an offline Linux x64 host
 
 Run a command with --help for its options.
 
@@ -24,7 +28,11 @@ ${BENCH_HELP}
 
 ${KEYS_HELP}
 
-${USAGE_HELP}`;
+${USAGE_HELP}
+
+${DEVICE_CHECK_HELP}
+
+${BUNDLE_HELP}`;
 
 const commands: Record<string, (args: string[]) => Promise<void>> = {
   serve: serveCommand,
@@ -32,6 +40,8 @@ const commands: Record<string, (args: string[]) => Promise<void>> = {
   bench: benchCommand,
   keys: keysCommand,
   usage: usageCommand,
+  "device-check": deviceCheckCommand,
+  bundle: bundleCommand,
 };
 
 async function main(argv: string[]): Promise<void> {

@@ -23,10 +23,12 @@ import { openWeights } from "./weights/safetensors.ts";
 /** Bump when the graph's inputs, outputs or numerics change. */
 const BUILDER_VERSION = 5;
 /** NOTE: the builder's own source is part of the key too, so editing it can never serve a stale graph. */
+// NOTE: compiled to JavaScript (the bundle), the builder's sources are the .js files beside this one.
+const SOURCE_EXT = import.meta.url.endsWith(".js") ? ".js" : ".ts";
 const BUILDER_SOURCES = [
-  "graph/decoder-graph.ts", "graph/gathered-attention.ts", "graph/step-attention.ts", "graph/layers.ts", "graph/onnx-graph.ts", "graph/quantize.ts",
-  "config.ts", "families.ts", "weights/float-formats.ts",
-];
+  "graph/decoder-graph", "graph/gathered-attention", "graph/step-attention", "graph/layers", "graph/onnx-graph", "graph/quantize",
+  "config", "families", "weights/float-formats",
+].map((name) => name + SOURCE_EXT);
 
 export const GRAPH_DTYPES = ["float32", "float16", "bfloat16"] as const;
 export type GraphDtype = (typeof GRAPH_DTYPES)[number];

