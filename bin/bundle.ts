@@ -32,6 +32,8 @@ const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const PLATFORM = "linux-x64";
 /** Left out of the bundle: only `npm start` in the source tree needs them (they compile TypeScript at run time). */
 const SOURCE_ONLY = new Set(["tsx"]);
+/** Files no run reads: TypeScript (sources and declarations), source maps, docs. */
+const NOT_RUN = /\.([cm]?ts|map|md|markdown)$/i;
 /** Within the packages kept, what no run needs: other platforms' binaries, native sources, command-line tools. */
 const PRUNE: Record<string, string[]> = {
   "onnxruntime-node": ["bin/napi-v6/darwin", "bin/napi-v6/win32", "bin/napi-v6/linux/arm64", "script"],
@@ -86,7 +88,7 @@ export async function buildBundle(options: BundleOptions): Promise<string> {
   step("dependencies", () => {
     for (const dir of productionPackages(ROOT, Object.keys(pkg.dependencies).filter((d) => !SOURCE_ONLY.has(d)))) {
       const target = join(app, relative(ROOT, dir));
-      cpSync(dir, target, { recursive: true, dereference: true, filter: (src) => !/\/node_modules\/\.bin(\/|$)/.test(src) });
+      cpSync(dir, target, { recursive: true, dereference: true, filter: (src) => !/\/node_modules\/\.bin(\/|$)/.test(src) && !NOT_RUN.test(src) });
       const packageName = relative(join(ROOT, "node_modules"), dir).split("/node_modules/").at(-1)!;
       for (const path of PRUNE[packageName] ?? []) rmSync(join(target, path), { recursive: true, force: true });
     }
