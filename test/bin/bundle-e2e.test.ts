@@ -97,6 +97,27 @@ describe("the bundle", () => {
     }
   }, 300_000);
 
+  it("with --with-vulkan-loader, carries libvulkan.so.1, and WebGPU loads that one", async (context) => {
+    if (!(await webgpuAvailable())) return context.skip();
+    // Level 0 and the folder kept: this test is about the loader, not the archive.
+    const withLoader = await buildBundle({ outDir: join(scratch, "dist-vulkan"), vulkanLoader: true, level: 0, keepFolder: true });
+    const loaderFolder = withLoader.replace(/\.tar\.xz$/, "");
+    expect(readFileSync(join(loaderFolder, "SHA256SUMS"), "utf8")).toContain("  lib/libvulkan.so.1\n");
+    const port = await freePort();
+    const child = spawn(join(loaderFolder, "bin/tokenmill"), ["serve", "--device", "webgpu", "--kv-cache-memory", "64MiB", "--db", "none"], {
+      cwd: scratch, env: { HOME: scratch, PATH: join(scratch, "no-node-here"), PORT: String(port) }, stdio: ["ignore", "ignore", "pipe"],
+    });
+    let stderr = "";
+    child.stderr!.on("data", (d) => (stderr += d));
+    try {
+      await until(async () => (await fetch(`http://127.0.0.1:${port}/health`).then((r) => r.status, () => 0)) === 200, { timeoutMs: 180_000, everyMs: 200, what: `the WebGPU server (stderr: ${stderr.slice(-500)})` });
+      const maps = readFileSync(`/proc/${child.pid}/maps`, "utf8");
+      expect(maps).toContain(join(loaderFolder, "lib/libvulkan.so.1"));
+    } finally {
+      child.kill("SIGKILL");
+    }
+  }, 300_000);
+
   it("runs its device check (quick profile) on this machine's WebGPU adapter, and writes a report that parses", async (context) => {
     if (!(await webgpuAvailable())) return context.skip();
     const reportPath = join(scratch, "device-check.json");
