@@ -1,6 +1,10 @@
 /**
  * Prometheus metrics (prom-client), fed by each model's engine stats snapshots. Names follow
  * DESIGN.md: Prometheus style, units in the name; every engine metric has a `model` label.
+ *
+ * Beside them, the gauges the Kubernetes Gateway API Inference Extension's endpoint picker
+ * scrapes by default, under vLLM's names and its `model_name` label, so that a tokenmill
+ * Deployment can be an InferencePool's backend as it is (docs/deployment.md has the mapping).
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { Usage } from "../../service/settlement.ts";
@@ -60,6 +64,12 @@ export class ServerMetrics {
   readonly upstreamBreaker = new Gauge({
     name: "tokenmill_upstream_breaker_open", help: "1 while the circuit breaker of an upstream provider's model (by its upstream name) is open or half-open, else 0.", labelNames: ["provider", "model"], registers: [this.registry],
   });
+  private readonly gateway = {
+    waiting: new Gauge({ name: "vllm:num_requests_waiting", help: "Sequences waiting to be scheduled (tokenmill_requests_waiting, under vLLM's name).", labelNames: ["model_name"], registers: [this.registry] }),
+    running: new Gauge({ name: "vllm:num_requests_running", help: "Sequences in the running batch (tokenmill_requests_running, under vLLM's name).", labelNames: ["model_name"], registers: [this.registry] }),
+    kvUsage: new Gauge({ name: "vllm:kv_cache_usage_perc", help: "Fraction of KV cache blocks in use, 0-1 (tokenmill_kv_cache_usage_ratio, under vLLM's name).", labelNames: ["model_name"], registers: [this.registry] }),
+    cacheConfig: new Gauge({ name: "vllm:cache_config_info", help: "The KV cache's configuration, in its labels (the value is 1).", labelNames: ["model_name", "block_size", "num_gpu_blocks"], registers: [this.registry] }),
+  };
   /** Each model's last snapshot: counters advance by the difference from it. */
   private readonly last = new Map<string, EngineStatsSnapshot>();
 
@@ -69,6 +79,9 @@ export class ServerMetrics {
     this.running.set(labels, stats.numRunning);
     this.waiting.set(labels, stats.numWaiting);
     this.kvUsage.set(labels, stats.kvCacheUsage);
+    this.gateway.waiting.set({ model_name: model }, stats.numWaiting);
+    this.gateway.running.set({ model_name: model }, stats.numRunning);
+    this.gateway.kvUsage.set({ model_name: model }, stats.kvCacheUsage);
     const last = this.last.get(model);
     const delta = (key: keyof EngineStatsSnapshot) => (stats[key] as number) - ((last?.[key] as number | undefined) ?? 0);
     this.prefixQueries.inc(labels, delta("numPrefixQueryTokens"));
@@ -85,9 +98,11 @@ export class ServerMetrics {
     this.last.set(model, stats);
   }
 
-  /** Starts a model's series at zero, so that they exist before anything happens to it. */
-  addModel(model: string): void {
+  /** Starts a model's series at zero, so that they exist before anything happens to it; `cache` is its KV cache's shape. */
+  addModel(model: string, cache?: { blockSize: number; numBlocks: number }): void {
     const labels = { model };
+    for (const gauge of Object.values(this.gateway)) if (gauge !== this.gateway.cacheConfig) gauge.set({ model_name: model }, 0);
+    if (cache) this.gateway.cacheConfig.set({ model_name: model, block_size: String(cache.blockSize), num_gpu_blocks: String(cache.numBlocks) }, 1);
     for (const counter of [this.prefixQueries, this.prefixHits, this.promptTokens, this.generationTokens, this.preemptions, this.engineRestarts, this.grammarSteps, this.grammarMask, this.grammarWait]) {
       counter.inc(labels, 0);
     }

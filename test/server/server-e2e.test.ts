@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RunningServer } from "../../server/serve.ts";
 import { startTestServer } from "../helpers/server.ts";
 import { webgpuAvailable } from "../helpers/webgpu.ts";
+import { until } from "../helpers/until.ts";
 
 const MODEL = "tokenmill-tiny-qwen3";
 type ErrorBody = { error: { message: string; type: string; param: string | null; code: string | null } };
@@ -257,6 +258,35 @@ describe("lifecycle", () => {
     expect((await fetch(`${server.url}/health`)).status).toBe(200);
     expect(await metric("tokenmill_generation_tokens_total")).toBeGreaterThan(0);
     expect(await metric("tokenmill_prefix_cache_hits_total")).toBeGreaterThan(0);
+  });
+
+  it("/metrics exports the gauges the Kubernetes inference gateway's endpoint picker scrapes, under vLLM's names, and they follow the engine", async () => {
+    const gateway = async () => {
+      const text = await (await fetch(`${server.url}/metrics`)).text();
+      const value = (name: string) => Number(text.split("\n").find((l) => l.startsWith(`${name}{model_name="${MODEL}"} `))?.split(" ")[1]);
+      return { text, waiting: value("vllm:num_requests_waiting"), running: value("vllm:num_requests_running"), kv: value("vllm:kv_cache_usage_perc") };
+    };
+    const idle = await gateway();
+    expect(idle).toMatchObject({ waiting: 0, running: 0, kv: 0 });
+    const info = server.ctx.models.local(MODEL).engine!.info as unknown as { blockSize: number; numBlocks: number };
+    expect(idle.text).toContain(`vllm:cache_config_info{model_name="${MODEL}",block_size="${info.blockSize}",num_gpu_blocks="${info.numBlocks}"} 1`);
+    for (const name of ["vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc", "vllm:cache_config_info"]) expect(idle.text).toContain(`# TYPE ${name} gauge`);
+    const controller = new AbortController();
+    const pending = fetch(`${server.url}/v1/chat/completions`, {
+      method: "POST", headers: { "content-type": "application/json" }, signal: controller.signal,
+      body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "keep going" }], max_tokens: 4000, ignore_eos: true }),
+    }).catch(() => null);
+    try {
+      await until(async () => (await gateway()).running === 1, { everyMs: 20, what: "vllm:num_requests_running to show the request" });
+      const busy = await gateway();
+      expect(busy.kv).toBeGreaterThan(0);
+      expect(busy.kv).toBeLessThanOrEqual(1);
+      expect(busy.kv).toBe(await metric("tokenmill_kv_cache_usage_ratio"));
+    } finally {
+      controller.abort();
+      await pending;
+    }
+    await until(async () => (await gateway()).running === 0, { everyMs: 20, what: "the request to leave the batch" });
   });
 });
 
