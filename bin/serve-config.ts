@@ -15,6 +15,7 @@ import type { LocalModelSpec, ProviderSpec, RouteSpec } from "../server/serve.ts
 import { microUsdPerMtok, type Price } from "../service/prices.ts";
 import { POOLINGS, parseBytes, type Pooling } from "../engine/index.ts";
 import { MODEL_TASKS, type ModelTask } from "../server/backends/model-backend.ts";
+import { BALANCES } from "../server/upstream/replica-pool.ts";
 import { ENGINE_FLAGS, engineOptionsFrom, modelDirFrom, readEngineFlags, type EngineFlagValues } from "./engine-flags.ts";
 import { FlagError } from "./flags.ts";
 
@@ -71,9 +72,20 @@ const upstreamModel = z.strictObject({
   price: price.optional(),
 });
 
+const httpUrl = z.string().regex(/^https?:\/\/.+/, "an http:// or https:// URL");
 const provider = z.strictObject({
   name,
-  "base-url": z.string().regex(/^https?:\/\/.+/, "an http:// or https:// URL"),
+  "base-url": httpUrl.optional(),
+  /** Several base URLs serving the same models, in place of base-url. */
+  replicas: z.array(httpUrl).min(1).optional(),
+  balance: z.enum(BALANCES).default("round-robin"),
+  "health-interval": z.number().positive().default(5),
+  "load-factor": z.number().min(1).default(1.25),
+  "load-slack": z.number().int().nonnegative().default(4),
+  /** balance: prefix: the replicas' tokenizer (a checkpoint folder; default: the default model's), and the blocks of a request's key. */
+  tokenizer: z.string().min(1).optional(),
+  "prefix-blocks": z.number().int().positive().default(4),
+  "block-size": z.number().int().positive().default(16),
   "api-key-env": z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "an environment variable's name").optional(),
   timeout: z.number().positive().default(60),
   "max-concurrency": z.number().int().positive().default(64),
@@ -81,6 +93,11 @@ const provider = z.strictObject({
   "breaker-failures": z.number().int().positive().default(5),
   "breaker-cooldown": z.number().positive().default(30),
   models: z.array(upstreamModel).min(1),
+}).superRefine((p, ctx) => {
+  if ((p["base-url"] === undefined) === (p.replicas === undefined)) ctx.addIssue({ code: "custom", path: ["base-url"], message: "give base-url or replicas (a list of base URLs), one of them" });
+  if (new Set(p.replicas ?? []).size !== (p.replicas ?? []).length) ctx.addIssue({ code: "custom", path: ["replicas"], message: "a replica is listed twice" });
+  if (p.replicas === undefined && p.balance !== "round-robin") ctx.addIssue({ code: "custom", path: ["balance"], message: "balance spreads requests over replicas: give replicas" });
+  if (p.tokenizer !== undefined && p.balance !== "prefix") ctx.addIssue({ code: "custom", path: ["tokenizer"], message: "tokenizer is for balance: prefix" });
 });
 
 const route = z.strictObject({
@@ -164,7 +181,9 @@ export function readServeConfig(path: string, cli: EngineFlagValues, env: NodeJS
     const apiKey = keyVar === undefined ? null : env[keyVar];
     if (apiKey === undefined || apiKey === "") throw fail(`provider ${p.name}: its api-key-env ${keyVar} is not set`);
     return {
-      name: p.name, baseUrl: p["base-url"], apiKey, timeoutMs: p.timeout * 1000, maxConcurrency: p["max-concurrency"],
+      name: p.name, baseUrl: p["base-url"], replicas: p.replicas, balance: p.balance, healthIntervalMs: p["health-interval"] * 1000, loadFactor: p["load-factor"], loadSlack: p["load-slack"],
+      prefix: p.balance === "prefix" ? { tokenizerDir: modelDirFrom({ model: p.tokenizer }), numBlocks: p["prefix-blocks"], blockSize: p["block-size"] } : undefined,
+      apiKey, timeoutMs: p.timeout * 1000, maxConcurrency: p["max-concurrency"],
       retry: { maxRetries: p["max-retries"], baseDelayMs: 250, maxDelayMs: 4000, maxRetryAfterMs: 10_000 },
       breaker: { failureThreshold: p["breaker-failures"], cooldownMs: p["breaker-cooldown"] * 1000 },
       models: p.models.map((m) => ({ name: m.name, upstreamModel: m.upstream, maxOutputTokens: m["max-output-tokens"], aliases: m.aliases })),

@@ -9,6 +9,7 @@ export {
 } from "./common/request.ts";
 export { checkRequest, type RequestLimits } from "./core/check-request.ts";
 export { defaultMaxTokens } from "./core/context-length.ts";
+export { prefixAffinityKey } from "./kv-cache/block-hash.ts";
 export { DEFAULT_BATCH_MAX_WAIT_MS } from "./core/scheduler.ts";
 export { DEVICES, type Device } from "./runner/runner-registry.ts";
 export type { GrammarSpec, ToolSpec } from "./common/grammar-spec.ts";

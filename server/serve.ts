@@ -18,6 +18,7 @@ import { LocalBackend, UpstreamBackend, type ModelTask } from "./backends/model-
 import { ModelRegistry } from "./backends/model-registry.ts";
 import type { FallbackReason } from "./common/api-error.ts";
 import { UpstreamProvider, type ProviderOptions } from "./upstream/upstream-provider.ts";
+import { prefixAffinity, type PrefixAffinityOptions } from "./chat/prefix-affinity.ts";
 import type { BreakerState } from "./upstream/circuit-breaker.ts";
 import type { ReasoningParser } from "./openai/reasoning.ts";
 import { ServerMetrics } from "./http/metrics.ts";
@@ -44,8 +45,10 @@ export interface LocalModelSpec {
 }
 
 /** An OpenAI-compatible provider, and the models of it that are served (each under its own name). */
-export interface ProviderSpec extends Omit<ProviderOptions, "onTry" | "onBreaker"> {
+export interface ProviderSpec extends Omit<ProviderOptions, "onTry" | "onBreaker" | "onHealth" | "affinityKey"> {
   models: { name: string; upstreamModel?: string; maxOutputTokens?: number; aliases?: string[] }[];
+  /** With balance prefix: the replicas' tokenizer (a checkpoint folder) and how many leading KV blocks of which size make a request's key. */
+  prefix?: { tokenizerDir: string } & PrefixAffinityOptions;
 }
 
 /** A served name whose requests go to its targets in order (see backends/serving-plan.ts). */
@@ -146,9 +149,16 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     ctx.costOf = (model, usage, atMs) => prices.costAt(model, usage, atMs);
   }
   ctx.settleListeners.push((settlement) => ctx.metrics.observeBilled(settlement.model, settlement.usage));
-  const locals = registerModels(models, options, ctx, (provider, model, state) => {
-    if (state === "open") log?.warn({ provider, model }, `the upstream provider ${provider} keeps failing for ${model}: its circuit breaker is open; routes to it fall back`);
-    else log?.info({ provider, model }, `the upstream provider ${provider} answers again for ${model}: its circuit breaker is closed`);
+  const { locals, cleanups } = registerModels(models, options, ctx, {
+    breaker: (provider, model, state, replica) => {
+      const where = replica ? `${provider} (replica ${replica})` : provider;
+      if (state === "open") log?.warn({ provider, replica, model }, `the upstream provider ${where} keeps failing for ${model}: its circuit breaker is open; requests go elsewhere`);
+      else log?.info({ provider, replica, model }, `the upstream provider ${where} answers again for ${model}: its circuit breaker is closed`);
+    },
+    health: (provider, replica, healthy) => {
+      if (healthy) log?.info({ provider, replica }, `the replica ${replica} of ${provider} passes its health check again: back in the pool`);
+      else log?.warn({ provider, replica }, `the replica ${replica} of ${provider} fails its health check: out of the pool until it passes`);
+    },
   });
   let app: FastifyInstance;
   try {
@@ -171,6 +181,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     await app.listen({ host: options.host, port: options.port });
   } catch (err) {
     await service?.close();
+    await Promise.all(cleanups.map((cleanup) => cleanup()));
     throw err;
   }
   const address = app.server.address();
@@ -198,6 +209,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
       const loaded = await each.catch(() => null);
       await Promise.all([loaded?.engine.shutdown(), loaded?.tokenizer.close()]);
     }));
+    await Promise.all(cleanups.map((cleanup) => cleanup()));
     // NOTE: the last settlements follow the engine's final outputs by a turn of the event loop; then the ledger flushes them.
     await new Promise((resolve) => setImmediate(resolve));
     const lost = (await service?.close(options.shutdownTimeoutMs)) ?? 0;
@@ -212,8 +224,10 @@ const unlimited = (caller: { keyId: string; admin: boolean }) => caller.admin ||
 
 /** Registers every local model, upstream model, alias and route; returns the local models to load. */
 function registerModels(
-  models: ModelRegistry, options: ServeOptions, ctx: ServerContext, onBreaker: (provider: string, model: string, state: BreakerState) => void,
-): { backend: LocalBackend; spec: LocalModelSpec }[] {
+  models: ModelRegistry, options: ServeOptions, ctx: ServerContext,
+  on: { breaker: (provider: string, model: string, state: BreakerState, replica: string | null) => void; health: (provider: string, replica: string, healthy: boolean) => void },
+): { locals: { backend: LocalBackend; spec: LocalModelSpec }[]; cleanups: (() => Promise<void>)[] } {
+  const cleanups: (() => Promise<void>)[] = [];
   if (options.models.length === 0 && (options.providers ?? []).every((p) => p.models.length === 0)) throw new Error("nothing to serve: no local model and no upstream model");
   const locals = options.models.map((spec) => {
     const backend = new LocalBackend(spec.name, {
@@ -228,14 +242,30 @@ function registerModels(
     return { backend, spec };
   });
   for (const spec of options.providers ?? []) {
-    const provider = new UpstreamProvider({
+    const pooled = (spec.replicas?.length ?? 0) > 1;
+    // NOTE: the prefix balance tokenizes as the replicas will, on a tokenizer pool of its own (one thread).
+    const tokenizer = spec.prefix ? TokenizerPool.start(spec.prefix.tokenizerDir, { threads: 1 }) : null;
+    if (tokenizer) cleanups.push(async () => (await tokenizer.catch(() => null))?.close());
+    const affinity = tokenizer && spec.prefix ? tokenizer.then((pool) => prefixAffinity(pool, spec.prefix!)) : null;
+    const provider: UpstreamProvider = new UpstreamProvider({
       ...spec,
-      onTry: (result) => ctx.metrics.upstreamTries.inc({ provider: spec.name, result }),
-      onBreaker: (state, model) => {
-        ctx.metrics.upstreamBreaker.set({ provider: spec.name, model }, state === "closed" ? 0 : 1);
-        onBreaker(spec.name, model, state);
+      affinityKey: affinity ? async (path, body) => (await affinity)(path, body) : undefined,
+      onTry: (result, replica) => {
+        ctx.metrics.upstreamTries.inc({ provider: spec.name, result });
+        if (pooled) ctx.metrics.replicaTries.inc({ provider: spec.name, replica, result });
+      },
+      onBreaker: (state, model, replica) => {
+        ctx.metrics.upstreamBreaker.set({ provider: spec.name, model }, provider.stateFor(model) === "closed" ? 0 : 1);
+        if (pooled) ctx.metrics.replicaBreaker.set({ provider: spec.name, replica, model }, state === "closed" ? 0 : 1);
+        on.breaker(spec.name, model, state, pooled ? replica : null);
+      },
+      onHealth: (replica, healthy) => {
+        ctx.metrics.replicaHealthy.set({ provider: spec.name, replica }, healthy ? 1 : 0);
+        on.health(spec.name, replica, healthy);
       },
     });
+    cleanups.push(async () => provider.close());
+    if (pooled) for (const replica of provider.pool.replicas) ctx.metrics.replicaHealthy.set({ provider: spec.name, replica: replica.label }, 1);
     for (const model of spec.models) ctx.metrics.upstreamBreaker.set({ provider: spec.name, model: model.upstreamModel ?? model.name }, 0);
     for (const model of spec.models) models.register(new UpstreamBackend(model.name, provider, model));
   }
@@ -249,7 +279,7 @@ function registerModels(
   for (const spec of [...options.models, ...(options.providers ?? []).flatMap((p) => p.models)]) {
     for (const alias of spec.aliases ?? []) models.alias(alias, spec.name);
   }
-  return locals;
+  return { locals, cleanups };
 }
 
 /** Starts a local model's tokenizer pool and engine thread, and hands them to its backend once both are up. */

@@ -12,3 +12,15 @@ import { createHash } from "node:crypto";
 export function blockHash(parentHash: string, tokenIds: readonly number[]): string {
   return createHash("sha256").update(parentHash).update(Int32Array.from(tokenIds)).digest("base64url");
 }
+
+/**
+ * A prompt's affinity key for routing across replicas: the chained hash of its first
+ * `numBlocks` full blocks (fewer when it has fewer), as the prefix cache hashes them; null
+ * when it has no full block. Prompts with the same key share those blocks' KV.
+ */
+export function prefixAffinityKey(tokenIds: readonly number[], blockSize: number, numBlocks: number): string | null {
+  const full = Math.min(numBlocks, Math.floor(tokenIds.length / blockSize));
+  let hash: string | null = null;
+  for (let i = 0; i < full; i++) hash = blockHash(hash ?? "", tokenIds.slice(i * blockSize, (i + 1) * blockSize));
+  return hash;
+}

@@ -5,7 +5,7 @@
 import type { ChatMessage, ChatTemplateOptions, EngineOutput, EngineRequest, EngineState, EngineStatsSnapshot } from "../../engine/index.ts";
 
 export {
-  Engine, EngineError, GREEDY, POOLINGS, TokenizerPool, defaultMaxTokens,
+  Engine, EngineError, GREEDY, POOLINGS, TokenizerPool, defaultMaxTokens, prefixAffinityKey,
   type ChatMessage, type EngineEvent, type EngineOptions, type EngineState, type EngineOutput, type EngineRequest, type EngineStatsSnapshot,
   type GrammarSpec, type Pooling, type Priority, type RequestUsage, type ToolSpec,
 } from "../../engine/index.ts";

@@ -61,8 +61,19 @@ export class ServerMetrics {
     name: "tokenmill_upstream_tries_total", help: "Calls to upstream providers, retries included, by provider and result (HTTP status, timeout or error).",
     labelNames: ["provider", "result"], registers: [this.registry],
   });
+  readonly replicaTries = new Counter({
+    name: "tokenmill_upstream_replica_tries_total", help: "Calls to the replicas of a pooled provider, retries included, by provider, replica (host:port) and result.",
+    labelNames: ["provider", "replica", "result"], registers: [this.registry],
+  });
+  readonly replicaHealthy = new Gauge({
+    name: "tokenmill_upstream_replica_healthy", help: "1 while a pooled provider's replica passes its health check (it is in the pool), else 0.", labelNames: ["provider", "replica"], registers: [this.registry],
+  });
+  readonly replicaBreaker = new Gauge({
+    name: "tokenmill_upstream_replica_breaker_open", help: "1 while the circuit breaker of a model on one replica of a pooled provider is open or half-open, else 0.",
+    labelNames: ["provider", "replica", "model"], registers: [this.registry],
+  });
   readonly upstreamBreaker = new Gauge({
-    name: "tokenmill_upstream_breaker_open", help: "1 while the circuit breaker of an upstream provider's model (by its upstream name) is open or half-open, else 0.", labelNames: ["provider", "model"], registers: [this.registry],
+    name: "tokenmill_upstream_breaker_open", help: "1 while the circuit breaker of an upstream provider's model (by its upstream name) is open or half-open (on a pooled provider: on every healthy replica), else 0.", labelNames: ["provider", "model"], registers: [this.registry],
   });
   private readonly gateway = {
     waiting: new Gauge({ name: "vllm:num_requests_waiting", help: "Sequences waiting to be scheduled (tokenmill_requests_waiting, under vLLM's name).", labelNames: ["model_name"], registers: [this.registry] }),

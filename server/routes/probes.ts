@@ -21,8 +21,8 @@ interface BackendHealth {
 
 function healthOf(backend: ModelBackend): BackendHealth {
   if (backend.kind === "upstream") {
-    const state = backend.provider.breakerFor(backend.upstreamModel).state;
-    const down = state === "open" ? modelDown(`The upstream provider of ${backend.id} is failing (circuit breaker open).`, "upstream_unavailable") : null;
+    const state = backend.provider.stateFor(backend.upstreamModel);
+    const down = state === "open" ? modelDown(`The upstream provider of ${backend.id} is failing (circuit breaker open, or no replica passes its health check).`, "upstream_unavailable") : null;
     return { backend: backend.label, state: state === "closed" ? "running" : `breaker_${state}`, down };
   }
   const { engine } = backend;
@@ -32,10 +32,16 @@ function healthOf(backend: ModelBackend): BackendHealth {
   return { backend: backend.label, state: "running", down: null };
 }
 
+function loadOf(backend: ModelBackend): { running?: number; waiting?: number } {
+  const stats = backend.kind === "local" ? backend.engine?.stats : null;
+  return stats ? { running: stats.numRunning, waiting: stats.numWaiting } : {};
+}
+
 export function registerProbeRoutes(app: FastifyInstance, ctx: ServerContext): void {
   app.get("/health", async (_request, reply) => {
     const health = new Map(ctx.models.list().map((backend) => [backend, healthOf(backend)]));
-    const models = Object.fromEntries([...health].map(([backend, h]) => [backend.id, { backend: h.backend, state: h.state, ...grammarOf(backend) }]));
+    // NOTE: a local model's load (sequences running and waiting) is what a router's least-loaded balance reads.
+    const models = Object.fromEntries([...health].map(([backend, h]) => [backend.id, { backend: h.backend, state: h.state, ...loadOf(backend), ...grammarOf(backend) }]));
     const ledger = ctx.ledgerHealth?.();
     if (ledger && !ledger.available) {
       // NOTE: the reason (a database error) goes to the log, not to whoever asks /health.

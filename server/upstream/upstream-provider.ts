@@ -1,12 +1,15 @@
 /**
- * An OpenAI-compatible provider upstream: one base URL, its key, a concurrency cap, a timeout,
- * retries and a circuit breaker. send() returns the upstream's 2xx response (its body still to
+ * An OpenAI-compatible provider upstream: one base URL, or a pool of replicas serving the same
+ * models (replica-pool.ts: round-robin, least-loaded or prefix-affine), its key, a concurrency
+ * cap per replica, a timeout, retries and circuit breakers. send() returns the upstream's 2xx response (its body still to
  * be read: a stream goes through as it comes), or throws:
  * - BackendUnavailable, which a route may fall back on: a 5xx or no answer, a 429, a timeout,
  *   the breaker open, or the cap reached;
  * - ApiError, the upstream's own 4xx as it gave it (the request is at fault; no other backend
  *   would do better).
  * Retries happen here, before anything reaches the client, and never after the response has begun.
+ * With replicas, a try that fails goes on at once to the next replica in the balance's order;
+ * only once each has been tried do retries wait out their backoff.
  *
  * Each upstream model has its own circuit breaker: one model failing at a provider (a bad
  * deployment, a model taken down) takes none of the provider's other models with it. A call
@@ -18,23 +21,36 @@ import {
   ApiError, BackendUnavailable, upstreamAtCap, upstreamBreakerOpen, upstreamFailed, upstreamKeyRefused, upstreamProbing, upstreamRateLimited, upstreamRefused, upstreamTimeout,
 } from "../common/api-error.ts";
 import { CircuitBreaker, type BreakerState } from "./circuit-breaker.ts";
+import { ReplicaPool, type Balance, type Replica } from "./replica-pool.ts";
 import { DEFAULT_RETRY_POLICY, isRetryableStatus, retryAfterMsOf, retryDelayMs, type RetryPolicy } from "./retry-policy.ts";
 
 export interface ProviderOptions {
   name: string;
   /** The API root, e.g. https://api.openai.com/v1 (paths such as /chat/completions are appended). */
-  baseUrl: string;
+  baseUrl?: string;
+  /** Several API roots serving the same models, in place of baseUrl. */
+  replicas?: string[];
+  /** How requests are spread over the replicas (default round-robin). */
+  balance?: Balance;
+  /** How often each replica's /health is read (default 5 s with replicas; never with one base URL). */
+  healthIntervalMs?: number;
+  /** prefix: how far above the average load a replica may go before requests pass it by (default 1.25 × the average, plus 4). */
+  loadFactor?: number;
+  loadSlack?: number;
+  /** prefix: the request's affinity key (its prompt's first full KV blocks, hashed), or null when it has none. */
+  affinityKey?: (path: string, body: Record<string, unknown>) => Promise<string | null>;
   /** Sent as Authorization: Bearer; null: no auth header. */
   apiKey: string | null;
   /** How long to wait for the response's headers, and then between two chunks of its body. */
   timeoutMs: number;
-  /** Calls in flight at once; more are refused (overloaded) so that the route can go elsewhere. */
+  /** Calls in flight at once, per replica; more are refused (overloaded) so that the route can go elsewhere. */
   maxConcurrency: number;
   retry?: RetryPolicy;
   breaker?: { failureThreshold: number; cooldownMs: number };
-  /** Hears each try's result (a status, "timeout" or "error") and each change of a model's breaker. */
-  onTry?: (result: string) => void;
-  onBreaker?: (state: BreakerState, model: string) => void;
+  /** Hears each try's result (a status, "timeout" or "error"), each change of a model's breaker (on a replica), and of a replica's health. */
+  onTry?: (result: string, replica: string) => void;
+  onBreaker?: (state: BreakerState, model: string, replica: string) => void;
+  onHealth?: (replica: string, healthy: boolean) => void;
 }
 
 /** A 2xx response, with its body, and the slot it holds until release(). */
@@ -52,75 +68,118 @@ export interface UpstreamCall {
 
 export class UpstreamProvider {
   readonly name: string;
-  numInFlight = 0;
+  readonly pool: ReplicaPool;
   private readonly retry: RetryPolicy;
-  private readonly breakers = new Map<string, CircuitBreaker>();
+  private readonly breakers = new Map<Replica, Map<string, CircuitBreaker>>();
 
   constructor(private readonly options: ProviderOptions) {
     this.name = options.name;
     this.retry = options.retry ?? DEFAULT_RETRY_POLICY;
+    const urls = options.replicas ?? (options.baseUrl ? [options.baseUrl] : []);
+    this.pool = new ReplicaPool(urls, {
+      balance: options.balance ?? "round-robin",
+      // NOTE: only a pool is health-checked: a single base URL (a hosted API) may have no /health at all.
+      healthIntervalMs: urls.length > 1 ? (options.healthIntervalMs ?? 5000) : 0,
+      loadFactor: options.loadFactor,
+      loadSlack: options.loadSlack,
+      onHealth: (replica, healthy) => options.onHealth?.(replica.label, healthy),
+    });
+    this.pool.start();
   }
 
+  /** Calls in flight, over all replicas. */
+  get numInFlight(): number {
+    return this.pool.numInFlight;
+  }
+
+  /** The cap on calls in flight, over all replicas. */
   get maxConcurrency(): number {
-    return this.options.maxConcurrency;
+    return this.options.maxConcurrency * this.pool.replicas.length;
   }
 
-  /** The circuit breaker of one of this provider's models (by its upstream name). */
-  breakerFor(model: string): CircuitBreaker {
-    let breaker = this.breakers.get(model);
+  /** Stops the replicas' health checks. */
+  close(): void {
+    this.pool.stop();
+  }
+
+  /** The circuit breaker of one of this provider's models (by its upstream name) on a replica (default: the first). */
+  breakerFor(model: string, replica: Replica = this.pool.replicas[0]): CircuitBreaker {
+    let byModel = this.breakers.get(replica);
+    if (!byModel) this.breakers.set(replica, (byModel = new Map()));
+    let breaker = byModel.get(model);
     if (!breaker) {
-      breaker = new CircuitBreaker({ ...(this.options.breaker ?? { failureThreshold: 5, cooldownMs: 30_000 }), onChange: (state) => this.options.onBreaker?.(state, model) });
-      this.breakers.set(model, breaker);
+      breaker = new CircuitBreaker({
+        ...(this.options.breaker ?? { failureThreshold: 5, cooldownMs: 30_000 }),
+        onChange: (state) => this.options.onBreaker?.(state, model, replica.label),
+      });
+      byModel.set(model, breaker);
     }
     return breaker;
   }
 
-  /** The refusal a call for `model` would get now (its breaker open, the provider's cap reached), or null: it may go out. */
+  /** The model's state over the whole provider: closed while some healthy replica's breaker is closed, else half_open or open. */
+  stateFor(model: string): BreakerState {
+    const states = this.pool.replicas.filter((r) => r.healthy).map((r) => this.breakerFor(model, r).state);
+    if (states.length === 0) return "open";
+    return states.includes("closed") ? "closed" : states.includes("half_open") ? "half_open" : "open";
+  }
+
+  /** The refusal a call for `model` would get now (no healthy replica, its breakers open, every replica at its cap), or null: it may go out. */
   refusal(model: string): BackendUnavailable | null {
-    const breaker = this.breakerFor(model);
-    if (breaker.state === "open") {
-      return upstreamBreakerOpen(this.name, model, Math.max(1, Math.ceil(breaker.retryAfterMs / 1000)));
+    const healthy = this.pool.replicas.filter((r) => r.healthy);
+    if (healthy.length === 0) return upstreamFailed(`No replica of the upstream provider ${this.name} passes its health check.`);
+    const closed = healthy.filter((r) => this.breakerFor(model, r).state !== "open");
+    if (closed.length === 0) {
+      const retryAfterMs = Math.min(...healthy.map((r) => this.breakerFor(model, r).retryAfterMs));
+      return upstreamBreakerOpen(this.name, model, Math.max(1, Math.ceil(retryAfterMs / 1000)));
     }
-    if (this.numInFlight >= this.options.maxConcurrency) {
-      return upstreamAtCap(this.name, this.options.maxConcurrency);
+    if (closed.every((r) => r.numInFlight >= this.options.maxConcurrency)) {
+      return upstreamAtCap(this.name, this.maxConcurrency);
     }
     return null;
   }
 
-  /** POSTs `body` (with its upstream `model`) as JSON to baseUrl + path, with retries; `signal` (the client gone) aborts it. */
+  /** POSTs `body` (with its upstream `model`) as JSON to a replica's base URL + path, with retries; `signal` (the client gone) aborts it. */
   async send(path: string, body: { model: string } & Record<string, unknown>, signal: AbortSignal): Promise<UpstreamCall> {
-    const breaker = this.breakerFor(body.model);
     const refused = this.refusal(body.model);
     if (refused) throw refused;
-    this.numInFlight++;
+    const key = this.pool.balance === "prefix" && this.pool.replicas.length > 1 ? await this.options.affinityKey?.(path, body) ?? null : null;
+    const order = this.pool.order(key, (r) => r.numInFlight < this.options.maxConcurrency && this.breakerFor(body.model, r).state !== "open");
+    if (order.length === 0) throw this.refusal(body.model) ?? upstreamAtCap(this.name, this.maxConcurrency);
+    const { response, replica, breaker } = await this.withRetries(path, JSON.stringify(body), order, body.model, signal);
     let released = false;
     let bodyEnded = false;
     const release = (failure?: unknown) => {
       if (released) return;
       released = true;
-      this.numInFlight--;
+      replica.numInFlight--;
       if (failure !== undefined && !signal.aborted) breaker.failed();
       else if (bodyEnded) breaker.succeeded();
       else breaker.released();
     };
-    try {
-      const response = await this.withRetries(path, JSON.stringify(body), breaker, body.model, signal);
-      return { response, body: () => this.readBody(response, signal, () => (bodyEnded = true)), release };
-    } catch (err) {
-      released = true;
-      this.numInFlight--;
-      throw err;
-    }
+    return { response, body: () => this.readBody(response, signal, () => (bodyEnded = true)), release };
   }
 
-  /** The 2xx response, its breaker's trial still held (release() settles it), or the failure after retries. */
-  private async withRetries(path: string, body: string, breaker: CircuitBreaker, model: string, signal: AbortSignal): Promise<Response> {
-    const url = this.options.baseUrl.replace(/\/+$/, "") + path;
-    for (let retry = 0; ; retry++) {
+  /**
+   * The 2xx response and the replica that gave it (holding one of its slots, and its breaker's
+   * trial: release() settles both), or the failure after retries. Try i goes to order[i] while
+   * there are replicas not yet tried; after that, retries go round the order again after their backoff.
+   */
+  private async withRetries(path: string, body: string, order: Replica[], model: string, signal: AbortSignal): Promise<{ response: Response; replica: Replica; breaker: CircuitBreaker }> {
+    let lastFailure: BackendUnavailable | null = null;
+    for (let attempt = 0, retry = 0; ; attempt++) {
       signal.throwIfAborted();
-      if (!breaker.tryAcquire()) throw this.refusal(model) ?? upstreamProbing(this.name, model);
-      const outcome = await this.tryOnce(url, body, signal);
-      if (outcome instanceof Response) return outcome;
+      const replica = order[attempt % order.length];
+      const breaker = this.breakerFor(model, replica);
+      const fresh = attempt < order.length;
+      if (replica.numInFlight >= this.options.maxConcurrency || !breaker.tryAcquire()) {
+        if (fresh) continue;
+        throw this.refusal(model) ?? lastFailure ?? upstreamProbing(this.name, model);
+      }
+      replica.numInFlight++;
+      const outcome = await this.tryOnce(replica, path, body, signal);
+      if (outcome instanceof Response) return { response: outcome, replica, breaker };
+      replica.numInFlight--;
       if (signal.aborted) {
         breaker.released();
         throw signal.reason;
@@ -131,15 +190,20 @@ export class UpstreamProvider {
         throw outcome;
       }
       breaker.failed();
-      const failure = outcome.error;
-      const delay = retry < this.retry.maxRetries && outcome.retryable !== false ? retryDelayMs(this.retry, retry, outcome.retryAfterMs) : null;
-      if (delay === null) throw failure;
+      lastFailure = outcome.error;
+      if (outcome.retryable === false) throw outcome.error;
+      if (attempt + 1 < order.length) continue;
+      const delay = retry < this.retry.maxRetries ? retryDelayMs(this.retry, retry, outcome.retryAfterMs) : null;
+      retry++;
+      if (delay === null) throw outcome.error;
       await sleep(delay, signal);
     }
   }
 
   /** One try: the 2xx response, the upstream's 4xx, or a failure worth retrying. */
-  private async tryOnce(url: string, body: string, signal: AbortSignal): Promise<Response | ApiError | { error: BackendUnavailable; retryAfterMs: number | null; retryable?: false }> {
+  private async tryOnce(replica: Replica, path: string, body: string, signal: AbortSignal): Promise<Response | ApiError | { error: BackendUnavailable; retryAfterMs: number | null; retryable?: false }> {
+    const url = replica.baseUrl.replace(/\/+$/, "") + path;
+    const onTry = (result: string) => this.options.onTry?.(result, replica.label);
     const timeout = new AbortController();
     const timer = setTimeout(() => timeout.abort(), this.options.timeoutMs);
     try {
@@ -149,7 +213,7 @@ export class UpstreamProvider {
         body,
         signal: AbortSignal.any([signal, timeout.signal]),
       });
-      this.options.onTry?.(String(response.status));
+      onTry(String(response.status));
       if (response.ok) return response;
       const text = await response.text().catch(() => "");
       const retryAfterMs = retryAfterMsOf(response.headers);
@@ -167,10 +231,10 @@ export class UpstreamProvider {
     } catch (err) {
       if (signal.aborted) return { error: upstreamFailed("aborted"), retryAfterMs: null };
       if (timeout.signal.aborted) {
-        this.options.onTry?.("timeout");
+        onTry("timeout");
         return { error: upstreamTimeout(this.name, this.options.timeoutMs), retryAfterMs: null };
       }
-      this.options.onTry?.("error");
+      onTry("error");
       const reason = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
       return { error: upstreamFailed(`The upstream provider ${this.name} could not be reached (${reason}).`), retryAfterMs: null };
     } finally {

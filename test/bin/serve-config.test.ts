@@ -69,6 +69,19 @@ describe("serve config", () => {
     ]);
   });
 
+  it("reads a replica pool: its URLs, balance, health interval, load bounds and the prefix key's tokenizer and blocks", () => {
+    const config = readServeConfig(write([
+      "providers:", "  - name: replicas", "    replicas: [http://10.0.0.1:8000/v1, http://10.0.0.2:8000/v1]", "    balance: prefix",
+      "    health-interval: 2", "    load-factor: 1.5", "    load-slack: 2", "    prefix-blocks: 8", "    models: [{ name: tiny }]", "",
+    ].join("\n")), CLI, {});
+    expect(config.providers[0]).toMatchObject({
+      name: "replicas", baseUrl: undefined, replicas: ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"], balance: "prefix", healthIntervalMs: 2000,
+      loadFactor: 1.5, loadSlack: 2, prefix: { tokenizerDir: ensureDefaultModel(), numBlocks: 8, blockSize: 16 },
+    });
+    const plain = readServeConfig(write("providers:\n  - name: p\n    replicas: [http://y/v1, http://z/v1]\n    models: [{ name: u }]\n"), CLI, {});
+    expect(plain.providers[0]).toMatchObject({ balance: "round-robin", prefix: undefined, healthIntervalMs: 5000 });
+  });
+
   it("reads JSON as well", () => {
     const config = readServeConfig(write(JSON.stringify({ models: [{ name: "a" }] }), "json"), CLI, {});
     expect(config.models[0]).toMatchObject({ name: "a", engineOptions: { kvCacheMemoryBytes: 1024 ** 3 } });
@@ -84,6 +97,12 @@ describe("serve config", () => {
     ["a burst with no trigger", "models:\n  - name: a\nroutes:\n  - name: r\n    targets: [a]\n    burst: { to: a }\n", /a burst rule needs waiting-over or ttft-over/],
     ["shares over 1", "models:\n  - name: a\n    kv-cache-share: 0.7\n  - name: b\n    kv-cache-share: 0.5\n", /add up to 1.2, more than 1/],
     ["an unset key variable", "providers:\n  - name: p\n    base-url: http://x/v1\n    api-key-env: NOT_SET_HERE\n    models: [{ name: u }]\n", /api-key-env NOT_SET_HERE is not set/],
+    ["base-url and replicas both", "providers:\n  - name: p\n    base-url: http://x/v1\n    replicas: [http://y/v1]\n    models: [{ name: u }]\n", /providers\[0\]\.base-url: give base-url or replicas/],
+    ["neither base-url nor replicas", "providers:\n  - name: p\n    models: [{ name: u }]\n", /providers\[0\]\.base-url: give base-url or replicas/],
+    ["a replica listed twice", "providers:\n  - name: p\n    replicas: [http://y/v1, http://y/v1]\n    models: [{ name: u }]\n", /providers\[0\]\.replicas: a replica is listed twice/],
+    ["a balance without replicas", "providers:\n  - name: p\n    base-url: http://x/v1\n    balance: prefix\n    models: [{ name: u }]\n", /providers\[0\]\.balance: balance spreads requests over replicas/],
+    ["an unknown balance", "providers:\n  - name: p\n    replicas: [http://y/v1, http://z/v1]\n    balance: random\n    models: [{ name: u }]\n", /providers\[0\]\.balance: /],
+    ["a replica that is no URL", "providers:\n  - name: p\n    replicas: [y:8000]\n    models: [{ name: u }]\n", /providers\[0\]\.replicas\[0\]: an http:\/\/ or https:\/\/ URL/],
     ["an unknown fallback reason", "models:\n  - name: a\nroutes:\n  - name: r\n    targets: [a]\n    fallback-on: [always]\n", /routes\[0\]\.fallback-on\[0\]/],
     ["nothing to serve", "models: []\n", /it serves nothing/],
     ["not YAML", "models: [\n", /--config .*c\d+\.yaml: /],

@@ -31,13 +31,16 @@ export interface ScriptedUpstream {
   script: Script;
   /** Scripts for some upstream model names, over `script`. */
   byModel: Record<string, Script>;
+  /** What GET /health answers (default 200), and how often it was asked. */
+  healthStatus: number;
+  numHealthChecks: number;
   close(): Promise<void>;
 }
 
 const USAGE = { prompt_tokens: 11, completion_tokens: 3, total_tokens: 14, prompt_tokens_details: { cached_tokens: 4 } };
 
 export async function startScriptedUpstream(script: Script = { kind: "ok" }): Promise<ScriptedUpstream> {
-  const state: ScriptedUpstream = { url: "", calls: [], numAbandoned: 0, script, byModel: {}, close: async () => undefined };
+  const state: ScriptedUpstream = { url: "", calls: [], numAbandoned: 0, script, byModel: {}, healthStatus: 200, numHealthChecks: 0, close: async () => undefined };
   const server = createServer((req, res) => void handle(state, req, res));
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   state.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`;
@@ -49,6 +52,11 @@ export async function startScriptedUpstream(script: Script = { kind: "ok" }): Pr
 }
 
 async function handle(state: ScriptedUpstream, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  if (req.method === "GET" && req.url === "/health") {
+    state.numHealthChecks++;
+    res.writeHead(state.healthStatus, { "content-type": "application/json" });
+    return void res.end(JSON.stringify({ status: state.healthStatus === 200 ? "ok" : "unavailable" }));
+  }
   let text = "";
   for await (const chunk of req) text += chunk;
   const body = JSON.parse(text || "{}") as Record<string, unknown>;
