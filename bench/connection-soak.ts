@@ -11,24 +11,16 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
-import { createServer } from "node:net";
 import { readCheckpoint } from "../models/checkpoint.ts";
 import { ensureDefaultModel } from "../models/synthetic/default-model.ts";
 import { drainRound, idleRound, oversizedRound, PooledClient } from "./connection-checks.ts";
+import { freePort } from "./free-port.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const { values } = parseArgs({ options: { "idle-rounds": { type: "string", default: "20" }, drains: { type: "string", default: "10" }, "oversized-rounds": { type: "string", default: "3" } } });
 const [idleRounds, drains, oversizedRounds] = [values["idle-rounds"], values.drains, values["oversized-rounds"]].map(Number);
 const model = readCheckpoint(ensureDefaultModel()).name;
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const probe = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => resolve(port));
-    });
-  });
-}
 
 async function serve(args: string[] = []): Promise<{ url: string; child: ChildProcess; exited: Promise<unknown> }> {
   const port = await freePort();

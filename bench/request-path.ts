@@ -16,11 +16,11 @@
  */
 import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { freePort } from "./free-port.ts";
 
 const { values } = parseArgs({ options: { root: { type: "string" }, repeats: { type: "string", default: "3" }, json: { type: "boolean", default: false } } });
 const ROOT = resolve(values.root ?? fileURLToPath(new URL("..", import.meta.url)));
@@ -28,14 +28,6 @@ const ROOT = resolve(values.root ?? fileURLToPath(new URL("..", import.meta.url)
 interface FunctionCoverage { functionName: string; ranges: { startOffset: number; endOffset: number; count: number }[] }
 interface ScriptCoverage { url: string; functions: FunctionCoverage[] }
 
-function freePort(): Promise<number> {
-  return new Promise((done) => {
-    const probe = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => done(port));
-    });
-  });
-}
 
 async function streamedChat(url: string, model: string, content: string): Promise<void> {
   const response = await fetch(`${url}/v1/chat/completions`, {

@@ -25,6 +25,8 @@ export interface WorkloadOptions {
   rangeRatio?: number;
   /** Tokens of one random prefix prepended to every prompt. */
   prefixLen?: number;
+  /** How many distinct prefixes of prefixLen tokens there are (default 1); each prompt takes one at random, as users of several system prompts do. */
+  sharedPrefixes?: number;
   seed?: number;
   /** "ids": token-id arrays of exact length; "text": random ids decoded to text, length re-measured. */
   promptFormat?: "ids" | "text";
@@ -54,7 +56,8 @@ export function benchTokenizer(checkpoint: Checkpoint): BenchTokenizer {
 }
 
 export function buildWorkload(opts: WorkloadOptions, tokenizer: BenchTokenizer): BenchRequest[] {
-  const { numPrompts, inputLen, outputLen, rangeRatio = 0, prefixLen = 0, seed = 0, promptFormat = "ids" } = opts;
+  const { numPrompts, inputLen, outputLen, rangeRatio = 0, prefixLen = 0, sharedPrefixes = 1, seed = 0, promptFormat = "ids" } = opts;
+  if (!Number.isInteger(sharedPrefixes) || sharedPrefixes < 1) throw new RangeError(`sharedPrefixes must be a whole number ≥ 1, got ${sharedPrefixes}`);
   if (!(rangeRatio >= 0 && rangeRatio < 1)) throw new RangeError(`rangeRatio must be in [0, 1), got ${rangeRatio}`);
   if (!Number.isInteger(numPrompts) || numPrompts < 0) throw new RangeError(`numPrompts must be a whole number, got ${numPrompts}`);
   const [inputLow, inputHigh] = lengthRange(inputLen, rangeRatio, 0);
@@ -66,18 +69,21 @@ export function buildWorkload(opts: WorkloadOptions, tokenizer: BenchTokenizer):
   const tokenPrng = new Prng(deriveSeed(seed, "tokens"));
   const idLimit = tokenIdLimit(opts, tokenizer);
   const randomIds = (n: number) => Array.from({ length: n }, () => Math.floor(tokenPrng.next() * idLimit));
-  const prefixIds = randomIds(prefixLen);
-  const prefixText = promptFormat === "text" ? tokenizer.decode(prefixIds) : "";
+  // NOTE: the first prefix is drawn first, as with one prefix; the others after it, so one prefix gives the workload it always gave.
+  const prefixes = Array.from({ length: sharedPrefixes }, () => randomIds(prefixLen));
+  const prefixTexts = promptFormat === "text" ? prefixes.map((ids) => tokenizer.decode(ids)) : [];
+  const choicePrng = new Prng(deriveSeed(seed, "prefixes"));
 
   const requests: BenchRequest[] = [];
   for (let i = 0; i < numPrompts; i++) {
     const numInner = uniformInt(lengthPrng, inputLow, inputHigh);
     const numOutput = uniformInt(lengthPrng, outputLow, outputHigh);
     const innerIds = randomIds(numInner);
+    const which = sharedPrefixes === 1 ? 0 : Math.floor(choicePrng.next() * sharedPrefixes);
     if (promptFormat === "ids") {
-      requests.push({ prompt: [...prefixIds, ...innerIds], promptLen: prefixLen + numInner, outputLen: numOutput });
+      requests.push({ prompt: [...prefixes[which], ...innerIds], promptLen: prefixLen + numInner, outputLen: numOutput });
     } else {
-      requests.push({ ...fitText(tokenizer, prefixText, innerIds, prefixLen + numInner, randomIds), outputLen: numOutput });
+      requests.push({ ...fitText(tokenizer, prefixTexts[which], innerIds, prefixLen + numInner, randomIds), outputLen: numOutput });
     }
   }
   return requests;

@@ -24,7 +24,8 @@ Target:
                                 prompt as one input and reports input tokens a second and E2EL
 Workload:
   --num-prompts N (64)  --input-len N (128)  --output-len N (64)  --range-ratio R (0)
-  --prefix-len N (0)    shared prefix tokens    --prompt-format ids|text (ids; text for chat)
+  --prefix-len N (0)    shared prefix tokens    --shared-prefixes N (1)  distinct prefixes, one drawn per prompt
+  --prompt-format ids|text (ids; text for chat)
   --request-rate R|inf (inf)  --burstiness B (1)  --max-concurrency N (32)
   --ignore-eos  --temperature T (0)  --top-p P  --top-k K  --min-p P  --seed N (0)  --warmup N (0)
 Results:
@@ -54,7 +55,7 @@ export async function benchCommand(args: string[]): Promise<void> {
       "base-url": { type: "string" }, tokenizer: { type: "string" }, endpoint: { type: "string", default: "completions" },
       "num-prompts": { type: "string", default: "64" }, "input-len": { type: "string", default: "128" },
       "output-len": { type: "string", default: "64" }, "range-ratio": { type: "string", default: "0" },
-      "prefix-len": { type: "string", default: "0" }, "prompt-format": { type: "string" },
+      "prefix-len": { type: "string", default: "0" }, "shared-prefixes": { type: "string", default: "1" }, "prompt-format": { type: "string" },
       "request-rate": { type: "string", default: "inf" }, burstiness: { type: "string", default: "1" },
       "max-concurrency": { type: "string", default: "32" }, "ignore-eos": { type: "boolean", default: false },
       temperature: { type: "string", default: "0" }, "top-p": { type: "string" }, "top-k": { type: "string" }, "min-p": { type: "string" },
@@ -92,6 +93,7 @@ export async function benchCommand(args: string[]): Promise<void> {
   const numPrompts = flagValue("num-prompts", values["num-prompts"], intFlag(1));
   const rangeRatio = flagValue("range-ratio", values["range-ratio"], numberFlag(0, 0.999));
   const prefixLen = flagValue("prefix-len", values["prefix-len"], intFlag(0));
+  const sharedPrefixes = flagValue("shared-prefixes", values["shared-prefixes"], intFlag(1));
   const seed = flagValue("seed", values.seed, intFlag(0));
   const promptFormat = optionalFlagValue("prompt-format", values["prompt-format"], enumFlag("ids", "text")) ?? (endpoint === "chat" ? "text" : "ids");
   const requestRate = values["request-rate"] === "inf" ? Infinity : flagValue("request-rate", values["request-rate"], numberFlag(0, Number.MAX_VALUE, { minExclusive: true }));
@@ -108,11 +110,11 @@ export async function benchCommand(args: string[]): Promise<void> {
 
   const checkpoint = readCheckpoint(tokenizerDir(values));
   const tokenizer = benchTokenizer(checkpoint);
-  const workload = buildWorkload({ numPrompts, inputLen, outputLen, rangeRatio, prefixLen, seed, promptFormat }, tokenizer);
+  const workload = buildWorkload({ numPrompts, inputLen, outputLen, rangeRatio, prefixLen, sharedPrefixes, seed, promptFormat }, tokenizer);
   if (values["priority-flood"]) {
     if (remote) throw new FlagError("--priority-flood serves the model in this process: leave out --base-url");
     const engineOptions = engineOptionsFrom(engineFlags, checkpoint);
-    const prompts = buildWorkload({ numPrompts: numPrompts + 4 * engineOptions.maxNumSeqs, inputLen, outputLen, rangeRatio, prefixLen, seed, promptFormat }, tokenizer);
+    const prompts = buildWorkload({ numPrompts: numPrompts + 4 * engineOptions.maxNumSeqs, inputLen, outputLen, rangeRatio, prefixLen, sharedPrefixes, seed, promptFormat }, tokenizer);
     const phases = await measurePriorityFlood({
       engineOptions, model: checkpoint.name, defaults: checkpoint.generationDefaults, numInteractive: numPrompts, gapMs: 100,
       numFlood: 4 * engineOptions.maxNumSeqs, floodOutputLen: outputLen, interactiveOutputLen: 16, prompt: (i) => prompts[i],
@@ -131,7 +133,7 @@ export async function benchCommand(args: string[]): Promise<void> {
   try {
     await runBench(target, {
       workload,
-      workloadOfRound: (round) => buildWorkload({ numPrompts, inputLen, outputLen, rangeRatio, prefixLen, seed: seed + round, promptFormat }, tokenizer),
+      workloadOfRound: (round) => buildWorkload({ numPrompts, inputLen, outputLen, rangeRatio, prefixLen, sharedPrefixes, seed: seed + round, promptFormat }, tokenizer),
       load,
       maxConcurrency,
       sweepConcurrency,
@@ -147,7 +149,7 @@ export async function benchCommand(args: string[]): Promise<void> {
       gpuHourPriceUsd: optionalFlagValue("gpu-hour-price", values["gpu-hour-price"], numberFlag(0, Number.MAX_VALUE, { minExclusive: true })),
       config: {
         model: target.model, endpoint, num_prompts: workload.length, input_len: inputLen, output_len: outputLen,
-        range_ratio: rangeRatio, prefix_len: prefixLen, request_rate: values["request-rate"],
+        range_ratio: rangeRatio, prefix_len: prefixLen, shared_prefixes: sharedPrefixes, request_rate: values["request-rate"],
         burstiness: load.burstiness, ignore_eos: values["ignore-eos"], base_url: target.baseUrl,
       },
     });

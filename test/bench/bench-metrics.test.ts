@@ -140,6 +140,18 @@ describe("buildWorkload", () => {
     expect(wordTokenizer.encode(commonPrefix(unshared.map((r) => r.prompt as string)))).toHaveLength(0);
   });
 
+  it("draws each prompt's prefix from --shared-prefixes distinct ones, about evenly, and one prefix gives the workload it always gave", () => {
+    const requests = buildWorkload({ numPrompts: 1600, inputLen: 4, outputLen: 2, prefixLen: 12, sharedPrefixes: 16, seed: 5 }, wordTokenizer);
+    const prefixes = requests.map((r) => (r.prompt as number[]).slice(0, 12).join());
+    const counts = [...new Set(prefixes)].map((p) => prefixes.filter((q) => q === p).length);
+    expect(counts).toHaveLength(16);
+    for (const count of counts) expect(count).toBeGreaterThan(50);
+    expect(requests.every((r) => r.promptLen === 16)).toBe(true);
+    const one = buildWorkload({ numPrompts: 20, inputLen: 10, outputLen: 4, prefixLen: 16, seed: 1 }, wordTokenizer);
+    expect(buildWorkload({ numPrompts: 20, inputLen: 10, outputLen: 4, prefixLen: 16, sharedPrefixes: 1, seed: 1 }, wordTokenizer)).toEqual(one);
+    expect(() => buildWorkload({ numPrompts: 1, inputLen: 1, outputLen: 1, sharedPrefixes: 0 }, wordTokenizer)).toThrow(/sharedPrefixes/);
+  });
+
   it("fits text prompts to the target length when decoding and encoding disagree", () => {
     const requests = buildWorkload({ numPrompts: 100, inputLen: 40, outputLen: 4, prefixLen: 10, promptFormat: "text", seed: 9 }, mergingTokenizer);
     for (const r of requests) {
