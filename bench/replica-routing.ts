@@ -156,7 +156,6 @@ async function run(policy: string, db: string, kill: boolean): Promise<RunResult
     return {
       policy, hitRate: queries > 0 ? hits / queries : 0, meanTtftMs: Number(result.mean_ttft_ms), p99TtftMs: Number(result.p99_ttft_ms),
       outputThroughput: Number(result.output_throughput), completed: Number(result.completed), failed: Number(result.failed),
-      // With a replica killed, the rows it had not yet written die with it: only the totals of a clean run must match.
       ledgerMatches: rows.rows === Number(result.completed) && rows.input === sent.input && rows.output === sent.output,
       ledger: rows, sent, ...(killed ? { killed } : {}),
     };
@@ -184,7 +183,10 @@ console.log(`\n${numReplicas} replicas of ${MODEL} on loopback, ${values["shared
 console.log("| policy | prefix-cache hit rate | TTFT mean (ms) | TTFT p99 (ms) | output tok/s | completed / failed | ledger = what clients were sent |");
 console.log("|---|---:|---:|---:|---:|---:|---|");
 for (const r of results) {
-  const ledgerCell = r.killed ? `${r.ledger.rows} rows (the killed replica's unwritten rows die with it)` : r.ledgerMatches ? `yes (${r.ledger.rows} rows, ${r.ledger.input} in, ${r.ledger.output} out)` : `NO: ${JSON.stringify(r.ledger)} vs ${JSON.stringify(r.sent)}`;
+  // NOTE: with a replica killed, the clients' totals count the failed requests' prompts, so only rows = completed is asked.
+  const ledgerCell = r.ledgerMatches ? `yes (${r.ledger.rows} rows, ${r.ledger.input} in, ${r.ledger.output} out)`
+    : r.killed ? `${r.ledger.rows} rows for ${r.completed} completed${r.ledger.rows === r.completed ? " (each completed request has its row)" : ""}`
+    : `NO: ${JSON.stringify(r.ledger)} vs ${JSON.stringify(r.sent)}`;
   console.log(`| ${r.policy} | ${f(r.hitRate, 3)} | ${f(r.meanTtftMs)} | ${f(r.p99TtftMs)} | ${f(r.outputThroughput)} | ${r.completed} / ${r.failed} | ${ledgerCell} |`);
 }
 const one = results.find((r) => r.policy === "one replica");
