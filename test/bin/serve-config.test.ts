@@ -116,10 +116,11 @@ describe("the example config in docs/routing.md", () => {
     const { readFileSync } = await import("node:fs");
     const readme = readFileSync(new URL("../../docs/routing.md", import.meta.url), "utf8");
     const section = readme.slice(readme.indexOf("## Models, providers and routing"));
-    const yaml = /```yaml\n([\s\S]*?)```/.exec(section)![1].replace("/models/Qwen3-8B", ensureDefaultModel());
+    const yaml = /```yaml\n([\s\S]*?)```/.exec(section)![1].replaceAll("/models/Qwen3-8B", ensureDefaultModel());
     const config = readServeConfig(write(yaml), CLI, { OPENAI_API_KEY: "sk-example" });
     expect(config.models.map((m) => m.name)).toEqual(["qwen3-8b", "tiny"]);
     expect(config.models[0].engineOptions).toMatchObject({ kvCacheMemoryBytes: 3 * 1024 ** 3, quantization: "int8", maxNumSeqs: 32 });
     expect(config.routes[0]).toMatchObject({ name: "chat", burst: { to: "gpt-4o-mini", waitingOver: 8, ttftOverMs: 2500 } });
+    expect(config.providers[1]).toMatchObject({ name: "replicas", balance: "prefix", replicas: expect.arrayContaining(["http://10.0.0.11:8000/v1"]), prefix: { numBlocks: 4, blockSize: 16 } });
   });
 });
