@@ -143,7 +143,8 @@ describe("several models behind one server", () => {
     expect(remoteText.usage).toMatchObject({ prompt_tokens: localText.usage!.prompt_tokens, completion_tokens: 10 });
     const health = await (await fetch(`${router.url}/health`)).json() as { status: string; models: Record<string, { backend: string; state: string }> };
     expect(health.status).toBe("ok");
-    expect(health.models.alpha).toEqual({ backend: "local:alpha", state: "running" });
+    // A local model reports its load (what a router's least-loaded balance reads); an upstream one has none to report.
+    expect(health.models.alpha).toEqual({ backend: "local:alpha", state: "running", running: expect.any(Number), waiting: expect.any(Number) });
     expect(health.models.remote).toEqual({ backend: "upstream:peer", state: "running" });
     expect(await metricValue(/^tokenmill_prompt_tokens_total\{model="beta"\}/)).toBeGreaterThan(0);
   });
