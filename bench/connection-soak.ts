@@ -8,32 +8,19 @@
  *
  *   node --import tsx bench/connection-soak.ts [--idle-rounds 20] [--drains 10] [--oversized-rounds 3]
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { parseArgs } from "node:util";
-import { fileURLToPath } from "node:url";
 import { readCheckpoint } from "../models/checkpoint.ts";
 import { ensureDefaultModel } from "../models/synthetic/default-model.ts";
 import { drainRound, idleRound, oversizedRound, PooledClient } from "./connection-checks.ts";
-import { freePort } from "./free-port.ts";
+import { serveProcess, type Serving } from "./serve-process.ts";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const { values } = parseArgs({ options: { "idle-rounds": { type: "string", default: "20" }, drains: { type: "string", default: "10" }, "oversized-rounds": { type: "string", default: "3" } } });
 const [idleRounds, drains, oversizedRounds] = [values["idle-rounds"], values.drains, values["oversized-rounds"]].map(Number);
 const model = readCheckpoint(ensureDefaultModel()).name;
 
 
-async function serve(args: string[] = []): Promise<{ url: string; child: ChildProcess; exited: Promise<unknown> }> {
-  const port = await freePort();
-  const child = spawn(process.execPath, ["--import", "tsx", "bin/tokenmill.ts", "serve", "--port", String(port), "--db", "none", "--log-level", "warn",
-    "--kv-cache-memory", "512MiB", "--max-num-seqs", "64", ...args], { cwd: ROOT, stdio: ["ignore", "ignore", "inherit"] });
-  const exited = new Promise((resolve) => child.on("exit", resolve));
-  const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 1200; i++) {
-    if ((await fetch(`${url}/health`).then((r) => r.status, () => 0)) === 200) return { url, child, exited };
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  child.kill("SIGKILL");
-  throw new Error("the server never became healthy");
+function serve(args: string[] = []): Promise<Serving> {
+  return serveProcess(["--db", "none", "--kv-cache-memory", "512MiB", "--max-num-seqs", "64", ...args]);
 }
 
 const report: Record<string, unknown> = {};

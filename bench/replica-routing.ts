@@ -13,14 +13,14 @@
  *
  * Replicas and router are fresh for each run, so every run starts with cold caches.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import pg from "pg";
-import { freePort } from "./free-port.ts";
 import { startPostgres } from "./postgres.ts";
+import { serveProcess, type Serving } from "./serve-process.ts";
 import { tokenmillCommand } from "./self-command.ts";
 
 const { values } = parseArgs({
@@ -35,22 +35,8 @@ const numReplicas = Number(values.replicas);
 const MODEL = "tokenmill-tiny-qwen3";
 const scratch = mkdtempSync(join(tmpdir(), "tokenmill-replicas-"));
 
-interface Serving { url: string; child: ChildProcess; exited: Promise<unknown> }
-
-async function serve(args: string[], name: string): Promise<Serving> {
-  const port = await freePort();
-  const { command, args: argv, cwd } = tokenmillCommand(["serve", "--port", String(port), "--log-level", "warn", ...args]);
-  const child = spawn(command, argv, { cwd, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, TOKENMILL_DATA_DIR: join(scratch, name) } });
-  let stderr = "";
-  child.stderr!.on("data", (d) => (stderr = (stderr + d).slice(-2000)));
-  const exited = new Promise((resolve) => child.on("exit", resolve));
-  const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 1200; i++) {
-    if ((await fetch(`${url}/health`).then((r) => r.status, () => 0)) === 200) return { url, child, exited };
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  child.kill("SIGKILL");
-  throw new Error(`${name} never became healthy: ${stderr}`);
+function serve(args: string[], name: string): Promise<Serving> {
+  return serveProcess(args, { name, env: { TOKENMILL_DATA_DIR: join(scratch, name) } });
 }
 
 async function stop(servers: Serving[]): Promise<void> {

@@ -7,7 +7,7 @@
  * was told; the exported metrics pass promtool's lint; and a replica killed leaves the pool
  * while the other serves on.
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,7 +15,7 @@ import { fileURLToPath } from "node:url";
 import OpenAI from "openai";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { freePort } from "../helpers/free-port.ts";
+import { serveProcess, type Serving } from "../../bench/serve-process.ts";
 import { startPostgres, type TestPostgres } from "../helpers/postgres.ts";
 import { until } from "../helpers/until.ts";
 
@@ -24,20 +24,14 @@ const ADMIN = "tm-admin-topology-test-secret-0123456789";
 const MODEL = "tokenmill-tiny-qwen3";
 const scratch = mkdtempSync(join(tmpdir(), "tokenmill-topology-"));
 
-interface Proc { name: string; url: string; child: ChildProcess; exited: Promise<unknown> }
+interface Proc extends Serving { name: string }
 let postgres: TestPostgres;
 const procs: Proc[] = [];
 
 async function serve(name: string, args: string[], env: Record<string, string> = {}): Promise<Proc> {
-  const port = await freePort();
-  const child = spawn(process.execPath, ["--import", "tsx", "bin/tokenmill.ts", "serve", "--port", String(port), "--log-level", "warn", "--kv-cache-memory", "256MiB", ...args], {
-    cwd: ROOT, env: { ...process.env, TOKENMILL_DATA_DIR: join(scratch, name), ...env }, stdio: ["ignore", "ignore", "pipe"],
-  });
-  let stderr = "";
-  child.stderr!.on("data", (d) => (stderr = (stderr + d).slice(-2000)));
-  const proc = { name, url: `http://127.0.0.1:${port}`, child, exited: new Promise((resolve) => child.on("exit", resolve)) };
+  const serving = await serveProcess(["--kv-cache-memory", "256MiB", ...args], { name, env: { TOKENMILL_DATA_DIR: join(scratch, name), ...env } });
+  const proc = { name, ...serving };
   procs.push(proc);
-  await until(async () => (await fetch(`${proc.url}/health`).then((r) => r.status, () => 0)) === 200, { timeoutMs: 120_000, everyMs: 100, what: `${name} to serve (${stderr})` });
   return proc;
 }
 

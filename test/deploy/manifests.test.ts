@@ -67,6 +67,10 @@ const INFERENCE_POOL = {
   },
 };
 const ajv = new Ajv({ allErrors: true, strict: false });
+// The OpenAPI formats the Gateway API's schema uses, checked as Kubernetes checks them.
+ajv.addFormat("int32", { type: "number", validate: (n: number) => Number.isInteger(n) && n >= -(2 ** 31) && n < 2 ** 31 });
+ajv.addFormat("int64", { type: "number", validate: (n: number) => Number.isInteger(n) });
+ajv.addFormat("date-time", { type: "string", validate: (t: string) => !Number.isNaN(Date.parse(t)) });
 const inferencePool = ajv.compile(INFERENCE_POOL) as SchemaValidate;
 /**
  * The Gateway API's HTTPRoute (v1) schema, as @kubernetes-models/gateway-api carries it (its
