@@ -1,4 +1,5 @@
 /** The device check's parsers and report, on what nvidia-smi and vulkaninfo print (an H100 host's, and lavapipe's). */
+import { spawnSync } from "node:child_process";
 import { describe, expect, it } from "vitest";
 import { benchPointOf, deviceReportSchema, parseMemoryUsed, parseNvidiaSmi, parseVulkaninfo, reportText, type DeviceReport } from "../../bench/device-report.ts";
 
@@ -131,5 +132,16 @@ describe("the device check's report", () => {
     expect(text).toContain("not measured (no nvidia-smi)");
     expect(text).toContain("stopped at its time limit");
     expect(deviceReportSchema.safeParse({ ...bare, format: "something-else/1" }).success).toBe(false);
+  });
+});
+
+describe("the GPU run prepared for a lent machine (bench/device/)", () => {
+  it("gpu-run.sh is valid sh, and hf_baseline.py parses and prints its usage without PyTorch", () => {
+    const sh = spawnSync("sh", ["-n", "bench/device/gpu-run.sh"], { encoding: "utf8" });
+    expect(sh.status, sh.stderr).toBe(0);
+    const python = spawnSync("python3", ["bench/device/hf_baseline.py", "--help"], { encoding: "utf8" });
+    expect(python.status, python.stderr).toBe(0);
+    expect(python.stdout).toMatch(/--model MODEL.*--out OUT/s);
+    expect(python.stdout).toContain("--concurrency");
   });
 });
