@@ -8,7 +8,9 @@
  * (string, type, value); each tensor's name, dims (innermost first), ggml type and offset; then
  * the data, every tensor aligned to 32 bytes.
  */
-import { closeSync, openSync, readFileSync, writeSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, statSync, writeSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { cacheDir } from "../models/cache-dir.ts";
 import { readCheckpoint } from "../models/checkpoint.ts";
 import { openWeights } from "../models/weights/safetensors.ts";
 import { float32ToFloat16 } from "../models/weights/float-formats.ts";
@@ -116,6 +118,20 @@ export function writeGguf(checkpointDir: string, outPath: string, type: GgufType
   } finally {
     weights.close();
   }
+}
+
+/** The checkpoint's GGUF of `type` in the cache (.cache/gguf/), written when missing or older than the checkpoint's weights. */
+export function ensureGguf(checkpointDir: string, type: GgufType): string {
+  const { name } = readCheckpoint(checkpointDir);
+  const path = cacheDir("gguf", `${name}-${type}.gguf`);
+  const weights = join(checkpointDir, "model.safetensors");
+  const newest = existsSync(weights) ? statSync(weights).mtimeMs : 0;
+  if (existsSync(path) && statSync(path).mtimeMs >= newest) return path;
+  mkdirSync(dirname(path), { recursive: true });
+  const scratch = `${path}.partial-${process.pid}`;
+  writeGguf(checkpointDir, scratch, type);
+  renameSync(scratch, path);
+  return path;
 }
 
 /** HF tensor names and llama.cpp's, for a Qwen3 checkpoint. */

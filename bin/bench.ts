@@ -1,9 +1,12 @@
 /** `tokenmill bench`: load any OpenAI-compatible endpoint, or an in-process tokenmill, and report vLLM's serving metrics. */
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { dirname } from "node:path";
 import { parseArgs } from "node:util";
 import { runBench, type BenchTarget } from "../bench/run-bench.ts";
-import { benchTokenizer, buildWorkload } from "../bench/workload.ts";
+import { benchTokenizer, buildWorkload, type BenchRequest, type BenchTokenizer } from "../bench/workload.ts";
+import { ensureGguf } from "../bench/gguf-writer.ts";
+import { runLlamaPeer } from "../bench/llama-peer.ts";
 import { readCheckpoint, type Checkpoint } from "../models/checkpoint.ts";
 import { SYNTHETIC_MODELS } from "../models/synthetic/default-model.ts";
 import { QUANTIZATIONS, type Quantization } from "../models/index.ts";
@@ -37,6 +40,10 @@ Results:
   --compare-sequential          the same workload served one request at a time, with the ratio
   --compare-quantization Q      the same server with --quantization Q, rounds alternating: quantization_speedup
   --rounds N (3)                alternating rounds for the comparisons (medians are compared)
+  --peer llama.cpp              the same workload through llama.cpp (node-llama-cpp, a devDependency) on a GGUF of the same
+                                checkpoint (F32, Q8_0 or Q4_0 as --quantization is none, int8 or int4), after tokenmill's run,
+                                in its own process; an F32 conversion is first checked against tokenmill's greedy tokens;
+                                reports peer_ratio (tokenmill's output tok/s / llama.cpp's); completions with token-id prompts
   --gpu-hour-price USD          print the break-even $/Mtok: what a million output tokens cost at the measured rate
   --db URL|none                 the in-process server meters into this ledger (default none), to measure its cost
   --ledger-writes N             with --db: measure the ledger alone (N requests' rows) and exit
@@ -62,7 +69,7 @@ export async function benchCommand(args: string[]): Promise<void> {
       seed: { type: "string", default: "0" }, warmup: { type: "string", default: "0" },
       goodput: { type: "string" }, percentiles: { type: "string", default: "50,90,99" },
       "save-result": { type: "string" }, "sweep-concurrency": { type: "string" }, plot: { type: "string" },
-      "compare-limit": { type: "boolean", default: false }, "compare-sequential": { type: "boolean", default: false },
+      "compare-limit": { type: "boolean", default: false }, "compare-sequential": { type: "boolean", default: false }, peer: { type: "string" },
       "compare-quantization": { type: "string" },
       rounds: { type: "string", default: "3" }, help: { type: "boolean", short: "h" },
       db: { type: "string" }, "ledger-writes": { type: "string" }, "gpu-hour-price": { type: "string" },
@@ -126,12 +133,17 @@ export async function benchCommand(args: string[]): Promise<void> {
     return;
   }
 
+  const peer = optionalFlagValue("peer", values.peer, enumFlag("llama.cpp"));
+  if (peer && (remote || endpoint !== "completions" || promptFormat !== "ids")) {
+    throw new FlagError("--peer llama.cpp runs the model in this process on completions with token-id prompts: leave out --base-url, --endpoint and --prompt-format");
+  }
+  if (peer && !values["ignore-eos"]) throw new FlagError("--peer llama.cpp compares fixed lengths: give --ignore-eos");
   const { target, close } = remote
     ? { target: { baseUrl: remote, model: typeof values.model === "string" ? values.model : checkpoint.name } as BenchTarget, close: async () => {} }
     : await localTarget(engineFlags, checkpoint, maxConcurrency, db);
   for (const path of [values["save-result"], values.plot]) if (path) mkdirSync(dirname(path), { recursive: true });
   try {
-    await runBench(target, {
+    const result = await runBench(target, {
       workload,
       workloadOfRound: (round) => buildWorkload({ numPrompts, inputLen, outputLen, rangeRatio, prefixLen, sharedPrefixes, seed: seed + round, promptFormat }, tokenizer),
       load,
@@ -154,9 +166,51 @@ export async function benchCommand(args: string[]): Promise<void> {
       },
     });
     if (values["json-schema"]) await printGrammarCost(target.baseUrl);
+    if (peer) {
+      const peerResult = await comparePeer(target.baseUrl, checkpoint, engineFlags.quantization ?? "none", workload, maxConcurrency, engineFlags.intraOpThreads, tokenizer, result);
+      if (values["save-result"]) writeFileSync(values["save-result"], `${JSON.stringify({ ...result, ...peerResult }, null, 2)}\n`);
+    }
   } finally {
     await close();
   }
+}
+
+/**
+ * --peer llama.cpp: the workload through llama.cpp on the same checkpoint, converted to the GGUF
+ * type that matches --quantization. An F32 conversion must first give tokenmill's own greedy
+ * text for the first prompt, or nothing is timed.
+ */
+async function comparePeer(
+  baseUrl: string, checkpoint: Checkpoint, quantization: Quantization, workload: BenchRequest[], concurrency: number, threads: number | undefined,
+  tokenizer: BenchTokenizer, result: Record<string, unknown>,
+): Promise<Record<string, unknown>> {
+  const type = ({ none: "F32", int8: "Q8_0", int4: "Q4_0" } as const)[quantization];
+  const gguf = ensureGguf(checkpoint.dir, type);
+  const prompts = workload.map((r) => r.prompt as number[]);
+  const outputLens = workload.map((r) => r.outputLen);
+  const peerThreads = threads ?? Math.max(1, Math.min(4, availableParallelism()));
+  if (type === "F32") {
+    const n = 8;
+    const { greedy } = await runLlamaPeer({ gguf, prompts: [prompts[0]], outputLens: [n], concurrency: 1, threads: peerThreads, greedyOf: n });
+    const response = await fetch(`${baseUrl}/v1/completions`, {
+      method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: checkpoint.name, prompt: prompts[0], max_tokens: n, temperature: 0, ignore_eos: true }),
+    });
+    const ours = ((await response.json()) as { choices: { text: string }[] }).choices[0].text;
+    const theirs = tokenizer.decode(greedy ?? []);
+    if (ours !== theirs) throw new Error(`--peer llama.cpp: the F32 GGUF does not give tokenmill's greedy text for the first prompt (${JSON.stringify(ours)} vs ${JSON.stringify(theirs)}): nothing timed`);
+    console.log(`peer check: llama.cpp on the F32 GGUF gives tokenmill's first ${n} greedy tokens`);
+  }
+  const peer = await runLlamaPeer({ gguf, prompts, outputLens, concurrency, threads: peerThreads });
+  const ours = Number(result.output_throughput);
+  const meanTtft = peer.ttftMs.reduce((a, b) => a + b, 0) / Math.max(1, peer.ttftMs.length);
+  const ratio = ours / peer.outputThroughput;
+  console.log(`peer llama.cpp (${type}, ${peerThreads} threads, ${concurrency} sequences): ${peer.outputThroughput.toFixed(1)} output tok/s, mean TTFT ${meanTtft.toFixed(1)} ms; ` +
+    `tokenmill ${ours.toFixed(1)} tok/s, mean TTFT ${Number(result.mean_ttft_ms).toFixed(1)} ms; peer_ratio = ${ratio.toFixed(3)}`);
+  return {
+    peer: { name: "llama.cpp", gguf_type: type, threads: peerThreads, completed: peer.completed, output_throughput: peer.outputThroughput, mean_ttft_ms: meanTtft, duration: peer.durationS },
+    peer_ratio: ratio,
+  };
 }
 
 /** --json-schema FILE as the request field each endpoint takes. */

@@ -42,6 +42,24 @@ describe("tokenmill bench", () => {
     expect(svg.startsWith("<svg")).toBe(true);
   });
 
+  it("--peer llama.cpp: converts the checkpoint to GGUF, checks the F32 conversion against tokenmill's greedy tokens, and reports peer_ratio from one run", () => {
+    const dir = mkdtempSync(join(tmpdir(), "tokenmill-bench-peer-"));
+    const { status, stdout, stderr } = runCli(["bench", ...SMALL, "--max-concurrency", "2", "--rounds", "1", "--peer", "llama.cpp", "--save-result", join(dir, "result.json")]);
+    expect(status, stderr).toBe(0);
+    expect(stdout).toContain("peer check: llama.cpp on the F32 GGUF gives tokenmill's first 8 greedy tokens");
+    expect(stdout).toMatch(/peer_ratio = \d/);
+    const result = JSON.parse(readFileSync(join(dir, "result.json"), "utf8"));
+    expect(result.peer).toMatchObject({ name: "llama.cpp", gguf_type: "F32", completed: 4 });
+    expect(result.peer.output_throughput).toBeGreaterThan(0);
+    expect(result.peer_ratio).toBeCloseTo(result.output_throughput / result.peer.output_throughput, 6);
+    const int8 = runCli(["bench", ...SMALL, "--max-concurrency", "2", "--rounds", "1", "--quantization", "int8", "--peer", "llama.cpp", "--save-result", join(dir, "int8.json")]);
+    expect(int8.status, int8.stderr).toBe(0);
+    expect(JSON.parse(readFileSync(join(dir, "int8.json"), "utf8")).peer).toMatchObject({ gguf_type: "Q8_0", completed: 4 });
+    const refused = runCli(["bench", ...SMALL, "--peer", "llama.cpp", "--endpoint", "chat"]);
+    expect(refused.status).not.toBe(0);
+    expect(refused.stderr).toMatch(/--peer llama.cpp runs the model in this process on completions with token-id prompts/);
+  });
+
   it("loads any OpenAI-compatible endpoint with --base-url, through the chat API too", async () => {
     const dir = mkdtempSync(join(tmpdir(), "tokenmill-bench-"));
     const { status, stderr } = await runCliAsync([
