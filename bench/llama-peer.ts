@@ -5,10 +5,58 @@
  * cores node-llama-cpp's default pool competes with its own threads), so the two sides never
  * share a process or run at once.
  *
- * node-llama-cpp is a devDependency: `npm start` never loads it, and the bundle doesn't carry it.
+ * node-llama-cpp is installed on first use into the cache (.cache/peers/), from the npm registry,
+ * at a pinned version: not as a dependency, because its package lists a prebuilt binary for
+ * every platform as an optional dependency, and a registry mirror that carries only this
+ * platform's (as this project's does) leaves package-lock.json unable to satisfy `npm ci`.
+ * `npm start` never loads it, and the bundle doesn't carry it.
  */
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { cacheDir } from "../models/cache-dir.ts";
+
+/** The node-llama-cpp version the peer runs (3.x: a prebuilt CPU binary for Linux x64). */
+export const NODE_LLAMA_CPP_VERSION = "3.22.1";
+
+/** node-llama-cpp's folder in the cache, installed (npm install, scripts off) when missing. */
+export function ensureNodeLlamaCpp(): string {
+  const prefix = cacheDir("peers", `node-llama-cpp-${NODE_LLAMA_CPP_VERSION}`);
+  const pkg = join(prefix, "node_modules", "node-llama-cpp");
+  if (existsSync(join(pkg, "package.json"))) return pkg;
+  mkdirSync(prefix, { recursive: true });
+  console.error(`installing node-llama-cpp ${NODE_LLAMA_CPP_VERSION} into ${prefix} (once)`);
+  // NOTE: only this platform's CPU binary (85 MB here, where every variant, CUDA's included, is 725 MB).
+  const binaries: Record<string, string> = { "linux-x64": "linux-x64", "linux-arm64": "linux-arm64", "darwin-arm64": "mac-arm64-metal", "darwin-x64": "mac-x64", "win32-x64": "win-x64" };
+  const binary = binaries[`${process.platform}-${process.arch}`];
+  const packages = binary ? ["--omit=optional", `node-llama-cpp@${NODE_LLAMA_CPP_VERSION}`, `@node-llama-cpp/${binary}@${NODE_LLAMA_CPP_VERSION}`] : [`node-llama-cpp@${NODE_LLAMA_CPP_VERSION}`];
+  const npm = spawnSync("npm", ["install", "--prefix", prefix, "--no-save", "--ignore-scripts", "--no-audit", "--no-fund", ...packages], {
+    stdio: ["ignore", "ignore", "pipe"], encoding: "utf8",
+  });
+  if (npm.status !== 0 || !existsSync(join(pkg, "package.json"))) {
+    throw new Error(`could not install node-llama-cpp ${NODE_LLAMA_CPP_VERSION} (npm install exited ${npm.status}): ${(npm.stderr ?? "").trim().split("\n").slice(-2).join(" | ")}`);
+  }
+  return pkg;
+}
+
+/** What the peer uses of node-llama-cpp's API. */
+interface LlamaCpp {
+  getLlama(options: { gpu: false; build: "never"; logLevel: unknown }): Promise<{ loadModel(o: { modelPath: string }): Promise<LlamaModel> }>;
+  LlamaLogLevel: { error: unknown };
+}
+interface LlamaModel {
+  createContext(o: { contextSize: number; sequences: number; threads: number; batchSize: number }): Promise<LlamaContext>;
+  dispose(): Promise<void>;
+}
+interface LlamaContext {
+  getSequence(): LlamaSequence;
+  dispose(): Promise<void>;
+}
+interface LlamaSequence {
+  clearHistory(): Promise<void>;
+  evaluate(tokens: number[], options: { temperature: number }): AsyncIterable<number>;
+}
 
 export interface PeerWork {
   gguf: string;
@@ -30,12 +78,13 @@ export interface PeerResult {
   greedy?: number[];
 }
 
-/** Runs the work in a child process; rejects with its stderr when it fails. */
+/** Runs the work in a child process (node-llama-cpp installed first when missing); rejects with its stderr when it fails. */
 export function runLlamaPeer(work: PeerWork): Promise<PeerResult> {
+  const pkg = ensureNodeLlamaCpp();
   const self = fileURLToPath(import.meta.url);
   const args = self.endsWith(".ts") ? ["--import", "tsx", self] : [self];
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { env: { ...process.env, UV_THREADPOOL_SIZE: "1" }, stdio: ["pipe", "pipe", "pipe"] });
+    const child = spawn(process.execPath, args, { env: { ...process.env, UV_THREADPOOL_SIZE: "1", TOKENMILL_NODE_LLAMA_CPP: pkg }, stdio: ["pipe", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     child.stdout!.on("data", (d) => (stdout += d));
@@ -50,12 +99,9 @@ export function runLlamaPeer(work: PeerWork): Promise<PeerResult> {
 }
 
 async function run(work: PeerWork): Promise<PeerResult> {
-  let llamaCpp: typeof import("node-llama-cpp");
-  try {
-    llamaCpp = await import("node-llama-cpp");
-  } catch {
-    throw new Error("node-llama-cpp is not installed (it is a devDependency: run npm ci in the source tree)");
-  }
+  const pkg = process.env.TOKENMILL_NODE_LLAMA_CPP!;
+  const entry = (JSON.parse(readFileSync(join(pkg, "package.json"), "utf8")) as { main?: string }).main ?? "dist/index.js";
+  const llamaCpp = (await import(pathToFileURL(join(pkg, entry)).href)) as LlamaCpp;
   const llama = await llamaCpp.getLlama({ gpu: false, build: "never", logLevel: llamaCpp.LlamaLogLevel.error });
   const model = await llama.loadModel({ modelPath: work.gguf });
   const longest = Math.max(...work.prompts.map((p, i) => p.length + work.outputLens[i]));
@@ -65,9 +111,9 @@ async function run(work: PeerWork): Promise<PeerResult> {
   const generate = async (sequence: (typeof sequences)[number], prompt: number[], n: number, onFirst: () => void): Promise<number[]> => {
     await sequence.clearHistory();
     const tokens: number[] = [];
-    for await (const token of sequence.evaluate(prompt.map((t) => t as never), { temperature: 0 })) {
+    for await (const token of sequence.evaluate(prompt, { temperature: 0 })) {
       if (tokens.length === 0) onFirst();
-      tokens.push(token as number);
+      tokens.push(token);
       if (tokens.length >= n) break;
     }
     return tokens;

@@ -40,7 +40,7 @@ Results:
   --compare-sequential          the same workload served one request at a time, with the ratio
   --compare-quantization Q      the same server with --quantization Q, rounds alternating: quantization_speedup
   --rounds N (3)                alternating rounds for the comparisons (medians are compared)
-  --peer llama.cpp              the same workload through llama.cpp (node-llama-cpp, a devDependency) on a GGUF of the same
+  --peer llama.cpp              the same workload through llama.cpp (node-llama-cpp, installed once into .cache/peers) on a GGUF of the same
                                 checkpoint (F32, Q8_0 or Q4_0 as --quantization is none, int8 or int4), after tokenmill's run,
                                 in its own process; an F32 conversion is first checked against tokenmill's greedy tokens;
                                 reports peer_ratio (tokenmill's output tok/s / llama.cpp's); completions with token-id prompts

@@ -3,6 +3,7 @@ import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 
 export function cacheDir(...parts: string[]): string {
-  const root = process.env.TOKENMILL_CACHE_DIR ?? fileURLToPath(new URL("../.cache", import.meta.url));
+  // NOTE: an empty TOKENMILL_CACHE_DIR counts as unset (else the cache would land in the working directory).
+  const root = process.env.TOKENMILL_CACHE_DIR || fileURLToPath(new URL("../.cache", import.meta.url));
   return join(root, ...parts);
 }
