@@ -17,6 +17,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { serveProcess, type Serving } from "../../bench/serve-process.ts";
 import { startPostgres, type TestPostgres } from "../helpers/postgres.ts";
+import { promtool } from "../helpers/promtool.ts";
 import { until } from "../helpers/until.ts";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -100,10 +101,11 @@ describe("the compose replicas topology, as processes on loopback", () => {
     }
   });
 
-  it.skipIf(!spawnSync("sh", ["-c", "command -v promtool"]).stdout.length)("exports metrics promtool's lint accepts, but for the vllm: names the inference gateway reads", async () => {
+  it("exports metrics promtool's lint accepts, but for the vllm: names the inference gateway reads", async () => {
+    const promtoolPath = promtool();
     for (const server of [router, replicaA]) {
       const text = await (await fetch(`${server.url}/metrics`)).text();
-      const lint = spawnSync("promtool", ["check", "metrics"], { input: text, encoding: "utf8" });
+      const lint = spawnSync(promtoolPath, ["check", "metrics"], { input: text, encoding: "utf8" });
       const problems = (lint.stdout + lint.stderr).split("\n").filter(Boolean);
       expect(problems.filter((p) => !/^vllm:[a-z_]+ metric names should not contain ':'$/.test(p)), server.name).toEqual([]);
     }

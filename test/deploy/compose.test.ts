@@ -16,6 +16,7 @@ import { Ajv2019 } from "ajv/dist/2019.js";
 import { parse as parseYaml } from "yaml";
 import { describe, expect, it } from "vitest";
 import { readServeConfig } from "../../bin/serve-config.ts";
+import { promtool } from "../helpers/promtool.ts";
 
 const require = createRequire(import.meta.url);
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -37,9 +38,6 @@ const validateCompose = ajv.compile({ ...(withoutIds(composeSchema) as object), 
 const yaml = (path: string) => parseYaml(readFileSync(path, "utf8"), { merge: true }) as Json;
 const problems = () => (validateCompose.errors ?? []).map((e) => `${e.instancePath} ${e.message} ${JSON.stringify(e.params)}`);
 
-/** promtool, which CI installs (Debian's prometheus package); elsewhere these checks skip when it is missing. */
-const promtool = spawnSync("sh", ["-c", "command -v promtool"], { encoding: "utf8" }).stdout.trim();
-if (!promtool && process.env.CI) throw new Error("CI runs the promtool checks, and promtool is missing (apt-get install prometheus, as .ci/run does)");
 
 describe("the compose files", () => {
   it("validate against the Compose Specification's schema, and a wrong field fails naming it", () => {
@@ -96,8 +94,9 @@ describe("the compose files", () => {
     }
   });
 
-  it.skipIf(!promtool)("promtool: Prometheus's config is valid, and every dashboard query parses as PromQL", () => {
-    const config = spawnSync(promtool, ["check", "config", "--syntax-only", join(COMPOSE, "prometheus.yml")], { encoding: "utf8" });
+  it("promtool: Prometheus's config is valid, and every dashboard query parses as PromQL", () => {
+    const promtoolPath = promtool();
+    const config = spawnSync(promtoolPath, ["check", "config", "--syntax-only", join(COMPOSE, "prometheus.yml")], { encoding: "utf8" });
     expect(config.status, config.stdout + config.stderr).toBe(0);
     const dashboard = JSON.parse(readFileSync(join(COMPOSE, "grafana/dashboards/tokenmill.json"), "utf8")) as { panels: { targets: { expr: string }[] }[] };
     const dir = mkdtempSync(join(tmpdir(), "tokenmill-promql-"));
@@ -105,10 +104,10 @@ describe("the compose files", () => {
       // NOTE: promtool parses a rules file's expressions: each query becomes a recording rule.
       const rules = { groups: [{ name: "dashboard", rules: dashboard.panels.flatMap((p, i) => p.targets.map((t, j) => ({ record: `dashboard:panel_${i}_${j}`, expr: t.expr }))) }] };
       writeFileSync(join(dir, "rules.yml"), JSON.stringify(rules));
-      const checked = spawnSync(promtool, ["check", "rules", join(dir, "rules.yml")], { encoding: "utf8" });
+      const checked = spawnSync(promtoolPath, ["check", "rules", join(dir, "rules.yml")], { encoding: "utf8" });
       expect(checked.status, checked.stdout + checked.stderr).toBe(0);
       writeFileSync(join(dir, "bad.yml"), JSON.stringify({ groups: [{ name: "bad", rules: [{ record: "bad:x", expr: "sum by (instance (rate(tokenmill_generation_tokens_total[1m]))" }] }] }));
-      expect(spawnSync(promtool, ["check", "rules", join(dir, "bad.yml")], { encoding: "utf8" }).status).not.toBe(0);
+      expect(spawnSync(promtoolPath, ["check", "rules", join(dir, "bad.yml")], { encoding: "utf8" }).status).not.toBe(0);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
