@@ -7,8 +7,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startPostgres, type TestPostgres } from "../helpers/postgres.ts";
+import { describe, expect, it } from "vitest";
+import { testDatabase } from "../helpers/test-database.ts";
 import { ledgerRows } from "../helpers/ledger-rows.ts";
 import { serveProcess } from "../helpers/serve-process.ts";
 import { until } from "../helpers/until.ts";
@@ -46,21 +46,10 @@ async function openStream(url: string): Promise<void> {
 
 for (const kind of ["sqlite", "postgres"] as const) {
   describe(`the ledger survives kill -9 on ${kind}`, () => {
-    let pg: TestPostgres | null = null;
-    let dir: string;
-    let db: string;
-    beforeAll(async () => {
-      dir = mkdtempSync(join(tmpdir(), "tokenmill-kill-"));
-      if (kind === "postgres") pg = await startPostgres();
-      db = pg ? pg.url : `sqlite:${join(dir, "tokenmill.db")}`;
-    }, 60_000);
-    afterAll(() => {
-      pg?.stop();
-      rmSync(dir, { recursive: true, force: true });
-    });
+    const database = testDatabase(kind, "kill");
 
     it("keeps every completed request, and the next start marks the 20 in flight interrupted", async () => {
-      const first = await serve(db, "r1", dir);
+      const first = await serve(database.url, "r1", database.dir);
       const seen: Usage[] = [];
       try {
         for (let i = 0; i < 5; i++) seen.push(await complete(first.url, `request ${i}`));
@@ -69,22 +58,22 @@ for (const kind of ["sqlite", "postgres"] as const) {
         first.child.kill("SIGKILL");
         await first.exited;
       }
-      const before = await ledgerRows(db);
+      const before = await ledgerRows(database.url);
       const completed = before.filter((r) => r.status === "completed");
       expect(completed).toHaveLength(5);
       expect(completed.reduce((s, r) => s + r.output_tokens, 0)).toBe(seen.reduce((s, u) => s + u.completion_tokens, 0));
       expect(completed.reduce((s, r) => s + r.uncached_input_tokens + r.cached_input_tokens, 0)).toBe(seen.reduce((s, u) => s + u.prompt_tokens, 0));
       expect(before.filter((r) => r.status === "in_flight")).toHaveLength(20);
 
-      const second = await serve(db, "r1", dir);
+      const second = await serve(database.url, "r1", database.dir);
       second.child.kill("SIGTERM");
       await second.exited;
-      const after = await ledgerRows(db);
+      const after = await ledgerRows(database.url);
       expect(after.filter((r) => r.status === "interrupted")).toHaveLength(20);
       expect(after.filter((r) => r.status === "completed")).toHaveLength(5);
       expect(after).toHaveLength(25);
       if (kind === "sqlite") {
-        const sqlite = new Database(db.slice("sqlite:".length), { readonly: true });
+        const sqlite = new Database(database.url.slice("sqlite:".length), { readonly: true });
         expect(sqlite.pragma("integrity_check", { simple: true })).toBe("ok");
         sqlite.close();
       }
@@ -122,20 +111,11 @@ describe("SIGTERM", () => {
 });
 
 describe("two replicas on one PostgreSQL", () => {
-  let pg: TestPostgres;
-  let dir: string;
-  beforeAll(async () => {
-    pg = await startPostgres();
-    dir = mkdtempSync(join(tmpdir(), "tokenmill-replicas-"));
-  }, 60_000);
-  afterAll(() => {
-    pg?.stop();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const database = testDatabase("postgres", "replicas");
 
   it("meter into one ledger whose sums match what their clients saw", async () => {
     // Started together, so that their migrations race.
-    const [a, b] = await Promise.all([serve(pg.url, "a", dir), serve(pg.url, "b", dir)]);
+    const [a, b] = await Promise.all([serve(database.url, "a", database.dir), serve(database.url, "b", database.dir)]);
     const seen: Usage[] = [];
     try {
       await Promise.all([a, b].flatMap((replica, r) => Array.from({ length: 6 }, async (_, i) => seen.push(await complete(replica.url, `replica ${r} request ${i}`)))));
@@ -143,7 +123,7 @@ describe("two replicas on one PostgreSQL", () => {
       for (const replica of [a, b]) replica.child.kill("SIGTERM");
       await Promise.all([a.exited, b.exited]);
     }
-    const ledger = await ledgerRows(pg.url);
+    const ledger = await ledgerRows(database.url);
     expect(ledger).toHaveLength(12);
     expect(ledger.every((r) => r.status === "completed")).toBe(true);
     expect(new Set(ledger.map((r) => r.replica))).toEqual(new Set(["a", "b"]));

@@ -12,7 +12,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startPostgres, type TestPostgres } from "../helpers/postgres.ts";
+import { testDatabase } from "../helpers/test-database.ts";
 import { ledgerRows } from "../helpers/ledger-rows.ts";
 import { serveProcess, type Serving } from "../helpers/serve-process.ts";
 import { until } from "../helpers/until.ts";
@@ -83,25 +83,16 @@ function expectLedgerMatches(outcomes: Outcome[], rows: Awaited<ReturnType<typeo
 }
 
 describe("PostgreSQL stopped under traffic, then started again", () => {
-  let pg: TestPostgres;
-  let dir: string;
-  beforeAll(async () => {
-    pg = await startPostgres();
-    dir = mkdtempSync(join(tmpdir(), "tokenmill-outage-"));
-  }, 60_000);
-  afterAll(() => {
-    pg?.stop();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const database = testDatabase("postgres", "outage");
 
   it("never crashes, refuses with 503 while it can't bill, serves again after, and bills exactly what it served", async () => {
-    const server = await serveProcess(pg.url, "outage", dir);
+    const server = await serveProcess(database.url, "outage", database.dir);
     let exitedEarly = false;
     void server.exited.then(() => (exitedEarly = true));
     try {
       const load = traffic(server.url, 4);
       await new Promise((resolve) => setTimeout(resolve, 1500));
-      pg.pause();
+      database.pg!.pause();
       const during: { status: number; code?: string }[] = [];
       // NOTE: the workers' requests admitted before the stop wait for their rows; these probes are sent while it lasts.
       const probes: Promise<Outcome>[] = [];
@@ -110,7 +101,7 @@ describe("PostgreSQL stopped under traffic, then started again", () => {
         during.push(await healthOf(server.url));
         probes.push(chat(server.url, i % 2 === 0));
       }
-      pg.resume();
+      database.pg!.resume();
       let healthy = false;
       for (let i = 0; i < 100 && !healthy; i++) {
         healthy = (await healthOf(server.url)).status === 200;
@@ -127,7 +118,7 @@ describe("PostgreSQL stopped under traffic, then started again", () => {
       // Requests after the database came back are served.
       expect(worked.slice(-4).filter((o) => o.status === 200).length).toBeGreaterThan(0);
       await server.stop();
-      expectLedgerMatches(outcomes, await ledgerRows(pg.url));
+      expectLedgerMatches(outcomes, await ledgerRows(database.url));
     } finally {
       server.child.kill("SIGKILL");
     }

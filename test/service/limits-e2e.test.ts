@@ -14,7 +14,7 @@ import { webhookSignature } from "../../service/limits/alerts.ts";
 import { openStore } from "../../service/store/open-store.ts";
 import type { RunningServer } from "../../server/serve.ts";
 import { ADMIN, MODEL, burst, chat, createKey, startWebhookReceiver, statuses } from "../helpers/limits.ts";
-import { startPostgres, type TestPostgres } from "../helpers/postgres.ts";
+import { testDatabase } from "../helpers/test-database.ts";
 import { startTestServer } from "../helpers/server.ts";
 
 /** $1 per million output tokens, input free: a request costs exactly its output tokens in micro-USD. */
@@ -33,20 +33,11 @@ async function ledgerSpend(dbUrl: string, keyId: string): Promise<{ served: numb
 for (const kind of ["sqlite", "postgres"] as const) {
   describe(`limits under concurrency on ${kind}, one process`, () => {
     let server: RunningServer;
-    let pg: TestPostgres | null = null;
-    let dir: string;
-    let dbUrl: string;
+    const database = testDatabase(kind, "limits-e2e");
     beforeAll(async () => {
-      dir = mkdtempSync(join(tmpdir(), "tokenmill-limits-e2e-"));
-      if (kind === "postgres") pg = await startPostgres();
-      dbUrl = pg ? pg.url : `sqlite:${join(dir, "tokenmill.db")}`;
-      server = await startTestServer({ db: { url: dbUrl, replica: "one", prices: PRICES }, adminKeys: [ADMIN] });
+      server = await startTestServer({ db: { url: database.url, replica: "one", prices: PRICES }, adminKeys: [ADMIN] });
     }, 120_000);
-    afterAll(async () => {
-      await server?.close();
-      pg?.stop();
-      rmSync(dir, { recursive: true, force: true });
-    });
+    afterAll(async () => server?.close());
 
     it("a budget of B with requests reserving c serves exactly B/c of 3·B/c at once, and the ledger's spend is B", async () => {
       // Each request reserves and spends c = 8 micro-USD (8 output tokens, ignore_eos); B = 5c.
@@ -58,7 +49,7 @@ for (const kind of ["sqlite", "postgres"] as const) {
       expect(refused.headers.get("retry-after")).toBeNull();
       expect(refused.body.error).toMatchObject({ type: "insufficient_quota", param: null });
       expect(String((refused.body.error as { message: string }).message)).toMatch(/\$0\.000040 per day.*resets at \d{4}-\d\d-\d\dT00:00:00\.000Z/);
-      expect(await ledgerSpend(dbUrl, key.id)).toEqual({ served: 5, costMicroUsd: 40 });
+      expect(await ledgerSpend(database.url, key.id)).toEqual({ served: 5, costMicroUsd: 40 });
     });
 
     it("an RPM limit of R admits exactly R of 3R simultaneous requests", async () => {

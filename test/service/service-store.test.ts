@@ -3,16 +3,13 @@
  * suite, run twice. Keys (hashed, shown once, revoked within the cache's second) and the
  * ledger (one idempotent row per request, in_flight rows of a crash marked interrupted).
  */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CACHE_MS, KeyStore, hashSecret } from "../../service/keys.ts";
 import { Ledger } from "../../service/ledger.ts";
 import { PriceBook, costMicroUsd, microUsdPerMtok } from "../../service/prices.ts";
 import type { Settlement } from "../../service/settlement.ts";
 import { openStore, type Store } from "../../service/store/open-store.ts";
-import { startPostgres, type TestPostgres } from "../helpers/postgres.ts";
+import { testDatabase } from "../helpers/test-database.ts";
 
 const settlement = (id: string, overrides: Partial<Settlement> = {}): Settlement => ({
   id, requestId: `http-${id}`, keyId: "key_a", model: "m", endpoint: "/v1/chat/completions", startedMs: 1000, finishedMs: 1500, ttftMs: 40,
@@ -21,24 +18,15 @@ const settlement = (id: string, overrides: Partial<Settlement> = {}): Settlement
 
 for (const kind of ["sqlite", "postgres"] as const) {
   describe(`the store on ${kind}`, () => {
-    let pg: TestPostgres | null = null;
-    let dir: string;
-    let url: string;
+    const database = testDatabase(kind, "store");
     let store: Store;
     beforeAll(async () => {
-      dir = mkdtempSync(join(tmpdir(), "tokenmill-store-"));
-      if (kind === "postgres") pg = await startPostgres();
-      url = pg ? pg.url : `sqlite:${join(dir, "tokenmill.db")}`;
-      store = await openStore(url);
+      store = await openStore(database.url);
     }, 60_000);
-    afterAll(async () => {
-      await store?.close();
-      pg?.stop();
-      rmSync(dir, { recursive: true, force: true });
-    });
+    afterAll(async () => store?.close());
 
     it("migrates once, and a second open (another replica) finds the schema current", async () => {
-      const [again, third] = await Promise.all([openStore(url), openStore(url)]);
+      const [again, third] = await Promise.all([openStore(database.url), openStore(database.url)]);
       expect(again.kind).toBe(kind);
       await Promise.all([again.close(), third.close()]);
     });
