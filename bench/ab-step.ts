@@ -7,11 +7,12 @@
  *     --b quantization=none,fuse=false --batch 32 --context 192 --steps 16 --prefills 3
  *
  * A build is comma-separated key=value: quantization (none|int8|int4), fuse (true|false),
- * block (the quantization block size).
+ * block (the quantization block size), kv (the KV cache dtype: float32|float16|int8).
  */
 import { parseArgs } from "node:util";
 import type { GraphBuildOptions } from "../models/build-graph.ts";
 import { QUANTIZATIONS, type Quantization } from "../models/graph/quantize.ts";
+import { KV_CACHE_DTYPES, type KvCacheDtype } from "../models/graph/kv-dtype.ts";
 import { modelDirOf, openStepFixture, type StepFixture } from "./step-fixture.ts";
 
 const { values } = parseArgs({
@@ -35,7 +36,8 @@ export function parseBuild(text: string): GraphBuildOptions {
     if (key === "quantization" && QUANTIZATIONS.includes(value as Quantization)) build.quantization = value as Quantization;
     else if (key === "fuse" && (value === "true" || value === "false")) build.fuseProjections = value === "true";
     else if (key === "block" && /^\d+$/.test(value)) build.quantBlockSize = Number(value);
-    else throw new Error(`bad build option ${JSON.stringify(part)}: use quantization=none|int8|int4, fuse=true|false, block=N`);
+    else if (key === "kv" && KV_CACHE_DTYPES.includes(value as KvCacheDtype)) build.kvCacheDtype = value as KvCacheDtype;
+    else throw new Error(`bad build option ${JSON.stringify(part)}: use quantization=none|int8|int4, fuse=true|false, block=N, kv=float32|float16|int8`);
   }
   return build;
 }

@@ -47,9 +47,10 @@ export async function openStepFixture(modelDir: string, build: GraphBuildOptions
   const { config } = graph;
   const blockSize = 16;
   const blocksPerSeq = Math.ceil(Math.max(context + options.steps + 2, prefillLen) / blockSize);
-  const bytesPerBlock = KvBuffers.bytesPerBlock({ numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize });
+  const { kvCacheDtype } = graph;
+  const bytesPerBlock = KvBuffers.bytesPerBlock({ numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize, dtype: kvCacheDtype });
   const runner = await OnnxRunner.create({
-    graphPath: graph.graphPath, config, device: "cpu", blockSize, kvCacheBytes: (1 + (batch + 1) * blocksPerSeq) * bytesPerBlock,
+    graphPath: graph.graphPath, config, device: "cpu", blockSize, kvCacheBytes: (1 + (batch + 1) * blocksPerSeq) * bytesPerBlock, kvCacheDtype,
     intraOpThreads: options.threads ?? 0, profileFilePrefix: options.profileFilePrefix,
   });
   const rng = new Prng(1);

@@ -6,13 +6,14 @@ import { FlagError, bytesFlag, enumFlag, flagValue, intFlag, numberFlag, optiona
 import { existsSync } from "node:fs";
 import { SYNTHETIC_MODELS, ensureDefaultModel, ensureSyntheticModel } from "../models/synthetic/default-model.ts";
 import { readCheckpoint, type Checkpoint } from "../models/checkpoint.ts";
-import { GRAPH_DTYPES, QUANTIZATIONS, dtypeProblem } from "../models/index.ts";
+import { GRAPH_DTYPES, KV_CACHE_DTYPES, QUANTIZATIONS, dtypeProblem, kvCacheDtypeProblem } from "../models/index.ts";
 import { ModelTokenizer } from "../models/tokenizer.ts";
 
 export const ENGINE_FLAGS = {
   model: { type: "string" },
   device: { type: "string", default: DEFAULT_ENGINE_OPTIONS.device },
   "kv-cache-memory": { type: "string", default: "2GiB" },
+  "kv-cache-dtype": { type: "string", default: "auto" },
   "block-size": { type: "string", default: String(DEFAULT_ENGINE_OPTIONS.blockSize) },
   "max-num-seqs": { type: "string", default: String(DEFAULT_ENGINE_OPTIONS.maxNumSeqs) },
   "max-num-batched-tokens": { type: "string", default: String(DEFAULT_ENGINE_OPTIONS.maxNumBatchedTokens) },
@@ -39,6 +40,10 @@ export const ENGINE_FLAGS_HELP = `Model and engine:
                                 elsewhere); float16 needs webgpu, and no device of this build has bfloat16
   --rope-before-attention       webgpu: rotate q and k before PagedAttention instead of inside it (for A/B runs)
   --kv-cache-memory SIZE        memory for the KV pool (host, or GPU on webgpu), e.g. 2GiB (default 2GiB)
+  --kv-cache-dtype auto|float32|float16|int8
+                                how the KV pool stores keys and values (default auto: float32 on cpu and cuda,
+                                float16 on webgpu); float16 and int8 (per token and head scales) hold 2x and ~3.9x
+                                the tokens in the same --kv-cache-memory; webgpu takes float16 only
   --block-size N                tokens per KV block (default 16; webgpu: a power of two from 16)
   --max-num-seqs N              running sequences per step (default ${DEFAULT_ENGINE_OPTIONS.maxNumSeqs})
   --max-num-batched-tokens N    token budget per step (default ${DEFAULT_ENGINE_OPTIONS.maxNumBatchedTokens})
@@ -79,13 +84,16 @@ const blockSizeFlag: Flag<number> = { schema: z.enum(["16", "32", "64", "128", "
 export function readEngineFlags(values: EngineFlagValues): EngineFlags {
   const device = flagValue("device", values.device, enumFlag(...DEVICES));
   const dtype = optionalFlagValue("dtype", values.dtype, enumFlag(...GRAPH_DTYPES));
-  const problem = dtype === undefined ? null : dtypeProblem(dtype, device);
+  const kvDtype = flagValue("kv-cache-dtype", values["kv-cache-dtype"] ?? "auto", enumFlag("auto", ...KV_CACHE_DTYPES));
+  const kvCacheDtype = kvDtype === "auto" ? undefined : kvDtype;
+  const problem = (dtype === undefined ? null : dtypeProblem(dtype, device)) ?? (kvCacheDtype === undefined ? null : kvCacheDtypeProblem(kvCacheDtype, device));
   if (problem) throw new FlagError(problem);
   return {
     device,
     ...(dtype !== undefined ? { dtype } : {}),
     ...(values["rope-before-attention"] === true ? { ropeInAttention: false } : {}),
     kvCacheMemoryBytes: flagValue("kv-cache-memory", values["kv-cache-memory"], bytesFlag),
+    ...(kvCacheDtype !== undefined ? { kvCacheDtype } : {}),
     blockSize: flagValue("block-size", values["block-size"], intFlag(1, 1024)),
     maxNumSeqs: flagValue("max-num-seqs", values["max-num-seqs"], intFlag(1)),
     maxNumBatchedTokens: flagValue("max-num-batched-tokens", values["max-num-batched-tokens"], intFlag(1)),

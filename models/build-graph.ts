@@ -18,15 +18,16 @@ import { buildDecoderGraph } from "./graph/decoder-graph.ts";
 import type { WeightSource } from "./graph/layers.ts";
 import { DataType, OnnxGraph } from "./graph/onnx-graph.ts";
 import type { AttentionKind } from "./graph/step-attention.ts";
+import type { KvCacheDtype } from "./graph/kv-dtype.ts";
 import { openWeights } from "./weights/safetensors.ts";
 
 /** Bump when the graph's inputs, outputs or numerics change. */
-const BUILDER_VERSION = 5;
+const BUILDER_VERSION = 6;
 /** NOTE: the builder's own source is part of the key too, so editing it can never serve a stale graph. */
 // NOTE: compiled to JavaScript (the bundle), the builder's sources are the .js files beside this one.
 const SOURCE_EXT = import.meta.url.endsWith(".js") ? ".js" : ".ts";
 const BUILDER_SOURCES = [
-  "graph/decoder-graph", "graph/gathered-attention", "graph/step-attention", "graph/layers", "graph/onnx-graph", "graph/quantize",
+  "graph/decoder-graph", "graph/gathered-attention", "graph/step-attention", "graph/kv-dtype", "graph/layers", "graph/onnx-graph", "graph/quantize",
   "config", "families", "weights/float-formats",
 ].map((name) => name + SOURCE_EXT);
 
@@ -53,6 +54,11 @@ export interface GraphBuildOptions {
    * ones, as measured by bench/ab-step.ts (README, "Quantized weights").
    */
   fuseProjections?: boolean;
+  /**
+   * How the host pool stores K/V (kv-dtype.ts; default float32). The device pool is float16,
+   * the only pool PagedAttention reads; see kvCacheDtypeProblem.
+   */
+  kvCacheDtype?: KvCacheDtype;
 }
 
 export interface BuildOptions {
@@ -73,6 +79,7 @@ export function normalizedBuildOptions(build: GraphBuildOptions = {}): Required<
     device,
     fuseProjections: build.fuseProjections ?? quantization !== "none",
     ropeInAttention: devicePool && (build.ropeInAttention ?? true),
+    kvCacheDtype: build.kvCacheDtype ?? (devicePool ? "float16" : "float32"),
   };
 }
 
@@ -94,6 +101,12 @@ export function dtypeProblem(dtype: GraphDtype, device: string): string | null {
   return `--dtype bfloat16 is supported on no device of this build: WebGPU has no bfloat16 type and ONNX Runtime's CPU kernels none that are fast; use float16 on webgpu or float32`;
 }
 
+/** Why a KV cache dtype can't be used on a device, or null if it can. */
+export function kvCacheDtypeProblem(kvCacheDtype: KvCacheDtype, device: string): string | null {
+  if (attentionKindFor(device) === "host-pool" || kvCacheDtype === "float16") return null;
+  return `--kv-cache-dtype ${kvCacheDtype} is for the host pool (cpu, cuda); the ${device} runner's PagedAttention pool is float16`;
+}
+
 export interface BuiltGraph {
   graphPath: string;
   config: ModelConfig;
@@ -102,17 +115,20 @@ export interface BuiltGraph {
   buildMs: number;
   /** Bytes of the graph's weights on disk (its external data file), as ONNX Runtime loads them. */
   weightsBytes: number;
+  /** How its pool stores K/V. */
+  kvCacheDtype: KvCacheDtype;
 }
 
 export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): BuiltGraph {
   const dir = resolve(checkpointDir);
   const config = readModelConfig(dir);
   const build = normalizedBuildOptions(options.build);
-  const problem = dtypeProblem(build.dtype, build.device);
+  const problem = dtypeProblem(build.dtype, build.device) ?? kvCacheDtypeProblem(build.kvCacheDtype, build.device);
   if (problem) throw new ModelError("UNSUPPORTED_DTYPE", problem);
   const outDir = cacheDir("graphs", `${basename(dir)}-${cacheKey(dir, build)}`);
   const graphPath = join(outDir, "model.onnx");
-  if (existsSync(graphPath)) return { graphPath, config, built: false, buildMs: 0, weightsBytes: weightsBytesOf(graphPath) };
+  const { kvCacheDtype } = build;
+  if (existsSync(graphPath)) return { graphPath, config, built: false, buildMs: 0, weightsBytes: weightsBytesOf(graphPath), kvCacheDtype };
 
   const started = performance.now();
   // NOTE: build into a scratch folder and rename, so an interrupted build never leaves a half-written cache entry.
@@ -131,7 +147,7 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
     const source: WeightSource = { read: (name) => ({ data: store.readFloat32(name), shape: store.info(name).shape }) };
     buildDecoderGraph(g, config, source, (layer) => bar?.update(layer + 1), {
       linears: { quantization: build.quantization, blockSize: build.quantBlockSize, fuse: build.fuseProjections },
-      attention: { kind: attentionKindFor(build.device), ropeInside: build.ropeInAttention },
+      attention: { kind: attentionKindFor(build.device), ropeInside: build.ropeInAttention, kvDtype: kvCacheDtype },
     });
     writeFileSync(join(scratch, "model.onnx"), g.finish(basename(dir)));
     writeFileSync(join(scratch, "meta.json"), JSON.stringify({ checkpoint: dir, builderVersion: BUILDER_VERSION, build, config }, null, 2));
@@ -144,7 +160,7 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
     bar?.stop();
     weights?.close();
   }
-  return { graphPath, config, built: true, buildMs: performance.now() - started, weightsBytes: weightsBytesOf(graphPath) };
+  return { graphPath, config, built: true, buildMs: performance.now() - started, weightsBytes: weightsBytesOf(graphPath), kvCacheDtype };
 }
 
 function weightsBytesOf(graphPath: string): number {

@@ -2,8 +2,9 @@
 export { readModelConfig, parseModelConfig, type ModelConfig } from "./config.ts";
 export { SUPPORTED_ARCHITECTURES } from "./families.ts";
 export { ModelError } from "./model-error.ts";
-export { GRAPH_DTYPES, dtypeProblem, ensureGraph, normalizedBuildOptions, type BuiltGraph, type GraphBuildOptions, type GraphDtype } from "./build-graph.ts";
+export { GRAPH_DTYPES, dtypeProblem, kvCacheDtypeProblem, ensureGraph, normalizedBuildOptions, type BuiltGraph, type GraphBuildOptions, type GraphDtype } from "./build-graph.ts";
 export { GRAPH_INPUTS, GRAPH_OUTPUTS, TOP_LOGPROBS, poolInputNames, presentOutputNames } from "./graph/graph-io.ts";
+export { KV_CACHE_DTYPES, hasScales, kvBytes, type KvCacheDtype } from "./graph/kv-dtype.ts";
 export { cacheDir } from "./cache-dir.ts";
 export { DEFAULT_QUANT_BLOCK_SIZE, QUANTIZATIONS, type Quantization } from "./graph/quantize.ts";
 export type { GenerationDefaults } from "./checkpoint.ts";

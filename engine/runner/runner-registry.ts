@@ -3,7 +3,7 @@
  * sizes and owns its KV cache. A CUDA runner with a device-resident pool (an addon over ORT's
  * C API IoBinding) would be one more entry.
  */
-import type { ModelConfig } from "../../models/index.ts";
+import type { KvCacheDtype, ModelConfig } from "../../models/index.ts";
 import { OnnxRunner } from "./onnx-host/onnx-runner.ts";
 import { WebGpuRunner } from "./onnx-device/webgpu-runner.ts";
 import type { StepRunner } from "./step-runner.ts";
@@ -14,6 +14,8 @@ export interface RunnerOptions {
   blockSize: number;
   /** Memory the runner may spend on its KV cache. */
   kvCacheBytes: number;
+  /** How the graph's host pool stores K/V (the graph was built for it); the device pool is float16. */
+  kvCacheDtype?: KvCacheDtype;
   intraOpThreads?: number;
 }
 

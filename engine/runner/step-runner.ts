@@ -3,6 +3,7 @@
  * (sized from bytes by the runner itself) and reports it; the scheduler and block pool see
  * only block counts.
  */
+import type { KvCacheDtype } from "../../models/index.ts";
 import type { SequenceRows } from "./step-rows.ts";
 
 export interface StepSequence {
@@ -35,6 +36,8 @@ export interface KvCacheInfo {
   /** Tokens it can hold (block 0 is the null block, never handed out). */
   numTokens: number;
   numBytes: number;
+  /** How it stores K/V (--kv-cache-dtype). */
+  dtype: KvCacheDtype;
 }
 
 export interface StepRunner {

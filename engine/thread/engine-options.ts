@@ -1,5 +1,5 @@
 /** How an engine thread is set up: the model, the device and the scheduler's limits. */
-import type { GraphDtype, Quantization } from "../../models/index.ts";
+import type { GraphDtype, KvCacheDtype, Quantization } from "../../models/index.ts";
 import type { Device } from "../runner/runner-registry.ts";
 import type { KvCacheInfo } from "../runner/step-runner.ts";
 
@@ -9,6 +9,11 @@ export interface EngineOptions {
   device: Device;
   /** Bytes of memory for the KV pool: host memory, or device memory on webgpu. */
   kvCacheMemoryBytes: number;
+  /**
+   * How the pool stores K/V (--kv-cache-dtype; unset: auto, float32 on the host pool and
+   * float16 on webgpu's): float16 and int8 hold 2× and ~3.9× the tokens in the same memory.
+   */
+  kvCacheDtype?: KvCacheDtype;
   /** The graph's weights and activations (--dtype; default float16 on webgpu, float32 elsewhere). */
   dtype?: GraphDtype;
   /** webgpu: rotary inside PagedAttention (default) or before it (--rope-before-attention). */

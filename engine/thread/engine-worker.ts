@@ -19,10 +19,10 @@ const post = (message: FromEngine) => port.postMessage(message);
 
 async function main(options: EngineOptions): Promise<void> {
   const started = performance.now();
-  const graph = ensureGraph(options.modelDir, { progress: options.progress, build: { device: options.device, dtype: options.dtype, ropeInAttention: options.ropeInAttention, quantization: options.quantization, quantBlockSize: options.quantBlockSize } });
+  const graph = ensureGraph(options.modelDir, { progress: options.progress, build: { device: options.device, dtype: options.dtype, ropeInAttention: options.ropeInAttention, quantization: options.quantization, quantBlockSize: options.quantBlockSize, kvCacheDtype: options.kvCacheDtype } });
   const { config } = graph;
   const runner = await createRunner(options.device, {
-    graphPath: graph.graphPath, config, blockSize: options.blockSize, kvCacheBytes: options.kvCacheMemoryBytes, intraOpThreads: options.intraOpThreads,
+    graphPath: graph.graphPath, config, blockSize: options.blockSize, kvCacheBytes: options.kvCacheMemoryBytes, kvCacheDtype: graph.kvCacheDtype, intraOpThreads: options.intraOpThreads,
   });
   const { numBlocks } = runner.kvCache;
   const context = contextLengthOf({ maxPositionEmbeddings: config.maxPositionEmbeddings, requested: options.maxModelLen, kvCacheTokens: runner.kvCache.numTokens });

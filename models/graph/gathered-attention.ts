@@ -14,17 +14,19 @@
  * README's quantization section.
  */
 import type { ModelConfig } from "../config.ts";
+import type { KvNames } from "./graph-io.ts";
+import { hasScales, readKv, type KvCacheDtype } from "./kv-dtype.ts";
 import type { OnnxGraph } from "./onnx-graph.ts";
 
 export interface GatheredAttentionInputs {
   /** [N, heads, head_dim], after rope. */
   q: string;
-  /** [N, kv_heads, head_dim], after rope. */
+  /** [N, kv_heads, head_dim], after rope, as the pool will store it (kv-dtype.ts). */
   k: string;
-  /** [N, kv_heads·head_dim]. */
+  /** [N, kv_heads, head_dim], as the pool will store it. */
   v: string;
-  poolKey: string;
-  poolValue: string;
+  /** The layer's pool inputs (scales only for int8). */
+  pool: KvNames & { dtype: KvCacheDtype };
   /** [B, P] int64. */
   pastSlots: string;
   /** [B, 1, S, P+S], additive. */
@@ -52,12 +54,19 @@ export function gatheredAttention(g: OnnxGraph, config: ModelConfig, inputs: Gat
   // NOTE: measured with bench/ab-step.ts, both are faster than the alternatives tried: gathering
   // V only after the softmax (7% slower decode at batch 32), and past·qᵀ then a transpose
   // instead of q·pastᵀ (also 7% slower, though MLAS packs the transposed past).
-  const pastK = g.scoped("kv_gather", () => g.op("Gather", [inputs.poolKey, inputs.pastSlots], { axis: 1 }));
-  const pastV = g.scoped("kv_gather", () => g.op("Gather", [inputs.poolValue, inputs.pastSlots], { axis: 1 }));
+  const { pool } = inputs;
+  const gather = (x: string) => g.op("Gather", [x, inputs.pastSlots], { axis: 1 });
+  const pastK = g.scoped("kv_gather", () => readKv(g, pool.dtype, gather(pool.key)));
+  const pastV = g.scoped("kv_gather", () => readKv(g, pool.dtype, gather(pool.value)));
+  // int8: each past token's scale, [kv_heads, B, 1, P], multiplies its score and its probability (kv-dtype.ts).
+  const pastScales = (x: string) => (hasScales(pool.dtype) ? g.scoped("kv_gather", () => g.op("Unsqueeze", [gather(x), c([2])])) : null);
+  const keyScales = pastScales(pool.keyScale);
+  const valueScales = pastScales(pool.valueScale);
 
   const scale = { f: 1 / Math.sqrt(headDim) };
+  const pastScores = g.microsoftOp("FusedMatMul", [q, pastK], { transB: 1, alpha: scale });
   const scores = g.op("Concat", [
-    g.microsoftOp("FusedMatMul", [q, pastK], { transB: 1, alpha: scale }),
+    keyScales === null ? pastScores : g.op("Mul", [pastScores, keyScales]),
     g.microsoftOp("FusedMatMul", [q, newK], { transB: 1, alpha: scale }),
   ], { axis: -1 });
   // The mask [B, 1, S, T] broadcasts over kv heads and the group: scores as [kv_heads, B, G, S, T].
@@ -65,7 +74,8 @@ export function gatheredAttention(g: OnnxGraph, config: ModelConfig, inputs: Gat
   const masked = g.op("Add", [grouped, g.op("Unsqueeze", [inputs.mask, c([0])])]);
   const probs = g.op("Reshape", [g.op("Softmax", [masked], { axis: -1 }), g.op("Shape", [scores])]);
   const past = g.op("Slice", [g.op("Shape", [inputs.pastSlots]), c([1]), c([2])]);
-  const pastProbs = g.op("Slice", [probs, c([0]), past, c([3])]);
+  const unscaledPastProbs = g.op("Slice", [probs, c([0]), past, c([3])]);
+  const pastProbs = valueScales === null ? unscaledPastProbs : g.op("Mul", [unscaledPastProbs, valueScales]);
   const newProbs = g.op("Slice", [probs, past, c([Number.MAX_SAFE_INTEGER]), c([3])]);
   const out = g.op("Add", [g.op("MatMul", [pastProbs, pastV]), g.op("MatMul", [newProbs, newV])]);
 

@@ -11,10 +11,13 @@
  *   inv_temperature          [K]          1 / temperature of each of those rows, for probs
  *   want_probs               []           whether to compute probs at all (else they are [0, 1])
  *   hidden_indices           [H]          flat rows whose final hidden state (after the last norm) to return
- *   pool.L.key/value         [kv_heads, slots, head_dim]
+ *   pool.L.key/value         [kv_heads, slots, head_dim] in the KV cache dtype (kv-dtype.ts)
+ *   pool.L.key/value_scale   [kv_heads, slots] float32, int8 pools only
  *   ──▶ logits [K, V], probs [K, V] = softmax(logits / T), top_logprobs / top_ids [K, 20]
  *       (the top of each row's log-softmax), hidden [H, hidden_size] float32 (embeddings),
- *       present.L.key/value [B, S, kv_heads*head_dim]
+ *       present.L.key/value [kv_heads, B*S, head_dim] as the pool stores them (kv-head-major, so
+ *       a run of a sequence's tokens in one block is one copy per head), and for int8 pools
+ *       present.L.key/value_scale [kv_heads, B*S]
  *
  * The device-pool graph (WebGPU runner; com.microsoft PagedAttention writes the step's K/V
  * into the pool in place, so it has no present outputs):
@@ -56,10 +59,17 @@ export const GRAPH_OUTPUTS = {
 /** How many log-softmax entries per row the graph returns besides the full logits. */
 export const TOP_LOGPROBS = 20;
 
-export function poolInputNames(layer: number): { key: string; value: string } {
-  return { key: `pool.${layer}.key`, value: `pool.${layer}.value` };
+export interface KvNames {
+  key: string;
+  value: string;
+  keyScale: string;
+  valueScale: string;
 }
 
-export function presentOutputNames(layer: number): { key: string; value: string } {
-  return { key: `present.${layer}.key`, value: `present.${layer}.value` };
+export function poolInputNames(layer: number): KvNames {
+  return { key: `pool.${layer}.key`, value: `pool.${layer}.value`, keyScale: `pool.${layer}.key_scale`, valueScale: `pool.${layer}.value_scale` };
+}
+
+export function presentOutputNames(layer: number): KvNames {
+  return { key: `present.${layer}.key`, value: `present.${layer}.value`, keyScale: `present.${layer}.key_scale`, valueScale: `present.${layer}.value_scale` };
 }

@@ -2,13 +2,15 @@
  * Where the decoder's attention reads its KV cache from, one per kind of runner. Each
  * declares the inputs (and outputs) its layout needs and attends layer by layer:
  *
- * - host pool: the pool is a float32 input every step; past K/V are gathered by slot
- *   (gathered-attention.ts) and the runner copies the step's K/V (present outputs) back in.
+ * - host pool: the pool is an input every step (float32, float16 or int8: kv-dtype.ts); past
+ *   K/V are gathered by slot (gathered-attention.ts) and the runner copies the step's K/V
+ *   (present outputs) back in.
  * - device pool: the pool stays on the device as float16; com.microsoft PagedAttention reads
  *   it through the block table and writes the step's K/V into it in place.
  */
 import type { ModelConfig } from "../config.ts";
 import { gatheredAttention } from "./gathered-attention.ts";
+import { hasScales, kvElemType, storeKv, type KvCacheDtype } from "./kv-dtype.ts";
 import { GRAPH_INPUTS, poolInputNames, presentOutputNames } from "./graph-io.ts";
 import { ropeCaches } from "./layers.ts";
 import { DataType, type OnnxGraph } from "./onnx-graph.ts";
@@ -29,10 +31,12 @@ export interface StepAttentionOptions {
   kind: AttentionKind;
   /** Device pool only: rotary inside PagedAttention (its cos/sin caches) rather than before it. */
   ropeInside: boolean;
+  /** Host pool only: how the pool stores K/V (the device pool is float16). Default float32. */
+  kvDtype?: KvCacheDtype;
 }
 
 export function stepAttention(g: OnnxGraph, config: ModelConfig, inputIds: string, options: StepAttentionOptions): StepAttention {
-  return options.kind === "host-pool" ? hostPoolAttention(g, config, inputIds) : devicePoolAttention(g, config, options.ropeInside);
+  return options.kind === "host-pool" ? hostPoolAttention(g, config, inputIds, options.kvDtype ?? "float32") : devicePoolAttention(g, config, options.ropeInside);
 }
 
 /** input_ids and position_ids: [B, S] padded (host pool), or [T] packed (device pool). */
@@ -40,23 +44,35 @@ export function tokenDimsOf(kind: AttentionKind): string[] {
   return kind === "host-pool" ? ["batch", "seq"] : ["num_tokens"];
 }
 
-function hostPoolAttention(g: OnnxGraph, config: ModelConfig, inputIds: string): StepAttention {
+function hostPoolAttention(g: OnnxGraph, config: ModelConfig, inputIds: string, kvDtype: KvCacheDtype): StepAttention {
   const { numKvHeads, headDim } = config;
-  const kvWidth = numKvHeads * headDim;
   const pastSlots = g.input(GRAPH_INPUTS.pastSlots, DataType.INT64, ["batch", "past"]);
   const mask = g.input(GRAPH_INPUTS.attentionMask, DataType.FLOAT, ["batch", 1, "seq", "total"]);
   const batchSeqShape = g.op("Shape", [inputIds]);
-  const kvRowsShape = g.op("Concat", [batchSeqShape, g.constInt64([kvWidth])], { axis: 0 });
+  const elemType = kvElemType(kvDtype);
+  // [N, kv_heads, head_dim] → stored as the pool keeps it, and declared as present outputs [kv_heads, N, head_dim] (scales [kv_heads, N]).
+  const present = (rows: string, name: string, scaleName: string) => {
+    const kv = storeKv(g, kvDtype, rows);
+    g.output(name, g.op("Transpose", [kv.stored], { perm: [1, 0, 2] }), elemType, [numKvHeads, "rows", headDim]);
+    if (kv.scales !== null) g.output(scaleName, g.op("Transpose", [kv.scales], { perm: [1, 0] }), DataType.FLOAT, [numKvHeads, "rows"]);
+    return kv.readBack;
+  };
   return {
     ropeInside: false,
     attend(layer, q, k, v) {
       const pool = poolInputNames(layer);
-      g.input(pool.key, DataType.FLOAT, [numKvHeads, "num_slots", headDim]);
-      g.input(pool.value, DataType.FLOAT, [numKvHeads, "num_slots", headDim]);
-      const present = presentOutputNames(layer);
-      g.output(present.key, g.op("Reshape", [k, kvRowsShape]), DataType.FLOAT, ["batch", "seq", kvWidth]);
-      g.output(present.value, g.op("Reshape", [v, kvRowsShape]), DataType.FLOAT, ["batch", "seq", kvWidth]);
-      return g.scoped("attention", () => gatheredAttention(g, config, { q, k, v, poolKey: pool.key, poolValue: pool.value, pastSlots, mask, batchSeqShape }));
+      g.input(pool.key, elemType, [numKvHeads, "num_slots", headDim]);
+      g.input(pool.value, elemType, [numKvHeads, "num_slots", headDim]);
+      if (hasScales(kvDtype)) {
+        g.input(pool.keyScale, DataType.FLOAT, [numKvHeads, "num_slots"]);
+        g.input(pool.valueScale, DataType.FLOAT, [numKvHeads, "num_slots"]);
+      }
+      const names = presentOutputNames(layer);
+      const newK = g.scoped("kv_store", () => present(k, names.key, names.keyScale));
+      const newV = g.scoped("kv_store", () => present(g.op("Reshape", [v, g.constInt64([-1, numKvHeads, headDim])]), names.value, names.valueScale));
+      return g.scoped("attention", () => gatheredAttention(g, config, {
+        q, k: newK, v: newV, pool: { ...pool, dtype: kvDtype }, pastSlots, mask, batchSeqShape,
+      }));
     },
   };
 }

@@ -30,9 +30,14 @@ describe("flag values", () => {
     const good = { device: "cpu", "kv-cache-memory": "2GiB", "block-size": "16", "max-num-seqs": "128", "max-num-batched-tokens": "2048" };
     expect(readEngineFlags(good)).toMatchObject({ device: "cpu", blockSize: 16, maxNumSeqs: 128, maxModelLen: undefined, intraOpThreads: undefined });
     for (const [flag, raw] of [["device", "tpu"], ["kv-cache-memory", "much"], ["block-size", "0"], ["max-num-seqs", "-4"],
-      ["max-num-batched-tokens", "lots"], ["max-model-len", "1.5"], ["threads", "all"], ["batch-max-wait", "soon"]]) {
+      ["max-num-batched-tokens", "lots"], ["max-model-len", "1.5"], ["threads", "all"], ["batch-max-wait", "soon"], ["kv-cache-dtype", "fp8"]]) {
       expect(() => readEngineFlags({ ...good, [flag]: raw }), flag).toThrow(new RegExp(`^--${flag} takes `));
     }
+    expect(readEngineFlags(good).kvCacheDtype).toBeUndefined();
+    expect(readEngineFlags({ ...good, "kv-cache-dtype": "auto" }).kvCacheDtype).toBeUndefined();
+    expect(readEngineFlags({ ...good, "kv-cache-dtype": "int8" }).kvCacheDtype).toBe("int8");
+    expect(() => readEngineFlags({ ...good, device: "webgpu", "kv-cache-dtype": "int8" })).toThrow(/--kv-cache-dtype int8 is for the host pool .* float16/);
+    expect(readEngineFlags({ ...good, device: "webgpu", "kv-cache-dtype": "float16" }).kvCacheDtype).toBe("float16");
   });
 });
 

@@ -149,6 +149,24 @@ describe("the engine on the default model", () => {
     expect(stopped.at(-1)).toMatchObject({ finishReason: "stop", stopReason: stop });
   });
 
+  it("--kv-cache-dtype int8 and float16 hold 3.6x and 2x the blocks in the same memory, and serve with prefix caching", async () => {
+    // float32: 48 KiB a block (above); int8: 2 * 6 layers * 16 slots * 2 kv heads * (32 values + a 4-byte scale) = 13.5 KiB; float16 24 KiB.
+    const memory = 40 * 49152;
+    for (const [kvCacheDtype, bytesPerBlock] of [["int8", 13824], ["float16", 24576]] as const) {
+      const small = await startEngine({ kvCacheMemoryBytes: memory, kvCacheDtype, maxNumBatchedTokens: 64 });
+      try {
+        expect(small.info.kvCache).toMatchObject({ dtype: kvCacheDtype, numBlocks: Math.floor(memory / bytesPerBlock), numBytes: Math.floor(memory / bytesPerBlock) * bytesPerBlock });
+        const shared = seededTokens(40, VOCAB, 7);
+        const first = await collect(small, { requestId: `${kvCacheDtype}-1`, promptTokenIds: [...shared, 1], maxTokens: 8, sampling: GREEDY, ignoreEos: true });
+        const second = await collect(small, { requestId: `${kvCacheDtype}-2`, promptTokenIds: [...shared, 2], maxTokens: 8, sampling: GREEDY, ignoreEos: true });
+        expect(tokensOf(first)).toHaveLength(8);
+        expect(second[0].numCachedTokens).toBe(32);
+      } finally {
+        await small.shutdown();
+      }
+    }
+  });
+
   it("n = 2 greedy copies share the prompt and each equal the n = 1 result", async () => {
     const promptTokenIds = seededTokens(40, VOCAB, 4242);
     const single = await collect(engine, { requestId: "n-1", promptTokenIds, maxTokens: 5, sampling: GREEDY, ignoreEos: true });

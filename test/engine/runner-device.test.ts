@@ -53,7 +53,7 @@ describe("the runner registry", () => {
     expect(DEVICES).toEqual(["cpu", "cuda", "webgpu"]);
     const runner = await createRunner("cpu", { graphPath: graph.graphPath, config, blockSize: 16, kvCacheBytes: 10.5 * bytesPerBlock, intraOpThreads: 1 });
     try {
-      expect(runner.kvCache).toEqual({ numBlocks: 10, blockSize: 16, numTokens: 9 * 16, numBytes: 10 * bytesPerBlock });
+      expect(runner.kvCache).toEqual({ numBlocks: 10, blockSize: 16, numTokens: 9 * 16, numBytes: 10 * bytesPerBlock, dtype: "float32" });
       expect(runner.vocabSize).toBe(config.vocabSize);
     } finally {
       await runner.release();

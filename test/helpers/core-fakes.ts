@@ -62,7 +62,7 @@ export class FakeRunner implements StepRunner {
   readonly vocabSize = VOCAB;
   readonly hiddenSize = 4;
   /** A pretend pool: the engine core sizes its block pool from its own options. */
-  readonly kvCache: KvCacheInfo = { numBlocks: 1024, blockSize: BLOCK_SIZE, numTokens: 1023 * BLOCK_SIZE, numBytes: 0 };
+  readonly kvCache: KvCacheInfo = { numBlocks: 1024, blockSize: BLOCK_SIZE, numTokens: 1023 * BLOCK_SIZE, numBytes: 0, dtype: "float32" };
   /** Every execute() call, deep-copied at call time. */
   readonly calls: StepSequence[][] = [];
   private readonly slots = new Map<number, number>();

@@ -11,9 +11,9 @@ import { referenceHiddenStates, referenceLogits } from "../reference/forward.ts"
 /** A real runner whose KV cache holds exactly `numBlocks` blocks. */
 export async function loadRunner(dir: string, blockSize = 4, numBlocks = 64, paddingSlack?: number, build?: GraphBuildOptions): Promise<OnnxRunner> {
   const graph = ensureGraph(dir, { build });
-  const { config } = graph;
-  const kvCacheBytes = numBlocks * KvBuffers.bytesPerBlock({ numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize });
-  return OnnxRunner.create({ graphPath: graph.graphPath, config, device: "cpu", blockSize, kvCacheBytes, intraOpThreads: 1, paddingSlack });
+  const { config, kvCacheDtype } = graph;
+  const kvCacheBytes = numBlocks * KvBuffers.bytesPerBlock({ numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize, dtype: kvCacheDtype });
+  return OnnxRunner.create({ graphPath: graph.graphPath, config, device: "cpu", blockSize, kvCacheBytes, kvCacheDtype, intraOpThreads: 1, paddingSlack });
 }
 
 /** Each sequence's full logits rows (vocab-wide each) from logitsFrom on. */

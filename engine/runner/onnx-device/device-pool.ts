@@ -41,7 +41,8 @@ export class DevicePool {
     const feeds: Record<string, ort.Tensor> = {};
     try {
       for (let layer = 0; layer < shape.numLayers; layer++) {
-        for (const name of Object.values(poolInputNames(layer))) {
+        const names = poolInputNames(layer);
+        for (const name of [names.key, names.value]) {
           const out = await zeros.run({ [ZEROS_GRAPH_IO.shape]: int64Tensor(BigInt64Array.from(dims, BigInt), [4]) });
           feeds[name] = out[ZEROS_GRAPH_IO.zeros];
         }

@@ -32,7 +32,7 @@ export class WebGpuRunner implements StepRunner {
     this.vocabSize = config.vocabSize;
     this.hiddenSize = config.hiddenSize;
     const { numBlocks, blockSize } = pool.shape;
-    this.kvCache = { numBlocks, blockSize, numTokens: (numBlocks - 1) * blockSize, numBytes: pool.numBytes };
+    this.kvCache = { numBlocks, blockSize, numTokens: (numBlocks - 1) * blockSize, numBytes: pool.numBytes, dtype: "float16" };
   }
 
   static async create(options: WebGpuRunnerOptions): Promise<WebGpuRunner> {

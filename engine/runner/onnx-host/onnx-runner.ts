@@ -3,11 +3,11 @@
  * out each group, runs the session, copies the step's new K/V into the buffers and returns
  * the requested logits.
  */
-import { GRAPH_INPUTS, GRAPH_OUTPUTS, poolInputNames, presentOutputNames, type ModelConfig } from "../../../models/index.ts";
+import { GRAPH_INPUTS, GRAPH_OUTPUTS, hasScales, poolInputNames, presentOutputNames, type KvCacheDtype, type ModelConfig } from "../../../models/index.ts";
 import { EngineError } from "../../common/engine-error.ts";
 import type { KvCacheInfo, StepOptions, StepRunner, StepSequence } from "../step-runner.ts";
 import { splitStepRows, type SequenceRows } from "../step-rows.ts";
-import { KvBuffers } from "./kv-buffers.ts";
+import { KvBuffers, type KvArray } from "./kv-buffers.ts";
 import { type OnnxDevice, createSession, floatTensor, int64Tensor, ort, rowsOf } from "./onnx-session.ts";
 import { groupForPadding, layoutStep } from "./step-layout.ts";
 
@@ -18,6 +18,8 @@ export interface OnnxRunnerOptions {
   blockSize: number;
   /** Host memory for the KV buffers; the runner fits as many blocks as it can. */
   kvCacheBytes: number;
+  /** How the graph's pool stores K/V (the graph was built for it: BuiltGraph.kvCacheDtype). Default float32. */
+  kvCacheDtype?: KvCacheDtype;
   intraOpThreads?: number;
   /** How much padding a group of sequences may carry (padded tokens / real tokens); see groupForPadding. */
   paddingSlack?: number;
@@ -41,20 +43,28 @@ export class OnnxRunner implements StepRunner {
     this.vocabSize = config.vocabSize;
     this.hiddenSize = config.hiddenSize;
     const { numBlocks, blockSize } = buffers.shape;
-    this.kvCache = { numBlocks, blockSize, numTokens: (numBlocks - 1) * blockSize, numBytes: buffers.numBytes };
-    const presents = Array.from({ length: config.numLayers }, (_, layer) => Object.values(presentOutputNames(layer))).flat();
+    this.kvCache = { numBlocks, blockSize, numTokens: (numBlocks - 1) * blockSize, numBytes: buffers.numBytes, dtype: buffers.dtype };
+    const scaled = hasScales(buffers.dtype);
+    const presents = Array.from({ length: config.numLayers }, (_, layer) => {
+      const names = presentOutputNames(layer);
+      return scaled ? [names.key, names.value, names.keyScale, names.valueScale] : [names.key, names.value];
+    }).flat();
     this.fetches = [...presents, GRAPH_OUTPUTS.topLogprobs, GRAPH_OUTPUTS.topIds];
-    const dims = buffers.dims;
+    const poolTensor = (data: KvArray) => new ort.Tensor(buffers.dtype, data, buffers.dims);
     for (let layer = 0; layer < config.numLayers; layer++) {
       const names = poolInputNames(layer);
-      this.poolFeeds[names.key] = floatTensor(buffers.keys[layer], dims);
-      this.poolFeeds[names.value] = floatTensor(buffers.values[layer], dims);
+      this.poolFeeds[names.key] = poolTensor(buffers.keys[layer]);
+      this.poolFeeds[names.value] = poolTensor(buffers.values[layer]);
+      if (scaled) {
+        this.poolFeeds[names.keyScale] = floatTensor(buffers.keyScales[layer], buffers.scaleDims);
+        this.poolFeeds[names.valueScale] = floatTensor(buffers.valueScales[layer], buffers.scaleDims);
+      }
     }
   }
 
   static async create(options: OnnxRunnerOptions): Promise<OnnxRunner> {
     const { config } = options;
-    const shape = { numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize: options.blockSize };
+    const shape = { numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize: options.blockSize, dtype: options.kvCacheDtype ?? "float32" };
     const numBlocks = Math.floor(options.kvCacheBytes / KvBuffers.bytesPerBlock(shape));
     if (numBlocks < 2) {
       throw new EngineError("INVALID_REQUEST", `a KV cache of ${options.kvCacheBytes} bytes holds fewer than 2 blocks of ${KvBuffers.bytesPerBlock(shape)} bytes; raise --kv-cache-memory`);
@@ -100,11 +110,14 @@ export class OnnxRunner implements StepRunner {
     const fetches = [...this.fetches, ...(options.fullLogits ? [GRAPH_OUTPUTS.logits] : []), ...(options.probs ? [GRAPH_OUTPUTS.probs] : []),
       ...(options.hidden ? [GRAPH_OUTPUTS.hidden] : [])];
     const out = await this.session.run(feeds, fetches);
+    const numRows = batch * seq;
     for (let layer = 0; layer < this.config.numLayers; layer++) {
-      const present = presentOutputNames(layer);
-      const keys = out[present.key].data as Float32Array;
-      const values = out[present.value].data as Float32Array;
-      layout.newSlots.forEach((slots, b) => this.buffers.write(layer, slots, keys, values, b * seq));
+      const names = presentOutputNames(layer);
+      const present = {
+        keys: out[names.key].data as KvArray, values: out[names.value].data as KvArray, numRows,
+        keyScales: (out[names.keyScale]?.data ?? null) as Float32Array | null, valueScales: (out[names.valueScale]?.data ?? null) as Float32Array | null,
+      };
+      layout.newSlots.forEach((slots, b) => this.buffers.write(layer, slots, present, b * seq));
     }
     return splitStepRows(seqs, rowsOf(out, options), this.vocabSize, this.hiddenSize);
   }
