@@ -6,7 +6,7 @@
  * into the pool) as step time minus ORT's run time.
  *
  *   node --import tsx bench/profile-step.ts --model qwen3-0.6b-random --quantization int4 \
- *     --batch 32 --context 192 --prefill-len 1024 --steps 8 [--fuse true|false]
+ *     --batch 32 --context 192 --prefill-len 1024 --steps 8 [--fuse true|false] [--kv-cache-dtype float32|float16|int8]
  *
  * --fuse overrides whether q/k/v and gate/up are fused (default: fused in quantized graphs).
  */
@@ -15,6 +15,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { QUANTIZATIONS, type Quantization } from "../models/graph/quantize.ts";
+import { KV_CACHE_DTYPES, type KvCacheDtype } from "../models/graph/kv-dtype.ts";
 import { modelDirOf, openStepFixture } from "./step-fixture.ts";
 
 interface TraceEvent {
@@ -44,10 +45,13 @@ const { values } = parseArgs({
     steps: { type: "string", default: "8" },
     threads: { type: "string", default: "0" },
     fuse: { type: "string" },
+    "kv-cache-dtype": { type: "string", default: "float32" },
   },
 });
 const quantization = values.quantization as Quantization;
 if (!QUANTIZATIONS.includes(quantization)) throw new Error(`--quantization takes ${QUANTIZATIONS.join("|")}`);
+const kvCacheDtype = values["kv-cache-dtype"] as KvCacheDtype;
+if (!KV_CACHE_DTYPES.includes(kvCacheDtype)) throw new Error(`--kv-cache-dtype takes ${KV_CACHE_DTYPES.join("|")}`);
 const modelDir = modelDirOf(values.model!);
 const batch = Number(values.batch);
 const context = Number(values.context);
@@ -57,7 +61,7 @@ const warmup = 2;
 
 const profileDir = mkdtempSync(join(tmpdir(), "tokenmill-profile-"));
 const fuseProjections = values.fuse === undefined ? undefined : values.fuse === "true";
-const fixture = await openStepFixture(modelDir, { quantization, fuseProjections }, {
+const fixture = await openStepFixture(modelDir, { quantization, fuseProjections, kvCacheDtype }, {
   batch, context, prefillLen, steps: warmup + numSteps, threads: Number(values.threads), profileFilePrefix: join(profileDir, "step"),
 });
 // Run 0 warms the session up; run 1 is the prefill chunk profiled; runs 2..batch+1 fill each sequence's context.
@@ -107,7 +111,7 @@ function print(title: string, p: StepProfile): void {
   }
 }
 
-console.log(`# ${modelDir.split("/").pop()} (${fixture.config.numLayers} layers) at --quantization ${quantization}${fuseProjections === undefined ? "" : `, fuse=${fuseProjections}`}`);
+console.log(`# ${modelDir.split("/").pop()} (${fixture.config.numLayers} layers) at --quantization ${quantization}, --kv-cache-dtype ${kvCacheDtype}${fuseProjections === undefined ? "" : `, fuse=${fuseProjections}`}`);
 print(`prefill chunk of ${prefillLen} tokens (one sequence)`, profileOf(1, 1));
 print(`decode step, batch ${batch}, context ${context}`, profileOf(2 + batch + warmup, numSteps));
 const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(0)} MiB`;
