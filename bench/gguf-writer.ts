@@ -4,6 +4,10 @@
  * F32), with llama.cpp's `qwen3` tensor names and hyperparameters and the BPE tokenizer
  * (`gpt2` model, `qwen2` pre-tokenizer) as its tokenizer keys.
  *
+ * The embedding and LM head (token_embd, output) are Q8_0 in a Q4_0 file: the same precision as
+ * tokenmill's --quantization int4, which keeps them int8 (decoder-graph.ts), and as llama.cpp's
+ * own llama-quantize keeps them above 4 bits (Q6_K for the output tensor).
+ *
  * The layout, from ggml's gguf spec: "GGUF", version 3, tensor and key counts (u64); the keys
  * (string, type, value); each tensor's name, dims (innermost first), ggml type and offset; then
  * the data, every tensor aligned to 32 bytes.
@@ -16,6 +20,7 @@ import { openWeights } from "../models/weights/safetensors.ts";
 import { float32ToFloat16 } from "../models/weights/float-formats.ts";
 
 export const GGUF_TYPES = ["F32", "Q8_0", "Q4_0"] as const;
+const GGUF_WRITER_VERSION = 2;
 export type GgufType = (typeof GGUF_TYPES)[number];
 
 const GGML_TYPE = { F32: 0, Q4_0: 2, Q8_0: 8 } as const;
@@ -74,7 +79,8 @@ export function writeGguf(checkpointDir: string, outPath: string, type: GgufType
     const tensors = tensorPlan(weights.names(), c.numLayers, c.tieWordEmbeddings).map(({ hf, gguf }) => {
       const { shape } = weights.info(hf);
       const quantized = type !== "F32" && shape.length === 2;
-      const ggmlType = quantized ? GGML_TYPE[type] : GGML_TYPE.F32;
+      const head = gguf === "token_embd.weight" || gguf === "output.weight";
+      const ggmlType = !quantized ? GGML_TYPE.F32 : head ? GGML_TYPE.Q8_0 : GGML_TYPE[type];
       const numel = shape.reduce((a, b) => a * b, 1);
       if (quantized && shape[1] % BLOCK !== 0) throw new Error(`${hf}: its rows of ${shape[1]} are not whole blocks of ${BLOCK}`);
       const bytes = ggmlType === GGML_TYPE.F32 ? numel * 4 : (numel / BLOCK) * (ggmlType === GGML_TYPE.Q8_0 ? 34 : 18);
@@ -123,7 +129,8 @@ export function writeGguf(checkpointDir: string, outPath: string, type: GgufType
 /** The checkpoint's GGUF of `type` in the cache (.cache/gguf/), written when missing or older than the checkpoint's weights. */
 export function ensureGguf(checkpointDir: string, type: GgufType): string {
   const { name } = readCheckpoint(checkpointDir);
-  const path = cacheDir("gguf", `${name}-${type}.gguf`);
+  // NOTE: the version in the name retires files of an earlier layout (v2: the embedding Q8_0 in Q4_0 files).
+  const path = cacheDir("gguf", `${name}-${type}-v${GGUF_WRITER_VERSION}.gguf`);
   const weights = join(checkpointDir, "model.safetensors");
   const newest = existsSync(weights) ? statSync(weights).mtimeMs : 0;
   if (existsSync(path) && statSync(path).mtimeMs >= newest) return path;
