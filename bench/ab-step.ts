@@ -7,7 +7,8 @@
  *     --b quantization=none,fuse=false --batch 32 --context 192 --steps 16 --prefills 3
  *
  * A build is comma-separated key=value: quantization (none|int8|int4), fuse (true|false),
- * block (the quantization block size), kv (the KV cache dtype: float32|float16|int8).
+ * block (the quantization block size), kv (the KV cache dtype: float32|float16|int8), rope (op:
+ * the RotaryEmbedding op, ops: plain ops).
  */
 import { parseArgs } from "node:util";
 import type { GraphBuildOptions } from "../models/build-graph.ts";
@@ -36,8 +37,9 @@ export function parseBuild(text: string): GraphBuildOptions {
     if (key === "quantization" && QUANTIZATIONS.includes(value as Quantization)) build.quantization = value as Quantization;
     else if (key === "fuse" && (value === "true" || value === "false")) build.fuseProjections = value === "true";
     else if (key === "block" && /^\d+$/.test(value)) build.quantBlockSize = Number(value);
+    else if (key === "rope" && (value === "op" || value === "ops")) build.ropeOp = value === "op";
     else if (key === "kv" && KV_CACHE_DTYPES.includes(value as KvCacheDtype)) build.kvCacheDtype = value as KvCacheDtype;
-    else throw new Error(`bad build option ${JSON.stringify(part)}: use quantization=none|int8|int4, fuse=true|false, block=N, kv=float32|float16|int8`);
+    else throw new Error(`bad build option ${JSON.stringify(part)}: use quantization=none|int8|int4, fuse=true|false, block=N, kv=float32|float16|int8, rope=op|ops`);
   }
   return build;
 }

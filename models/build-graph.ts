@@ -59,6 +59,8 @@ export interface GraphBuildOptions {
    * the only pool PagedAttention reads; see kvCacheDtypeProblem.
    */
   kvCacheDtype?: KvCacheDtype;
+  /** Host pool: RoPE as ONNX's RotaryEmbedding op (default) rather than plain ops (for A/B runs). */
+  ropeOp?: boolean;
 }
 
 export interface BuildOptions {
@@ -80,6 +82,7 @@ export function normalizedBuildOptions(build: GraphBuildOptions = {}): Required<
     fuseProjections: build.fuseProjections ?? quantization !== "none",
     ropeInAttention: devicePool && (build.ropeInAttention ?? true),
     kvCacheDtype: build.kvCacheDtype ?? (devicePool ? "float16" : "float32"),
+    ropeOp: !devicePool && (build.ropeOp ?? true),
   };
 }
 
@@ -148,6 +151,7 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
     buildDecoderGraph(g, config, source, (layer) => bar?.update(layer + 1), {
       linears: { quantization: build.quantization, blockSize: build.quantBlockSize, fuse: build.fuseProjections },
       attention: { kind: attentionKindFor(build.device), ropeInside: build.ropeInAttention, kvDtype: kvCacheDtype },
+      ropeOp: build.ropeOp,
     });
     writeFileSync(join(scratch, "model.onnx"), g.finish(basename(dir)));
     writeFileSync(join(scratch, "meta.json"), JSON.stringify({ checkpoint: dir, builderVersion: BUILDER_VERSION, build, config }, null, 2));

@@ -9,7 +9,7 @@
 import type { ModelConfig } from "../config.ts";
 import {
   FLOAT_LINEARS, type LinearOptions, type QuantizedInitializer, type WeightSource,
-  addQuantizedWeight, addWeight, fusedLinears, gatherQuantizedRows, linear, matMulNBits, quantizedMatMul, rmsNorm, rope, ropeTables,
+  addQuantizedWeight, addWeight, fusedLinears, gatherQuantizedRows, linear, matMulNBits, quantizedMatMul, rmsNorm, rope, ropeCaches, ropeTables,
 } from "./layers.ts";
 import { GRAPH_INPUTS, GRAPH_OUTPUTS, TOP_LOGPROBS } from "./graph-io.ts";
 import { DataType, OnnxGraph } from "./onnx-graph.ts";
@@ -18,6 +18,8 @@ import { stepAttention, tokenDimsOf, type StepAttentionOptions } from "./step-at
 export interface DecoderGraphOptions {
   linears: LinearOptions;
   attention: StepAttentionOptions;
+  /** Host pool: rotate q and k with ONNX's RotaryEmbedding op over cos/sin caches (default), or with plain ops over per-step tables. */
+  ropeOp?: boolean;
 }
 
 export const HOST_POOL_GRAPH: DecoderGraphOptions = { linears: FLOAT_LINEARS, attention: { kind: "host-pool", ropeInside: false } };
@@ -42,14 +44,15 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
     ? g.op("Reshape", [g.op("Gather", [embed, inputIds], { axis: 0 }), g.constInt64([-1, hiddenSize])])
     : gatherQuantizedRows(g, embed, inputIds));
 
-  const tables = positionIds === null ? null : g.scoped("rope", () => ropeTables(g, config, positionIds));
-  const rotated = (heads: string) => (tables === null ? heads : g.scoped("rope", () => rope(g, heads, tables.cos, tables.sin)));
+  const rotated = positionIds === null ? (heads: string) => heads
+    : options.attention.kind === "host-pool" && (options.ropeOp ?? true) ? ropeOp(g, config, inputIds, positionIds)
+      : ropeOps(g, config, positionIds);
   for (let layer = 0; layer < config.numLayers; layer++) {
     const p = `model.layers.${layer}`;
     const h = g.scoped("norm", () => rmsNorm(g, weights, x, `${p}.input_layernorm.weight`, config));
     const [qRows, kRows, v] = g.scoped("qkv_proj", () => projections(g, weights, h, ["q", "k", "v"].map((n) => `${p}.self_attn.${n}_proj`), config.qkvBias, linears));
-    const q = rotated(headNorm(g, weights, config, p, qRows, "q", numHeads));
-    const k = rotated(headNorm(g, weights, config, p, kRows, "k", numKvHeads));
+    const q = rotated(headNorm(g, weights, config, p, qRows, "q", numHeads), numHeads);
+    const k = rotated(headNorm(g, weights, config, p, kRows, "k", numKvHeads), numKvHeads);
     const attnRows = attention.attend(layer, q, k, v);
     x = g.op("Add", [x, g.scoped("o_proj", () => linear(g, weights, attnRows, `${p}.self_attn.o_proj`, config.oBias, linears))]);
 
@@ -68,6 +71,30 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
   g.output(GRAPH_OUTPUTS.hidden, g.toFloat32(normedRows(hiddenIndices)), DataType.FLOAT, ["num_hidden", hiddenSize]);
   const logits = g.scoped("lm_head", () => g.toFloat32(lmHeadLogits(g, weights, config, normed, embed, linears)));
   logitsTail(g, config, logits, invTemperature, options.attention.kind === "device-pool");
+}
+
+/** Rotates [N, heads, head_dim] rows at their positions. */
+type Rotate = (heads: string, numHeads: number) => string;
+
+/**
+ * RoPE as one RotaryEmbedding op a rotation, over [B, S, heads·head_dim] with the cos/sin
+ * caches as weights: 2 nodes a layer instead of ropeOps' 12, which at batch 1 is ORT's
+ * per-node overhead as much as its math (bench/ab-step.ts, README "Quantized speed").
+ */
+function ropeOp(g: OnnxGraph, config: ModelConfig, inputIds: string, positionIds: string): Rotate {
+  const caches = g.scoped("rope", () => ropeCaches(g, config, g.floatType));
+  const tokensShape = g.scoped("rope", () => g.op("Concat", [g.op("Shape", [inputIds]), g.constInt64([-1])], { axis: 0 }));
+  return (heads, numHeads) => g.scoped("rope", () => {
+    const rows = g.op("Reshape", [heads, tokensShape]);
+    const out = g.op("RotaryEmbedding", [rows, caches.cos, caches.sin, positionIds], { num_heads: numHeads, interleaved: 0 });
+    return g.op("Reshape", [out, g.constInt64([-1, numHeads, config.headDim])]);
+  });
+}
+
+/** RoPE as plain ops over this step's cos/sin tables (the device pool's --rope-before-attention, and an A/B baseline). */
+function ropeOps(g: OnnxGraph, config: ModelConfig, positionIds: string): Rotate {
+  const tables = g.scoped("rope", () => ropeTables(g, config, positionIds));
+  return (heads) => g.scoped("rope", () => rope(g, heads, tables.cos, tables.sin));
 }
 
 /**

@@ -148,10 +148,11 @@ export function ropeTables(g: OnnxGraph, config: ModelConfig, positionIds: strin
 
 /**
  * cos and sin of every position below max_position_embeddings × inv_freq, [positions, head_dim / 2]
- * float16 weights: the rotary caches of com.microsoft PagedAttention, which rotates q and k
- * itself at each token's position. Computed in float64 here, rounded once.
+ * weights (float16 by default): the rotary caches of com.microsoft PagedAttention, which rotates
+ * q and k itself at each token's position, and of the RotaryEmbedding op. Computed in float64
+ * here, rounded once.
  */
-export function ropeCaches(g: OnnxGraph, config: ModelConfig): { cos: string; sin: string } {
+export function ropeCaches(g: OnnxGraph, config: ModelConfig, dataType: number = DataType.FLOAT16): { cos: string; sin: string } {
   const invFreq = ropeInvFreq(config.headDim, config.ropeTheta, config.ropeScaling);
   const numPositions = config.maxPositionEmbeddings;
   const cos = new Float32Array(numPositions * invFreq.length);
@@ -163,7 +164,7 @@ export function ropeCaches(g: OnnxGraph, config: ModelConfig): { cos: string; si
     }
   }
   const dims = [numPositions, invFreq.length];
-  return { cos: g.weight("rope.cos_cache", cos, dims, DataType.FLOAT16), sin: g.weight("rope.sin_cache", sin, dims, DataType.FLOAT16) };
+  return { cos: g.weight("rope.cos_cache", cos, dims, dataType), sin: g.weight("rope.sin_cache", sin, dims, dataType) };
 }
 
 /** HF's rotate-half RoPE on [N, heads, head_dim]: x·cos + rotate_half(x)·sin. */

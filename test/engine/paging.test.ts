@@ -32,11 +32,12 @@ describe("paging on the default model", () => {
 
 /**
  * Every KV cache dtype stores a token's K/V once and its attention reads back those values, in
- * the step that computes them as in later ones. Only int8 is looser than EXACT: a batched
- * GEMM's last-bit differences can move a value across a rounding step, which the int8 pool
- * then keeps (a step is 1/127 of the row's largest value; measured up to 1.7e-3 here).
+ * the step that computes them as in later ones. The rounded pools are looser than EXACT: a
+ * batched GEMM's last-bit differences can move a value across a rounding step, which the pool
+ * then keeps (float16: 2^-11 of the value, measured up to 1.1e-5 in logits here; int8: 1/127 of
+ * the row's largest value, measured up to 1.7e-3).
  */
-const PAGING_TOLERANCE = { float32: EXACT, float16: EXACT, int8: 1e-2 } as const;
+const PAGING_TOLERANCE = { float32: EXACT, float16: 1e-4, int8: 1e-2 } as const;
 
 describe.each(KV_CACHE_DTYPES)("paging on a tiny Qwen3, %s KV cache", (kvCacheDtype) => {
   let runner: OnnxRunner;
