@@ -105,8 +105,8 @@ async function run(work: PeerWork): Promise<PeerResult> {
   const llama = await llamaCpp.getLlama({ gpu: false, build: "never", logLevel: llamaCpp.LlamaLogLevel.error });
   const model = await llama.loadModel({ modelPath: work.gguf });
   const longest = Math.max(...work.prompts.map((p, i) => p.length + work.outputLens[i]));
-  // NOTE: the sequences share the context's cells: room for every one at its longest.
-  const context = await model.createContext({ contextSize: (longest + 16) * work.concurrency, sequences: work.concurrency, threads: work.threads, batchSize: 512 });
+  // NOTE: node-llama-cpp's contextSize is per sequence (the context holds contextSize × sequences cells): room for each at its longest.
+  const context = await model.createContext({ contextSize: longest + 16, sequences: work.concurrency, threads: work.threads, batchSize: 512 });
   const sequences = Array.from({ length: work.concurrency }, () => context.getSequence());
   const generate = async (sequence: (typeof sequences)[number], prompt: number[], n: number, onFirst: () => void): Promise<number[]> => {
     await sequence.clearHistory();
