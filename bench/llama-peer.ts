@@ -64,6 +64,8 @@ export interface PeerWork {
   outputLens: number[];
   concurrency: number;
   threads: number;
+  /** When each request arrives, ms after the start (the load generator's offsets for --request-rate); default all at once. */
+  arrivalsMs?: number[];
   /** Greedy tokens of prompts[0] only (the conversion check), instead of the timed run. */
   greedyOf?: number;
 }
@@ -128,6 +130,8 @@ async function run(work: PeerWork): Promise<PeerResult> {
   const started = performance.now();
   await Promise.all(sequences.map(async (sequence) => {
     for (let i = next++; i < work.prompts.length; i = next++) {
+      const wait = started + (work.arrivalsMs?.[i] ?? 0) - performance.now();
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
       const sent = performance.now();
       const tokens = await generate(sequence, work.prompts[i], work.outputLens[i], () => ttftMs.push(performance.now() - sent));
       outputTokens += tokens.length;

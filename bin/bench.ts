@@ -7,6 +7,8 @@ import { runBench, type BenchTarget } from "../bench/run-bench.ts";
 import { benchTokenizer, buildWorkload, type BenchRequest, type BenchTokenizer } from "../bench/workload.ts";
 import { ensureGguf } from "../bench/gguf-writer.ts";
 import { runLlamaPeer } from "../bench/llama-peer.ts";
+import { arrivalOffsetsMs } from "../bench/load-generator.ts";
+import { Prng } from "../models/prng.ts";
 import { readCheckpoint, type Checkpoint } from "../models/checkpoint.ts";
 import { SYNTHETIC_MODELS } from "../models/synthetic/default-model.ts";
 import { QUANTIZATIONS, type Quantization } from "../models/index.ts";
@@ -42,6 +44,7 @@ Results:
   --rounds N (3)                alternating rounds for the comparisons (medians are compared)
   --peer llama.cpp              the same workload through llama.cpp (node-llama-cpp, installed once into .cache/peers) on a GGUF of the same
                                 checkpoint (F32, Q8_0 or Q4_0 as --quantization is none, int8 or int4), after tokenmill's run,
+                                its requests arriving when tokenmill's did (--request-rate, --burstiness, --seed),
                                 in its own process; an F32 conversion is first checked against tokenmill's greedy tokens;
                                 reports peer_ratio (tokenmill's output tok/s / llama.cpp's); completions with token-id prompts
   --gpu-hour-price USD          print the break-even $/Mtok: what a million output tokens cost at the measured rate
@@ -167,7 +170,9 @@ export async function benchCommand(args: string[]): Promise<void> {
     });
     if (values["json-schema"]) await printGrammarCost(target.baseUrl);
     if (peer) {
-      const peerResult = await comparePeer(target.baseUrl, checkpoint, engineFlags.quantization ?? "none", workload, maxConcurrency, engineFlags.intraOpThreads, tokenizer, result);
+      // The peer's requests arrive when tokenmill's did: the same --request-rate, --burstiness and --seed.
+      const arrivalsMs = arrivalOffsetsMs(workload.length, requestRate, load.burstiness, new Prng(seed));
+      const peerResult = await comparePeer(target.baseUrl, checkpoint, engineFlags.quantization ?? "none", workload, maxConcurrency, arrivalsMs, engineFlags.intraOpThreads, tokenizer, result);
       if (values["save-result"]) writeFileSync(values["save-result"], `${JSON.stringify({ ...result, ...peerResult }, null, 2)}\n`);
     }
   } finally {
@@ -181,7 +186,7 @@ export async function benchCommand(args: string[]): Promise<void> {
  * text for the first prompt, or nothing is timed.
  */
 async function comparePeer(
-  baseUrl: string, checkpoint: Checkpoint, quantization: Quantization, workload: BenchRequest[], concurrency: number, threads: number | undefined,
+  baseUrl: string, checkpoint: Checkpoint, quantization: Quantization, workload: BenchRequest[], concurrency: number, arrivalsMs: number[], threads: number | undefined,
   tokenizer: BenchTokenizer, result: Record<string, unknown>,
 ): Promise<Record<string, unknown>> {
   const type = ({ none: "F32", int8: "Q8_0", int4: "Q4_0" } as const)[quantization];
@@ -201,7 +206,7 @@ async function comparePeer(
     if (ours !== theirs) throw new Error(`--peer llama.cpp: the F32 GGUF does not give tokenmill's greedy text for the first prompt (${JSON.stringify(ours)} vs ${JSON.stringify(theirs)}): nothing timed`);
     console.log(`peer check: llama.cpp on the F32 GGUF gives tokenmill's first ${n} greedy tokens`);
   }
-  const peer = await runLlamaPeer({ gguf, prompts, outputLens, concurrency, threads: peerThreads });
+  const peer = await runLlamaPeer({ gguf, prompts, outputLens, concurrency, threads: peerThreads, arrivalsMs });
   const ours = Number(result.output_throughput);
   const meanTtft = peer.ttftMs.reduce((a, b) => a + b, 0) / Math.max(1, peer.ttftMs.length);
   const ratio = ours / peer.outputThroughput;
