@@ -5,8 +5,10 @@
  * The host-pool graph (CPU and CUDA runners; the pool is an input every step):
  *
  *   input_ids, position_ids  [B, S]       the step's new tokens, right-padded
- *   past_slots               [B, P]       pool slot of every earlier context position
- *   attention_mask           [B, 1, S, P+S]  additive: 0 to attend, -1e9 to mask
+ *   shared_slots             [P0]         pool slots of the first P0 positions, which every sequence of the
+ *                                         step shares (the same blocks); may be empty
+ *   past_slots               [B, P]       pool slot of every earlier context position after those
+ *   attention_mask           [B, 1, S, P0+P+S]  additive: 0 to attend, -1e9 to mask
  *   logits_indices           [K]          flat rows (b*S + s) whose logits to return
  *   inv_temperature          [K]          1 / temperature of each of those rows, for probs
  *   want_probs               []           whether to compute probs at all (else they are [0, 1])
@@ -36,6 +38,7 @@
 export const GRAPH_INPUTS = {
   inputIds: "input_ids",
   positionIds: "position_ids",
+  sharedSlots: "shared_slots",
   pastSlots: "past_slots",
   attentionMask: "attention_mask",
   logitsIndices: "logits_indices",

@@ -46,6 +46,7 @@ export function tokenDimsOf(kind: AttentionKind): string[] {
 
 function hostPoolAttention(g: OnnxGraph, config: ModelConfig, inputIds: string, kvDtype: KvCacheDtype): StepAttention {
   const { numKvHeads, headDim } = config;
+  const sharedSlots = g.input(GRAPH_INPUTS.sharedSlots, DataType.INT64, ["shared"]);
   const pastSlots = g.input(GRAPH_INPUTS.pastSlots, DataType.INT64, ["batch", "past"]);
   const mask = g.input(GRAPH_INPUTS.attentionMask, DataType.FLOAT, ["batch", 1, "seq", "total"]);
   const batchSeqShape = g.op("Shape", [inputIds]);
@@ -71,7 +72,7 @@ function hostPoolAttention(g: OnnxGraph, config: ModelConfig, inputIds: string, 
       const newK = g.scoped("kv_store", () => present(k, names.key, names.keyScale));
       const newV = g.scoped("kv_store", () => present(g.op("Reshape", [v, g.constInt64([-1, numKvHeads, headDim])]), names.value, names.valueScale));
       return g.scoped("attention", () => gatheredAttention(g, config, {
-        q, k: newK, v: newV, pool: { ...pool, dtype: kvDtype }, pastSlots, mask, batchSeqShape,
+        q, k: newK, v: newV, pool: { ...pool, dtype: kvDtype }, sharedSlots, pastSlots, mask, batchSeqShape,
       }));
     },
   };

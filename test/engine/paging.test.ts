@@ -57,6 +57,31 @@ describe.each(KV_CACHE_DTYPES)("paging on a tiny Qwen3, %s KV cache", (kvCacheDt
     expect(maxAbsDiff(contiguous.subarray(9 * VOCAB), scattered)).toBeLessThan(EXACT);
   });
 
+  it("sequences sharing their first blocks (read once for the whole step) equal each run alone (property)", async () => {
+    const shape = fc.record({ numOwnPast: fc.integer({ min: 0, max: 6 }), numNew: fc.integer({ min: 1, max: 5 }), seed: fc.nat() });
+    await fc.assert(fc.asyncProperty(fc.integer({ min: 1, max: 3 }), fc.array(shape, { minLength: 2, maxLength: 5 }), fc.nat(), fc.boolean(), async (numShared, shapes, seed, usePadding) => {
+      const batchRunner = usePadding ? padded : runner;
+      // The shared prefix fills blocks 100.. (4 tokens each); sequence i owns blocks 1 + 5i .. 5 + 5i after it.
+      const prefix = seededTokens(4 * numShared, VOCAB, seed);
+      const sharedBlocks = [100, 101, 102].slice(0, numShared);
+      for (const r of new Set([runner, batchRunner])) await fullLogits(r, [{ tokenIds: prefix, numPastTokens: 0, blockTable: sharedBlocks, logitsFrom: prefix.length }]);
+      const seqs: StepSequence[] = [];
+      for (const [i, s] of shapes.entries()) {
+        const blockTable = [...sharedBlocks, ...[1, 2, 3, 4, 5].map((b) => b + 5 * i)];
+        const own = seededTokens(s.numOwnPast + s.numNew, VOCAB, s.seed + 1);
+        if (s.numOwnPast > 0) {
+          for (const r of new Set([runner, batchRunner])) await fullLogits(r, [{ tokenIds: own.slice(0, s.numOwnPast), numPastTokens: prefix.length, blockTable, logitsFrom: s.numOwnPast }]);
+        }
+        seqs.push({ tokenIds: own.slice(s.numOwnPast), numPastTokens: prefix.length + s.numOwnPast, blockTable, logitsFrom: 0 });
+      }
+      const batched = await fullLogits(batchRunner, seqs);
+      for (let i = 0; i < seqs.length; i++) {
+        const [alone] = await fullLogits(runner, [seqs[i]]);
+        expect(maxAbsDiff(batched[i], alone)).toBeLessThan(PAGING_TOLERANCE[kvCacheDtype]);
+      }
+    }), { numRuns: 15, seed: 7 });
+  });
+
   it("a ragged batch equals the same sequences run one at a time (property)", async () => {
     const sequenceShape = fc.record({ numCached: fc.integer({ min: 0, max: 10 }), numNew: fc.integer({ min: 1, max: 7 }), seed: fc.nat() });
     await fc.assert(fc.asyncProperty(fc.array(sequenceShape, { minLength: 2, maxLength: 6 }), fc.boolean(), async (shapes, usePadding) => {

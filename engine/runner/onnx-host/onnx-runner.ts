@@ -25,6 +25,8 @@ export interface OnnxRunnerOptions {
   paddingSlack?: number;
   /** Profile every run with ONNX Runtime's profiler (see SessionOptions.profileFilePrefix). */
   profileFilePrefix?: string;
+  /** Read the blocks every sequence of a step shares once (default; off for A/B runs). See step-layout.ts. */
+  shareBlocks?: boolean;
 }
 
 export class OnnxRunner implements StepRunner {
@@ -39,6 +41,7 @@ export class OnnxRunner implements StepRunner {
     readonly buffers: KvBuffers,
     private readonly config: ModelConfig,
     private readonly paddingSlack: number,
+    private readonly shareBlocks: boolean,
   ) {
     this.vocabSize = config.vocabSize;
     this.hiddenSize = config.hiddenSize;
@@ -72,7 +75,7 @@ export class OnnxRunner implements StepRunner {
     const session = await createSession(options.graphPath, {
       device: options.device, intraOpThreads: options.intraOpThreads, profileFilePrefix: options.profileFilePrefix,
     });
-    return new OnnxRunner(session, new KvBuffers({ ...shape, numBlocks }), config, options.paddingSlack ?? 1.25);
+    return new OnnxRunner(session, new KvBuffers({ ...shape, numBlocks }), config, options.paddingSlack ?? 1.25, options.shareBlocks ?? true);
   }
 
   async step(seqs: readonly StepSequence[], options: StepOptions): Promise<SequenceRows[]> {
@@ -94,13 +97,14 @@ export class OnnxRunner implements StepRunner {
   }
 
   private async runGroup(seqs: readonly StepSequence[], options: StepOptions): Promise<SequenceRows[]> {
-    const layout = layoutStep(seqs, this.buffers, this.config.slidingWindow);
+    const layout = layoutStep(seqs, this.buffers, this.config.slidingWindow, this.shareBlocks);
     const { batch, seq, past } = layout;
     const feeds: Record<string, ort.Tensor> = {
       ...this.poolFeeds,
       [GRAPH_INPUTS.inputIds]: int64Tensor(layout.inputIds, [batch, seq]),
       [GRAPH_INPUTS.positionIds]: int64Tensor(layout.positionIds, [batch, seq]),
-      [GRAPH_INPUTS.pastSlots]: int64Tensor(layout.pastSlots, [batch, past]),
+      [GRAPH_INPUTS.sharedSlots]: int64Tensor(layout.sharedSlots, [layout.sharedSlots.length]),
+      [GRAPH_INPUTS.pastSlots]: int64Tensor(layout.pastSlots, [batch, past - layout.sharedSlots.length]),
       [GRAPH_INPUTS.attentionMask]: floatTensor(layout.mask, [batch, 1, seq, past + seq]),
       [GRAPH_INPUTS.logitsIndices]: int64Tensor(layout.logitsIndices, [layout.logitsIndices.length]),
       [GRAPH_INPUTS.invTemperature]: floatTensor(layout.invTemperature, [layout.invTemperature.length]),

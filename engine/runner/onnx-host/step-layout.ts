@@ -6,6 +6,11 @@
  *   ├──── past: j < P ─────┤├── new: P + j, j < S ──┤
  *   0 for j < numPast_b    0 for j ≤ i (causal)      else MASKED
  *   (with a sliding window W, positions at or before q - W are masked too)
+ *
+ * Past position j is mask column j. Its slot is in shared_slots when j < P0, the positions
+ * whose block every sequence of the step holds (the same block id at the same index: a
+ * prefix-cached prompt), and in past_slots[b, j - P0] otherwise. The graph reads the shared
+ * blocks once for the whole step (gathered-attention.ts).
  */
 import type { StepSequence } from "../step-runner.ts";
 import type { KvBuffers } from "./kv-buffers.ts";
@@ -19,6 +24,9 @@ export interface StepLayout {
   past: number;
   inputIds: BigInt64Array;
   positionIds: BigInt64Array;
+  /** Slots of positions 0..P0-1, shared by every sequence (empty when nothing is). */
+  sharedSlots: BigInt64Array;
+  /** [B, P - P0]: each sequence's slots of positions P0.., padded with the null slot. */
   pastSlots: BigInt64Array;
   mask: Float32Array;
   logitsIndices: BigInt64Array;
@@ -29,22 +37,29 @@ export interface StepLayout {
   newSlots: Int32Array[];
 }
 
-/** @param slidingWindow when set, a token at position q sees only keys at positions > q - slidingWindow. */
-export function layoutStep(seqs: readonly StepSequence[], pool: KvBuffers, slidingWindow: number | null = null): StepLayout {
+/**
+ * @param slidingWindow when set, a token at position q sees only keys at positions > q - slidingWindow.
+ * @param shareBlocks whether to read the blocks every sequence shares once (off: every past position goes in past_slots).
+ */
+export function layoutStep(seqs: readonly StepSequence[], pool: KvBuffers, slidingWindow: number | null = null, shareBlocks = true): StepLayout {
   const batch = seqs.length;
   const seq = Math.max(...seqs.map((s) => s.tokenIds.length));
   const past = Math.max(...seqs.map((s) => s.numPastTokens));
   const total = past + seq;
+  // NOTE: with a sliding window, shared positions could fall out of a row's window; the mask handles that only per row.
+  const shared = shareBlocks && slidingWindow === null && batch > 1 ? sharedPastLength(seqs, pool.shape.blockSize) : 0;
+  const sharedSlots = BigInt64Array.from({ length: shared }, (_, j) => BigInt(pool.slotOf(seqs[0].blockTable, j)));
+  const own = past - shared;
   const inputIds = new BigInt64Array(batch * seq);
   const positionIds = new BigInt64Array(batch * seq);
-  const pastSlots = new BigInt64Array(batch * past).fill(BigInt(NULL_SLOT));
+  const pastSlots = new BigInt64Array(batch * own).fill(BigInt(NULL_SLOT));
   const mask = new Float32Array(batch * seq * total).fill(MASKED);
   const logitsIndices: bigint[] = [];
   const invTemperature: number[] = [];
   const hiddenIndices: bigint[] = [];
   const newSlots: Int32Array[] = [];
   seqs.forEach((s, b) => {
-    for (let j = 0; j < s.numPastTokens; j++) pastSlots[b * past + j] = BigInt(pool.slotOf(s.blockTable, j));
+    for (let j = shared; j < s.numPastTokens; j++) pastSlots[b * own + j - shared] = BigInt(pool.slotOf(s.blockTable, j));
     const slots = new Int32Array(s.tokenIds.length);
     for (let i = 0; i < seq; i++) {
       const row = b * seq + i;
@@ -75,9 +90,17 @@ export function layoutStep(seqs: readonly StepSequence[], pool: KvBuffers, slidi
   }
   if (hiddenIndices.length === 0) hiddenIndices.push(0n);
   return {
-    batch, seq, past, inputIds, positionIds, pastSlots, mask, newSlots,
+    batch, seq, past, inputIds, positionIds, sharedSlots, pastSlots, mask, newSlots,
     logitsIndices: BigInt64Array.from(logitsIndices), invTemperature: Float32Array.from(invTemperature), hiddenIndices: BigInt64Array.from(hiddenIndices),
   };
+}
+
+/** Past positions in whole blocks that every sequence holds, in the same blocks. */
+function sharedPastLength(seqs: readonly StepSequence[], blockSize: number): number {
+  const numFull = Math.floor(Math.min(...seqs.map((s) => s.numPastTokens)) / blockSize);
+  let blocks = 0;
+  while (blocks < numFull && seqs.every((s) => s.blockTable[blocks] === seqs[0].blockTable[blocks])) blocks++;
+  return blocks * blockSize;
 }
 
 /**
