@@ -20,6 +20,10 @@ export interface StepFixtureOptions {
   prefillLen: number;
   threads?: number;
   profileFilePrefix?: string;
+  /** The first this many tokens (whole blocks) of every sequence are the same, in the same blocks, filled once. */
+  sharedPrefix?: number;
+  /** The runner's shareBlocks (default on). */
+  shareBlocks?: boolean;
 }
 
 export interface StepFixture {
@@ -51,11 +55,15 @@ export async function openStepFixture(modelDir: string, build: GraphBuildOptions
   const bytesPerBlock = KvBuffers.bytesPerBlock({ numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize, dtype: kvCacheDtype });
   const runner = await OnnxRunner.create({
     graphPath: graph.graphPath, config, device: "cpu", blockSize, kvCacheBytes: (1 + (batch + 1) * blocksPerSeq) * bytesPerBlock, kvCacheDtype,
-    intraOpThreads: options.threads ?? 0, profileFilePrefix: options.profileFilePrefix,
+    intraOpThreads: options.threads ?? 0, profileFilePrefix: options.profileFilePrefix, shareBlocks: options.shareBlocks,
   });
+  const sharedBlocks = Math.floor((options.sharedPrefix ?? 0) / blockSize);
+  const shared = sharedBlocks * blockSize;
+  if (shared > context) throw new Error(`--shared-prefix ${shared} is longer than the context ${context}`);
   const rng = new Prng(1);
   const tokens = (n: number) => Array.from({ length: n }, () => Math.floor(rng.next() * (config.vocabSize - 1000)));
-  const tables = Array.from({ length: batch + 1 }, (_, b) => Array.from({ length: blocksPerSeq }, (_, i) => 1 + b * blocksPerSeq + i));
+  // Sequence b's blocks; with a shared prefix, every sequence's first sharedBlocks are sequence 0's.
+  const tables = Array.from({ length: batch + 1 }, (_, b) => Array.from({ length: blocksPerSeq }, (_, i) => 1 + (b < batch && i < sharedBlocks ? 0 : b) * blocksPerSeq + i));
   const timed = async (seqs: StepSequence[]) => {
     const started = performance.now();
     await runner.step(seqs, { fullLogits: false });
@@ -65,7 +73,10 @@ export async function openStepFixture(modelDir: string, build: GraphBuildOptions
     runner, config, weightsBytes: graph.weightsBytes,
     prefill: () => timed([{ tokenIds: tokens(prefillLen), numPastTokens: 0, blockTable: tables[batch], logitsFrom: prefillLen - 1 }]),
     fill: async () => {
-      for (let b = 0; b < batch; b++) await timed([{ tokenIds: tokens(context), numPastTokens: 0, blockTable: tables[b], logitsFrom: context - 1 }]);
+      for (let b = 0; b < batch; b++) {
+        const from = b === 0 ? 0 : shared;
+        if (from < context) await timed([{ tokenIds: tokens(context - from), numPastTokens: from, blockTable: tables[b], logitsFrom: context - from - 1 }]);
+      }
     },
     decode: (t) => timed(tables.slice(0, batch).map((blockTable) => ({ tokenIds: tokens(1), numPastTokens: context + t, blockTable, logitsFrom: 0 }))),
   };
