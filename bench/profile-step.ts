@@ -7,6 +7,7 @@
  *
  *   node --import tsx bench/profile-step.ts --model qwen3-0.6b-random --quantization int4 \
  *     --batch 32 --context 192 --prefill-len 1024 --steps 8 [--fuse true|false] [--kv-cache-dtype float32|float16|int8]
+ *     [--shared-prefix N]   (every sequence's first N tokens in the same blocks, as step-fixture.ts)
  *
  * --fuse overrides whether q/k/v and gate/up are fused (default: fused in quantized graphs).
  */
@@ -46,6 +47,7 @@ const { values } = parseArgs({
     threads: { type: "string", default: "0" },
     fuse: { type: "string" },
     "kv-cache-dtype": { type: "string", default: "float32" },
+    "shared-prefix": { type: "string", default: "0" },
   },
 });
 const quantization = values.quantization as Quantization;
@@ -63,6 +65,7 @@ const profileDir = mkdtempSync(join(tmpdir(), "tokenmill-profile-"));
 const fuseProjections = values.fuse === undefined ? undefined : values.fuse === "true";
 const fixture = await openStepFixture(modelDir, { quantization, fuseProjections, kvCacheDtype }, {
   batch, context, prefillLen, steps: warmup + numSteps, threads: Number(values.threads), profileFilePrefix: join(profileDir, "step"),
+  sharedPrefix: Number(values["shared-prefix"]),
 });
 // Run 0 warms the session up; run 1 is the prefill chunk profiled; runs 2..batch+1 fill each sequence's context.
 const walls: number[] = [];
