@@ -291,7 +291,7 @@ async function loadLocalBackend(
     Engine.start(spec.engineOptions),
   ]);
   const model = backend.id;
-  ctx.metrics.addModel(model, { blockSize: engine.info.blockSize, numBlocks: engine.info.numBlocks });
+  ctx.metrics.addModel(model, { blockSize: engine.info.blockSize, numBlocks: engine.info.numBlocks, dtype: engine.info.kvCache.dtype });
   engine.onStats((stats) => ctx.metrics.observe(model, stats));
   engine.onEvent((event) => {
     if (event.type === "died") {

@@ -79,7 +79,7 @@ export class ServerMetrics {
     waiting: new Gauge({ name: "vllm:num_requests_waiting", help: "Sequences waiting to be scheduled (tokenmill_requests_waiting, under vLLM's name).", labelNames: ["model_name"], registers: [this.registry] }),
     running: new Gauge({ name: "vllm:num_requests_running", help: "Sequences in the running batch (tokenmill_requests_running, under vLLM's name).", labelNames: ["model_name"], registers: [this.registry] }),
     kvUsage: new Gauge({ name: "vllm:kv_cache_usage_perc", help: "Fraction of KV cache blocks in use, 0-1 (tokenmill_kv_cache_usage_ratio, under vLLM's name).", labelNames: ["model_name"], registers: [this.registry] }),
-    cacheConfig: new Gauge({ name: "vllm:cache_config_info", help: "The KV cache's configuration, in its labels (the value is 1).", labelNames: ["model_name", "block_size", "num_gpu_blocks"], registers: [this.registry] }),
+    cacheConfig: new Gauge({ name: "vllm:cache_config_info", help: "The KV cache's configuration, in its labels (the value is 1).", labelNames: ["model_name", "block_size", "num_gpu_blocks", "cache_dtype"], registers: [this.registry] }),
   };
   /** Each model's last snapshot: counters advance by the difference from it. */
   private readonly last = new Map<string, EngineStatsSnapshot>();
@@ -110,10 +110,10 @@ export class ServerMetrics {
   }
 
   /** Starts a model's series at zero, so that they exist before anything happens to it; `cache` is its KV cache's shape. */
-  addModel(model: string, cache?: { blockSize: number; numBlocks: number }): void {
+  addModel(model: string, cache?: { blockSize: number; numBlocks: number; dtype: string }): void {
     const labels = { model };
     for (const gauge of Object.values(this.gateway)) if (gauge !== this.gateway.cacheConfig) gauge.set({ model_name: model }, 0);
-    if (cache) this.gateway.cacheConfig.set({ model_name: model, block_size: String(cache.blockSize), num_gpu_blocks: String(cache.numBlocks) }, 1);
+    if (cache) this.gateway.cacheConfig.set({ model_name: model, block_size: String(cache.blockSize), num_gpu_blocks: String(cache.numBlocks), cache_dtype: cache.dtype }, 1);
     for (const counter of [this.prefixQueries, this.prefixHits, this.promptTokens, this.generationTokens, this.preemptions, this.engineRestarts, this.grammarSteps, this.grammarMask, this.grammarWait]) {
       counter.inc(labels, 0);
     }

@@ -272,7 +272,7 @@ describe("lifecycle", () => {
     const idle = await gateway();
     expect(idle).toMatchObject({ waiting: 0, running: 0, kv: 0 });
     const info = server.ctx.models.local(MODEL).engine!.info as unknown as { blockSize: number; numBlocks: number };
-    expect(idle.text).toContain(`vllm:cache_config_info{model_name="${MODEL}",block_size="${info.blockSize}",num_gpu_blocks="${info.numBlocks}"} 1`);
+    expect(idle.text).toContain(`vllm:cache_config_info{model_name="${MODEL}",block_size="${info.blockSize}",num_gpu_blocks="${info.numBlocks}",cache_dtype="float32"} 1`);
     for (const name of ["vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc", "vllm:cache_config_info"]) expect(idle.text).toContain(`# TYPE ${name} gauge`);
     const controller = new AbortController();
     const pending = fetch(`${server.url}/v1/chat/completions`, {
