@@ -20,6 +20,7 @@ export const ENGINE_FLAGS = {
   "max-model-len": { type: "string" },
   "no-prefix-caching": { type: "boolean", default: false },
   threads: { type: "string" },
+  "ort-spinning": { type: "string", default: "auto" },
   "batch-max-wait": { type: "string" },
   "batch-step-seqs": { type: "string" },
   "grammar-compile-timeout": { type: "string" },
@@ -50,6 +51,8 @@ export const ENGINE_FLAGS_HELP = `Model and engine:
   --max-model-len N             context length (default: the model's max_position_embeddings)
   --no-prefix-caching           turn automatic prefix caching off
   --threads N                   ONNX Runtime intra-op threads (default: all cores)
+  --ort-spinning auto|on|off    ONNX Runtime's threads spin between an op's parallel sections (default auto: on for
+                                graphs of 256 MiB of weights or more, where it measured faster, off below)
   --batch-max-wait SECONDS      a batch-tier request waiting this long is admitted as standard (default 30)
   --quantization none|int8|int4 the big linears (q/k/v/o, gate/up/down) as int8 or int4 blocks, MatMulNBits with
                                 int8 activations, and the embedding and LM head as int8 (default none); the graph
@@ -100,6 +103,7 @@ export function readEngineFlags(values: EngineFlagValues): EngineFlags {
     maxModelLen: optionalFlagValue("max-model-len", values["max-model-len"], intFlag(1)),
     enablePrefixCaching: values["no-prefix-caching"] !== true,
     intraOpThreads: optionalFlagValue("threads", values.threads, intFlag(1, 1024)),
+    ...spinningFlag(flagValue("ort-spinning", values["ort-spinning"] ?? "auto", enumFlag("auto", "on", "off"))),
     quantization: optionalFlagValue("quantization", values.quantization, enumFlag(...QUANTIZATIONS)) ?? "none",
     quantBlockSize: optionalFlagValue("quant-block-size", values["quant-block-size"], blockSizeFlag),
     grammarCompileTimeoutMs: (optionalFlagValue("grammar-compile-timeout", values["grammar-compile-timeout"], numberFlag(0, 3600, { minExclusive: true })) ?? 10) * 1000,
@@ -108,6 +112,10 @@ export function readEngineFlags(values: EngineFlagValues): EngineFlags {
     batchMaxWaitMs: (optionalFlagValue("batch-max-wait", values["batch-max-wait"], numberFlag(0)) ?? DEFAULT_BATCH_MAX_WAIT_MS / 1000) * 1000,
     progress: process.stderr.isTTY,
   };
+}
+
+function spinningFlag(value: "auto" | "on" | "off"): { spinning?: boolean } {
+  return value === "auto" ? {} : { spinning: value === "on" };
 }
 
 export function engineOptionsFrom(flags: EngineFlags, checkpoint: Checkpoint): EngineOptions {

@@ -17,6 +17,8 @@ export interface RunnerOptions {
   /** How the graph's host pool stores K/V (the graph was built for it); the device pool is float16. */
   kvCacheDtype?: KvCacheDtype;
   intraOpThreads?: number;
+  /** Host-pool runners: let ORT's threads spin (see spinningFor). */
+  spinning?: boolean;
 }
 
 type RunnerFactory = (options: RunnerOptions) => Promise<StepRunner>;

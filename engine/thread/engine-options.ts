@@ -28,6 +28,8 @@ export interface EngineOptions {
   eosTokenIds?: number[];
   /** Threads for one ONNX Runtime operator; 0: every core. */
   intraOpThreads?: number;
+  /** ONNX Runtime's threads spin between parallel sections (--ort-spinning; unset: auto, by the graph's weight bytes: spinningFor). */
+  spinning?: boolean;
   /** How long a batch-tier request may wait before it is admitted as standard (default 30 s). */
   batchMaxWaitMs?: number;
   /** The big linears' weights: float (none), or int8/int4 blocks through MatMulNBits (--quantization). */

@@ -12,6 +12,7 @@ import type { EngineInfo, EngineOptions } from "./engine-options.ts";
 import type { FromEngine, ToEngine } from "./engine-protocol.ts";
 import { contextLengthOf } from "../core/context-length.ts";
 import { createRunner } from "../runner/runner-registry.ts";
+import { spinningFor } from "../runner/onnx-host/onnx-session.ts";
 import { DEFAULT_GRAMMAR_COMPILE_TIMEOUT_MS, DEFAULT_GRAMMAR_MASK_TIMEOUT_MS, DEFAULT_GRAMMAR_THREADS, GrammarPool } from "../grammar/grammar-pool.ts";
 
 const port = parentPort!;
@@ -23,6 +24,7 @@ async function main(options: EngineOptions): Promise<void> {
   const { config } = graph;
   const runner = await createRunner(options.device, {
     graphPath: graph.graphPath, config, blockSize: options.blockSize, kvCacheBytes: options.kvCacheMemoryBytes, kvCacheDtype: graph.kvCacheDtype, intraOpThreads: options.intraOpThreads,
+    spinning: options.spinning ?? spinningFor(graph.weightsBytes),
   });
   const { numBlocks } = runner.kvCache;
   const context = contextLengthOf({ maxPositionEmbeddings: config.maxPositionEmbeddings, requested: options.maxModelLen, kvCacheTokens: runner.kvCache.numTokens });

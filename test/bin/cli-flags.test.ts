@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { bytesFlag, enumFlag, flagValue, intFlag, listFlag, numberFlag } from "../../bin/flags.ts";
 import { readEngineFlags } from "../../bin/engine-flags.ts";
+import { spinningFor } from "../../engine/runner/onnx-host/onnx-session.ts";
 import { secretFlagWarnings } from "../../bin/serve.ts";
 import { runCli, runCliAsync } from "../helpers/cli.ts";
 import { freePort } from "../helpers/free-port.ts";
@@ -30,7 +31,7 @@ describe("flag values", () => {
     const good = { device: "cpu", "kv-cache-memory": "2GiB", "block-size": "16", "max-num-seqs": "128", "max-num-batched-tokens": "2048" };
     expect(readEngineFlags(good)).toMatchObject({ device: "cpu", blockSize: 16, maxNumSeqs: 128, maxModelLen: undefined, intraOpThreads: undefined });
     for (const [flag, raw] of [["device", "tpu"], ["kv-cache-memory", "much"], ["block-size", "0"], ["max-num-seqs", "-4"],
-      ["max-num-batched-tokens", "lots"], ["max-model-len", "1.5"], ["threads", "all"], ["batch-max-wait", "soon"], ["kv-cache-dtype", "fp8"]]) {
+      ["max-num-batched-tokens", "lots"], ["max-model-len", "1.5"], ["threads", "all"], ["batch-max-wait", "soon"], ["kv-cache-dtype", "fp8"], ["ort-spinning", "yes"]]) {
       expect(() => readEngineFlags({ ...good, [flag]: raw }), flag).toThrow(new RegExp(`^--${flag} takes `));
     }
     expect(readEngineFlags(good).kvCacheDtype).toBeUndefined();
@@ -38,6 +39,11 @@ describe("flag values", () => {
     expect(readEngineFlags({ ...good, "kv-cache-dtype": "int8" }).kvCacheDtype).toBe("int8");
     expect(() => readEngineFlags({ ...good, device: "webgpu", "kv-cache-dtype": "int8" })).toThrow(/--kv-cache-dtype int8 is for the host pool .* float16/);
     expect(readEngineFlags({ ...good, device: "webgpu", "kv-cache-dtype": "float16" }).kvCacheDtype).toBe("float16");
+    // --ort-spinning: auto leaves it to the graph's size (spinningFor: measured faster from 256 MiB of weights).
+    expect(readEngineFlags(good).spinning).toBeUndefined();
+    expect(readEngineFlags({ ...good, "ort-spinning": "on" }).spinning).toBe(true);
+    expect(readEngineFlags({ ...good, "ort-spinning": "off" }).spinning).toBe(false);
+    expect([spinningFor(60 * 1024 ** 2), spinningFor(448 * 1024 ** 2)]).toEqual([false, true]);
   });
 });
 

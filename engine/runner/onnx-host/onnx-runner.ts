@@ -27,6 +27,8 @@ export interface OnnxRunnerOptions {
   profileFilePrefix?: string;
   /** Read the blocks every sequence of a step shares once (default; off for A/B runs). See step-layout.ts. */
   shareBlocks?: boolean;
+  /** Let ORT's threads spin between parallel sections (default off; see spinningFor). */
+  spinning?: boolean;
 }
 
 export class OnnxRunner implements StepRunner {
@@ -73,7 +75,7 @@ export class OnnxRunner implements StepRunner {
       throw new EngineError("INVALID_REQUEST", `a KV cache of ${options.kvCacheBytes} bytes holds fewer than 2 blocks of ${KvBuffers.bytesPerBlock(shape)} bytes; raise --kv-cache-memory`);
     }
     const session = await createSession(options.graphPath, {
-      device: options.device, intraOpThreads: options.intraOpThreads, profileFilePrefix: options.profileFilePrefix,
+      device: options.device, intraOpThreads: options.intraOpThreads, profileFilePrefix: options.profileFilePrefix, spinning: options.spinning,
     });
     return new OnnxRunner(session, new KvBuffers({ ...shape, numBlocks }), config, options.paddingSlack ?? 1.25, options.shareBlocks ?? true);
   }

@@ -17,7 +17,7 @@ export interface SessionOptions {
   device: OnnxDevice;
   /** Threads for one operator; 0 lets ORT use every core. */
   intraOpThreads?: number;
-  /** Let ORT's threads spin while waiting for work (off by default; see createSession). */
+  /** Let ORT's threads spin while waiting for work (off by default; see spinningFor). */
   spinning?: boolean;
   /** Write ONNX Runtime's per-node profile (Chrome trace JSON) to PREFIX_<date>.json (bench/profile-step.ts). */
   profileFilePrefix?: string;
@@ -26,6 +26,22 @@ export interface SessionOptions {
 }
 
 const EXECUTION_PROVIDERS: Record<OnnxDevice, string[]> = { cpu: ["cpu"], cuda: ["cuda", "cpu"], webgpu: ["webgpu", "cpu"] };
+
+/**
+ * Whether ORT's worker threads should spin between an op's parallel sections, for a graph
+ * with this many bytes of weights (--ort-spinning auto). They share the cores with the HTTP
+ * thread, tokenizer workers and the engine loop, so spinning pays only where the steps are
+ * long. Measured on two cores with `npm run bench`, two runs each, alternating:
+ * - the 15M default model at concurrency 32: 1972 and 1931 tok/s without spinning, 1896 and
+ *   1826 with it (and `--compare-limit`'s server / limit 0.96-1.02 without, 0.84-0.98 with);
+ * - qwen3-0.6b-random int4 (448 MiB): c1 36.2/36.7 → 38.3/38.1 tok/s, c8 73.6/76.7 →
+ *   77.0/79.1, c32 75.3/75.3 → 75.8/78.9.
+ */
+export function spinningFor(weightsBytes: number): boolean {
+  return weightsBytes >= SPINNING_WEIGHTS_BYTES;
+}
+
+const SPINNING_WEIGHTS_BYTES = 256 * 1024 ** 2;
 
 export async function createSession(graph: string | Uint8Array, options: SessionOptions): Promise<ort.InferenceSession> {
   if (options.device === "cuda") assertCudaBinaries();
@@ -38,11 +54,7 @@ export async function createSession(graph: string | Uint8Array, options: Session
       enableCpuMemArena: true,
       enableMemPattern: false,
       ...(options.profileFilePrefix ? { enableProfiling: true, profileFilePrefix: options.profileFilePrefix } : {}),
-      // NOTE: ORT's worker threads spin between parallel sections by default. Here they share the
-      // cores with the HTTP thread, tokenizer workers and the engine loop. Five runs each of
-      // `npm run bench -- --compare-limit` on two cores: the server's median throughput was 1299
-      // tok/s without spinning and 1235 with it (server / limit 0.96-1.02 against 0.84-0.98);
-      // only the bare runner, alone on the machine, gains from spinning.
+      // NOTE: whether ORT's threads spin between parallel sections is the engine's choice (spinningFor).
       extra: { session: { intra_op: { allow_spinning: options.spinning ? "1" : "0" } } },
       ...(options.preferredOutputLocation ? { preferredOutputLocation: options.preferredOutputLocation } : {}),
       // NOTE: on WebGPU, ORT warns at every session that shape ops run on the CPU, which is by design.
