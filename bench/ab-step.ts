@@ -9,10 +9,12 @@
  * A build is comma-separated key=value: quantization (none|int8|int4), fuse (true|false),
  * block (the quantization block size), kv (the KV cache dtype: float32|float16|int8), rope (op:
  * the RotaryEmbedding op, ops: plain ops), share (the runner reads blocks every sequence shares
- * once: true, the default, or per sequence: false).
+ * once: true, the default, or per sequence: false), split (the runner splits a step by past
+ * length where it pays: true, the default, or never: false).
  *
  * --shared-prefix N gives every sequence of the batch the same first N tokens, in the same
- * blocks (a prefix-cached system prompt), filled once.
+ * blocks (a prefix-cached system prompt), filled once. --ragged-context gives sequence b the
+ * context shared + (context − shared)·(b + 1)/batch instead of `context`.
  */
 import { parseArgs } from "node:util";
 import type { GraphBuildOptions } from "../models/build-graph.ts";
@@ -32,20 +34,22 @@ const { values } = parseArgs({
     prefills: { type: "string", default: "3" },
     threads: { type: "string", default: "0" },
     "shared-prefix": { type: "string", default: "0" },
+    "ragged-context": { type: "boolean", default: false },
   },
 });
 
-export function parseBuild(text: string): GraphBuildOptions & { shareBlocks?: boolean } {
-  const build: GraphBuildOptions & { shareBlocks?: boolean } = {};
+export function parseBuild(text: string): GraphBuildOptions & { shareBlocks?: boolean; splitPasts?: boolean } {
+  const build: GraphBuildOptions & { shareBlocks?: boolean; splitPasts?: boolean } = {};
   for (const part of text.split(",").filter(Boolean)) {
     const [key, value] = part.split("=");
     if (key === "quantization" && QUANTIZATIONS.includes(value as Quantization)) build.quantization = value as Quantization;
     else if (key === "fuse" && (value === "true" || value === "false")) build.fuseProjections = value === "true";
     else if (key === "block" && /^\d+$/.test(value)) build.quantBlockSize = Number(value);
+    else if (key === "split" && (value === "true" || value === "false")) build.splitPasts = value === "true";
     else if (key === "share" && (value === "true" || value === "false")) build.shareBlocks = value === "true";
     else if (key === "rope" && (value === "op" || value === "ops")) build.ropeOp = value === "op";
     else if (key === "kv" && KV_CACHE_DTYPES.includes(value as KvCacheDtype)) build.kvCacheDtype = value as KvCacheDtype;
-    else throw new Error(`bad build option ${JSON.stringify(part)}: use quantization=none|int8|int4, fuse=true|false, block=N, kv=float32|float16|int8, rope=op|ops, share=true|false`);
+    else throw new Error(`bad build option ${JSON.stringify(part)}: use quantization=none|int8|int4, fuse=true|false, block=N, kv=float32|float16|int8, rope=op|ops, share=true|false, split=true|false`);
   }
   return build;
 }
@@ -53,11 +57,11 @@ export function parseBuild(text: string): GraphBuildOptions & { shareBlocks?: bo
 const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor((xs.length - 1) / 2)];
 const modelDir = modelDirOf(values.model!);
 const steps = Number(values.steps);
-const options = { batch: Number(values.batch), context: Number(values.context), steps: steps + 2, prefillLen: Number(values["prefill-len"]), threads: Number(values.threads), sharedPrefix: Number(values["shared-prefix"]) };
+const options = { batch: Number(values.batch), context: Number(values.context), steps: steps + 2, prefillLen: Number(values["prefill-len"]), threads: Number(values.threads), sharedPrefix: Number(values["shared-prefix"]), raggedContext: values["ragged-context"] };
 const sides: { label: string; fixture: StepFixture; decode: number[]; prefill: number[] }[] = [];
 for (const label of [values.a!, values.b!]) {
-  const { shareBlocks, ...build } = parseBuild(label);
-  const fixture = await openStepFixture(modelDir, build, { ...options, shareBlocks });
+  const { shareBlocks, splitPasts, ...build } = parseBuild(label);
+  const fixture = await openStepFixture(modelDir, build, { ...options, shareBlocks, splitPasts });
   await fixture.fill();
   await fixture.prefill(); // the session's first big run allocates its arena
   sides.push({ label, fixture, decode: [], prefill: [] });

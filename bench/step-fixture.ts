@@ -24,6 +24,10 @@ export interface StepFixtureOptions {
   sharedPrefix?: number;
   /** The runner's shareBlocks (default on). */
   shareBlocks?: boolean;
+  /** The runner's splitPasts (default on). */
+  splitPasts?: boolean;
+  /** Sequence b's context is shared + (context − shared)·(b + 1)/batch, instead of `context` for all: ragged pasts. */
+  raggedContext?: boolean;
 }
 
 export interface StepFixture {
@@ -55,11 +59,12 @@ export async function openStepFixture(modelDir: string, build: GraphBuildOptions
   const bytesPerBlock = KvBuffers.bytesPerBlock({ numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize, dtype: kvCacheDtype });
   const runner = await OnnxRunner.create({
     graphPath: graph.graphPath, config, device: "cpu", blockSize, kvCacheBytes: (1 + (batch + 1) * blocksPerSeq) * bytesPerBlock, kvCacheDtype,
-    intraOpThreads: options.threads ?? 0, profileFilePrefix: options.profileFilePrefix, shareBlocks: options.shareBlocks,
+    intraOpThreads: options.threads ?? 0, profileFilePrefix: options.profileFilePrefix, shareBlocks: options.shareBlocks, splitPasts: options.splitPasts,
   });
   const sharedBlocks = Math.floor((options.sharedPrefix ?? 0) / blockSize);
   const shared = sharedBlocks * blockSize;
   if (shared > context) throw new Error(`--shared-prefix ${shared} is longer than the context ${context}`);
+  const contextOf = (b: number) => (options.raggedContext ? shared + Math.round(((context - shared) * (b + 1)) / batch) : context);
   const rng = new Prng(1);
   const tokens = (n: number) => Array.from({ length: n }, () => Math.floor(rng.next() * (config.vocabSize - 1000)));
   // Sequence b's blocks; with a shared prefix, every sequence's first sharedBlocks are sequence 0's.
@@ -75,9 +80,10 @@ export async function openStepFixture(modelDir: string, build: GraphBuildOptions
     fill: async () => {
       for (let b = 0; b < batch; b++) {
         const from = b === 0 ? 0 : shared;
-        if (from < context) await timed([{ tokenIds: tokens(context - from), numPastTokens: from, blockTable: tables[b], logitsFrom: context - from - 1 }]);
+        const to = b === 0 ? Math.max(shared, contextOf(b)) : contextOf(b);
+        if (from < to) await timed([{ tokenIds: tokens(to - from), numPastTokens: from, blockTable: tables[b], logitsFrom: to - from - 1 }]);
       }
     },
-    decode: (t) => timed(tables.slice(0, batch).map((blockTable) => ({ tokenIds: tokens(1), numPastTokens: context + t, blockTable, logitsFrom: 0 }))),
+    decode: (t) => timed(tables.slice(0, batch).map((blockTable, b) => ({ tokenIds: tokens(1), numPastTokens: (b === 0 ? Math.max(shared, contextOf(b)) : contextOf(b)) + t, blockTable, logitsFrom: 0 }))),
   };
 }

@@ -9,7 +9,8 @@ import type { KvCacheInfo, StepOptions, StepRunner, StepSequence } from "../step
 import { splitStepRows, type SequenceRows } from "../step-rows.ts";
 import { KvBuffers, type KvArray } from "./kv-buffers.ts";
 import { type OnnxDevice, createSession, floatTensor, int64Tensor, ort, rowsOf } from "./onnx-session.ts";
-import { groupForPadding, layoutStep } from "./step-layout.ts";
+import { groupForPadding, layoutStep, splitByPast } from "./step-layout.ts";
+import { existsSync, statSync } from "node:fs";
 
 export interface OnnxRunnerOptions {
   graphPath: string;
@@ -29,6 +30,8 @@ export interface OnnxRunnerOptions {
   shareBlocks?: boolean;
   /** Let ORT's threads spin between parallel sections (default off; see spinningFor). */
   spinning?: boolean;
+  /** Split a step's sequences by past length where it pays (default on; off for A/B runs). See splitByPast. */
+  splitPasts?: boolean;
 }
 
 export class OnnxRunner implements StepRunner {
@@ -44,6 +47,8 @@ export class OnnxRunner implements StepRunner {
     private readonly config: ModelConfig,
     private readonly paddingSlack: number,
     private readonly shareBlocks: boolean,
+    /** splitByPast's cost of another run, in row·tokens of past; Infinity: never split. */
+    private readonly runCost: number,
   ) {
     this.vocabSize = config.vocabSize;
     this.hiddenSize = config.hiddenSize;
@@ -77,14 +82,17 @@ export class OnnxRunner implements StepRunner {
     const session = await createSession(options.graphPath, {
       device: options.device, intraOpThreads: options.intraOpThreads, profileFilePrefix: options.profileFilePrefix, spinning: options.spinning,
     });
-    return new OnnxRunner(session, new KvBuffers({ ...shape, numBlocks }), config, options.paddingSlack ?? 1.25, options.shareBlocks ?? true);
+    const runCost = options.splitPasts === false ? Infinity : runCostOf(options.graphPath, KvBuffers.bytesPerBlock(shape) / shape.blockSize);
+    return new OnnxRunner(session, new KvBuffers({ ...shape, numBlocks }), config, options.paddingSlack ?? 1.25, options.shareBlocks ?? true, runCost);
   }
 
   async step(seqs: readonly StepSequence[], options: StepOptions): Promise<SequenceRows[]> {
     const logits: SequenceRows[] = new Array(seqs.length);
-    for (const group of groupForPadding(seqs, this.paddingSlack)) {
-      const rows = await this.runGroup(group.map((i) => seqs[i]), options);
-      group.forEach((seqIndex, k) => (logits[seqIndex] = rows[k]));
+    for (const padded of groupForPadding(seqs, this.paddingSlack)) {
+      for (const group of splitByPast(seqs, padded, this.runCost)) {
+        const rows = await this.runGroup(group.map((i) => seqs[i]), options);
+        group.forEach((seqIndex, k) => (logits[seqIndex] = rows[k]));
+      }
     }
     return logits;
   }
@@ -127,4 +135,17 @@ export class OnnxRunner implements StepRunner {
     }
     return splitStepRows(seqs, rowsOf(out, options), this.vocabSize, this.hiddenSize);
   }
+}
+
+/**
+ * Another run's cost in row·tokens of past (splitByPast): it reads the weights once more, where
+ * a row's past token costs its K/V bytes about three times (the gather's read and write, and
+ * the MatMuls' read). qwen3-0.6b-random int8: ~600 MB of weights and 224 KiB of float32 K/V a
+ * token give ~870. Its profile at batch 64 (bench/profile-step.ts) has 32 µs of attention and
+ * gather per row·token, so that is a run's weights read at about 28 ms.
+ */
+function runCostOf(graphPath: string, kvBytesPerToken: number): number {
+  const data = `${graphPath}.data`;
+  const weightsBytes = statSync(existsSync(data) ? data : graphPath).size;
+  return weightsBytes / (3 * kvBytesPerToken);
 }

@@ -129,3 +129,32 @@ export function groupForPadding(seqs: readonly StepSequence[], slack = 1.25): nu
   if (current.length > 0) groups.push(current);
   return groups;
 }
+
+/**
+ * Splits a group of sequences by the length of their past, where the padding saved is worth
+ * another run. Attention reads every row's past padded to the group's longest, so short pasts
+ * beside long ones read mostly padding. Each extra run costs `runCost`, counted in row·tokens of
+ * past: reading the weights again. Rows sorted by past length are cut into runs where that
+ * minimizes Σ runs (runCost + rows × longest past), found exactly by dynamic programming over
+ * the cut points (O(n²), n ≤ the step's sequences).
+ */
+export function splitByPast(seqs: readonly StepSequence[], group: readonly number[], runCost: number): number[][] {
+  const order = [...group].sort((a, b) => seqs[a].numPastTokens - seqs[b].numPastTokens);
+  const n = order.length;
+  const best = new Float64Array(n + 1).fill(Infinity);
+  const cutAt = new Int32Array(n + 1);
+  best[0] = 0;
+  for (let j = 1; j <= n; j++) {
+    const longest = seqs[order[j - 1]].numPastTokens;
+    for (let i = 0; i < j; i++) {
+      const cost = best[i] + runCost + (j - i) * longest;
+      if (cost < best[j]) {
+        best[j] = cost;
+        cutAt[j] = i;
+      }
+    }
+  }
+  const runs: number[][] = [];
+  for (let j = n; j > 0; j = cutAt[j]) runs.unshift(order.slice(cutAt[j], j));
+  return runs;
+}
