@@ -51,7 +51,10 @@ describe("splitting a step by past length", () => {
       let best = Infinity;
       for (let mask = 0; mask < 1 << (sorted.length - 1); mask++) {
         const cut: number[][] = [[sorted[0]]];
-        for (let i = 1; i < sorted.length; i++) (mask & (1 << (i - 1)) ? cut.push([sorted[i]]) : cut.at(-1)!.push(sorted[i]));
+        for (let i = 1; i < sorted.length; i++) {
+          if (mask & (1 << (i - 1))) cut.push([sorted[i]]);
+          else cut.at(-1)!.push(sorted[i]);
+        }
         best = Math.min(best, cost(cut, pasts, runCost));
       }
       expect(cost(runs, pasts, runCost)).toBe(best);
