@@ -20,8 +20,9 @@ import { openWeights } from "../models/weights/safetensors.ts";
 import { float32ToFloat16 } from "../models/weights/float-formats.ts";
 
 export const GGUF_TYPES = ["F32", "Q8_0", "Q4_0"] as const;
-const GGUF_WRITER_VERSION = 2;
 export type GgufType = (typeof GGUF_TYPES)[number];
+/** Part of a cached file's name: v2 writes the embedding Q8_0 in Q4_0 files. */
+const GGUF_WRITER_VERSION = 2;
 
 const GGML_TYPE = { F32: 0, Q4_0: 2, Q8_0: 8 } as const;
 const ALIGNMENT = 32;
@@ -129,7 +130,6 @@ export function writeGguf(checkpointDir: string, outPath: string, type: GgufType
 /** The checkpoint's GGUF of `type` in the cache (.cache/gguf/), written when missing or older than the checkpoint's weights. */
 export function ensureGguf(checkpointDir: string, type: GgufType): string {
   const { name } = readCheckpoint(checkpointDir);
-  // NOTE: the version in the name retires files of an earlier layout (v2: the embedding Q8_0 in Q4_0 files).
   const path = cacheDir("gguf", `${name}-${type}-v${GGUF_WRITER_VERSION}.gguf`);
   const weights = join(checkpointDir, "model.safetensors");
   const newest = existsSync(weights) ? statSync(weights).mtimeMs : 0;

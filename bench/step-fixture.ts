@@ -64,6 +64,7 @@ export async function openStepFixture(modelDir: string, build: GraphBuildOptions
   const sharedBlocks = Math.floor((options.sharedPrefix ?? 0) / blockSize);
   const shared = sharedBlocks * blockSize;
   if (shared > context) throw new Error(`--shared-prefix ${shared} is longer than the context ${context}`);
+  // Never below the shared prefix, which sequence 0 fills for all.
   const contextOf = (b: number) => (options.raggedContext ? shared + Math.round(((context - shared) * (b + 1)) / batch) : context);
   const rng = new Prng(1);
   const tokens = (n: number) => Array.from({ length: n }, () => Math.floor(rng.next() * (config.vocabSize - 1000)));
@@ -80,10 +81,10 @@ export async function openStepFixture(modelDir: string, build: GraphBuildOptions
     fill: async () => {
       for (let b = 0; b < batch; b++) {
         const from = b === 0 ? 0 : shared;
-        const to = b === 0 ? Math.max(shared, contextOf(b)) : contextOf(b);
+        const to = contextOf(b);
         if (from < to) await timed([{ tokenIds: tokens(to - from), numPastTokens: from, blockTable: tables[b], logitsFrom: to - from - 1 }]);
       }
     },
-    decode: (t) => timed(tables.slice(0, batch).map((blockTable, b) => ({ tokenIds: tokens(1), numPastTokens: (b === 0 ? Math.max(shared, contextOf(b)) : contextOf(b)) + t, blockTable, logitsFrom: 0 }))),
+    decode: (t) => timed(tables.slice(0, batch).map((blockTable, b) => ({ tokenIds: tokens(1), numPastTokens: contextOf(b) + t, blockTable, logitsFrom: 0 }))),
   };
 }

@@ -167,7 +167,8 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
   return { graphPath, config, built: true, buildMs: performance.now() - started, weightsBytes: weightsBytesOf(graphPath), kvCacheDtype };
 }
 
-function weightsBytesOf(graphPath: string): number {
+/** Bytes of a built graph's weights: its external data file (0 if it has none). */
+export function weightsBytesOf(graphPath: string): number {
   const data = `${graphPath}.data`;
   return existsSync(data) ? statSync(data).size : 0;
 }

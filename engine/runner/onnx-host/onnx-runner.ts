@@ -3,14 +3,14 @@
  * out each group, runs the session, copies the step's new K/V into the buffers and returns
  * the requested logits.
  */
-import { GRAPH_INPUTS, GRAPH_OUTPUTS, hasScales, poolInputNames, presentOutputNames, type KvCacheDtype, type ModelConfig } from "../../../models/index.ts";
+import { GRAPH_INPUTS, GRAPH_OUTPUTS, hasScales, poolInputNames, presentOutputNames, weightsBytesOf, type KvCacheDtype, type ModelConfig } from "../../../models/index.ts";
 import { EngineError } from "../../common/engine-error.ts";
 import type { KvCacheInfo, StepOptions, StepRunner, StepSequence } from "../step-runner.ts";
 import { splitStepRows, type SequenceRows } from "../step-rows.ts";
 import { KvBuffers, type KvArray } from "./kv-buffers.ts";
 import { type OnnxDevice, createSession, floatTensor, int64Tensor, ort, rowsOf } from "./onnx-session.ts";
 import { groupForPadding, layoutStep, splitByPast } from "./step-layout.ts";
-import { existsSync, statSync } from "node:fs";
+import { statSync } from "node:fs";
 
 export interface OnnxRunnerOptions {
   graphPath: string;
@@ -145,7 +145,6 @@ export class OnnxRunner implements StepRunner {
  * gather per row·token, so that is a run's weights read at about 28 ms.
  */
 function runCostOf(graphPath: string, kvBytesPerToken: number): number {
-  const data = `${graphPath}.data`;
-  const weightsBytes = statSync(existsSync(data) ? data : graphPath).size;
-  return weightsBytes / (3 * kvBytesPerToken);
+  // A graph with its weights inline (none built here) counts its whole file.
+  return (weightsBytesOf(graphPath) || statSync(graphPath).size) / (3 * kvBytesPerToken);
 }
