@@ -139,11 +139,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     ctx.limits = {
       admit: async (caller, requestId, startedMs) =>
         (unlimited(caller) ? null : limiter.admit(limitsOf(caller.keyId, caller.key), requestId, startedMs)),
-      status: async (caller) => {
-        if (unlimited(caller)) return null;
-        const key = limitsOf(caller.keyId, caller.key);
-        return { limits: key.limits, status: await limiter.status(key) };
-      },
+      status: async (caller) => (unlimited(caller) ? null : limiter.status(limitsOf(caller.keyId, caller.key))),
     };
     const prices = service.prices;
     ctx.costOf = (model, usage, atMs) => prices.costAt(model, usage, atMs);

@@ -6,15 +6,23 @@
 import { createHash, randomBytes } from "node:crypto";
 import type { Kysely } from "kysely";
 import { NO_LIMITS as UNSET_LIMITS, type KeyLimits } from "./limits/key-limits.ts";
-import type { Period } from "./limits/periods.ts";
+import { modelLimitsJson, type ModelLimits } from "./limits/model-limits.ts";
+import { limitColumns, ownedColumns, residencyColumn, type DataResidency, type KeyPriority, type LimitColumns } from "./owner-columns.ts";
 import type { ApiKeyTable, Database } from "./store/database.ts";
+import { TeamStore, type Team } from "./teams.ts";
 
 /** How long a verified key (and the "are there any keys" answer) may be served from memory. */
 export const CACHE_MS = 1000;
 
-/** The scheduling tier a key's requests get (the engine's priority tiers). */
-export type KeyPriority = "interactive" | "standard" | "batch";
-export const KEY_PRIORITIES: readonly KeyPriority[] = ["interactive", "standard", "batch"];
+export { DATA_RESIDENCIES, KEY_PRIORITIES, type DataResidency, type KeyPriority } from "./owner-columns.ts";
+
+/** The rules a key's create or update broke (a model outside its team's list, an unknown team): the caller's 400. */
+export class KeyRuleError extends Error {
+  constructor(message: string, readonly param: string) {
+    super(message);
+    this.name = "KeyRuleError";
+  }
+}
 
 export interface ApiKey {
   id: string;
@@ -28,8 +36,20 @@ export interface ApiKey {
   revokedMs: number | null;
   lastUsedMs: number | null;
   priority: KeyPriority;
-  /** The key's own limits (null where it sets none; the server's defaults then apply). */
+  /** The key's own limits (null where it sets none; its team's member budget or the server's defaults then apply). */
   limits: KeyLimits;
+  /** Its own per-model budgets and quotas. */
+  modelLimits: ModelLimits;
+  /** The team it belongs to; null: none. */
+  teamId: string | null;
+  dataResidency: DataResidency;
+  /** Whether it set its priority itself (else its team's applies, or standard). */
+  ownPriority: boolean;
+}
+
+/** A key as a request meets it: with its team, as both stood when the key was verified. */
+export interface VerifiedKey extends ApiKey {
+  team: Team | null;
 }
 
 export interface NewKey {
@@ -37,29 +57,34 @@ export interface NewKey {
   models?: string[] | null;
   expiresMs?: number | null;
   metadata?: Record<string, unknown> | null;
-  priority?: KeyPriority;
+  priority?: KeyPriority | null;
   limits?: Partial<KeyLimits>;
+  modelLimits?: ModelLimits | null;
+  teamId?: string | null;
+  dataResidency?: DataResidency | null;
 }
 
 /** What to change; a limit set to null is cleared. */
-export type KeyUpdate = Partial<Pick<NewKey, "name" | "models" | "expiresMs" | "metadata" | "priority" | "limits">>;
+export type KeyUpdate = Partial<Pick<NewKey, "name" | "models" | "expiresMs" | "metadata" | "priority" | "limits" | "modelLimits" | "teamId" | "dataResidency">>;
 
 export const hashSecret = (secret: string) => createHash("sha256").update(secret).digest("hex");
 
 export class KeyStore {
-  private readonly verified = new Map<string, { key: ApiKey; untilMs: number }>();
+  private readonly verified = new Map<string, { key: VerifiedKey; untilMs: number }>();
   private anyKeys: { value: boolean; untilMs: number } | null = null;
 
-  constructor(private readonly db: Kysely<Database>) {}
+  constructor(private readonly db: Kysely<Database>, private readonly teams: TeamStore = new TeamStore(db)) {}
 
-  /** Creates a key; the secret is in the result and nowhere else, ever. */
+  /** Creates a key; the secret is in the result and nowhere else, ever. Throws KeyRuleError. */
   async create(spec: NewKey, nowMs = Date.now()): Promise<{ key: ApiKey; secret: string }> {
+    await this.checkTeam(spec.teamId ?? null, spec.models ?? null);
     const secret = `tm-${randomBytes(32).toString("base64url")}`;
     const row: ApiKeyTable = {
       id: `key_${randomBytes(9).toString("base64url")}`, name: spec.name, prefix: `${secret.slice(0, 8)}…`, secret_hash: hashSecret(secret),
       models: spec.models ? JSON.stringify(spec.models) : null, metadata: spec.metadata ? JSON.stringify(spec.metadata) : null,
       created_ms: nowMs, expires_ms: spec.expiresMs ?? null, revoked_ms: null, last_used_ms: null, priority: spec.priority ?? null,
       ...limitColumns({ ...UNSET_LIMITS, ...spec.limits }) as LimitColumns,
+      team_id: spec.teamId ?? null, model_limits: modelLimitsJson(spec.modelLimits), data_residency: residencyColumn(spec.dataResidency),
     };
     await this.db.insertInto("api_keys").values(row).execute();
     this.anyKeys = null;
@@ -75,7 +100,18 @@ export class KeyStore {
     return row ? toKey(row) : null;
   }
 
+  /** The live keys of a team (revoked and expired ones are not counted). */
+  async ofTeam(teamId: string, nowMs = Date.now()): Promise<ApiKey[]> {
+    return (await this.db.selectFrom("api_keys").selectAll().where("team_id", "=", teamId).execute()).map(toKey).filter((key) => isLive(key, nowMs));
+  }
+
+  /** Throws KeyRuleError. */
   async update(id: string, change: KeyUpdate): Promise<ApiKey | null> {
+    if (change.teamId !== undefined || change.models !== undefined) {
+      const current = await this.get(id);
+      if (!current) return null;
+      await this.checkTeam(change.teamId === undefined ? current.teamId : change.teamId, change.models === undefined ? current.models : change.models);
+    }
     const set: Partial<ApiKeyTable> = {};
     if (change.name !== undefined) set.name = change.name;
     if (change.models !== undefined) set.models = change.models ? JSON.stringify(change.models) : null;
@@ -85,6 +121,9 @@ export class KeyStore {
     if (change.limits) {
       for (const [column, value] of Object.entries(limitColumns(change.limits))) if (value !== undefined) (set as Record<string, unknown>)[column] = value;
     }
+    if (change.modelLimits !== undefined) set.model_limits = modelLimitsJson(change.modelLimits);
+    if (change.teamId !== undefined) set.team_id = change.teamId;
+    if (change.dataResidency !== undefined) set.data_residency = residencyColumn(change.dataResidency);
     if (Object.keys(set).length > 0) await this.db.updateTable("api_keys").set(set).where("id", "=", id).execute();
     this.verified.clear();
     return this.get(id);
@@ -97,15 +136,21 @@ export class KeyStore {
     return Number(result.numUpdatedRows) > 0;
   }
 
-  /** The live key a client's secret names, or null (unknown, revoked or expired). */
-  async verify(secret: string, nowMs = Date.now()): Promise<ApiKey | null> {
+  /** Forgets the keys verified so far (a team changed: its keys' next requests read it anew). */
+  forgetVerified(): void {
+    this.verified.clear();
+  }
+
+  /** The live key a client's secret names, with its team, or null (unknown, revoked or expired). */
+  async verify(secret: string, nowMs = Date.now()): Promise<VerifiedKey | null> {
     const hash = hashSecret(secret);
     const cached = this.verified.get(hash);
     if (cached && cached.untilMs > nowMs && isLive(cached.key, nowMs)) return cached.key;
     const row = await this.db.selectFrom("api_keys").selectAll().where("secret_hash", "=", hash).executeTakeFirst();
     if (!row) return null;
-    const key = toKey(row);
-    if (!isLive(key, nowMs)) return null;
+    const own = toKey(row);
+    if (!isLive(own, nowMs)) return null;
+    const key: VerifiedKey = { ...own, team: own.teamId === null ? null : await this.teams.get(own.teamId) };
     this.verified.set(hash, { key, untilMs: nowMs + CACHE_MS });
     void this.db.updateTable("api_keys").set({ last_used_ms: nowMs }).where("id", "=", key.id).execute().catch(() => undefined);
     return key;
@@ -118,40 +163,45 @@ export class KeyStore {
     this.anyKeys = { value: row !== undefined, untilMs: nowMs + CACHE_MS };
     return this.anyKeys.value;
   }
+
+  /** A key's team must exist, and the key's models must be among the team's. */
+  private async checkTeam(teamId: string | null, models: string[] | null): Promise<void> {
+    if (teamId === null) return;
+    const team = await this.teams.get(teamId);
+    if (!team) throw new KeyRuleError(`There is no team with id ${teamId}.`, "team_id");
+    if (team.models === null || models === null) return;
+    const outside = models.filter((model) => !team.models!.includes(model));
+    if (outside.length > 0) throw new KeyRuleError(`The key's models must be among its team's (${team.models.join(", ")}); ${outside.join(", ")} is not.`, "models");
+  }
 }
 
 export function isLive(key: ApiKey, nowMs = Date.now()): boolean {
   return key.revokedMs === null && (key.expiresMs === null || key.expiresMs > nowMs);
 }
 
-export function mayUse(key: ApiKey, model: string): boolean {
-  return key.models === null || key.models.includes(model);
+/** Whether a key may use a model: its own list and its team's both allow it. */
+export function mayUse(key: ApiKey & { team?: Team | null }, model: string): boolean {
+  return (key.models === null || key.models.includes(model)) && (!key.team || key.team.models === null || key.team.models.includes(model));
+}
+
+/** Whether a key's requests must stay on local models: its own setting or its team's, whichever is stricter. */
+export function isLocalOnly(key: ApiKey & { team?: Team | null }): boolean {
+  return key.dataResidency === "local" || key.team?.dataResidency === "local";
+}
+
+/** The scheduling tier a key's requests get: its own, else its team's, else standard. */
+export function priorityOf(key: ApiKey & { team?: Team | null }): KeyPriority {
+  return key.ownPriority ? key.priority : key.team?.priority ?? key.priority;
 }
 
 function toKey(row: ApiKeyTable): ApiKey {
   return {
+    ...ownedColumns(row), teamId: row.team_id ?? null,
     id: row.id, name: row.name, prefix: row.prefix,
     models: row.models ? (JSON.parse(row.models) as string[]) : null,
     metadata: row.metadata ? (JSON.parse(row.metadata) as Record<string, unknown>) : null,
     createdMs: Number(row.created_ms), expiresMs: row.expires_ms === null ? null : Number(row.expires_ms),
     revokedMs: row.revoked_ms === null ? null : Number(row.revoked_ms), lastUsedMs: row.last_used_ms === null ? null : Number(row.last_used_ms),
-    priority: (row.priority as KeyPriority | null) ?? "standard",
-    limits: {
-      rpm: numberOrNull(row.rpm), tpm: numberOrNull(row.tpm), maxParallel: numberOrNull(row.max_parallel),
-      budgetMicroUsd: numberOrNull(row.budget_micro_usd), budgetPeriod: row.budget_period as Period | null,
-      tokenQuota: numberOrNull(row.token_quota), quotaPeriod: row.quota_period as Period | null,
-    },
   };
 }
 
-const numberOrNull = (value: number | null | undefined) => (value === null || value === undefined ? null : Number(value));
-
-type LimitColumns = Pick<ApiKeyTable, "rpm" | "tpm" | "max_parallel" | "budget_micro_usd" | "budget_period" | "token_quota" | "quota_period">;
-
-/** The limit columns a (partial) set of limits writes; undefined: leave alone. */
-function limitColumns(limits: Partial<KeyLimits>): { [C in keyof LimitColumns]: LimitColumns[C] | undefined } {
-  return {
-    rpm: limits.rpm, tpm: limits.tpm, max_parallel: limits.maxParallel, budget_micro_usd: limits.budgetMicroUsd,
-    budget_period: limits.budgetPeriod, token_quota: limits.tokenQuota, quota_period: limits.quotaPeriod,
-  };
-}

@@ -107,6 +107,7 @@ export class Ledger {
       backend: admission.backend ?? null, route: admission.route ?? null, endpoint: admission.endpoint, status: "in_flight",
       uncached_input_tokens: 0, cached_input_tokens: 0, output_tokens: 0, cost_micro_usd: 0,
       started_ms: admission.startedMs, finished_ms: null, ttft_ms: null, replica: this.replica,
+      team_id: admission.teamId ?? null, residency: admission.residency ?? null,
     };
     void this.enqueue(async () => ({ run: (trx) => trx.insertInto("usage_ledger").values(row).onConflict((oc) => oc.column("request_id").doNothing()).execute() }));
   }
@@ -119,7 +120,7 @@ export class Ledger {
       backend: settlement.backend ?? null, route: settlement.route ?? null, endpoint: settlement.endpoint, status: STATUS_OF[settlement.outcome],
       uncached_input_tokens: usage.promptTokens - usage.cachedPromptTokens, cached_input_tokens: usage.cachedPromptTokens,
       output_tokens: usage.completionTokens, cost_micro_usd: 0, started_ms: settlement.startedMs, finished_ms: settlement.finishedMs,
-      ttft_ms: settlement.ttftMs, replica: this.replica,
+      ttft_ms: settlement.ttftMs, replica: this.replica, team_id: settlement.teamId ?? null, residency: settlement.residency ?? null,
     };
     return this.enqueue(async () => {
       // NOTE: looked up before the batch's transaction: SQLite has one connection, which the transaction holds.
@@ -202,8 +203,8 @@ export class Ledger {
     return lost.length;
   }
 
-  /** Sums over the rows, for one key or all, of requests started at or after sinceMs. */
-  async totals(keyId?: string, sinceMs?: number): Promise<LedgerTotals> {
+  /** Sums over the rows, for one key (or one team's keys) or all, of requests started at or after sinceMs. */
+  async totals(keyId?: string, sinceMs?: number, teamId?: string): Promise<LedgerTotals> {
     let query = this.db.selectFrom("usage_ledger").select((eb) => [
       eb.fn.countAll<number>().as("numRequests"),
       eb.fn.coalesce(eb.fn.sum<number>("uncached_input_tokens"), eb.lit(0)).as("uncachedInputTokens"),
@@ -212,6 +213,7 @@ export class Ledger {
       eb.fn.coalesce(eb.fn.sum<number>("cost_micro_usd"), eb.lit(0)).as("costMicroUsd"),
     ]);
     if (keyId !== undefined) query = query.where("key_id", "=", keyId);
+    if (teamId !== undefined) query = query.where("team_id", "=", teamId);
     if (sinceMs !== undefined) query = query.where("started_ms", ">=", sinceMs);
     const row = await query.executeTakeFirstOrThrow();
     return Object.fromEntries(Object.entries(row).map(([k, v]) => [k, Number(v)])) as unknown as LedgerTotals;

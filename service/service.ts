@@ -4,6 +4,7 @@
  */
 import { hostname } from "node:os";
 import { KeyStore, type ApiKey } from "./keys.ts";
+import { TeamStore, type Team } from "./teams.ts";
 import { Ledger, type LedgerHealth } from "./ledger.ts";
 import { Alerts, type AlertOptions } from "./limits/alerts.ts";
 import { NO_LIMITS, effectiveLimits, type KeyLimits } from "./limits/key-limits.ts";
@@ -39,6 +40,7 @@ export interface ServiceOptions extends StoreOptions {
 export interface Service {
   store: Store;
   keys: KeyStore;
+  teams: TeamStore;
   ledger: Ledger | null;
   prices: PriceBook;
   limiter: Limiter;
@@ -46,8 +48,11 @@ export interface Service {
   numInterrupted: number;
   /** Limit reservations a crash of this replica had left, now given back. */
   numReleased: number;
-  /** The limits a caller's requests run under (a stored key's own over the defaults; the defaults for other keys). */
-  limitsOf(keyId: string, key: ApiKey | null): LimitedKey;
+  /**
+   * The limits a caller's requests run under: a stored key's own over its team's member budget
+   * and the defaults, and its team's; the defaults for other keys.
+   */
+  limitsOf(keyId: string, key: (ApiKey & { team?: Team | null }) | null): LimitedKey;
   /** Settles a request: its ledger row and its reservations, in one transaction; resolves once committed. */
   settle(settlement: Settlement): Promise<void>;
   /** Flushes the ledger (retrying an unavailable store for at most `ledgerTimeoutMs`) and closes the store; returns the ledger rows that could not be written. */
@@ -56,7 +61,8 @@ export interface Service {
 
 export async function startService(options: ServiceOptions): Promise<Service> {
   const store = await openStore(options.dbUrl, options);
-  const keys = new KeyStore(store.db);
+  const teams = new TeamStore(store.db);
+  const keys = new KeyStore(store.db, teams);
   const prices = new PriceBook(store.db);
   for (const price of options.prices ?? []) await prices.set(price);
   const replica = options.replica ?? hostname();
@@ -71,8 +77,16 @@ export async function startService(options: ServiceOptions): Promise<Service> {
   const defaults = options.limitDefaults ?? NO_LIMITS;
   const onLimitError = options.onLimitError ?? (() => {});
   return {
-    store, keys, ledger, prices, limiter, numInterrupted, numReleased,
-    limitsOf: (keyId, key) => ({ keyId, name: key?.name ?? null, limits: effectiveLimits(key?.limits ?? NO_LIMITS, defaults) }),
+    store, keys, teams, ledger, prices, limiter, numInterrupted, numReleased,
+    limitsOf: (keyId, key) => {
+      const team = key?.team ?? null;
+      const member = team?.memberBudget;
+      const keyDefaults = member ? { ...defaults, budgetMicroUsd: member.budgetMicroUsd, budgetPeriod: member.budgetPeriod } : defaults;
+      return {
+        keyId, name: key?.name ?? null, limits: effectiveLimits(key?.limits ?? NO_LIMITS, keyDefaults), modelLimits: key?.modelLimits,
+        team: team && { id: team.id, name: team.name, limits: team.limits, modelLimits: team.modelLimits },
+      };
+    },
     async settle(settlement) {
       const { reservations } = settlement;
       if (ledger) {

@@ -36,6 +36,10 @@ export interface Settlement {
   route?: string;
   /** The route, e.g. "/v1/chat/completions". */
   endpoint: string;
+  /** The key's team, when it has one. */
+  teamId?: string | null;
+  /** "local" when the request was bound to local models (data residency). */
+  residency?: "local" | null;
   startedMs: number;
   finishedMs: number;
   /** Time to the first generated token; null when none was generated. */
@@ -61,7 +65,7 @@ export interface Reservations {
 export type SettleListener = (settlement: Settlement) => void | Promise<void>;
 
 /** What is known of a request when it is admitted: the ledger writes it as in flight. */
-export type Admission = Pick<Settlement, "id" | "requestId" | "keyId" | "model" | "backend" | "route" | "endpoint" | "startedMs">;
+export type Admission = Pick<Settlement, "id" | "requestId" | "keyId" | "model" | "backend" | "route" | "endpoint" | "teamId" | "residency" | "startedMs">;
 
 export type AdmitListener = (admission: Admission) => void;
 

@@ -32,11 +32,18 @@ export class ServingPlan {
     this.rules = { fallbackOn: rules.fallbackOn ?? new Set(FALLBACK_REASONS), burst: rules.burst ?? null };
   }
 
+  /** Whether a request bound to local models (data residency) can be served here at all. */
+  get hasLocal(): boolean {
+    return this.targets.some((target) => target.kind === "local");
+  }
+
   /**
    * The targets to try for a request arriving now, in order. While the burst rule holds, its
    * target goes first; it is always tried last otherwise, so that nothing either could serve is refused.
+   * A request bound to local models (`localOnly`) gets the local targets alone, and never bursts.
    */
-  plan(): { targets: ModelBackend[]; burst: boolean } {
+  plan(localOnly = false): { targets: ModelBackend[]; burst: boolean } {
+    if (localOnly) return { targets: this.targets.filter((target) => target.kind === "local"), burst: false };
     const { burst } = this.rules;
     if (!burst) return { targets: [...this.targets], burst: false };
     const rest = this.targets.filter((target) => target !== burst.to);

@@ -75,6 +75,14 @@ export const responseNotFound = (id: string) => new ApiError(404, `No response w
 export const noStore = (what: string) => new ApiError(503, `The server has no ${what} (--db none).`, "server_error", null, "no_store");
 export const noLedger = () => new ApiError(503, "The server meters nothing (--no-ledger or --db none).", "server_error", null, "no_ledger");
 
+// Data residency: a key whose data must stay on this server (data_residency: local).
+export const dataResidencyViolation = (model: string) =>
+  new ApiError(403, `The model \`${model}\` is served only by upstream providers, and this key's data must stay on this server (data_residency: local); use a local model.`,
+    "invalid_request_error", "model", "data_residency_violation");
+export const localTargetsDown = (route: string, cause: ApiError) =>
+  new ApiError(503, `Every local model of \`${route}\` is unavailable (${cause.message}), and this key's data must stay on this server (data_residency: local), ` +
+    "so the request was not sent to an upstream provider; retry shortly.", "server_error", null, "local_targets_unavailable", cause.retryAfterSeconds ?? 2);
+
 // Models: /health's view of one that can't serve now, and a request too big for one.
 export const modelDown = (message: string, code: "loading" | "engine_dead" | "upstream_unavailable", retryAfterSeconds?: number) =>
   new ApiError(503, message, "server_error", null, code, retryAfterSeconds);

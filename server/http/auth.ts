@@ -16,7 +16,7 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { IncomingHttpHeaders } from "node:http";
-import { mayUse, type ApiKey, type KeyStore } from "../../service/keys.ts";
+import { mayUse, type KeyStore, type VerifiedKey } from "../../service/keys.ts";
 import { adminApiOff, invalidApiKey, modelNotFound, notAdmin, type ApiError } from "../common/api-error.ts";
 
 export type AuthMode = "auto" | "required" | "none";
@@ -30,10 +30,10 @@ export interface AuthOptions {
   mode?: AuthMode;
 }
 
-/** Who a request is from: a key id for the ledger, the stored key (for its model list), whether it is the admin. */
+/** Who a request is from: a key id for the ledger, the stored key with its team (for their model lists, limits and residency), whether it is the admin. */
 export interface Caller {
   keyId: string;
-  key: ApiKey | null;
+  key: VerifiedKey | null;
   admin: boolean;
 }
 

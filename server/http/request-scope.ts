@@ -8,13 +8,13 @@
  * is stopped and its usage is not billed, since none of it reached the client.
  */
 import { randomUUID } from "node:crypto";
-import type { ApiKey } from "../../service/keys.ts";
+import type { VerifiedKey } from "../../service/keys.ts";
 import { LimitExceeded, type LimitTicket } from "../../service/limits/limiter.ts";
 import { NO_USAGE, type Admission, type Outcome, type Settlement, type Usage } from "../../service/settlement.ts";
 import type { LocalBackend, ModelBackend, UpstreamBackend } from "../backends/model-backend.ts";
 import type { Priority } from "../common/engine-api.ts";
 import type { ServerContext } from "./server-context.ts";
-import { ApiError, clientClosedRequest, tooManySequences, invalidRequest, engineDead, engineRestarting, modelLoading, overloaded, storeUnavailable, toApiError } from "../common/api-error.ts";
+import { ApiError, clientClosedRequest, dataResidencyViolation, tooManySequences, invalidRequest, engineDead, engineRestarting, modelLoading, overloaded, storeUnavailable, toApiError } from "../common/api-error.ts";
 import type { Admitted, UpstreamAdmitted } from "../backends/admitted.ts";
 import { LocalAttempt, UpstreamAttempt, type Attempt } from "./attempts.ts";
 
@@ -23,7 +23,7 @@ export interface AdmitOptions {
   /** The HTTP request id, for the settlement. */
   requestId: string;
   /** Who the request is from: its key's id for the ledger, the key for its limits. */
-  caller: { keyId: string; key: ApiKey | null; admin: boolean };
+  caller: { keyId: string; key: VerifiedKey | null; admin: boolean };
   /** Hears the x-ratelimit-* headers for the response, after each take from the key's buckets. */
   setHeaders?(headers: Record<string, string>): void;
   /** Its scheduling tier (standard by default). */
@@ -39,6 +39,8 @@ export interface AdmitOptions {
   onClientGone(abort: () => void): void;
   /** The name the client asked for, when it is a route or alias rather than the serving model's own. */
   route?: string;
+  /** The caller's data must stay on this server (data residency): no upstream target may take it. */
+  localOnly?: boolean;
 }
 
 
@@ -58,6 +60,10 @@ export class RequestScope {
 
   get signal(): AbortSignal {
     return this.controller.signal;
+  }
+
+  get localOnly(): boolean {
+    return this.options.localOnly ?? false;
   }
 
   /** Whether any of the response has reached the client: then it cannot fall back. */
@@ -102,6 +108,8 @@ export class RequestScope {
 
   /** Admits the request to an upstream model, or throws (its breaker open or cap reached: a 503; a 429 from the key's limits). */
   async upstream(backend: UpstreamBackend): Promise<UpstreamAdmitted> {
+    // NOTE: the plan never offers one to a local-only request (serving-plan.ts); this is the last line, should a path forget.
+    if (this.localOnly) throw dataResidencyViolation(backend.id);
     const refused = backend.provider.refusal(backend.upstreamModel);
     if (refused) throw refused;
     backend.numInFlight++;
@@ -212,6 +220,8 @@ export class RequestScope {
       id: randomUUID(), requestId: this.options.requestId, keyId: this.options.caller.keyId, model: backend.id, backend: backend.label,
       ...(this.options.route && this.options.route !== backend.id ? { route: this.options.route } : {}),
       endpoint: this.options.endpoint, startedMs: Date.now(),
+      ...(this.options.caller.key?.team ? { teamId: this.options.caller.key.team.id } : {}),
+      ...(this.localOnly ? { residency: "local" as const } : {}),
     };
     // NOTE: while the ledger can't commit, nothing new runs: it would be served unbilled.
     if (this.ctx.ledgerHealth?.().available === false) throw storeUnavailable();

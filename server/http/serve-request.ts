@@ -13,6 +13,8 @@ import type { ServerContext } from "./server-context.ts";
 import type { Admitted, UpstreamAdmitted } from "../backends/admitted.ts";
 import { openRequest, type AdmitOptions, type RequestScope } from "./request-scope.ts";
 import { checkModelAccess } from "./auth.ts";
+import { isLocalOnly, priorityOf } from "../../service/keys.ts";
+import { dataResidencyViolation, localTargetsDown, toApiError } from "../common/api-error.ts";
 import { onClientGone, setRawHeaders } from "./http-helpers.ts";
 
 export interface TargetHandlers<T> {
@@ -21,7 +23,7 @@ export interface TargetHandlers<T> {
 }
 
 export async function tryTargets<T>(ctx: ServerContext, plan: ServingPlan, scope: RequestScope, handlers: TargetHandlers<T>): Promise<T> {
-  const { targets, burst } = plan.plan();
+  const { targets, burst } = plan.plan(scope.localOnly);
   if (burst) ctx.metrics.bursts.inc({ route: plan.name, to: targets[0].id });
   for (let i = 0; ; i++) {
     const target = targets[i];
@@ -31,7 +33,11 @@ export async function tryTargets<T>(ctx: ServerContext, plan: ServingPlan, scope
     } catch (err) {
       const reason = fallbackReasonOf(err);
       const next = targets[i + 1];
-      if (!next || reason === null || !plan.rules.fallbackOn.has(reason) || scope.isCommitted || scope.signal.aborted) throw err;
+      if (!next || reason === null || !plan.rules.fallbackOn.has(reason) || scope.isCommitted || scope.signal.aborted) {
+        // NOTE: a request bound to local models whose local targets are all down says so, where others would have gone upstream.
+        if (!next && reason !== null && scope.localOnly && targets.length < plan.targets.length) throw localTargetsDown(plan.name, toApiError(err));
+        throw err;
+      }
       ctx.metrics.fallbacks.inc({ route: plan.name, from: target.id, to: next.id, reason });
       await scope.abandon();
     }
@@ -49,8 +55,11 @@ export type RouteRequest = { model: string; endpoint: string } & Partial<Pick<Ad
 export async function serveRequest<T>(ctx: ServerContext, request: FastifyRequest, reply: FastifyReply, what: RouteRequest, handlers: TargetHandlers<T>): Promise<T> {
   const plan = ctx.models.resolve(what.model);
   checkModelAccess(request.caller, plan.name);
+  const localOnly = request.caller.key !== null && isLocalOnly(request.caller.key);
+  if (localOnly && !plan.hasLocal) throw dataResidencyViolation(plan.name);
   const scope = openRequest(ctx, {
-    requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key?.priority, endpoint: what.endpoint,
+    requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key ? priorityOf(request.caller.key) : undefined, endpoint: what.endpoint,
+    localOnly,
     numSequences: what.numSequences ?? 1, param: what.param, task: what.task, onClientGone: (abort) => onClientGone(reply, abort), route: plan.name,
   });
   try {

@@ -1,7 +1,6 @@
 /** What every route shares: the model registry, the metrics, and who hears each request's settlement. */
-import type { ApiKey } from "../../service/keys.ts";
-import type { KeyLimits } from "../../service/limits/key-limits.ts";
-import type { LimitName, LimitStatus, LimitTicket } from "../../service/limits/limiter.ts";
+import type { VerifiedKey } from "../../service/keys.ts";
+import type { LevelStatus, LimitTicket } from "../../service/limits/limiter.ts";
 import type { AdmitListener, SettleListener, Usage } from "../../service/settlement.ts";
 import type { LedgerHealth } from "../../service/ledger.ts";
 import type { ModelRegistry } from "../backends/model-registry.ts";
@@ -10,7 +9,7 @@ import type { ServerMetrics } from "./metrics.ts";
 export type { GenerationDefaults } from "../common/engine-api.ts";
 export type { ServerLimits } from "../backends/model-backend.ts";
 
-type LimitCaller = { keyId: string; key: ApiKey | null; admin: boolean };
+type LimitCaller = { keyId: string; key: VerifiedKey | null; admin: boolean };
 
 export interface ServerContext {
   /** Whether the server is serving anonymously right now (no key exists yet), for /health's warning. */
@@ -20,8 +19,8 @@ export interface ServerContext {
   /** Admits a request under its key's limits (null: the key has none); throws LimitExceeded. */
   limits?: {
     admit(caller: LimitCaller, requestId: string, startedMs: number): Promise<LimitTicket | null>;
-    /** The caller's effective limits and where it stands on each, for GET /v1/key. */
-    status(caller: LimitCaller): Promise<{ limits: KeyLimits; status: Partial<Record<LimitName, LimitStatus>> } | null>;
+    /** The caller's effective limits at each level (its key's, its team's) and where it stands on each, for GET /v1/key; null: it has none. */
+    status(caller: LimitCaller): Promise<LevelStatus[] | null>;
   };
   /** Whether the ledger commits now: while it can't, new requests are refused (503), so none is served unbilled. */
   ledgerHealth?: () => LedgerHealth;

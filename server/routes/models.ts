@@ -1,6 +1,6 @@
 /** GET /v1/models and /v1/models/{id}: every model in the registry. */
 import type { FastifyInstance } from "fastify";
-import { mayUse } from "../../service/keys.ts";
+import { isLocalOnly, mayUse } from "../../service/keys.ts";
 import type { ServingPlan } from "../backends/serving-plan.ts";
 import { checkModelAccess } from "../http/auth.ts";
 import type { ServerContext } from "../http/server-context.ts";
@@ -23,9 +23,12 @@ function modelCard(route: ServingPlan) {
 }
 
 export function registerModelRoutes(app: FastifyInstance, ctx: ServerContext): void {
-  app.get("/v1/models", async (request) => ({
-    object: "list", data: ctx.models.names().filter((route) => !request.caller.key || mayUse(request.caller.key, route.name)).map(modelCard),
-  }));
+  // NOTE: a key sees only what it may use: its (and its team's) model lists, and no upstream-only name when its data must stay local.
+  app.get("/v1/models", async (request) => {
+    const { key } = request.caller;
+    const usable = (route: ServingPlan) => !key || (mayUse(key, route.name) && (!isLocalOnly(key) || route.hasLocal));
+    return { object: "list", data: ctx.models.names().filter(usable).map(modelCard) };
+  });
 
   // NOTE: a wildcard, so that served names with slashes, as on the Hub (Qwen/Qwen3-0.6B), are found.
   app.get<{ Params: { "*": string } }>("/v1/models/*", async (request) => {

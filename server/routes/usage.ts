@@ -9,10 +9,12 @@ import type { Ledger } from "../../service/ledger.ts";
 import { BUCKET_MS, usageByBucket, type BucketWidth, type UsageGroup } from "../../service/usage-report.ts";
 import type { Store } from "../../service/store/open-store.ts";
 import { NO_LIMITS } from "../../service/limits/key-limits.ts";
-import { limitFields } from "./key-fields.ts";
-import type { LimitName, LimitStatus } from "../../service/limits/limiter.ts";
+import { limitFields, modelLimitsBody } from "./key-fields.ts";
+import type { LevelStatus, LimitName, LimitStatus } from "../../service/limits/limiter.ts";
+import type { LedgerTotals } from "../../service/ledger.ts";
 import { durationText } from "../../service/limits/periods.ts";
 import { invalidRequest, noLedger, noStore } from "../common/api-error.ts";
+import { isLocalOnly, priorityOf } from "../../service/keys.ts";
 import type { ServerContext } from "../http/server-context.ts";
 import { parseBody } from "../common/parse-body.ts";
 
@@ -61,16 +63,38 @@ async function paged<T>(
   return { object: "page", data, has_more: hasMore, next_page: hasMore ? String(pageEndMs / 1000) : null };
 }
 
-/** Where a key stands on each limit it has: the limit, what remains, and when it is whole again. */
+/**
+ * Where a level stands on each limit it has: the limit, what is used and reserved (budgets and
+ * quotas: the very counters enforcement reads), what remains, and when it is whole again.
+ */
 function limitsBody(status: Partial<Record<LimitName, LimitStatus>>) {
   const nowMs = Date.now();
   return Object.fromEntries(Object.entries(status).map(([name, s]) => {
     const usd = name === "budget";
+    const amount = (n: number) => (usd ? n / 1e6 : n);
     return [usd ? "budget_usd" : name, {
-      limit: usd ? s.limit / 1e6 : s.limit, remaining: usd ? s.remaining / 1e6 : s.remaining, ...(s.period ? { period: s.period } : {}),
+      limit: amount(s.limit), ...(s.used !== undefined ? { used: amount(s.used), reserved: amount(s.reserved ?? 0) } : {}), remaining: amount(s.remaining),
+      ...(s.period ? { period: s.period } : {}),
       resets_at: s.resetsAtMs === null ? null : s.resetsAtMs / 1000, resets_in: s.resetsAtMs === null ? null : durationText(s.resetsAtMs - nowMs),
     }];
   }));
+}
+
+function usageBody(periodStartMs: number, totals: LedgerTotals) {
+  return {
+    period_start: periodStartMs / 1000, num_model_requests: totals.numRequests,
+    input_tokens: totals.uncachedInputTokens + totals.cachedInputTokens, input_cached_tokens: totals.cachedInputTokens,
+    output_tokens: totals.outputTokens, cost: totals.costMicroUsd / 1_000_000,
+  };
+}
+
+/** A level's limits as set, where it stands on each, and on each model's own budget and quota. */
+function levelBody(level: LevelStatus | undefined) {
+  if (!level) return { ...limitFields(NO_LIMITS), model_limits: {}, limits: {}, model_usage: {} };
+  return {
+    ...limitFields(level.limits), model_limits: modelLimitsBody(level.modelLimits), limits: limitsBody(level.status),
+    model_usage: Object.fromEntries(Object.entries(level.models).map(([model, status]) => [model, limitsBody(status)])),
+  };
 }
 
 export function registerUsageRoutes(app: FastifyInstance, store: Store | null, ledger: Ledger | null, ctx: ServerContext): void {
@@ -104,16 +128,19 @@ export function registerUsageRoutes(app: FastifyInstance, store: Store | null, l
     const periodStartMs = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1);
     await ledger.flush();
     const totals = await ledger.totals(caller.keyId, periodStartMs);
-    const limits = await ctx.limits?.status(caller);
+    const levels = (await ctx.limits?.status(caller)) ?? [];
+    const { key } = caller;
+    const team = key?.team ?? null;
     return {
-      object: "api_key", id: caller.keyId, name: caller.key?.name ?? null, prefix: caller.key?.prefix ?? null, models: caller.key?.models ?? null,
-      priority: caller.key?.priority ?? "standard",
-      ...limitFields(limits?.limits ?? NO_LIMITS),
-      limits: limits ? limitsBody(limits.status) : {},
-      usage: {
-        period_start: periodStartMs / 1000, num_model_requests: totals.numRequests,
-        input_tokens: totals.uncachedInputTokens + totals.cachedInputTokens, input_cached_tokens: totals.cachedInputTokens,
-        output_tokens: totals.outputTokens, cost: totals.costMicroUsd / 1_000_000,
+      object: "api_key", id: caller.keyId, name: key?.name ?? null, prefix: key?.prefix ?? null, models: key?.models ?? null,
+      priority: key ? priorityOf(key) : "standard", data_residency: key ? (isLocalOnly(key) ? "local" : "any") : "any",
+      ...levelBody(levels.find((l) => l.level === "key")),
+      usage: usageBody(periodStartMs, totals),
+      // NOTE: the team's standing is shown where the key's is, so a key's holder sees which level will refuse first.
+      team: team === null ? null : {
+        object: "team", id: team.id, name: team.name, models: team.models, priority: team.priority, data_residency: team.dataResidency,
+        ...levelBody(levels.find((l) => l.level === "team")),
+        usage: usageBody(periodStartMs, await ledger.totals(undefined, periodStartMs, team.id)),
       },
     };
   });

@@ -1,6 +1,7 @@
 /**
- * Budget and quota alerts: when a key's use in a period crosses a threshold (50, 80 and 100 %
- * by default), the alert fires once per key, meter, period and threshold, however many
+ * Budget and quota alerts: when a key's or a team's use in a period crosses a threshold (50, 80
+ * and 100 % by default), of its budget, its token quota or a model's own, the alert fires once
+ * per owner (key or team), meter, period and threshold, however many
  * replicas share the database and however often they restart: the row in budget_alerts is
  * the claim, and only the replica whose insert made it fires.
  *
@@ -11,7 +12,9 @@
 import { createHmac } from "node:crypto";
 import type { Kysely } from "kysely";
 import type { Database } from "../store/database.ts";
+import type { LevelKind } from "./limiter.ts";
 import type { Meter } from "./meters.ts";
+import { meterKind, meterModel } from "./model-limits.ts";
 import type { Period } from "./periods.ts";
 
 export const DEFAULT_ALERT_THRESHOLDS = [50, 80, 100];
@@ -23,10 +26,18 @@ export interface BudgetAlert {
   /** Stable: the same alert always has the same id. */
   id: string;
   type: "budget_alert";
-  key_id: string;
+  /** Whose limit: a key's or a team's. */
+  level: LevelKind;
+  /** The key, for a key's limit; null for a team's. */
+  key_id: string | null;
   key_name: string | null;
+  /** The team, for a team's limit (or the key's team, for a key's). */
+  team_id: string | null;
+  team_name: string | null;
   /** budget (USD) or token_quota (tokens). */
   limit_type: "budget" | "token_quota";
+  /** The model, for a per-model budget or quota; null for the owner's own. */
+  model: string | null;
   period: Period;
   period_start: string;
   period_end: string;
@@ -48,9 +59,14 @@ export interface AlertOptions {
 }
 
 export interface MeterReading {
+  /** The meter's owner: a key's id or a team's. */
   keyId: string;
+  /** The owner's name. */
   keyName: string | null;
-  meter: Extract<Meter, "usd" | "tokens">;
+  level?: LevelKind;
+  /** For a key's meter, the key's team. */
+  keyOfTeam?: string | null;
+  meter: Exclude<Meter, "parallel">;
   period: Period;
   periodStartMs: number;
   periodEndMs: number;
@@ -138,10 +154,13 @@ export function webhookSignature(secret: string, timestamp: number, body: string
 }
 
 function alertOf(reading: MeterReading, threshold: number, nowMs: number): BudgetAlert {
-  const usd = reading.meter === "usd";
+  const usd = meterKind(reading.meter) === "usd";
+  const team = (reading.level ?? "key") === "team";
   return {
-    id: `alert_${reading.keyId}_${reading.meter}_${reading.periodStartMs}_${threshold}`, type: "budget_alert",
-    key_id: reading.keyId, key_name: reading.keyName, limit_type: usd ? "budget" : "token_quota", period: reading.period,
+    id: `alert_${reading.keyId}_${reading.meter}_${reading.periodStartMs}_${threshold}`, type: "budget_alert", level: team ? "team" : "key",
+    key_id: team ? null : reading.keyId, key_name: team ? null : reading.keyName,
+    team_id: team ? reading.keyId : reading.keyOfTeam ?? null, team_name: team ? reading.keyName : null,
+    limit_type: usd ? "budget" : "token_quota", model: meterModel(reading.meter), period: reading.period,
     period_start: new Date(reading.periodStartMs).toISOString(), period_end: new Date(reading.periodEndMs).toISOString(), threshold,
     used: usd ? reading.used / 1e6 : reading.used, limit: usd ? reading.limit / 1e6 : reading.limit, fired_at: new Date(nowMs).toISOString(),
   };

@@ -1,24 +1,35 @@
 /**
- * Budgets, token quotas and parallel limits, as meters in the shared database: per key, meter
- * and period, what settled requests used and what requests in flight reserved.
+ * Budgets, token quotas and parallel limits, as meters in the shared database: per owner (a
+ * key or a team), meter and period, what settled requests used and what requests in flight
+ * reserved. A per-model budget is a meter of its own ("usd:MODEL", model-limits.ts).
  *
  * A reservation is one conditional UPDATE (`reserved += amount WHERE used + reserved + amount
  * <= limit`), so concurrent requests on any number of replicas can never together pass a limit:
  * the database serializes them on the meter's row. Each hold is also written to
- * limit_reservations in the same transaction, so the next start of a replica that crashed gives
+ * limit_holds in the same transaction, so the next start of a replica that crashed gives
  * back what its requests held. Settlement (in the ledger's transaction, with the row it bills)
  * replaces each reservation with what the request actually used.
  *
- * NOTE: every transaction here touches meter rows in one order (key, meter, period), so two
- * replicas can wait on each other's rows but never deadlock.
+ * A request under a team reserves at both levels in one transaction: all or none.
+ *
+ * NOTE: every transaction here touches meter rows in one global order (owner, meter, period),
+ * whatever levels it touches, so two replicas can wait on each other's rows but never deadlock.
  */
 import { sql, type Kysely, type Transaction } from "kysely";
 import type { Database } from "../store/database.ts";
+import { meterKind, meterModel } from "./model-limits.ts";
 
-/** usd: a budget (micro-USD); tokens: a token quota; parallel: requests in flight (period 0). */
-export type Meter = "usd" | "tokens" | "parallel";
+/**
+ * usd: a budget (micro-USD); tokens: a token quota; parallel: requests in flight (period 0);
+ * usd:MODEL and tokens:MODEL: a per-model budget and quota.
+ */
+export type Meter = "usd" | "tokens" | "parallel" | `usd:${string}` | `tokens:${string}`;
+
+/** Team ids start so; every other owner is a key. */
+export const TEAM_ID_PREFIX = "team_";
 
 export interface Hold {
+  /** The meter's owner: a key's id, or a team's (team_…). */
   keyId: string;
   meter: Meter;
   periodStartMs: number;
@@ -70,9 +81,9 @@ export class Meters {
             .where(sql`used + reserved + ${hold.amount}`, "<=", hold.limit)
             .executeTakeFirst();
           if (Number(result.numUpdatedRows) === 0) throw new Refused(hold);
-          await trx.insertInto("limit_reservations")
-            .values({ request_id: requestId, meter: hold.meter, key_id: hold.keyId, period_start_ms: hold.periodStartMs, amount: hold.amount, replica: this.replica })
-            .onConflict((oc) => oc.columns(["request_id", "meter"]).doUpdateSet({ amount: sql`limit_reservations.amount + ${hold.amount}` }))
+          await trx.insertInto("limit_holds")
+            .values({ request_id: requestId, owner_id: hold.keyId, meter: hold.meter, period_start_ms: hold.periodStartMs, amount: hold.amount, replica: this.replica })
+            .onConflict((oc) => oc.columns(["request_id", "owner_id", "meter"]).doUpdateSet({ amount: sql`limit_holds.amount + ${hold.amount}` }))
             .execute();
         }
       });
@@ -98,8 +109,8 @@ export class Meters {
   /** At start: what this replica's requests held when it last stopped (a crash) is given back. Returns how many holds. */
   async releaseCrashed(): Promise<number> {
     return this.db.transaction().execute(async (trx) => {
-      const holds = await trx.selectFrom("limit_reservations").selectAll().where("replica", "=", this.replica).execute();
-      const changes = holds.map((h) => ({ keyId: h.key_id, meter: h.meter as Meter, periodStartMs: Number(h.period_start_ms), reservedDelta: -Number(h.amount), usedDelta: 0 }));
+      const holds = await trx.selectFrom("limit_holds").selectAll().where("replica", "=", this.replica).execute();
+      const changes = holds.map((h) => ({ keyId: h.owner_id, meter: h.meter as Meter, periodStartMs: Number(h.period_start_ms), reservedDelta: -Number(h.amount), usedDelta: 0 }));
       await applyMeterChanges(trx, [...new Set(holds.map((h) => h.request_id))], changes);
       return holds.length;
     });
@@ -130,7 +141,7 @@ export async function applyMeterChanges(trx: Transaction<Database>, requestIds: 
   }
   // NOTE: in chunks, to stay under SQLite's limit on bound parameters.
   for (let i = 0; i < requestIds.length; i += 500) {
-    await trx.deleteFrom("limit_reservations").where("request_id", "in", requestIds.slice(i, i + 500)).execute();
+    await trx.deleteFrom("limit_holds").where("request_id", "in", requestIds.slice(i, i + 500)).execute();
   }
 }
 
@@ -147,9 +158,13 @@ async function ensureMeter(trx: Transaction<Database>, hold: Hold): Promise<void
     .onConflict((oc) => oc.columns(["key_id", "meter", "period_start_ms"]).doNothing()).execute();
 }
 
-async function usedFromLedger(db: Kysely<Database>, keyId: string, meter: Meter, periodStartMs: number): Promise<number> {
-  const row = await db.selectFrom("usage_ledger").select((eb) => [
-    eb.fn.coalesce(eb.fn.sum<number>(meter === "usd" ? sql`cost_micro_usd` : sql`uncached_input_tokens + cached_input_tokens + output_tokens`), eb.lit(0)).as("used"),
-  ]).where("key_id", "=", keyId).where("started_ms", ">=", periodStartMs).where("status", "!=", "in_flight").executeTakeFirstOrThrow();
+/** What the ledger holds of a meter's period: its owner's rows (a key's, or a team's), of its model for a per-model meter. */
+async function usedFromLedger(db: Kysely<Database>, ownerId: string, meter: Meter, periodStartMs: number): Promise<number> {
+  const model = meterModel(meter);
+  let query = db.selectFrom("usage_ledger").select((eb) => [
+    eb.fn.coalesce(eb.fn.sum<number>(meterKind(meter) === "usd" ? sql`cost_micro_usd` : sql`uncached_input_tokens + cached_input_tokens + output_tokens`), eb.lit(0)).as("used"),
+  ]).where(ownerId.startsWith(TEAM_ID_PREFIX) ? "team_id" : "key_id", "=", ownerId).where("started_ms", ">=", periodStartMs).where("status", "!=", "in_flight");
+  if (model !== null) query = query.where("model", "=", model);
+  const row = await query.executeTakeFirstOrThrow();
   return Number(row.used);
 }

@@ -29,10 +29,39 @@ export interface ApiKeyTable {
   /** Tokens per quota_period. */
   token_quota: number | null;
   quota_period: string | null;
+  /** The team the key belongs to; null: none. */
+  team_id: string | null;
+  /** JSON: per-model budgets and quotas (limits/model-limits.ts); null: none. */
+  model_limits: string | null;
+  /** local: its requests never go to an upstream provider; null: any. */
+  data_residency: string | null;
+}
+
+/** A team: keys share its limits, on top of their own. Its columns read as a key's. */
+export interface TeamTable {
+  id: string;
+  name: string;
+  models: string | null;
+  metadata: string | null;
+  priority: string | null;
+  created_ms: number;
+  rpm: number | null;
+  tpm: number | null;
+  max_parallel: number | null;
+  budget_micro_usd: number | null;
+  budget_period: string | null;
+  token_quota: number | null;
+  quota_period: string | null;
+  /** The budget each of its keys has when the key sets none (a per-member cap). */
+  member_budget_micro_usd: number | null;
+  member_budget_period: string | null;
+  model_limits: string | null;
+  data_residency: string | null;
 }
 
 /** What a key has used and has reserved (by requests in flight) of one meter in one period. */
 export interface KeyMeterTable {
+  /** Whose meter: a key's id (key_…) or a team's (team_…). */
   key_id: string;
   /** usd (micro-USD, a budget), tokens (a token quota), parallel (requests in flight; period 0). */
   meter: string;
@@ -41,11 +70,12 @@ export interface KeyMeterTable {
   reserved: number;
 }
 
-/** One request's hold on a meter, so that a crash of its replica can give it back. */
-export interface LimitReservationTable {
+/** One request's hold on a meter (its key's or its team's), so that a crash of its replica can give it back. */
+export interface LimitHoldTable {
   request_id: string;
+  /** A key's id or a team's. */
+  owner_id: string;
   meter: string;
-  key_id: string;
   period_start_ms: number;
   amount: number;
   replica: string;
@@ -100,6 +130,10 @@ export interface UsageLedgerTable {
   /** Time to the first generated token, when there was one. */
   ttft_ms: number | null;
   replica: string;
+  /** The key's team when the request was made; null: none. */
+  team_id?: string | null;
+  /** local when the request was bound to stay on local models (data residency); null: not. */
+  residency?: string | null;
 }
 
 /** USD per million tokens, in micro-USD (so $0.15/Mtok is 150000), from effective_ms on. */
@@ -136,7 +170,8 @@ export interface Database {
   usage_ledger: UsageLedgerTable;
   prices: PriceTable;
   key_meters: KeyMeterTable;
-  limit_reservations: LimitReservationTable;
+  limit_holds: LimitHoldTable;
+  teams: TeamTable;
   rate_buckets: RateBucketTable;
   budget_alerts: BudgetAlertTable;
   stored_responses: StoredResponseTable;

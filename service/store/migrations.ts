@@ -2,7 +2,7 @@
  * Migrations, in order, as Kysely's Migrator runs them: plain, dialect-neutral schema builder
  * calls, so the one list serves SQLite and PostgreSQL. Never edit a landed migration; add one.
  */
-import { type Kysely, type Migration, type MigrationProvider } from "kysely";
+import { sql, type Kysely, type Migration, type MigrationProvider } from "kysely";
 
 const MIGRATIONS: Record<string, Migration> = {
   "001_keys_and_ledger": {
@@ -124,6 +124,43 @@ const MIGRATIONS: Record<string, Migration> = {
         .addColumn("item", "text", (c) => c.notNull())
         .execute();
       await db.schema.createIndex("stored_response_items_response").on("stored_response_items").column("response_id").execute();
+    },
+  },
+  "007_teams": {
+    async up(db: Kysely<unknown>) {
+      const limitColumns = [["rpm", "bigint"], ["tpm", "bigint"], ["max_parallel", "bigint"], ["budget_micro_usd", "bigint"], ["budget_period", "text"], ["token_quota", "bigint"], ["quota_period", "text"]] as const;
+      let teams = db.schema.createTable("teams")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("name", "text", (c) => c.notNull().unique())
+        .addColumn("models", "text")
+        .addColumn("metadata", "text")
+        .addColumn("priority", "text")
+        .addColumn("created_ms", "bigint", (c) => c.notNull());
+      for (const [column, type] of limitColumns) teams = teams.addColumn(column, type);
+      await teams
+        .addColumn("member_budget_micro_usd", "bigint")
+        .addColumn("member_budget_period", "text")
+        .addColumn("model_limits", "text")
+        .addColumn("data_residency", "text")
+        .execute();
+      for (const column of ["team_id", "model_limits", "data_residency"]) await db.schema.alterTable("api_keys").addColumn(column, "text").execute();
+      await db.schema.createIndex("api_keys_team").on("api_keys").column("team_id").execute();
+      for (const column of ["team_id", "residency"]) await db.schema.alterTable("usage_ledger").addColumn(column, "text").execute();
+      await db.schema.createIndex("usage_ledger_team_time").on("usage_ledger").columns(["team_id", "started_ms"]).execute();
+      // A request now holds the same meter at two levels (its key's and its team's): the holds' key gains the owner.
+      await db.schema.createTable("limit_holds")
+        .addColumn("request_id", "text", (c) => c.notNull())
+        .addColumn("owner_id", "text", (c) => c.notNull())
+        .addColumn("meter", "text", (c) => c.notNull())
+        .addColumn("period_start_ms", "bigint", (c) => c.notNull())
+        .addColumn("amount", "bigint", (c) => c.notNull())
+        .addColumn("replica", "text", (c) => c.notNull())
+        .addPrimaryKeyConstraint("limit_holds_pk", ["request_id", "owner_id", "meter"])
+        .execute();
+      await db.schema.createIndex("limit_holds_replica").on("limit_holds").column("replica").execute();
+      await sql`insert into limit_holds (request_id, owner_id, meter, period_start_ms, amount, replica)
+        select request_id, key_id, meter, period_start_ms, amount, replica from limit_reservations`.execute(db);
+      await db.schema.dropTable("limit_reservations").execute();
     },
   },
 };

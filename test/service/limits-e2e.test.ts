@@ -48,7 +48,7 @@ for (const kind of ["sqlite", "postgres"] as const) {
       expect(refused.headers.get("x-should-retry")).toBe("false");
       expect(refused.headers.get("retry-after")).toBeNull();
       expect(refused.body.error).toMatchObject({ type: "insufficient_quota", param: null });
-      expect(String((refused.body.error as { message: string }).message)).toMatch(/\$0\.000040 per day.*resets at \d{4}-\d\d-\d\dT00:00:00\.000Z/);
+      expect(String((refused.body.error as { message: string }).message)).toMatch(/the key budget_usd of key "[^"]+" (is exhausted|has no room for this request) \(resets at \d{4}-\d\d-\d\dT00:00:00\.000Z\)\. It allows \$0\.000040 per day/);
       expect(await ledgerSpend(database.url, key.id)).toEqual({ served: 5, costMicroUsd: 40 });
     });
 
@@ -177,7 +177,7 @@ describe("limits as a client meets them (SQLite)", () => {
     expect(refused.status).toBe(429);
     expect(refused.code).toBe("rate_limit_exceeded");
     expect(refused.headers.get("retry-after")).toBe("1");
-    expect((refused.body.error as { message: string }).message).toMatch(/limit is 2 at once/);
+    expect((refused.body.error as { message: string }).message).toMatch(/the key max_parallel of key "[^"]+" is 2 at once/);
     for (const controller of controllers) controller.abort();
     await Promise.all(open.map((reader) => reader.cancel().catch(() => undefined)));
     let answer = await chat(server.url, key.secret);
@@ -194,7 +194,7 @@ describe("limits as a client meets them (SQLite)", () => {
     expect(tooLarge.status).toBe(429);
     expect(tooLarge.code).toBe("rate_limit_exceeded");
     expect(tooLarge.headers.get("x-should-retry")).toBe("false");
-    expect((tooLarge.body.error as { message: string }).message).toMatch(/Request too large for tokens per minute: the limit is 600/);
+    expect((tooLarge.body.error as { message: string }).message).toMatch(/Request too large for tokens per minute: the key tpm of key "[^"]+" is 600/);
     const ok = await chat(server.url, key.secret, { max_tokens: 100, stop: [] });
     expect(ok.status).toBe(200);
     const usage = ok.body.usage as { prompt_tokens: number; total_tokens: number };

@@ -68,7 +68,7 @@ for (const kind of ["sqlite", "postgres"] as const) {
       const ledger = new Ledger(db, "r");
       await ledger.settle(settlement("settle-1", "key_settle", [{ keyId: "key_settle", meter: "usd", periodStartMs: 0, reservedDelta: -50, usedDelta: 17 }]));
       expect(await meters.state("key_settle", "usd", 0)).toEqual({ used: 17, reserved: 0 });
-      expect(await db.selectFrom("limit_reservations").selectAll().where("request_id", "=", "settle-1").execute()).toEqual([]);
+      expect(await db.selectFrom("limit_holds").selectAll().where("request_id", "=", "settle-1").execute()).toEqual([]);
       expect(await meters.reserve("settle-2", [{ keyId: "key_settle", meter: "usd", periodStartMs: 0, amount: 83, limit: 100 }])).toBeNull();
       expect(await meters.reserve("settle-3", [{ keyId: "key_settle", meter: "usd", periodStartMs: 0, amount: 1, limit: 100 }])).not.toBeNull();
     });
