@@ -1,10 +1,11 @@
 #!/usr/bin/env -S node --import tsx
-/** The tokenmill command line: serve, generate, bench, keys, usage, device-check, bundle. */
+/** The tokenmill command line: serve, generate, bench, keys, teams, usage, device-check, bundle. */
 import { GENERATE_HELP, generateCommand } from "./generate.ts";
 import { SERVE_HELP, serveCommand } from "./serve.ts";
 import { BENCH_HELP, benchCommand } from "./bench.ts";
 import { KEYS_HELP, keysCommand } from "./keys.ts";
 import { USAGE_HELP, usageCommand } from "./usage.ts";
+import { TEAMS_HELP, teamsCommand } from "./teams.ts";
 import { BUNDLE_HELP, bundleCommand } from "./bundle.ts";
 import { DEVICE_CHECK_HELP, deviceCheckCommand } from "./device-check.ts";
 
@@ -14,7 +15,8 @@ const HELP = `tokenmill: a self-hosted, OpenAI-compatible model server
   tokenmill generate [options]               run prompts offline through the engine
   tokenmill bench [options]                  benchmark a server
   tokenmill keys create|list|update|revoke   manage API keys
-  tokenmill usage [--since DATE]              usage and cost by key and model, from the ledger
+  tokenmill teams create|list|update|delete  manage teams: limits their keys share
+  tokenmill usage [--by key|team]             usage and cost by key (or team) and model, from the ledger
   tokenmill device-check [--profile quick]   what this machine's GPU runs: text, and a JSON report
   tokenmill bundle [--with-vulkan-loader]    build the self-contained archive for an offline Linux x64 host
 
@@ -28,6 +30,8 @@ ${BENCH_HELP}
 
 ${KEYS_HELP}
 
+${TEAMS_HELP}
+
 ${USAGE_HELP}
 
 ${DEVICE_CHECK_HELP}
@@ -39,6 +43,7 @@ const commands: Record<string, (args: string[]) => Promise<void>> = {
   generate: generateCommand,
   bench: benchCommand,
   keys: keysCommand,
+  teams: teamsCommand,
   usage: usageCommand,
   "device-check": deviceCheckCommand,
   bundle: bundleCommand,

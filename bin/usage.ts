@@ -1,15 +1,17 @@
 /**
- * `tokenmill usage`: what was used and what it cost, from the ledger, as a table by key and
- * model over --since/--until; with --plot FILE.svg, tokens per day by tier.
+ * `tokenmill usage`: what was used and what it cost, from the ledger, as a table by key (or by
+ * team, --by team) and model over --since/--until; with --plot FILE.svg, tokens per day by tier.
  */
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { startService } from "../service/service.ts";
 import { defaultDbUrl } from "../service/store/open-store.ts";
 import { usageByBucket, type UsageGroup } from "../service/usage-report.ts";
-import { FlagError, dbUrlFlag, flagValue } from "./flags.ts";
+import { FlagError, dbUrlFlag, enumFlag, flagValue } from "./flags.ts";
 
-export const USAGE_HELP = `tokenmill usage [--since DATE] [--until DATE] [--plot FILE.svg] [--json] [--db URL]
+export const USAGE_HELP = `tokenmill usage [--by key|team] [--team T] [--since DATE] [--until DATE] [--plot FILE.svg] [--json] [--db URL]
+  --by key|team               one row per key (default) or per team, and model and backend
+  --team T                    only the requests of team T's keys (its id or name)
   --since DATE (30 days ago)  --until DATE (now): which requests, by start time
   --plot FILE.svg             tokens per day, by tier (input, cached input, output)`;
 
@@ -21,22 +23,28 @@ export async function usageCommand(args: string[]): Promise<void> {
     options: {
       db: { type: "string", default: defaultDbUrl() }, since: { type: "string" }, until: { type: "string" },
       plot: { type: "string" }, json: { type: "boolean", default: false }, help: { type: "boolean", short: "h" },
+      by: { type: "string", default: "key" }, team: { type: "string" },
     },
   });
   if (values.help) return void console.log(USAGE_HELP);
   const untilMs = dateOf("until", values.until) ?? Date.now();
   const sinceMs = dateOf("since", values.since) ?? untilMs - 30 * DAY_MS;
   if (untilMs <= sinceMs) throw new FlagError("--until must be after --since");
+  const by = flagValue("by", values.by, enumFlag("key", "team"));
   const service = await startService({ dbUrl: flagValue("db", values.db, dbUrlFlag), ledger: false });
   try {
+    const team = values.team === undefined ? undefined : await service.teams.find(values.team);
+    if (team === null) throw new FlagError(`no team with id or name ${values.team} (see teams list)`);
+    const teamId = team?.id;
     // Whole days from the first midnight (UTC) at or before --since.
     const startMs = Math.floor(sinceMs / DAY_MS) * DAY_MS;
-    const byKeyAndModel = await usageByBucket(service.store.db, { startMs: sinceMs, endMs: untilMs, bucketWidth: "1d", groupBy: ["api_key_id", "model", "backend"] });
-    const rows = totalsBy(byKeyAndModel);
+    const groups = await usageByBucket(service.store.db, { startMs: sinceMs, endMs: untilMs, bucketWidth: "1d", groupBy: [by === "team" ? "team_id" : "api_key_id", "model", "backend"], teamId });
+    const names = new Map((await service.teams.list()).map((t) => [t.id, t.name]));
+    const rows = totalsBy(groups, by === "team" ? (g) => (g.teamId === null ? "(no team)" : `${names.get(g.teamId) ?? "(deleted)"} ${g.teamId}`) : (g) => g.keyId ?? "");
     if (values.json) console.log(JSON.stringify(rows));
-    else console.log(table(rows));
+    else console.log(table(rows, by));
     if (values.plot) {
-      const daily = await usageByBucket(service.store.db, { startMs, endMs: untilMs, bucketWidth: "1d" });
+      const daily = await usageByBucket(service.store.db, { startMs, endMs: untilMs, bucketWidth: "1d", teamId });
       writeFileSync(values.plot, dailyPlotSvg(daily, startMs, untilMs));
       console.log(`plot: ${values.plot}`);
     }
@@ -46,6 +54,7 @@ export async function usageCommand(args: string[]): Promise<void> {
 }
 
 interface Row {
+  /** The key's id, or the team's name and id (--by team). */
   keyId: string;
   model: string;
   backend: string;
@@ -56,11 +65,12 @@ interface Row {
   costUsd: number;
 }
 
-function totalsBy(groups: UsageGroup[]): Row[] {
+function totalsBy(groups: UsageGroup[], ownerOf: (g: UsageGroup) => string): Row[] {
   const rows = new Map<string, Row>();
   for (const g of groups) {
-    const id = `${g.keyId}\u0000${g.model}\u0000${g.backend}`;
-    const row = rows.get(id) ?? { keyId: g.keyId ?? "", model: g.model ?? "", backend: g.backend ?? "", requests: 0, inputTokens: 0, cachedTokens: 0, outputTokens: 0, costUsd: 0 };
+    const owner = ownerOf(g);
+    const id = `${owner}\u0000${g.model}\u0000${g.backend}`;
+    const row = rows.get(id) ?? { keyId: owner, model: g.model ?? "", backend: g.backend ?? "", requests: 0, inputTokens: 0, cachedTokens: 0, outputTokens: 0, costUsd: 0 };
     row.requests += g.numRequests;
     row.inputTokens += g.inputTokens;
     row.cachedTokens += g.inputCachedTokens;
@@ -71,8 +81,8 @@ function totalsBy(groups: UsageGroup[]): Row[] {
   return [...rows.values()].sort((a, b) => a.keyId.localeCompare(b.keyId) || a.model.localeCompare(b.model) || a.backend.localeCompare(b.backend));
 }
 
-function table(rows: Row[]): string {
-  const head = ["key", "model", "backend", "requests", "input tokens", "of which cached", "output tokens", "cost (USD)"];
+function table(rows: Row[], by: "key" | "team"): string {
+  const head = [by, "model", "backend", "requests", "input tokens", "of which cached", "output tokens", "cost (USD)"];
   const body = rows.map((r) => [r.keyId, r.model, r.backend, String(r.requests), String(r.inputTokens), String(r.cachedTokens), String(r.outputTokens), r.costUsd.toFixed(6)]);
   const total = ["total", "", "", ...[3, 4, 5, 6].map((i) => String(body.reduce((s, r) => s + Number(r[i]), 0))), rows.reduce((s, r) => s + r.costUsd, 0).toFixed(6)];
   const all = [head, ...body, total];

@@ -19,6 +19,8 @@ import type { Ledger } from "../service/ledger.ts";
 import type { PriceBook } from "../service/prices.ts";
 import type { Store } from "../service/store/open-store.ts";
 import { registerAdminKeyRoutes } from "./routes/admin-keys.ts";
+import { registerAdminTeamRoutes } from "./routes/admin-teams.ts";
+import type { TeamStore } from "../service/teams.ts";
 import { registerAdminPriceRoutes } from "./routes/admin-prices.ts";
 import { registerModelRoutes } from "./routes/models.ts";
 import { registerUsageRoutes } from "./routes/usage.ts";
@@ -32,6 +34,8 @@ export interface AppOptions {
   apiKeys?: readonly string[];
   /** Admin keys, the key store and the auth mode (see http/auth.ts). */
   auth?: Omit<AuthOptions, "staticKeys">;
+  /** The teams behind /v1/admin/teams; none: no store. */
+  teams?: TeamStore | null;
   /** The price book behind /v1/admin/prices; none: no store. */
   prices?: PriceBook | null;
   /** The store and ledger behind the usage routes; none: no store. */
@@ -108,6 +112,7 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
   registerProbeRoutes(app, ctx);
   registerTokenizeRoutes(app, ctx);
   registerAdminKeyRoutes(app, options.auth?.keys ?? null);
+  registerAdminTeamRoutes(app, options.teams ?? null, options.auth?.keys ?? null);
   registerAdminPriceRoutes(app, options.prices ?? null);
   registerUsageRoutes(app, options.store ?? null, options.ledger ?? null, ctx);
   return app;

@@ -162,6 +162,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
       bodyLimitBytes: options.bodyLimitBytes, logger: options.logger, apiKeys: options.apiKeys, requestTimeoutMs: options.requestTimeoutMs, keepAliveTimeoutMs: options.keepAliveTimeoutMs,
       auth: { keys: service?.keys ?? null, adminKeys: options.adminKeys, mode: options.authMode },
       prices: service?.prices ?? null,
+      teams: service?.teams ?? null,
       store: service?.store ?? null,
       ledger: service?.ledger ?? null,
       // NOTE: stored responses live in the service's database (shared by replicas); without one, in memory.

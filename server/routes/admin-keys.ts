@@ -4,36 +4,25 @@
  */
 import type { FastifyInstance } from "fastify";
 import { z } from "zod";
-import { KEY_PRIORITIES, type ApiKey, type KeyPriority, type KeyStore } from "../../service/keys.ts";
-import type { KeyLimits } from "../../service/limits/key-limits.ts";
-import { PERIODS, type Period } from "../../service/limits/periods.ts";
-import { microUsdPerMtok } from "../../service/prices.ts";
+import { KeyRuleError, type ApiKey, type KeyStore } from "../../service/keys.ts";
 import { invalidRequest, keyNotFound, noStore } from "../common/api-error.ts";
-import { limitFields as limitBody } from "./key-fields.ts";
+import { limitFields as limitBody, limitsOfBody, modelBudgetsBody, modelLimitsOfBody, ownedFields } from "./key-fields.ts";
 import { parseBody } from "../common/parse-body.ts";
 
 /** An expiry as an ISO date or epoch seconds, or null for none. */
 const expiry = z.union([z.string().refine((s) => !Number.isNaN(Date.parse(s)), "expires_at must be an ISO date"), z.number().int().positive()]).nullish();
-const models = z.array(z.string().min(1)).min(1).nullish();
-const metadata = z.record(z.string(), z.unknown()).nullish();
+const teamId = z.string().min(1).nullish();
+const createKey = z.object({ name: z.string().min(1).max(200), expires_at: expiry, team_id: teamId, ...ownedFields }).strict();
+const updateKey = z.object({ name: z.string().min(1).max(200).optional(), expires_at: expiry, team_id: teamId, ...ownedFields }).strict();
 
-const priority = z.enum(KEY_PRIORITIES as [KeyPriority, ...KeyPriority[]]).optional();
-/** Each limit: a value, null to clear it (the server's default then applies), or absent to leave it. */
-const count = z.number().int().positive().max(Number.MAX_SAFE_INTEGER).nullish();
-const period = z.enum(PERIODS as [Period, ...Period[]]).nullish();
-const usd = z.union([z.number().nonnegative(), z.string()]).nullish()
-  .refine((v) => v === null || v === undefined || /^\d+(\.\d{0,6})?$/.test(String(v)), "budget_usd must be USD with up to 6 decimals, such as 25 or 12.5");
-const limitFields = { rpm: count, tpm: count, max_parallel: count, budget_usd: usd, budget_period: period, token_quota: count, quota_period: period };
-const createKey = z.object({ name: z.string().min(1).max(200), models, expires_at: expiry, metadata, priority, ...limitFields }).strict();
-const updateKey = z.object({ name: z.string().min(1).max(200).optional(), models, expires_at: expiry, metadata, priority, ...limitFields }).strict();
-
-/** The limit fields of a request body as the key store's limits (micro-USD for the budget). */
-function limitsOf(body: z.infer<typeof updateKey>): Partial<KeyLimits> {
-  const micro = body.budget_usd === undefined ? undefined : body.budget_usd === null ? null : microUsdPerMtok(String(body.budget_usd));
-  return {
-    rpm: body.rpm, tpm: body.tpm, maxParallel: body.max_parallel, budgetMicroUsd: micro, budgetPeriod: body.budget_period,
-    tokenQuota: body.token_quota, quotaPeriod: body.quota_period,
-  };
+/** A key rule broken (its team unknown, a model outside the team's list) as the admin API's 400. */
+export async function keyRules<T>(run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (err) {
+    if (err instanceof KeyRuleError) throw invalidRequest(err.message, err.param);
+    throw err;
+  }
 }
 
 const expiresMs = (value: string | number | null | undefined) =>
@@ -43,7 +32,8 @@ const expiresMs = (value: string | number | null | undefined) =>
 export function keyBody(key: ApiKey) {
   const seconds = (ms: number | null) => (ms === null ? null : Math.floor(ms / 1000));
   return {
-    id: key.id, object: "api_key", name: key.name, prefix: key.prefix, models: key.models, metadata: key.metadata, priority: key.priority, ...limitBody(key.limits),
+    id: key.id, object: "api_key", name: key.name, prefix: key.prefix, models: key.models, metadata: key.metadata, priority: key.ownPriority ? key.priority : null,
+    team_id: key.teamId, data_residency: key.dataResidency, ...limitBody(key.limits), model_budgets: modelBudgetsBody(key.modelLimits),
     created_at: seconds(key.createdMs), expires_at: seconds(key.expiresMs), revoked_at: seconds(key.revokedMs), last_used_at: seconds(key.lastUsedMs),
   };
 }
@@ -59,9 +49,10 @@ export function registerAdminKeyRoutes(app: FastifyInstance, keys: KeyStore | nu
     const body = parseBody(createKey, request.body);
     const expires = expiresMs(body.expires_at);
     if (expires !== undefined && expires !== null && expires <= Date.now()) throw invalidRequest("expires_at is in the past.", "expires_at");
-    const { key, secret } = await store().create({
-      name: body.name, models: body.models ?? null, expiresMs: expires ?? null, metadata: body.metadata ?? null, priority: body.priority, limits: limitsOf(body),
-    });
+    const { key, secret } = await keyRules(() => store().create({
+      name: body.name, models: body.models ?? null, expiresMs: expires ?? null, metadata: body.metadata ?? null, priority: body.priority ?? null, limits: limitsOfBody(body),
+      modelLimits: modelLimitsOfBody(body), teamId: body.team_id ?? null, dataResidency: body.data_residency ?? null,
+    }));
     return reply.status(201).send({ ...keyBody(key), secret });
   });
 
@@ -71,9 +62,10 @@ export function registerAdminKeyRoutes(app: FastifyInstance, keys: KeyStore | nu
 
   app.patch<{ Params: { id: string } }>("/v1/admin/keys/:id", async (request) => {
     const body = parseBody(updateKey, request.body);
-    const key = await store().update(request.params.id, {
-      name: body.name, models: body.models, expiresMs: expiresMs(body.expires_at), metadata: body.metadata, priority: body.priority, limits: limitsOf(body),
-    });
+    const key = await keyRules(() => store().update(request.params.id, {
+      name: body.name, models: body.models, expiresMs: expiresMs(body.expires_at), metadata: body.metadata, priority: body.priority, limits: limitsOfBody(body),
+      modelLimits: modelLimitsOfBody(body), teamId: body.team_id, dataResidency: body.data_residency,
+    }));
     return found(key, request.params.id);
   });
 

@@ -6,10 +6,10 @@
 import type { FastifyInstance } from "fastify";
 import { z } from "zod";
 import type { Ledger } from "../../service/ledger.ts";
-import { BUCKET_MS, usageByBucket, type BucketWidth, type UsageGroup } from "../../service/usage-report.ts";
+import { BUCKET_MS, usageByBucket, type BucketWidth, type GroupBy, type UsageGroup } from "../../service/usage-report.ts";
 import type { Store } from "../../service/store/open-store.ts";
 import { NO_LIMITS } from "../../service/limits/key-limits.ts";
-import { limitFields, modelLimitsBody } from "./key-fields.ts";
+import { limitFields, modelBudgetsBody } from "./key-fields.ts";
 import type { LevelStatus, LimitName, LimitStatus } from "../../service/limits/limiter.ts";
 import type { LedgerTotals } from "../../service/ledger.ts";
 import { durationText } from "../../service/limits/periods.ts";
@@ -27,12 +27,14 @@ const seconds = z.coerce.number().int().nonnegative();
 
 const usageQuery = z.object({
   start_time: seconds, end_time: seconds.optional(), bucket_width: z.enum(["1m", "1h", "1d"]).default("1d"),
-  group_by: listOf(z.enum(["api_key_id", "model", "backend"])).optional(), limit: z.coerce.number().int().positive().optional(), page: seconds.optional(),
+  group_by: listOf(z.enum(["api_key_id", "team_id", "model", "backend"])).optional(), limit: z.coerce.number().int().positive().optional(), page: seconds.optional(),
+  team_id: z.string().min(1).optional(),
 }).loose();
 
 const costsQuery = z.object({
   start_time: seconds, end_time: seconds.optional(), bucket_width: z.literal("1d").default("1d"),
-  group_by: listOf(z.enum(["line_item", "project_id"])).optional(), limit: z.coerce.number().int().positive().max(180).optional(), page: seconds.optional(),
+  group_by: listOf(z.enum(["line_item", "project_id", "team_id"])).optional(), limit: z.coerce.number().int().positive().max(180).optional(), page: seconds.optional(),
+  team_id: z.string().min(1).optional(),
 }).loose();
 
 interface Page<T> {
@@ -44,7 +46,7 @@ interface Page<T> {
 
 /** The page's buckets (empty ones included, as OpenAI returns them), each filled with its groups. */
 async function paged<T>(
-  store: Store, query: { start_time: number; end_time?: number; bucket_width: BucketWidth; limit?: number; page?: number }, groupBy: ("api_key_id" | "model" | "backend")[] | undefined,
+  store: Store, query: { start_time: number; end_time?: number; bucket_width: BucketWidth; limit?: number; page?: number; team_id?: string }, groupBy: GroupBy[] | undefined,
   result: (group: UsageGroup) => T,
 ): Promise<Page<T>> {
   const width = BUCKET_MS[query.bucket_width];
@@ -54,7 +56,7 @@ async function paged<T>(
   const endMs = (query.end_time ?? Math.ceil(Date.now() / 1000)) * 1000;
   if (endMs <= startMs) throw invalidRequest("end_time must be after start_time.", "end_time");
   const pageEndMs = Math.min(endMs, startMs + limit * width);
-  const groups = await usageByBucket(store.db, { startMs, endMs: pageEndMs, bucketWidth: query.bucket_width, groupBy });
+  const groups = await usageByBucket(store.db, { startMs, endMs: pageEndMs, bucketWidth: query.bucket_width, groupBy, teamId: query.team_id });
   const data: Page<T>["data"] = [];
   for (let at = startMs; at < pageEndMs; at += width) {
     data.push({ object: "bucket", start_time: at / 1000, end_time: Math.min(at + width, endMs) / 1000, results: groups.filter((g) => g.bucketStartMs === at).map(result) });
@@ -90,10 +92,10 @@ function usageBody(periodStartMs: number, totals: LedgerTotals) {
 
 /** A level's limits as set, where it stands on each, and on each model's own budget and quota. */
 function levelBody(level: LevelStatus | undefined) {
-  if (!level) return { ...limitFields(NO_LIMITS), model_limits: {}, limits: {}, model_usage: {} };
+  if (!level) return { ...limitFields(NO_LIMITS), model_budgets: {}, limits: {}, model_limits: {} };
   return {
-    ...limitFields(level.limits), model_limits: modelLimitsBody(level.modelLimits), limits: limitsBody(level.status),
-    model_usage: Object.fromEntries(Object.entries(level.models).map(([model, status]) => [model, limitsBody(status)])),
+    ...limitFields(level.limits), model_budgets: modelBudgetsBody(level.modelLimits), limits: limitsBody(level.status),
+    model_limits: Object.fromEntries(Object.entries(level.models).map(([model, status]) => [model, limitsBody(status)])),
   };
 }
 
@@ -107,17 +109,20 @@ export function registerUsageRoutes(app: FastifyInstance, store: Store | null, l
       input_tokens: g.inputTokens, input_cached_tokens: g.inputCachedTokens, output_tokens: g.outputTokens,
       input_audio_tokens: 0, output_audio_tokens: 0, num_model_requests: g.numRequests,
       project_id: null, user_id: null, api_key_id: g.keyId, model: g.model, batch: null,
-      // NOTE: tokenmill's own group (group_by=backend): local:MODEL or upstream:PROVIDER.
+      // NOTE: tokenmill's own groups: group_by=backend (local:MODEL or upstream:PROVIDER) and group_by=team_id.
       ...(g.backend !== null ? { backend: g.backend } : {}),
+      ...(query.group_by?.includes("team_id") ? { team_id: g.teamId } : {}),
     }));
   });
 
   app.get("/v1/organization/costs", async (request) => {
     const query = parseBody(costsQuery, request.query);
     const byLineItem = query.group_by?.includes("line_item") ?? false;
-    return paged(need(), query, byLineItem ? ["model"] : undefined, (g) => ({
+    const byTeam = query.group_by?.includes("team_id") ?? false;
+    const groupBy: GroupBy[] = [...(byLineItem ? ["model" as const] : []), ...(byTeam ? ["team_id" as const] : [])];
+    return paged(need(), query, groupBy.length > 0 ? groupBy : undefined, (g) => ({
       object: "organization.costs.result", amount: { value: g.costMicroUsd / 1_000_000, currency: "usd" },
-      line_item: byLineItem ? g.model : null, project_id: null,
+      line_item: byLineItem ? g.model : null, project_id: null, ...(byTeam ? { team_id: g.teamId } : {}),
     }));
   });
 

@@ -360,7 +360,7 @@ export class LimitTicket {
     const resets = new Date(periodEndMs(period!, this.startedMs)).toISOString();
     const model = meterModel(hold.meter);
     const usd = meterKind(hold.meter) === "usd";
-    const field = `${model === null ? "" : `model_limits["${model}"].`}${usd ? "budget_usd" : "token_quota"}`;
+    const field = `${model === null ? "" : `model_budgets["${model}"].`}${usd ? "budget_usd" : "token_quota"}`;
     const state = used + reserved >= hold.limit ? "is exhausted" : "has no room for this request";
     const amount = (n: number) => (usd ? usdText(n) : `${n} tokens`);
     return `You exceeded your ${usd ? "budget" : "token quota"}: the ${level.level} ${field} of ${who(level)} ${state} (resets at ${resets}). ` +
