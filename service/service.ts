@@ -84,7 +84,8 @@ export async function startService(options: ServiceOptions): Promise<Service> {
       const keyDefaults = member ? { ...defaults, budgetMicroUsd: member.budgetMicroUsd, budgetPeriod: member.budgetPeriod } : defaults;
       return {
         keyId, name: key?.name ?? null, limits: effectiveLimits(key?.limits ?? NO_LIMITS, keyDefaults), modelLimits: key?.modelLimits,
-        team: team && { id: team.id, name: team.name, limits: team.limits, modelLimits: team.modelLimits },
+        // NOTE: a team's own limits, their periods filled (month where it set none); server defaults are for keys.
+        team: team && { id: team.id, name: team.name, limits: effectiveLimits(team.limits, NO_LIMITS), modelLimits: team.modelLimits },
       };
     },
     async settle(settlement) {

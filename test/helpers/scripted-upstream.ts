@@ -25,7 +25,7 @@ export type Script =
 export interface ScriptedUpstream {
   url: string;
   /** Calls by path, in order. */
-  calls: { path: string; body: Record<string, unknown>; authorization?: string }[];
+  calls: { path: string; body: Record<string, unknown>; authorization?: string; text: string }[];
   /** Streams whose caller left before the end. */
   numAbandoned: number;
   script: Script;
@@ -60,7 +60,7 @@ async function handle(state: ScriptedUpstream, req: IncomingMessage, res: Server
   let text = "";
   for await (const chunk of req) text += chunk;
   const body = JSON.parse(text || "{}") as Record<string, unknown>;
-  state.calls.push({ path: req.url ?? "", body, authorization: req.headers.authorization });
+  state.calls.push({ path: req.url ?? "", body, authorization: req.headers.authorization, text });
   const script = state.byModel[String(body.model)] ?? state.script;
   if (script.kind === "stall-after-headers") {
     res.writeHead(200, { "content-type": body.stream ? "text/event-stream" : "application/json" });

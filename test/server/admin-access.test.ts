@@ -22,6 +22,11 @@ const ROUTES: { method: string; path: string; body?: unknown }[] = [
   { method: "GET", path: "/v1/admin/keys/KEYID" },
   { method: "PATCH", path: "/v1/admin/keys/KEYID", body: { name: "renamed" } },
   { method: "DELETE", path: "/v1/admin/keys/KEYID" },
+  { method: "GET", path: "/v1/admin/teams" },
+  { method: "POST", path: "/v1/admin/teams", body: { name: "intruders" } },
+  { method: "GET", path: "/v1/admin/teams/TEAMID" },
+  { method: "PATCH", path: "/v1/admin/teams/TEAMID", body: { budget_usd: 1000 } },
+  { method: "DELETE", path: "/v1/admin/teams/TEAMID" },
   { method: "GET", path: "/v1/admin/prices" },
   { method: "POST", path: "/v1/admin/prices", body: { model: MODEL, input: 0, cached_input: 0, output: 0 } },
   { method: "GET", path: "/v1/organization/usage/completions?start_time=0" },
@@ -83,10 +88,12 @@ describe("admin routes with an admin key configured", () => {
   let server: RunningServer;
   let dir: string;
   let userKey: { id: string; secret: string };
+  let team: { id: string };
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "tokenmill-access-"));
     server = await startTestServer({ db: { url: `sqlite:${join(dir, "t.db")}`, replica: "test" }, adminKeys: [ADMIN] });
-    const created = await raw(server.url, "POST", "/v1/admin/keys", ADMIN, { name: "user" });
+    team = JSON.parse((await raw(server.url, "POST", "/v1/admin/teams", ADMIN, { name: "the team", budget_usd: 1 })).text) as { id: string };
+    const created = await raw(server.url, "POST", "/v1/admin/keys", ADMIN, { name: "user", team_id: team.id });
     userKey = JSON.parse(created.text) as { id: string; secret: string };
   }, 120_000);
   afterAll(async () => {
@@ -104,7 +111,7 @@ describe("admin routes with an admin key configured", () => {
   it("no variant of any admin or organization route answers a user key, a wrong key or no key with anything but 401, 403 or 404", async () => {
     const refused: string[] = [];
     for (const route of ROUTES) {
-      for (const path of pathVariants(route.path.replace("KEYID", userKey.id))) {
+      for (const path of pathVariants(route.path.replace("KEYID", userKey.id).replace("TEAMID", team.id))) {
         for (const secret of [userKey.secret, "sk-wrong", null]) {
           const res = await raw(server.url, route.method, path, secret, route.body);
           if (![401, 403, 404].includes(res.status)) refused.push(`${route.method} ${path} as ${secret ?? "nobody"}: ${res.status} ${res.text.slice(0, 120)}`);
@@ -116,6 +123,9 @@ describe("admin routes with an admin key configured", () => {
     expect(JSON.parse((await raw(server.url, "GET", "/v1/admin/prices", ADMIN)).text).data).toEqual([]);
     const key = JSON.parse((await raw(server.url, "GET", `/v1/admin/keys/${userKey.id}`, ADMIN)).text) as { name: string; revoked_at?: unknown };
     expect(key.name).toBe("user");
+    // Nor is the team's budget raised, nor the team deleted, nor another team made.
+    const teams = JSON.parse((await raw(server.url, "GET", "/v1/admin/teams", ADMIN)).text) as { data: { id: string; budget_usd: number }[] };
+    expect(teams.data.map((t) => [t.id, t.budget_usd])).toEqual([[team.id, 1]]);
     const models = await raw(server.url, "GET", "/v1/models", userKey.secret);
     expect(models.status).toBe(200);
   });
