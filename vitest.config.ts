@@ -10,7 +10,7 @@ const E2E = [
   "test/engine/engine-e2e.test.ts", "test/engine/engine-restart.test.ts", "test/engine/engine-sampling-property.test.ts", "test/engine/webgpu-runner.test.ts",
   "test/engine/tokenizer-pool.test.ts", "test/engine/grammar-pool.test.ts",
   "test/server/*-e2e.test.ts", "test/server/server-hostile.test.ts", "test/server/server-restart.test.ts", "test/server/admin-access.test.ts", "test/server/upstream-faults.test.ts",
-  "test/service/*-e2e.test.ts", "test/service/ledger-*.test.ts", "test/service/limits-replicas.test.ts", "test/service/limits-store.test.ts", "test/service/service-store.test.ts",
+  "test/service/*-e2e.test.ts", "test/service/ledger-*.test.ts", "test/service/*-replicas.test.ts", "test/service/limits-store.test.ts", "test/service/service-store.test.ts",
   "test/bench/bench-cli.test.ts", "test/bin/*-cli.test.ts", "test/bin/*-e2e.test.ts", "test/bin/cli-flags.test.ts", "test/deploy/*-e2e.test.ts",
 ];
 

@@ -14,6 +14,7 @@ import { startServer, type RunningServer } from "../../server/serve.ts";
 import { openStore } from "../../service/store/open-store.ts";
 import { usageByBucket } from "../../service/usage-report.ts";
 import { ADMIN, MODEL, chat, createKey, statuses, type Answer } from "../helpers/limits.ts";
+import { admin, createTeam, ledgerOf, messageOf, spread } from "../helpers/teams.ts";
 import { startScriptedUpstream, type ScriptedUpstream } from "../helpers/scripted-upstream.ts";
 import { startTestServer } from "../helpers/server.ts";
 import { testDatabase } from "../helpers/test-database.ts";
@@ -21,46 +22,18 @@ import { testDatabase } from "../helpers/test-database.ts";
 /** $1 per million output tokens, input free: a request costs exactly its output tokens in micro-USD. */
 const price = (model: string) => ({ model, inputPerMtok: 0, cachedInputPerMtok: 0, outputPerMtok: 1_000_000 });
 
-async function admin(url: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-  const response = await fetch(`${url}${path}`, {
-    method, headers: { authorization: `Bearer ${ADMIN}`, ...(body !== undefined ? { "content-type": "application/json" } : {}) },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+/** GET /v1/key's body, as far as these tests read it. */
+interface KeyView {
+  data_residency: string;
+  usage: Record<string, number>;
+  model_limits: Record<string, { budget_usd: { limit: number; used: number; reserved: number; remaining: number } }>;
+  team: { usage: Record<string, number> } & Record<string, unknown>;
 }
 
-async function createTeam(url: string, body: Record<string, unknown>): Promise<{ id: string; name: string }> {
-  const { status, body: team } = await admin(url, "POST", "/v1/admin/teams", body);
-  if (status !== 201) throw new Error(`creating a team failed: ${status} ${JSON.stringify(team)}`);
-  return team as { id: string; name: string };
-}
-
-/** `count` requests at once, spread over the keys (and servers) in turn. */
-export function spread(urls: string[], secrets: string[], count: number, body: Record<string, unknown>): Promise<Answer[]> {
-  return Promise.all(Array.from({ length: count }, (_, i) => chat(urls[i % urls.length], secrets[i % secrets.length], body)));
-}
-
-const messageOf = (answer: Answer) => String((answer.body.error as { message?: string } | undefined)?.message ?? "");
-
-/** What the ledger holds of a team's requests (or a key's): rows served and their cost. */
-export async function ledgerOf(dbUrl: string, where: { teamId?: string; keyId?: string; model?: string }): Promise<{ served: number; costMicroUsd: number; rows: number }> {
-  const store = await openStore(dbUrl);
-  try {
-    let query = store.db.selectFrom("usage_ledger").selectAll();
-    if (where.teamId) query = query.where("team_id", "=", where.teamId);
-    if (where.keyId) query = query.where("key_id", "=", where.keyId);
-    if (where.model) query = query.where("model", "=", where.model);
-    const rows = await query.execute();
-    return { served: rows.filter((r) => r.status === "completed").length, costMicroUsd: rows.reduce((sum, r) => sum + Number(r.cost_micro_usd), 0), rows: rows.length };
-  } finally {
-    await store.close();
-  }
-}
-
-async function keyView(url: string, secret: string): Promise<Record<string, any>> {
+async function keyView(url: string, secret: string): Promise<KeyView> {
   const response = await fetch(`${url}/v1/key`, { headers: { authorization: `Bearer ${secret}` } });
   expect(response.status).toBe(200);
-  return (await response.json()) as Record<string, any>;
+  return (await response.json()) as KeyView;
 }
 
 for (const kind of ["sqlite", "postgres"] as const) {
