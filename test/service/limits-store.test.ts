@@ -85,6 +85,54 @@ for (const kind of ["sqlite", "postgres"] as const) {
       expect(await meters.state("key_late", "tokens", 1000)).toEqual({ used: 7, reserved: 3 });
     });
 
+    it("reserves at key and team level in one transaction: concurrent requests of 3 keys (given in either order) never pass either level, and never deadlock", async () => {
+      const meters = stores.map((s, i) => new Meters(s.db, `replica-${i}`));
+      // Key k_0 may take 4 of 10 each; the team all of 10: the team binds the others.
+      const holdsOf = (i: number) => {
+        const holds = [
+          { keyId: `key_lvl_${i % 3}`, meter: "usd" as const, periodStartMs: 0, amount: 10, limit: i % 3 === 0 ? 40 : 1000 },
+          { keyId: "team_lvl", meter: "usd" as const, periodStartMs: 0, amount: 10, limit: 100 },
+          { keyId: "team_lvl", meter: "usd:m" as const, periodStartMs: 0, amount: 10, limit: 1000 },
+        ];
+        return i % 2 === 0 ? holds : holds.reverse();
+      };
+      const results = await Promise.all(Array.from({ length: 30 }, (_, i) => meters[i % meters.length].reserve(`lvl-${i}`, holdsOf(i))));
+      const passed = results.map((r, i) => (r === null ? i : -1)).filter((i) => i >= 0);
+      expect(passed).toHaveLength(10);
+      expect(passed.filter((i) => i % 3 === 0).length).toBeLessThanOrEqual(4);
+      expect(await meters[0].state("team_lvl", "usd", 0)).toEqual({ used: 0, reserved: 100 });
+      expect(await meters[0].state("team_lvl", "usd:m", 0)).toEqual({ used: 0, reserved: 100 });
+      expect(await meters[0].state("key_lvl_0", "usd", 0)).toEqual({ used: 0, reserved: passed.filter((i) => i % 3 === 0).length * 10 });
+      // A refused request holds nothing at any level: every hold row is a passed request's.
+      const holds = await stores[0].db.selectFrom("limit_holds").select(["request_id", "owner_id"]).where("request_id", "like", "lvl-%").execute();
+      expect(new Set(holds.map((h) => h.request_id))).toEqual(new Set(passed.map((i) => `lvl-${i}`)));
+      expect(holds).toHaveLength(passed.length * 3);
+      // Settling one replaces its reservations at both levels, in the ledger's transaction.
+      const id = `lvl-${passed[0]}`;
+      const key = `key_lvl_${passed[0] % 3}`;
+      await new Ledger(stores[0].db, "r").settle(settlement(id, key, [
+        { keyId: key, meter: "usd", periodStartMs: 0, reservedDelta: -10, usedDelta: 7 },
+        { keyId: "team_lvl", meter: "usd", periodStartMs: 0, reservedDelta: -10, usedDelta: 7 },
+        { keyId: "team_lvl", meter: "usd:m", periodStartMs: 0, reservedDelta: -10, usedDelta: 7 },
+      ]));
+      expect(await meters[0].state("team_lvl", "usd", 0)).toEqual({ used: 7, reserved: 90 });
+      expect(await meters[0].state("team_lvl", "usd:m", 0)).toEqual({ used: 7, reserved: 90 });
+    });
+
+    it("starts a team's meter, and a model's, from what the ledger holds of the team's rows and the model's", async () => {
+      const { db } = stores[0];
+      const row = (id: string, keyId: string, teamId: string | null, model: string, cost: number) => ({
+        request_id: id, http_request_id: null, key_id: keyId, model, endpoint: "/v1/completions", status: "completed" as const, team_id: teamId,
+        uncached_input_tokens: 1, cached_input_tokens: 0, output_tokens: 1, cost_micro_usd: cost, started_ms: 5000, finished_ms: 5001, ttft_ms: null, replica: "r",
+      });
+      await db.insertInto("usage_ledger").values([row("t-1", "key_t1", "team_late", "a", 30), row("t-2", "key_t2", "team_late", "b", 20), row("t-3", "key_t3", null, "a", 500)]).execute();
+      const meters = new Meters(db, "r");
+      expect(await meters.state("team_late", "usd", 1000)).toEqual({ used: 50, reserved: 0 });
+      expect(await meters.state("team_late", "usd:a", 1000)).toEqual({ used: 30, reserved: 0 });
+      expect(await meters.state("key_t1", "tokens:a", 1000)).toEqual({ used: 2, reserved: 0 });
+      expect(await meters.reserve("t-late", [{ keyId: "team_late", meter: "usd", periodStartMs: 1000, amount: 51, limit: 100 }])).toMatchObject({ used: 50 });
+    });
+
     it("gives back what a crashed replica's requests held, and only that replica's", async () => {
       const { db } = stores[0];
       await new Meters(db, "crashed").reserve("crash-1", [{ keyId: "key_crash", meter: "parallel", periodStartMs: 0, amount: 1, limit: 5 }]);
