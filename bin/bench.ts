@@ -14,7 +14,7 @@ import { SYNTHETIC_MODELS } from "../models/synthetic/default-model.ts";
 import { QUANTIZATIONS, type Quantization } from "../models/index.ts";
 import { startServer } from "../server/serve.ts";
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags, type EngineFlags, type EngineFlagValues } from "./engine-flags.ts";
-import { measureLedger } from "../bench/ledger-throughput.ts";
+import { LEDGER_LEVELS, measureLedger } from "../bench/ledger-throughput.ts";
 import { TIMEOUT_MS, measurePriorityFlood } from "../bench/priority-flood.ts";
 import { fetchMetrics, metricTotal } from "../bench/server-metrics.ts";
 import { FlagError, dbUrlFlag, enumFlag, flagValue, intFlag, listFlag, nonEmptyFlag, numberFlag, optionalFlagValue } from "./flags.ts";
@@ -85,9 +85,17 @@ export async function benchCommand(args: string[]): Promise<void> {
   const db = values.db === undefined || values.db === "none" ? null : flagValue("db", values.db, dbUrlFlag);
   if (values["ledger-writes"] !== undefined) {
     if (db === null) throw new FlagError("--ledger-writes measures a database: give --db sqlite:PATH or postgres://...");
-    const result = await measureLedger(db, flagValue("ledger-writes", values["ledger-writes"], intFlag(1)));
-    return void console.log(`ledger on ${db.split(":")[0]}: ${result.numRequests} requests (in-flight insert + final upsert each) in ${result.seconds.toFixed(2)} s: ` +
-      `${result.requestsPerSecond.toFixed(0)} requests/s, ${result.rowsWrittenPerSecond.toFixed(0)} writes/s, ${result.numBatches} transactions`);
+    const n = flagValue("ledger-writes", values["ledger-writes"], intFlag(1));
+    // NOTE: no limits, a key budget, and key + team budgets, side by side: the cost of each level is their ratio.
+    const results = [];
+    for (const levels of LEDGER_LEVELS) results.push(await measureLedger(db, n, levels));
+    const [plain] = results;
+    for (const result of results) {
+      console.log(`ledger on ${db.split(":")[0]}, limits ${result.levels.padEnd(4)}: ${result.numRequests} requests (in-flight insert + final upsert each${result.levels === "none" ? "" : ", a reservation and its settlement"}) ` +
+        `in ${result.seconds.toFixed(2)} s: ${result.requestsPerSecond.toFixed(0)} requests/s, ${result.rowsWrittenPerSecond.toFixed(0)} writes/s, ${result.numBatches} transactions` +
+        (result === plain ? "" : `; ${(result.requestsPerSecond / plain.requestsPerSecond).toFixed(3)}x the unlimited rate`));
+    }
+    return;
   }
   const engineFlags = readEngineFlags(values);
   const endpoint = flagValue("endpoint", values.endpoint, enumFlag("completions", "chat", "embeddings"));

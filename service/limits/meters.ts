@@ -75,17 +75,16 @@ export class Meters {
     try {
       await this.db.transaction().execute(async (trx) => {
         for (const hold of sorted) {
+          if (await take(trx, hold)) continue;
+          // NOTE: the common case is one UPDATE a hold. One that updated nothing found the row full, or no row (yet: another
+          // transaction may be inserting it, which ensureMeter's insert waits for); so the row is made sure of, and tried again.
           await ensureMeter(trx, hold);
-          const result = await trx.updateTable("key_meters").set({ reserved: sql`reserved + ${hold.amount}` })
-            .where("key_id", "=", hold.keyId).where("meter", "=", hold.meter).where("period_start_ms", "=", hold.periodStartMs)
-            .where(sql`used + reserved + ${hold.amount}`, "<=", hold.limit)
-            .executeTakeFirst();
-          if (Number(result.numUpdatedRows) === 0) throw new Refused(hold);
-          await trx.insertInto("limit_holds")
-            .values({ request_id: requestId, owner_id: hold.keyId, meter: hold.meter, period_start_ms: hold.periodStartMs, amount: hold.amount, replica: this.replica })
-            .onConflict((oc) => oc.columns(["request_id", "owner_id", "meter"]).doUpdateSet({ amount: sql`limit_holds.amount + ${hold.amount}` }))
-            .execute();
+          if (!(await take(trx, hold))) throw new Refused(hold);
         }
+        await trx.insertInto("limit_holds")
+          .values(sorted.map((hold) => ({ request_id: requestId, owner_id: hold.keyId, meter: hold.meter, period_start_ms: hold.periodStartMs, amount: hold.amount, replica: this.replica })))
+          .onConflict((oc) => oc.columns(["request_id", "owner_id", "meter"]).doUpdateSet({ amount: sql`limit_holds.amount + excluded.amount` }))
+          .execute();
       });
       return null;
     } catch (err) {
@@ -143,6 +142,15 @@ export async function applyMeterChanges(trx: Transaction<Database>, requestIds: 
   for (let i = 0; i < requestIds.length; i += 500) {
     await trx.deleteFrom("limit_holds").where("request_id", "in", requestIds.slice(i, i + 500)).execute();
   }
+}
+
+/** The conditional UPDATE that reserves a hold: true when the meter's row had room for it. */
+async function take(trx: Transaction<Database>, hold: Hold): Promise<boolean> {
+  const result = await trx.updateTable("key_meters").set({ reserved: sql`reserved + ${hold.amount}` })
+    .where("key_id", "=", hold.keyId).where("meter", "=", hold.meter).where("period_start_ms", "=", hold.periodStartMs)
+    .where(sql`used + reserved + ${hold.amount}`, "<=", hold.limit)
+    .executeTakeFirst();
+  return Number(result.numUpdatedRows) > 0;
 }
 
 /**
