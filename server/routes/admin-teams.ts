@@ -9,7 +9,7 @@ import { z } from "zod";
 import type { KeyStore } from "../../service/keys.ts";
 import type { Team, TeamStore } from "../../service/teams.ts";
 import { TeamRuleError } from "../../service/teams.ts";
-import { ApiError, invalidRequest, noStore } from "../common/api-error.ts";
+import { invalidRequest, noStore, teamHasKeys, teamNotFound } from "../common/api-error.ts";
 import { parseBody } from "../common/parse-body.ts";
 import { limitFields, limitsOfBody, modelBudgetsBody, modelLimitsOfBody, ownedFields } from "./key-fields.ts";
 import { DEFAULT_PERIOD } from "../../service/limits/key-limits.ts";
@@ -23,7 +23,6 @@ const name = z.string().min(1).max(200);
 const createTeam = z.object({ name, member_budget: memberBudget, ...ownedFields }).strict();
 const updateTeam = z.object({ name: name.optional(), member_budget: memberBudget, ...ownedFields }).strict();
 
-const teamNotFound = (id: string) => new ApiError(404, `No team with id ${id}.`, "invalid_request_error", "id", "not_found");
 
 /** A team as the API shows it: snake_case, times in epoch seconds, budgets in USD. */
 export function teamBody(team: Team, numKeys?: number) {
@@ -44,7 +43,7 @@ async function teamRules<T>(run: () => Promise<T>): Promise<T> {
   try {
     return await run();
   } catch (err) {
-    if (err instanceof TeamRuleError) throw err.status === 409 ? new ApiError(409, err.message, "invalid_request_error", err.param, "team_has_keys") : invalidRequest(err.message, err.param);
+    if (err instanceof TeamRuleError) throw err.status === 409 ? teamHasKeys(err.message) : invalidRequest(err.message, err.param);
     throw err;
   }
 }
