@@ -95,7 +95,7 @@ function describe(key: ApiKey): string {
   const day = (ms: number | null) => (ms === null ? "never" : new Date(ms).toISOString().slice(0, 10));
   const state = key.revokedMs !== null ? "revoked" : isLive(key) ? "active" : "expired";
   return `${key.id}  ${key.prefix}  ${key.name}  ${state}  created ${day(key.createdMs)}  last used ${day(key.lastUsedMs)}${key.teamId ? `  team ${key.teamId}` : ""}` +
-    `  models ${key.models?.join(",") ?? "all"}  priority ${key.ownPriority ? key.priority : "(team's or standard)"}${key.dataResidency === "local" ? "  data local" : ""}${limitsText(key)}`;
+    `  models ${key.models?.join(",") ?? "all"}  priority ${key.ownPriority || !key.teamId ? key.priority : "(the team's)"}${key.dataResidency === "local" ? "  data local" : ""}${limitsText(key)}`;
 }
 
 /** A key's or a team's limits, as a line's tail. */

@@ -39,6 +39,38 @@ describe("tokenmill keys", () => {
   });
 });
 
+describe("tokenmill teams", () => {
+  it("creates, lists, updates and deletes teams; keys join them by name; the rules hold", () => {
+    const created = runCli(["teams", "create", "--name", "search", "--models", "m1,m2", "--budget-usd", "100", "--rpm", "600", "--member-budget-usd", "5",
+      "--model-budget", "m1=20/day", "--model-quota", "m2=5000", "--data-residency", "local", "--priority", "interactive", "--db", db, "--json"]);
+    expect(created.status, created.stderr).toBe(0);
+    const team = JSON.parse(created.stdout) as { id: string; modelLimits: unknown; memberBudget: unknown; dataResidency: string };
+    expect(team).toMatchObject({
+      dataResidency: "local", memberBudget: { budgetMicroUsd: 5_000_000, budgetPeriod: null },
+      modelLimits: { m1: { budgetMicroUsd: 20_000_000, budgetPeriod: "day", tokenQuota: null }, m2: { tokenQuota: 5000, quotaPeriod: "month", budgetMicroUsd: null } },
+    });
+    expect(runCli(["teams", "create", "--name", "search", "--db", db]).stderr).toMatch(/A team named "search" exists already/);
+    const key = JSON.parse(runCli(["keys", "create", "--name", "svc", "--team", "search", "--models", "m1", "--db", db, "--json"]).stdout) as { id: string; teamId: string };
+    expect(key.teamId).toBe(team.id);
+    expect(runCli(["keys", "create", "--name", "outside", "--team", "search", "--models", "m3", "--db", db]).stderr).toMatch(/m3 is not/);
+    expect(runCli(["keys", "create", "--name", "lost", "--team", "nope", "--db", db]).stderr).toMatch(/no team with id or name nope/);
+    const line = runCli(["keys", "list", "--team", "search", "--db", db]).stdout.trim();
+    expect(line.startsWith(key.id)).toBe(true);
+    expect(line).toContain(`svc  active`);
+    expect(line).toContain(`team ${team.id}  models m1  priority (the team's)`);
+    const listed = runCli(["teams", "list", "--db", db]).stdout;
+    expect(listed).toMatch(/search\s+models m1,m2\s+priority interactive\s+data local\s+member budget \$5\.00\/month\s+limits rpm 600, budget \$100\.00\/month, m1 budget \$20\.00\/day, m2 quota 5000 tokens\/month\s+keys 1\s+this month: 0 requests/);
+    expect(runCli(["teams", "update", "search", "--rpm", "none", "--model-budget", "none", "--name", "search-2", "--db", db]).stdout).toMatch(/search-2 .*limits budget \$100\.00\/month$/m);
+    const refused = runCli(["teams", "delete", "search-2", "--db", db]);
+    expect(refused.status).toBe(1);
+    expect(refused.stderr).toMatch(/still has 1 live key/);
+    expect(runCli(["keys", "update", key.id, "--team", "none", "--db", db]).status).toBe(0);
+    expect(runCli(["teams", "delete", team.id, "--db", db]).stdout).toMatch(/deleted/);
+    expect(runCli(["teams", "list", "--db", db]).stdout).toMatch(/\(no teams\)/);
+    expect(runCli(["keys", "create", "--name", "x", "--model-budget", "m1=5/day", "--model-quota", "m1=100/week", "--db", db]).stderr).toMatch(/share one period/);
+  });
+});
+
 describe("tokenmill usage", () => {
   it("prints the ledger's totals by key and model, and plots tokens per day by tier", async () => {
     const { openStore } = await import("../../service/store/open-store.ts");
@@ -47,13 +79,22 @@ describe("tokenmill usage", () => {
     const store = await openStore(usageDb);
     const ledger = new Ledger(store.db, "t");
     const now = Date.now();
-    const settle = (id: string, keyId: string, model: string, prompt: number, cached: number, completion: number) => ledger.settle({
+    const { TeamStore } = await import("../../service/teams.ts");
+    const team = await new TeamStore(store.db).create({ name: "usage-team" });
+    const settle = (id: string, keyId: string, model: string, prompt: number, cached: number, completion: number, teamId: string | null = null) => ledger.settle({
       id, requestId: id, keyId, model, endpoint: "/v1/completions", startedMs: now - 3_600_000, finishedMs: now, ttftMs: 5, outcome: "finished",
-      usage: { promptTokens: prompt, cachedPromptTokens: cached, completionTokens: completion },
+      usage: { promptTokens: prompt, cachedPromptTokens: cached, completionTokens: completion }, teamId,
     });
-    await Promise.all([settle("u1", "key_a", "m1", 10, 4, 7), settle("u2", "key_a", "m1", 20, 0, 3), settle("u3", "key_b", "m2", 5, 5, 1)]);
+    await Promise.all([settle("u1", "key_a", "m1", 10, 4, 7, team.id), settle("u2", "key_a", "m1", 20, 0, 3, team.id), settle("u3", "key_b", "m2", 5, 5, 1)]);
     await ledger.close();
     await store.close();
+    const byTeam = runCli(["usage", "--by", "team", "--db", usageDb, "--json"]);
+    expect(byTeam.status, byTeam.stderr).toBe(0);
+    expect(JSON.parse(byTeam.stdout)).toEqual([
+      { keyId: "(no team)", model: "m2", backend: "local", requests: 1, inputTokens: 5, cachedTokens: 5, outputTokens: 1, costUsd: 0 },
+      { keyId: `usage-team ${team.id}`, model: "m1", backend: "local", requests: 2, inputTokens: 30, cachedTokens: 4, outputTokens: 10, costUsd: 0 },
+    ]);
+    expect(runCli(["usage", "--by", "team", "--team", "usage-team", "--db", usageDb]).stdout).toMatch(/\| team\s+\|[^\n]*\n[^\n]*\n\| usage-team team_\S+ \| m1 .*\| total/s);
     const json = runCli(["usage", "--db", usageDb, "--json"]);
     expect(json.status, json.stderr).toBe(0);
     expect(JSON.parse(json.stdout)).toEqual([

@@ -850,7 +850,7 @@ describe("--api-key", () => {
 });
 
 describe("a key's scheduling tier", () => {
-  it("reaches the engine as the priority of the key's requests (standard without one, and for anonymous requests)", async () => {
+  it("reaches the engine as the priority of the key's requests (its team's without one; standard without either, and for anonymous requests)", async () => {
     const { openStore } = await import("../../service/store/open-store.ts");
     const { KeyStore } = await import("../../service/keys.ts");
     const store = await openStore("sqlite::memory:");
@@ -870,6 +870,14 @@ describe("a key's scheduling tier", () => {
       expect(fake.requests.map((r) => r.priority ?? "standard")).toEqual(["standard", "batch", "standard"]);
       const updated = await keys.update(plain.key.id, { priority: "interactive" });
       expect(updated?.priority).toBe("interactive");
+      // A key that sets no tier of its own gets its team's; one that sets its own keeps it.
+      const { TeamStore } = await import("../../service/teams.ts");
+      const team = await new TeamStore(store.db).create({ name: "bulk team", priority: "batch" });
+      const member = await keys.create({ name: "member", teamId: team.id });
+      const own = await keys.create({ name: "own", teamId: team.id, priority: "interactive" });
+      expect((await ask(member.secret)).statusCode).toBe(200);
+      expect((await ask(own.secret)).statusCode).toBe(200);
+      expect(fake.requests.slice(3).map((r) => r.priority ?? "standard")).toEqual(["batch", "interactive"]);
     } finally {
       await keyed.close();
       await store.close();
