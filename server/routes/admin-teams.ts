@@ -12,7 +12,7 @@ import { TeamRuleError } from "../../service/teams.ts";
 import { invalidRequest, noStore, teamHasKeys, teamNotFound } from "../common/api-error.ts";
 import { parseBody } from "../common/parse-body.ts";
 import { limitFields, limitsOfBody, modelBudgetsBody, modelLimitsOfBody, ownedFields } from "./key-fields.ts";
-import { DEFAULT_PERIOD } from "../../service/limits/key-limits.ts";
+import { DEFAULT_PERIOD, NO_LIMITS, effectiveLimits } from "../../service/limits/key-limits.ts";
 import { microUsdPerMtok } from "../../service/prices.ts";
 
 const memberBudget = z.object({
@@ -28,7 +28,7 @@ const updateTeam = z.object({ name: name.optional(), member_budget: memberBudget
 export function teamBody(team: Team, numKeys?: number) {
   return {
     id: team.id, object: "team", name: team.name, models: team.models, metadata: team.metadata, priority: team.ownPriority ? team.priority : null,
-    data_residency: team.dataResidency, ...limitFields(team.limits), model_budgets: modelBudgetsBody(team.modelLimits),
+    data_residency: team.dataResidency, ...limitFields(effectiveLimits(team.limits, NO_LIMITS)), model_budgets: modelBudgetsBody(team.modelLimits),
     member_budget: team.memberBudget && { budget_usd: team.memberBudget.budgetMicroUsd / 1e6, period: team.memberBudget.budgetPeriod ?? DEFAULT_PERIOD },
     created_at: Math.floor(team.createdMs / 1000), ...(numKeys !== undefined ? { num_keys: numKeys } : {}),
   };

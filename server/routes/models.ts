@@ -3,6 +3,7 @@ import type { FastifyInstance } from "fastify";
 import { isLocalOnly, mayUse } from "../../service/keys.ts";
 import type { ServingPlan } from "../backends/serving-plan.ts";
 import { checkModelAccess } from "../http/auth.ts";
+import { modelNotFound } from "../common/api-error.ts";
 import type { ServerContext } from "../http/server-context.ts";
 
 const startedSeconds = Math.floor(Date.now() / 1000);
@@ -34,6 +35,8 @@ export function registerModelRoutes(app: FastifyInstance, ctx: ServerContext): v
   app.get<{ Params: { "*": string } }>("/v1/models/*", async (request) => {
     const route = ctx.models.resolve(request.params["*"]);
     checkModelAccess(request.caller, route.name);
+    const { key } = request.caller;
+    if (key && isLocalOnly(key) && !route.hasLocal) throw modelNotFound(route.name);
     return modelCard(route);
   });
 }

@@ -212,6 +212,8 @@ describe("teams, per-model budgets and data residency as a client meets them", (
     const sdk = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: key.secret, maxRetries: 0 });
     const listed = (await sdk.models.list()).data.map((m) => m.id).sort();
     expect(listed).toEqual(["alpha", "beta", "flood", "gamma", "safe"]);
+    expect((await fetch(`${server.url}/v1/models/cloud-model`, { headers })).status).toBe(404);
+    expect((await fetch(`${server.url}/v1/models/safe`, { headers })).status).toBe(200);
     const everyone = (await new OpenAI({ baseURL: `${server.url}/v1`, apiKey: (await createKey(server.url, { name: "lister" })).secret, maxRetries: 0 }).models.list()).data.map((m) => m.id);
     expect(everyone).toContain("cloud-model");
     expect((await keyView(server.url, key.secret)).data_residency).toBe("local");
