@@ -18,6 +18,7 @@ import { admin, createTeam, ledgerOf, messageOf, spread } from "../helpers/teams
 import { startScriptedUpstream, type ScriptedUpstream } from "../helpers/scripted-upstream.ts";
 import { startTestServer } from "../helpers/server.ts";
 import { testDatabase } from "../helpers/test-database.ts";
+import { until } from "../helpers/until.ts";
 
 /** $1 per million output tokens, input free: a request costs exactly its output tokens in micro-USD. */
 const price = (model: string) => ({ model, inputPerMtok: 0, cachedInputPerMtok: 0, outputPerMtok: 1_000_000 });
@@ -148,6 +149,31 @@ describe("teams, per-model budgets and data residency as a client meets them", (
     expect((await admin(server.url, "DELETE", `/v1/admin/keys/${key.id}`)).status).toBe(200);
     expect(await admin(server.url, "DELETE", `/v1/admin/teams/${team.id}`)).toMatchObject({ status: 200, body: { deleted: true } });
     expect((await admin(server.url, "GET", `/v1/admin/teams/${team.id}`)).status).toBe(404);
+  });
+
+  it("a team's max_parallel and TPM bind its keys together, and their refusals name the team", async () => {
+    const team = await createTeam(server.url, { name: "slots", max_parallel: 2, tpm: 1000 });
+    const keys = await Promise.all([0, 1, 2].map((i) => createKey(server.url, { name: `slots-${i}`, team_id: team.id })));
+    const controllers = [new AbortController(), new AbortController()];
+    const open = await Promise.all(controllers.map(async (controller, i) => {
+      const response = await fetch(`${server.url}/v1/chat/completions`, {
+        method: "POST", headers: { authorization: `Bearer ${keys[i].secret}`, "content-type": "application/json" }, signal: controller.signal,
+        body: JSON.stringify({ model: "alpha", messages: [{ role: "user", content: "go on" }], max_tokens: 300, ignore_eos: true, stream: true }),
+      });
+      const reader = response.body!.getReader();
+      await reader.read();
+      return reader;
+    }));
+    const refused = await chat(server.url, keys[2].secret, { model: "alpha" });
+    expect(refused).toMatchObject({ status: 429, code: "rate_limit_exceeded" });
+    expect(messageOf(refused)).toMatch(/the team max_parallel of team "slots" is 2 at once/);
+    for (const controller of controllers) controller.abort();
+    await Promise.all(open.map((reader) => reader.cancel().catch(() => undefined)));
+    // The aborted requests settle and free their slots.
+    await until(async () => ((await keyView(server.url, keys[2].secret)).team.limits as { max_parallel: { remaining: number } }).max_parallel.remaining === 2, { timeoutMs: 30_000 });
+    const tooLarge = await chat(server.url, keys[2].secret, { model: "alpha", max_tokens: 2000 });
+    expect(tooLarge.status).toBe(429);
+    expect(messageOf(tooLarge)).toMatch(/Request too large for tokens per minute: the team tpm of team "slots" is 1000/);
   });
 
   it("a per-model budget: exhausting one model's leaves the key's other models served; track, enforce and report read one figure", async () => {
