@@ -84,6 +84,8 @@ export async function buildBundle(options: BundleOptions): Promise<string> {
   step("compile", () => run(process.execPath, [join(ROOT, "node_modules/typescript/bin/tsc"), "-p", join(ROOT, "tsconfig.build.json"), "--outDir", app]));
   writeFileSync(join(app, "package.json"), `${JSON.stringify({ name: pkg.name, version: pkg.version, private: true, type: "module" }, null, 2)}\n`);
   cpSync(join(ROOT, "bench/schemas"), join(app, "bench/schemas"), { recursive: true });
+  // NOTE: the web console's files are served as they are (server/routes/console.ts), next to the compiled server.
+  cpSync(join(ROOT, "console"), join(app, "console"), { recursive: true });
 
   step("dependencies", () => {
     for (const dir of productionPackages(ROOT, Object.keys(pkg.dependencies).filter((d) => !SOURCE_ONLY.has(d)))) {

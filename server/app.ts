@@ -20,6 +20,8 @@ import type { PriceBook } from "../service/prices.ts";
 import type { Store } from "../service/store/open-store.ts";
 import { registerAdminKeyRoutes } from "./routes/admin-keys.ts";
 import { registerAdminTeamRoutes } from "./routes/admin-teams.ts";
+import { registerConsoleRoutes } from "./routes/console.ts";
+import { registerAdminStateRoutes } from "./routes/admin-state.ts";
 import type { TeamStore } from "../service/teams.ts";
 import { registerAdminPriceRoutes } from "./routes/admin-prices.ts";
 import { registerModelRoutes } from "./routes/models.ts";
@@ -34,6 +36,8 @@ export interface AppOptions {
   apiKeys?: readonly string[];
   /** Admin keys, the key store and the auth mode (see http/auth.ts). */
   auth?: Omit<AuthOptions, "staticKeys">;
+  /** The alert thresholds in force (--alert-thresholds), for /v1/admin/alerts. */
+  alertThresholds?: readonly number[];
   /** The teams behind /v1/admin/teams; none: no store. */
   teams?: TeamStore | null;
   /** The price book behind /v1/admin/prices; none: no store. */
@@ -111,10 +115,12 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
   registerModelRoutes(app, ctx);
   registerProbeRoutes(app, ctx);
   registerTokenizeRoutes(app, ctx);
+  registerConsoleRoutes(app);
   registerAdminKeyRoutes(app, options.auth?.keys ?? null);
   registerAdminTeamRoutes(app, options.teams ?? null, options.auth?.keys ?? null);
   registerAdminPriceRoutes(app, options.prices ?? null);
   registerUsageRoutes(app, options.store ?? null, options.ledger ?? null, ctx);
+  registerAdminStateRoutes(app, ctx, { db: options.store?.db ?? null, keys: options.auth?.keys ?? null, teams: options.teams ?? null, alertThresholds: options.alertThresholds });
   return app;
 }
 

@@ -163,6 +163,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
       auth: { keys: service?.keys ?? null, adminKeys: options.adminKeys, mode: options.authMode },
       prices: service?.prices ?? null,
       teams: service?.teams ?? null,
+      alertThresholds: options.limits?.alerts?.thresholds,
       store: service?.store ?? null,
       ledger: service?.ledger ?? null,
       // NOTE: stored responses live in the service's database (shared by replicas); without one, in memory.

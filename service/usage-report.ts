@@ -19,6 +19,10 @@ export interface UsageQuery {
   keyId?: string;
   /** Only the rows of this team's keys. */
   teamId?: string;
+  /** Only these keys', models' or backends' rows (OpenAI's api_key_ids and models filters; tokenmill's backends). */
+  keyIds?: readonly string[];
+  models?: readonly string[];
+  backends?: readonly string[];
 }
 
 export interface UsageGroup {
@@ -68,6 +72,9 @@ export async function usageByBucket(db: Kysely<Database>, query: UsageQuery): Pr
   if (groupByBackend) q = q.groupBy("backend");
   if (query.keyId !== undefined) q = q.where("key_id", "=", query.keyId);
   if (query.teamId !== undefined) q = q.where("team_id", "=", query.teamId);
+  if (query.keyIds?.length) q = q.where("key_id", "in", [...query.keyIds]);
+  if (query.models?.length) q = q.where("model", "in", [...query.models]);
+  if (query.backends?.length) q = q.where("backend", "in", [...query.backends]);
   const rows = (await q.execute()) as unknown as Record<string, unknown>[];
   return rows.map((row) => {
     const cached = Number(row.cached);

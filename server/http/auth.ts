@@ -46,7 +46,8 @@ export type RouteAccess = "open" | "admin" | "api";
 
 export function routeAccess(routePattern: string | undefined): RouteAccess {
   if (routePattern === undefined) return "api";
-  if (OPEN_ROUTES.has(routePattern)) return "open";
+  // NOTE: the console's files are open (a page that signs in must load first); the APIs it calls are not.
+  if (OPEN_ROUTES.has(routePattern) || routePattern === "/console" || routePattern.startsWith("/console/")) return "open";
   if (routePattern.startsWith("/v1/admin/") || routePattern.startsWith("/v1/organization/")) return "admin";
   return "api";
 }

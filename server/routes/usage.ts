@@ -29,12 +29,14 @@ const usageQuery = z.object({
   start_time: seconds, end_time: seconds.optional(), bucket_width: z.enum(["1m", "1h", "1d"]).default("1d"),
   group_by: listOf(z.enum(["api_key_id", "team_id", "model", "backend"])).optional(), limit: z.coerce.number().int().positive().optional(), page: seconds.optional(),
   team_id: z.string().min(1).optional(),
+  api_key_ids: listOf(z.string().min(1)).optional(), models: listOf(z.string().min(1)).optional(), backends: listOf(z.string().min(1)).optional(),
 }).loose();
 
 const costsQuery = z.object({
   start_time: seconds, end_time: seconds.optional(), bucket_width: z.literal("1d").default("1d"),
   group_by: listOf(z.enum(["line_item", "project_id", "team_id"])).optional(), limit: z.coerce.number().int().positive().max(180).optional(), page: seconds.optional(),
   team_id: z.string().min(1).optional(),
+  api_key_ids: listOf(z.string().min(1)).optional(), models: listOf(z.string().min(1)).optional(), backends: listOf(z.string().min(1)).optional(),
 }).loose();
 
 interface Page<T> {
@@ -46,7 +48,9 @@ interface Page<T> {
 
 /** The page's buckets (empty ones included, as OpenAI returns them), each filled with its groups. */
 async function paged<T>(
-  store: Store, query: { start_time: number; end_time?: number; bucket_width: BucketWidth; limit?: number; page?: number; team_id?: string }, groupBy: GroupBy[] | undefined,
+  store: Store,
+  query: { start_time: number; end_time?: number; bucket_width: BucketWidth; limit?: number; page?: number; team_id?: string; api_key_ids?: string[]; models?: string[]; backends?: string[] },
+  groupBy: GroupBy[] | undefined,
   result: (group: UsageGroup) => T,
 ): Promise<Page<T>> {
   const width = BUCKET_MS[query.bucket_width];
@@ -56,7 +60,9 @@ async function paged<T>(
   const endMs = (query.end_time ?? Math.ceil(Date.now() / 1000)) * 1000;
   if (endMs <= startMs) throw invalidRequest("end_time must be after start_time.", "end_time");
   const pageEndMs = Math.min(endMs, startMs + limit * width);
-  const groups = await usageByBucket(store.db, { startMs, endMs: pageEndMs, bucketWidth: query.bucket_width, groupBy, teamId: query.team_id });
+  const groups = await usageByBucket(store.db, {
+    startMs, endMs: pageEndMs, bucketWidth: query.bucket_width, groupBy, teamId: query.team_id, keyIds: query.api_key_ids, models: query.models, backends: query.backends,
+  });
   const data: Page<T>["data"] = [];
   for (let at = startMs; at < pageEndMs; at += width) {
     data.push({ object: "bucket", start_time: at / 1000, end_time: Math.min(at + width, endMs) / 1000, results: groups.filter((g) => g.bucketStartMs === at).map(result) });
@@ -91,7 +97,7 @@ function usageBody(periodStartMs: number, totals: LedgerTotals) {
 }
 
 /** A level's limits as set, where it stands on each, and on each model's own budget and quota. */
-function levelBody(level: LevelStatus | undefined) {
+export function levelBody(level: LevelStatus | undefined) {
   if (!level) return { ...limitFields(NO_LIMITS), model_budgets: {}, limits: {}, model_limits: {} };
   return {
     ...limitFields(level.limits), model_budgets: modelBudgetsBody(level.modelLimits), limits: limitsBody(level.status),
