@@ -115,15 +115,24 @@ describe("the web console in Chromium", () => {
     await expect(sdk.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "again" }], max_tokens: 2 })).rejects.toMatchObject({ status: 401 });
   });
 
-  it("sets a key's limits and shows its budget against them", async () => {
-    const key = await createKey(server.url, { name: "budgeted in browser", budget_usd: 5 });
+  it("sets a key's limits, and shows its spend against its budget and the alerts that fired", async () => {
+    // $0.60 per million output tokens: 5 output tokens cost $0.000003, so 2 requests pass 50% of $0.00001.
+    const key = await createKey(server.url, { name: "budgeted in browser", budget_usd: "0.00001", budget_period: "day" });
     await open("keys", "Keys");
     await page.locator(`tr[data-key-id="${key.id}"]`).getByRole("button", { name: "Limits" }).click();
     await page.getByRole("form", { name: "Limits of budgeted in browser" }).getByLabel("RPM").fill("120");
     await page.getByRole("button", { name: "Save limits" }).click();
     await page.locator(`tr[data-key-id="${key.id}"]`).getByText("120 rpm").waitFor();
+    const sdk = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: key.secret, maxRetries: 0 });
+    for (let i = 0; i < 2; i++) await sdk.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 5, ignore_eos: true } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+    await new Promise((r) => setTimeout(r, 300));
     await open("budgets", "Budgets");
-    expect(await page.getByTestId("budgets").textContent()).toMatch(/budgeted in browser.*\$0\.00 of \$5\.00/);
+    // The figure the enforcement meter holds, as GET /v1/key reads it.
+    const used = ((await (await fetch(`${server.url}/v1/key`, { headers: { authorization: `Bearer ${key.secret}` } })).json()) as { limits: { budget_usd: { used: number } } }).limits.budget_usd.used;
+    expect(used).toBeGreaterThanOrEqual(0.000005);
+    const shown = `$${used.toFixed(6)} of $0.00001 (${(used / 0.00001 * 100).toFixed(1)}%)`;
+    expect(await page.getByTestId("budgets").textContent()).toContain(`budgeted in browser ${key.id}budget per day: ${shown}`);
+    expect(await page.getByTestId("alerts").textContent()).toMatch(/key budgeted in browser\s*budget per day\s*50%/);
   });
 
   it("shows each served model with its state and price, and the engine's live load", async () => {
@@ -142,6 +151,25 @@ describe("the web console in Chromium", () => {
     expect((await page.getByTestId("reply").textContent())!.length).toBeGreaterThan(0);
     expect(Number(await page.getByTestId("completion-tokens").textContent())).toBeGreaterThan(0);
     expect(await page.getByTestId("reply-cost").textContent()).toMatch(/^\$0\.0000\d+/);
+    // A JSON schema makes the reply follow it.
+    await page.getByLabel(/JSON schema/).fill('{"type": "object", "properties": {"answer": {"type": "string", "maxLength": 8}}, "required": ["answer"], "additionalProperties": false}');
+    await page.getByLabel("max_tokens").fill("40");
+    await page.getByRole("button", { name: "Send" }).click();
+    await page.getByTestId("reply-usage").waitFor({ timeout: 60_000 });
+    await page.getByRole("button", { name: "Send" }).waitFor();
+    expect(Object.keys(JSON.parse((await page.getByTestId("reply").textContent())!) as object)).toEqual(["answer"]);
+  });
+
+  it("works from the keyboard, with a visible focus", async () => {
+    await open("usage", "Usage");
+    await page.locator("body").focus();
+    await page.keyboard.press("Tab");
+    expect(await page.evaluate("document.activeElement.textContent")).toBe("Usage");
+    expect(await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")).toBe("solid");
+    await page.keyboard.press("Tab");
+    await page.keyboard.press("Tab");
+    await page.keyboard.press("Enter");
+    await page.getByRole("heading", { level: 1, name: "Keys" }).waitFor();
   });
 
   it("gives an ordinary key a view of itself alone: no admin page, and the APIs refuse it as before", async () => {
