@@ -14,7 +14,7 @@ import OpenAI from "openai";
 import type { Browser, BrowserContext, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RunningServer } from "../../server/serve.ts";
-import { launchChromium } from "../helpers/browser.ts";
+import { launchChromium } from "../../bench/chromium.ts";
 import { ADMIN, MODEL, createKey } from "../helpers/limits.ts";
 import { startTestServer } from "../helpers/server.ts";
 import { testDatabase } from "../helpers/test-database.ts";

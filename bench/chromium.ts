@@ -1,6 +1,7 @@
 /**
- * A real headless Chromium (Debian's `chromium` package, which .ci/run installs) driven by
- * playwright-core: no browser download, nothing from outside the host.
+ * A real headless Chromium for the console's tests and bench/console-load.ts: Debian's
+ * `chromium` package (which .ci/run installs) driven by playwright-core, so there is no browser
+ * download and nothing from outside the host.
  */
 import { existsSync } from "node:fs";
 import { chromium, type Browser } from "playwright-core";
