@@ -2,7 +2,7 @@
  * How long each console page takes to load in Chromium, with a ledger of 10,000 rows (20 keys,
  * 3 teams, 30 days), and whether the Usage page's totals equal the usage API's:
  *
- *   node --import tsx bench/console-load.ts [--rows 10000] [--runs 3]
+ *   node --import tsx bench/console-load.ts [--rows 10000] [--runs 3] [--screenshot docs/console-usage.png]
  *
  * A page's load is from navigation to its data on screen (its table, totals or form), median of
  * --runs fresh loads. Needs Debian's chromium (as the console's tests do).
@@ -17,7 +17,7 @@ import { ensureDefaultModel } from "../models/synthetic/default-model.ts";
 import { startServer } from "../server/serve.ts";
 import { launchChromium } from "./chromium.ts";
 
-const { values } = parseArgs({ options: { rows: { type: "string", default: "10000" }, runs: { type: "string", default: "3" } } });
+const { values } = parseArgs({ options: { rows: { type: "string", default: "10000" }, runs: { type: "string", default: "3" }, screenshot: { type: "string" } } });
 const ADMIN = "console-load-admin";
 const dir = mkdtempSync(join(tmpdir(), "tokenmill-console-load-"));
 const checkpoint = readCheckpoint(ensureDefaultModel());
@@ -87,6 +87,10 @@ try {
     const report = await admin(`/v1/organization/usage/completions?start_time=${start}&limit=7`) as unknown as { data: { results: { output_tokens: number }[] }[] };
     const api = report.data.flatMap((b) => b.results).reduce((s, r) => s + r.output_tokens, 0);
     console.log(`usage page output tokens ${shown}, usage API ${api}: ${shown === api ? "equal" : "DIFFERENT"}`);
+    if (values.screenshot) {
+      await page.screenshot({ path: values.screenshot });
+      console.log(`screenshot: ${values.screenshot}`);
+    }
   } finally {
     await browser.close();
   }
