@@ -82,6 +82,10 @@ describe("the bundle", () => {
       const answer = await client.chat.completions.create({ model: model.id, messages: [{ role: "user", content: "Hello from an offline host." }], max_tokens: 8 });
       expect(answer.choices[0].message.content!.length).toBeGreaterThan(0);
       expect(answer.usage).toMatchObject({ completion_tokens: 8 });
+      // The console and its browser modules come with it (an offline host has no CDN).
+      for (const path of ["/console/", "/console/app.js", "/console/vendor/preact.js", "/console/vendor/preact-hooks.js", "/console/vendor/htm.js", "/console/vendor/uplot.js"]) {
+        expect((await fetch(`${url}${path}`)).status, path).toBe(200);
+      }
 
       const stream = await client.chat.completions.create({ model: model.id, messages: [{ role: "user", content: "count" }], max_tokens: 200, stream: true, stream_options: { include_usage: true } });
       const chunks: OpenAI.ChatCompletionChunk[] = [];
