@@ -22,6 +22,8 @@ import { registerAdminKeyRoutes } from "./routes/admin-keys.ts";
 import { registerAdminTeamRoutes } from "./routes/admin-teams.ts";
 import { registerConsoleRoutes } from "./routes/console.ts";
 import { registerAdminStateRoutes } from "./routes/admin-state.ts";
+import multipart from "@fastify/multipart";
+import { registerBatchRoutes, type BatchRouteOptions } from "./routes/batches.ts";
 import type { TeamStore } from "../service/teams.ts";
 import { registerAdminPriceRoutes } from "./routes/admin-prices.ts";
 import { registerModelRoutes } from "./routes/models.ts";
@@ -36,6 +38,8 @@ export interface AppOptions {
   apiKeys?: readonly string[];
   /** Admin keys, the key store and the auth mode (see http/auth.ts). */
   auth?: Omit<AuthOptions, "staticKeys">;
+  /** The Files and Batches APIs' stores and limits; none: no store (they answer 503). */
+  batches?: BatchRouteOptions;
   /** The alert thresholds in force (--alert-thresholds), for /v1/admin/alerts. */
   alertThresholds?: readonly number[];
   /** The teams behind /v1/admin/teams; none: no store. */
@@ -55,6 +59,9 @@ export interface AppOptions {
 }
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
+/** A batch input file's limits (--max-batch-file-bytes, --max-batch-lines): OpenAI's line limit; a size that fits in memory. */
+export const DEFAULT_MAX_BATCH_FILE_BYTES = 64 * 1024 * 1024;
+export const DEFAULT_MAX_BATCH_LINES = 50_000;
 /** OpenAI keeps stored responses 30 days. */
 export const DEFAULT_RESPONSES_RETENTION_MS = 30 * 86_400_000;
 
@@ -116,6 +123,9 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
   registerProbeRoutes(app, ctx);
   registerTokenizeRoutes(app, ctx);
   registerConsoleRoutes(app);
+  // NOTE: multipart bodies (file uploads) only; the plugin adds a content-type parser and request.parts().
+  void app.register(multipart);
+  registerBatchRoutes(app, options.batches ?? { files: null, batches: null, maxFileBytes: DEFAULT_MAX_BATCH_FILE_BYTES, maxLines: DEFAULT_MAX_BATCH_LINES });
   registerAdminKeyRoutes(app, options.auth?.keys ?? null);
   registerAdminTeamRoutes(app, options.teams ?? null, options.auth?.keys ?? null);
   registerAdminPriceRoutes(app, options.prices ?? null);

@@ -12,7 +12,11 @@ import { MemoryResponseStore, SqlResponseStore } from "../service/response-store
 import { serverShuttingDown } from "./common/api-error.ts";
 import { ANONYMOUS_WARNING } from "./routes/probes.ts";
 import type { AuthMode } from "./http/auth.ts";
-import { buildApp } from "./app.ts";
+import { DEFAULT_MAX_BATCH_FILE_BYTES, DEFAULT_MAX_BATCH_LINES, buildApp } from "./app.ts";
+import { randomBytes } from "node:crypto";
+import { BatchStore } from "../service/batches.ts";
+import { FileStore } from "../service/files.ts";
+import { BatchRunner } from "./batch/batch-runner.ts";
 import { Engine, TokenizerPool, type EngineOptions, type Pooling } from "./common/engine-api.ts";
 import { LocalBackend, UpstreamBackend, type ModelTask } from "./backends/model-backend.ts";
 import { ModelRegistry } from "./backends/model-registry.ts";
@@ -85,7 +89,12 @@ export interface ServeOptions {
   apiKeys?: readonly string[];
   tokenizerThreads?: number;
   logger?: FastifyServerOptions["logger"];
+  /** Batch jobs (--batch-*): lines in flight per batch, the input file's limits, how long output files are kept, the batch discount. */
+  batch?: { concurrency?: number; maxFileBytes?: number; maxLines?: number; fileRetentionMs?: number; discountPercent?: number; leaseMs?: number };
 }
+
+export const DEFAULT_BATCH_CONCURRENCY = 8;
+export const DEFAULT_BATCH_FILE_RETENTION_MS = 30 * 86_400_000;
 
 export interface RunningServer {
   app: FastifyInstance;
@@ -105,6 +114,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const service = options.db
     ? await startService({
       dbUrl: options.db.url, sync: options.db.sync, ledger: options.db.ledger, replica: options.db.replica, prices: options.db.prices,
+      batchDiscountPercent: options.batch?.discountPercent,
       onLedgerError: (err) => {
         ledgerErrors++;
         log?.error({ err }, "a ledger write failed and was dropped");
@@ -137,12 +147,12 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     const { limiter, limitsOf } = service;
     ctx.settleListeners.push((settlement) => service.settle(settlement));
     ctx.limits = {
-      admit: async (caller, requestId, startedMs) =>
-        (unlimited(caller) ? null : limiter.admit(limitsOf(caller.keyId, caller.key), requestId, startedMs)),
+      admit: async (caller, requestId, startedMs, tier) =>
+        (unlimited(caller) ? null : limiter.admit(limitsOf(caller.keyId, caller.key), requestId, startedMs, tier)),
       status: async (caller) => (unlimited(caller) ? null : limiter.status(limitsOf(caller.keyId, caller.key))),
     };
     const prices = service.prices;
-    ctx.costOf = (model, usage, atMs) => prices.costAt(model, usage, atMs);
+    ctx.costOf = (model, usage, atMs, tier) => prices.costAt(model, usage, atMs, tier);
   }
   ctx.settleListeners.push((settlement) => ctx.metrics.observeBilled(settlement.model, settlement.usage));
   const { locals, cleanups } = registerModels(models, options, ctx, {
@@ -157,10 +167,15 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     },
   });
   let app: FastifyInstance;
+  // NOTE: the batch runner's requests carry this process's own secret (http/auth.ts); it never leaves the process.
+  const internalSecret = randomBytes(32).toString("hex");
+  const batchStores = service ? { files: new FileStore(service.store.db), batches: new BatchStore(service.store.db) } : null;
+  const batchLimits = { maxFileBytes: options.batch?.maxFileBytes ?? DEFAULT_MAX_BATCH_FILE_BYTES, maxLines: options.batch?.maxLines ?? DEFAULT_MAX_BATCH_LINES };
   try {
     app = buildApp(ctx, {
       bodyLimitBytes: options.bodyLimitBytes, logger: options.logger, apiKeys: options.apiKeys, requestTimeoutMs: options.requestTimeoutMs, keepAliveTimeoutMs: options.keepAliveTimeoutMs,
-      auth: { keys: service?.keys ?? null, adminKeys: options.adminKeys, mode: options.authMode },
+      auth: { keys: service?.keys ?? null, adminKeys: options.adminKeys, mode: options.authMode, internalSecret },
+      batches: { files: batchStores?.files ?? null, batches: batchStores?.batches ?? null, ...batchLimits },
       prices: service?.prices ?? null,
       teams: service?.teams ?? null,
       alertThresholds: options.limits?.alerts?.thresholds,
@@ -192,6 +207,13 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     return loaded;
   });
   const ready = Promise.all(loading).then(() => undefined);
+  const runner = service && batchStores ? new BatchRunner(app, {
+    ...batchStores, replica: options.db?.replica ?? service.ledger?.replica ?? "tokenmill", internalSecret, concurrency: options.batch?.concurrency ?? DEFAULT_BATCH_CONCURRENCY,
+    maxLines: batchLimits.maxLines, fileRetentionMs: options.batch?.fileRetentionMs ?? DEFAULT_BATCH_FILE_RETENTION_MS, leaseMs: options.batch?.leaseMs,
+    metrics: ctx.metrics, releaseHolds: (prefix, replica) => service.releaseHoldsOf(prefix, replica), log: app.log,
+  }) : null;
+  // NOTE: batches start once every model has loaded: a line sent to a loading model would only fail.
+  void ready.then(() => runner?.start(), () => runner?.start());
 
   let closing: Promise<void> | null = null;
   const close = () => (closing ??= (async () => {
@@ -201,6 +223,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
         for (const controller of each.inFlightControllers) controller.abort(serverShuttingDown());
       }
     }, options.shutdownTimeoutMs);
+    await runner?.stop();
     await app.close();
     clearTimeout(deadline);
     await Promise.all(loading.map(async (each) => {

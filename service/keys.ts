@@ -136,6 +136,13 @@ export class KeyStore {
     return Number(result.numUpdatedRows) > 0;
   }
 
+  /** A live key by its id, with its team (the batch runner's requests run as their batch's key). */
+  async verifiedById(id: string, nowMs = Date.now()): Promise<VerifiedKey | null> {
+    const own = await this.get(id);
+    if (!own || !isLive(own, nowMs)) return null;
+    return { ...own, team: own.teamId === null ? null : await this.teams.get(own.teamId) };
+  }
+
   /** Forgets the keys verified so far (a team changed: its keys' next requests read it anew). */
   forgetVerified(): void {
     this.verified.clear();

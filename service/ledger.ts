@@ -15,6 +15,7 @@
 import type { Kysely, Transaction } from "kysely";
 import { applyMeterChanges, type MeterChange } from "./limits/meters.ts";
 import type { Admission, Outcome, Settlement, Usage } from "./settlement.ts";
+import type { PriceTier } from "./prices.ts";
 import type { Database, LedgerStatus, UsageLedgerTable } from "./store/database.ts";
 import { isStoreUnavailable } from "./store/store-errors.ts";
 
@@ -81,7 +82,7 @@ export class Ledger {
 
   constructor(
     private readonly db: Kysely<Database>, readonly replica: string, events: LedgerEvents | ((err: unknown) => void) = {},
-    private readonly costAt: (model: string, usage: Usage, atMs: number) => Promise<number | null> = async () => null,
+    private readonly costAt: (model: string, usage: Usage, atMs: number, tier: PriceTier) => Promise<number | null> = async () => null,
   ) {
     const { onError, onHealth } = typeof events === "function" ? { onError: events, onHealth: undefined } : events;
     this.onError = onError ?? (() => {});
@@ -107,7 +108,7 @@ export class Ledger {
       backend: admission.backend ?? null, route: admission.route ?? null, endpoint: admission.endpoint, status: "in_flight",
       uncached_input_tokens: 0, cached_input_tokens: 0, output_tokens: 0, cost_micro_usd: 0,
       started_ms: admission.startedMs, finished_ms: null, ttft_ms: null, replica: this.replica,
-      team_id: admission.teamId ?? null, residency: admission.residency ?? null,
+      team_id: admission.teamId ?? null, residency: admission.residency ?? null, tier: admission.tier === "batch" ? "batch" : null,
     };
     void this.enqueue(async () => ({ run: (trx) => trx.insertInto("usage_ledger").values(row).onConflict((oc) => oc.column("request_id").doNothing()).execute() }));
   }
@@ -121,10 +122,11 @@ export class Ledger {
       uncached_input_tokens: usage.promptTokens - usage.cachedPromptTokens, cached_input_tokens: usage.cachedPromptTokens,
       output_tokens: usage.completionTokens, cost_micro_usd: 0, started_ms: settlement.startedMs, finished_ms: settlement.finishedMs,
       ttft_ms: settlement.ttftMs, replica: this.replica, team_id: settlement.teamId ?? null, residency: settlement.residency ?? null,
+      tier: settlement.tier === "batch" ? "batch" : null,
     };
     return this.enqueue(async () => {
       // NOTE: looked up before the batch's transaction: SQLite has one connection, which the transaction holds.
-      const priced = { ...row, cost_micro_usd: (await this.costAt(settlement.model, usage, settlement.startedMs)) ?? 0 };
+      const priced = { ...row, cost_micro_usd: (await this.costAt(settlement.model, usage, settlement.startedMs, settlement.tier ?? "standard")) ?? 0 };
       const { request_id: _id, ...final } = priced;
       const reservations = settlement.reservations;
       return {

@@ -8,6 +8,10 @@
  * up, once, on the total. A worst-case hold (a budget's reservation before a request runs)
  * prices every prompt token at the dearer input tier and rounds up, so that it is never below
  * the cost the request settles at. Both are computed here, and nowhere else.
+ *
+ * The batch tier (a batch job's requests) pays the price less its batch discount (the price's
+ * own, else the server's, 50% by default): the numerator times (100 − discount), over 10^8,
+ * still one rounding.
  */
 import type { Kysely } from "kysely";
 import type { Usage } from "./settlement.ts";
@@ -23,20 +27,34 @@ export interface Price {
   inputPerMtok: number;
   cachedInputPerMtok: number;
   outputPerMtok: number;
+  /** The batch tier's discount, percent (0-100); null or absent: the server's. */
+  batchDiscountPercent?: number | null;
+}
+
+/** standard: a request as sent; batch: one of a batch job's (at the batch discount). */
+export type PriceTier = "standard" | "batch";
+
+/** The batch discount when neither the price nor the server sets one (OpenAI's and Anthropic's batch APIs are half price). */
+export const DEFAULT_BATCH_DISCOUNT_PERCENT = 50;
+
+/** What share of the price a tier pays, as a fraction over 100. */
+function tierShare(price: Price, tier: PriceTier, serverDiscount: number): bigint {
+  return tier === "batch" ? BigInt(100 - (price.batchDiscountPercent ?? serverDiscount)) : 100n;
 }
 
 /** Exact: integers in, one rounding (half up) out. */
-export function costMicroUsd(usage: Usage, price: Price): number {
+export function costMicroUsd(usage: Usage, price: Price, tier: PriceTier = "standard", serverDiscount = DEFAULT_BATCH_DISCOUNT_PERCENT): number {
   const uncached = BigInt(usage.promptTokens - usage.cachedPromptTokens);
-  const numerator = uncached * BigInt(price.inputPerMtok) + BigInt(usage.cachedPromptTokens) * BigInt(price.cachedInputPerMtok)
-    + BigInt(usage.completionTokens) * BigInt(price.outputPerMtok);
-  return Number((numerator + 500_000n) / 1_000_000n);
+  const numerator = (uncached * BigInt(price.inputPerMtok) + BigInt(usage.cachedPromptTokens) * BigInt(price.cachedInputPerMtok)
+    + BigInt(usage.completionTokens) * BigInt(price.outputPerMtok)) * tierShare(price, tier, serverDiscount);
+  return Number((numerator + 50_000_000n) / 100_000_000n);
 }
 
 /** The most a request of `promptTokens` and at most `outputTokens` can cost: every prompt token at the dearer input tier, rounded up. */
-export function worstCaseMicroUsd(promptTokens: number, outputTokens: number, price: Price): number {
-  const numerator = BigInt(promptTokens) * BigInt(Math.max(price.inputPerMtok, price.cachedInputPerMtok)) + BigInt(outputTokens) * BigInt(price.outputPerMtok);
-  return Number((numerator + 999_999n) / 1_000_000n);
+export function worstCaseMicroUsd(promptTokens: number, outputTokens: number, price: Price, tier: PriceTier = "standard", serverDiscount = DEFAULT_BATCH_DISCOUNT_PERCENT): number {
+  const numerator = (BigInt(promptTokens) * BigInt(Math.max(price.inputPerMtok, price.cachedInputPerMtok)) + BigInt(outputTokens) * BigInt(price.outputPerMtok))
+    * tierShare(price, tier, serverDiscount);
+  return Number((numerator + 99_999_999n) / 100_000_000n);
 }
 
 /** "0.15" USD per million tokens as micro-USD per million tokens (150000), exactly: no binary fractions on the way. */
@@ -49,7 +67,8 @@ export function microUsdPerMtok(usdText: string): number {
 export class PriceBook {
   private cache: { prices: Price[]; untilMs: number } | null = null;
 
-  constructor(private readonly db: Kysely<Database>) {}
+  /** @param batchDiscountPercent the server's batch discount (--batch-discount), for prices that set none. */
+  constructor(private readonly db: Kysely<Database>, readonly batchDiscountPercent = DEFAULT_BATCH_DISCOUNT_PERCENT) {}
 
   /** Sets a model's price from `effectiveMs` on (now by default); an identical current price is left alone. */
   async set(price: Omit<Price, "effectiveMs"> & { effectiveMs?: number }, nowMs = Date.now()): Promise<Price> {
@@ -59,6 +78,7 @@ export class PriceBook {
     const row: PriceTable = {
       model: price.model, effective_ms: effectiveMs, input_micro_usd_per_mtok: price.inputPerMtok,
       cached_input_micro_usd_per_mtok: price.cachedInputPerMtok, output_micro_usd_per_mtok: price.outputPerMtok,
+      batch_discount_percent: price.batchDiscountPercent ?? null,
     };
     await this.db.insertInto("prices").values(row).onConflict((oc) => oc.columns(["model", "effective_ms"]).doUpdateSet(row)).execute();
     this.cache = null;
@@ -70,15 +90,15 @@ export class PriceBook {
   }
 
   /** What `usage` costs at `model`'s price in effect at `atMs` (a request's start), in micro-USD; null when the model has no price. */
-  async costAt(model: string, usage: Usage, atMs: number): Promise<number | null> {
+  async costAt(model: string, usage: Usage, atMs: number, tier: PriceTier = "standard"): Promise<number | null> {
     const price = await this.priceAt(model, atMs);
-    return price ? costMicroUsd(usage, price) : null;
+    return price ? costMicroUsd(usage, price, tier, this.batchDiscountPercent) : null;
   }
 
   /** The worst-case hold for a request on `model` at `atMs` (see worstCaseMicroUsd); null when the model has no price. */
-  async worstCaseAt(model: string, promptTokens: number, outputTokens: number, atMs: number): Promise<number | null> {
+  async worstCaseAt(model: string, promptTokens: number, outputTokens: number, atMs: number, tier: PriceTier = "standard"): Promise<number | null> {
     const price = await this.priceAt(model, atMs);
-    return price ? worstCaseMicroUsd(promptTokens, outputTokens, price) : null;
+    return price ? worstCaseMicroUsd(promptTokens, outputTokens, price, tier, this.batchDiscountPercent) : null;
   }
 
   /** The price in effect for `model` at `atMs`, or null when none is set. */
@@ -92,12 +112,14 @@ export class PriceBook {
 }
 
 function samePrice(a: Omit<Price, "effectiveMs">, b: Omit<Price, "effectiveMs">): boolean {
-  return a.inputPerMtok === b.inputPerMtok && a.cachedInputPerMtok === b.cachedInputPerMtok && a.outputPerMtok === b.outputPerMtok;
+  return a.inputPerMtok === b.inputPerMtok && a.cachedInputPerMtok === b.cachedInputPerMtok && a.outputPerMtok === b.outputPerMtok
+    && (a.batchDiscountPercent ?? null) === (b.batchDiscountPercent ?? null);
 }
 
 function toPrice(row: PriceTable): Price {
   return {
     model: row.model, effectiveMs: Number(row.effective_ms), inputPerMtok: Number(row.input_micro_usd_per_mtok),
     cachedInputPerMtok: Number(row.cached_input_micro_usd_per_mtok), outputPerMtok: Number(row.output_micro_usd_per_mtok),
+    batchDiscountPercent: row.batch_discount_percent === null || row.batch_discount_percent === undefined ? null : Number(row.batch_discount_percent),
   };
 }

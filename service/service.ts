@@ -11,7 +11,7 @@ import { NO_LIMITS, effectiveLimits, type KeyLimits } from "./limits/key-limits.
 import { Limiter, type LimitName, type LimitedKey } from "./limits/limiter.ts";
 import { Meters } from "./limits/meters.ts";
 import { MemoryBuckets, PostgresBuckets } from "./limits/rate-buckets.ts";
-import { PriceBook, type Price } from "./prices.ts";
+import { PriceBook, type Price, type PriceTier } from "./prices.ts";
 import type { Settlement } from "./settlement.ts";
 import { openStore, type Store, type StoreOptions } from "./store/open-store.ts";
 
@@ -25,6 +25,8 @@ export interface ServiceOptions extends StoreOptions {
   onLedgerError?: (err: unknown) => void;
   /** Hears the ledger stop committing (its store unreachable or full) and start again. */
   onLedgerHealth?: (health: LedgerHealth) => void;
+  /** --batch-discount: the batch tier's discount for prices that set none (default 50%). */
+  batchDiscountPercent?: number;
   /** --price: prices to put in effect now (unless the same price already is). */
   prices?: Omit<Price, "effectiveMs">[];
   /** --default-rpm and the rest: the limits of keys that set none of their own. */
@@ -53,6 +55,8 @@ export interface Service {
    * and the defaults, and its team's; the defaults for other keys.
    */
   limitsOf(keyId: string, key: (ApiKey & { team?: Team | null }) | null): LimitedKey;
+  /** Gives back the holds a stopped replica's requests left under an id prefix (a batch taken over). */
+  releaseHoldsOf(requestIdPrefix: string, replica: string): Promise<number>;
   /** Settles a request: its ledger row and its reservations, in one transaction; resolves once committed. */
   settle(settlement: Settlement): Promise<void>;
   /** Flushes the ledger (retrying an unavailable store for at most `ledgerTimeoutMs`) and closes the store; returns the ledger rows that could not be written. */
@@ -63,21 +67,22 @@ export async function startService(options: ServiceOptions): Promise<Service> {
   const store = await openStore(options.dbUrl, options);
   const teams = new TeamStore(store.db);
   const keys = new KeyStore(store.db, teams);
-  const prices = new PriceBook(store.db);
+  const prices = new PriceBook(store.db, options.batchDiscountPercent);
   for (const price of options.prices ?? []) await prices.set(price);
   const replica = options.replica ?? hostname();
-  const ledger = options.ledger === false ? null : new Ledger(store.db, replica, { onError: options.onLedgerError, onHealth: options.onLedgerHealth }, (model, usage, atMs) => prices.costAt(model, usage, atMs));
+  const ledger = options.ledger === false ? null : new Ledger(store.db, replica, { onError: options.onLedgerError, onHealth: options.onLedgerHealth }, (model, usage, atMs, tier) => prices.costAt(model, usage, atMs, tier));
   const numInterrupted = ledger ? await ledger.markInterrupted() : 0;
   const meters = new Meters(store.db, replica);
   const numReleased = await meters.releaseCrashed();
   const alerts = new Alerts(store.db, replica, options.alerts);
   await alerts.resumeDeliveries();
-  const worstCaseAt = (model: string, promptTokens: number, outputTokens: number, atMs: number) => prices.worstCaseAt(model, promptTokens, outputTokens, atMs);
+  const worstCaseAt = (model: string, promptTokens: number, outputTokens: number, atMs: number, tier: PriceTier) => prices.worstCaseAt(model, promptTokens, outputTokens, atMs, tier);
   const limiter = new Limiter({ buckets: store.kind === "postgres" ? new PostgresBuckets(store.db) : new MemoryBuckets(), meters, alerts, worstCaseAt, onRefused: options.onLimitRefused });
   const defaults = options.limitDefaults ?? NO_LIMITS;
   const onLimitError = options.onLimitError ?? (() => {});
   return {
     store, keys, teams, ledger, prices, limiter, numInterrupted, numReleased,
+    releaseHoldsOf: (prefix, replica) => meters.releaseHoldsOf(prefix, replica),
     limitsOf: (keyId, key) => {
       const team = key?.team ?? null;
       const member = team?.memberBudget;
@@ -93,7 +98,7 @@ export async function startService(options: ServiceOptions): Promise<Service> {
       if (ledger) {
         await ledger.settle(settlement);
       } else if (reservations?.holdsAny) {
-        const cost = await prices.costAt(settlement.model, settlement.usage, settlement.startedMs);
+        const cost = await prices.costAt(settlement.model, settlement.usage, settlement.startedMs, settlement.tier ?? "standard");
         await meters.settle([settlement.id], reservations.changes(settlement.usage, cost ?? 0));
       }
       // NOTE: off the request path: the response's last bytes need not wait for buckets and alerts.

@@ -4,6 +4,7 @@
  * once; nothing here knows HTTP or the engine.
  */
 import type { MeterChange } from "./limits/meters.ts";
+import type { PriceTier } from "./prices.ts";
 
 /** Tokens, exact: the prompt (once, whatever n), the part of it served from the prefix cache, and everything generated. */
 export interface Usage {
@@ -40,6 +41,8 @@ export interface Settlement {
   teamId?: string | null;
   /** "local" when the request was bound to local models (data residency). */
   residency?: "local" | null;
+  /** batch: a batch job's request, priced at the batch discount; absent: standard. */
+  tier?: PriceTier;
   startedMs: number;
   finishedMs: number;
   /** Time to the first generated token; null when none was generated. */
@@ -65,7 +68,7 @@ export interface Reservations {
 export type SettleListener = (settlement: Settlement) => void | Promise<void>;
 
 /** What is known of a request when it is admitted: the ledger writes it as in flight. */
-export type Admission = Pick<Settlement, "id" | "requestId" | "keyId" | "model" | "backend" | "route" | "endpoint" | "teamId" | "residency" | "startedMs">;
+export type Admission = Pick<Settlement, "id" | "requestId" | "keyId" | "model" | "backend" | "route" | "endpoint" | "teamId" | "residency" | "tier" | "startedMs">;
 
 export type AdmitListener = (admission: Admission) => void;
 

@@ -71,6 +71,8 @@ export const invalidApiKey = (message: string) => new ApiError(401, message, "in
 export const notAdmin = () => new ApiError(403, "This route needs the admin key.", "invalid_request_error", null, "insufficient_permissions");
 export const teamNotFound = (id: string) => new ApiError(404, `No team with id ${id}.`, "invalid_request_error", "id", "not_found");
 export const teamHasKeys = (message: string) => new ApiError(409, message, "invalid_request_error", null, "team_has_keys");
+export const fileNotFound = (id: string) => new ApiError(404, `No such File object: ${id}`, "invalid_request_error", "id", "not_found");
+export const batchNotFound = (id: string) => new ApiError(404, `No batch found with id '${id}'.`, "invalid_request_error", "id", "not_found");
 export const keyNotFound = (id: string) => new ApiError(404, `No API key with id ${id}.`, "invalid_request_error", "id", "not_found");
 export const responseNotFound = (id: string) => new ApiError(404, `No response with id '${id}' found.`, "invalid_request_error", "response_id", "not_found");
 /** A route that needs the database on a server started without one (`what`: "key store", "price store", "ledger"). */

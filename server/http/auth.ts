@@ -28,6 +28,13 @@ export interface AuthOptions {
   adminKeys?: readonly string[];
   keys?: KeyStore | null;
   mode?: AuthMode;
+  /**
+   * This process's own secret for the batch runner's requests (server/batch/): a request that
+   * carries it in x-tokenmill-internal runs as the batch's key (x-tokenmill-key-id), for one
+   * line of a batch (x-tokenmill-batch-line: BATCH_ID:LINE). Random per process; never sent
+   * over the network (the runner injects its requests in process).
+   */
+  internalSecret?: string;
 }
 
 /** Who a request is from: a key id for the ledger, the stored key with its team (for their model lists, limits and residency), whether it is the admin. */
@@ -35,6 +42,8 @@ export interface Caller {
   keyId: string;
   key: VerifiedKey | null;
   admin: boolean;
+  /** A batch job's line, when the batch runner sends the request on its key's behalf. */
+  batchLine?: { batchId: string; line: number };
 }
 
 export const ANONYMOUS: Caller = { keyId: "anonymous", key: null, admin: false };
@@ -58,9 +67,15 @@ export function authenticator(options: AuthOptions): (routePattern: string | und
   const adminDigests = (options.adminKeys ?? []).map(digest);
   const mode = options.mode ?? "auto";
   const store = options.keys ?? null;
+  const internal = options.internalSecret ? digest(options.internalSecret) : null;
   return async (routePattern, headers) => {
     const access = routeAccess(routePattern);
     if (access === "open") return ANONYMOUS;
+    const sentInternal = headerValue(headers, "x-tokenmill-internal");
+    if (sentInternal !== undefined) {
+      if (!internal || access !== "api" || !timingSafeEqual(digest(sentInternal), internal)) throw invalidApiKey("Incorrect API key provided.");
+      return batchCaller(store, headerValue(headers, "x-tokenmill-key-id") ?? "", headerValue(headers, "x-tokenmill-batch-line") ?? "");
+    }
     const secret = presentedKey(headers);
     const presented = secret ? digest(secret) : null;
     const isAdmin = presented !== null && adminDigests.some((d) => timingSafeEqual(d, presented));
@@ -78,6 +93,23 @@ export function authenticator(options: AuthOptions): (routePattern: string | und
     if (mode === "auto" && !anyKeys) return ANONYMOUS;
     throw invalidKey(secret, routePattern);
   };
+}
+
+function headerValue(headers: IncomingHttpHeaders, name: string): string | undefined {
+  const value = headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** The caller a batch line runs as: the batch's key (read afresh: a key revoked since refuses its lines), or the admin, anonymous or a static key. */
+async function batchCaller(store: KeyStore | null, keyId: string, line: string): Promise<Caller> {
+  const match = /^(.+):(\d+)$/.exec(line);
+  if (!match) throw invalidApiKey("Incorrect API key provided.");
+  const batchLine = { batchId: match[1], line: Number(match[2]) };
+  if (keyId === "admin") return { keyId, key: null, admin: true, batchLine };
+  if (!keyId.startsWith("key_")) return { keyId, key: null, admin: false, batchLine };
+  const key = store ? await store.verifiedById(keyId) : null;
+  if (!key) throw invalidApiKey("The batch's API key was revoked or has expired.");
+  return { keyId, key, admin: false, batchLine };
 }
 
 /** A key limited to some models gets 404 model_not_found for the others, as OpenAI answers. */

@@ -72,6 +72,10 @@ export class ServerMetrics {
     name: "tokenmill_upstream_replica_breaker_open", help: "1 while the circuit breaker of a model on one replica of a pooled provider is open or half-open, else 0.",
     labelNames: ["provider", "replica", "model"], registers: [this.registry],
   });
+  /** Batch lines finished, by status (completed: a 2xx response; failed: an error line). */
+  readonly batchRequests = new Counter({ name: "tokenmill_batch_requests_total", help: "Batch job requests finished, by status (completed or failed).", labelNames: ["status"], registers: [this.registry] });
+  /** Lines of the batch a replica is running that have not started yet. */
+  readonly batchQueueDepth = new Gauge({ name: "tokenmill_batch_queue_depth", help: "Requests of the batch this replica runs that have not started yet.", labelNames: ["replica"], registers: [this.registry] });
   readonly upstreamBreaker = new Gauge({
     name: "tokenmill_upstream_breaker_open", help: "1 while the circuit breaker of an upstream provider's model (by its upstream name) is open or half-open (on a pooled provider: on every healthy replica), else 0.", labelNames: ["provider", "model"], registers: [this.registry],
   });

@@ -9,6 +9,7 @@
  */
 import { randomUUID } from "node:crypto";
 import type { VerifiedKey } from "../../service/keys.ts";
+import type { PriceTier } from "../../service/prices.ts";
 import { LimitExceeded, type LimitTicket } from "../../service/limits/limiter.ts";
 import { NO_USAGE, type Admission, type Outcome, type Settlement, type Usage } from "../../service/settlement.ts";
 import type { LocalBackend, ModelBackend, UpstreamBackend } from "../backends/model-backend.ts";
@@ -41,6 +42,10 @@ export interface AdmitOptions {
   route?: string;
   /** The caller's data must stay on this server (data residency): no upstream target may take it. */
   localOnly?: boolean;
+  /** batch: a batch job's line (priced at the batch discount); default standard. */
+  tier?: PriceTier;
+  /** The settlement's id, where the caller fixes it (a batch line's, so a re-run after a crash replaces its ledger row). */
+  admissionId?: string;
 }
 
 
@@ -189,7 +194,7 @@ export class RequestScope {
 
   /** The serving model's price applied to a usage, at the request's start. */
   async costOf(backend: ModelBackend, usage: Usage): Promise<number | null> {
-    return this.ctx.costOf ? this.ctx.costOf(backend.id, usage, this.admission?.startedMs ?? Date.now()) : null;
+    return this.ctx.costOf ? this.ctx.costOf(backend.id, usage, this.admission?.startedMs ?? Date.now(), this.options.tier ?? "standard") : null;
   }
 
   /** Reserves one run's worst case against the key's limits (none: nothing to hold). */
@@ -217,16 +222,17 @@ export class RequestScope {
   private async admitKey(backend: ModelBackend): Promise<void> {
     if (this.admission) return;
     const admission: Admission = {
-      id: randomUUID(), requestId: this.options.requestId, keyId: this.options.caller.keyId, model: backend.id, backend: backend.label,
+      id: this.options.admissionId ?? randomUUID(), requestId: this.options.requestId, keyId: this.options.caller.keyId, model: backend.id, backend: backend.label,
       ...(this.options.route && this.options.route !== backend.id ? { route: this.options.route } : {}),
       endpoint: this.options.endpoint, startedMs: Date.now(),
       ...(this.options.caller.key?.team ? { teamId: this.options.caller.key.team.id } : {}),
       ...(this.localOnly ? { residency: "local" as const } : {}),
+      ...(this.options.tier === "batch" ? { tier: "batch" as const } : {}),
     };
     // NOTE: while the ledger can't commit, nothing new runs: it would be served unbilled.
     if (this.ctx.ledgerHealth?.().available === false) throw storeUnavailable();
     try {
-      this.ticket = (await this.ctx.limits?.admit(this.options.caller, admission.id, admission.startedMs)) ?? null;
+      this.ticket = (await this.ctx.limits?.admit(this.options.caller, admission.id, admission.startedMs, this.options.tier ?? "standard")) ?? null;
     } catch (err) {
       if (err instanceof LimitExceeded) this.options.setHeaders?.(err.headers);
       throw toApiError(err);

@@ -57,8 +57,12 @@ export async function serveRequest<T>(ctx: ServerContext, request: FastifyReques
   checkModelAccess(request.caller, plan.name);
   const localOnly = request.caller.key !== null && isLocalOnly(request.caller.key);
   if (localOnly && !plan.hasLocal) throw dataResidencyViolation(plan.name);
+  // NOTE: a batch line runs at the batch tier (its price and its scheduling), with an id of its own so a re-run replaces its ledger row.
+  const { batchLine } = request.caller;
   const scope = openRequest(ctx, {
-    requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), priority: request.caller.key ? priorityOf(request.caller.key) : undefined, endpoint: what.endpoint,
+    requestId: request.id, caller: request.caller, setHeaders: setRawHeaders(reply), endpoint: what.endpoint,
+    priority: batchLine ? "batch" : request.caller.key ? priorityOf(request.caller.key) : undefined,
+    ...(batchLine ? { tier: "batch" as const, admissionId: `batch_${batchLine.batchId}_${batchLine.line}` } : {}),
     localOnly,
     numSequences: what.numSequences ?? 1, param: what.param, task: what.task, onClientGone: (abort) => onClientGone(reply, abort), route: plan.name,
   });

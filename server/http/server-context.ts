@@ -2,6 +2,7 @@
 import type { VerifiedKey } from "../../service/keys.ts";
 import type { LevelStatus, LimitTicket } from "../../service/limits/limiter.ts";
 import type { AdmitListener, SettleListener, Usage } from "../../service/settlement.ts";
+import type { PriceTier } from "../../service/prices.ts";
 import type { LedgerHealth } from "../../service/ledger.ts";
 import type { ModelRegistry } from "../backends/model-registry.ts";
 import type { ServerMetrics } from "./metrics.ts";
@@ -15,10 +16,10 @@ export interface ServerContext {
   /** Whether the server is serving anonymously right now (no key exists yet), for /health's warning. */
   anonymous?: () => Promise<boolean>;
   /** A usage's cost in micro-USD at the model's price in effect at a time; null when the model has no price (or there is no store). */
-  costOf?: (model: string, usage: Usage, atMs: number) => Promise<number | null>;
+  costOf?: (model: string, usage: Usage, atMs: number, tier: PriceTier) => Promise<number | null>;
   /** Admits a request under its key's limits (null: the key has none); throws LimitExceeded. */
   limits?: {
-    admit(caller: LimitCaller, requestId: string, startedMs: number): Promise<LimitTicket | null>;
+    admit(caller: LimitCaller, requestId: string, startedMs: number, tier: PriceTier): Promise<LimitTicket | null>;
     /** The caller's effective limits at each level (its key's, its team's) and where it stands on each, for GET /v1/key; null: it has none. */
     status(caller: LimitCaller): Promise<LevelStatus[] | null>;
   };

@@ -14,6 +14,7 @@
  * names the level and the limit that refused it.
  */
 import type { Settlement, Usage } from "../settlement.ts";
+import type { PriceTier } from "../prices.ts";
 import type { Alerts } from "./alerts.ts";
 import { hasAnyLimit, usdText, type KeyLimits } from "./key-limits.ts";
 import type { Hold, Meter, MeterChange, Meters } from "./meters.ts";
@@ -49,7 +50,7 @@ export interface LimiterOptions {
   meters: Meters;
   alerts?: Alerts | null;
   /** The worst-case hold for a request (PriceBook.worstCaseAt); null when the model has no price. */
-  worstCaseAt: (model: string, promptTokens: number, outputTokens: number, atMs: number) => Promise<number | null>;
+  worstCaseAt: (model: string, promptTokens: number, outputTokens: number, atMs: number, tier: PriceTier) => Promise<number | null>;
   /** Hears each refusal (for metrics). */
   onRefused?: (limit: LimitName) => void;
 }
@@ -117,10 +118,10 @@ export class Limiter {
   constructor(private readonly options: LimiterOptions) {}
 
   /** Admits a request (null when neither its key nor its team has any limit); throws LimitExceeded. */
-  async admit(key: LimitedKey, requestId: string, startedMs: number): Promise<LimitTicket | null> {
+  async admit(key: LimitedKey, requestId: string, startedMs: number, tier: PriceTier = "standard"): Promise<LimitTicket | null> {
     const levels = levelsOf(key);
     if (!levels.some(levelHasLimits)) return null;
-    const ticket = new LimitTicket(key, levels, requestId, startedMs, this.options);
+    const ticket = new LimitTicket(key, levels, requestId, startedMs, this.options, tier);
     await ticket.admit();
     return ticket;
   }
@@ -180,7 +181,7 @@ export class LimitTicket {
 
   constructor(
     private readonly key: LimitedKey, private readonly levels: readonly LimitLevel[], private readonly requestId: string,
-    private readonly startedMs: number, private readonly options: LimiterOptions,
+    private readonly startedMs: number, private readonly options: LimiterOptions, private readonly tier: PriceTier = "standard",
   ) {}
 
   /**
@@ -265,7 +266,7 @@ export class LimitTicket {
     }
     const holds: LevelHold[] = [];
     let worst: number | null | undefined;
-    const worstCost = async () => (worst === undefined ? (worst = await this.options.worstCaseAt(model, promptTokens, worstOutputTokens, this.startedMs)) : worst);
+    const worstCost = async () => (worst === undefined ? (worst = await this.options.worstCaseAt(model, promptTokens, worstOutputTokens, this.startedMs, this.tier)) : worst);
     const meterHolds = async (level: LimitLevel, usd: Meter, tokens: Meter, limits: Pick<KeyLimits, "budgetMicroUsd" | "budgetPeriod" | "tokenQuota" | "quotaPeriod">) => {
       if (limits.budgetMicroUsd !== null && limits.budgetPeriod !== null) {
         const amount = await worstCost();

@@ -105,6 +105,19 @@ export class Meters {
     await this.db.transaction().execute((trx) => applyMeterChanges(trx, requestIds, changes));
   }
 
+  /**
+   * Gives back the holds a stopped replica's requests left under `requestIdPrefix` (a batch's
+   * lines, when another replica takes the batch over). Returns how many holds.
+   */
+  async releaseHoldsOf(requestIdPrefix: string, replica: string): Promise<number> {
+    return this.db.transaction().execute(async (trx) => {
+      const holds = await trx.selectFrom("limit_holds").selectAll().where("replica", "=", replica).where("request_id", "like", `${requestIdPrefix}%`).execute();
+      const changes = holds.map((h) => ({ keyId: h.owner_id, meter: h.meter as Meter, periodStartMs: Number(h.period_start_ms), reservedDelta: -Number(h.amount), usedDelta: 0 }));
+      await applyMeterChanges(trx, [...new Set(holds.map((h) => h.request_id))], changes);
+      return holds.length;
+    });
+  }
+
   /** At start: what this replica's requests held when it last stopped (a crash) is given back. Returns how many holds. */
   async releaseCrashed(): Promise<number> {
     return this.db.transaction().execute(async (trx) => {

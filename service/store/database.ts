@@ -134,6 +134,8 @@ export interface UsageLedgerTable {
   team_id?: string | null;
   /** local when the request was bound to stay on local models (data residency); null: not. */
   residency?: string | null;
+  /** batch for a batch job's request (priced at the batch discount); null: the standard tier. */
+  tier?: string | null;
 }
 
 /** USD per million tokens, in micro-USD (so $0.15/Mtok is 150000), from effective_ms on. */
@@ -143,6 +145,60 @@ export interface PriceTable {
   input_micro_usd_per_mtok: number;
   cached_input_micro_usd_per_mtok: number;
   output_micro_usd_per_mtok: number;
+  /** The batch tier's discount on this price, percent; null: the server's (--batch-discount). */
+  batch_discount_percent?: number | null;
+}
+
+/** An uploaded file (purpose batch) or a batch's output or error file (purpose batch_output). */
+export interface FileTable {
+  id: string;
+  /** The key that uploaded it (or ran the batch that wrote it). */
+  key_id: string;
+  purpose: string;
+  filename: string;
+  bytes: number;
+  created_ms: number;
+  expires_ms: number | null;
+  /** UTF-8 text (JSONL). */
+  content: string;
+}
+
+/** A batch job and its progress; its lines are in batch_lines. */
+export interface BatchTable {
+  id: string;
+  key_id: string;
+  endpoint: string;
+  input_file_id: string;
+  completion_window: string;
+  /** validating, in_progress, finalizing, completed, failed, expired, cancelling, cancelled. */
+  status: string;
+  metadata: string | null;
+  created_ms: number;
+  expires_ms: number;
+  /** JSON: when it entered each status ({"in_progress": ms, ...}). */
+  times: string;
+  total: number;
+  completed: number;
+  failed: number;
+  output_file_id: string | null;
+  error_file_id: string | null;
+  /** JSON: OpenAI's errors.data, for a batch that failed validation. */
+  errors: string | null;
+  /** The replica that runs it, until lease_until_ms: another takes it over after. */
+  lease_owner: string | null;
+  lease_until_ms: number | null;
+}
+
+/** One request of a batch: pending until run, then done (a response) or error. */
+export interface BatchLineTable {
+  batch_id: string;
+  line: number;
+  custom_id: string;
+  /** The request's body (JSON). */
+  body: string;
+  status: string;
+  /** The output or error file's line for it (JSON), once run. */
+  result: string | null;
 }
 
 /** A Responses API response kept for GET and previous_response_id (store: true), until expires_ms. */
@@ -175,5 +231,8 @@ export interface Database {
   rate_buckets: RateBucketTable;
   budget_alerts: BudgetAlertTable;
   stored_responses: StoredResponseTable;
+  files: FileTable;
+  batches: BatchTable;
+  batch_lines: BatchLineTable;
   stored_response_items: StoredResponseItemTable;
 }

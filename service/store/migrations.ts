@@ -163,6 +163,54 @@ const MIGRATIONS: Record<string, Migration> = {
       await db.schema.dropTable("limit_reservations").execute();
     },
   },
+  "008_batches": {
+    async up(db: Kysely<unknown>) {
+      await db.schema.createTable("files")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("key_id", "text", (c) => c.notNull())
+        .addColumn("purpose", "text", (c) => c.notNull())
+        .addColumn("filename", "text", (c) => c.notNull())
+        .addColumn("bytes", "bigint", (c) => c.notNull())
+        .addColumn("created_ms", "bigint", (c) => c.notNull())
+        .addColumn("expires_ms", "bigint")
+        .addColumn("content", "text", (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex("files_key").on("files").columns(["key_id", "created_ms"]).execute();
+      await db.schema.createTable("batches")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("key_id", "text", (c) => c.notNull())
+        .addColumn("endpoint", "text", (c) => c.notNull())
+        .addColumn("input_file_id", "text", (c) => c.notNull())
+        .addColumn("completion_window", "text", (c) => c.notNull())
+        .addColumn("status", "text", (c) => c.notNull())
+        .addColumn("metadata", "text")
+        .addColumn("created_ms", "bigint", (c) => c.notNull())
+        .addColumn("expires_ms", "bigint", (c) => c.notNull())
+        .addColumn("times", "text", (c) => c.notNull())
+        .addColumn("total", "bigint", (c) => c.notNull().defaultTo(0))
+        .addColumn("completed", "bigint", (c) => c.notNull().defaultTo(0))
+        .addColumn("failed", "bigint", (c) => c.notNull().defaultTo(0))
+        .addColumn("output_file_id", "text")
+        .addColumn("error_file_id", "text")
+        .addColumn("errors", "text")
+        .addColumn("lease_owner", "text")
+        .addColumn("lease_until_ms", "bigint")
+        .execute();
+      await db.schema.createIndex("batches_status").on("batches").column("status").execute();
+      await db.schema.createTable("batch_lines")
+        .addColumn("batch_id", "text", (c) => c.notNull())
+        .addColumn("line", "bigint", (c) => c.notNull())
+        .addColumn("custom_id", "text", (c) => c.notNull())
+        .addColumn("body", "text", (c) => c.notNull())
+        .addColumn("status", "text", (c) => c.notNull())
+        .addColumn("result", "text")
+        .addPrimaryKeyConstraint("batch_lines_pk", ["batch_id", "line"])
+        .execute();
+      await db.schema.createIndex("batch_lines_status").on("batch_lines").columns(["batch_id", "status", "line"]).execute();
+      await db.schema.alterTable("usage_ledger").addColumn("tier", "text").execute();
+      await db.schema.alterTable("prices").addColumn("batch_discount_percent", "bigint").execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = { getMigrations: async () => MIGRATIONS };

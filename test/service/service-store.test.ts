@@ -71,7 +71,7 @@ for (const kind of ["sqlite", "postgres"] as const) {
       const rows = await store.db.selectFrom("usage_ledger").selectAll().where("request_id", "=", "r1").execute();
       expect(rows).toEqual([{
         request_id: "r1", http_request_id: "http-r1", key_id: "key_a", model: "m", backend: null, route: null, endpoint: "/v1/chat/completions", status: "completed",
-        uncached_input_tokens: 6, cached_input_tokens: 4, output_tokens: 7, cost_micro_usd: 0, started_ms: 1000, finished_ms: 1500, ttft_ms: 40, replica: "replica-1", team_id: null, residency: null,
+        uncached_input_tokens: 6, cached_input_tokens: 4, output_tokens: 7, cost_micro_usd: 0, started_ms: 1000, finished_ms: 1500, ttft_ms: 40, replica: "replica-1", team_id: null, residency: null, tier: null,
       }]);
     });
 
