@@ -30,6 +30,11 @@ Server:
                                 of any proxy or load balancer in front (default 75)
   --max-body-size SIZE          largest request body (default 8MiB)
   --responses-retention T       how long /v1/responses keeps a stored response, e.g. 30d, 12h, 3600 (seconds) (default 30d)
+  --batch-concurrency N         requests of a batch job in flight at once, at the batch priority tier (default 8)
+  --batch-discount P            the batch tier's discount on prices that set none, percent (default 50)
+  --max-batch-file-bytes SIZE   the largest batch input file (default 64MiB); --max-batch-lines N its most requests (default 50000)
+  --batch-file-retention T      how long a batch's output and error files are kept (default 30d)
+  --batch-lease T               how long a replica holds a batch without renewing before another takes it over (default 15s)
   --tokenizer-threads N         tokenizer worker threads (default: spare cores, at most 4)
   --tool-call-parser P          auto, hermes or none: parse tool calls out of the output
                                 (auto: hermes when the chat template writes <tool_call>, as Qwen's do)
@@ -72,6 +77,9 @@ export async function serveCommand(args: string[]): Promise<void> {
       "keep-alive-timeout": { type: "string", default: "75" },
       "max-body-size": { type: "string", default: "8MiB" },
       "responses-retention": { type: "string", default: "30d" },
+      "batch-concurrency": { type: "string", default: "8" }, "batch-discount": { type: "string", default: "50" },
+      "max-batch-file-bytes": { type: "string", default: "64MiB" }, "max-batch-lines": { type: "string", default: "50000" },
+      "batch-file-retention": { type: "string", default: "30d" }, "batch-lease": { type: "string", default: "15s" },
       "tokenizer-threads": { type: "string" },
       "tool-call-parser": { type: "string", default: "auto" },
       "reasoning-parser": { type: "string", default: "none" },
@@ -107,6 +115,14 @@ export async function serveCommand(args: string[]): Promise<void> {
     keepAliveTimeoutMs: flagValue("keep-alive-timeout", values["keep-alive-timeout"], numberFlag(0, 86_400, { minExclusive: true })) * 1000,
     bodyLimitBytes: flagValue("max-body-size", values["max-body-size"], bytesFlag),
     responsesRetentionMs: flagValue("responses-retention", values["responses-retention"], durationFlag),
+    batch: {
+      concurrency: flagValue("batch-concurrency", values["batch-concurrency"], intFlag(1, 4096)),
+      discountPercent: flagValue("batch-discount", values["batch-discount"], intFlag(0, 100)),
+      maxFileBytes: flagValue("max-batch-file-bytes", values["max-batch-file-bytes"], bytesFlag),
+      maxLines: flagValue("max-batch-lines", values["max-batch-lines"], intFlag(1)),
+      fileRetentionMs: flagValue("batch-file-retention", values["batch-file-retention"], durationFlag),
+      leaseMs: flagValue("batch-lease", values["batch-lease"], durationFlag),
+    },
     tokenizerThreads: optionalFlagValue("tokenizer-threads", values["tokenizer-threads"], intFlag(1, 64)),
     toolCallParser: flagValue("tool-call-parser", values["tool-call-parser"], enumFlag("auto", "hermes", "none")),
     reasoningParser: flagValue("reasoning-parser", values["reasoning-parser"], enumFlag(...REASONING_PARSERS, "none")),
@@ -142,6 +158,7 @@ export async function serveCommand(args: string[]): Promise<void> {
     requestTimeoutMs: server.requestTimeoutMs,
     keepAliveTimeoutMs: server.keepAliveTimeoutMs,
     responsesRetentionMs: server.responsesRetentionMs,
+    batch: server.batch,
     bodyLimitBytes: server.bodyLimitBytes,
     tokenizerThreads: server.tokenizerThreads,
     apiKeys: server.apiKeys,
