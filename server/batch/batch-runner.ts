@@ -112,7 +112,7 @@ export class BatchRunner {
     for (;;) {
       const current = (await batches.get(batch.id))!;
       if (current.status === "cancelling") batch = current;
-      expired = Date.now() > batch.expiresMs;
+      expired = Date.now() > current.expiresMs;
       const stopping = batch.status === "cancelling" || expired || this.stopped;
       if (Date.now() - renewedMs > this.leaseMs / 3) {
         if (!(await batches.renew(batch.id, this.options.replica, this.leaseMs))) {

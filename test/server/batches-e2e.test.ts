@@ -9,7 +9,7 @@ import OpenAI, { toFile } from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RunningServer } from "../../server/serve.ts";
 import { openStore } from "../../service/store/open-store.ts";
-import { ADMIN, MODEL } from "../helpers/limits.ts";
+import { ADMIN, MODEL, createKey } from "../helpers/limits.ts";
 import { startTestServer } from "../helpers/server.ts";
 import { testDatabase } from "../helpers/test-database.ts";
 import { jsonl, linesOf, waitForBatch } from "../helpers/batches.ts";
@@ -129,4 +129,59 @@ describe("batch jobs through the openai SDK", () => {
     // The listing shows it, newest first.
     expect((await client.batches.list({ limit: 2 })).data[0].id).toBe(created.id);
   }, 120_000);
+
+  it("ends a batch past its window as expired, what was done kept and the rest in the error file as batch_expired; deletes files past their retention", async () => {
+    const bodies = Array.from({ length: 40 }, (_, i) => ({ custom_id: `e${i}`, method: "POST", url: "/v1/chat/completions", body: { model: MODEL, messages: [{ role: "user", content: `e ${i}` }], max_tokens: 64, ignore_eos: true } }));
+    const created = await client.batches.create({ input_file_id: (await upload(bodies)).id, endpoint: "/v1/chat/completions", completion_window: "24h" });
+    for (let i = 0; i < 600 && (await client.batches.retrieve(created.id)).request_counts!.completed < 2; i++) await new Promise((r) => setTimeout(r, 50));
+    const store = await openStore(database.url);
+    try {
+      await store.db.updateTable("batches").set({ expires_ms: Date.now() - 1 }).where("id", "=", created.id).execute();
+      const batch = await waitForBatch(client, created.id);
+      expect(batch.status).toBe("expired");
+      expect(batch.expired_at).not.toBeNull();
+      const done = await linesOf(client, batch.output_file_id);
+      const expired = (await linesOf(client, batch.error_file_id)).filter((l) => l.error?.code === "batch_expired");
+      expect(done.length).toBe(batch.request_counts!.completed);
+      expect(done.length + expired.length).toBe(40);
+      expect(new Set([...done, ...expired].map((l) => l.custom_id)).size).toBe(40);
+      // Output files expire after --batch-file-retention; the runner deletes what is past it.
+      await store.db.updateTable("files").set({ expires_ms: Date.now() - 1 }).where("id", "=", batch.output_file_id!).execute();
+      const { FileStore } = await import("../../service/files.ts");
+      expect(await new FileStore(store.db).deleteExpired()).toBe(1);
+      await expect(client.files.retrieve(batch.output_file_id!)).rejects.toMatchObject({ status: 404 });
+    } finally {
+      await store.close();
+    }
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    expect(metrics).toMatch(/tokenmill_batch_requests_total\{status="completed"\} \d+/);
+    expect(metrics).toMatch(/tokenmill_batch_queue_depth\{replica="batches"\} 0/);
+  }, 120_000);
+
+  it("keeps each key's files and batches its own: another key sees none of them, the admin sees all", async () => {
+    const keyA = await createKey(server.url, { name: "batch-a" });
+    const keyB = await createKey(server.url, { name: "batch-b" });
+    const [a, b] = [keyA, keyB].map((k) => new OpenAI({ baseURL: `${server.url}/v1`, apiKey: k.secret, maxRetries: 0 }));
+    const file = await a.files.create({ file: await toFile(Buffer.from(jsonl([{ custom_id: "only", method: "POST", url: "/v1/chat/completions", body: { model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 2 } }])), "a.jsonl"), purpose: "batch" });
+    const batch = await a.batches.create({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" });
+    await expect(b.files.retrieve(file.id)).rejects.toMatchObject({ status: 404 });
+    await expect(b.files.content(file.id)).rejects.toMatchObject({ status: 404 });
+    await expect(b.files.delete(file.id)).rejects.toMatchObject({ status: 404 });
+    await expect(b.batches.retrieve(batch.id)).rejects.toMatchObject({ status: 404 });
+    await expect(b.batches.cancel(batch.id)).rejects.toMatchObject({ status: 404 });
+    await expect(b.batches.create({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" })).rejects.toMatchObject({ status: 404 });
+    expect((await b.files.list()).data).toEqual([]);
+    expect((await b.batches.list()).data).toEqual([]);
+    const admin = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: ADMIN, maxRetries: 0 });
+    expect((await admin.batches.retrieve(batch.id)).id).toBe(batch.id);
+    const done = await waitForBatch(a, batch.id);
+    expect(done.status).toBe("completed");
+    const store = await openStore(database.url);
+    try {
+      const row = await store.db.selectFrom("usage_ledger").selectAll().where("request_id", "=", `batch_${batch.id}_1`).executeTakeFirstOrThrow();
+      expect(row.key_id).toBe(keyA.id);
+    } finally {
+      await store.close();
+    }
+  }, 60_000);
 });
