@@ -1,11 +1,12 @@
 #!/usr/bin/env -S node --import tsx
-/** The tokenmill command line: serve, generate, bench, keys, teams, usage, device-check, bundle. */
+/** The tokenmill command line: serve, generate, bench, keys, teams, batches, usage, device-check, bundle. */
 import { GENERATE_HELP, generateCommand } from "./generate.ts";
 import { SERVE_HELP, serveCommand } from "./serve.ts";
 import { BENCH_HELP, benchCommand } from "./bench.ts";
 import { KEYS_HELP, keysCommand } from "./keys.ts";
 import { USAGE_HELP, usageCommand } from "./usage.ts";
 import { TEAMS_HELP, teamsCommand } from "./teams.ts";
+import { BATCHES_HELP, batchesCommand } from "./batches.ts";
 import { BUNDLE_HELP, bundleCommand } from "./bundle.ts";
 import { DEVICE_CHECK_HELP, deviceCheckCommand } from "./device-check.ts";
 
@@ -16,6 +17,7 @@ const HELP = `tokenmill: a self-hosted, OpenAI-compatible model server
   tokenmill bench [options]                  benchmark a server
   tokenmill keys create|list|update|revoke   manage API keys
   tokenmill teams create|list|update|delete  manage teams: limits their keys share
+  tokenmill batches list|show|cancel         batch jobs (OpenAI's Batches API) and their progress
   tokenmill usage [--by key|team]             usage and cost by key (or team) and model, from the ledger
   tokenmill device-check [--profile quick]   what this machine's GPU runs: text, and a JSON report
   tokenmill bundle [--with-vulkan-loader]    build the self-contained archive for an offline Linux x64 host
@@ -32,6 +34,8 @@ ${KEYS_HELP}
 
 ${TEAMS_HELP}
 
+${BATCHES_HELP}
+
 ${USAGE_HELP}
 
 ${DEVICE_CHECK_HELP}
@@ -44,6 +48,7 @@ const commands: Record<string, (args: string[]) => Promise<void>> = {
   bench: benchCommand,
   keys: keysCommand,
   teams: teamsCommand,
+  batches: batchesCommand,
   usage: usageCommand,
   "device-check": deviceCheckCommand,
   bundle: bundleCommand,

@@ -13,6 +13,7 @@ import { ADMIN, MODEL, createKey } from "../helpers/limits.ts";
 import { startTestServer } from "../helpers/server.ts";
 import { testDatabase } from "../helpers/test-database.ts";
 import { jsonl, linesOf, waitForBatch } from "../helpers/batches.ts";
+import { runCli } from "../helpers/cli.ts";
 
 /** $1 per million input tokens, $2 output: the batch tier pays half (the default discount). */
 const PRICE = { model: MODEL, inputPerMtok: 1_000_000, cachedInputPerMtok: 500_000, outputPerMtok: 2_000_000 };
@@ -184,4 +185,21 @@ describe("batch jobs through the openai SDK", () => {
       await store.close();
     }
   }, 60_000);
+
+  it("tokenmill batches lists, shows and cancels them from the database", async () => {
+    const listed = runCli(["batches", "list", "--db", database.url, "--limit", "50"]);
+    expect(listed.status, listed.stderr).toBe(0);
+    expect(listed.stdout).toMatch(/batch_\S+\s+completed\s+\/v1\/embeddings .* 50\/50 done, 0 failed\s+output file-/);
+    // NOTE: keys exist by now (the test before made some): the admin key acts here, and its batches run as the admin.
+    const admin = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: ADMIN, maxRetries: 0 });
+    const failed = (await admin.batches.list({ limit: 50 })).data.find((b) => b.status === "failed")!;
+    expect(runCli(["batches", "show", failed.id, "--db", database.url]).stdout).toMatch(/failed .*\n\s+line 1: mismatched_url: /);
+    const bodies = Array.from({ length: 30 }, (_, i) => ({ custom_id: `cli${i}`, method: "POST", url: "/v1/chat/completions", body: { model: MODEL, messages: [{ role: "user", content: `${i}` }], max_tokens: 64, ignore_eos: true } }));
+    const file = await admin.files.create({ file: await toFile(Buffer.from(jsonl(bodies)), "cli.jsonl"), purpose: "batch" });
+    const created = await admin.batches.create({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" });
+    for (let i = 0; i < 600 && (await admin.batches.retrieve(created.id)).status !== "in_progress"; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(runCli(["batches", "cancel", created.id, "--db", database.url]).stdout).toMatch(/cancelling/);
+    expect((await waitForBatch(admin, created.id)).status).toBe("cancelled");
+    expect(runCli(["batches", "show", "batch_nope", "--db", database.url]).stderr).toMatch(/no batch with id batch_nope/);
+  }, 120_000);
 });
