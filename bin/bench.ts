@@ -16,6 +16,7 @@ import { startServer } from "../server/serve.ts";
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags, type EngineFlags, type EngineFlagValues } from "./engine-flags.ts";
 import { LEDGER_LEVELS, measureLedger } from "../bench/ledger-throughput.ts";
 import { TIMEOUT_MS, measurePriorityFlood } from "../bench/priority-flood.ts";
+import { measureBatch } from "../bench/batch-flood.ts";
 import { fetchMetrics, metricTotal } from "../bench/server-metrics.ts";
 import { FlagError, dbUrlFlag, enumFlag, flagValue, intFlag, listFlag, nonEmptyFlag, numberFlag, optionalFlagValue } from "./flags.ts";
 
@@ -52,6 +53,8 @@ Results:
   --ledger-writes N             with --db: measure the ledger alone (N requests' rows) and exit
   --json-schema FILE            constrain every output to this JSON schema (response_format on chat, guided_json on
                                 completions) and print the grammar's mask time per step
+  --with-batch N                batch jobs: the workload's output tok/s sent directly at --max-concurrency against the same as one batch
+                                run --max-concurrency lines at a time; then interactive TTFT idle and while a batch of N requests runs
   --priority-flood              priority tiers: interactive TTFT idle, then under a flood of 4x --max-num-seqs batch
                                 requests of --output-len tokens, with tiers and without; --num-prompts interactive
                                 requests of 16 tokens per phase, one every 100 ms
@@ -76,7 +79,7 @@ export async function benchCommand(args: string[]): Promise<void> {
       "compare-quantization": { type: "string" },
       rounds: { type: "string", default: "3" }, help: { type: "boolean", short: "h" },
       db: { type: "string" }, "ledger-writes": { type: "string" }, "gpu-hour-price": { type: "string" },
-      "priority-flood": { type: "boolean", default: false },
+      "priority-flood": { type: "boolean", default: false }, "with-batch": { type: "string" },
       "json-schema": { type: "string" },
     },
   });
@@ -129,6 +132,22 @@ export async function benchCommand(args: string[]): Promise<void> {
   const checkpoint = readCheckpoint(tokenizerDir(values));
   const tokenizer = benchTokenizer(checkpoint);
   const workload = buildWorkload({ numPrompts, inputLen, outputLen, rangeRatio, prefixLen, sharedPrefixes, seed, promptFormat }, tokenizer);
+  if (values["with-batch"] !== undefined) {
+    if (remote) throw new FlagError("--with-batch serves the model in this process: leave out --base-url");
+    const floodSize = flagValue("with-batch", values["with-batch"], intFlag(1));
+    const engineOptions = engineOptionsFrom(engineFlags, checkpoint);
+    const flood = buildWorkload({ numPrompts: floodSize + numPrompts, inputLen, outputLen, rangeRatio, prefixLen, sharedPrefixes, seed: seed + 1, promptFormat }, tokenizer);
+    const result = await measureBatch({
+      engineOptions, model: checkpoint.name, defaults: checkpoint.generationDefaults, workload, concurrency: maxConcurrency,
+      floodSize, floodRequest: (i) => flood[i], numInteractive: numPrompts, gapMs: 100, interactiveOutputLen: 16,
+    });
+    console.log(`batch jobs: ${workload.length} requests (${inputLen} in, ${outputLen} out) at concurrency ${maxConcurrency}, --max-num-seqs ${engineOptions.maxNumSeqs}`);
+    console.log(`  sent directly: ${result.directTokS.toFixed(1)} output tok/s; as one batch: ${result.batchTokS.toFixed(1)} tok/s; batch / direct = ${(result.batchTokS / result.directTokS).toFixed(3)}`);
+    console.log(`  interactive TTFT (16 tokens, ${numPrompts} requests): idle p50 ${result.idle.p50Ms.toFixed(1)} ms, p99 ${result.idle.p99Ms.toFixed(1)} ms; ` +
+      `during a ${floodSize}-request batch p50 ${result.duringBatch.p50Ms.toFixed(1)} ms, p99 ${result.duringBatch.p99Ms.toFixed(1)} ms (${result.duringBatch.batchLinesDone} batch lines done meanwhile)`);
+    console.log(`  p99 during the batch / idle: ${(result.duringBatch.p99Ms / result.idle.p99Ms).toFixed(2)}x`);
+    return;
+  }
   if (values["priority-flood"]) {
     if (remote) throw new FlagError("--priority-flood serves the model in this process: leave out --base-url");
     const engineOptions = engineOptionsFrom(engineFlags, checkpoint);

@@ -167,6 +167,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     },
   });
   let app: FastifyInstance;
+  let runner: BatchRunner | null = null;
   // NOTE: the batch runner's requests carry this process's own secret (http/auth.ts); it never leaves the process.
   const internalSecret = randomBytes(32).toString("hex");
   const batchStores = service ? { files: new FileStore(service.store.db), batches: new BatchStore(service.store.db) } : null;
@@ -175,7 +176,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     app = buildApp(ctx, {
       bodyLimitBytes: options.bodyLimitBytes, logger: options.logger, apiKeys: options.apiKeys, requestTimeoutMs: options.requestTimeoutMs, keepAliveTimeoutMs: options.keepAliveTimeoutMs,
       auth: { keys: service?.keys ?? null, adminKeys: options.adminKeys, mode: options.authMode, internalSecret },
-      batches: { files: batchStores?.files ?? null, batches: batchStores?.batches ?? null, ...batchLimits },
+      batches: { files: batchStores?.files ?? null, batches: batchStores?.batches ?? null, ...batchLimits, onCreated: () => runner?.wake() },
       prices: service?.prices ?? null,
       teams: service?.teams ?? null,
       alertThresholds: options.limits?.alerts?.thresholds,
@@ -207,7 +208,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     return loaded;
   });
   const ready = Promise.all(loading).then(() => undefined);
-  const runner = service && batchStores ? new BatchRunner(app, {
+  runner = service && batchStores ? new BatchRunner(app, {
     ...batchStores, replica: options.db?.replica ?? service.ledger?.replica ?? "tokenmill", internalSecret, concurrency: options.batch?.concurrency ?? DEFAULT_BATCH_CONCURRENCY,
     maxLines: batchLimits.maxLines, fileRetentionMs: options.batch?.fileRetentionMs ?? DEFAULT_BATCH_FILE_RETENTION_MS, leaseMs: options.batch?.leaseMs,
     metrics: ctx.metrics, releaseHolds: (prefix, replica) => service.releaseHoldsOf(prefix, replica), log: app.log,

@@ -182,11 +182,6 @@ export class BatchStore {
     return rows.filter((r) => !skip.has(Number(r.line))).slice(0, limit).map((r) => ({ line: Number(r.line), customId: r.custom_id, body: JSON.parse(r.body) as Record<string, unknown> }));
   }
 
-  async numPending(batchId: string): Promise<number> {
-    const row = await this.db.selectFrom("batch_lines").select((eb) => eb.fn.countAll<number>().as("n")).where("batch_id", "=", batchId).where("status", "=", "pending").executeTakeFirstOrThrow();
-    return Number(row.n);
-  }
-
   /** Records a line's result (done or error) and counts it, once: a line already recorded is left alone. */
   async finishLine(batchId: string, line: number, ok: boolean, result: string): Promise<boolean> {
     return this.db.transaction().execute(async (trx) => {

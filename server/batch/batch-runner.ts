@@ -48,11 +48,15 @@ export class BatchRunner {
   constructor(private readonly app: FastifyInstance, private readonly options: BatchRunnerOptions) {}
 
   start(): void {
-    const poll = this.options.pollMs ?? 500;
-    this.timer = setInterval(() => {
-      if (!this.running && !this.stopped) this.running = this.tick().catch((err: unknown) => this.options.log?.error({ err }, "the batch runner failed")).finally(() => (this.running = null));
-    }, poll);
+    this.timer = setInterval(() => this.wake(), this.options.pollMs ?? 500);
     this.timer.unref();
+    this.wake();
+  }
+
+  /** Looks for work now (a batch was just created here), unless a run is under way; the poll finds the rest. */
+  wake(): void {
+    if (this.running || this.stopped || !this.timer) return;
+    this.running = this.tick().catch((err: unknown) => this.options.log?.error({ err }, "the batch runner failed")).finally(() => (this.running = null));
   }
 
   /** Stops taking work and waits for the lines in flight (whose batch another start, or replica, resumes). */
@@ -129,7 +133,8 @@ export class BatchRunner {
           const done = this.runLine(batch, line).finally(() => inFlight.delete(line.line));
           inFlight.set(line.line, done);
         }
-        this.options.metrics.batchQueueDepth.set({ replica: this.options.replica }, await batches.numPending(batch.id));
+        const { total, completed, failed } = current.counts;
+        this.options.metrics.batchQueueDepth.set({ replica: this.options.replica }, Math.max(0, total - completed - failed - inFlight.size));
         if (lines.length === 0 && inFlight.size === 0) break;
       } else if (inFlight.size === 0) {
         break;
