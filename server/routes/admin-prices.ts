@@ -24,6 +24,8 @@ const EFFECTIVE_AT_SLACK_MS = 5 * 60_000;
 
 const setPrice = z.object({
   model: z.string().min(1).max(256), input: usd, cached_input: usd, output: usd,
+  /** The batch tier's discount on this price, percent; absent: the server's (--batch-discount). */
+  batch_discount: z.number().int().min(0).max(100).nullish(),
   effective_at: z.number().int().positive().max(253_402_300_799).optional()
     .refine((at) => at === undefined || at * 1000 >= Date.now() - EFFECTIVE_AT_SLACK_MS, {
       message: "effective_at is in the past: a new price takes effect now or later (past requests keep the price they were billed at)",
@@ -36,6 +38,7 @@ export function priceBody(price: Price) {
   return {
     object: "price", model: price.model, effective_at: Math.floor(price.effectiveMs / 1000),
     input: perMtok(price.inputPerMtok), cached_input: perMtok(price.cachedInputPerMtok), output: perMtok(price.outputPerMtok), unit: "USD per 1M tokens",
+    batch_discount: price.batchDiscountPercent ?? null,
   };
 }
 
@@ -47,7 +50,7 @@ export function registerAdminPriceRoutes(app: FastifyInstance, prices: PriceBook
   app.post("/v1/admin/prices", async (request, reply) => {
     const body = parseBody(setPrice, request.body);
     const price = await book().set({
-      model: body.model, inputPerMtok: body.input, cachedInputPerMtok: body.cached_input, outputPerMtok: body.output,
+      model: body.model, inputPerMtok: body.input, cachedInputPerMtok: body.cached_input, outputPerMtok: body.output, batchDiscountPercent: body.batch_discount ?? null,
       effectiveMs: body.effective_at === undefined ? undefined : body.effective_at * 1000,
     });
     return reply.status(201).send(priceBody(price));

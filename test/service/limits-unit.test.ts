@@ -95,3 +95,22 @@ describe("money, decided in prices.ts", () => {
     expect(worstCaseMicroUsd(1, 0, { ...price, inputPerMtok: 1, cachedInputPerMtok: 1 })).toBe(1);
   });
 });
+
+describe("the batch tier's price", () => {
+  const price = { model: "m", effectiveMs: 0, inputPerMtok: 1_000_000, cachedInputPerMtok: 500_000, outputPerMtok: 2_000_000 };
+  const usage = { promptTokens: 7, cachedPromptTokens: 2, completionTokens: 3 };
+  it("is the price less the discount (the price's own, else the server's), rounded once, and its worst case never below it", () => {
+    // Full: 5·1 + 2·0.5 + 3·2 = 12 micro-USD.
+    expect(costMicroUsd(usage, price)).toBe(12);
+    expect(costMicroUsd(usage, price, "batch")).toBe(6);
+    expect(costMicroUsd(usage, price, "batch", 25)).toBe(9);
+    expect(costMicroUsd(usage, { ...price, batchDiscountPercent: 90 }, "batch", 25)).toBe(1);
+    expect(costMicroUsd({ promptTokens: 1, cachedPromptTokens: 0, completionTokens: 0 }, price, "batch")).toBe(1); // 0.5 rounds half up
+    fc.assert(fc.property(fc.nat(10_000), fc.nat(10_000), fc.nat(10_000), fc.integer({ min: 0, max: 100 }), (prompt, cachedShare, output, discount) => {
+      const cached = prompt === 0 ? 0 : cachedShare % (prompt + 1);
+      const u = { promptTokens: prompt, cachedPromptTokens: cached, completionTokens: output };
+      expect(worstCaseMicroUsd(prompt, output, price, "batch", discount)).toBeGreaterThanOrEqual(costMicroUsd(u, price, "batch", discount));
+      expect(costMicroUsd(u, price, "batch", discount)).toBeLessThanOrEqual(costMicroUsd(u, price));
+    }));
+  });
+});
