@@ -12,7 +12,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
-import OpenAI, { toFile } from "openai";
 import type { EngineOptions } from "../engine/index.ts";
 import type { GenerationDefaults } from "../models/index.ts";
 import { startServer } from "../server/serve.ts";
@@ -55,11 +54,29 @@ export async function measureBatch(options: BatchBenchOptions): Promise<BatchBen
   });
   try {
     await server.ready;
-    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
+    // NOTE: plain fetch, not the openai SDK: the bench ships in the bundle, which carries no devDependency.
+    const call = async <T>(path: string, init?: RequestInit): Promise<T> => {
+      const response = await fetch(`${server.url}${path}`, init);
+      if (!response.ok) throw new Error(`${path}: ${response.status} ${await response.text()}`);
+      return (await response.json()) as T;
+    };
+    type Batch = { id: string; status: string; request_counts: { completed: number; failed: number } };
+    const client = {
+      batches: {
+        retrieve: (id: string) => call<Batch>(`/v1/batches/${id}`),
+        cancel: (id: string) => call<Batch>(`/v1/batches/${id}/cancel`, { method: "POST" }),
+      },
+    };
     const line = (r: BenchRequest, i: number) => ({ custom_id: `r${i}`, method: "POST", url: "/v1/completions", body: { model: options.model, prompt: r.prompt, max_tokens: r.outputLen, ignore_eos: true, temperature: 0 } });
     const submit = async (requests: BenchRequest[]) => {
-      const file = await client.files.create({ file: await toFile(Buffer.from(requests.map((r, i) => JSON.stringify(line(r, i))).join("\n")), "bench.jsonl"), purpose: "batch" });
-      return client.batches.create({ input_file_id: file.id, endpoint: "/v1/completions", completion_window: "24h" });
+      const form = new FormData();
+      form.append("purpose", "batch");
+      form.append("file", new Blob([requests.map((r, i) => JSON.stringify(line(r, i))).join("\n")]), "bench.jsonl");
+      const file = await call<{ id: string }>("/v1/files", { method: "POST", body: form });
+      return call<Batch>("/v1/batches", {
+        method: "POST", headers: { "content-type": "application/json" },
+        body: JSON.stringify({ input_file_id: file.id, endpoint: "/v1/completions", completion_window: "24h" }),
+      });
     };
     const load = { baseUrl: server.url, model: options.model, endpoint: "completions" as const, ignoreEos: true, temperature: 0 };
 
@@ -75,7 +92,7 @@ export async function measureBatch(options: BatchBenchOptions): Promise<BatchBen
       done = await client.batches.retrieve(batch.id);
     }
     const seconds = (performance.now() - started) / 1000;
-    if (done.status !== "completed" || done.request_counts!.failed > 0) throw new Error(`the throughput batch ended ${done.status} with ${done.request_counts!.failed} failed lines`);
+    if (done.status !== "completed" || done.request_counts.failed > 0) throw new Error(`the throughput batch ended ${done.status} with ${done.request_counts.failed} failed lines`);
     const outputTokens = options.workload.reduce((sum, r) => sum + r.outputLen, 0);
     const batchTokS = outputTokens / seconds;
 
@@ -92,9 +109,9 @@ export async function measureBatch(options: BatchBenchOptions): Promise<BatchBen
     await interactive();
     const idle = await interactive();
     const flood = await submit(Array.from({ length: options.floodSize }, (_, i) => options.floodRequest(options.numInteractive + i)));
-    for (let i = 0; i < 3000 && (await client.batches.retrieve(flood.id)).request_counts!.completed < options.concurrency; i++) await sleep(20);
+    for (let i = 0; i < 3000 && (await client.batches.retrieve(flood.id)).request_counts.completed < options.concurrency; i++) await sleep(20);
     const during = await interactive();
-    const batchLinesDone = (await client.batches.retrieve(flood.id)).request_counts!.completed;
+    const batchLinesDone = (await client.batches.retrieve(flood.id)).request_counts.completed;
     await client.batches.cancel(flood.id);
     return { directTokS, batchTokS, idle, duringBatch: { ...during, batchLinesDone } };
   } finally {
