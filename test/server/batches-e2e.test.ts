@@ -159,6 +159,24 @@ describe("batch jobs through the openai SDK", () => {
     expect(metrics).toMatch(/tokenmill_batch_queue_depth\{replica="batches"\} 0/);
   }, 120_000);
 
+  it("applies the key's budget per line, reserved as each starts: a line the budget refuses is an error line, and the batch goes on", async () => {
+    // Each line: 8 output tokens at $2/M, halved = 8 micro-USD, plus its prompt. A budget of 40 micro-USD holds a few lines, not ten.
+    const key = await createKey(server.url, { name: "batch-budget", budget_usd: "0.00004", budget_period: "day" });
+    const sdk = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: key.secret, maxRetries: 0 });
+    const bodies = Array.from({ length: 10 }, (_, i) => ({ custom_id: `b${i}`, method: "POST", url: "/v1/chat/completions", body: { model: MODEL, messages: [{ role: "user", content: `b ${i}` }], max_tokens: 8, ignore_eos: true } }));
+    const file = await sdk.files.create({ file: await toFile(Buffer.from(jsonl(bodies)), "budget.jsonl"), purpose: "batch" });
+    const batch = await waitForBatch(sdk, (await sdk.batches.create({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" })).id);
+    expect(batch.status).toBe("completed");
+    const { completed, failed } = batch.request_counts!;
+    expect(completed).toBeGreaterThan(0);
+    expect(failed).toBeGreaterThan(0);
+    expect(completed + failed).toBe(10);
+    const errors = await linesOf(sdk, batch.error_file_id);
+    expect(errors.every((l) => l.response!.status_code === 429 && l.error!.code === "insufficient_quota")).toBe(true);
+    const spent = ((await (await fetch(`${server.url}/v1/key`, { headers: { authorization: `Bearer ${key.secret}` } })).json()) as { limits: { budget_usd: { used: number; limit: number } } }).limits.budget_usd;
+    expect(spent.used).toBeLessThanOrEqual(spent.limit);
+  }, 60_000);
+
   it("keeps each key's files and batches its own: another key sees none of them, the admin sees all", async () => {
     const keyA = await createKey(server.url, { name: "batch-a" });
     const keyB = await createKey(server.url, { name: "batch-b" });
