@@ -28,7 +28,7 @@ const BUILDER_VERSION = 6;
 const SOURCE_EXT = import.meta.url.endsWith(".js") ? ".js" : ".ts";
 const BUILDER_SOURCES = [
   "graph/decoder-graph", "graph/gathered-attention", "graph/step-attention", "graph/kv-dtype", "graph/layers", "graph/onnx-graph", "graph/quantize",
-  "config", "families", "weights/float-formats",
+  "graph/graph-io", "config", "families", "weights/float-formats", "lora/adapter",
 ].map((name) => name + SOURCE_EXT);
 
 export const GRAPH_DTYPES = ["float32", "float16", "bfloat16"] as const;
@@ -61,6 +61,9 @@ export interface GraphBuildOptions {
   kvCacheDtype?: KvCacheDtype;
   /** Host pool: RoPE as ONNX's RotaryEmbedding op (default) rather than plain ops (for A/B runs). */
   ropeOp?: boolean;
+  /** LoRA adapter slots (--max-loras; 0, the default: none) and the rank each holds (--max-lora-rank). */
+  maxLoras?: number;
+  maxLoraRank?: number;
 }
 
 export interface BuildOptions {
@@ -68,6 +71,9 @@ export interface BuildOptions {
   progress?: boolean;
   build?: GraphBuildOptions;
 }
+
+/** vLLM's default --max-lora-rank. */
+export const DEFAULT_MAX_LORA_RANK = 16;
 
 /** The build options with every default filled in, as the cache key sees them. */
 export function normalizedBuildOptions(build: GraphBuildOptions = {}): Required<GraphBuildOptions> {
@@ -83,6 +89,8 @@ export function normalizedBuildOptions(build: GraphBuildOptions = {}): Required<
     ropeInAttention: devicePool && (build.ropeInAttention ?? true),
     kvCacheDtype: build.kvCacheDtype ?? (devicePool ? "float16" : "float32"),
     ropeOp: !devicePool && (build.ropeOp ?? true),
+    maxLoras: build.maxLoras ?? 0,
+    maxLoraRank: (build.maxLoras ?? 0) > 0 ? (build.maxLoraRank ?? DEFAULT_MAX_LORA_RANK) : 0,
   };
 }
 
@@ -152,6 +160,7 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
       linears: { quantization: build.quantization, blockSize: build.quantBlockSize, fuse: build.fuseProjections },
       attention: { kind: attentionKindFor(build.device), ropeInside: build.ropeInAttention, kvDtype: kvCacheDtype },
       ropeOp: build.ropeOp,
+      ...(build.maxLoras > 0 ? { lora: { slots: build.maxLoras, rank: build.maxLoraRank } } : {}),
     });
     writeFileSync(join(scratch, "model.onnx"), g.finish(basename(dir)));
     writeFileSync(join(scratch, "meta.json"), JSON.stringify({ checkpoint: dir, builderVersion: BUILDER_VERSION, build, config }, null, 2));

@@ -18,6 +18,8 @@ export interface StepSequence {
   invTemperature?: number;
   /** Final hidden states are returned for new tokens from this index on (embeddings); undefined: none. */
   hiddenFrom?: number;
+  /** The LoRA slot whose adapter this sequence runs under (1…--max-loras); 0 or absent: the base model. */
+  loraSlot?: number;
 }
 
 export interface StepOptions {

@@ -11,7 +11,8 @@ import {
   FLOAT_LINEARS, type LinearOptions, type QuantizedInitializer, type WeightSource,
   addQuantizedWeight, addWeight, fusedLinears, gatherQuantizedRows, linear, matMulNBits, quantizedMatMul, rmsNorm, rope, ropeCaches, ropeTables,
 } from "./layers.ts";
-import { GRAPH_INPUTS, GRAPH_OUTPUTS, TOP_LOGPROBS } from "./graph-io.ts";
+import { GRAPH_INPUTS, GRAPH_OUTPUTS, TOP_LOGPROBS, loraInputNames } from "./graph-io.ts";
+import { moduleShape, type LoraModule } from "../lora/adapter.ts";
 import { DataType, OnnxGraph } from "./onnx-graph.ts";
 import { stepAttention, tokenDimsOf, type StepAttentionOptions } from "./step-attention.ts";
 
@@ -20,6 +21,8 @@ export interface DecoderGraphOptions {
   attention: StepAttentionOptions;
   /** Host pool: rotate q and k with ONNX's RotaryEmbedding op over cos/sin caches (default), or with plain ops over per-step tables. */
   ropeOp?: boolean;
+  /** LoRA adapter slots: every projection of every layer takes each slot's A and B as inputs (graph-io.ts). */
+  lora?: { slots: number; rank: number };
 }
 
 export const HOST_POOL_GRAPH: DecoderGraphOptions = { linears: FLOAT_LINEARS, attention: { kind: "host-pool", ropeInside: false } };
@@ -44,22 +47,37 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
     ? g.op("Reshape", [g.op("Gather", [embed, inputIds], { axis: 0 }), g.constInt64([-1, hiddenSize])])
     : gatherQuantizedRows(g, embed, inputIds));
 
+  // NOTE: LoRA: each projection's output gains ((x·Aᵀ) ⊙ lora_rows)·Bᵀ over all slots at once (graph-io.ts); no per-row gather.
+  const { lora } = options;
+  const loraRows = lora ? g.input(GRAPH_INPUTS.loraRows, DataType.FLOAT, ["num_rows", lora.slots * lora.rank]) : null;
+  const adapted = (layer: number, module: string, x: string, y: string, widths: { inFeatures: number; outFeatures: number }) => {
+    if (!lora || !loraRows) return y;
+    const names = loraInputNames(layer, module);
+    const a = g.input(names.a, DataType.FLOAT, [lora.slots * lora.rank, widths.inFeatures]);
+    const b = g.input(names.b, DataType.FLOAT, [widths.outFeatures, lora.slots * lora.rank]);
+    const down = g.op("Mul", [g.op("Gemm", [g.toFloat32(x), a], { transB: 1 }), loraRows]);
+    return g.op("Add", [y, g.toFloatType(g.op("Gemm", [down, b], { transB: 1 }))]);
+  };
+  const widths = (module: LoraModule) => moduleShape(config, module);
+
   const rotated = positionIds === null ? (heads: string) => heads
     : options.attention.kind === "host-pool" && (options.ropeOp ?? true) ? ropeOp(g, config, inputIds, positionIds)
       : ropeOps(g, config, positionIds);
   for (let layer = 0; layer < config.numLayers; layer++) {
     const p = `model.layers.${layer}`;
     const h = g.scoped("norm", () => rmsNorm(g, weights, x, `${p}.input_layernorm.weight`, config));
-    const [qRows, kRows, v] = g.scoped("qkv_proj", () => projections(g, weights, h, ["q", "k", "v"].map((n) => `${p}.self_attn.${n}_proj`), config.qkvBias, linears));
+    const [qRows, kRows, v] = g.scoped("qkv_proj", () => projections(g, weights, h, ["q", "k", "v"].map((n) => `${p}.self_attn.${n}_proj`), config.qkvBias, linears)
+      .map((y, i) => adapted(layer, `${"qkv"[i]}_proj`, h, y, widths(`${"qkv"[i]}_proj` as LoraModule))));
     const q = rotated(headNorm(g, weights, config, p, qRows, "q", numHeads), numHeads);
     const k = rotated(headNorm(g, weights, config, p, kRows, "k", numKvHeads), numKvHeads);
     const attnRows = attention.attend(layer, q, k, v);
-    x = g.op("Add", [x, g.scoped("o_proj", () => linear(g, weights, attnRows, `${p}.self_attn.o_proj`, config.oBias, linears))]);
+    x = g.op("Add", [x, g.scoped("o_proj", () => adapted(layer, "o_proj", attnRows, linear(g, weights, attnRows, `${p}.self_attn.o_proj`, config.oBias, linears), widths("o_proj")))]);
 
     const h2 = g.scoped("norm", () => rmsNorm(g, weights, x, `${p}.post_attention_layernorm.weight`, config));
-    const [gate, up] = g.scoped("mlp_proj", () => projections(g, weights, h2, [`${p}.mlp.gate_proj`, `${p}.mlp.up_proj`], config.mlpBias, linears));
+    const [gate, up] = g.scoped("mlp_proj", () => projections(g, weights, h2, [`${p}.mlp.gate_proj`, `${p}.mlp.up_proj`], config.mlpBias, linears)
+      .map((y, i) => adapted(layer, i === 0 ? "gate_proj" : "up_proj", h2, y, widths(i === 0 ? "gate_proj" : "up_proj"))));
     const act = g.scoped("mlp_act", () => g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up]));
-    x = g.op("Add", [x, g.scoped("mlp_proj", () => linear(g, weights, act, `${p}.mlp.down_proj`, config.mlpBias, linears))]);
+    x = g.op("Add", [x, g.scoped("mlp_proj", () => adapted(layer, "down_proj", act, linear(g, weights, act, `${p}.mlp.down_proj`, config.mlpBias, linears), widths("down_proj")))]);
     onLayer?.(layer);
   }
 

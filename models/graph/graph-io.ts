@@ -49,6 +49,7 @@ export const GRAPH_INPUTS = {
   blockTable: "block_table",
   attentionMetadata: "attention_metadata",
   hiddenIndices: "hidden_indices",
+  loraRows: "lora_rows",
 } as const;
 
 export const GRAPH_OUTPUTS = {
@@ -67,6 +68,22 @@ export interface KvNames {
   value: string;
   keyScale: string;
   valueScale: string;
+}
+
+/**
+ * A graph built with LoRA slots (--max-loras N, --max-lora-rank R) also takes, for each layer
+ * and adapted projection, every slot's A stacked by rows and B stacked by columns (B already
+ * times its scale), and which slot's columns each row uses:
+ *
+ *   lora.L.MODULE.a   [N·R, in]    float32: slot s's A in rows s·R … s·R + r (zero past its rank)
+ *   lora.L.MODULE.b   [out, N·R]   float32: slot s's scale·B in the same columns
+ *   lora_rows         [rows, N·R]  float32: 1 in the columns of the row's slot, 0 elsewhere
+ *                                  (a row without an adapter is all 0)
+ *
+ * so the projection adds ((x·aᵀ) ⊙ lora_rows)·bᵀ: every row its own adapter, in one step.
+ */
+export function loraInputNames(layer: number, module: string): { a: string; b: string } {
+  return { a: `lora.${layer}.${module}.a`, b: `lora.${layer}.${module}.b` };
 }
 
 export function poolInputNames(layer: number): KvNames {

@@ -13,7 +13,8 @@ export async function loadRunner(dir: string, blockSize = 4, numBlocks = 64, pad
   const graph = ensureGraph(dir, { build });
   const { config, kvCacheDtype } = graph;
   const kvCacheBytes = numBlocks * KvBuffers.bytesPerBlock({ numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize, dtype: kvCacheDtype });
-  return OnnxRunner.create({ graphPath: graph.graphPath, config, device: "cpu", blockSize, kvCacheBytes, kvCacheDtype, intraOpThreads: 1, paddingSlack });
+  const lora = build?.maxLoras ? { slots: build.maxLoras, rank: build.maxLoraRank ?? 16 } : undefined;
+  return OnnxRunner.create({ graphPath: graph.graphPath, config, device: "cpu", blockSize, kvCacheBytes, kvCacheDtype, intraOpThreads: 1, paddingSlack, lora });
 }
 
 /** Each sequence's full logits rows (vocab-wide each) from logitsFrom on. */

@@ -5,6 +5,7 @@
  */
 import { GRAPH_INPUTS, GRAPH_OUTPUTS, hasScales, poolInputNames, presentOutputNames, weightsBytesOf, type KvCacheDtype, type ModelConfig } from "../../../models/index.ts";
 import { EngineError } from "../../common/engine-error.ts";
+import { LoraSlots } from "./lora-slots.ts";
 import type { KvCacheInfo, StepOptions, StepRunner, StepSequence } from "../step-runner.ts";
 import { splitStepRows, type SequenceRows } from "../step-rows.ts";
 import { KvBuffers, type KvArray } from "./kv-buffers.ts";
@@ -32,6 +33,8 @@ export interface OnnxRunnerOptions {
   spinning?: boolean;
   /** Split a step's sequences by past length where it pays (default on; off for A/B runs). See splitByPast. */
   splitPasts?: boolean;
+  /** The graph's LoRA slots (it was built with them: --max-loras, --max-lora-rank); absent: none. */
+  lora?: { slots: number; rank: number };
 }
 
 export class OnnxRunner implements StepRunner {
@@ -49,6 +52,8 @@ export class OnnxRunner implements StepRunner {
     private readonly shareBlocks: boolean,
     /** splitByPast's cost of another run, in row·tokens of past; Infinity: never split. */
     private readonly runCost: number,
+    /** The adapter slots' buffers, for a graph built with them; null: none. */
+    readonly lora: LoraSlots | null = null,
   ) {
     this.vocabSize = config.vocabSize;
     this.hiddenSize = config.hiddenSize;
@@ -83,7 +88,8 @@ export class OnnxRunner implements StepRunner {
       device: options.device, intraOpThreads: options.intraOpThreads, profileFilePrefix: options.profileFilePrefix, spinning: options.spinning,
     });
     const runCost = options.splitPasts === false ? Infinity : runCostOf(options.graphPath, KvBuffers.bytesPerBlock(shape) / shape.blockSize);
-    return new OnnxRunner(session, new KvBuffers({ ...shape, numBlocks }), config, options.paddingSlack ?? 1.25, options.shareBlocks ?? true, runCost);
+    const lora = options.lora && options.lora.slots > 0 ? new LoraSlots(config, options.lora.slots, options.lora.rank) : null;
+    return new OnnxRunner(session, new KvBuffers({ ...shape, numBlocks }), config, options.paddingSlack ?? 1.25, options.shareBlocks ?? true, runCost, lora);
   }
 
   async step(seqs: readonly StepSequence[], options: StepOptions): Promise<SequenceRows[]> {
@@ -120,6 +126,7 @@ export class OnnxRunner implements StepRunner {
       [GRAPH_INPUTS.invTemperature]: floatTensor(layout.invTemperature, [layout.invTemperature.length]),
       [GRAPH_INPUTS.wantProbs]: new ort.Tensor("bool", [options.probs === true], []),
       [GRAPH_INPUTS.hiddenIndices]: int64Tensor(layout.hiddenIndices, [layout.hiddenIndices.length]),
+      ...(this.lora ? { ...this.lora.feeds, ...this.lora.rowsFeed(seqs.map((s) => s.loraSlot ?? 0), seq) } : {}),
     };
     const fetches = [...this.fetches, ...(options.fullLogits ? [GRAPH_OUTPUTS.logits] : []), ...(options.probs ? [GRAPH_OUTPUTS.probs] : []),
       ...(options.hidden ? [GRAPH_OUTPUTS.hidden] : [])];
