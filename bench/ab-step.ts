@@ -10,7 +10,9 @@
  * block (the quantization block size), kv (the KV cache dtype: float32|float16|int8), rope (op:
  * the RotaryEmbedding op, ops: plain ops), share (the runner reads blocks every sequence shares
  * once: true, the default, or per sequence: false), split (the runner splits a step by past
- * length where it pays: true, the default, or never: false).
+ * length where it pays: true, the default, or never: false), lora (SLOTS:RANK: a graph with LoRA
+ * slots, --max-loras and --max-lora-rank), mix (N: random adapters in slots 1…N, the batch's rows
+ * spread over them; 0, the default: every row on the base model).
  *
  * --shared-prefix N gives every sequence of the batch the same first N tokens, in the same
  * blocks (a prefix-cached system prompt), filled once. --ragged-context gives sequence b the
@@ -38,8 +40,8 @@ const { values } = parseArgs({
   },
 });
 
-export function parseBuild(text: string): GraphBuildOptions & { shareBlocks?: boolean; splitPasts?: boolean } {
-  const build: GraphBuildOptions & { shareBlocks?: boolean; splitPasts?: boolean } = {};
+export function parseBuild(text: string): GraphBuildOptions & { shareBlocks?: boolean; splitPasts?: boolean; loraMix?: number } {
+  const build: GraphBuildOptions & { shareBlocks?: boolean; splitPasts?: boolean; loraMix?: number } = {};
   for (const part of text.split(",").filter(Boolean)) {
     const [key, value] = part.split("=");
     if (key === "quantization" && QUANTIZATIONS.includes(value as Quantization)) build.quantization = value as Quantization;
@@ -49,7 +51,9 @@ export function parseBuild(text: string): GraphBuildOptions & { shareBlocks?: bo
     else if (key === "share" && (value === "true" || value === "false")) build.shareBlocks = value === "true";
     else if (key === "rope" && (value === "op" || value === "ops")) build.ropeOp = value === "op";
     else if (key === "kv" && KV_CACHE_DTYPES.includes(value as KvCacheDtype)) build.kvCacheDtype = value as KvCacheDtype;
-    else throw new Error(`bad build option ${JSON.stringify(part)}: use quantization=none|int8|int4, fuse=true|false, block=N, kv=float32|float16|int8, rope=op|ops, share=true|false, split=true|false`);
+    else if (key === "lora" && /^\d+:\d+$/.test(value)) [build.maxLoras, build.maxLoraRank] = value.split(":").map(Number);
+    else if (key === "mix" && /^\d+$/.test(value)) build.loraMix = Number(value);
+    else throw new Error(`bad build option ${JSON.stringify(part)}: use quantization=none|int8|int4, fuse=true|false, block=N, kv=float32|float16|int8, rope=op|ops, share=true|false, split=true|false, lora=SLOTS:RANK, mix=N`);
   }
   return build;
 }
@@ -60,8 +64,8 @@ const steps = Number(values.steps);
 const options = { batch: Number(values.batch), context: Number(values.context), steps: steps + 2, prefillLen: Number(values["prefill-len"]), threads: Number(values.threads), sharedPrefix: Number(values["shared-prefix"]), raggedContext: values["ragged-context"] };
 const sides: { label: string; fixture: StepFixture; decode: number[]; prefill: number[] }[] = [];
 for (const label of [values.a!, values.b!]) {
-  const { shareBlocks, splitPasts, ...build } = parseBuild(label);
-  const fixture = await openStepFixture(modelDir, build, { ...options, shareBlocks, splitPasts });
+  const { shareBlocks, splitPasts, loraMix, ...build } = parseBuild(label);
+  const fixture = await openStepFixture(modelDir, build, { ...options, shareBlocks, splitPasts, loraMix });
   await fixture.fill();
   await fixture.prefill(); // the session's first big run allocates its arena
   sides.push({ label, fixture, decode: [], prefill: [] });

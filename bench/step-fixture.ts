@@ -7,7 +7,12 @@
 import { KvBuffers } from "../engine/runner/onnx-host/kv-buffers.ts";
 import { OnnxRunner } from "../engine/runner/onnx-host/onnx-runner.ts";
 import type { StepSequence } from "../engine/runner/step-runner.ts";
-import { ensureGraph, type GraphBuildOptions } from "../models/build-graph.ts";
+import { DEFAULT_MAX_LORA_RANK, ensureGraph, type GraphBuildOptions } from "../models/build-graph.ts";
+import { cacheDir } from "../models/cache-dir.ts";
+import { readLoraAdapter } from "../models/lora/adapter.ts";
+import { writeRandomLoraAdapter } from "../models/synthetic/lora-adapter.ts";
+import { existsSync } from "node:fs";
+import { basename, join } from "node:path";
 import type { ModelConfig } from "../models/config.ts";
 import { Prng } from "../models/prng.ts";
 import { ensureDefaultModel, ensureSyntheticModel, SYNTHETIC_MODELS } from "../models/synthetic/default-model.ts";
@@ -26,6 +31,8 @@ export interface StepFixtureOptions {
   shareBlocks?: boolean;
   /** The runner's splitPasts (default on). */
   splitPasts?: boolean;
+  /** With a graph built with LoRA slots: load this many random adapters (of the slots' rank) and spread the batch's rows over them evenly (0: every row on the base model). */
+  loraMix?: number;
   /** Sequence b's context is shared + (context − shared)·(b + 1)/batch, instead of `context` for all: ragged pasts. */
   raggedContext?: boolean;
 }
@@ -60,7 +67,18 @@ export async function openStepFixture(modelDir: string, build: GraphBuildOptions
   const runner = await OnnxRunner.create({
     graphPath: graph.graphPath, config, device: "cpu", blockSize, kvCacheBytes: (1 + (batch + 1) * blocksPerSeq) * bytesPerBlock, kvCacheDtype,
     intraOpThreads: options.threads ?? 0, profileFilePrefix: options.profileFilePrefix, shareBlocks: options.shareBlocks, splitPasts: options.splitPasts,
+    ...(build.maxLoras ? { lora: { slots: build.maxLoras, rank: build.maxLoraRank ?? DEFAULT_MAX_LORA_RANK } } : {}),
   });
+  const mix = options.loraMix ?? 0;
+  if (mix > 0) {
+    if (!runner.lora || mix > runner.lora.numSlots) throw new Error(`--lora-mix ${mix} needs a graph with at least ${mix} LoRA slots (lora=N:R)`);
+    for (let slot = 1; slot <= mix; slot++) {
+      const path = cacheDir("lora", `${basename(modelDir)}-r${runner.lora.rank}-${slot}`);
+      if (!existsSync(join(path, "adapter_model.safetensors"))) writeRandomLoraAdapter(path, config, { rank: runner.lora.rank, alpha: 2 * runner.lora.rank, seed: slot });
+      runner.lora.load(slot, readLoraAdapter(path, config, `bench-${slot}`));
+    }
+  }
+  const slotOf = (b: number) => (mix > 0 ? 1 + (b % mix) : 0);
   const sharedBlocks = Math.floor((options.sharedPrefix ?? 0) / blockSize);
   const shared = sharedBlocks * blockSize;
   if (shared > context) throw new Error(`--shared-prefix ${shared} is longer than the context ${context}`);
@@ -82,9 +100,9 @@ export async function openStepFixture(modelDir: string, build: GraphBuildOptions
       for (let b = 0; b < batch; b++) {
         const from = b === 0 ? 0 : shared;
         const to = contextOf(b);
-        if (from < to) await timed([{ tokenIds: tokens(to - from), numPastTokens: from, blockTable: tables[b], logitsFrom: to - from - 1 }]);
+        if (from < to) await timed([{ tokenIds: tokens(to - from), numPastTokens: from, blockTable: tables[b], logitsFrom: to - from - 1, loraSlot: slotOf(b) }]);
       }
     },
-    decode: (t) => timed(tables.slice(0, batch).map((blockTable, b) => ({ tokenIds: tokens(1), numPastTokens: contextOf(b) + t, blockTable, logitsFrom: 0 }))),
+    decode: (t) => timed(tables.slice(0, batch).map((blockTable, b) => ({ tokenIds: tokens(1), numPastTokens: contextOf(b) + t, blockTable, logitsFrom: 0, loraSlot: slotOf(b) }))),
   };
 }
