@@ -114,12 +114,13 @@ describe("the graph cache", () => {
     const cuda = ensureGraph(model, { build: { device: "cuda" } });
     expect(cuda.built).toBe(true);
     expect(cuda.graphPath).not.toBe(cpu.graphPath);
-    expect(JSON.parse(readFileSync(join(dirname(cuda.graphPath), "meta.json"), "utf8")).build).toEqual({ dtype: "float32", quantization: "none", quantBlockSize: 0, device: "cuda", fuseProjections: false, ropeInAttention: false, kvCacheDtype: "float32", ropeOp: true });
+    expect(JSON.parse(readFileSync(join(dirname(cuda.graphPath), "meta.json"), "utf8")).build).toEqual({ dtype: "float32", quantization: "none", quantBlockSize: 0, device: "cuda", fuseProjections: false, ropeInAttention: false, kvCacheDtype: "float32", ropeOp: true, maxLoras: 0, maxLoraRank: 0 });
     const int4 = ensureGraph(model, { build: { quantization: "int4" } });
     const int4Blocks64 = ensureGraph(model, { build: { quantization: "int4", quantBlockSize: 64 } });
     const int8Kv = ensureGraph(model, { build: { kvCacheDtype: "int8" } });
     expect(int8Kv.kvCacheDtype).toBe("int8");
-    expect(new Set([cpu.graphPath, int4.graphPath, int4Blocks64.graphPath, int8Kv.graphPath]).size).toBe(4);
+    const lora = ensureGraph(model, { build: { maxLoras: 2, maxLoraRank: 8 } });
+    expect(new Set([cpu.graphPath, int4.graphPath, int4Blocks64.graphPath, int8Kv.graphPath, lora.graphPath]).size).toBe(5);
     expect(ensureGraph(model, { build: { quantization: "int4", quantBlockSize: 32 } })).toMatchObject({ built: false, graphPath: int4.graphPath });
     delete process.env.TOKENMILL_CACHE_DIR;
   });
