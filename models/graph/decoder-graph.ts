@@ -49,14 +49,15 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
 
   // NOTE: LoRA: each projection's output gains ((x·Aᵀ) ⊙ lora_rows)·Bᵀ over all slots at once (graph-io.ts); no per-row gather.
   const { lora } = options;
-  const loraRows = lora ? g.input(GRAPH_INPUTS.loraRows, DataType.FLOAT, ["num_rows", lora.slots * lora.rank]) : null;
+  // NOTE: the slots' width is the step's: the runner feeds slots 1…k (k the highest a row uses), 0 when none, so a step without adapters pays almost nothing.
+  const loraRows = lora ? g.input(GRAPH_INPUTS.loraRows, DataType.FLOAT, ["num_rows", "lora_width"]) : null;
   const adapted = (layer: number, module: string, x: string, y: string, widths: { inFeatures: number; outFeatures: number }) => {
     if (!lora || !loraRows) return y;
     const names = loraInputNames(layer, module);
-    const a = g.input(names.a, DataType.FLOAT, [lora.slots * lora.rank, widths.inFeatures]);
-    const b = g.input(names.b, DataType.FLOAT, [widths.outFeatures, lora.slots * lora.rank]);
+    const a = g.input(names.a, DataType.FLOAT, ["lora_width", widths.inFeatures]);
+    const b = g.input(names.b, DataType.FLOAT, ["lora_width", widths.outFeatures]);
     const down = g.op("Mul", [g.op("Gemm", [g.toFloat32(x), a], { transB: 1 }), loraRows]);
-    return g.op("Add", [y, g.toFloatType(g.op("Gemm", [down, b], { transB: 1 }))]);
+    return g.op("Add", [y, g.toFloatType(g.op("MatMul", [down, b]))]);
   };
   const widths = (module: LoraModule) => moduleShape(config, module);
 

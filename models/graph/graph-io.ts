@@ -75,12 +75,14 @@ export interface KvNames {
  * and adapted projection, every slot's A stacked by rows and B stacked by columns (B already
  * times its scale), and which slot's columns each row uses:
  *
- *   lora.L.MODULE.a   [N·R, in]    float32: slot s's A in rows s·R … s·R + r (zero past its rank)
- *   lora.L.MODULE.b   [out, N·R]   float32: slot s's scale·B in the same columns
- *   lora_rows         [rows, N·R]  float32: 1 in the columns of the row's slot, 0 elsewhere
+ *   lora.L.MODULE.a   [W, in]      float32: slot s's A in rows (s−1)·R … (s−1)·R + r (zero past its rank)
+ *   lora.L.MODULE.b   [W, out]     float32: slot s's (scale·B)ᵀ in the same rows
+ *   lora_rows         [rows, W]    float32: 1 in the columns of the row's slot, 0 elsewhere
  *                                  (a row without an adapter is all 0)
  *
- * so the projection adds ((x·aᵀ) ⊙ lora_rows)·bᵀ: every row its own adapter, in one step.
+ * so the projection adds ((x·aᵀ) ⊙ lora_rows)·b: every row its own adapter, in one step. W is
+ * the step's: k·R for the highest slot k a row of the step uses (slots 1…k are a prefix of each
+ * buffer), 0 when no row uses one.
  */
 export function loraInputNames(layer: number, module: string): { a: string; b: string } {
   return { a: `lora.${layer}.${module}.a`, b: `lora.${layer}.${module}.b` };

@@ -1,8 +1,8 @@
 /**
  * The graph with LoRA slots against the independent reference forward pass on merged weights
  * (W + scale·B·A), per family, to 1e-4: a mixed batch where one row runs the base model and
- * the others each their own adapter, in one step, in prefill and decode; an empty slot adds
- * nothing; an adapter loaded over another replaces it.
+ * the others each their own adapter, in one step, in prefill and decode; an empty slot, or a
+ * step fed no slot at all, adds nothing; an adapter loaded over another replaces it.
  */
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -74,6 +74,9 @@ describe.each(FAMILY_MODELS.filter((spec) => ["llama-untied-bias", "mistral-wind
     runner.lora!.clear(2);
     const [cleared] = await fullLogits(runner, [{ tokenIds: tokens, numPastTokens: 0, blockTable: [10, 11], logitsFrom: 6, loraSlot: 2 }]);
     expect(maxAbsDiff(cleared, plain[6])).toBeLessThan(TOLERANCE);
+    // A step whose rows use no slot is fed slots of width 0.
+    const [none] = await fullLogits(runner, [{ tokenIds: tokens, numPastTokens: 0, blockTable: [14, 15], logitsFrom: 6 }]);
+    expect(maxAbsDiff(none, plain[6])).toBeLessThan(TOLERANCE);
     const third = adapter(13, 3);
     runner.lora!.load(1, third);
     const [reloaded] = await fullLogits(runner, [{ tokenIds: tokens, numPastTokens: 0, blockTable: [12, 13], logitsFrom: 6, loraSlot: 1 }]);

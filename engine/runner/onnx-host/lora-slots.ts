@@ -1,9 +1,10 @@
 /**
  * The host buffers behind a LoRA graph's adapter inputs (models/graph/graph-io.ts): for each
- * layer and projection, every slot's A stacked by rows and scale·B stacked by columns, as
- * tensors made once over these buffers. Loading an adapter into a slot writes its rows and
- * columns (zero past its rank); no graph is rebuilt. Slot 0 is "no adapter"; slots 1…N are
- * the graph's N.
+ * layer and projection, every slot's A and (scale·B)ᵀ stacked by rows. A step is fed the
+ * prefix that holds slots 1…k, k the highest slot a row of it uses, as tensors over these
+ * buffers (made once per k, no copy); a step without adapters is fed width 0. Loading an
+ * adapter into a slot writes its rows (zero past its rank); no graph is rebuilt. Slot 0 is
+ * "no adapter"; slots 1…N are the runner's N.
  */
 import { GRAPH_INPUTS, loraInputNames, type ModelConfig } from "../../../models/index.ts";
 import { LORA_MODULES, moduleShape, type LoraAdapter } from "../../../models/index.ts";
@@ -18,8 +19,8 @@ interface ModuleBuffers {
 }
 
 export class LoraSlots {
-  /** The adapter tensors, fed every step as they are. */
-  readonly feeds: Record<string, ort.Tensor> = {};
+  /** The adapter tensors over slots 1…k, by k (0: none), made on first use. */
+  private readonly feedsByWidth = new Map<number, Record<string, ort.Tensor>>();
   private readonly buffers: ModuleBuffers[][] = [];
   private readonly width: number;
 
@@ -29,11 +30,7 @@ export class LoraSlots {
       const modules: ModuleBuffers[] = [];
       for (const module of LORA_MODULES) {
         const { inFeatures, outFeatures } = moduleShape(config, module);
-        const buffers = { a: new Float32Array(this.width * inFeatures), b: new Float32Array(outFeatures * this.width), inFeatures, outFeatures };
-        const names = loraInputNames(layer, module);
-        this.feeds[names.a] = new ort.Tensor("float32", buffers.a, [this.width, inFeatures]);
-        this.feeds[names.b] = new ort.Tensor("float32", buffers.b, [outFeatures, this.width]);
-        modules.push(buffers);
+        modules.push({ a: new Float32Array(this.width * inFeatures), b: new Float32Array(this.width * outFeatures), inFeatures, outFeatures });
       }
       this.buffers.push(modules);
     }
@@ -52,8 +49,9 @@ export class LoraSlots {
         if (!lora) return;
         const { a, b, inFeatures, outFeatures } = this.buffers[layer][m];
         a.set(lora.a, base * inFeatures);
-        for (let o = 0; o < outFeatures; o++) {
-          for (let j = 0; j < lora.rank; j++) b[o * this.width + base + j] = lora.b[o * lora.rank + j] * lora.scale;
+        // (scale·B)ᵀ: row j of the slot is B's column j.
+        for (let j = 0; j < lora.rank; j++) {
+          for (let o = 0; o < outFeatures; o++) b[(base + j) * outFeatures + o] = lora.b[o * lora.rank + j] * lora.scale;
         }
       });
     });
@@ -66,20 +64,43 @@ export class LoraSlots {
     for (const modules of this.buffers) {
       for (const { a, b, inFeatures, outFeatures } of modules) {
         a.fill(0, base * inFeatures, (base + this.rank) * inFeatures);
-        for (let o = 0; o < outFeatures; o++) b.fill(0, o * this.width + base, o * this.width + base + this.rank);
+        b.fill(0, base * outFeatures, (base + this.rank) * outFeatures);
       }
     }
   }
 
-  /** lora_rows for a step's [batch, seq] rows: each sequence's rows take its slot's columns (slot 0: none). */
-  rowsFeed(slots: readonly number[], seqLen: number): Record<string, ort.Tensor> {
-    const rows = new Float32Array(slots.length * seqLen * this.width);
+  /**
+   * A step's feeds for its [batch, seq] rows: the slots 1…k its rows use (k the highest), and
+   * lora_rows, where each sequence's rows take its slot's columns (slot 0: none).
+   */
+  stepFeeds(slots: readonly number[], seqLen: number): Record<string, ort.Tensor> {
+    for (const slot of slots) if (slot !== 0) this.checkSlot(slot);
+    const k = Math.max(0, ...slots);
+    const width = k * this.rank;
+    const rows = new Float32Array(slots.length * seqLen * width);
     slots.forEach((slot, b) => {
       if (slot === 0) return;
-      this.checkSlot(slot);
-      for (let s = 0; s < seqLen; s++) rows.fill(1, (b * seqLen + s) * this.width + (slot - 1) * this.rank, (b * seqLen + s) * this.width + slot * this.rank);
+      for (let s = 0; s < seqLen; s++) rows.fill(1, (b * seqLen + s) * width + (slot - 1) * this.rank, (b * seqLen + s) * width + slot * this.rank);
     });
-    return { [GRAPH_INPUTS.loraRows]: new ort.Tensor("float32", rows, [slots.length * seqLen, this.width]) };
+    return { ...this.feedsFor(k), [GRAPH_INPUTS.loraRows]: new ort.Tensor("float32", rows, [slots.length * seqLen, width]) };
+  }
+
+  /** The adapter tensors over slots 1…k: views of the buffers' first k·R rows. */
+  private feedsFor(k: number): Record<string, ort.Tensor> {
+    let feeds = this.feedsByWidth.get(k);
+    if (feeds) return feeds;
+    feeds = {};
+    const width = k * this.rank;
+    for (let layer = 0; layer < this.config.numLayers; layer++) {
+      LORA_MODULES.forEach((module, m) => {
+        const { a, b, inFeatures, outFeatures } = this.buffers[layer][m];
+        const names = loraInputNames(layer, module);
+        feeds![names.a] = new ort.Tensor("float32", a.subarray(0, width * inFeatures), [width, inFeatures]);
+        feeds![names.b] = new ort.Tensor("float32", b.subarray(0, width * outFeatures), [width, outFeatures]);
+      });
+    }
+    this.feedsByWidth.set(k, feeds);
+    return feeds;
   }
 
   private checkSlot(slot: number): void {

@@ -126,7 +126,7 @@ export class OnnxRunner implements StepRunner {
       [GRAPH_INPUTS.invTemperature]: floatTensor(layout.invTemperature, [layout.invTemperature.length]),
       [GRAPH_INPUTS.wantProbs]: new ort.Tensor("bool", [options.probs === true], []),
       [GRAPH_INPUTS.hiddenIndices]: int64Tensor(layout.hiddenIndices, [layout.hiddenIndices.length]),
-      ...(this.lora ? { ...this.lora.feeds, ...this.lora.rowsFeed(seqs.map((s) => s.loraSlot ?? 0), seq) } : {}),
+      ...(this.lora ? this.lora.stepFeeds(seqs.map((s) => s.loraSlot ?? 0), seq) : {}),
     };
     const fetches = [...this.fetches, ...(options.fullLogits ? [GRAPH_OUTPUTS.logits] : []), ...(options.probs ? [GRAPH_OUTPUTS.probs] : []),
       ...(options.hidden ? [GRAPH_OUTPUTS.hidden] : [])];
