@@ -5,7 +5,7 @@
 import type { KeyLimits } from "./limits/key-limits.ts";
 import { parseModelLimits } from "./limits/model-limits.ts";
 import type { Period } from "./limits/periods.ts";
-import type { ApiKeyTable, TeamTable } from "./store/database.ts";
+import type { OwnerColumns } from "./store/database.ts";
 
 /** The scheduling tier a key's requests get (the engine's priority tiers). */
 export type KeyPriority = "interactive" | "standard" | "batch";
@@ -16,7 +16,7 @@ export type DataResidency = "any" | "local";
 export const DATA_RESIDENCIES: readonly DataResidency[] = ["any", "local"];
 
 /** What keys and teams both have, read from their columns. */
-export function ownedColumns(row: Pick<TeamTable, "priority" | "model_limits" | "data_residency"> & LimitColumns) {
+export function ownedColumns(row: Pick<OwnerColumns, "priority" | "model_limits" | "data_residency"> & LimitColumns) {
   return {
     priority: (row.priority as KeyPriority | null) ?? "standard", ownPriority: row.priority !== null,
     limits: {
@@ -34,7 +34,7 @@ export const numberOrNull = (value: number | null | undefined) => (value === nul
 /** "any" is stored as null. */
 export const residencyColumn = (value: DataResidency | null | undefined) => (value === "local" ? "local" : null);
 
-export type LimitColumns = Pick<ApiKeyTable, "rpm" | "tpm" | "max_parallel" | "budget_micro_usd" | "budget_period" | "token_quota" | "quota_period">;
+export type LimitColumns = Pick<OwnerColumns, "rpm" | "tpm" | "max_parallel" | "budget_micro_usd" | "budget_period" | "token_quota" | "quota_period">;
 
 /** The limit columns a (partial) set of limits writes; undefined: leave alone. */
 export function limitColumns(limits: Partial<KeyLimits>): { [C in keyof LimitColumns]: LimitColumns[C] | undefined } {

@@ -2,24 +2,15 @@
  * The service's tables, as Kysely sees them. Money is integer micro-USD and times are epoch
  * milliseconds, so SQLite and PostgreSQL hold identical values.
  */
-export interface ApiKeyTable {
-  id: string;
-  name: string;
-  /** What the key starts with, for people to tell keys apart ("tm-Ab12Cd…"). */
-  prefix: string;
-  /** SHA-256 of the secret, hex. The secret itself is never stored. */
-  secret_hash: string;
-  /** JSON array of model names the key may use; null: every model. */
+/** The columns keys and teams both have (owner-columns.ts reads and writes them). */
+export interface OwnerColumns {
+  /** JSON array of model names it may use; null: every model. */
   models: string | null;
   /** JSON object, the caller's own. */
   metadata: string | null;
-  created_ms: number;
-  expires_ms: number | null;
-  revoked_ms: number | null;
-  last_used_ms: number | null;
-  /** The scheduling tier of the key's requests; null: standard. */
+  /** The scheduling tier of its requests; null: standard (a key's: its team's, else standard). */
   priority: string | null;
-  /** Limits (null: the server's default, if any): requests and tokens per minute, requests in flight. */
+  /** Limits (null: none; a key's: the server's default, if any): requests and tokens per minute, requests in flight. */
   rpm: number | null;
   tpm: number | null;
   max_parallel: number | null;
@@ -29,34 +20,35 @@ export interface ApiKeyTable {
   /** Tokens per quota_period. */
   token_quota: number | null;
   quota_period: string | null;
-  /** The team the key belongs to; null: none. */
-  team_id: string | null;
   /** JSON: per-model budgets and quotas (limits/model-limits.ts); null: none. */
   model_limits: string | null;
   /** local: its requests never go to an upstream provider; null: any. */
   data_residency: string | null;
 }
 
-/** A team: keys share its limits, on top of their own. Its columns read as a key's. */
-export interface TeamTable {
+export interface ApiKeyTable extends OwnerColumns {
   id: string;
   name: string;
-  models: string | null;
-  metadata: string | null;
-  priority: string | null;
+  /** What the key starts with, for people to tell keys apart ("tm-Ab12Cd…"). */
+  prefix: string;
+  /** SHA-256 of the secret, hex. The secret itself is never stored. */
+  secret_hash: string;
   created_ms: number;
-  rpm: number | null;
-  tpm: number | null;
-  max_parallel: number | null;
-  budget_micro_usd: number | null;
-  budget_period: string | null;
-  token_quota: number | null;
-  quota_period: string | null;
+  expires_ms: number | null;
+  revoked_ms: number | null;
+  last_used_ms: number | null;
+  /** The team the key belongs to; null: none. */
+  team_id: string | null;
+}
+
+/** A team: keys share its limits, on top of their own. */
+export interface TeamTable extends OwnerColumns {
+  id: string;
+  name: string;
+  created_ms: number;
   /** The budget each of its keys has when the key sets none (a per-member cap). */
   member_budget_micro_usd: number | null;
   member_budget_period: string | null;
-  model_limits: string | null;
-  data_residency: string | null;
 }
 
 /** What a key has used and has reserved (by requests in flight) of one meter in one period. */

@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ensureGraph, type GraphBuildOptions } from "../../models/build-graph.ts";
 import { openWeights } from "../../models/weights/safetensors.ts";
+import { mergedWeight, type LoraAdapter, type LoraModule } from "../../models/lora/adapter.ts";
 import { KvBuffers } from "../../engine/runner/onnx-host/kv-buffers.ts";
 import { OnnxRunner } from "../../engine/runner/onnx-host/onnx-runner.ts";
 import type { StepSequence } from "../../engine/runner/step-runner.ts";
@@ -36,6 +37,16 @@ function withReference<T>(dir: string, run: (config: Record<string, unknown>, ge
 /** Logits of the independent TypeScript forward pass at every position. */
 export function referenceFor(dir: string, tokenIds: number[]): Float32Array[] {
   return withReference(dir, (config, get) => referenceLogits(config, get, tokenIds));
+}
+
+/** The same, on the checkpoint's weights merged with a LoRA adapter (W + scale·B·A for each projection it adapts). */
+export function referenceWithAdapter(dir: string, tokenIds: number[], adapter: LoraAdapter): Float32Array[] {
+  return withReference(dir, (config, get) => referenceLogits(config, (name) => {
+    const tensor = get(name);
+    const match = /^model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.weight$/.exec(name);
+    const lora = match ? adapter.layers[Number(match[1])][match[2] as LoraModule] : undefined;
+    return lora ? { ...tensor, data: mergedWeight(tensor.data, lora) } : tensor;
+  }, tokenIds));
 }
 
 /** Final hidden states of the independent TypeScript forward pass at every position. */

@@ -5,38 +5,21 @@
  * independent reference forward pass on merged weights, which the adapter must change; and
  * each kind of adapter tokenmill refuses, with the reason named.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { parseModelConfig } from "../../models/config.ts";
-import { LORA_MODULES, mergedWeight, modulePath, readLoraAdapter, type LoraAdapter, type LoraModule } from "../../models/lora/adapter.ts";
+import { LORA_MODULES, mergedWeight, modulePath, readLoraAdapter } from "../../models/lora/adapter.ts";
 import { writeRandomLoraAdapter } from "../../models/synthetic/lora-adapter.ts";
 import { openWeights, writeSafetensors } from "../../models/weights/safetensors.ts";
-import { referenceLogits } from "../reference/forward.ts";
-import { maxAbsDiff, seededTokens } from "../helpers/runner.ts";
+import { maxAbsDiff, referenceFor, referenceWithAdapter, seededTokens } from "../helpers/runner.ts";
 import { BASE_CONFIG, FAMILY_MODELS, tinyCheckpoint } from "../helpers/tiny-models.ts";
 
 const scratch = mkdtempSync(join(tmpdir(), "tokenmill-lora-"));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 let count = 0;
 const adapterDir = () => join(scratch, `adapter-${count++}`);
-
-/** The reference logits on the base weights, or on the weights merged with an adapter. */
-function referenceWith(dir: string, tokens: number[], adapter: LoraAdapter | null): Float32Array[] {
-  const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as Record<string, unknown>;
-  const weights = openWeights(dir);
-  try {
-    return referenceLogits(config, (name) => {
-      const tensor = { shape: weights.info(name).shape, data: weights.readFloat32(name) };
-      const match = /^model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.weight$/.exec(name);
-      const lora = match && adapter ? adapter.layers[Number(match[1])][match[2] as LoraModule] : undefined;
-      return lora ? { ...tensor, data: mergedWeight(tensor.data, lora) } : tensor;
-    }, tokens);
-  } finally {
-    weights.close();
-  }
-}
 
 describe.each(FAMILY_MODELS.filter((spec) => ["llama-tied", "mistral-window", "qwen3-qknorm"].includes(spec.name)))("a PEFT adapter of $name", (spec) => {
   const dir = tinyCheckpoint(spec);
@@ -69,8 +52,8 @@ describe.each(FAMILY_MODELS.filter((spec) => ["llama-tied", "mistral-window", "q
       expect(merged[o * lora.inFeatures + i]).toBeCloseTo(weight[o * lora.inFeatures + i] + lora.scale * delta, 6);
     }
     const tokens = seededTokens(9, spec.config.vocab_size as number, 2);
-    const plain = referenceWith(dir, tokens, null);
-    const tuned = referenceWith(dir, tokens, adapter);
+    const plain = referenceFor(dir, tokens);
+    const tuned = referenceWithAdapter(dir, tokens, adapter);
     expect(Math.max(...plain.map((row, i) => maxAbsDiff(row, tuned[i])))).toBeGreaterThan(1e-3);
   });
 });

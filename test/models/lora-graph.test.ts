@@ -4,37 +4,20 @@
  * the others each their own adapter, in one step, in prefill and decode; an empty slot, or a
  * step fed no slot at all, adds nothing; an adapter loaded over another replaces it.
  */
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import type { OnnxRunner } from "../../engine/runner/onnx-host/onnx-runner.ts";
 import { parseModelConfig } from "../../models/config.ts";
-import { mergedWeight, readLoraAdapter, type LoraAdapter, type LoraModule } from "../../models/lora/adapter.ts";
+import { readLoraAdapter, type LoraModule } from "../../models/lora/adapter.ts";
 import { writeRandomLoraAdapter } from "../../models/synthetic/lora-adapter.ts";
-import { openWeights } from "../../models/weights/safetensors.ts";
-import { referenceLogits } from "../reference/forward.ts";
-import { fullLogits, loadRunner, maxAbsDiff, seededTokens } from "../helpers/runner.ts";
+import { fullLogits, loadRunner, maxAbsDiff, referenceFor, referenceWithAdapter, seededTokens } from "../helpers/runner.ts";
 import { FAMILY_MODELS, tinyCheckpoint } from "../helpers/tiny-models.ts";
 
 const TOLERANCE = 1e-4;
 const scratch = mkdtempSync(join(tmpdir(), "tokenmill-lora-graph-"));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
-
-function referenceWith(dir: string, tokens: number[], adapter: LoraAdapter | null): Float32Array[] {
-  const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as Record<string, unknown>;
-  const weights = openWeights(dir);
-  try {
-    return referenceLogits(config, (name) => {
-      const tensor = { shape: weights.info(name).shape, data: weights.readFloat32(name) };
-      const match = /^model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.weight$/.exec(name);
-      const lora = match && adapter ? adapter.layers[Number(match[1])][match[2] as LoraModule] : undefined;
-      return lora ? { ...tensor, data: mergedWeight(tensor.data, lora) } : tensor;
-    }, tokens);
-  } finally {
-    weights.close();
-  }
-}
 
 describe.each(FAMILY_MODELS.filter((spec) => ["llama-untied-bias", "mistral-window", "qwen3-qknorm"].includes(spec.name)))("LoRA slots on $name", (spec) => {
   const dir = tinyCheckpoint(spec);
@@ -56,9 +39,9 @@ describe.each(FAMILY_MODELS.filter((spec) => ["llama-untied-bias", "mistral-wind
     runner.lora!.load(1, first);
     runner.lora!.load(2, second);
     const tokens = [seededTokens(9, vocab, 1), seededTokens(9, vocab, 2), seededTokens(9, vocab, 3)];
-    const expected = [referenceWith(dir, tokens[0], null), referenceWith(dir, tokens[1], first), referenceWith(dir, tokens[2], second)];
+    const expected = [referenceFor(dir, tokens[0]), referenceWithAdapter(dir, tokens[1], first), referenceWithAdapter(dir, tokens[2], second)];
     // The adapters change the logits, so the comparison below can fail.
-    expect(maxAbsDiff(referenceWith(dir, tokens[1], null)[8], expected[1][8])).toBeGreaterThan(1e-2);
+    expect(maxAbsDiff(referenceFor(dir, tokens[1])[8], expected[1][8])).toBeGreaterThan(1e-2);
     const tables = [[1, 2, 3], [4, 5, 6], [7, 8, 9]];
     const prefill = await fullLogits(runner, tokens.map((t, b) => ({ tokenIds: t.slice(0, 6), numPastTokens: 0, blockTable: tables[b], logitsFrom: 5, loraSlot: b })));
     prefill.forEach((logits, b) => expect(maxAbsDiff(logits, expected[b][5]), `sequence ${b} prefill`).toBeLessThan(TOLERANCE));
@@ -70,7 +53,7 @@ describe.each(FAMILY_MODELS.filter((spec) => ["llama-untied-bias", "mistral-wind
 
   it("adds nothing from an empty or cleared slot, and a slot reloaded runs its new adapter", async () => {
     const tokens = seededTokens(7, vocab, 4);
-    const plain = referenceWith(dir, tokens, null);
+    const plain = referenceFor(dir, tokens);
     runner.lora!.clear(2);
     const [cleared] = await fullLogits(runner, [{ tokenIds: tokens, numPastTokens: 0, blockTable: [10, 11], logitsFrom: 6, loraSlot: 2 }]);
     expect(maxAbsDiff(cleared, plain[6])).toBeLessThan(TOLERANCE);
@@ -80,7 +63,7 @@ describe.each(FAMILY_MODELS.filter((spec) => ["llama-untied-bias", "mistral-wind
     const third = adapter(13, 3);
     runner.lora!.load(1, third);
     const [reloaded] = await fullLogits(runner, [{ tokenIds: tokens, numPastTokens: 0, blockTable: [12, 13], logitsFrom: 6, loraSlot: 1 }]);
-    expect(maxAbsDiff(reloaded, referenceWith(dir, tokens, third)[6])).toBeLessThan(TOLERANCE);
+    expect(maxAbsDiff(reloaded, referenceWithAdapter(dir, tokens, third)[6])).toBeLessThan(TOLERANCE);
     expect(() => runner.lora!.load(3, third)).toThrow(/LoRA slot 3 is not one of 1…2/);
     expect(() => runner.lora!.load(1, adapter(14, 8))).toThrow(/rank 8, above --max-lora-rank 4/);
   });
