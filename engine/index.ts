@@ -1,7 +1,7 @@
 /** The public entry point of engine/. */
 export { Engine, RESTART_BACKOFF, type EngineEvent, type EngineState } from "./thread/engine.ts";
 export { EngineError, type EngineErrorCode } from "./common/engine-error.ts";
-export { DEFAULT_ENGINE_OPTIONS, parseBytes, type EngineInfo, type EngineOptions } from "./thread/engine-options.ts";
+export { DEFAULT_ENGINE_OPTIONS, parseBytes, type AdapterInfo, type EngineInfo, type EngineOptions, type LoraModuleSpec } from "./thread/engine-options.ts";
 export type { EngineStatsSnapshot } from "./core/engine-stats.ts";
 export {
   GREEDY, POOLINGS, type EngineOutput, type EngineRequest, type FinishReason, type Pooling, type PositionLogprob, type Priority, type PromptLogprob, type RequestUsage, type SamplingParams,

@@ -64,6 +64,11 @@ export interface EngineRequest {
    * and the prefix cache is not read (every row is computed, so usage is all uncached input).
    */
   pooling?: Pooling;
+  /**
+   * Run under this LoRA adapter (loaded into the engine by name); undefined: the base model.
+   * Its KV blocks are cached under the adapter, never shared with other weights.
+   */
+  adapter?: string;
 }
 
 export type FinishReason = "stop" | "length" | "abort";

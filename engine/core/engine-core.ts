@@ -17,9 +17,11 @@ import type { SequenceRows } from "../runner/step-rows.ts";
 import { OutputProcessor } from "./output-processor.ts";
 import { type ScheduledSequence, Scheduler } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
-import { EngineStats } from "./engine-stats.ts";
+import { EngineStats, type LoraState } from "./engine-stats.ts";
 import type { TextCodec } from "../text/text-codec.ts";
 import { GrammarError } from "../common/grammar-spec.ts";
+import { AdapterSlots, type ServedAdapter } from "./adapter-slots.ts";
+import type { LoraAdapter } from "../../models/index.ts";
 import type { GrammarSession } from "../common/grammar-session.ts";
 
 export interface EngineCoreOptions {
@@ -42,6 +44,11 @@ export class EngineCore {
   readonly scheduler: Scheduler;
   readonly kv: KvCacheManager;
   readonly stats = new EngineStats();
+  /** The runner's LoRA slots, filled on demand; null: its graph has none. */
+  readonly adapterSlots: AdapterSlots | null;
+  /** The LoRA adapters requests may name, by name (more than there are slots, as may be). */
+  private readonly adapters = new Map<string, ServedAdapter>();
+  private numAdapterLoads = 0;
   private readonly pendingAdds: Sequence[] = [];
   private readonly pendingAborts = new Set<string>();
   private readonly sequences = new Map<string, Sequence[]>();
@@ -56,12 +63,47 @@ export class EngineCore {
   /** @param codec turns tokens into text; without one, outputs carry token ids only. */
   constructor(private readonly runner: StepRunner, private readonly options: EngineCoreOptions, private readonly codec: TextCodec | null = null) {
     this.kv = new KvCacheManager(new BlockPool(options.numBlocks), options.blockSize, options.enablePrefixCaching ?? true);
-    this.scheduler = new Scheduler(this.kv, options);
+    this.adapterSlots = runner.lora ? new AdapterSlots(runner.lora) : null;
+    this.scheduler = new Scheduler(this.kv, options, this.adapterSlots);
     this.outputs = new OutputProcessor(this.kv, this.stats, { promptComputed: (seq) => this.forkCopies(seq), finish: (seq) => this.finish(seq) }, {
       vocabSize: runner.vocabSize, hiddenSize: runner.hiddenSize, maxModelLen: options.maxModelLen, eosTokenIds: options.eosTokenIds,
     }, codec);
     const grammar = options.grammar;
     if (grammar?.state) this.stats.grammarState = () => grammar.state!();
+    if (this.adapterSlots) this.stats.loraState = () => this.loraState();
+  }
+
+  /**
+   * Serves a LoRA adapter under `name`: requests naming it run under it. Nothing is written to
+   * a slot until a request needs it. Throws EngineError for an engine without slots, a rank the
+   * slots can't hold, or a name already served.
+   */
+  loadAdapter(name: string, weights: LoraAdapter): void {
+    const slots = this.runner.lora;
+    if (!slots) throw new EngineError("INVALID_REQUEST", "this engine has no LoRA slots: start it with --enable-lora (and --max-loras, --max-lora-rank)");
+    if (this.adapters.has(name)) throw new EngineError("INVALID_REQUEST", `a LoRA adapter named ${name} is already loaded`, "lora_name");
+    if (weights.maxRank > slots.rank) {
+      throw new EngineError("INVALID_REQUEST", `the LoRA adapter ${name} has rank ${weights.maxRank}, above --max-lora-rank ${slots.rank}; restart with a larger --max-lora-rank`, "lora_path");
+    }
+    this.adapters.set(name, { name, cacheKey: `lora:${name}#${++this.numAdapterLoads}`, weights });
+  }
+
+  /** Stops serving an adapter: new requests can't name it; those already admitted finish under it. Returns whether it was loaded. */
+  unloadAdapter(name: string): boolean {
+    const adapter = this.adapters.get(name);
+    if (!adapter) return false;
+    this.adapters.delete(name);
+    this.adapterSlots?.release(adapter, this.scheduler.slotsInUse());
+    return true;
+  }
+
+  /** The adapters' state for the lora_requests_info gauge: those of running and of waiting sequences, and the slots. */
+  private loraState(): LoraState {
+    const namesOf = (seqs: readonly Sequence[]) => [...new Set(seqs.flatMap((seq) => (seq.adapter ? [seq.adapter.name] : [])))];
+    return {
+      maxLoras: this.adapterSlots!.numSlots, running: namesOf(this.scheduler.running), waiting: namesOf(this.scheduler.waiting),
+      loaded: [...this.adapters.keys()], inSlots: this.adapterSlots!.names, numSlotLoads: this.adapterSlots!.numLoads,
+    };
   }
 
   /** Checks a request (checkRequest) and queues it for the next step; throws EngineError for requests that can never run. */
@@ -80,7 +122,10 @@ export class EngineCore {
     // NOTE: a grammar ends with a stop token, ignore_eos or not.
     const stop = new Set([...(request.stopTokenIds ?? []), ...(request.ignoreEos && !request.grammar ? [] : this.options.eosTokenIds)]);
     const n = request.n ?? 1;
+    const adapter = request.adapter === undefined ? null : this.adapters.get(request.adapter);
+    if (adapter === undefined) throw new EngineError("INVALID_REQUEST", `no LoRA adapter named ${request.adapter} is loaded`, "model");
     const seqs = Array.from({ length: n }, (_, index) => this.makeSequence(request, index, stop));
+    for (const seq of seqs) seq.adapter = adapter;
     this.sequences.set(request.requestId, seqs);
     if (n > 1) this.pendingForks.set(request.requestId, seqs.slice(1));
     if (request.grammar) this.openGrammar(request.requestId, request.grammar, seqs);
@@ -142,7 +187,7 @@ export class EngineCore {
       // NOTE: the grammar threads accept the last tokens and compute the next masks while the model runs.
       const masking = this.startMasks(scheduled);
       const hidden = scheduled.some(({ seq }) => seq.pooling !== null);
-      const logits = await this.runner.step(scheduled.map(toStepSequence), { fullLogits: needs.includes("logits"), probs: needs.includes("probs"), hidden })
+      const logits = await this.runner.step(scheduled.map(withSlot), { fullLogits: needs.includes("logits"), probs: needs.includes("probs"), hidden })
         .catch((err: unknown) => this.failStep(scheduled, err, outputs));
       const { masks, failed: failedAlone } = await masking();
       this.processAll(scheduled, logits, needs, outputs, masks, failedAlone);
@@ -299,6 +344,12 @@ function usageOf(seqs: readonly Sequence[]): RequestUsage {
 function stepNeedOf(seq: Sequence): LogitsNeed {
   if (seq.pooling) return "top";
   return seq.promptLogprobs && seq.numComputedTokens < seq.numPromptTokens ? "logits" : logitsNeedOf(seq.sampling, seq.grammarKey !== null);
+}
+
+/** A scheduled sequence as the runner takes it, with its LoRA slot when it runs under an adapter. */
+function withSlot(scheduled: ScheduledSequence): StepSequence {
+  const step = toStepSequence(scheduled);
+  return scheduled.seq.loraSlot === 0 ? step : { ...step, loraSlot: scheduled.seq.loraSlot };
 }
 
 function toStepSequence({ seq, numNewTokens }: ScheduledSequence): StepSequence {

@@ -7,6 +7,20 @@ import type { Scheduler } from "./scheduler.ts";
 import type { Sequence } from "./sequence.ts";
 import type { GrammarState } from "../common/grammar-session.ts";
 
+/** The LoRA adapters at a snapshot: what the lora_requests_info gauge and the per-adapter metrics read. */
+export interface LoraState {
+  /** The slots (--max-loras). */
+  maxLoras: number;
+  /** Adapters of running sequences, and of waiting ones. */
+  running: string[];
+  waiting: string[];
+  /** Every adapter requests may name, and those a slot holds now. */
+  loaded: string[];
+  inSlots: string[];
+  /** Adapters written into a slot since the engine started. */
+  numSlotLoads: number;
+}
+
 export interface EngineStatsSnapshot {
   numRunning: number;
   numWaiting: number;
@@ -22,6 +36,8 @@ export interface EngineStatsSnapshot {
   grammarWaitSeconds: number;
   /** The grammar threads (null: none started, or no grammar engine). */
   grammar: GrammarState | null;
+  /** The LoRA adapters (null: the engine has no slots). */
+  lora: LoraState | null;
   /** Latency samples since the last snapshot, in seconds. */
   ttftSeconds: number[];
   interTokenSeconds: number[];
@@ -35,6 +51,8 @@ export class EngineStats {
   grammarWaitSeconds = 0;
   /** Reads the grammar threads' state at each snapshot. */
   grammarState: (() => GrammarState) | null = null;
+  /** Reads the LoRA adapters' state at each snapshot. */
+  loraState: (() => LoraState) | null = null;
   private numRunning = 0;
   private numWaiting = 0;
   private kvCacheUsage = 0;
@@ -82,6 +100,7 @@ export class EngineStats {
       numPreemptions: this.numPreemptions, numPromptTokens: this.numPromptTokens, numGenerationTokens: this.numGenerationTokens,
       numGrammarSteps: this.numGrammarSteps, grammarMaskSeconds: this.grammarMaskSeconds, grammarWaitSeconds: this.grammarWaitSeconds,
       grammar: this.grammarState?.() ?? null,
+      lora: this.loraState?.() ?? null,
       ttftSeconds: this.ttftSeconds, interTokenSeconds: this.interTokenSeconds, e2eSeconds: this.e2eSeconds,
     };
     this.ttftSeconds = [];

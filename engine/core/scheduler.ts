@@ -9,10 +9,15 @@
  * running sequence of the lowest tier is preempted and recomputed later; so is one when every
  * slot is taken and a sequence of a higher tier waits (as vLLM's priority policy does), so
  * that a chat request never waits for a bulk job's long generation to end.
+ *
+ * A sequence under a LoRA adapter is admitted only once its adapter holds a slot
+ * (adapter-slots.ts); while every slot is used by running sequences it waits, and the sequences
+ * behind it that can run are admitted meanwhile.
  */
 import type { KvCacheManager } from "../kv-cache/kv-cache-manager.ts";
 import type { Sequence } from "./sequence.ts";
 import { RANK, TieredQueue, type WaitingQueue } from "./waiting-queue.ts";
+import type { AdapterSlots } from "./adapter-slots.ts";
 
 export { DEFAULT_BATCH_MAX_WAIT_MS } from "./waiting-queue.ts";
 
@@ -76,7 +81,8 @@ export class Scheduler {
   /** Where the batch tier's turn starts, when batchStepSeqs caps it. */
   private batchTurn = 0;
 
-  constructor(private readonly kv: KvCacheManager, private readonly limits: SchedulerLimits, queue?: WaitingQueue) {
+  /** @param adapters the runner's LoRA slots; null: the graph has none (no sequence has an adapter). */
+  constructor(private readonly kv: KvCacheManager, private readonly limits: SchedulerLimits, private readonly adapters: AdapterSlots | null = null, queue?: WaitingQueue) {
     this.queue = queue ?? new TieredQueue(limits.batchMaxWaitMs);
   }
 
@@ -129,8 +135,13 @@ export class Scheduler {
 
     // NOTE: after a preemption the pool is short and admitting new work would only thrash, unless the
     // sequence outranks the lowest running one: then it takes that one's blocks, as it would take its slot.
-    while (step.budget > 0 && this.waiting.length > 0 && this.running.length < this.limits.maxNumSeqs) {
-      const seq = this.queue.next(nowMs)!;
+    const waitsForSlot = new Set<Sequence>();
+    while (step.budget > 0 && this.waiting.length > waitsForSlot.size && this.running.length < this.limits.maxNumSeqs) {
+      const seq = this.queue.next(nowMs, (s) => waitsForSlot.has(s))!;
+      if (!this.takeAdapterSlot(seq)) {
+        waitsForSlot.add(seq);
+        continue;
+      }
       if (seq.priority === "batch" && step.numBatch >= batchCap) break;
       const outranks = () => this.running.length > 0 && rankOf(seq) < rankOf(this.victim());
       if (step.preempted.length > 0 && !outranks()) break;
@@ -157,6 +168,26 @@ export class Scheduler {
       step.grant(seq, numNewTokens);
     }
     return { scheduled: step.scheduled, preempted: [...displaced, ...step.preempted] };
+  }
+
+  /** Puts the sequence's adapter in a slot, if it has one (true), or says it must wait for one (false). */
+  private takeAdapterSlot(seq: Sequence): boolean {
+    if (!seq.adapter) return true;
+    const slot = this.adapters?.acquire(seq.adapter, this.slotsInUse()) ?? null;
+    if (slot === null) return false;
+    seq.loraSlot = slot;
+    return true;
+  }
+
+  private mayGetSlot(seq: Sequence): boolean {
+    return !seq.adapter || (this.adapters?.canAcquire(seq.adapter, this.slotsInUse()) ?? false);
+  }
+
+  /** The LoRA slots running sequences use. */
+  slotsInUse(): Set<number> {
+    const slots = new Set<number>();
+    for (const seq of this.running) if (seq.loraSlot !== 0) slots.add(seq.loraSlot);
+    return slots;
   }
 
   /** Preempts `victim` to free blocks this step: the one place a preemption is made while granting. */
@@ -194,7 +225,8 @@ export class Scheduler {
   private firstPrefillRank(nowMs: number): number {
     if (this.waiting.length === 0 || this.running.length === 0 || this.running.length >= this.limits.maxNumSeqs) return Infinity;
     const rankOf = this.rankAt(nowMs);
-    const next = this.queue.next(nowMs)!;
+    const next = this.queue.next(nowMs, (seq) => !this.mayGetSlot(seq));
+    if (!next) return Infinity;
     const rank = rankOf(next);
     if (next.numComputedTokens > 0 || rank === RANK.batch) return Infinity;
     return this.running.some((seq) => rankOf(seq) > rank) ? rank : Infinity;

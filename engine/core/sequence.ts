@@ -5,6 +5,7 @@
 import { Prng } from "../../models/prng.ts";
 import type { IncrementalDetokenizer } from "../text/detokenizer.ts";
 import type { EngineRequest, Pooling, PositionLogprob, Priority, SamplingParams } from "../common/request.ts";
+import type { ServedAdapter } from "./adapter-slots.ts";
 
 export type SequenceStatus = "waiting" | "running" | "finished";
 
@@ -31,6 +32,9 @@ export class Sequence {
   /** Set on an embedding sequence: how its hidden states pool, and their running sum (float64) so far. */
   pooling: Pooling | null = null;
   pooled: Float64Array | null = null;
+  /** The LoRA adapter it runs under (null: the base model), and the slot that holds it while it runs (0: none). */
+  adapter: ServedAdapter | null = null;
+  loraSlot = 0;
   firstTokenMs: number | null = null;
   lastTokenMs: number | null = null;
   previousTokenMs: number | null = null;
@@ -61,6 +65,11 @@ export class Sequence {
   /** A sequence that reads every prompt row (prompt logprobs, mean pooling) computes them all: it takes no prefix-cache hits. */
   get skipsPrefixCache(): boolean {
     return this.promptLogprobs !== null || this.pooling !== null;
+  }
+
+  /** What its prefix-cache hashes are chained from: its adapter's key, so KV computed under other weights is never shared. */
+  get cacheSalt(): string {
+    return this.adapter?.cacheKey ?? "";
   }
 
   get numTokens(): number {
@@ -96,6 +105,7 @@ export class Sequence {
     this.blockIds = [];
     this.blockHashes = [];
     this.pooled = null;
+    this.loraSlot = 0;
     this.numPreemptions++;
   }
 }

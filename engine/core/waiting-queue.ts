@@ -16,8 +16,8 @@ export interface WaitingQueue {
   push(seq: Sequence): void;
   /** Ahead of everyone: preempted sequences, or copies of a request already admitted. */
   pushFront(seqs: readonly Sequence[]): void;
-  /** The sequence to admit next, if any. */
-  next(nowMs: number): Sequence | undefined;
+  /** The sequence to admit next, if any, passing over those `skip` says (they wait for a LoRA slot). */
+  next(nowMs: number, skip?: (seq: Sequence) => boolean): Sequence | undefined;
   remove(seq: Sequence): boolean;
   /** A sequence's rank now (lower is served first), waiting or running: its tier, after ageing. */
   rankOf(seq: Sequence, nowMs: number): number;
@@ -44,9 +44,9 @@ export class TieredQueue implements WaitingQueue {
   }
 
   /** The best tier (a long-waiting batch sequence counts as standard), first in the queue within it. */
-  next(nowMs: number): Sequence | undefined {
+  next(nowMs: number, skip?: (seq: Sequence) => boolean): Sequence | undefined {
     let best: Sequence | undefined;
-    for (const seq of this.queue) if (!best || this.rankOf(seq, nowMs) < this.rankOf(best, nowMs)) best = seq;
+    for (const seq of this.queue) if (!skip?.(seq) && (!best || this.rankOf(seq, nowMs) < this.rankOf(best, nowMs))) best = seq;
     return best;
   }
 

@@ -1,6 +1,7 @@
 /**
  * Sequences' block tables on top of the block pool, with automatic prefix caching keyed by
- * chained block hashes (block-hash.ts).
+ * chained block hashes (block-hash.ts). A sequence under a LoRA adapter chains its hashes from
+ * the adapter's key (cacheSalt), so the same prompt under two adapters never shares blocks.
  */
 import { blockHash } from "./block-hash.ts";
 import type { BlockPool } from "./block-pool.ts";
@@ -13,6 +14,8 @@ export interface KvSequence {
   numComputedTokens: number;
   blockIds: number[];
   blockHashes: string[];
+  /** The first block's hash is chained from this (a LoRA adapter's key; "" for the base model). */
+  readonly cacheSalt?: string;
   tokensIn(start: number, end: number): readonly number[];
 }
 
@@ -31,7 +34,7 @@ export class KvCacheManager {
     const hashes: string[] = [];
     if (!this.enablePrefixCaching) return { blockIds, hashes };
     const maxBlocks = Math.floor((seq.numTokens - 1) / this.blockSize);
-    let parent = "";
+    let parent = seq.cacheSalt ?? "";
     for (let i = 0; i < maxBlocks; i++) {
       const tokenIds = seq.tokensIn(i * this.blockSize, (i + 1) * this.blockSize);
       const hash = blockHash(parent, tokenIds);
@@ -76,7 +79,7 @@ export class KvCacheManager {
     const numFull = Math.floor(seq.numComputedTokens / this.blockSize);
     for (let i = seq.blockHashes.length; i < numFull; i++) {
       const tokenIds = seq.tokensIn(i * this.blockSize, (i + 1) * this.blockSize);
-      const hash = blockHash(i === 0 ? "" : seq.blockHashes[i - 1], tokenIds);
+      const hash = blockHash(i === 0 ? (seq.cacheSalt ?? "") : seq.blockHashes[i - 1], tokenIds);
       this.pool.cache(seq.blockIds[i], hash, tokenIds);
       seq.blockHashes.push(hash);
     }

@@ -19,6 +19,8 @@ export interface RunnerOptions {
   intraOpThreads?: number;
   /** Host-pool runners: let ORT's threads spin (see spinningFor). */
   spinning?: boolean;
+  /** The graph's LoRA slots (--max-loras, --max-lora-rank); absent: none. */
+  lora?: { slots: number; rank: number };
 }
 
 type RunnerFactory = (options: RunnerOptions) => Promise<StepRunner>;

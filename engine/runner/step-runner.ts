@@ -3,7 +3,7 @@
  * (sized from bytes by the runner itself) and reports it; the scheduler and block pool see
  * only block counts.
  */
-import type { KvCacheDtype } from "../../models/index.ts";
+import type { KvCacheDtype, LoraAdapter } from "../../models/index.ts";
 import type { SequenceRows } from "./step-rows.ts";
 
 export interface StepSequence {
@@ -42,8 +42,23 @@ export interface KvCacheInfo {
   dtype: KvCacheDtype;
 }
 
+/**
+ * A runner's LoRA slots (the graph was built with them: --max-loras, --max-lora-rank): the
+ * engine core decides which adapter each slot holds (core/adapter-slots.ts), the runner writes
+ * its weights where the graph reads them. Slot 0 is "no adapter"; slots 1…numSlots hold one each.
+ */
+export interface RunnerLoraSlots {
+  readonly numSlots: number;
+  /** The largest rank a slot holds. */
+  readonly rank: number;
+  load(slot: number, adapter: LoraAdapter): void;
+  clear(slot: number): void;
+}
+
 export interface StepRunner {
   readonly vocabSize: number;
+  /** Its LoRA slots; null or absent: the graph has none. */
+  readonly lora?: RunnerLoraSlots | null;
   /** The width of a hidden-state row. */
   readonly hiddenSize: number;
   readonly kvCache: KvCacheInfo;

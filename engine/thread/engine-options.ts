@@ -42,6 +42,15 @@ export interface EngineOptions {
   grammarThreads?: number;
   /** At most this many batch-tier sequences per step while higher tiers are about (see Scheduler). */
   batchStepSeqs?: number;
+  /**
+   * LoRA: the graph takes this many adapters at once (--max-loras; unset or 0: no LoRA), each
+   * of rank up to maxLoraRank (--max-lora-rank, default 16). More may be loaded than this: they
+   * take the slots in turn (core/adapter-slots.ts).
+   */
+  maxLoras?: number;
+  maxLoraRank?: number;
+  /** Adapters served from the start (--lora-modules name=path), read and checked as the engine starts. */
+  loraModules?: LoraModuleSpec[];
   /** Show a progress bar while the graph builds. */
   progress?: boolean;
   /** Tests only (no flag sets it): lets Engine.injectFault() make the engine thread throw. */
@@ -56,6 +65,20 @@ export const DEFAULT_ENGINE_OPTIONS = {
   maxNumBatchedTokens: 2048,
   enablePrefixCaching: true,
 } as const satisfies Partial<EngineOptions>;
+
+/** A LoRA adapter to serve: the name requests give, and its PEFT folder. */
+export interface LoraModuleSpec {
+  name: string;
+  path: string;
+}
+
+/** A loaded LoRA adapter, as the engine reports it. */
+export interface AdapterInfo extends LoraModuleSpec {
+  rank: number;
+  targetModules: string[];
+  /** adapter_config.json's base_model_name_or_path, when it names one. */
+  baseModel: string | null;
+}
 
 /** What the engine thread reports once it is ready. */
 export interface EngineInfo {
@@ -76,6 +99,9 @@ export interface EngineInfo {
   /** The graph's weights on disk, as loaded (quantized graphs are smaller). */
   weightsBytes: number;
   loadMs: number;
+  /** The LoRA slots (null: none), and the adapters loaded at start. */
+  lora: { maxLoras: number; maxLoraRank: number } | null;
+  adapters: AdapterInfo[];
 }
 
 /** Parses "2GiB", "512MiB", "1.5GB" or a plain number of bytes. */

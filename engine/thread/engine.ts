@@ -9,7 +9,7 @@
 import type { Worker } from "node:worker_threads";
 import { checkRequest } from "../core/check-request.ts";
 import { EngineError } from "../common/engine-error.ts";
-import type { EngineInfo, EngineOptions } from "./engine-options.ts";
+import type { AdapterInfo, EngineInfo, EngineOptions } from "./engine-options.ts";
 import type { FromEngine, ToEngine } from "./engine-protocol.ts";
 import type { EngineStatsSnapshot } from "../core/engine-stats.ts";
 import { OutputStream } from "./output-stream.ts";
@@ -39,9 +39,52 @@ export class Engine {
   private restartTimer: NodeJS.Timeout | null = null;
   /** Deaths of the engine thread since the facade started. */
   numRestarts = 0;
+  /** The LoRA adapters loaded, by name: a restarted thread loads them again. */
+  private readonly loadedAdapters = new Map<string, AdapterInfo>();
+  private readonly adapterReplies = new Map<number, { resolve: (message: Extract<FromEngine, { type: "adapter" }>) => void; reject: (err: Error) => void }>();
+  private nextAdapterId = 0;
 
   private constructor(private worker: Worker, readonly info: EngineInfo, private readonly options: EngineOptions) {
+    for (const adapter of info.adapters) this.loadedAdapters.set(adapter.name, adapter);
     this.attach(worker);
+  }
+
+  /** The LoRA adapters requests may name (EngineRequest.adapter). */
+  get adapters(): AdapterInfo[] {
+    return [...this.loadedAdapters.values()];
+  }
+
+  /**
+   * Reads the PEFT adapter at `path` and serves it as `name`, without rebuilding the graph.
+   * Rejects with EngineError INVALID_REQUEST naming why for an adapter that can't be served
+   * (another base model's shapes, DoRA, a rank above --max-lora-rank, a name in use, ...).
+   */
+  async loadAdapter(name: string, path: string): Promise<AdapterInfo> {
+    if (this.loadedAdapters.has(name)) throw new EngineError("INVALID_REQUEST", `a LoRA adapter named ${name} is already loaded`, "lora_name");
+    const reply = await this.askAdapter((id) => ({ type: "load-adapter", id, name, path }));
+    this.loadedAdapters.set(name, reply.info!);
+    return reply.info!;
+  }
+
+  /** Stops serving an adapter (requests already admitted finish under it); false: none of that name was loaded. */
+  async unloadAdapter(name: string): Promise<boolean> {
+    if (!this.loadedAdapters.has(name)) return false;
+    // NOTE: forgotten at once, so no new request names it while the thread hears of it.
+    this.loadedAdapters.delete(name);
+    const reply = await this.askAdapter((id) => ({ type: "unload-adapter", id, name }));
+    return reply.unloaded ?? false;
+  }
+
+  private askAdapter(message: (id: number) => ToEngine): Promise<Extract<FromEngine, { type: "adapter" }>> {
+    if (this.currentState !== "running") return Promise.reject(new EngineError(this.currentState === "restarting" ? "ENGINE_RESTARTING" : "ENGINE_DEAD", `the engine is ${this.currentState}`));
+    const id = this.nextAdapterId++;
+    return new Promise((resolve, reject) => {
+      this.adapterReplies.set(id, {
+        resolve: (reply) => (reply.error ? reject(new EngineError(reply.error.code, reply.error.message, reply.error.param)) : resolve(reply)),
+        reject,
+      });
+      this.post(message(id));
+    });
   }
 
   /** Starts the engine thread and resolves once the model is loaded. */
@@ -79,12 +122,18 @@ export class Engine {
   /** Throws what add() would for a request the engine can never run (see checkRequest), and runs nothing. */
   check(unchecked: EngineRequest): void {
     checkRequest(unchecked, this.info);
+    this.checkAdapter(unchecked);
+  }
+
+  private checkAdapter(request: EngineRequest): void {
+    if (request.adapter !== undefined && !this.loadedAdapters.has(request.adapter)) throw new EngineError("INVALID_REQUEST", `no LoRA adapter named ${request.adapter} is loaded`, "model");
   }
 
   add(unchecked: EngineRequest, signal?: AbortSignal): AsyncIterable<EngineOutput> {
     if (this.currentState === "restarting") throw new EngineError("ENGINE_RESTARTING", "the engine thread is restarting after a fault; retry shortly");
     if (this.currentState === "stopped") throw new EngineError("ENGINE_DEAD", "the engine has stopped");
     const request = checkRequest(unchecked, this.info);
+    this.checkAdapter(request);
     if (this.streams.has(request.requestId)) throw new EngineError("INVALID_REQUEST", `request id ${request.requestId} is already in use`);
     const stream = new OutputStream(request.n ?? 1);
     this.streams.set(request.requestId, stream);
@@ -115,6 +164,8 @@ export class Engine {
     if (this.restartTimer) clearTimeout(this.restartTimer);
     for (const stream of this.streams.values()) stream.fail(new EngineError("ENGINE_DEAD", "the engine has stopped", undefined, stream.deliveredUsage));
     this.streams.clear();
+    for (const reply of this.adapterReplies.values()) reply.reject(new EngineError("ENGINE_DEAD", "the engine has stopped"));
+    this.adapterReplies.clear();
     if (!wasRunning) return;
     this.post({ type: "shutdown" });
     await new Promise<void>((resolve) => {
@@ -149,6 +200,9 @@ export class Engine {
     } else if (message.type === "rejected") {
       this.streams.get(message.requestId)?.fail(new EngineError(message.code, message.message, message.param, message.usage));
       this.streams.delete(message.requestId);
+    } else if (message.type === "adapter") {
+      this.adapterReplies.get(message.id)?.resolve(message);
+      this.adapterReplies.delete(message.id);
     } else if (message.type === "fatal") {
       this.onDeath(this.worker, message.message);
     }
@@ -166,6 +220,8 @@ export class Engine {
       stream.fail(new EngineError("ENGINE_FAILED", `${reason}; the request was lost and the engine is restarting`, undefined, stream.deliveredUsage));
     }
     this.streams.clear();
+    for (const reply of this.adapterReplies.values()) reply.reject(new EngineError("ENGINE_FAILED", `${reason}; the adapter was not loaded`));
+    this.adapterReplies.clear();
     if (performance.now() - this.runningSinceMs > RESTART_BACKOFF.resetAfterMs) this.numRecentRestarts = 0;
     const restartInMs = this.nextDelayMs();
     this.emit({ type: "died", reason, numFailedRequests, restartInMs });
@@ -184,7 +240,8 @@ export class Engine {
     this.restartTimer = null;
     const started = performance.now();
     try {
-      const { worker } = await spawnWorker(this.options);
+      // NOTE: the new thread serves the adapters the old one had.
+      const { worker } = await spawnWorker({ ...this.options, loraModules: this.adapters.map(({ name, path }) => ({ name, path })) });
       if (this.currentState === "stopped") return void worker.terminate();
       this.worker = worker;
       this.attach(worker);

@@ -241,7 +241,7 @@ export const backendOf = (ctx: ServerContext): LocalBackend => ctx.models.local(
 export function makeStats(overrides: Partial<EngineStatsSnapshot> = {}): EngineStatsSnapshot {
   return {
     numRunning: 0, numWaiting: 0, kvCacheUsage: 0,
-    numPrefixQueryTokens: 0, numPrefixHitTokens: 0, numPreemptions: 0, numPromptTokens: 0, numGenerationTokens: 0, numGrammarSteps: 0, grammarMaskSeconds: 0, grammarWaitSeconds: 0, grammar: null,
+    numPrefixQueryTokens: 0, numPrefixHitTokens: 0, numPreemptions: 0, numPromptTokens: 0, numGenerationTokens: 0, numGrammarSteps: 0, grammarMaskSeconds: 0, grammarWaitSeconds: 0, grammar: null, lora: null,
     ttftSeconds: [], interTokenSeconds: [], e2eSeconds: [],
     ...overrides,
   };

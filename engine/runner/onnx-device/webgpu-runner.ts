@@ -13,6 +13,7 @@ import type { KvCacheInfo, StepOptions, StepRunner, StepSequence } from "../step
 import { splitStepRows, type SequenceRows, type BatchRows } from "../step-rows.ts";
 import { createSession, floatTensor, int64Tensor, ort, rowsOf } from "../onnx-host/onnx-session.ts";
 import { DevicePool, type DevicePoolShape } from "./device-pool.ts";
+import { LoraSlots } from "../onnx-host/lora-slots.ts";
 import { NULL_BLOCK, layoutPacked } from "./packed-layout.ts";
 
 export interface WebGpuRunnerOptions {
@@ -21,6 +22,8 @@ export interface WebGpuRunnerOptions {
   blockSize: number;
   /** Device memory for the KV pool; the runner fits as many blocks as it can. */
   kvCacheBytes: number;
+  /** The graph's LoRA slots (--max-loras, --max-lora-rank); absent: none. */
+  lora?: { slots: number; rank: number };
 }
 
 export class WebGpuRunner implements StepRunner {
@@ -28,7 +31,11 @@ export class WebGpuRunner implements StepRunner {
   readonly hiddenSize: number;
   readonly kvCache: KvCacheInfo;
 
-  private constructor(private readonly session: ort.InferenceSession, readonly pool: DevicePool, config: ModelConfig) {
+  /**
+   * NOTE: the adapter slots are host buffers, as on the host runner (lora-slots.ts): ORT uploads
+   * the step's slots 1…k with its inputs. Nothing is uploaded for a step without adapters.
+   */
+  private constructor(private readonly session: ort.InferenceSession, readonly pool: DevicePool, config: ModelConfig, readonly lora: LoraSlots | null = null) {
     this.vocabSize = config.vocabSize;
     this.hiddenSize = config.hiddenSize;
     const { numBlocks, blockSize } = pool.shape;
@@ -51,8 +58,9 @@ export class WebGpuRunner implements StepRunner {
     }
     const session = await createSession(options.graphPath, { device: "webgpu" });
     try {
-      const pool = await fittedPool(session, { ...shape, numBlocks });
-      return new WebGpuRunner(session, pool, config);
+      const lora = options.lora && options.lora.slots > 0 ? new LoraSlots(config, options.lora.slots, options.lora.rank) : null;
+      const pool = await fittedPool(session, { ...shape, numBlocks }, lora);
+      return new WebGpuRunner(session, pool, config, lora);
     } catch (err) {
       await session.release();
       throw err;
@@ -60,7 +68,7 @@ export class WebGpuRunner implements StepRunner {
   }
 
   async step(seqs: readonly StepSequence[], options: StepOptions): Promise<SequenceRows[]> {
-    const out = await runPacked(this.session, this.pool, seqs, options);
+    const out = await runPacked(this.session, this.pool, seqs, options, this.lora);
     return splitStepRows(seqs, withTiesById(rowsOf(out, options)), this.vocabSize, this.hiddenSize);
   }
 
@@ -83,7 +91,7 @@ function withTiesById(rows: BatchRows): BatchRows {
   return rows;
 }
 
-function runPacked(session: ort.InferenceSession, pool: DevicePool, seqs: readonly StepSequence[], options: StepOptions): Promise<ort.InferenceSession.OnnxValueMapType> {
+function runPacked(session: ort.InferenceSession, pool: DevicePool, seqs: readonly StepSequence[], options: StepOptions, lora: LoraSlots | null): Promise<ort.InferenceSession.OnnxValueMapType> {
   const layout = layoutPacked(seqs, pool.shape.blockSize);
   const int32 = (values: Int32Array, dims: number[]) => new ort.Tensor("int32", values, dims);
   const feeds: Record<string, ort.Tensor> = {
@@ -99,6 +107,8 @@ function runPacked(session: ort.InferenceSession, pool: DevicePool, seqs: readon
     [GRAPH_INPUTS.hiddenIndices]: int64Tensor(layout.hiddenIndices, [layout.hiddenIndices.length]),
   };
   if (session.inputNames.includes(GRAPH_INPUTS.positionIds)) feeds[GRAPH_INPUTS.positionIds] = int64Tensor(layout.positionIds, [layout.numTokens]);
+  // Packed rows are the sequences' tokens in order: each token takes its sequence's slot.
+  if (lora) Object.assign(feeds, lora.stepFeeds(seqs.flatMap((s) => new Array<number>(s.tokenIds.length).fill(s.loraSlot ?? 0)), 1));
   const fetches = [GRAPH_OUTPUTS.topLogprobs, GRAPH_OUTPUTS.topIds, ...(options.fullLogits ? [GRAPH_OUTPUTS.logits] : []), ...(options.probs ? [GRAPH_OUTPUTS.probs] : []),
     ...(options.hidden ? [GRAPH_OUTPUTS.hidden] : [])];
   return session.run(feeds, fetches);
@@ -109,11 +119,11 @@ function runPacked(session: ort.InferenceSession, pool: DevicePool, seqs: readon
  * block, which no sequence reads). A pool too big for the adapter's storage-buffer limits
  * fails there; then smaller pools are tried, so that the error can say what fits.
  */
-async function fittedPool(session: ort.InferenceSession, shape: DevicePoolShape): Promise<DevicePool> {
+async function fittedPool(session: ort.InferenceSession, shape: DevicePoolShape, lora: LoraSlots | null): Promise<DevicePool> {
   let tried = shape;
   for (;;) {
     const pool = await DevicePool.create(tried);
-    const problem = await bindingProblem(session, pool);
+    const problem = await bindingProblem(session, pool, lora);
     if (problem === null && tried === shape) return pool;
     await pool.dispose();
     if (problem === null) throw tooLarge(shape, tried);
@@ -124,9 +134,9 @@ async function fittedPool(session: ort.InferenceSession, shape: DevicePoolShape)
 
 const BINDING_LIMIT = /storage buffers|binding size|maxStorageBuffer|maxBufferSize|out of memory/i;
 
-async function bindingProblem(session: ort.InferenceSession, pool: DevicePool): Promise<string | null> {
+async function bindingProblem(session: ort.InferenceSession, pool: DevicePool, lora: LoraSlots | null): Promise<string | null> {
   try {
-    await runPacked(session, pool, [{ tokenIds: [0], numPastTokens: 0, blockTable: [NULL_BLOCK], logitsFrom: 0 }], { fullLogits: false });
+    await runPacked(session, pool, [{ tokenIds: [0], numPastTokens: 0, blockTable: [NULL_BLOCK], logitsFrom: 0 }], { fullLogits: false }, lora);
     return null;
   } catch (err) {
     const message = (err as Error).message;
