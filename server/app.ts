@@ -26,6 +26,7 @@ import multipart from "@fastify/multipart";
 import { registerBatchRoutes, type BatchRouteOptions } from "./routes/batches.ts";
 import type { TeamStore } from "../service/teams.ts";
 import { registerAdminPriceRoutes } from "./routes/admin-prices.ts";
+import { registerAdminAdapterRoutes } from "./routes/admin-adapters.ts";
 import { registerModelRoutes } from "./routes/models.ts";
 import { registerUsageRoutes } from "./routes/usage.ts";
 import { registerProbeRoutes } from "./routes/probes.ts";
@@ -129,6 +130,7 @@ export function buildApp(ctx: ServerContext, options: AppOptions = {}): FastifyI
   registerAdminKeyRoutes(app, options.auth?.keys ?? null);
   registerAdminTeamRoutes(app, options.teams ?? null, options.auth?.keys ?? null);
   registerAdminPriceRoutes(app, options.prices ?? null);
+  registerAdminAdapterRoutes(app, ctx);
   registerUsageRoutes(app, options.store ?? null, options.ledger ?? null, ctx);
   registerAdminStateRoutes(app, ctx, { db: options.store?.db ?? null, keys: options.auth?.keys ?? null, teams: options.teams ?? null, alertThresholds: options.alertThresholds });
   return app;

@@ -20,6 +20,7 @@ import { BatchRunner } from "./batch/batch-runner.ts";
 import { Engine, TokenizerPool, type EngineOptions, type Pooling } from "./common/engine-api.ts";
 import { LocalBackend, UpstreamBackend, type ModelTask } from "./backends/model-backend.ts";
 import { ModelRegistry } from "./backends/model-registry.ts";
+import { LoraAdapters } from "./backends/lora-adapters.ts";
 import type { FallbackReason } from "./common/api-error.ts";
 import { UpstreamProvider, type ProviderOptions } from "./upstream/upstream-provider.ts";
 import { prefixAffinity, type PrefixAffinityOptions } from "./chat/prefix-affinity.ts";
@@ -155,6 +156,11 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     ctx.costOf = (model, usage, atMs, tier) => prices.costAt(model, usage, atMs, tier);
   }
   ctx.settleListeners.push((settlement) => ctx.metrics.observeBilled(settlement.model, settlement.usage));
+  ctx.adapters = new LoraAdapters(models, service?.prices ?? null);
+  ctx.settleListeners.push((settlement) => {
+    const served = models.list().find((backend) => backend.id === settlement.model);
+    if (served?.kind === "local" && served.base) ctx.metrics.loraRequests.inc({ model: served.base.id, adapter: served.id, outcome: settlement.outcome });
+  });
   const { locals, cleanups } = registerModels(models, options, ctx, {
     breaker: (provider, model, state, replica) => {
       const where = replica ? `${provider} (replica ${replica})` : provider;
@@ -261,6 +267,8 @@ function registerModels(
       task: spec.task,
     });
     models.register(backend);
+    // NOTE: its adapters are served names from the start (the engine loads them as it starts; requests wait with the model).
+    for (const adapter of spec.engineOptions.loraModules ?? []) ctx.adapters!.serve(backend, adapter.name);
     return { backend, spec };
   });
   for (const spec of options.providers ?? []) {

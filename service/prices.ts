@@ -66,13 +66,15 @@ export function microUsdPerMtok(usdText: string): number {
 
 export class PriceBook {
   private cache: { prices: Price[]; untilMs: number } | null = null;
+  /** Models billed at another's price while they have none (priceLike). */
+  private readonly parents = new Map<string, string>();
 
   /** @param batchDiscountPercent the server's batch discount (--batch-discount), for prices that set none. */
   constructor(private readonly db: Kysely<Database>, readonly batchDiscountPercent = DEFAULT_BATCH_DISCOUNT_PERCENT) {}
 
   /** Sets a model's price from `effectiveMs` on (now by default); an identical current price is left alone. */
   async set(price: Omit<Price, "effectiveMs"> & { effectiveMs?: number }, nowMs = Date.now()): Promise<Price> {
-    const current = await this.priceAt(price.model, nowMs);
+    const current = await this.ownPriceAt(price.model, nowMs);
     const effectiveMs = price.effectiveMs ?? nowMs;
     if (current && price.effectiveMs === undefined && samePrice(current, price)) return current;
     const row: PriceTable = {
@@ -101,8 +103,23 @@ export class PriceBook {
     return price ? worstCaseMicroUsd(promptTokens, outputTokens, price, tier, this.batchDiscountPercent) : null;
   }
 
-  /** The price in effect for `model` at `atMs`, or null when none is set. */
+  /**
+   * Bills `model` at `parent`'s price whenever it has none of its own (a LoRA adapter and its
+   * base model); null: no longer. A price set for `model` always wins.
+   */
+  priceLike(model: string, parent: string | null): void {
+    if (parent === null) this.parents.delete(model);
+    else this.parents.set(model, parent);
+  }
+
+  /** The price in effect for `model` at `atMs` (its own, else its parent's: priceLike), or null when none is set. */
   async priceAt(model: string, atMs = Date.now()): Promise<Price | null> {
+    const own = await this.ownPriceAt(model, atMs);
+    const parent = this.parents.get(model);
+    return own ?? (parent === undefined ? null : await this.ownPriceAt(parent, atMs));
+  }
+
+  private async ownPriceAt(model: string, atMs: number): Promise<Price | null> {
     const nowMs = Date.now();
     if (!this.cache || this.cache.untilMs <= nowMs) this.cache = { prices: await this.list(), untilMs: nowMs + PRICE_REFRESH_MS };
     let found: Price | null = null;

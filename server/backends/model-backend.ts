@@ -36,31 +36,79 @@ export interface LocalBackendOptions {
 /** Weight of the newest request in a backend's running TTFT average. */
 const TTFT_EWMA_WEIGHT = 0.2;
 
-/** A model served by an engine thread in this process. Its engine and tokenizer are null while it loads. */
-export class LocalBackend {
-  readonly kind = "local";
+/** What a local model's served names share: its engine thread, tokenizer, queue and latency. A LoRA adapter shares its base model's. */
+class EngineSeat {
   engine: ServingEngine | null = null;
   tokenizer: PromptTokenizer | null = null;
-  /** Sequences admitted and not yet finished. */
   numInFlight = 0;
-  /** Aborts each in-flight request (shutdown past its deadline). */
   readonly inFlightControllers = new Set<AbortController>();
+  ttftEwmaMs: number | null = null;
+}
+
+/**
+ * A model served by an engine thread in this process, or a LoRA adapter served over one (its
+ * `base`): a served name of its own (listed, allowed per key, priced and metered under it),
+ * running on its base's engine, queue and limits. Its engine and tokenizer are null while it loads.
+ */
+export class LocalBackend {
+  readonly kind = "local";
+  /** The base model, for a LoRA adapter; null for a model. */
+  readonly base: LocalBackend | null;
+  /** The adapter's name in the engine (EngineRequest.adapter); null for a model. */
+  readonly adapter: string | null;
   limits: ServerLimits;
   readonly defaults: GenerationDefaults;
   readonly toolCallParser?: "hermes";
   readonly reasoningParser?: ReasoningParser;
   readonly pooling: Pooling;
   readonly task: ModelTask;
-  /** A running average of the TTFT of this model's last requests, in ms; null before the first. */
-  private ttftEwmaMs: number | null = null;
+  private readonly seat: EngineSeat;
 
-  constructor(readonly id: string, options: LocalBackendOptions) {
+  constructor(readonly id: string, options: LocalBackendOptions, adapterOf?: LocalBackend) {
     this.limits = options.limits;
     this.defaults = options.defaults;
     this.toolCallParser = options.toolCallParser;
     this.reasoningParser = options.reasoningParser;
     this.pooling = options.pooling ?? "last";
     this.task = options.task ?? "both";
+    this.base = adapterOf ?? null;
+    this.adapter = adapterOf ? id : null;
+    this.seat = adapterOf ? adapterOf.seat : new EngineSeat();
+  }
+
+  /** A LoRA adapter served as `name` on `base`'s engine, with its parsers and defaults. */
+  static adapterOf(base: LocalBackend, name: string): LocalBackend {
+    return new LocalBackend(name, base, base);
+  }
+
+  get engine(): ServingEngine | null {
+    return this.seat.engine;
+  }
+
+  set engine(engine: ServingEngine | null) {
+    this.seat.engine = engine;
+  }
+
+  get tokenizer(): PromptTokenizer | null {
+    return this.seat.tokenizer;
+  }
+
+  set tokenizer(tokenizer: PromptTokenizer | null) {
+    this.seat.tokenizer = tokenizer;
+  }
+
+  /** Sequences admitted and not yet finished (on the engine: an adapter counts with its base). */
+  get numInFlight(): number {
+    return this.seat.numInFlight;
+  }
+
+  set numInFlight(n: number) {
+    this.seat.numInFlight = n;
+  }
+
+  /** Aborts each in-flight request (shutdown past its deadline). */
+  get inFlightControllers(): Set<AbortController> {
+    return this.seat.inFlightControllers;
   }
 
   /** Whether it serves generation, or embeddings (--task). */
@@ -68,9 +116,9 @@ export class LocalBackend {
     return this.task === "both" || this.task === kind;
   }
 
-  /** What the ledger's backend column says. */
+  /** What the ledger's backend column says: the engine it ran on. */
   get label(): string {
-    return `local:${this.id}`;
+    return `local:${(this.base ?? this).id}`;
   }
 
   /** The context length, as the engine decided it; null until the engine has loaded. */
@@ -89,11 +137,12 @@ export class LocalBackend {
    * past flood does not keep sending requests elsewhere once the flood is gone).
    */
   get estimatedTtftMs(): number {
-    return this.numInFlight === 0 ? 0 : (this.ttftEwmaMs ?? 0);
+    return this.numInFlight === 0 ? 0 : (this.seat.ttftEwmaMs ?? 0);
   }
 
   observeTtft(ms: number): void {
-    this.ttftEwmaMs = this.ttftEwmaMs === null ? ms : this.ttftEwmaMs + TTFT_EWMA_WEIGHT * (ms - this.ttftEwmaMs);
+    const seat = this.seat;
+    seat.ttftEwmaMs = seat.ttftEwmaMs === null ? ms : seat.ttftEwmaMs + TTFT_EWMA_WEIGHT * (ms - seat.ttftEwmaMs);
   }
 }
 

@@ -4,7 +4,7 @@
  * rules). Every route resolves `body.model` here, /v1/models lists it, and nothing else
  * assumes there is only one model.
  */
-import { modelNotFound } from "../common/api-error.ts";
+import { ApiError, modelNotFound } from "../common/api-error.ts";
 import type { LocalBackend, ModelBackend } from "./model-backend.ts";
 import { ServingPlan, type PlanRules } from "./serving-plan.ts";
 
@@ -17,6 +17,21 @@ export class ModelRegistry {
     this.claim(backend.id);
     this.backends.set(backend.id, backend);
     this.routes.set(backend.id, new ServingPlan(backend.id, [backend]));
+  }
+
+  /**
+   * Stops serving a model's name (a LoRA adapter unloaded at run time). Refused with a 409
+   * while a route or alias still names it.
+   */
+  unregister(name: string): void {
+    const backend = this.backend(name);
+    for (const [served, route] of this.routes) {
+      if (served !== name && route.targets.includes(backend)) {
+        throw new ApiError(409, `\`${name}\` is a target of \`${served}\`; take it out of that route first.`, "invalid_request_error", "lora_name", "model_in_use");
+      }
+    }
+    this.backends.delete(name);
+    this.routes.delete(name);
   }
 
   /** Serves `name` as another name of a model or route already registered. */
@@ -44,6 +59,11 @@ export class ModelRegistry {
     const route = this.routes.get(model);
     if (!route) throw modelNotFound(model);
     return route;
+  }
+
+  /** Whether `name` is served (a model, alias or route). */
+  has(name: string): boolean {
+    return this.routes.has(name);
   }
 
   /** The model registered under `name` (tests and the tokenizer routes). */

@@ -76,7 +76,8 @@ export class LocalAttempt extends AttemptBase<LocalBackend> implements Admitted,
 
   generate(request: EngineRequest): AsyncIterator<EngineOutput> {
     const { engine, backend, scope } = this;
-    const engineRequest = { ...request, priority: scope.priority ?? request.priority };
+    // NOTE: a LoRA adapter's requests run on its base model's engine, under the adapter.
+    const engineRequest = { ...request, priority: scope.priority ?? request.priority, ...(backend.adapter ? { adapter: backend.adapter } : {}) };
     // NOTE: the engine request starts only once the key's limits have room for its worst case (a 429 otherwise).
     const start = async () => {
       const n = request.n ?? 1;

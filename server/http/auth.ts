@@ -49,6 +49,8 @@ export interface Caller {
 export const ANONYMOUS: Caller = { keyId: "anonymous", key: null, admin: false };
 
 const OPEN_ROUTES = new Set(["/health", "/metrics", "/version"]);
+/** Admin routes outside /v1/admin/: vLLM's run-time LoRA routes, kept at vLLM's paths for its clients. */
+const ADMIN_ROUTES = new Set(["/v1/load_lora_adapter", "/v1/unload_lora_adapter"]);
 
 /** Who may use a route, from the pattern the router matched (undefined: no route matched). */
 export type RouteAccess = "open" | "admin" | "api";
@@ -57,7 +59,7 @@ export function routeAccess(routePattern: string | undefined): RouteAccess {
   if (routePattern === undefined) return "api";
   // NOTE: the console's files are open (a page that signs in must load first); the APIs it calls are not.
   if (OPEN_ROUTES.has(routePattern) || routePattern === "/console" || routePattern.startsWith("/console/")) return "open";
-  if (routePattern.startsWith("/v1/admin/") || routePattern.startsWith("/v1/organization/")) return "admin";
+  if (routePattern.startsWith("/v1/admin/") || routePattern.startsWith("/v1/organization/") || ADMIN_ROUTES.has(routePattern)) return "admin";
   return "api";
 }
 

@@ -79,14 +79,30 @@ export class ServerMetrics {
   readonly upstreamBreaker = new Gauge({
     name: "tokenmill_upstream_breaker_open", help: "1 while the circuit breaker of an upstream provider's model (by its upstream name) is open or half-open (on a pooled provider: on every healthy replica), else 0.", labelNames: ["provider", "model"], registers: [this.registry],
   });
+  /** A LoRA adapter's settled requests, by its base model, its name and how they ended. */
+  readonly loraRequests = new Counter({
+    name: "tokenmill_lora_requests_total", help: "Requests to a LoRA adapter, settled, by base model, adapter and outcome (finished, rejected, errored, aborted, disconnected).",
+    labelNames: ["model", "adapter", "outcome"], registers: [this.registry],
+  });
+  private readonly loraSlotLoads = this.counter("tokenmill_lora_slot_loads_total", "LoRA adapters written into a slot (a slot's churn: more adapters in use than --max-loras).");
+  private readonly loraAdapters = new Gauge({
+    name: "tokenmill_lora_adapters", help: "LoRA adapters of a model, by state: loaded (servable), in_slot (a slot holds it), running (a running sequence uses it), waiting (a waiting sequence needs it).",
+    labelNames: ["model", "state"], registers: [this.registry],
+  });
   private readonly gateway = {
     waiting: new Gauge({ name: "vllm:num_requests_waiting", help: "Sequences waiting to be scheduled (tokenmill_requests_waiting, under vLLM's name).", labelNames: ["model_name"], registers: [this.registry] }),
     running: new Gauge({ name: "vllm:num_requests_running", help: "Sequences in the running batch (tokenmill_requests_running, under vLLM's name).", labelNames: ["model_name"], registers: [this.registry] }),
     kvUsage: new Gauge({ name: "vllm:kv_cache_usage_perc", help: "Fraction of KV cache blocks in use, 0-1 (tokenmill_kv_cache_usage_ratio, under vLLM's name).", labelNames: ["model_name"], registers: [this.registry] }),
+    loraInfo: new Gauge({
+      name: "vllm:lora_requests_info", help: "The LoRA adapters of running and waiting requests and the slots (--max-loras), in its labels; the value is when it was set (epoch seconds), as vLLM's.",
+      labelNames: ["model_name", "max_lora", "running_lora_adapters", "waiting_lora_adapters"], registers: [this.registry],
+    }),
     cacheConfig: new Gauge({ name: "vllm:cache_config_info", help: "The KV cache's configuration, in its labels (the value is 1).", labelNames: ["model_name", "block_size", "num_gpu_blocks", "cache_dtype"], registers: [this.registry] }),
   };
   /** Each model's last snapshot: counters advance by the difference from it. */
   private readonly last = new Map<string, EngineStatsSnapshot>();
+  /** Each model's lora_requests_info labels now (a new set replaces the old series). */
+  private readonly loraLabels = new Map<string, Record<string, string>>();
 
   /** Applies one snapshot of a model's engine: gauges are set, counters advance by the difference, samples are observed. */
   observe(model: string, stats: EngineStatsSnapshot): void {
@@ -107,16 +123,29 @@ export class ServerMetrics {
     this.grammarSteps.inc(labels, delta("numGrammarSteps"));
     this.grammarMask.inc(labels, delta("grammarMaskSeconds"));
     this.grammarWait.inc(labels, delta("grammarWaitSeconds"));
+    if (stats.lora) this.observeLora(model, stats.lora);
     for (const s of stats.ttftSeconds) this.ttft.observe(labels, s);
     for (const s of stats.interTokenSeconds) this.itl.observe(labels, s);
     for (const s of stats.e2eSeconds) this.e2e.observe(labels, s);
     this.last.set(model, stats);
   }
 
+  private observeLora(model: string, lora: NonNullable<EngineStatsSnapshot["lora"]>): void {
+    const labels = { model_name: model, max_lora: String(lora.maxLoras), running_lora_adapters: lora.running.join(","), waiting_lora_adapters: lora.waiting.join(",") };
+    const previous = this.loraLabels.get(model);
+    if (previous) this.gateway.loraInfo.remove(previous);
+    this.gateway.loraInfo.set(labels, Date.now() / 1000);
+    this.loraLabels.set(model, labels);
+    const last = this.last.get(model)?.lora?.numSlotLoads ?? 0;
+    this.loraSlotLoads.inc({ model }, Math.max(0, lora.numSlotLoads - last));
+    const counts = { loaded: lora.loaded.length, in_slot: lora.inSlots.length, running: lora.running.length, waiting: lora.waiting.length };
+    for (const [state, n] of Object.entries(counts)) this.loraAdapters.set({ model, state }, n);
+  }
+
   /** Starts a model's series at zero, so that they exist before anything happens to it; `cache` is its KV cache's shape. */
   addModel(model: string, cache?: { blockSize: number; numBlocks: number; dtype: string }): void {
     const labels = { model };
-    for (const gauge of Object.values(this.gateway)) if (gauge !== this.gateway.cacheConfig) gauge.set({ model_name: model }, 0);
+    for (const gauge of [this.gateway.waiting, this.gateway.running, this.gateway.kvUsage]) gauge.set({ model_name: model }, 0);
     if (cache) this.gateway.cacheConfig.set({ model_name: model, block_size: String(cache.blockSize), num_gpu_blocks: String(cache.numBlocks), cache_dtype: cache.dtype }, 1);
     for (const counter of [this.prefixQueries, this.prefixHits, this.promptTokens, this.generationTokens, this.preemptions, this.engineRestarts, this.grammarSteps, this.grammarMask, this.grammarWait]) {
       counter.inc(labels, 0);

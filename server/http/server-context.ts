@@ -5,6 +5,7 @@ import type { AdmitListener, SettleListener, Usage } from "../../service/settlem
 import type { PriceTier } from "../../service/prices.ts";
 import type { LedgerHealth } from "../../service/ledger.ts";
 import type { ModelRegistry } from "../backends/model-registry.ts";
+import type { LoraAdapters } from "../backends/lora-adapters.ts";
 import type { ServerMetrics } from "./metrics.ts";
 
 export type { GenerationDefaults } from "../common/engine-api.ts";
@@ -26,6 +27,8 @@ export interface ServerContext {
   /** Whether the ledger commits now: while it can't, new requests are refused (503), so none is served unbilled. */
   ledgerHealth?: () => LedgerHealth;
   models: ModelRegistry;
+  /** The LoRA adapters served as models (loaded and unloaded at run time by the admin API); none: no adapters. */
+  adapters?: LoraAdapters;
   metrics: ServerMetrics;
   /** The server's log, for faults that don't fail a request (an upstream's unbelievable usage). */
   log?: { warn(details: object, message: string): void };

@@ -11,6 +11,7 @@ const startedSeconds = Math.floor(Date.now() / 1000);
 /**
  * OpenAI's model object for each served name (model, alias or route), with vLLM's
  * max_model_len once a local engine has decided it, and where it is served (tokenmill's own).
+ * A LoRA adapter's card names its base model as `parent` (vLLM's field; null for a model).
  */
 function modelCard(route: ServingPlan) {
   const [first] = route.targets;
@@ -19,6 +20,7 @@ function modelCard(route: ServingPlan) {
   return {
     id: route.name, object: "model", created: startedSeconds, owned_by: first.kind === "local" ? "tokenmill" : first.provider.name,
     ...(maxModelLen !== null ? { max_model_len: maxModelLen } : {}),
+    ...(isModel && first.kind === "local" ? { parent: first.base?.id ?? null } : {}),
     ...(isModel ? {} : { targets: route.targets.map((target) => target.id) }),
   };
 }
