@@ -6,8 +6,12 @@ import { FlagError, bytesFlag, enumFlag, flagValue, intFlag, numberFlag, optiona
 import { existsSync } from "node:fs";
 import { SYNTHETIC_MODELS, ensureDefaultModel, ensureSyntheticModel } from "../models/synthetic/default-model.ts";
 import { readCheckpoint, type Checkpoint } from "../models/checkpoint.ts";
-import { GRAPH_DTYPES, KV_CACHE_DTYPES, QUANTIZATIONS, dtypeProblem, kvCacheDtypeProblem } from "../models/index.ts";
+import { DEFAULT_MAX_LORA_RANK, GRAPH_DTYPES, KV_CACHE_DTYPES, QUANTIZATIONS, dtypeProblem, kvCacheDtypeProblem } from "../models/index.ts";
+import type { LoraModuleSpec } from "../engine/index.ts";
 import { ModelTokenizer } from "../models/tokenizer.ts";
+
+/** Adapter slots when LoRA is on and --max-loras is not given. */
+export const DEFAULT_MAX_LORAS = 4;
 
 export const ENGINE_FLAGS = {
   model: { type: "string" },
@@ -29,6 +33,10 @@ export const ENGINE_FLAGS = {
   "quant-block-size": { type: "string" },
   dtype: { type: "string" },
   "rope-before-attention": { type: "boolean", default: false },
+  "enable-lora": { type: "boolean", default: false },
+  "max-loras": { type: "string" },
+  "max-lora-rank": { type: "string" },
+  "lora-modules": { type: "string", multiple: true },
 } as const satisfies ParseArgsConfig["options"];
 
 export const ENGINE_FLAGS_HELP = `Model and engine:
@@ -63,9 +71,18 @@ export const ENGINE_FLAGS_HELP = `Model and engine:
   --grammar-threads N           grammar threads: a new grammar compiles on one that holds no running sequence, so
                                 compiles never stall other requests' masks (default 2)
   --batch-step-seqs N           at most N batch-tier sequences per step (taking turns) while interactive or
-                                standard requests are about: shorter steps, sooner first tokens (default: no cap)`;
+                                standard requests are about: shorter steps, sooner first tokens (default: no cap)
 
-export type EngineFlagValues = { [K in keyof typeof ENGINE_FLAGS]?: string | boolean };
+LoRA adapters (PEFT folders: adapter_config.json, adapter_model.safetensors):
+  --enable-lora                 build the graph with adapter slots, so adapters can be served (also implied by the
+                                flags below); each adapter is a served model name of its own
+  --lora-modules NAME=PATH      serve the adapter at PATH as the model NAME (repeatable; vLLM's JSON form
+                                {"name": ..., "path": ...} is accepted too); more at run time: POST /v1/admin/adapters
+  --max-loras N                 adapters one step runs at once: the graph's slots (default ${DEFAULT_MAX_LORAS}); more may be
+                                loaded, and take the slots in turn (least recently used first)
+  --max-lora-rank R             the largest rank a slot holds (default ${DEFAULT_MAX_LORA_RANK})`;
+
+export type EngineFlagValues = { [K in keyof typeof ENGINE_FLAGS]?: string | boolean | string[] };
 
 /**
  * The model folder a command serves: --model DIR, or the name of a synthetic model
@@ -110,8 +127,42 @@ export function readEngineFlags(values: EngineFlagValues): EngineFlags {
     grammarThreads: optionalFlagValue("grammar-threads", values["grammar-threads"], intFlag(1, 64)),
     batchStepSeqs: optionalFlagValue("batch-step-seqs", values["batch-step-seqs"], intFlag(1)),
     batchMaxWaitMs: (optionalFlagValue("batch-max-wait", values["batch-max-wait"], numberFlag(0)) ?? DEFAULT_BATCH_MAX_WAIT_MS / 1000) * 1000,
+    ...loraFlags(values),
     progress: process.stderr.isTTY,
   };
+}
+
+/** --enable-lora, --max-loras, --max-lora-rank, --lora-modules: LoRA is on when any of them is given. */
+function loraFlags(values: EngineFlagValues): { maxLoras?: number; maxLoraRank?: number; loraModules?: LoraModuleSpec[] } {
+  const given = values["lora-modules"];
+  const modules = (Array.isArray(given) ? given : typeof given === "string" ? [given] : []).map(loraModuleOf);
+  const names = new Set<string>();
+  for (const { name } of modules) {
+    if (names.has(name)) throw new FlagError(`--lora-modules names ${name} twice`);
+    names.add(name);
+  }
+  const maxLoras = optionalFlagValue("max-loras", values["max-loras"] as string | undefined, intFlag(1, 256));
+  const maxLoraRank = optionalFlagValue("max-lora-rank", values["max-lora-rank"] as string | undefined, intFlag(1, 512));
+  if (values["enable-lora"] !== true && modules.length === 0 && maxLoras === undefined && maxLoraRank === undefined) return {};
+  return { maxLoras: maxLoras ?? DEFAULT_MAX_LORAS, maxLoraRank: maxLoraRank ?? DEFAULT_MAX_LORA_RANK, loraModules: modules };
+}
+
+/** NAME=PATH, or vLLM's JSON form {"name": ..., "path": ...}. */
+export function loraModuleOf(text: string): LoraModuleSpec {
+  if (text.trim().startsWith("{")) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      throw new FlagError(`--lora-modules: ${text} is not JSON`);
+    }
+    const { name, path } = (parsed ?? {}) as Record<string, unknown>;
+    if (typeof name !== "string" || name === "" || typeof path !== "string" || path === "") throw new FlagError(`--lora-modules: the JSON form needs "name" and "path" strings; got ${text}`);
+    return { name, path };
+  }
+  const at = text.indexOf("=");
+  if (at <= 0 || at === text.length - 1) throw new FlagError(`--lora-modules takes NAME=PATH (a PEFT adapter folder), e.g. sql-lora=/adapters/sql; got "${text}"`);
+  return { name: text.slice(0, at), path: text.slice(at + 1) };
 }
 
 function spinningFlag(value: "auto" | "on" | "off"): { spinning?: boolean } {

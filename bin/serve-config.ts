@@ -16,7 +16,7 @@ import { microUsdPerMtok, type Price } from "../service/prices.ts";
 import { POOLINGS, parseBytes, type Pooling } from "../engine/index.ts";
 import { MODEL_TASKS, type ModelTask } from "../server/backends/model-backend.ts";
 import { BALANCES } from "../server/upstream/replica-pool.ts";
-import { ENGINE_FLAGS, engineOptionsFrom, modelDirFrom, readEngineFlags, type EngineFlagValues } from "./engine-flags.ts";
+import { ENGINE_FLAGS, engineOptionsFrom, loraModuleOf, modelDirFrom, readEngineFlags, type EngineFlagValues } from "./engine-flags.ts";
 import { FlagError } from "./flags.ts";
 
 export interface ServeConfig {
@@ -40,8 +40,21 @@ const size = z.union([z.number().int().positive(), z.string()]).transform((value
   }
 });
 
-/** Engine flags a model entry may set, besides its own keys. */
-const ENGINE_KEYS = Object.keys(ENGINE_FLAGS).filter((key) => key !== "model");
+/** Engine flags a model entry may set, besides its own keys (lora-modules is its own key: a list). */
+const ENGINE_KEYS = Object.keys(ENGINE_FLAGS).filter((key) => key !== "model" && key !== "lora-modules");
+
+/** A LoRA adapter of a model: NAME=PATH, or {name, path, price}. */
+const loraModule = z.union([
+  z.string().transform((text, ctx) => {
+    try {
+      return loraModuleOf(text);
+    } catch (err) {
+      ctx.addIssue({ code: "custom", message: (err as Error).message.replace(/^--lora-modules:? ?/, "") });
+      return z.NEVER;
+    }
+  }),
+  z.strictObject({ name, path: z.string().min(1), price: price.optional() }),
+]);
 
 const localModel = z.object({
   name,
@@ -54,10 +67,11 @@ const localModel = z.object({
   pooling: z.enum(POOLINGS).optional(),
   task: z.enum(MODEL_TASKS).optional(),
   price: price.optional(),
+  "lora-modules": z.array(loraModule).optional(),
 }).catchall(flagScalar).superRefine((entry, ctx) => {
-  const own = new Set(["name", "model", "aliases", "kv-cache-share", "max-queued-requests", "tool-call-parser", "reasoning-parser", "pooling", "task", "price", ...ENGINE_KEYS]);
+  const own = new Set(["name", "model", "aliases", "kv-cache-share", "max-queued-requests", "tool-call-parser", "reasoning-parser", "pooling", "task", "price", "lora-modules", ...ENGINE_KEYS]);
   for (const key of Object.keys(entry)) {
-    if (!own.has(key)) ctx.addIssue({ code: "custom", path: [key], message: `unknown key; a model takes name, model, aliases, kv-cache-share, max-queued-requests, tool-call-parser, reasoning-parser, pooling, task, price and the engine flags (${ENGINE_KEYS.join(", ")})` });
+    if (!own.has(key)) ctx.addIssue({ code: "custom", path: [key], message: `unknown key; a model takes name, model, aliases, kv-cache-share, max-queued-requests, tool-call-parser, reasoning-parser, pooling, task, price, lora-modules and the engine flags (${ENGINE_KEYS.join(", ")})` });
   }
   if (entry["kv-cache-share"] !== undefined && entry["kv-cache-memory"] !== undefined) {
     ctx.addIssue({ code: "custom", path: ["kv-cache-share"], message: "give kv-cache-share or kv-cache-memory, not both" });
@@ -153,7 +167,7 @@ export function readServeConfig(path: string, cli: EngineFlagValues, env: NodeJS
   const unshared = file.models.filter((m) => m["kv-cache-share"] === undefined && m["kv-cache-memory"] === undefined).length;
   const threadsEach = Math.max(1, Math.floor(availableParallelism() / Math.max(1, file.models.length)));
   const models = file.models.map((entry, i): LocalModelSpec => {
-    const values: Record<string, string | boolean | undefined> = { ...cli };
+    const values: Record<string, string | boolean | string[] | undefined> = { ...cli };
     for (const key of ENGINE_KEYS) {
       const value = entry[key];
       if (value !== undefined) values[key] = typeof value === "boolean" ? value : String(value);
@@ -161,6 +175,8 @@ export function readServeConfig(path: string, cli: EngineFlagValues, env: NodeJS
     const share = entry["kv-cache-share"] ?? (entry["kv-cache-memory"] === undefined ? (1 - fixed) / Math.max(1, unshared) : undefined);
     if (share !== undefined) values["kv-cache-memory"] = String(Math.floor(kvTotal * share));
     if (values.threads === undefined) values.threads = String(threadsEach);
+    // NOTE: a model's own adapters replace the command line's.
+    if (entry["lora-modules"] !== undefined) values["lora-modules"] = entry["lora-modules"].map(({ name: adapter, path: dir }) => JSON.stringify({ name: adapter, path: dir }));
     let flags;
     try {
       flags = readEngineFlags(values as EngineFlagValues);
@@ -193,7 +209,8 @@ export function readServeConfig(path: string, cli: EngineFlagValues, env: NodeJS
     name: r.name, targets: r.targets, fallbackOn: r["fallback-on"],
     burst: r.burst ? { to: r.burst.to, waitingOver: r.burst["waiting-over"], ttftOverMs: r.burst["ttft-over"] === undefined ? undefined : r.burst["ttft-over"] * 1000 } : undefined,
   }));
-  const priced = [...file.models, ...file.providers.flatMap((p) => p.models)].flatMap((m) => (m.price ? [{
+  const adapters = file.models.flatMap((m) => m["lora-modules"] ?? []).map((a) => ({ name: a.name, price: "price" in a ? a.price : undefined }));
+  const priced = [...file.models, ...file.providers.flatMap((p) => p.models), ...adapters].flatMap((m) => (m.price ? [{
     model: m.name, inputPerMtok: m.price.input, cachedInputPerMtok: m.price["cached-input"], outputPerMtok: m.price.output,
   }] : []));
   return { models, providers, routes, prices: priced };
@@ -212,6 +229,12 @@ function checkNames(file: ConfigFile, fail: (message: string) => FlagError): voi
     models.add(m.name);
   }
   for (const m of [...file.models, ...file.providers.flatMap((p) => p.models)]) for (const alias of m.aliases) claim(alias, `an alias of ${m.name}`);
+  for (const m of file.models) {
+    for (const adapter of m["lora-modules"] ?? []) {
+      claim(adapter.name, `a LoRA adapter of ${m.name}`);
+      models.add(adapter.name);
+    }
+  }
   const providers = new Set<string>();
   for (const p of file.providers) {
     if (providers.has(p.name)) throw fail(`the provider ${p.name} is declared twice`);

@@ -1,5 +1,5 @@
 /** A real tokenmill server on the default model, in this process, on a free port. */
-import { DEFAULT_ENGINE_OPTIONS, type Device } from "../../engine/index.ts";
+import { DEFAULT_ENGINE_OPTIONS, type Device, type EngineOptions } from "../../engine/index.ts";
 import { readCheckpoint } from "../../models/checkpoint.ts";
 import { ensureDefaultModel } from "../../models/synthetic/default-model.ts";
 import { startServer, type RunningServer } from "../../server/serve.ts";
@@ -20,6 +20,8 @@ export interface TestServerOverrides {
   logger?: Parameters<typeof startServer>[0]["logger"];
   limits?: Parameters<typeof startServer>[0]["limits"];
   reasoningParser?: "qwen3" | "deepseek_r1";
+  /** More engine options (LoRA slots and adapters, say). */
+  engineOptions?: Partial<EngineOptions>;
 }
 
 export async function startTestServer(overrides: TestServerOverrides = {}): Promise<RunningServer> {
@@ -29,7 +31,7 @@ export async function startTestServer(overrides: TestServerOverrides = {}): Prom
       name: overrides.modelId ?? checkpoint.name,
       engineOptions: {
         ...DEFAULT_ENGINE_OPTIONS, device: overrides.device ?? DEFAULT_ENGINE_OPTIONS.device, modelDir: checkpoint.dir, kvCacheMemoryBytes: 256 * 1024 ** 2, intraOpThreads: 1,
-        maxNumSeqs: overrides.maxNumSeqs ?? 64, faultInjection: overrides.faultInjection,
+        maxNumSeqs: overrides.maxNumSeqs ?? 64, faultInjection: overrides.faultInjection, ...overrides.engineOptions,
       },
       defaults: checkpoint.generationDefaults,
       maxQueuedRequests: overrides.maxQueuedRequests ?? 256,
