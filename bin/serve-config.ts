@@ -44,17 +44,15 @@ const size = z.union([z.number().int().positive(), z.string()]).transform((value
 const ENGINE_KEYS = Object.keys(ENGINE_FLAGS).filter((key) => key !== "model" && key !== "lora-modules");
 
 /** A LoRA adapter of a model: NAME=PATH, or {name, path, price}. */
-const loraModule = z.union([
-  z.string().transform((text, ctx) => {
-    try {
-      return loraModuleOf(text);
-    } catch (err) {
-      ctx.addIssue({ code: "custom", message: (err as Error).message.replace(/^--lora-modules:? ?/, "") });
-      return z.NEVER;
-    }
-  }),
-  z.strictObject({ name, path: z.string().min(1), price: price.optional() }),
-]);
+const loraModule = z.union([z.string(), z.strictObject({ name, path: z.string().min(1), price: price.optional() })]).transform((value, ctx) => {
+  if (typeof value !== "string") return value;
+  try {
+    return loraModuleOf(value);
+  } catch (err) {
+    ctx.addIssue({ code: "custom", message: (err as Error).message.replace(/^--lora-modules:? ?/, "") });
+    return z.NEVER;
+  }
+});
 
 const localModel = z.object({
   name,
@@ -209,7 +207,7 @@ export function readServeConfig(path: string, cli: EngineFlagValues, env: NodeJS
     name: r.name, targets: r.targets, fallbackOn: r["fallback-on"],
     burst: r.burst ? { to: r.burst.to, waitingOver: r.burst["waiting-over"], ttftOverMs: r.burst["ttft-over"] === undefined ? undefined : r.burst["ttft-over"] * 1000 } : undefined,
   }));
-  const adapters = file.models.flatMap((m) => m["lora-modules"] ?? []).map((a) => ({ name: a.name, price: "price" in a ? a.price : undefined }));
+  const adapters = file.models.flatMap((m) => m["lora-modules"] ?? []).map((a): { name: string; price?: z.infer<typeof price> } => ({ name: a.name, price: (a as { price?: z.infer<typeof price> }).price }));
   const priced = [...file.models, ...file.providers.flatMap((p) => p.models), ...adapters].flatMap((m) => (m.price ? [{
     model: m.name, inputPerMtok: m.price.input, cachedInputPerMtok: m.price["cached-input"], outputPerMtok: m.price.output,
   }] : []));

@@ -45,6 +45,20 @@ describe("flag values", () => {
     expect(readEngineFlags({ ...good, "ort-spinning": "off" }).spinning).toBe(false);
     expect([spinningFor(60 * 1024 ** 2), spinningFor(448 * 1024 ** 2)]).toEqual([false, true]);
   });
+
+  it("turns LoRA on with any LoRA flag, reads --lora-modules in both of vLLM's forms, and refuses bad ones", () => {
+    const good = { device: "cpu", "kv-cache-memory": "2GiB", "block-size": "16", "max-num-seqs": "128", "max-num-batched-tokens": "2048" };
+    expect(readEngineFlags(good).maxLoras).toBeUndefined();
+    expect(readEngineFlags({ ...good, "enable-lora": true })).toMatchObject({ maxLoras: 4, maxLoraRank: 16, loraModules: [] });
+    expect(readEngineFlags({ ...good, "lora-modules": ["sql=/a/sql", '{"name": "chat", "path": "/a/chat"}'], "max-loras": "8", "max-lora-rank": "32" })).toMatchObject({
+      maxLoras: 8, maxLoraRank: 32, loraModules: [{ name: "sql", path: "/a/sql" }, { name: "chat", path: "/a/chat" }],
+    });
+    expect(() => readEngineFlags({ ...good, "lora-modules": ["sql"] })).toThrow(/--lora-modules takes NAME=PATH/);
+    expect(() => readEngineFlags({ ...good, "lora-modules": ['{"name": "x"}'] })).toThrow(/needs "name" and "path"/);
+    expect(() => readEngineFlags({ ...good, "lora-modules": ["a=/x", "a=/y"] })).toThrow(/names a twice/);
+    expect(() => readEngineFlags({ ...good, "max-loras": "0" })).toThrow(/^--max-loras takes /);
+    expect(() => readEngineFlags({ ...good, "max-lora-rank": "big" })).toThrow(/^--max-lora-rank takes /);
+  });
 });
 
 describe("the command line", () => {

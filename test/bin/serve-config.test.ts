@@ -82,6 +82,24 @@ describe("serve config", () => {
     expect(plain.providers[0]).toMatchObject({ balance: "round-robin", prefix: undefined, healthIntervalMs: 5000 });
   });
 
+  it("reads a model's LoRA adapters, in either form, with their prices", () => {
+    const config = readServeConfig(write(`
+models:
+  - name: base
+    max-loras: 2
+    lora-modules:
+      - sql=/adapters/sql
+      - { name: chat, path: /adapters/chat, price: { input: 0.2, cached-input: 0.1, output: 0.8 } }
+routes:
+  - name: sql-route
+    targets: [sql]
+`), CLI, {});
+    expect(config.models[0].engineOptions).toMatchObject({ maxLoras: 2, maxLoraRank: 16, loraModules: [{ name: "sql", path: "/adapters/sql" }, { name: "chat", path: "/adapters/chat" }] });
+    expect(config.prices).toEqual([{ model: "chat", inputPerMtok: 200_000, cachedInputPerMtok: 100_000, outputPerMtok: 800_000 }]);
+    expect(() => readServeConfig(write("models:\n  - name: a\n    lora-modules: [a=/x]\n"), CLI, {})).toThrow(/the name a \(a LoRA adapter of a\) is served twice/);
+    expect(() => readServeConfig(write("models:\n  - name: a\n    lora-modules: [nopath]\n"), CLI, {})).toThrow(/models\[0\]\.lora-modules\[0\]: takes NAME=PATH/);
+  });
+
   it("reads JSON as well", () => {
     const config = readServeConfig(write(JSON.stringify({ models: [{ name: "a" }] }), "json"), CLI, {});
     expect(config.models[0]).toMatchObject({ name: "a", engineOptions: { kvCacheMemoryBytes: 1024 ** 3 } });

@@ -90,7 +90,7 @@ describe("LoRA adapters served as models", () => {
     const again = await complete("sql-lora");
     expect(again.choices[0].text).toBe(sql.choices[0].text);
     expect(again.usage?.prompt_tokens_details?.cached_tokens ?? 0).toBeGreaterThan(0);
-    await until(async () => (await ledgerRows(database.url)).filter((r) => r.status !== "running").length >= 4, { what: "four ledger rows" });
+    await until(async () => (await ledgerRows(database.url)).filter((r) => r.status !== "in_flight").length >= 4, { what: "four ledger rows" });
     const rows = await ledgerRows(database.url);
     const byModel = (model: string) => rows.filter((r) => r.model === model);
     expect(byModel("sql-lora")).toHaveLength(2);
