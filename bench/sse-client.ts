@@ -90,7 +90,7 @@ function bodyOf(request: BenchRequest, opts: ClientOptions): Record<string, unkn
   // NOTE: base64, as the openai SDK asks by default: a float list costs the server JSON-encoding time the client didn't ask for.
   if (opts.endpoint === "embeddings") return { model: opts.model, input: request.prompt, encoding_format: "base64", ...opts.extraBody };
   return {
-    model: opts.model,
+    model: request.model ?? opts.model,
     ...(opts.endpoint === "chat" ? { messages: [{ role: "user", content: request.prompt }] } : { prompt: request.prompt }),
     max_tokens: request.outputLen,
     temperature: opts.temperature ?? 0,

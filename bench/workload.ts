@@ -36,6 +36,8 @@ export interface WorkloadOptions {
 
 export interface BenchRequest {
   prompt: string | number[];
+  /** The served name it is sent to, where a run spreads requests over several (LoRA adapters); default: the run's model. */
+  model?: string;
   /** Prompt tokens, prefix included: exact for ids, the re-encoded length for text. */
   promptLen: number;
   outputLen: number;

@@ -7,11 +7,12 @@ import { runBench, type BenchTarget } from "../bench/run-bench.ts";
 import { benchTokenizer, buildWorkload, type BenchRequest, type BenchTokenizer } from "../bench/workload.ts";
 import { ensureGguf } from "../bench/gguf-writer.ts";
 import { runLlamaPeer } from "../bench/llama-peer.ts";
+import { compareLora } from "../bench/lora-compare.ts";
 import { arrivalOffsetsMs } from "../bench/load-generator.ts";
 import { Prng } from "../models/prng.ts";
 import { readCheckpoint, type Checkpoint } from "../models/checkpoint.ts";
 import { SYNTHETIC_MODELS } from "../models/synthetic/default-model.ts";
-import { QUANTIZATIONS, type Quantization } from "../models/index.ts";
+import { DEFAULT_MAX_LORA_RANK, QUANTIZATIONS, type Quantization } from "../models/index.ts";
 import { startServer } from "../server/serve.ts";
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, engineOptionsFrom, modelDirFrom, readEngineFlags, type EngineFlags, type EngineFlagValues } from "./engine-flags.ts";
 import { LEDGER_LEVELS, measureLedger } from "../bench/ledger-throughput.ts";
@@ -53,6 +54,9 @@ Results:
   --ledger-writes N             with --db: measure the ledger alone (N requests' rows) and exit
   --json-schema FILE            constrain every output to this JSON schema (response_format on chat, guided_json on
                                 completions) and print the grammar's mask time per step
+  --compare-lora N              LoRA's cost, served: output tok/s with adapters disabled, with N empty slots, and with
+                                requests spread over N random adapters of rank --max-lora-rank (default 16), round
+                                by round (--rounds); reports empty / disabled and mixed / empty
   --with-batch N                batch jobs: the workload's output tok/s sent directly at --max-concurrency against the same as one batch
                                 run --max-concurrency lines at a time; then interactive TTFT idle and while a batch of N requests runs
   --priority-flood              priority tiers: interactive TTFT idle, then under a flood of 4x --max-num-seqs batch
@@ -79,7 +83,7 @@ export async function benchCommand(args: string[]): Promise<void> {
       "compare-quantization": { type: "string" },
       rounds: { type: "string", default: "3" }, help: { type: "boolean", short: "h" },
       db: { type: "string" }, "ledger-writes": { type: "string" }, "gpu-hour-price": { type: "string" },
-      "priority-flood": { type: "boolean", default: false }, "with-batch": { type: "string" },
+      "priority-flood": { type: "boolean", default: false }, "with-batch": { type: "string" }, "compare-lora": { type: "string" },
       "json-schema": { type: "string" },
     },
   });
@@ -146,6 +150,22 @@ export async function benchCommand(args: string[]): Promise<void> {
     console.log(`  interactive TTFT (16 tokens, ${numPrompts} requests): idle p50 ${result.idle.p50Ms.toFixed(1)} ms, p99 ${result.idle.p99Ms.toFixed(1)} ms; ` +
       `during a ${floodSize}-request batch p50 ${result.duringBatch.p50Ms.toFixed(1)} ms, p99 ${result.duringBatch.p99Ms.toFixed(1)} ms (${result.duringBatch.batchLinesDone} batch lines done meanwhile)`);
     console.log(`  p99 during the batch / idle: ${(result.duringBatch.p99Ms / result.idle.p99Ms).toFixed(2)}x`);
+    return;
+  }
+  if (values["compare-lora"] !== undefined) {
+    if (remote) throw new FlagError("--compare-lora serves the model in this process: leave out --base-url");
+    if (endpoint !== "completions") throw new FlagError("--compare-lora measures completions: leave out --endpoint");
+    const numAdapters = flagValue("compare-lora", values["compare-lora"], intFlag(1, 64));
+    const rank = engineFlags.maxLoraRank ?? DEFAULT_MAX_LORA_RANK;
+    const engineOptions = engineOptionsFrom(engineFlags, checkpoint);
+    const result = await compareLora({
+      engineOptions, model: checkpoint.name, defaults: checkpoint.generationDefaults, workload, concurrency: maxConcurrency, numAdapters, rank, rounds,
+      ignoreEos: values["ignore-eos"] === true,
+    });
+    console.log(`LoRA: ${workload.length} requests (${inputLen} in, ${outputLen} out) at concurrency ${maxConcurrency}, ${numAdapters} adapters of rank ${rank}, ${rounds} rounds`);
+    console.log(`  output tok/s (median): disabled ${result.median.disabled.toFixed(1)}, empty slots ${result.median.empty.toFixed(1)}, adapters mixed ${result.median.mixed.toFixed(1)}`);
+    console.log(`  empty / disabled = ${result.emptyOverDisabled.toFixed(3)}; mixed / empty = ${result.mixedOverEmpty.toFixed(3)}; mixed / disabled = ${result.mixedOverDisabled.toFixed(3)}`);
+    if (values["save-result"]) writeFileSync(values["save-result"], `${JSON.stringify(result, null, 2)}\n`);
     return;
   }
   if (values["priority-flood"]) {
