@@ -53,7 +53,8 @@ export function parseBuild(text: string): GraphBuildOptions & { shareBlocks?: bo
     else if (key === "kv" && KV_CACHE_DTYPES.includes(value as KvCacheDtype)) build.kvCacheDtype = value as KvCacheDtype;
     else if (key === "lora" && /^\d+:\d+$/.test(value)) [build.maxLoras, build.maxLoraRank] = value.split(":").map(Number);
     else if (key === "mix" && /^\d+$/.test(value)) build.loraMix = Number(value);
-    else throw new Error(`bad build option ${JSON.stringify(part)}: use quantization=none|int8|int4, fuse=true|false, block=N, kv=float32|float16|int8, rope=op|ops, share=true|false, split=true|false, lora=SLOTS:RANK, mix=N`);
+    else if (key === "lora-layout" && (value === "stacked" || value === "gather")) build.loraLayout = value;
+    else throw new Error(`bad build option ${JSON.stringify(part)}: use quantization=none|int8|int4, fuse=true|false, block=N, kv=float32|float16|int8, rope=op|ops, share=true|false, split=true|false, lora=SLOTS:RANK, mix=N, lora-layout=stacked|gather`);
   }
   return build;
 }

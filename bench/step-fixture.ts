@@ -67,7 +67,7 @@ export async function openStepFixture(modelDir: string, build: GraphBuildOptions
   const runner = await OnnxRunner.create({
     graphPath: graph.graphPath, config, device: "cpu", blockSize, kvCacheBytes: (1 + (batch + 1) * blocksPerSeq) * bytesPerBlock, kvCacheDtype,
     intraOpThreads: options.threads ?? 0, profileFilePrefix: options.profileFilePrefix, shareBlocks: options.shareBlocks, splitPasts: options.splitPasts,
-    ...(build.maxLoras ? { lora: { slots: build.maxLoras, rank: build.maxLoraRank ?? DEFAULT_MAX_LORA_RANK } } : {}),
+    ...(build.maxLoras ? { lora: { slots: build.maxLoras, rank: build.maxLoraRank ?? DEFAULT_MAX_LORA_RANK, layout: build.loraLayout } } : {}),
   });
   const mix = options.loraMix ?? 0;
   if (mix > 0) {

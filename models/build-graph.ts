@@ -64,7 +64,15 @@ export interface GraphBuildOptions {
   /** LoRA adapter slots (--max-loras; 0, the default: none) and the rank each holds (--max-lora-rank). */
   maxLoras?: number;
   maxLoraRank?: number;
+  /**
+   * How a projection applies each row's adapter (graph-io.ts): "stacked" (default) multiplies
+   * by every slot's A and B at once and masks the other slots' columns; "gather" gathers each
+   * row's own A and B first (for A/B runs: measured slower, docs/performance.md).
+   */
+  loraLayout?: LoraLayout;
 }
+
+export type LoraLayout = "stacked" | "gather";
 
 export interface BuildOptions {
   /** Show a progress bar on stderr while building. */
@@ -91,6 +99,7 @@ export function normalizedBuildOptions(build: GraphBuildOptions = {}): Required<
     ropeOp: !devicePool && (build.ropeOp ?? true),
     maxLoras: build.maxLoras ?? 0,
     maxLoraRank: (build.maxLoras ?? 0) > 0 ? (build.maxLoraRank ?? DEFAULT_MAX_LORA_RANK) : 0,
+    loraLayout: build.loraLayout ?? "stacked",
   };
 }
 
@@ -160,7 +169,7 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
       linears: { quantization: build.quantization, blockSize: build.quantBlockSize, fuse: build.fuseProjections },
       attention: { kind: attentionKindFor(build.device), ropeInside: build.ropeInAttention, kvDtype: kvCacheDtype },
       ropeOp: build.ropeOp,
-      ...(build.maxLoras > 0 ? { lora: { slots: build.maxLoras, rank: build.maxLoraRank } } : {}),
+      ...(build.maxLoras > 0 ? { lora: { slots: build.maxLoras, rank: build.maxLoraRank, layout: build.loraLayout } } : {}),
     });
     writeFileSync(join(scratch, "model.onnx"), g.finish(basename(dir)));
     writeFileSync(join(scratch, "meta.json"), JSON.stringify({ checkpoint: dir, builderVersion: BUILDER_VERSION, build, config }, null, 2));

@@ -2,7 +2,7 @@
 export { readModelConfig, parseModelConfig, type ModelConfig } from "./config.ts";
 export { SUPPORTED_ARCHITECTURES } from "./families.ts";
 export { ModelError } from "./model-error.ts";
-export { DEFAULT_MAX_LORA_RANK, GRAPH_DTYPES, dtypeProblem, kvCacheDtypeProblem, ensureGraph, weightsBytesOf, normalizedBuildOptions, type BuiltGraph, type GraphBuildOptions, type GraphDtype } from "./build-graph.ts";
+export { DEFAULT_MAX_LORA_RANK, GRAPH_DTYPES, dtypeProblem, kvCacheDtypeProblem, ensureGraph, weightsBytesOf, normalizedBuildOptions, type BuiltGraph, type GraphBuildOptions, type GraphDtype, type LoraLayout } from "./build-graph.ts";
 export { GRAPH_INPUTS, GRAPH_OUTPUTS, TOP_LOGPROBS, loraInputNames, poolInputNames, presentOutputNames } from "./graph/graph-io.ts";
 export { KV_CACHE_DTYPES, hasScales, kvBytes, type KvCacheDtype } from "./graph/kv-dtype.ts";
 export { cacheDir } from "./cache-dir.ts";

@@ -3,7 +3,7 @@
  * sizes and owns its KV cache. A CUDA runner with a device-resident pool (an addon over ORT's
  * C API IoBinding) would be one more entry.
  */
-import type { KvCacheDtype, ModelConfig } from "../../models/index.ts";
+import type { KvCacheDtype, LoraLayout, ModelConfig } from "../../models/index.ts";
 import { OnnxRunner } from "./onnx-host/onnx-runner.ts";
 import { WebGpuRunner } from "./onnx-device/webgpu-runner.ts";
 import type { StepRunner } from "./step-runner.ts";
@@ -20,7 +20,7 @@ export interface RunnerOptions {
   /** Host-pool runners: let ORT's threads spin (see spinningFor). */
   spinning?: boolean;
   /** The graph's LoRA slots (--max-loras, --max-lora-rank); absent: none. */
-  lora?: { slots: number; rank: number };
+  lora?: { slots: number; rank: number; layout?: LoraLayout };
 }
 
 type RunnerFactory = (options: RunnerOptions) => Promise<StepRunner>;

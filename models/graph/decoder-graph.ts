@@ -22,7 +22,7 @@ export interface DecoderGraphOptions {
   /** Host pool: rotate q and k with ONNX's RotaryEmbedding op over cos/sin caches (default), or with plain ops over per-step tables. */
   ropeOp?: boolean;
   /** LoRA adapter slots: every projection of every layer takes each slot's A and B as inputs (graph-io.ts). */
-  lora?: { slots: number; rank: number };
+  lora?: { slots: number; rank: number; layout?: "stacked" | "gather" };
 }
 
 export const HOST_POOL_GRAPH: DecoderGraphOptions = { linears: FLOAT_LINEARS, attention: { kind: "host-pool", ropeInside: false } };
@@ -50,12 +50,22 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
   // NOTE: LoRA: each projection's output gains ((x·Aᵀ) ⊙ lora_rows)·Bᵀ over all slots at once (graph-io.ts); no per-row gather.
   const { lora } = options;
   // NOTE: the slots' width is the step's: the runner feeds slots 1…k (k the highest a row uses), 0 when none, so a step without adapters pays almost nothing.
-  const loraRows = lora ? g.input(GRAPH_INPUTS.loraRows, DataType.FLOAT, ["num_rows", "lora_width"]) : null;
+  const gather = lora?.layout === "gather";
+  const loraRows = lora ? g.input(GRAPH_INPUTS.loraRows, DataType.FLOAT, ["num_rows", gather ? 1 : "lora_width"]) : null;
+  const slotIndex = gather ? g.input(GRAPH_INPUTS.loraSlotIndex, DataType.INT64, ["num_rows"]) : null;
   const adapted = (layer: number, module: string, x: string, y: string, widths: { inFeatures: number; outFeatures: number }) => {
     if (!lora || !loraRows) return y;
     const names = loraInputNames(layer, module);
     const a = g.input(names.a, DataType.FLOAT, ["lora_width", widths.inFeatures]);
     const b = g.input(names.b, DataType.FLOAT, ["lora_width", widths.outFeatures]);
+    if (slotIndex) {
+      // Each row's own slot: A and B gathered per row ([rows, R, in], [rows, R, out]), a batched GEMV each, base rows masked.
+      const rowA = g.op("Gather", [g.op("Reshape", [a, g.constInt64([-1, lora.rank, widths.inFeatures])]), slotIndex], { axis: 0 });
+      const rowB = g.op("Gather", [g.op("Reshape", [b, g.constInt64([-1, lora.rank, widths.outFeatures])]), slotIndex], { axis: 0 });
+      const down = g.op("MatMul", [g.op("Unsqueeze", [g.toFloat32(x), g.constInt64([1])]), g.op("Transpose", [rowA], { perm: [0, 2, 1] })]);
+      const up = g.op("Reshape", [g.op("MatMul", [down, rowB]), g.constInt64([-1, widths.outFeatures])]);
+      return g.op("Add", [y, g.toFloatType(g.op("Mul", [up, loraRows]))]);
+    }
     const down = g.op("Mul", [g.op("Gemm", [g.toFloat32(x), a], { transB: 1 }), loraRows]);
     return g.op("Add", [y, g.toFloatType(g.op("MatMul", [down, b]))]);
   };

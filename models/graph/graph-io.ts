@@ -50,6 +50,8 @@ export const GRAPH_INPUTS = {
   attentionMetadata: "attention_metadata",
   hiddenIndices: "hidden_indices",
   loraRows: "lora_rows",
+  /** LoRA, gather layout (an A/B baseline): each row's slot − 1 (0 for a row without an adapter, masked by lora_rows [rows, 1]). */
+  loraSlotIndex: "lora_slot_index",
 } as const;
 
 export const GRAPH_OUTPUTS = {

@@ -14,7 +14,7 @@ export async function loadRunner(dir: string, blockSize = 4, numBlocks = 64, pad
   const graph = ensureGraph(dir, { build });
   const { config, kvCacheDtype } = graph;
   const kvCacheBytes = numBlocks * KvBuffers.bytesPerBlock({ numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize, dtype: kvCacheDtype });
-  const lora = build?.maxLoras ? { slots: build.maxLoras, rank: build.maxLoraRank ?? 16 } : undefined;
+  const lora = build?.maxLoras ? { slots: build.maxLoras, rank: build.maxLoraRank ?? 16, layout: build.loraLayout } : undefined;
   return OnnxRunner.create({ graphPath: graph.graphPath, config, device: "cpu", blockSize, kvCacheBytes, kvCacheDtype, intraOpThreads: 1, paddingSlack, lora });
 }
 

@@ -68,3 +68,52 @@ describe.each(FAMILY_MODELS.filter((spec) => ["llama-untied-bias", "mistral-wind
     expect(() => runner.lora!.load(1, adapter(14, 8))).toThrow(/rank 8, above --max-lora-rank 4/);
   });
 });
+
+describe("LoRA layouts and quantized bases", () => {
+  const spec = FAMILY_MODELS.find((s) => s.name === "qwen3-qknorm")!;
+  const dir = tinyCheckpoint(spec);
+  const base = parseModelConfig(spec.config, spec.name);
+  const vocab = spec.config.vocab_size as number;
+  const runners: OnnxRunner[] = [];
+  afterAll(async () => Promise.all(runners.map((r) => r.release())));
+  const path = join(scratch, "layouts");
+  writeRandomLoraAdapter(path, base, { rank: 4, alpha: 8, seed: 21, std: 0.2 });
+  const adapter = readLoraAdapter(path, base, "layouts");
+  const tokens = [seededTokens(12, vocab, 31), seededTokens(12, vocab, 32)];
+  /** Both sequences' logits at every position: the first under slot 1, the second under none. */
+  const run = async (build: Parameters<typeof loadRunner>[4]) => {
+    const runner = await loadRunner(dir, 4, 16, undefined, build);
+    runners.push(runner);
+    if (runner.lora) runner.lora.load(1, adapter);
+    return fullLogits(runner, tokens.map((t, b) => ({ tokenIds: t, numPastTokens: 0, blockTable: b === 0 ? [1, 2, 3] : [4, 5, 6], logitsFrom: 0, loraSlot: b === 0 ? 1 : 0 })));
+  };
+
+  it("the per-row gather layout (an A/B baseline) equals the reference on merged weights too", async () => {
+    const [adapted, plain] = await run({ maxLoras: 2, maxLoraRank: 4, loraLayout: "gather" });
+    const expected = [referenceWithAdapter(dir, tokens[0], adapter), referenceFor(dir, tokens[1])];
+    for (let p = 0; p < 12; p++) {
+      expect(maxAbsDiff(adapted.subarray(p * vocab, (p + 1) * vocab), expected[0][p])).toBeLessThan(TOLERANCE);
+      expect(maxAbsDiff(plain.subarray(p * vocab, (p + 1) * vocab), expected[1][p])).toBeLessThan(TOLERANCE);
+    }
+  });
+
+  it.each(["int8", "int4"] as const)("a %s base keeps float adapters: the adapter moves the logits as it does on the float base", async (quantization) => {
+    const [floatAdapted, floatPlain] = await run({ maxLoras: 1, maxLoraRank: 4 });
+    const [quantAdapted, quantPlain] = await run({ maxLoras: 1, maxLoraRank: 4, quantization, quantBlockSize: 16 });
+    // The adapter's own effect on the logits, on each base; and how far apart the two effects are.
+    let effect = 0;
+    let apart = 0;
+    let quantError = 0;
+    for (let i = 0; i < floatAdapted.length; i++) {
+      const floatDelta = floatAdapted[i] - floatPlain[i];
+      effect = Math.max(effect, Math.abs(floatDelta));
+      apart = Math.max(apart, Math.abs(quantAdapted[i] - quantPlain[i] - floatDelta));
+      quantError = Math.max(quantError, Math.abs(quantPlain[i] - floatPlain[i]));
+    }
+    // The adapter matters (so a quantized or dropped adapter would show) and its effect survives on the quantized base
+    // within the base's own quantization error: measured apart / effect 0.0x (int8) and 0.x (int4).
+    expect(effect).toBeGreaterThan(0.5);
+    expect(apart).toBeLessThan(Math.max(2 * quantError, 0.05 * effect));
+    expect(apart / effect).toBeLessThan(quantization === "int8" ? 0.05 : 0.3);
+  });
+});

@@ -7,7 +7,7 @@
  * The scheduler, block pool and prefix cache are the same as the CPU runner's: the same block
  * tables drive both.
  */
-import { GRAPH_INPUTS, GRAPH_OUTPUTS, type ModelConfig } from "../../../models/index.ts";
+import { GRAPH_INPUTS, GRAPH_OUTPUTS, type LoraLayout, type ModelConfig } from "../../../models/index.ts";
 import { EngineError } from "../../common/engine-error.ts";
 import type { KvCacheInfo, StepOptions, StepRunner, StepSequence } from "../step-runner.ts";
 import { splitStepRows, type SequenceRows, type BatchRows } from "../step-rows.ts";
@@ -23,7 +23,7 @@ export interface WebGpuRunnerOptions {
   /** Device memory for the KV pool; the runner fits as many blocks as it can. */
   kvCacheBytes: number;
   /** The graph's LoRA slots (--max-loras, --max-lora-rank); absent: none. */
-  lora?: { slots: number; rank: number };
+  lora?: { slots: number; rank: number; layout?: LoraLayout };
 }
 
 export class WebGpuRunner implements StepRunner {
@@ -58,7 +58,7 @@ export class WebGpuRunner implements StepRunner {
     }
     const session = await createSession(options.graphPath, { device: "webgpu" });
     try {
-      const lora = options.lora && options.lora.slots > 0 ? new LoraSlots(config, options.lora.slots, options.lora.rank) : null;
+      const lora = options.lora && options.lora.slots > 0 ? new LoraSlots(config, options.lora.slots, options.lora.rank, options.lora.layout) : null;
       const pool = await fittedPool(session, { ...shape, numBlocks }, lora);
       return new WebGpuRunner(session, pool, config, lora);
     } catch (err) {

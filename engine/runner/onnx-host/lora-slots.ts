@@ -7,7 +7,7 @@
  * "no adapter"; slots 1…N are the runner's N.
  */
 import { GRAPH_INPUTS, loraInputNames, type ModelConfig } from "../../../models/index.ts";
-import { LORA_MODULES, moduleShape, type LoraAdapter } from "../../../models/index.ts";
+import { LORA_MODULES, moduleShape, type LoraAdapter, type LoraLayout } from "../../../models/index.ts";
 import { EngineError } from "../../common/engine-error.ts";
 import { ort } from "./onnx-session.ts";
 
@@ -24,7 +24,8 @@ export class LoraSlots {
   private readonly buffers: ModuleBuffers[][] = [];
   private readonly width: number;
 
-  constructor(private readonly config: ModelConfig, readonly numSlots: number, readonly rank: number) {
+  /** @param layout the graph's (build-graph.ts): stacked (default), or gather (an A/B baseline). */
+  constructor(private readonly config: ModelConfig, readonly numSlots: number, readonly rank: number, private readonly layout: LoraLayout = "stacked") {
     this.width = numSlots * rank;
     for (let layer = 0; layer < config.numLayers; layer++) {
       const modules: ModuleBuffers[] = [];
@@ -75,6 +76,7 @@ export class LoraSlots {
    */
   stepFeeds(slots: readonly number[], seqLen: number): Record<string, ort.Tensor> {
     for (const slot of slots) if (slot !== 0) this.checkSlot(slot);
+    if (this.layout === "gather") return this.gatherFeeds(slots, seqLen);
     const k = Math.max(0, ...slots);
     const width = k * this.rank;
     const rows = new Float32Array(slots.length * seqLen * width);
@@ -83,6 +85,22 @@ export class LoraSlots {
       for (let s = 0; s < seqLen; s++) rows.fill(1, (b * seqLen + s) * width + (slot - 1) * this.rank, (b * seqLen + s) * width + slot * this.rank);
     });
     return { ...this.feedsFor(k), [GRAPH_INPUTS.loraRows]: new ort.Tensor("float32", rows, [slots.length * seqLen, width]) };
+  }
+
+  /** The gather layout's feeds: each row's slot − 1 and a [rows, 1] mask, over slots 1…max(k, 1) (a gather needs a slot to read). */
+  private gatherFeeds(slots: readonly number[], seqLen: number): Record<string, ort.Tensor> {
+    const numRows = slots.length * seqLen;
+    const index = new BigInt64Array(numRows);
+    const mask = new Float32Array(numRows);
+    slots.forEach((slot, b) => {
+      if (slot === 0) return;
+      index.fill(BigInt(slot - 1), b * seqLen, (b + 1) * seqLen);
+      mask.fill(1, b * seqLen, (b + 1) * seqLen);
+    });
+    return {
+      ...this.feedsFor(Math.max(1, ...slots)),
+      [GRAPH_INPUTS.loraSlotIndex]: new ort.Tensor("int64", index, [numRows]), [GRAPH_INPUTS.loraRows]: new ort.Tensor("float32", mask, [numRows, 1]),
+    };
   }
 
   /** The adapter tensors over slots 1…k: views of the buffers' first k·R rows. */

@@ -3,7 +3,7 @@
  * out each group, runs the session, copies the step's new K/V into the buffers and returns
  * the requested logits.
  */
-import { GRAPH_INPUTS, GRAPH_OUTPUTS, hasScales, poolInputNames, presentOutputNames, weightsBytesOf, type KvCacheDtype, type ModelConfig } from "../../../models/index.ts";
+import { GRAPH_INPUTS, GRAPH_OUTPUTS, hasScales, poolInputNames, presentOutputNames, weightsBytesOf, type KvCacheDtype, type LoraLayout, type ModelConfig } from "../../../models/index.ts";
 import { EngineError } from "../../common/engine-error.ts";
 import { LoraSlots } from "./lora-slots.ts";
 import type { KvCacheInfo, StepOptions, StepRunner, StepSequence } from "../step-runner.ts";
@@ -34,7 +34,7 @@ export interface OnnxRunnerOptions {
   /** Split a step's sequences by past length where it pays (default on; off for A/B runs). See splitByPast. */
   splitPasts?: boolean;
   /** The graph's LoRA slots (it was built with them: --max-loras, --max-lora-rank); absent: none. */
-  lora?: { slots: number; rank: number };
+  lora?: { slots: number; rank: number; layout?: LoraLayout };
 }
 
 export class OnnxRunner implements StepRunner {
@@ -88,7 +88,7 @@ export class OnnxRunner implements StepRunner {
       device: options.device, intraOpThreads: options.intraOpThreads, profileFilePrefix: options.profileFilePrefix, spinning: options.spinning,
     });
     const runCost = options.splitPasts === false ? Infinity : runCostOf(options.graphPath, KvBuffers.bytesPerBlock(shape) / shape.blockSize);
-    const lora = options.lora && options.lora.slots > 0 ? new LoraSlots(config, options.lora.slots, options.lora.rank) : null;
+    const lora = options.lora && options.lora.slots > 0 ? new LoraSlots(config, options.lora.slots, options.lora.rank, options.lora.layout) : null;
     return new OnnxRunner(session, new KvBuffers({ ...shape, numBlocks }), config, options.paddingSlack ?? 1.25, options.shareBlocks ?? true, runCost, lora);
   }
 
