@@ -50,6 +50,14 @@ export function registerAdminStateRoutes(app: FastifyInstance, ctx: ServerContex
     return {
       id: backend.id, object: "engine", kind: "local", backend: backend.label, state: engine ? engine.state : "loading", in_flight: backend.numInFlight,
       max_model_len: backend.maxModelLen,
+      // NOTE: its LoRA adapters are served names of its own, not engines: listed here.
+      ...(engine?.info.lora ? {
+        lora: {
+          max_loras: engine.info.lora.maxLoras, max_lora_rank: engine.info.lora.maxLoraRank,
+          adapters: ctx.models.list().filter((b) => b.kind === "local" && b.base === backend).map((b) => b.id),
+          in_slots: stats?.lora?.inSlots ?? [], running: stats?.lora?.running ?? [], waiting: stats?.lora?.waiting ?? [],
+        },
+      } : {}),
       ...(stats ? {
         running: stats.numRunning, waiting: stats.numWaiting, kv_cache_usage: stats.kvCacheUsage,
         prefix_cache_hit_rate: stats.numPrefixQueryTokens > 0 ? stats.numPrefixHitTokens / stats.numPrefixQueryTokens : null,
@@ -62,7 +70,7 @@ export function registerAdminStateRoutes(app: FastifyInstance, ctx: ServerContex
   app.get("/v1/admin/engines", async () => {
     const nowMs = Date.now();
     return {
-      object: "list", data: ctx.models.list().map((backend) => engineOf(backend, nowMs)),
+      object: "list", data: ctx.models.list().filter((backend) => backend.kind !== "local" || backend.base === null).map((backend) => engineOf(backend, nowMs)),
       routes: ctx.models.names().map((plan) => ({ name: plan.name, targets: plan.targets.map((t) => t.id), burst_to: plan.rules.burst?.to.id ?? null })),
     };
   });

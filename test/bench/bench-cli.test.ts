@@ -87,4 +87,16 @@ describe("tokenmill bench", () => {
     expect(result.server_to_sequential_ratio).toBeGreaterThan(0);
     expect(runCli(["bench", "--endpoint", "embeddings", "--compare-limit"]).stderr).toMatch(/--compare-limit measures generation/);
   });
+
+  it("--compare-lora: adapters disabled, empty slots and adapters mixed, on two servers, round by round", () => {
+    const dir = mkdtempSync(join(tmpdir(), "tokenmill-bench-"));
+    const { status, stdout, stderr } = runCli(["bench", ...SMALL, "--max-concurrency", "4", "--rounds", "2", "--compare-lora", "2", "--max-lora-rank", "4", "--save-result", join(dir, "lora.json")]);
+    expect(status, stderr).toBe(0);
+    expect(stdout).toMatch(/LoRA: 4 requests \(16 in, 8 out\) at concurrency 4, 2 adapters of rank 4, 2 rounds/);
+    expect(stdout).toMatch(/empty \/ disabled = \d+\.\d{3}; mixed \/ empty = \d+\.\d{3}/);
+    const result = JSON.parse(readFileSync(join(dir, "lora.json"), "utf8"));
+    expect(result.rounds).toHaveLength(2);
+    for (const round of result.rounds) for (const arm of ["disabled", "empty", "mixed"]) expect(round[arm]).toBeGreaterThan(0);
+    expect(runCli(["bench", "--compare-lora", "2", "--base-url", "http://127.0.0.1:9/v1"]).stderr).toMatch(/--compare-lora serves the model in this process/);
+  });
 });

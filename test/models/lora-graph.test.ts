@@ -111,9 +111,10 @@ describe("LoRA layouts and quantized bases", () => {
       quantError = Math.max(quantError, Math.abs(quantPlain[i] - floatPlain[i]));
     }
     // The adapter matters (so a quantized or dropped adapter would show) and its effect survives on the quantized base
-    // within the base's own quantization error: measured apart / effect 0.0x (int8) and 0.x (int4).
+    // within the base's own quantization error. Measured: effect 7.6; apart 0.18 (int8, its base off by 0.16) and 1.97
+    // (int4, its base off by 1.25), apart / effect 0.024 and 0.26; an adapter dropped or zeroed would give 1.
     expect(effect).toBeGreaterThan(0.5);
     expect(apart).toBeLessThan(Math.max(2 * quantError, 0.05 * effect));
-    expect(apart / effect).toBeLessThan(quantization === "int8" ? 0.05 : 0.3);
+    expect(apart / effect).toBeLessThan(quantization === "int8" ? 0.05 : 0.4);
   });
 });

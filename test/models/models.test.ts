@@ -114,7 +114,7 @@ describe("the graph cache", () => {
     const cuda = ensureGraph(model, { build: { device: "cuda" } });
     expect(cuda.built).toBe(true);
     expect(cuda.graphPath).not.toBe(cpu.graphPath);
-    expect(JSON.parse(readFileSync(join(dirname(cuda.graphPath), "meta.json"), "utf8")).build).toEqual({ dtype: "float32", quantization: "none", quantBlockSize: 0, device: "cuda", fuseProjections: false, ropeInAttention: false, kvCacheDtype: "float32", ropeOp: true, maxLoras: 0, maxLoraRank: 0 });
+    expect(JSON.parse(readFileSync(join(dirname(cuda.graphPath), "meta.json"), "utf8")).build).toEqual({ dtype: "float32", quantization: "none", quantBlockSize: 0, device: "cuda", fuseProjections: false, ropeInAttention: false, kvCacheDtype: "float32", ropeOp: true, maxLoras: 0, maxLoraRank: 0, loraLayout: "stacked" });
     const int4 = ensureGraph(model, { build: { quantization: "int4" } });
     const int4Blocks64 = ensureGraph(model, { build: { quantization: "int4", quantBlockSize: 64 } });
     const int8Kv = ensureGraph(model, { build: { kvCacheDtype: "int8" } });

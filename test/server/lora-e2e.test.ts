@@ -161,5 +161,9 @@ describe("LoRA adapters served as models", () => {
     expect(metrics).toMatch(new RegExp(`tokenmill_lora_requests_total\\{model="${MODEL}",adapter="sql-lora",outcome="finished"\\} [1-9]`));
     expect(metrics).toMatch(new RegExp(`tokenmill_lora_slot_loads_total\\{model="${MODEL}"\\} ([3-9]|\\d\\d+)`));
     expect(metrics).toMatch(new RegExp(`tokenmill_lora_adapters\\{model="${MODEL}",state="loaded"\\} 3`));
+    // The console's engines view: the base model's engine with its adapters (adapters are no engines of their own).
+    const engines = (await call(server.url, "GET", "/v1/admin/engines")).json!.data as { id: string; lora?: { max_loras: number; adapters: string[] } }[];
+    expect(engines.map((e) => e.id)).toEqual([MODEL]);
+    expect(engines[0].lora).toMatchObject({ max_loras: 2, adapters: ["sql-lora", "chat-lora", "fourth-lora"] });
   });
 });
