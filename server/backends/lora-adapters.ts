@@ -6,7 +6,7 @@
  * requests run on the base model's engine, under the adapter (LocalBackend.adapter).
  */
 import type { AdapterInfo } from "../common/engine-api.ts";
-import { ApiError, invalidRequest, modelNotFound, toApiError } from "../common/api-error.ts";
+import { adapterBaseLoading, adapterNotFound, invalidRequest, modelNotFound, toApiError } from "../common/api-error.ts";
 import { LocalBackend } from "./model-backend.ts";
 import type { ModelRegistry } from "./model-registry.ts";
 
@@ -46,7 +46,7 @@ export class LoraAdapters {
     if (this.models.has(name)) throw invalidRequest(`The name \`${name}\` is already served; unload it first, or pick another.`, "lora_name", "lora_name_in_use");
     const base = this.baseFor(baseName);
     const engine = base.engine;
-    if (!engine?.loadAdapter) throw new ApiError(503, `The model \`${base.id}\` is still loading; try again shortly.`, "server_error", null, "loading", 5);
+    if (!engine?.loadAdapter) throw adapterBaseLoading(`The model \`${base.id}\` is`);
     let info: AdapterInfo;
     try {
       info = await engine.loadAdapter(name, path);
@@ -61,7 +61,7 @@ export class LoraAdapters {
   /** Stops serving an adapter: new requests get 404; those admitted finish under it. */
   async unload(name: string): Promise<void> {
     const backend = this.models.has(name) ? this.models.backend(name) : null;
-    if (!backend) throw new ApiError(404, `No LoRA adapter named \`${name}\` is loaded.`, "invalid_request_error", "lora_name", "not_found");
+    if (!backend) throw adapterNotFound(name);
     if (backend.kind !== "local" || !backend.base) throw invalidRequest(`\`${name}\` is a model, not a LoRA adapter; only adapters are unloaded.`, "lora_name");
     this.models.unregister(name);
     this.prices?.priceLike(name, null);
@@ -89,7 +89,7 @@ export class LoraAdapters {
     const withSlots = locals.filter((b) => b.engine?.info.lora);
     if (withSlots.length === 1) return withSlots[0];
     if (withSlots.length === 0) {
-      if (locals.some((b) => !b.engine)) throw new ApiError(503, "The models are still loading; try again shortly.", "server_error", null, "loading", 5);
+      if (locals.some((b) => !b.engine)) throw adapterBaseLoading("The models are");
       throw invalidRequest("No model of this server has LoRA slots; start it with --enable-lora (and --max-loras, --max-lora-rank).", "base_model");
     }
     throw invalidRequest(`Several models have LoRA slots (${withSlots.map((b) => b.id).join(", ")}); say which with base_model.`, "base_model");

@@ -4,7 +4,7 @@
  * rules). Every route resolves `body.model` here, /v1/models lists it, and nothing else
  * assumes there is only one model.
  */
-import { ApiError, modelNotFound } from "../common/api-error.ts";
+import { modelInUse, modelNotFound } from "../common/api-error.ts";
 import type { LocalBackend, ModelBackend } from "./model-backend.ts";
 import { ServingPlan, type PlanRules } from "./serving-plan.ts";
 
@@ -26,9 +26,7 @@ export class ModelRegistry {
   unregister(name: string): void {
     const backend = this.backend(name);
     for (const [served, route] of this.routes) {
-      if (served !== name && route.targets.includes(backend)) {
-        throw new ApiError(409, `\`${name}\` is a target of \`${served}\`; take it out of that route first.`, "invalid_request_error", "lora_name", "model_in_use");
-      }
+      if (served !== name && route.targets.includes(backend)) throw modelInUse(name, served);
     }
     this.backends.delete(name);
     this.routes.delete(name);

@@ -79,6 +79,13 @@ export const responseNotFound = (id: string) => new ApiError(404, `No response w
 export const noStore = (what: string) => new ApiError(503, `The server has no ${what} (--db none).`, "server_error", null, "no_store");
 export const noLedger = () => new ApiError(503, "The server meters nothing (--no-ledger or --db none).", "server_error", null, "no_ledger");
 
+// LoRA adapters (backends/lora-adapters.ts).
+export const adapterNotFound = (name: string) => new ApiError(404, `No LoRA adapter named \`${name}\` is loaded.`, "invalid_request_error", "lora_name", "not_found");
+export const noAdapters = () => new ApiError(404, "This server serves no LoRA adapters.", "invalid_request_error", null, "not_found");
+export const adapterBaseLoading = (what: string) => new ApiError(503, `${what} still loading; try again shortly.`, "server_error", null, "loading", 5);
+export const modelInUse = (name: string, route: string) =>
+  new ApiError(409, `\`${name}\` is a target of \`${route}\`; take it out of that route first.`, "invalid_request_error", "lora_name", "model_in_use");
+
 // Data residency: a key whose data must stay on this server (data_residency: local).
 export const dataResidencyViolation = (model: string) =>
   new ApiError(403, `The model \`${model}\` is served only by upstream providers, and this key's data must stay on this server (data_residency: local); use a local model.`,

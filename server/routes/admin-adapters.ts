@@ -9,7 +9,7 @@
  */
 import type { FastifyInstance } from "fastify";
 import { z } from "zod";
-import { ApiError } from "../common/api-error.ts";
+import { noAdapters } from "../common/api-error.ts";
 import { parseBody } from "../common/parse-body.ts";
 import type { ServerContext } from "../http/server-context.ts";
 import type { LoraAdapters } from "../backends/lora-adapters.ts";
@@ -22,7 +22,7 @@ const vllmUnload = z.object({ lora_name: adapterName, lora_int_id: z.number().in
 
 export function registerAdminAdapterRoutes(app: FastifyInstance, ctx: ServerContext): void {
   const adapters = (): LoraAdapters => {
-    if (!ctx.adapters) throw new ApiError(404, "This server serves no LoRA adapters.", "invalid_request_error", null, "not_found");
+    if (!ctx.adapters) throw noAdapters();
     return ctx.adapters;
   };
 
