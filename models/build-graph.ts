@@ -173,8 +173,12 @@ export function ensureGraph(checkpointDir: string, options: BuildOptions = {}): 
     });
     writeFileSync(join(scratch, "model.onnx"), g.finish(basename(dir)));
     writeFileSync(join(scratch, "meta.json"), JSON.stringify({ checkpoint: dir, builderVersion: BUILDER_VERSION, build, config }, null, 2));
-    rmSync(outDir, { recursive: true, force: true });
-    renameSync(scratch, outDir);
+    // NOTE: another process may have built the same graph meanwhile, and be loading it: keep its copy, never pull it from under it.
+    if (existsSync(graphPath)) rmSync(scratch, { recursive: true, force: true });
+    else {
+      rmSync(outDir, { recursive: true, force: true });
+      renameSync(scratch, outDir);
+    }
   } catch (err) {
     rmSync(scratch, { recursive: true, force: true });
     throw err;
