@@ -12,7 +12,8 @@
  * once: true, the default, or per sequence: false), split (the runner splits a step by past
  * length where it pays: true, the default, or never: false), lora (SLOTS:RANK: a graph with LoRA
  * slots, --max-loras and --max-lora-rank), mix (N: random adapters in slots 1…N, the batch's rows
- * spread over them; 0, the default: every row on the base model).
+ * spread over them; 0, the default: every row on the base model), lora-layout (stacked, the
+ * default: every slot at once with the other slots masked; gather: each row's own A and B gathered).
  *
  * --shared-prefix N gives every sequence of the batch the same first N tokens, in the same
  * blocks (a prefix-cached system prompt), filled once. --ragged-context gives sequence b the
