@@ -49,10 +49,12 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
 
   // NOTE: LoRA: each projection's output gains ((x·Aᵀ) ⊙ lora_rows)·Bᵀ over all slots at once (graph-io.ts); no per-row gather.
   const { lora } = options;
-  // NOTE: the slots' width is the step's: the runner feeds slots 1…k (k the highest a row uses), 0 when none, so a step without adapters pays almost nothing.
+  // NOTE: the slots' width is the step's: the runner feeds slots 1…k (k the highest a row uses), 0 when none (then the host graph skips the delta).
   const gather = lora?.layout === "gather";
   const loraRows = lora ? g.input(GRAPH_INPUTS.loraRows, DataType.FLOAT, ["num_rows", gather ? 1 : "lora_width"]) : null;
   const slotIndex = gather ? g.input(GRAPH_INPUTS.loraSlotIndex, DataType.INT64, ["num_rows"]) : null;
+  // NOTE: not on a device: ORT runs If on the CPU, and each projection's y would cross to it and back.
+  const anyAdapter = loraRows && !gather && options.attention.kind === "host-pool" ? g.op("Greater", [g.op("Gather", [g.op("Shape", [loraRows]), g.constInt64([1], [])], { axis: 0 }), g.constInt64([0], [])]) : null;
   const adapted = (layer: number, module: string, x: string, y: string, widths: { inFeatures: number; outFeatures: number }) => {
     if (!lora || !loraRows) return y;
     const names = loraInputNames(layer, module);
@@ -66,8 +68,14 @@ export function buildDecoderGraph(g: OnnxGraph, config: ModelConfig, weights: We
       const up = g.op("Reshape", [g.op("MatMul", [down, rowB]), g.constInt64([-1, widths.outFeatures])]);
       return g.op("Add", [y, g.toFloatType(g.op("Mul", [up, loraRows]))]);
     }
-    const down = g.op("Mul", [g.op("Gemm", [g.toFloat32(x), a], { transB: 1 }), loraRows]);
-    return g.op("Add", [y, g.toFloatType(g.op("MatMul", [down, b]))]);
+    const withDelta = (h: OnnxGraph) => {
+      const down = h.op("Mul", [h.op("Gemm", [h.toFloat32(x), a], { transB: 1 }), loraRows]);
+      return h.op("Add", [y, h.toFloatType(h.op("MatMul", [down, b]))]);
+    };
+    if (!anyAdapter) return withDelta(g);
+    // NOTE: a step without adapters (width 0) skips the delta whole, through an If: adding a zero delta still cost a pass over y.
+    const dims = ["num_rows", widths.outFeatures];
+    return g.op("If", [anyAdapter], { then_branch: { graph: g.branch(withDelta, g.floatType, dims) }, else_branch: { graph: g.branch((h) => h.op("Identity", [y]), g.floatType, dims) } });
   };
   const widths = (module: LoraModule) => moduleShape(config, module);
 

@@ -18,6 +18,12 @@ import type { StepSequence } from "../../engine/runner/step-runner.ts";
 import type { SequenceRows } from "../../engine/runner/step-rows.ts";
 import { ensureGraph, type GraphBuildOptions } from "../../models/build-graph.ts";
 import { ensureDefaultModel } from "../../models/synthetic/default-model.ts";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { readCheckpoint } from "../../models/checkpoint.ts";
+import { readLoraAdapter } from "../../models/lora/adapter.ts";
+import { writeRandomLoraAdapter } from "../../models/synthetic/lora-adapter.ts";
 import { loadRunner, maxAbsDiff, seededTokens } from "../helpers/runner.ts";
 import { WEBGPU_MODELS, WIDE_KV_MODEL, tinyCheckpoint } from "../helpers/tiny-models.ts";
 import { webgpuAvailable } from "../helpers/webgpu.ts";
@@ -32,7 +38,8 @@ async function loadWebGpu(dir: string, numBlocks = 64, build: GraphBuildOptions 
   const graph = ensureGraph(dir, { build: { device: "webgpu", ...build } });
   const { config } = graph;
   const bytesPerBlock = DevicePool.bytesPerBlock({ numLayers: config.numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSize: BLOCK });
-  return WebGpuRunner.create({ graphPath: graph.graphPath, config, blockSize: BLOCK, kvCacheBytes: numBlocks * bytesPerBlock });
+  const lora = build.maxLoras ? { slots: build.maxLoras, rank: build.maxLoraRank ?? 16 } : undefined;
+  return WebGpuRunner.create({ graphPath: graph.graphPath, config, blockSize: BLOCK, kvCacheBytes: numBlocks * bytesPerBlock, lora });
 }
 
 interface Divergence {
@@ -102,6 +109,44 @@ describe.skipIf(!(await webgpuAvailable()))("the WebGPU runner", () => {
       const delta = maxAbsDiff(a.full!, b.full!);
       console.log(`webgpu ${quantization} vs cpu ${quantization}: max |Δ logit| ${delta.toFixed(4)}`);
       expect(delta).toBeLessThan(0.2);
+    } finally {
+      await gpu.release();
+      await cpu.release();
+    }
+  });
+
+  // LoRA: the same slot inputs as the CPU graph. The adapter moves the logits by ~1 (so a dropped or misplaced one shows);
+  // WebGPU float32 stays within the float32 bound of the CPU runner on the same adapter, rows with and without it in one step.
+  it("runs LoRA slots as the CPU runner does: a row under an adapter and a row without, in prefill and decode", async () => {
+    const dir = ensureDefaultModel();
+    const path = join(mkdtempSync(join(tmpdir(), "tokenmill-webgpu-lora-")), "adapter");
+    const { config } = readCheckpoint(dir);
+    writeRandomLoraAdapter(path, config, { rank: 8, alpha: 16, seed: 9, std: 0.3 });
+    const adapter = readLoraAdapter(path, config, "gpu-lora");
+    const build = { maxLoras: 2, maxLoraRank: 8 };
+    const cpu = await loadRunner(dir, BLOCK, 16, undefined, build);
+    const gpu = await loadWebGpu(dir, 16, { dtype: "float32", ...build });
+    try {
+      for (const runner of [cpu, gpu]) runner.lora!.load(2, adapter);
+      const prompts = [seededTokens(23, cpu.vocabSize, 6), seededTokens(9, cpu.vocabSize, 7)];
+      let seqs: StepSequence[] = [
+        { tokenIds: prompts[0], numPastTokens: 0, blockTable: [3, 8], logitsFrom: 22, loraSlot: 2 },
+        { tokenIds: prompts[1], numPastTokens: 0, blockTable: [1], logitsFrom: 8 },
+      ];
+      const plainCpu = await loadRunner(dir, BLOCK, 16);
+      const [plain] = await plainCpu.step([{ ...seqs[0], loraSlot: 0 }], { fullLogits: true });
+      await plainCpu.release();
+      for (let step = 0; step < 2; step++) {
+        const a = await cpu.step(seqs, { fullLogits: true });
+        const b = await gpu.step(seqs, { fullLogits: true });
+        if (step === 0) expect(maxAbsDiff(plain.full!, a[0].full!)).toBeGreaterThan(0.5);
+        for (let i = 0; i < 2; i++) expect(maxAbsDiff(a[i].full!, b[i].full!), `step ${step}, sequence ${i}`).toBeLessThan(BOUNDS.float32.logit);
+        seqs = seqs.map((s, i) => ({ ...s, tokenIds: [a[i].topIds[0]], numPastTokens: s.numPastTokens + s.tokenIds.length, logitsFrom: 0 }));
+      }
+      // A step where no row has an adapter (the CPU feeds width 0; WebGPU, which can't bind an empty tensor, slot 1 masked off).
+      const none = seqs.map((s) => ({ ...s, loraSlot: 0 }));
+      const [a, b] = [await cpu.step(none, { fullLogits: true }), await gpu.step(none, { fullLogits: true })];
+      for (let i = 0; i < 2; i++) expect(maxAbsDiff(a[i].full!, b[i].full!), `no adapter, sequence ${i}`).toBeLessThan(BOUNDS.float32.logit);
     } finally {
       await gpu.release();
       await cpu.release();

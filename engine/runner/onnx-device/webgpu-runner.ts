@@ -58,7 +58,7 @@ export class WebGpuRunner implements StepRunner {
     }
     const session = await createSession(options.graphPath, { device: "webgpu" });
     try {
-      const lora = options.lora && options.lora.slots > 0 ? new LoraSlots(config, options.lora.slots, options.lora.rank, options.lora.layout) : null;
+      const lora = options.lora && options.lora.slots > 0 ? new LoraSlots(config, options.lora.slots, options.lora.rank, options.lora.layout, 1) : null;
       const pool = await fittedPool(session, { ...shape, numBlocks }, lora);
       return new WebGpuRunner(session, pool, config, lora);
     } catch (err) {

@@ -24,8 +24,12 @@ export class LoraSlots {
   private readonly buffers: ModuleBuffers[][] = [];
   private readonly width: number;
 
-  /** @param layout the graph's (build-graph.ts): stacked (default), or gather (an A/B baseline). */
-  constructor(private readonly config: ModelConfig, readonly numSlots: number, readonly rank: number, private readonly layout: LoraLayout = "stacked") {
+  /**
+   * @param layout the graph's (build-graph.ts): stacked (default), or gather (an A/B baseline).
+   * @param minSlots the fewest slots a step is fed: 1 on WebGPU, which can't bind a tensor of no elements (a step
+   * without adapters then reads slot 1 under an all-zero lora_rows, which adds exactly nothing).
+   */
+  constructor(private readonly config: ModelConfig, readonly numSlots: number, readonly rank: number, private readonly layout: LoraLayout = "stacked", private readonly minSlots = 0) {
     this.width = numSlots * rank;
     for (let layer = 0; layer < config.numLayers; layer++) {
       const modules: ModuleBuffers[] = [];
@@ -77,7 +81,7 @@ export class LoraSlots {
   stepFeeds(slots: readonly number[], seqLen: number): Record<string, ort.Tensor> {
     for (const slot of slots) if (slot !== 0) this.checkSlot(slot);
     if (this.layout === "gather") return this.gatherFeeds(slots, seqLen);
-    const k = Math.max(0, ...slots);
+    const k = Math.max(this.minSlots, ...slots);
     const width = k * this.rank;
     const rows = new Float32Array(slots.length * seqLen * width);
     slots.forEach((slot, b) => {
