@@ -3,47 +3,21 @@
  * a key's budget and RPM limit (never twice it), their x-ratelimit headers count down one
  * shared bucket, and each alert's webhook fires once between them.
  */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
+import { replicaPair } from "../helpers/replica-pair.ts";
 import { openStore } from "../../service/store/open-store.ts";
-import { ADMIN, MODEL, burst, chat, createKey, startWebhookReceiver, statuses } from "../helpers/limits.ts";
-import { startPostgres, type TestPostgres } from "../helpers/postgres.ts";
-import { serveProcess, type Serving } from "../helpers/serve-process.ts";
+import { burst, chat, createKey, statuses } from "../helpers/limits.ts";
 
 describe("limits across two replicas on one PostgreSQL", () => {
-  let pg: TestPostgres;
-  let dir: string;
-  let replicas: Serving[] = [];
-  let receiver: Awaited<ReturnType<typeof startWebhookReceiver>>;
-  const hooks: { key_id: string; threshold: number }[] = [];
-  beforeAll(async () => {
-    pg = await startPostgres();
-    dir = mkdtempSync(join(tmpdir(), "tokenmill-limit-replicas-"));
-    receiver = await startWebhookReceiver((body) => {
-      hooks.push(JSON.parse(body) as { key_id: string; threshold: number });
-      return 204;
-    });
-    const hookUrl = receiver.url;
-    // $1 per million output tokens, input free: a request costs its output tokens in micro-USD.
-    const args = ["--price", `${MODEL}=0,0,1`, "--admin-key", ADMIN, "--alert-webhook", hookUrl];
-    replicas = await Promise.all([serveProcess(pg.url, "a", dir, args), serveProcess(pg.url, "b", dir, args)]);
-  }, 120_000);
-  afterAll(async () => {
-    await Promise.all(replicas.map((r) => r.stop()));
-    receiver?.close();
-    pg?.stop();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  const urls = () => replicas.map((r) => r.url);
+  const pair = replicaPair<{ key_id: string; threshold: number }>("limit-replicas");
+  const { hooks, urls } = pair;
 
   it("a budget of B with requests reserving c serves exactly B/c of 3·B/c sent to both, and the ledger's spend is B", async () => {
     const key = await createKey(urls()[0], { name: "shared-budget", budget_usd: "0.00004" });
     const answers = await burst(urls(), key.secret, 15, { max_tokens: 8, ignore_eos: true });
     expect(statuses(answers)).toEqual([...Array(5).fill("200"), ...Array(10).fill("429 insufficient_quota")].sort());
     await new Promise((r) => setTimeout(r, 100));
-    const store = await openStore(pg.url);
+    const store = await openStore(pair.pg.url);
     try {
       const rows = await store.db.selectFrom("usage_ledger").selectAll().where("key_id", "=", key.id).execute();
       expect(rows.filter((r) => r.status === "completed")).toHaveLength(5);

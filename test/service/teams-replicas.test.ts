@@ -4,40 +4,15 @@
  * key's budget inside the team's still binds, and each team alert fires once between them,
  * across a restart of one of them.
  */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ADMIN, MODEL, createKey, startWebhookReceiver, statuses } from "../helpers/limits.ts";
-import { startPostgres, type TestPostgres } from "../helpers/postgres.ts";
-import { serveProcess, type Serving } from "../helpers/serve-process.ts";
+import { describe, expect, it } from "vitest";
+import { replicaPair } from "../helpers/replica-pair.ts";
+import { createKey, statuses } from "../helpers/limits.ts";
+import { serveProcess } from "../helpers/serve-process.ts";
 import { createTeam, ledgerOf, spread } from "../helpers/teams.ts";
 
 describe("teams across two replicas on one PostgreSQL", () => {
-  let pg: TestPostgres;
-  let dir: string;
-  let replicas: Serving[] = [];
-  let receiver: Awaited<ReturnType<typeof startWebhookReceiver>>;
-  const hooks: { level: string; team_id: string | null; threshold: number }[] = [];
-  let args: string[];
-  beforeAll(async () => {
-    pg = await startPostgres();
-    dir = mkdtempSync(join(tmpdir(), "tokenmill-team-replicas-"));
-    receiver = await startWebhookReceiver((body) => {
-      hooks.push(JSON.parse(body) as (typeof hooks)[number]);
-      return 204;
-    });
-    // $1 per million output tokens, input free: a request costs its output tokens in micro-USD.
-    args = ["--price", `${MODEL}=0,0,1`, "--admin-key", ADMIN, "--alert-webhook", receiver.url];
-    replicas = await Promise.all([serveProcess(pg.url, "a", dir, args), serveProcess(pg.url, "b", dir, args)]);
-  }, 120_000);
-  afterAll(async () => {
-    await Promise.all(replicas.map((r) => r.stop()));
-    receiver?.close();
-    pg?.stop();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  const urls = () => replicas.map((r) => r.url);
+  const pair = replicaPair<{ level: string; team_id: string | null; threshold: number }>("team-replicas");
+  const { replicas, hooks, urls } = pair;
 
   it("a team budget B shared by 3 keys: 30 concurrent requests over both replicas serve exactly what B pays for", async () => {
     const team = await createTeam(urls()[0], { name: "shared-team", budget_usd: "0.00008", budget_period: "day" });
@@ -45,7 +20,7 @@ describe("teams across two replicas on one PostgreSQL", () => {
     const answers = await spread(urls(), keys.map((k) => k.secret), 30, { max_tokens: 8, ignore_eos: true });
     expect(statuses(answers)).toEqual([...Array(10).fill("200"), ...Array(20).fill("429 insufficient_quota")].sort());
     await new Promise((r) => setTimeout(r, 100));
-    expect(await ledgerOf(pg.url, { teamId: team.id })).toMatchObject({ served: 10, costMicroUsd: 80, rows: 30 });
+    expect(await ledgerOf(pair.pg.url, { teamId: team.id })).toMatchObject({ served: 10, costMicroUsd: 80, rows: 30 });
   });
 
   it("a key budget inside the team's binds across both replicas too", async () => {
@@ -59,8 +34,8 @@ describe("teams across two replicas on one PostgreSQL", () => {
     const served = answers.map((a) => a.filter((x) => x.status === 200).length);
     expect(served[0]).toBeLessThanOrEqual(3);
     expect(served[0] + served[1]).toBe(10);
-    expect(await ledgerOf(pg.url, { keyId: small.id })).toMatchObject({ costMicroUsd: served[0] * 8 });
-    expect(await ledgerOf(pg.url, { teamId: team.id })).toMatchObject({ served: 10, costMicroUsd: 80 });
+    expect(await ledgerOf(pair.pg.url, { keyId: small.id })).toMatchObject({ costMicroUsd: served[0] * 8 });
+    expect(await ledgerOf(pair.pg.url, { teamId: team.id })).toMatchObject({ served: 10, costMicroUsd: 80 });
   });
 
   it("a team's RPM limit is shared by its keys on both replicas: R of 3R simultaneous requests", async () => {
@@ -84,7 +59,7 @@ describe("teams across two replicas on one PostgreSQL", () => {
     await waitFor(1);
     expect(teamHooks()).toEqual([50]);
     await replicas[0].stop();
-    replicas[0] = await serveProcess(pg.url, "a", dir, args);
+    replicas[0] = await serveProcess(pair.pg.url, "a", pair.dir, pair.args);
     const second = await spread(urls(), keys.map((k) => k.secret), 4, { max_tokens: 1, ignore_eos: true });
     expect(second.every((a) => a.status === 200)).toBe(true);
     await waitFor(3);
