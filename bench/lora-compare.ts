@@ -12,13 +12,10 @@
  * arms measured next to it). The adapters are seeded random PEFT folders of the model's shapes,
  * generated once into the cache (models/synthetic/lora-adapter.ts).
  */
-import { existsSync } from "node:fs";
-import { basename } from "node:path";
 import type { EngineOptions, LoraModuleSpec } from "../engine/index.ts";
-import { cacheDir } from "../models/cache-dir.ts";
 import { readCheckpoint } from "../models/checkpoint.ts";
 import type { GenerationDefaults } from "../models/index.ts";
-import { writeRandomLoraAdapter } from "../models/synthetic/lora-adapter.ts";
+import { cachedRandomAdapters } from "../models/synthetic/lora-adapter.ts";
 import { startServer } from "../server/serve.ts";
 import { runLoad } from "./load-generator.ts";
 import { computeMetrics } from "./metrics.ts";
@@ -46,14 +43,9 @@ export interface LoraCompareResult {
   mixedOverDisabled: number;
 }
 
-/** N seeded random adapters of rank R for the model, in the cache. */
+/** N seeded random adapters of rank R for the model, in the cache, as --lora-modules names them. */
 export function benchAdapters(modelDir: string, numAdapters: number, rank: number): LoraModuleSpec[] {
-  const config = readCheckpoint(modelDir).config;
-  return Array.from({ length: numAdapters }, (_, i) => {
-    const path = cacheDir("lora-adapters", `${basename(modelDir)}-r${rank}-${i}`);
-    if (!existsSync(`${path}/adapter_model.safetensors`)) writeRandomLoraAdapter(path, config, { rank, alpha: 2 * rank, seed: 1000 + i, std: 0.02 });
-    return { name: `bench-lora-${i}`, path };
-  });
+  return cachedRandomAdapters(modelDir, readCheckpoint(modelDir).config, numAdapters, rank).map((path, i) => ({ name: `bench-lora-${i}`, path }));
 }
 
 export async function compareLora(opts: LoraCompareOptions): Promise<LoraCompareResult> {

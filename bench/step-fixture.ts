@@ -8,11 +8,8 @@ import { KvBuffers } from "../engine/runner/onnx-host/kv-buffers.ts";
 import { OnnxRunner } from "../engine/runner/onnx-host/onnx-runner.ts";
 import type { StepSequence } from "../engine/runner/step-runner.ts";
 import { DEFAULT_MAX_LORA_RANK, ensureGraph, type GraphBuildOptions } from "../models/build-graph.ts";
-import { cacheDir } from "../models/cache-dir.ts";
 import { readLoraAdapter } from "../models/lora/adapter.ts";
-import { writeRandomLoraAdapter } from "../models/synthetic/lora-adapter.ts";
-import { existsSync } from "node:fs";
-import { basename, join } from "node:path";
+import { cachedRandomAdapters } from "../models/synthetic/lora-adapter.ts";
 import type { ModelConfig } from "../models/config.ts";
 import { Prng } from "../models/prng.ts";
 import { ensureDefaultModel, ensureSyntheticModel, SYNTHETIC_MODELS } from "../models/synthetic/default-model.ts";
@@ -72,10 +69,9 @@ export async function openStepFixture(modelDir: string, build: GraphBuildOptions
   const mix = options.loraMix ?? 0;
   if (mix > 0) {
     if (!runner.lora || mix > runner.lora.numSlots) throw new Error(`--lora-mix ${mix} needs a graph with at least ${mix} LoRA slots (lora=N:R)`);
+    const paths = cachedRandomAdapters(modelDir, config, mix, runner.lora.rank);
     for (let slot = 1; slot <= mix; slot++) {
-      const path = cacheDir("lora", `${basename(modelDir)}-r${runner.lora.rank}-${slot}`);
-      if (!existsSync(join(path, "adapter_model.safetensors"))) writeRandomLoraAdapter(path, config, { rank: runner.lora.rank, alpha: 2 * runner.lora.rank, seed: slot });
-      runner.lora.load(slot, readLoraAdapter(path, config, `bench-${slot}`));
+      runner.lora.load(slot, readLoraAdapter(paths[slot - 1], config, `bench-${slot}`));
     }
   }
   const slotOf = (b: number) => (mix > 0 ? 1 + (b % mix) : 0);

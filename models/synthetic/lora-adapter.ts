@@ -4,8 +4,9 @@
  * committed. Unlike a freshly initialized PEFT adapter (B = 0), both A and B are random, so
  * the adapter changes what the model says.
  */
-import { mkdirSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { basename, join } from "node:path";
+import { cacheDir } from "../cache-dir.ts";
 import type { ModelConfig } from "../config.ts";
 import { LORA_MODULES, moduleShape, modulePath, type LoraModule } from "../lora/adapter.ts";
 import { deriveSeed, fillNormal, Prng } from "../prng.ts";
@@ -49,4 +50,16 @@ export function writeRandomLoraAdapter(dir: string, base: ModelConfig, options: 
   };
   writeFileSync(join(dir, "adapter_config.json"), `${JSON.stringify(config, null, 2)}\n`);
   writeSafetensors(join(dir, "adapter_model.safetensors"), entries, { format: "pt" });
+}
+
+/**
+ * Benchmarks' adapters: `count` seeded random adapters of `rank` for the checkpoint at
+ * `modelDir`, generated once into the cache (`lora-adapters/MODEL-rR-I`); their folders, in order.
+ */
+export function cachedRandomAdapters(modelDir: string, config: ModelConfig, count: number, rank: number): string[] {
+  return Array.from({ length: count }, (_, i) => {
+    const path = cacheDir("lora-adapters", `${basename(modelDir)}-r${rank}-${i}`);
+    if (!existsSync(join(path, "adapter_model.safetensors"))) writeRandomLoraAdapter(path, config, { rank, alpha: 2 * rank, seed: 1000 + i, std: 0.02 });
+    return path;
+  });
 }
